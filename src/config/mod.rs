@@ -1,0 +1,630 @@
+//! Configuration: plain serde types with the SPEC §5 defaults, and [`Config::validate`],
+//! which turns a parsed file into either a config the rest of the program may trust or one
+//! error that names the key and says what is wrong.
+//!
+//! This module owns parsing and validation only. It does not open sockets, read the clock or
+//! know how a mapping is resolved; `resolve` compiles a validated [`Mapping`] into a source.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::query::{QueryRequest, normalize_json_path};
+
+/// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML did not match the schema; serde_yaml's message names the key path and line.
+    #[error("config is not valid: {0}")]
+    Parse(String),
+    /// The YAML parsed but a value is unusable.
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The whole configuration file. Keys are camelCase; unknown keys are rejected so that a typo
+/// (`sesionTimeoutSeconds`) is an error rather than a silently ignored setting.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "defaults::bind_address")]
+    pub bind_address: IpAddr,
+    /// TCP query port; 0 asks the OS for a free port (useful for tests, logged at start).
+    #[serde(default = "defaults::query_port")]
+    pub query_port: u16,
+    /// UDP data port; 0 asks the OS for a free port.
+    #[serde(default = "defaults::data_port")]
+    pub data_port: u16,
+    /// Admin HTTP port; 0 asks the OS for a free port.
+    #[serde(default = "defaults::admin_port")]
+    pub admin_port: u16,
+    #[serde(
+        default = "defaults::token_ttl",
+        rename = "tokenTTLSeconds",
+        alias = "tokenTtlSeconds"
+    )]
+    pub token_ttl_seconds: u64,
+    #[serde(default = "defaults::session_timeout")]
+    pub session_timeout_seconds: u64,
+    #[serde(default = "defaults::max_sessions")]
+    pub max_sessions: usize,
+    #[serde(default = "defaults::drain_seconds")]
+    pub drain_seconds: u64,
+    #[serde(default)]
+    pub single_use_tokens: bool,
+    #[serde(default = "defaults::magic")]
+    pub control_packet_magic_bytes: String,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    #[serde(default)]
+    pub default_endpoint: Option<QueryRequest>,
+    /// Data-plane worker threads, each with its own SO_REUSEPORT socket; 0 = one per core.
+    #[serde(default)]
+    pub data_workers: usize,
+    /// SO_RCVBUF/SO_SNDBUF requested for every UDP socket (the kernel may clamp it).
+    #[serde(default = "defaults::socket_buffer_bytes")]
+    pub socket_buffer_bytes: usize,
+    #[serde(default)]
+    pub resource_query_mapping: BTreeMap<String, Mapping>,
+}
+
+/// Limits on the query server and the token store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "defaults::query_max_bytes")]
+    pub query_max_bytes: usize,
+    #[serde(default = "defaults::query_idle_timeout")]
+    pub query_idle_timeout_seconds: u64,
+    #[serde(default = "defaults::max_query_connections")]
+    pub max_query_connections: usize,
+    #[serde(default = "defaults::query_rate")]
+    pub query_rate_per_second: u32,
+    #[serde(default = "defaults::query_burst")]
+    pub query_burst: u32,
+    /// Upper bound on outstanding tokens; past it the oldest are evicted.
+    #[serde(default = "defaults::max_tokens")]
+    pub max_tokens: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            query_max_bytes: defaults::query_max_bytes(),
+            query_idle_timeout_seconds: defaults::query_idle_timeout(),
+            max_query_connections: defaults::max_query_connections(),
+            query_rate_per_second: defaults::query_rate(),
+            query_burst: defaults::query_burst(),
+            max_tokens: defaults::max_tokens(),
+        }
+    }
+}
+
+/// How one target is chosen among the resources that match a query.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum LoadBalancing {
+    /// Fewest live sessions on this director; ties go to the first by namespace/name.
+    #[default]
+    LeastSessions,
+    /// The first match by namespace/name.
+    First,
+    /// Rotate through the matches in namespace/name order.
+    RoundRobin,
+    /// Uniformly random among the matches.
+    Random,
+}
+
+/// One entry of `resourceQueryMapping`: where the candidates for a `resourceType` come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mapping {
+    /// A fixed list of endpoints; no Kubernetes needed.
+    #[serde(default, rename = "static")]
+    pub static_endpoints: Option<Vec<StaticEndpoint>>,
+    /// Kubernetes API group of the resource (`""` for the core group).
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Plural resource name, e.g. `gameservers`.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// The mapping's own namespace; also the default namespace of queries.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Namespaces clients may ask for; default: only `namespace`.
+    #[serde(default)]
+    pub namespaces: Option<Vec<String>>,
+    /// Fixed selector ANDed with every client's.
+    #[serde(default)]
+    pub label_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub address_path: Option<String>,
+    #[serde(default)]
+    pub port_name: Option<String>,
+    #[serde(default)]
+    pub port_path: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub service_selector_label: Option<String>,
+    #[serde(default)]
+    pub service_target_port_name: Option<String>,
+    /// Include the target's address and port in query answers.
+    #[serde(default)]
+    pub expose_target_address: bool,
+    /// Overrides the global `loadBalancing` for this mapping.
+    #[serde(default)]
+    pub load_balancing: Option<LoadBalancing>,
+}
+
+/// A static endpoint behaves exactly like a Kubernetes object: labels, annotations and
+/// `status` are matched by the same selectors and status queries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticEndpoint {
+    pub name: String,
+    /// Defaults to the mapping's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub address: IpAddr,
+    pub port: u16,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub status: serde_json::Value,
+}
+
+/// Namespace a static mapping uses when it names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+mod defaults {
+    use std::net::{IpAddr, Ipv4Addr};
+    pub fn bind_address() -> IpAddr {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+    pub fn query_port() -> u16 {
+        9000
+    }
+    pub fn data_port() -> u16 {
+        7777
+    }
+    pub fn admin_port() -> u16 {
+        8080
+    }
+    pub fn token_ttl() -> u64 {
+        30
+    }
+    pub fn session_timeout() -> u64 {
+        300
+    }
+    pub fn max_sessions() -> usize {
+        100_000
+    }
+    pub fn drain_seconds() -> u64 {
+        10
+    }
+    pub fn magic() -> String {
+        "FFFFFFFF5245534554".to_string()
+    }
+    pub fn query_max_bytes() -> usize {
+        16 * 1024
+    }
+    pub fn query_idle_timeout() -> u64 {
+        10
+    }
+    pub fn max_query_connections() -> usize {
+        10_000
+    }
+    pub fn query_rate() -> u32 {
+        50
+    }
+    pub fn query_burst() -> u32 {
+        100
+    }
+    pub fn max_tokens() -> u64 {
+        1_000_000
+    }
+    pub fn socket_buffer_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+}
+
+/// Longest control-packet magic accepted (SPEC §5: 1..=32 bytes).
+pub const MAX_MAGIC_LEN: usize = 32;
+
+impl Config {
+    /// Parses and validates a YAML document.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        // An empty file is an empty mapping, not a parse error.
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let config: Config =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Decoded control-packet magic. Only valid on a validated config.
+    pub fn magic_bytes(&self) -> Vec<u8> {
+        hex::decode(&self.control_packet_magic_bytes).unwrap_or_default()
+    }
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_seconds)
+    }
+
+    pub fn session_timeout(&self) -> Duration {
+        Duration::from_secs(self.session_timeout_seconds)
+    }
+
+    /// Checks every value that serde's types cannot express. The first problem found wins.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let magic = hex::decode(&self.control_packet_magic_bytes).map_err(|e| {
+            invalid(
+                "controlPacketMagicBytes",
+                format!(
+                    "{:?} is not hex ({e}); expected e.g. \"FFFFFFFF5245534554\"",
+                    self.control_packet_magic_bytes
+                ),
+            )
+        })?;
+        if magic.is_empty() || magic.len() > MAX_MAGIC_LEN {
+            return Err(invalid(
+                "controlPacketMagicBytes",
+                format!(
+                    "must decode to 1..={MAX_MAGIC_LEN} bytes, found {}",
+                    magic.len()
+                ),
+            ));
+        }
+        positive("tokenTTLSeconds", self.token_ttl_seconds)?;
+        positive("sessionTimeoutSeconds", self.session_timeout_seconds)?;
+        positive("maxSessions", self.max_sessions as u64)?;
+        positive("limits.queryMaxBytes", self.limits.query_max_bytes as u64)?;
+        positive(
+            "limits.queryIdleTimeoutSeconds",
+            self.limits.query_idle_timeout_seconds,
+        )?;
+        positive(
+            "limits.maxQueryConnections",
+            self.limits.max_query_connections as u64,
+        )?;
+        positive(
+            "limits.queryRatePerSecond",
+            u64::from(self.limits.query_rate_per_second),
+        )?;
+        positive("limits.queryBurst", u64::from(self.limits.query_burst))?;
+        positive("limits.maxTokens", self.limits.max_tokens)?;
+        // Query and admin are both TCP; the UDP data port may share a number with either.
+        if self.query_port != 0 && self.query_port == self.admin_port {
+            return Err(invalid(
+                "adminPort",
+                format!("{} is already used by `queryPort`", self.admin_port),
+            ));
+        }
+        if self.resource_query_mapping.is_empty() {
+            return Err(invalid(
+                "resourceQueryMapping",
+                "must define at least one resource type, e.g. `echo: {static: [{name: a, address: 127.0.0.1, port: 9001}]}`",
+            ));
+        }
+        for (name, mapping) in &self.resource_query_mapping {
+            validate_mapping(name, mapping)?;
+        }
+        if let Some(default) = &self.default_endpoint {
+            let Some(mapping) = self.resource_query_mapping.get(&default.resource_type) else {
+                return Err(invalid(
+                    "defaultEndpoint.resourceType",
+                    format!(
+                        "`{}` is not a key of resourceQueryMapping",
+                        default.resource_type
+                    ),
+                ));
+            };
+            if let Some(ns) = &default.namespace
+                && !allowed_namespaces(mapping).contains(ns)
+            {
+                return Err(invalid(
+                    "defaultEndpoint.namespace",
+                    format!(
+                        "`{ns}` is not allowed by mapping `{}`",
+                        default.resource_type
+                    ),
+                ));
+            }
+            if let Some(status) = &default.status_query {
+                normalize_json_path(&status.json_path)
+                    .map_err(|e| invalid("defaultEndpoint.statusQuery.jsonPath", e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The namespaces a mapping lets clients ask for.
+pub fn allowed_namespaces(mapping: &Mapping) -> BTreeSet<String> {
+    match &mapping.namespaces {
+        Some(list) if !list.is_empty() => list.iter().cloned().collect(),
+        _ => std::iter::once(mapping_namespace(mapping).to_string()).collect(),
+    }
+}
+
+/// The namespace queries default to for a mapping.
+pub fn mapping_namespace(mapping: &Mapping) -> &str {
+    mapping.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_mapping(name: &str, mapping: &Mapping) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
+    if name.is_empty() {
+        return Err(invalid(
+            "resourceQueryMapping",
+            "a resource type name must not be empty",
+        ));
+    }
+    let is_kube = mapping.resource.is_some() || mapping.version.is_some();
+    match (&mapping.static_endpoints, is_kube) {
+        (Some(_), true) => {
+            return Err(invalid(
+                key("static"),
+                "a mapping is either `static` or a Kubernetes resource (group/version/resource), not both",
+            ));
+        }
+        (None, false) => {
+            return Err(invalid(
+                format!("resourceQueryMapping.{name}"),
+                "needs either `static: [...]` endpoints or a Kubernetes `version` and `resource`",
+            ));
+        }
+        (None, true) => {
+            return Err(invalid(
+                format!("resourceQueryMapping.{name}"),
+                "Kubernetes-backed mappings are not available in this build yet (unfinished, see README); use `static` endpoints",
+            ));
+        }
+        (Some(endpoints), false) => validate_static(name, mapping, endpoints)?,
+    }
+    if let Some(list) = &mapping.namespaces {
+        if let Some(ns) = &mapping.namespace
+            && !list.contains(ns)
+        {
+            return Err(invalid(
+                key("namespaces"),
+                format!("must include the mapping's own namespace `{ns}`"),
+            ));
+        }
+        if list.iter().any(|n| n.is_empty()) {
+            return Err(invalid(key("namespaces"), "must not contain an empty name"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_static(
+    name: &str,
+    mapping: &Mapping,
+    endpoints: &[StaticEndpoint],
+) -> Result<(), ConfigError> {
+    if endpoints.is_empty() {
+        return Err(invalid(
+            format!("resourceQueryMapping.{name}.static"),
+            "must list at least one endpoint, e.g. `- {name: a, address: 127.0.0.1, port: 9001}`",
+        ));
+    }
+    let allowed = allowed_namespaces(mapping);
+    let mut seen = BTreeSet::new();
+    for (i, ep) in endpoints.iter().enumerate() {
+        let key = |field: &str| format!("resourceQueryMapping.{name}.static[{i}].{field}");
+        if ep.name.is_empty() {
+            return Err(invalid(key("name"), "must not be empty"));
+        }
+        if ep.port == 0 {
+            return Err(invalid(key("port"), "must be 1..=65535, found 0"));
+        }
+        if ep.address.is_unspecified() || ep.address.is_multicast() {
+            return Err(invalid(
+                key("address"),
+                format!("{} cannot be a unicast target", ep.address),
+            ));
+        }
+        let ns = ep.namespace.as_deref().unwrap_or(mapping_namespace(mapping));
+        if !allowed.contains(ns) {
+            return Err(invalid(
+                key("namespace"),
+                format!("`{ns}` is not among the mapping's namespaces"),
+            ));
+        }
+        if !seen.insert((ns.to_string(), ep.name.clone())) {
+            return Err(invalid(
+                key("name"),
+                format!("duplicate endpoint name `{}` in namespace `{ns}`", ep.name),
+            ));
+        }
+        if !(ep.status.is_null() || ep.status.is_object()) {
+            return Err(invalid(key("status"), "must be a mapping of fields"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 9001}\n";
+
+    fn err(yaml: &str) -> String {
+        Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(c.query_port, 9000);
+        assert_eq!(c.data_port, 7777);
+        assert_eq!(c.admin_port, 8080);
+        assert_eq!(c.token_ttl_seconds, 30);
+        assert_eq!(c.session_timeout_seconds, 300);
+        assert_eq!(c.max_sessions, 100_000);
+        assert_eq!(c.drain_seconds, 10);
+        assert!(!c.single_use_tokens);
+        assert_eq!(c.magic_bytes(), b"\xff\xff\xff\xffRESET");
+        assert_eq!(c.limits.query_max_bytes, 16384);
+        assert_eq!(c.limits.query_idle_timeout_seconds, 10);
+        assert_eq!(c.limits.max_query_connections, 10_000);
+        assert_eq!(c.limits.query_rate_per_second, 50);
+        assert_eq!(c.limits.query_burst, 100);
+        assert_eq!(c.load_balancing, LoadBalancing::LeastSessions);
+        assert_eq!(c.bind_address.to_string(), "0.0.0.0");
+        assert!(c.default_endpoint.is_none());
+    }
+
+    #[test]
+    fn token_ttl_accepts_both_spellings() {
+        let a = Config::from_yaml(&format!("tokenTTLSeconds: 7\n{MINIMAL}")).unwrap();
+        let b = Config::from_yaml(&format!("tokenTtlSeconds: 7\n{MINIMAL}")).unwrap();
+        assert_eq!(a.token_ttl_seconds, 7);
+        assert_eq!(b.token_ttl_seconds, 7);
+    }
+
+    #[test]
+    fn bad_magic_names_the_key() {
+        let e = err(&format!("controlPacketMagicBytes: ZZ\n{MINIMAL}"));
+        assert!(e.contains("controlPacketMagicBytes"), "{e}");
+        assert!(e.contains("not hex"), "{e}");
+        let e = err(&format!("controlPacketMagicBytes: \"\"\n{MINIMAL}"));
+        assert!(e.contains("1..=32 bytes"), "{e}");
+        let long = "AB".repeat(33);
+        let e = err(&format!("controlPacketMagicBytes: {long}\n{MINIMAL}"));
+        assert!(e.contains("found 33"), "{e}");
+    }
+
+    #[test]
+    fn unknown_load_balancing_type_is_rejected() {
+        let e = err(&format!("loadBalancing: {{type: fastest}}\n{MINIMAL}"));
+        assert!(e.contains("loadBalancing"), "{e}");
+        assert!(e.contains("fastest"), "{e}");
+    }
+
+    #[test]
+    fn static_endpoint_without_address_names_the_path() {
+        let e = err("resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, port: 9001}\n");
+        assert!(e.contains("address"), "{e}");
+        assert!(e.contains("resourceQueryMapping.echo.static[0]"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_port_zero_is_rejected_but_listener_port_zero_is_ephemeral() {
+        let e = err("resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 0}\n");
+        assert!(
+            e.contains("resourceQueryMapping.echo.static[0].port"),
+            "{e}"
+        );
+        let c = Config::from_yaml(&format!("queryPort: 0\ndataPort: 0\nadminPort: 0\n{MINIMAL}"))
+            .unwrap();
+        assert_eq!(c.query_port, 0);
+    }
+
+    #[test]
+    fn duplicate_endpoint_names_are_rejected() {
+        let e = err("resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 1}\n      - {name: a, address: 127.0.0.1, port: 2}\n");
+        assert!(e.contains("duplicate endpoint name `a`"), "{e}");
+        assert!(e.contains("static[1].name"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e = err(&format!("sesionTimeoutSeconds: 5\n{MINIMAL}"));
+        assert!(e.contains("sesionTimeoutSeconds"), "{e}");
+    }
+
+    #[test]
+    fn zero_values_are_rejected() {
+        for key in ["tokenTTLSeconds", "sessionTimeoutSeconds", "maxSessions"] {
+            let e = err(&format!("{key}: 0\n{MINIMAL}"));
+            assert!(e.contains(key) && e.contains("greater than 0"), "{e}");
+        }
+        let e = err(&format!("limits: {{queryBurst: 0}}\n{MINIMAL}"));
+        assert!(e.contains("limits.queryBurst"), "{e}");
+    }
+
+    #[test]
+    fn colliding_tcp_ports_are_rejected() {
+        let e = err(&format!("queryPort: 9100\nadminPort: 9100\n{MINIMAL}"));
+        assert!(e.contains("adminPort"), "{e}");
+        // UDP and TCP may share a number.
+        Config::from_yaml(&format!("queryPort: 9100\ndataPort: 9100\n{MINIMAL}")).unwrap();
+    }
+
+    #[test]
+    fn default_endpoint_must_name_a_mapping() {
+        let e = err(&format!("defaultEndpoint: {{resourceType: nope}}\n{MINIMAL}"));
+        assert!(e.contains("defaultEndpoint.resourceType"), "{e}");
+        Config::from_yaml(&format!("defaultEndpoint: {{resourceType: echo}}\n{MINIMAL}")).unwrap();
+        let e = err(&format!(
+            "defaultEndpoint: {{resourceType: echo, statusQuery: {{jsonPath: \"$[\", expectedValue: x}}}}\n{MINIMAL}"
+        ));
+        assert!(e.contains("defaultEndpoint.statusQuery.jsonPath"), "{e}");
+    }
+
+    #[test]
+    fn mappings_need_a_source() {
+        let e = err("resourceQueryMapping:\n  echo: {}\n");
+        assert!(e.contains("resourceQueryMapping.echo"), "{e}");
+        let e = err("resourceQueryMapping: {}\n");
+        assert!(e.contains("at least one resource type"), "{e}");
+        let e = err("resourceQueryMapping:\n  echo:\n    static: []\n");
+        assert!(e.contains("at least one endpoint"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_namespace_must_be_allowed() {
+        let e = err("resourceQueryMapping:\n  echo:\n    namespace: games\n    static:\n      - {name: a, namespace: kube-system, address: 127.0.0.1, port: 1}\n");
+        assert!(e.contains("static[0].namespace"), "{e}");
+        Config::from_yaml("resourceQueryMapping:\n  echo:\n    namespace: games\n    namespaces: [games, eu]\n    static:\n      - {name: a, namespace: eu, address: 127.0.0.1, port: 1}\n").unwrap();
+    }
+
+    #[test]
+    fn empty_document_is_all_defaults_but_needs_a_mapping() {
+        let e = err("");
+        assert!(e.contains("resourceQueryMapping"), "{e}");
+    }
+}

@@ -1,0 +1,20 @@
+//! udp-director: a Kubernetes-native UDP session director for game servers.
+//!
+//! A client asks the TCP query server for a server matching a query and gets a short-lived
+//! token; its first UDP datagram to the data port carries the token and from then on its
+//! datagrams are proxied both ways. See `Docs/TechnicalReference.md` for the architecture.
+//!
+//! Data flows one way: socket (`net`) → decision (`session`, `protocol`, `resolve`, pure) →
+//! action (`net`) → socket. `app` wires the pieces; `main.rs` is the only place for `anyhow`.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod devtools;
+pub mod metrics;
+pub mod net;
+pub mod protocol;
+pub mod query_server;
+pub mod resolve;
+pub mod session;
+pub mod token;

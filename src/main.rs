@@ -1,0 +1,122 @@
+//! The `udp-director` binary: CLI → config → `app::run`. The only place `anyhow` is used.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use udp_director::config::Config;
+
+/// Kubernetes-native UDP session director for game servers.
+///
+/// Every flag can also be set through the environment variable shown; flags override the
+/// config file.
+#[derive(Debug, Parser)]
+#[command(name = "udp-director", version, about)]
+struct Cli {
+    /// Path of the YAML config file.
+    #[arg(long, env = "UDP_DIRECTOR_CONFIG", default_value = "/etc/udp-director/config.yaml")]
+    config: PathBuf,
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, env = "UDP_DIRECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Overrides `bindAddress`.
+    #[arg(long, env = "UDP_DIRECTOR_BIND_ADDRESS")]
+    bind_address: Option<IpAddr>,
+    /// Overrides `queryPort` (0: OS-assigned).
+    #[arg(long, env = "UDP_DIRECTOR_QUERY_PORT")]
+    query_port: Option<u16>,
+    /// Overrides `dataPort` (0: OS-assigned).
+    #[arg(long, env = "UDP_DIRECTOR_DATA_PORT")]
+    data_port: Option<u16>,
+    /// Overrides `adminPort` (0: OS-assigned).
+    #[arg(long, env = "UDP_DIRECTOR_ADMIN_PORT")]
+    admin_port: Option<u16>,
+    /// Overrides `maxSessions`.
+    #[arg(long, env = "UDP_DIRECTOR_MAX_SESSIONS")]
+    max_sessions: Option<usize>,
+    /// Overrides `sessionTimeoutSeconds`.
+    #[arg(long, env = "UDP_DIRECTOR_SESSION_TIMEOUT_SECONDS")]
+    session_timeout_seconds: Option<u64>,
+    /// Overrides `tokenTTLSeconds`.
+    #[arg(long, env = "UDP_DIRECTOR_TOKEN_TTL_SECONDS")]
+    token_ttl_seconds: Option<u64>,
+    /// Overrides `drainSeconds`.
+    #[arg(long, env = "UDP_DIRECTOR_DRAIN_SECONDS")]
+    drain_seconds: Option<u64>,
+    /// Overrides `dataWorkers` (0: one per core).
+    #[arg(long, env = "UDP_DIRECTOR_DATA_WORKERS")]
+    data_workers: Option<usize>,
+    /// Validate the config, print it with defaults filled in, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("udp-director: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(&cli.config)?;
+    apply_overrides(&mut config, &cli);
+    config
+        .validate()
+        .context("invalid value from a command-line flag or UDP_DIRECTOR_* variable")?;
+    if cli.check_config {
+        print!("{}", serde_yaml::to_string(&config)?);
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("control")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(udp_director::app::run(config))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn apply_overrides(config: &mut Config, cli: &Cli) {
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = cli.$field { config.$field = v; } )* };
+    }
+    set!(
+        bind_address,
+        query_port,
+        data_port,
+        admin_port,
+        max_sessions,
+        session_timeout_seconds,
+        token_ttl_seconds,
+        drain_seconds,
+        data_workers
+    );
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

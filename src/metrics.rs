@@ -1,0 +1,201 @@
+//! Metrics: one registry, every family registered once at start-up, handles passed by `Arc`.
+//! Label values are small closed enums (direction, reason, result), never client addresses,
+//! tokens or target names. The data plane does not touch these per datagram: workers count
+//! locally and add their deltas here periodically (see `net::worker`).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// One label, static key and value.
+pub type Label = [(&'static str, &'static str); 1];
+
+/// Every metric of the director. Prefix `udp_director_` is added by the registry.
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_active: Gauge,
+    pub sessions_created: Counter,
+    pub sessions_closed: Family<Label, Counter>,
+    pub session_resets: Counter,
+    pub datagrams: Family<Label, Counter>,
+    pub bytes: Family<Label, Counter>,
+    pub drops: Family<Label, Counter>,
+    pub tokens_issued: Counter,
+    pub tokens_redeemed: Counter,
+    pub tokens_rejected: Family<Label, Counter>,
+    pub queries: Family<Label, Counter>,
+    pub query_duration: Histogram,
+    pub query_connections: Gauge,
+    pub config_reloads: Family<Label, Counter>,
+    pub upstream_sockets: Gauge,
+    pub caches_synced: Gauge,
+    pub draining: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("udp_director");
+        let m = Self {
+            sessions_active: Gauge::default(),
+            sessions_created: Counter::default(),
+            sessions_closed: Family::default(),
+            session_resets: Counter::default(),
+            datagrams: Family::default(),
+            bytes: Family::default(),
+            drops: Family::default(),
+            tokens_issued: Counter::default(),
+            tokens_redeemed: Counter::default(),
+            tokens_rejected: Family::default(),
+            queries: Family::default(),
+            // 50 µs .. ~0.8 s
+            query_duration: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 15),
+            ),
+            query_connections: Gauge::default(),
+            config_reloads: Family::default(),
+            upstream_sockets: Gauge::default(),
+            caches_synced: Gauge::default(),
+            draining: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sessions_active",
+            "Live UDP sessions",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "sessions_created",
+            "UDP sessions created",
+            m.sessions_created.clone(),
+        );
+        registry.register(
+            "sessions_closed",
+            "UDP sessions closed, by reason",
+            m.sessions_closed.clone(),
+        );
+        registry.register(
+            "session_resets",
+            "Live sessions moved to another target by a control datagram or token",
+            m.session_resets.clone(),
+        );
+        registry.register(
+            "datagrams",
+            "Datagrams proxied, by direction",
+            m.datagrams.clone(),
+        );
+        registry.register("bytes", "Payload bytes proxied, by direction", m.bytes.clone());
+        registry.register(
+            "datagrams_dropped",
+            "Datagrams dropped, by reason",
+            m.drops.clone(),
+        );
+        registry.register("tokens_issued", "Tokens issued", m.tokens_issued.clone());
+        registry.register(
+            "tokens_redeemed",
+            "Tokens redeemed by a datagram",
+            m.tokens_redeemed.clone(),
+        );
+        registry.register(
+            "tokens_rejected",
+            "Token datagrams rejected, by reason",
+            m.tokens_rejected.clone(),
+        );
+        registry.register("queries", "Queries answered, by result", m.queries.clone());
+        registry.register(
+            "query_duration_seconds",
+            "Time from a complete request line to its answer",
+            m.query_duration.clone(),
+        );
+        registry.register(
+            "query_connections_active",
+            "Open query connections",
+            m.query_connections.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reload attempts, by result",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "upstream_sockets",
+            "Open upstream sockets (shared by sessions bound for different targets)",
+            m.upstream_sockets.clone(),
+        );
+        registry.register(
+            "caches_synced",
+            "1 when every resource source has synced at least once",
+            m.caches_synced.clone(),
+        );
+        registry.register(
+            "draining",
+            "1 while shutting down",
+            m.draining.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        // Make every label value appear from the start so dashboards and alerts see zeros.
+        for code in crate::protocol::query::ErrorCode::ALL {
+            let _ = m.queries.get_or_create(&[("result", code.as_str())]);
+        }
+        let _ = m.queries.get_or_create(&[("result", "ok")]);
+        for reason in crate::session::CloseReason::ALL {
+            let _ = m.sessions_closed.get_or_create(&[("reason", reason.as_str())]);
+        }
+        for dir in [TO_TARGET, TO_CLIENT] {
+            let _ = m.datagrams.get_or_create(&[("direction", dir)]);
+            let _ = m.bytes.get_or_create(&[("direction", dir)]);
+        }
+        for result in ["applied", "rejected"] {
+            let _ = m.config_reloads.get_or_create(&[("result", result)]);
+        }
+        Self { registry, ..m }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handle for one label value, resolved once and kept by the caller.
+    pub fn counter(family: &Family<Label, Counter>, key: &'static str, value: &'static str) -> Counter {
+        family.get_or_create(&[(key, value)]).clone()
+    }
+}
+
+/// `direction` label values.
+pub const TO_TARGET: &str = "client_to_target";
+pub const TO_CLIENT: &str = "target_to_client";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_prefixed_names_and_zeroed_labels() {
+        let m = Metrics::new();
+        m.sessions_created.inc();
+        let text = m.encode();
+        assert!(text.contains("udp_director_sessions_created_total 1"), "{text}");
+        assert!(text.contains("udp_director_queries_total{result=\"no_match\"} 0"), "{text}");
+        assert!(text.contains("udp_director_sessions_closed_total{reason=\"idle\"} 0"), "{text}");
+        assert!(text.contains("udp_director_query_duration_seconds_bucket"), "{text}");
+        assert!(text.contains("udp_director_build_info{version="), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,142 @@
+//! The data plane's I/O shell: UDP sockets and the threads that run them.
+//!
+//! `dataWorkers` threads (default: one per core) each own an SO_REUSEPORT socket on the data
+//! port, a [`crate::session::SessionTable`] and that table's upstream sockets. The kernel
+//! hashes a client's address to one worker, so a session lives on one thread and the per-datagram
+//! path takes no lock. Workers share only the token store, the ledger (cap and per-target
+//! counts, written on session changes) and the metrics (flushed periodically).
+
+pub mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::protocol::query::QueryRequest;
+use crate::resolve::Resolver;
+use crate::session::Ledger;
+use crate::token::TokenStore;
+use crate::metrics::Metrics;
+
+/// Settings a worker reads when a datagram needs a decision, swapped whole on reload.
+#[derive(Debug, Clone)]
+pub struct DataSettings {
+    pub magic: Vec<u8>,
+    pub default_endpoint: Option<QueryRequest>,
+    pub session_timeout: std::time::Duration,
+}
+
+/// State shared by all workers and the control plane.
+pub struct DataShared {
+    pub tokens: Arc<TokenStore>,
+    pub ledger: Arc<Ledger>,
+    pub resolver: Arc<RwLock<Arc<Resolver>>>,
+    pub settings: RwLock<Arc<DataSettings>>,
+    pub metrics: Arc<Metrics>,
+    /// No new sessions; live ones keep flowing. Shared with the query server and readiness.
+    pub draining: Arc<AtomicBool>,
+    /// Close everything and exit.
+    pub stop: AtomicBool,
+}
+
+impl DataShared {
+    pub fn settings(&self) -> Arc<DataSettings> {
+        match self.settings.read() {
+            Ok(s) => Arc::clone(&s),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+}
+
+/// The running data plane.
+pub struct DataPlane {
+    local_addr: SocketAddr,
+    shared: Arc<DataShared>,
+    workers: Vec<(JoinHandle<()>, Arc<mio::Waker>)>,
+}
+
+impl DataPlane {
+    /// Binds `workers` sockets to `addr` (port 0: one OS-chosen port shared by all) and
+    /// starts a thread for each.
+    pub fn start(
+        addr: SocketAddr,
+        workers: usize,
+        buffer_bytes: usize,
+        shared: Arc<DataShared>,
+    ) -> io::Result<Self> {
+        let workers = workers.max(1);
+        let first = bind_reuseport(addr, buffer_bytes)?;
+        let local_addr = first.local_addr()?.as_socket().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "data socket has no IP address")
+        })?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(bind_reuseport(local_addr, buffer_bytes)?);
+        }
+        let mut handles = Vec::with_capacity(workers);
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let worker = worker::Worker::new(i, socket, buffer_bytes, Arc::clone(&shared))?;
+            let waker = worker.waker();
+            let handle = std::thread::Builder::new()
+                .name(format!("data-{i}"))
+                .spawn(move || worker.run())?;
+            handles.push((handle, waker));
+        }
+        Ok(Self {
+            local_addr,
+            shared,
+            workers: handles,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops new sessions; live sessions keep flowing.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// Closes every session and joins the workers.
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.wake_all();
+        for (handle, _) in self.workers {
+            if handle.join().is_err() {
+                tracing::error!("a data-plane worker panicked");
+            }
+        }
+    }
+
+    /// Asks every worker to re-read the shared settings.
+    pub fn wake_all(&self) {
+        for (_, waker) in &self.workers {
+            let _ = waker.wake();
+        }
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr, buffer_bytes: usize) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // `::` serves IPv4 clients too, as v4-mapped addresses.
+        let _ = socket.set_only_v6(false);
+    }
+    set_buffers(&socket, buffer_bytes);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Best effort: the kernel clamps to net.core.{r,w}mem_max.
+pub(crate) fn set_buffers(socket: &Socket, bytes: usize) {
+    let _ = socket.set_recv_buffer_size(bytes);
+    let _ = socket.set_send_buffer_size(bytes);
+}

@@ -1,0 +1,572 @@
+//! One data-plane worker: a thread, a mio poll, the worker's data socket, its session table
+//! and the upstream sockets that table's bindings need.
+//!
+//! Per datagram it does one hash lookup, one `last_seen` write and one send. It never
+//! allocates on that path, never logs per datagram and holds no lock; drops are counted by
+//! reason and summarised in the log at most every ten seconds.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use prometheus_client::metrics::counter::Counter;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::time::Instant;
+
+use super::{DataSettings, DataShared, set_buffers};
+use crate::metrics::{self, Metrics};
+use crate::protocol::datagram::{Datagram, classify};
+use crate::resolve::Target;
+use crate::session::{CloseReason, Closed, Connected, SessionId, SessionTable, SocketId};
+use crate::token::Rejection;
+
+const DATA: Token = Token(0);
+const WAKE: Token = Token(1);
+/// Datagrams read from one socket before the others get a turn.
+const BUDGET: usize = 256;
+/// Longest sleep: bounds how stale flushed metrics get.
+const MAX_WAIT: Duration = Duration::from_millis(250);
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Largest UDP payload over IPv4 is 65 507 bytes; a little more so oversize is detectable.
+const BUF_LEN: usize = 65_536;
+
+/// Why a datagram was not delivered. A label value of `udp_director_datagrams_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Empty,
+    /// Not a token, not from a session, and no default endpoint.
+    NoSession,
+    InvalidToken,
+    ExpiredToken,
+    MalformedControl,
+    SessionCap,
+    Draining,
+    /// The default endpoint query resolved to nothing.
+    NoDefaultTarget,
+    /// An upstream socket could not be opened (e.g. EMFILE).
+    UpstreamSocket,
+    /// Sending towards a target failed.
+    SendToTarget,
+    /// Sending towards a client failed.
+    SendToClient,
+    /// Arrived on an upstream socket from something that is not a bound target.
+    UnknownSource,
+    /// A receive call failed.
+    RecvError,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 13] = [
+        DropReason::Empty,
+        DropReason::NoSession,
+        DropReason::InvalidToken,
+        DropReason::ExpiredToken,
+        DropReason::MalformedControl,
+        DropReason::SessionCap,
+        DropReason::Draining,
+        DropReason::NoDefaultTarget,
+        DropReason::UpstreamSocket,
+        DropReason::SendToTarget,
+        DropReason::SendToClient,
+        DropReason::UnknownSource,
+        DropReason::RecvError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Empty => "empty",
+            DropReason::NoSession => "no_session",
+            DropReason::InvalidToken => "invalid_token",
+            DropReason::ExpiredToken => "expired_token",
+            DropReason::MalformedControl => "malformed_control",
+            DropReason::SessionCap => "session_cap",
+            DropReason::Draining => "draining",
+            DropReason::NoDefaultTarget => "no_default_target",
+            DropReason::UpstreamSocket => "upstream_socket",
+            DropReason::SendToTarget => "send_to_target",
+            DropReason::SendToClient => "send_to_client",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::RecvError => "recv_error",
+        }
+    }
+}
+
+/// Counts kept on the worker's own cache lines and added to the shared metrics periodically.
+#[derive(Default)]
+struct LocalStats {
+    datagrams_to_target: u64,
+    bytes_to_target: u64,
+    datagrams_to_client: u64,
+    bytes_to_client: u64,
+    created: u64,
+    resets: u64,
+    redeemed: u64,
+    closed: [u64; CloseReason::ALL.len()],
+    drops: [u64; DropReason::ALL.len()],
+    rejected_unknown: u64,
+    rejected_expired: u64,
+}
+
+/// Pre-resolved metric handles, in the same order as the local arrays.
+struct Handles {
+    datagrams_to_target: Counter,
+    bytes_to_target: Counter,
+    datagrams_to_client: Counter,
+    bytes_to_client: Counter,
+    closed: Vec<Counter>,
+    drops: Vec<Counter>,
+    rejected_unknown: Counter,
+    rejected_expired: Counter,
+}
+
+impl Handles {
+    fn new(m: &Metrics) -> Self {
+        Self {
+            datagrams_to_target: Metrics::counter(&m.datagrams, "direction", metrics::TO_TARGET),
+            bytes_to_target: Metrics::counter(&m.bytes, "direction", metrics::TO_TARGET),
+            datagrams_to_client: Metrics::counter(&m.datagrams, "direction", metrics::TO_CLIENT),
+            bytes_to_client: Metrics::counter(&m.bytes, "direction", metrics::TO_CLIENT),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|r| Metrics::counter(&m.sessions_closed, "reason", r.as_str()))
+                .collect(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| Metrics::counter(&m.drops, "reason", r.as_str()))
+                .collect(),
+            rejected_unknown: Metrics::counter(&m.tokens_rejected, "reason", "unknown"),
+            rejected_expired: Metrics::counter(&m.tokens_rejected, "reason", "expired"),
+        }
+    }
+}
+
+fn close_index(r: CloseReason) -> usize {
+    CloseReason::ALL.iter().position(|x| *x == r).unwrap_or(0)
+}
+
+fn drop_index(r: DropReason) -> usize {
+    DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0)
+}
+
+fn upstream_token(id: SocketId) -> Token {
+    Token(2 + ((id.index as usize) << 1 | usize::from(id.v6)))
+}
+
+fn socket_of(token: Token) -> SocketId {
+    let raw = token.0 - 2;
+    SocketId {
+        v6: raw & 1 == 1,
+        index: (raw >> 1) as u32,
+    }
+}
+
+pub struct Worker {
+    index: usize,
+    poll: Poll,
+    waker: Arc<Waker>,
+    data: UdpSocket,
+    upstreams: [Vec<Option<UdpSocket>>; 2],
+    table: SessionTable,
+    shared: Arc<DataShared>,
+    settings: Arc<DataSettings>,
+    buf: Box<[u8]>,
+    buffer_bytes: usize,
+    stats: LocalStats,
+    handles: Handles,
+    closed: Vec<Closed>,
+    again: Vec<Token>,
+    open_sockets: i64,
+    /// What this worker last added to the shared socket gauge.
+    flushed: i64,
+    last_flush: Instant,
+    last_drop_log: Instant,
+    drops_at_last_log: u64,
+}
+
+impl Worker {
+    pub fn new(
+        index: usize,
+        socket: Socket,
+        buffer_bytes: usize,
+        shared: Arc<DataShared>,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let mut data = UdpSocket::from_std(socket.into());
+        poll.registry()
+            .register(&mut data, DATA, Interest::READABLE)?;
+        let settings = shared.settings();
+        let now = Instant::now();
+        Ok(Self {
+            index,
+            poll,
+            waker,
+            data,
+            upstreams: [Vec::new(), Vec::new()],
+            table: SessionTable::new(settings.session_timeout),
+            handles: Handles::new(&shared.metrics),
+            shared,
+            settings,
+            buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            buffer_bytes,
+            stats: LocalStats::default(),
+            closed: Vec::new(),
+            again: Vec::new(),
+            open_sockets: 0,
+            flushed: 0,
+            last_flush: now,
+            last_drop_log: now,
+            drops_at_last_log: 0,
+        })
+    }
+
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// The worker's loop; returns after `stop` is set, with every session closed.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut ready: Vec<Token> = Vec::with_capacity(1024);
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                let now = Instant::now();
+                let ledger = Arc::clone(&self.shared.ledger);
+                let mut closed = std::mem::take(&mut self.closed);
+                self.table
+                    .close_all(CloseReason::Drained, now, &ledger, &mut closed);
+                self.finish_closed(&mut closed);
+                self.flush(now);
+                return;
+            }
+            let now = Instant::now();
+            let wait = if self.again.is_empty() {
+                self.table
+                    .poll_timeout()
+                    .map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
+                    .unwrap_or(MAX_WAIT)
+                    .min(MAX_WAIT)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(worker = self.index, error = %e, "poll failed");
+                }
+                continue;
+            }
+            ready.clear();
+            ready.extend(events.iter().map(|e| e.token()));
+            ready.append(&mut self.again);
+            let now = Instant::now();
+            for token in ready.iter().copied() {
+                let more = match token {
+                    WAKE => {
+                        self.settings = self.shared.settings();
+                        self.table.set_timeout(self.settings.session_timeout);
+                        false
+                    }
+                    DATA => self.drain_clients(now),
+                    t => self.drain_upstream(socket_of(t), now),
+                };
+                if more && !self.again.contains(&token) {
+                    self.again.push(token);
+                }
+            }
+            let ledger = Arc::clone(&self.shared.ledger);
+            let mut closed = std::mem::take(&mut self.closed);
+            self.table.expire(now, &ledger, &mut closed);
+            self.finish_closed(&mut closed);
+            self.closed = closed;
+            if now.saturating_duration_since(self.last_flush) >= FLUSH_EVERY {
+                self.flush(now);
+            }
+        }
+    }
+
+    /// Reads client datagrams until the socket is empty or the budget is spent.
+    fn drain_clients(&mut self, now: Instant) -> bool {
+        for _ in 0..BUDGET {
+            match self.data.recv_from(&mut self.buf) {
+                Ok((len, from)) => self.on_client_datagram(len, from, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.drop(DropReason::RecvError),
+            }
+        }
+        true
+    }
+
+    fn on_client_datagram(&mut self, len: usize, client: SocketAddr, now: Instant) {
+        if len == 0 {
+            return self.drop(DropReason::Empty);
+        }
+        if let Some(id) = self.table.lookup(&client) {
+            match classify(&self.buf[..len], &self.settings.magic) {
+                Datagram::Data => self.forward_to_target(id, len, now),
+                Datagram::Token(token) => match self.shared.tokens.redeem(token, now) {
+                    // A retransmitted or new token from a live client: rebind, never forward.
+                    Ok(target) => {
+                        self.stats.redeemed += 1;
+                        self.connect(client, target, now);
+                    }
+                    // Game traffic that merely looks like a token.
+                    Err(_) => self.forward_to_target(id, len, now),
+                },
+                Datagram::Control(token) => match self.shared.tokens.redeem(token, now) {
+                    Ok(target) => {
+                        self.stats.redeemed += 1;
+                        self.connect(client, target, now);
+                    }
+                    Err(r) => self.reject(r),
+                },
+                Datagram::MalformedControl => self.drop(DropReason::MalformedControl),
+            }
+            return;
+        }
+        if self.shared.draining.load(Ordering::Relaxed) {
+            return self.drop(DropReason::Draining);
+        }
+        let redeemed = match classify(&self.buf[..len], &self.settings.magic) {
+            Datagram::Token(token) | Datagram::Control(token) => {
+                Some(self.shared.tokens.redeem(token, now))
+            }
+            Datagram::MalformedControl | Datagram::Data => None,
+        };
+        match redeemed {
+            Some(Ok(target)) => {
+                self.stats.redeemed += 1;
+                // The token datagram itself is not forwarded.
+                self.connect(client, target, now);
+            }
+            Some(Err(r)) if self.settings.default_endpoint.is_none() => self.reject(r),
+            _ => self.connect_default(client, len, now),
+        }
+    }
+
+    /// Tokenless first datagram: a session to the default endpoint, datagram forwarded.
+    fn connect_default(&mut self, client: SocketAddr, len: usize, now: Instant) {
+        let Some(query) = &self.settings.default_endpoint else {
+            return self.drop(DropReason::NoSession);
+        };
+        let resolver = match self.shared.resolver.read() {
+            Ok(r) => Arc::clone(&r),
+            Err(p) => Arc::clone(&p.into_inner()),
+        };
+        let target = match resolver.resolve(query, self.shared.ledger.as_ref()) {
+            Ok(resolved) => resolved.target,
+            Err(_) => return self.drop(DropReason::NoDefaultTarget),
+        };
+        if let Some(id) = self.connect(client, target, now) {
+            self.forward_to_target(id, len, now);
+        }
+    }
+
+    /// Executes a bind decision: opens/closes upstream sockets as the table says.
+    fn connect(&mut self, client: SocketAddr, target: Arc<Target>, now: Instant) -> Option<SessionId> {
+        let ledger = Arc::clone(&self.shared.ledger);
+        let (id, binding, released) = match self.table.connect(client, target, now, &ledger) {
+            Err(_) => {
+                self.drop(DropReason::SessionCap);
+                return None;
+            }
+            Ok(Connected::Unchanged { id }) => return Some(id),
+            Ok(Connected::New { id, binding }) => {
+                self.stats.created += 1;
+                (id, binding, None)
+            }
+            Ok(Connected::Moved {
+                id,
+                binding,
+                released,
+                ..
+            }) => {
+                self.stats.resets += 1;
+                (id, binding, released)
+            }
+        };
+        if released == Some(binding.socket) {
+            // The freed slot is the new one: keep its socket open rather than cycle it.
+            return Some(id);
+        }
+        if let Some(old) = released {
+            self.close_socket(old);
+        }
+        if binding.open_socket
+            && let Err(e) = self.open_socket(binding.socket)
+        {
+            tracing::debug!(worker = self.index, error = %e, "cannot open upstream socket");
+            self.drop(DropReason::UpstreamSocket);
+            if let Some(c) = self.table.close(id, CloseReason::UpstreamError, now, &ledger) {
+                let mut closed = vec![c];
+                self.finish_closed(&mut closed);
+            }
+            return None;
+        }
+        Some(id)
+    }
+
+    fn forward_to_target(&mut self, id: SessionId, len: usize, now: Instant) {
+        let Some((socket, to)) = self.table.forward_from_client(id, len, now) else {
+            return self.drop(DropReason::NoSession);
+        };
+        let sent = self.upstreams[usize::from(socket.v6)]
+            .get(socket.index as usize)
+            .and_then(Option::as_ref)
+            .map(|s| s.send_to(&self.buf[..len], to));
+        match sent {
+            Some(Ok(_)) => {
+                self.stats.datagrams_to_target += 1;
+                self.stats.bytes_to_target += len as u64;
+            }
+            _ => self.drop(DropReason::SendToTarget),
+        }
+    }
+
+    /// Reads target datagrams from one upstream socket and relays them to their clients.
+    fn drain_upstream(&mut self, socket: SocketId, now: Instant) -> bool {
+        for _ in 0..BUDGET {
+            let Some(Some(upstream)) = self.upstreams[usize::from(socket.v6)].get(socket.index as usize)
+            else {
+                return false;
+            };
+            match upstream.recv_from(&mut self.buf) {
+                Ok((0, _)) => self.drop(DropReason::Empty),
+                Ok((len, from)) => match self.table.forward_from_target(socket, &from, len, now) {
+                    Some(client) => match self.data.send_to(&self.buf[..len], client) {
+                        Ok(_) => {
+                            self.stats.datagrams_to_client += 1;
+                            self.stats.bytes_to_client += len as u64;
+                        }
+                        Err(_) => self.drop(DropReason::SendToClient),
+                    },
+                    None => self.drop(DropReason::UnknownSource),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // ICMP errors (port unreachable) surface here on some kernels; count and go on.
+                Err(_) => self.drop(DropReason::RecvError),
+            }
+        }
+        true
+    }
+
+    fn open_socket(&mut self, id: SocketId) -> io::Result<()> {
+        let (domain, any) = if id.v6 {
+            (Domain::IPV6, SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
+        } else {
+            (Domain::IPV4, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+        };
+        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        if id.v6 {
+            socket.set_only_v6(true)?;
+        }
+        set_buffers(&socket, self.buffer_bytes);
+        socket.set_nonblocking(true)?;
+        socket.bind(&any.into())?;
+        let mut socket = UdpSocket::from_std(socket.into());
+        self.poll
+            .registry()
+            .register(&mut socket, upstream_token(id), Interest::READABLE)?;
+        let pool = &mut self.upstreams[usize::from(id.v6)];
+        let index = id.index as usize;
+        if pool.len() <= index {
+            pool.resize_with(index + 1, || None);
+        }
+        if let Some(mut old) = pool[index].replace(socket) {
+            let _ = self.poll.registry().deregister(&mut old);
+        } else {
+            self.open_sockets += 1;
+        }
+        Ok(())
+    }
+
+    fn close_socket(&mut self, id: SocketId) {
+        let pool = &mut self.upstreams[usize::from(id.v6)];
+        if let Some(mut socket) = pool.get_mut(id.index as usize).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut socket);
+            self.open_sockets -= 1;
+        }
+        while pool.last().is_some_and(Option::is_none) {
+            pool.pop();
+        }
+        self.again.retain(|t| *t != upstream_token(id));
+    }
+
+    fn finish_closed(&mut self, closed: &mut Vec<Closed>) {
+        for c in closed.drain(..) {
+            self.stats.closed[close_index(c.reason)] += 1;
+            if let Some(socket) = c.released {
+                self.close_socket(socket);
+            }
+            tracing::debug!(
+                client = %c.client,
+                target = %format_args!("{}/{}", c.target.namespace, c.target.name),
+                reason = c.reason.as_str(),
+                duration_ms = c.duration.as_millis() as u64,
+                datagrams_to_target = c.stats.datagrams_to_target,
+                datagrams_to_client = c.stats.datagrams_to_client,
+                "session closed"
+            );
+        }
+    }
+
+    #[inline]
+    fn drop(&mut self, reason: DropReason) {
+        self.stats.drops[drop_index(reason)] += 1;
+    }
+
+    fn reject(&mut self, r: Rejection) {
+        match r {
+            Rejection::Unknown => {
+                self.stats.rejected_unknown += 1;
+                self.drop(DropReason::InvalidToken);
+            }
+            Rejection::Expired => {
+                self.stats.rejected_expired += 1;
+                self.drop(DropReason::ExpiredToken);
+            }
+        }
+    }
+
+    /// Adds local counts to the shared metrics and logs a drop summary at most every 10 s.
+    fn flush(&mut self, now: Instant) {
+        let s = std::mem::take(&mut self.stats);
+        let h = &self.handles;
+        let m = &self.shared.metrics;
+        h.datagrams_to_target.inc_by(s.datagrams_to_target);
+        h.bytes_to_target.inc_by(s.bytes_to_target);
+        h.datagrams_to_client.inc_by(s.datagrams_to_client);
+        h.bytes_to_client.inc_by(s.bytes_to_client);
+        m.sessions_created.inc_by(s.created);
+        m.session_resets.inc_by(s.resets);
+        m.tokens_redeemed.inc_by(s.redeemed);
+        h.rejected_unknown.inc_by(s.rejected_unknown);
+        h.rejected_expired.inc_by(s.rejected_expired);
+        for (c, n) in h.closed.iter().zip(s.closed) {
+            c.inc_by(n);
+        }
+        for (c, n) in h.drops.iter().zip(s.drops) {
+            c.inc_by(n);
+        }
+        let previous = std::mem::replace(&mut self.flushed, self.open_sockets);
+        m.upstream_sockets.inc_by(self.open_sockets - previous);
+        self.last_flush = now;
+        if now.saturating_duration_since(self.last_drop_log) >= DROP_LOG_EVERY {
+            let total: u64 = h.drops.iter().map(Counter::get).sum();
+            if total > self.drops_at_last_log {
+                tracing::warn!(
+                    dropped = total - self.drops_at_last_log,
+                    "datagrams dropped in the last interval (all workers; see udp_director_datagrams_dropped_total by reason)"
+                );
+            }
+            self.drops_at_last_log = total;
+            self.last_drop_log = now;
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The query protocol (SPEC §2): one JSON object per line in, one per line out.
+//!
+//! Pure: parsing a request line and rendering an answer. Framing, limits and timeouts belong
+//! to `query_server`; what a request resolves to belongs to `resolve`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A client's request, exactly as SPEC §2 describes it. Unknown fields are rejected by name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryRequest {
+    pub resource_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotation_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_query: Option<StatusQuery>,
+}
+
+/// A JSONPath into the resource and the values that count as a match.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusQuery {
+    pub json_path: String,
+    /// One expected value; merged with `expectedValues`.
+    #[serde(
+        default,
+        deserialize_with = "scalar_text_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expected_value: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "scalar_texts",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub expected_values: Vec<String>,
+}
+
+impl StatusQuery {
+    /// All expected values, in the order given.
+    pub fn expected(&self) -> impl Iterator<Item = &str> + Clone {
+        self.expected_value
+            .iter()
+            .chain(self.expected_values.iter())
+            .map(String::as_str)
+    }
+}
+
+/// Numbers and booleans are accepted where a string is expected and compared by their text.
+fn scalar_text(value: serde_json::Value) -> Result<String, String> {
+    match value {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::Bool(b) => Ok(b.to_string()),
+        other => Err(format!(
+            "expected a string, number or boolean, found {other}"
+        )),
+    }
+}
+
+fn scalar_text_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    v.map(scalar_text)
+        .transpose()
+        .map_err(serde::de::Error::custom)
+}
+
+fn scalar_texts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<serde_json::Value>::deserialize(d)?;
+    v.into_iter()
+        .map(scalar_text)
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+/// The error codes of SPEC §2. The wire spelling is the snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    TooLarge,
+    UnknownResourceType,
+    ForbiddenNamespace,
+    NoMatch,
+    Unavailable,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::BadRequest,
+        ErrorCode::TooLarge,
+        ErrorCode::UnknownResourceType,
+        ErrorCode::ForbiddenNamespace,
+        ErrorCode::NoMatch,
+        ErrorCode::Unavailable,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnknownResourceType => "unknown_resource_type",
+            ErrorCode::ForbiddenNamespace => "forbidden_namespace",
+            ErrorCode::NoMatch => "no_match",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error answer: a code a program can branch on and a message a person can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[error("{code:?}: {message}")]
+pub struct QueryError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl QueryError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The target named in a successful answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenAnswer {
+    pub token: String,
+    pub ttl_seconds: u64,
+    pub target: TargetRef,
+}
+
+impl TargetRef {
+    pub fn new(namespace: &str, name: &str, addr: Option<SocketAddr>) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            address: addr.map(|a| a.ip().to_string()),
+            port: addr.map(|a| a.port()),
+        }
+    }
+}
+
+/// Renders an answer line, newline included.
+pub fn render(answer: &Result<TokenAnswer, QueryError>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct ErrorAnswer<'a> {
+        error: &'a QueryError,
+    }
+    let mut out = match answer {
+        Ok(ok) => serde_json::to_vec(ok),
+        Err(error) => serde_json::to_vec(&ErrorAnswer { error }),
+    }
+    // Serialising these plain structs cannot fail; keep a valid answer if it ever did.
+    .unwrap_or_else(|_| {
+        br#"{"error":{"code":"internal","message":"answer could not be encoded"}}"#.to_vec()
+    });
+    out.push(b'\n');
+    out
+}
+
+/// Parses one request line (without its newline). Every failure is a `bad_request` whose
+/// message says what was expected and what was found.
+pub fn parse_request(line: &[u8]) -> Result<QueryRequest, QueryError> {
+    let text = std::str::from_utf8(line).map_err(|e| {
+        QueryError::new(
+            ErrorCode::BadRequest,
+            format!("request is not valid UTF-8 (at byte {})", e.valid_up_to()),
+        )
+    })?;
+    let request: QueryRequest = serde_json::from_str(text).map_err(|e| {
+        QueryError::new(
+            ErrorCode::BadRequest,
+            format!("expected one JSON object with a `resourceType`: {e}"),
+        )
+    })?;
+    if request.resource_type.is_empty() {
+        return Err(QueryError::new(
+            ErrorCode::BadRequest,
+            "`resourceType` must not be empty",
+        ));
+    }
+    if let Some(status) = &request.status_query {
+        normalize_json_path(&status.json_path)
+            .map_err(|e| QueryError::new(ErrorCode::BadRequest, e.to_string()))?;
+        if status.expected().next().is_none() {
+            return Err(QueryError::new(
+                ErrorCode::BadRequest,
+                "`statusQuery` needs `expectedValue` or `expectedValues`",
+            ));
+        }
+    }
+    Ok(request)
+}
+
+/// A JSONPath that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("jsonPath {path:?} is not valid: {reason}")]
+pub struct JsonPathError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Accepts kubectl-style (`status.state`, `.status.state`, `{.status.state}`) and `$`-rooted
+/// paths and returns the `$`-rooted form jsonpath-rust understands, after checking it parses.
+pub fn normalize_json_path(path: &str) -> Result<String, JsonPathError> {
+    let err = |reason: &str| JsonPathError {
+        path: path.to_string(),
+        reason: reason.to_string(),
+    };
+    let trimmed = path.trim();
+    let inner = match trimmed.strip_prefix('{') {
+        Some(rest) => rest
+            .strip_suffix('}')
+            .ok_or_else(|| err("opening `{` without closing `}`"))?
+            .trim(),
+        None => trimmed,
+    };
+    if inner.is_empty() {
+        return Err(err("empty path"));
+    }
+    let rooted = if inner.starts_with('$') {
+        inner.to_string()
+    } else if inner.starts_with('.') || inner.starts_with('[') {
+        format!("${inner}")
+    } else {
+        format!("$.{inner}")
+    };
+    use jsonpath_rust::JsonPath;
+    serde_json::Value::Null
+        .query(&rooted)
+        .map_err(|e| err(&e.to_string()))?;
+    Ok(rooted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_spec_example() {
+        let line = br#"{"resourceType": "gameserver", "namespace": "game-servers",
+            "labelSelector": {"agones.dev/fleet": "m-tutorial", "map": "de_dust2"},
+            "annotationSelector": {"status": "accepting"},
+            "statusQuery": {"jsonPath": "status.state", "expectedValues": ["Ready", "Allocated"]}}"#;
+        let r = parse_request(line).unwrap();
+        assert_eq!(r.resource_type, "gameserver");
+        assert_eq!(r.namespace.as_deref(), Some("game-servers"));
+        assert_eq!(r.label_selector["map"], "de_dust2");
+        let sq = r.status_query.unwrap();
+        assert_eq!(sq.expected().collect::<Vec<_>>(), ["Ready", "Allocated"]);
+    }
+
+    #[test]
+    fn expected_value_accepts_one_string_and_scalars() {
+        let r = parse_request(br#"{"resourceType":"x","statusQuery":{"jsonPath":"$.a","expectedValue":"Ready","expectedValues":[7777,true]}}"#).unwrap();
+        assert_eq!(
+            r.status_query.unwrap().expected().collect::<Vec<_>>(),
+            ["Ready", "7777", "true"]
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let cases: [(&[u8], &str); 8] = [
+            (b"not json", "expected one JSON object"),
+            (b"{\"resourceType\": 5}", "invalid type"),
+            (b"{\"resourceType\":\"x\",\"colour\":1}", "unknown field `colour`"),
+            (b"{}", "missing field `resourceType`"),
+            (b"\xff\xfe", "not valid UTF-8"),
+            (b"{\"resourceType\":\"\"}", "must not be empty"),
+            (b"{\"resourceType\":\"x\",\"statusQuery\":{\"jsonPath\":\"a\"}}", "expectedValue"),
+            (b"{\"resourceType\":\"x\x00\"}", "control character"),
+        ];
+        for (line, needle) in cases {
+            let e = parse_request(line).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(e.message.contains(needle), "{:?} -> {}", line, e.message);
+        }
+    }
+
+    #[test]
+    fn deeply_nested_json_is_a_bad_request_not_a_stack_overflow() {
+        let mut line = b"{\"resourceType\":\"x\",\"labelSelector\":".to_vec();
+        line.extend(std::iter::repeat_n(b'[', 100_000));
+        let e = parse_request(&line).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn json_path_forms_normalise_to_dollar_rooted() {
+        for p in [
+            "status.state",
+            ".status.state",
+            "$.status.state",
+            "{.status.state}",
+        ] {
+            assert_eq!(normalize_json_path(p).unwrap(), "$.status.state", "{p}");
+        }
+        assert_eq!(
+            normalize_json_path("status.ports[?(@.name==\"default\")].port").unwrap(),
+            "$.status.ports[?(@.name==\"default\")].port"
+        );
+        assert!(normalize_json_path("{.status").is_err());
+        assert!(normalize_json_path("").is_err());
+        assert!(normalize_json_path("$[").is_err());
+    }
+
+    #[test]
+    fn answers_render_as_one_line() {
+        let ok = render(&Ok(TokenAnswer {
+            token: "t".into(),
+            ttl_seconds: 30,
+            target: TargetRef::new("ns", "gs", None),
+        }));
+        assert_eq!(
+            ok,
+            b"{\"token\":\"t\",\"ttlSeconds\":30,\"target\":{\"namespace\":\"ns\",\"name\":\"gs\"}}\n"
+        );
+        let err = render(&Err(QueryError::new(ErrorCode::NoMatch, "none")));
+        assert_eq!(
+            err,
+            b"{\"error\":{\"code\":\"no_match\",\"message\":\"none\"}}\n"
+        );
+        let exposed = TargetRef::new("ns", "gs", Some("10.0.0.1:7654".parse().unwrap()));
+        assert_eq!(exposed.address.as_deref(), Some("10.0.0.1"));
+        assert_eq!(exposed.port, Some(7654));
+    }
+}

@@ -1,0 +1,163 @@
+//! Pure selection: does a candidate match a query, and which of the matches gets the session.
+//! No I/O, no clock; randomness and round-robin state come in as arguments.
+
+use std::collections::BTreeMap;
+
+use jsonpath_rust::JsonPath;
+use serde_json::Value;
+
+use crate::config::LoadBalancing;
+
+use super::Candidate;
+
+/// True when every `key: value` pair is present in `have`.
+pub fn selector_matches(selector: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| have.get(k).is_some_and(|h| h == v))
+}
+
+/// True when the value at `rooted_path` (already normalised to `$`-rooted) equals one of
+/// `expected` by its text form. A missing field or an unusable path is simply no match.
+pub fn status_matches<'a>(
+    object: &Value,
+    rooted_path: &str,
+    expected: impl Iterator<Item = &'a str> + Clone,
+) -> bool {
+    let Ok(found) = object.query(rooted_path) else {
+        return false;
+    };
+    found.iter().any(|v| {
+        value_text(v).is_some_and(|t| expected.clone().any(|e| e == t))
+    })
+}
+
+/// The text a JSON scalar compares by: strings as themselves, numbers and booleans as written.
+pub fn value_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
+        Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b { "true" } else { "false" })),
+        _ => None,
+    }
+}
+
+/// Inputs to a load-balancing choice that are not in the candidates themselves.
+pub struct ChoiceInputs<'a> {
+    /// Live sessions on this director per candidate, in candidate order.
+    pub sessions: &'a [usize],
+    /// Monotonic counter for round-robin (the caller increments it per choice).
+    pub round_robin: usize,
+    /// A random number for `random`.
+    pub random: u64,
+}
+
+/// Picks one of `matches` (ordered by namespace/name). Ties break to the earliest.
+pub fn choose(lb: &LoadBalancing, matches: &[&Candidate], inputs: &ChoiceInputs<'_>) -> Option<usize> {
+    if matches.is_empty() {
+        return None;
+    }
+    let n = matches.len();
+    Some(match lb {
+        LoadBalancing::First => 0,
+        LoadBalancing::RoundRobin => inputs.round_robin % n,
+        LoadBalancing::Random => (inputs.random % n as u64) as usize,
+        LoadBalancing::LeastSessions => inputs
+            .sessions
+            .iter()
+            .take(n)
+            .enumerate()
+            // min_by_key returns the first of equal minima: deterministic ties.
+            .min_by_key(|(_, s)| **s)
+            .map(|(i, _)| i)
+            .unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn cand(name: &str) -> Candidate {
+        Candidate::from_parts(
+            "default",
+            name,
+            BTreeMap::new(),
+            BTreeMap::new(),
+            json!({}),
+            "127.0.0.1:1".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn selectors_are_anded_equality() {
+        let have: BTreeMap<_, _> = [("a".to_string(), "1".to_string()), ("b".into(), "2".into())].into();
+        let sel = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert!(selector_matches(&sel(&[]), &have));
+        assert!(selector_matches(&sel(&[("a", "1")]), &have));
+        assert!(selector_matches(&sel(&[("a", "1"), ("b", "2")]), &have));
+        assert!(!selector_matches(&sel(&[("a", "2")]), &have));
+        assert!(!selector_matches(&sel(&[("c", "1")]), &have));
+    }
+
+    #[test]
+    fn status_query_compares_text_forms() {
+        let obj = json!({"status": {"state": "Ready", "players": 3, "open": true,
+            "ports": [{"name": "default", "port": 7654}, {"name": "rcon", "port": 7655}]}});
+        assert!(status_matches(&obj, "$.status.state", ["Allocated", "Ready"].into_iter()));
+        assert!(!status_matches(&obj, "$.status.state", ["Shutdown"].into_iter()));
+        assert!(status_matches(&obj, "$.status.players", ["3"].into_iter()));
+        assert!(status_matches(&obj, "$.status.open", ["true"].into_iter()));
+        assert!(status_matches(
+            &obj,
+            "$.status.ports[?(@.name == 'default')].port",
+            ["7654"].into_iter()
+        ));
+        assert!(status_matches(&obj, "$.status.ports[1].port", ["7655"].into_iter()));
+        assert!(!status_matches(&obj, "$.status.missing", ["Ready"].into_iter()));
+        assert!(!status_matches(&obj, "$.status.state", std::iter::empty()));
+    }
+
+    #[test]
+    fn first_and_round_robin() {
+        let (a, b, c) = (cand("a"), cand("b"), cand("c"));
+        let m = [&a, &b, &c];
+        let inputs = |rr| ChoiceInputs { sessions: &[5, 1, 1], round_robin: rr, random: 0 };
+        assert_eq!(choose(&LoadBalancing::First, &m, &inputs(0)), Some(0));
+        let picks: Vec<_> = (0..6).map(|rr| choose(&LoadBalancing::RoundRobin, &m, &inputs(rr)).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(choose(&LoadBalancing::LeastSessions, &m, &inputs(0)), Some(1));
+        assert_eq!(choose(&LoadBalancing::First, &[], &inputs(0)), None);
+    }
+
+    proptest! {
+        /// Placing N sessions one at a time with leastSessions over M equal targets leaves
+        /// every target within one session of every other.
+        #[test]
+        fn least_sessions_spreads_within_one(m in 1usize..20, n in 0usize..400) {
+            let cands: Vec<Candidate> = (0..m).map(|i| cand(&format!("c{i:02}"))).collect();
+            let refs: Vec<&Candidate> = cands.iter().collect();
+            let mut sessions = vec![0usize; m];
+            for _ in 0..n {
+                let i = choose(&LoadBalancing::LeastSessions, &refs,
+                    &ChoiceInputs { sessions: &sessions, round_robin: 0, random: 0 }).unwrap();
+                sessions[i] += 1;
+            }
+            let (lo, hi) = (sessions.iter().min().unwrap(), sessions.iter().max().unwrap());
+            prop_assert!(hi - lo <= 1);
+        }
+
+        #[test]
+        fn random_always_picks_a_match(m in 1usize..50, r in any::<u64>()) {
+            let cands: Vec<Candidate> = (0..m).map(|i| cand(&format!("c{i}"))).collect();
+            let refs: Vec<&Candidate> = cands.iter().collect();
+            let i = choose(&LoadBalancing::Random, &refs,
+                &ChoiceInputs { sessions: &vec![0; m], round_robin: 0, random: r }).unwrap();
+            prop_assert!(i < m);
+        }
+    }
+}

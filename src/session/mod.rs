@@ -1,0 +1,554 @@
+//! The session table: a pure state machine over client addresses, targets and upstream
+//! socket slots. It takes `now` from its caller and returns decisions; it never reads the
+//! clock, opens a socket or logs. The data-plane shell (`net::worker`) owns one table per
+//! worker thread and executes what it decides. See `Docs/SessionLifecycle.md`.
+//!
+//! Upstream sockets are shared: socket slot `i` of a pool carries at most one session per
+//! target, so a target still sees every client on its own source port, while sessions bound
+//! for different targets reuse the same sockets. The number of sockets is therefore the
+//! largest number of sessions any single target has on this worker, not the session count.
+//!
+//! Idle expiry uses one min-heap of `(deadline, slot, generation)` entries, exactly one per
+//! live session. A datagram only rewrites the session's `last_seen`; when an entry comes due
+//! the real deadline is recomputed and the entry re-armed if the session was refreshed. Slot
+//! generations make entries of closed sessions stale, so a stale deadline never closes a
+//! session that reuses the slot.
+
+pub mod ledger;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::resolve::Target;
+pub use ledger::Ledger;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Index of a session in the table's slab.
+pub type SessionId = u32;
+
+/// An upstream socket slot: address family pool and index within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId {
+    pub v6: bool,
+    pub index: u32,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// No datagram either way for the session timeout.
+    Idle,
+    /// The director shut down.
+    Drained,
+    /// The upstream socket could not be opened or failed.
+    UpstreamError,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 3] = [
+        CloseReason::Idle,
+        CloseReason::Drained,
+        CloseReason::UpstreamError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Idle => "idle",
+            CloseReason::Drained => "drained",
+            CloseReason::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// Why a new session was not created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `maxSessions` reached.
+    Cap,
+}
+
+/// Datagram and byte counts of one session. `to_target` is client → target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub datagrams_to_target: u64,
+    pub bytes_to_target: u64,
+    pub datagrams_to_client: u64,
+    pub bytes_to_client: u64,
+}
+
+/// Where a session now sends, and whether the shell must open that socket first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding {
+    pub socket: SocketId,
+    /// The slot carried no session before: the shell opens a socket for it.
+    pub open_socket: bool,
+}
+
+/// Outcome of [`SessionTable::connect`].
+#[derive(Debug, Clone)]
+pub enum Connected {
+    New {
+        id: SessionId,
+        binding: Binding,
+    },
+    /// A live session moved to a new target (reset, or a token for another target).
+    Moved {
+        id: SessionId,
+        binding: Binding,
+        from: Arc<Target>,
+        /// The old slot carries no session any more: the shell closes its socket.
+        released: Option<SocketId>,
+    },
+    /// The session already goes to that target (a retransmitted token).
+    Unchanged { id: SessionId },
+}
+
+/// A session that ended, with what the shell needs to clean up and report.
+#[derive(Debug, Clone)]
+pub struct Closed {
+    pub client: SocketAddr,
+    pub target: Arc<Target>,
+    pub reason: CloseReason,
+    /// The slot carries no session any more: the shell closes its socket.
+    pub released: Option<SocketId>,
+    pub stats: FlowStats,
+    pub duration: Duration,
+}
+
+#[derive(Debug)]
+struct Session {
+    client: SocketAddr,
+    target: Arc<Target>,
+    socket: SocketId,
+    last_seen: Instant,
+    created: Instant,
+    timeout: Duration,
+    stats: FlowStats,
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    session: Option<Session>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at: Instant,
+    id: SessionId,
+    generation: u32,
+}
+
+/// Which socket slots a target occupies (bitset over slot indices).
+#[derive(Debug, Default)]
+struct TargetUse {
+    used: Vec<u64>,
+    count: u32,
+}
+
+impl TargetUse {
+    fn first_free(&self) -> u32 {
+        for (w, word) in self.used.iter().enumerate() {
+            if *word != u64::MAX {
+                return (w * 64) as u32 + word.trailing_ones();
+            }
+        }
+        (self.used.len() * 64) as u32
+    }
+
+    fn set(&mut self, index: u32, on: bool) {
+        let (w, b) = ((index / 64) as usize, index % 64);
+        if self.used.len() <= w {
+            self.used.resize(w + 1, 0);
+        }
+        if on {
+            self.used[w] |= 1 << b;
+        } else {
+            self.used[w] &= !(1 << b);
+        }
+    }
+
+    fn is_set(&self, index: u32) -> bool {
+        let (w, b) = ((index / 64) as usize, index % 64);
+        self.used.get(w).is_some_and(|word| word & (1 << b) != 0)
+    }
+}
+
+/// One worker's sessions. See the module documentation.
+#[derive(Debug)]
+pub struct SessionTable {
+    slots: Vec<Slot>,
+    free: Vec<SessionId>,
+    by_client: FastMap<SocketAddr, SessionId>,
+    /// `pools[v6][index]`: the targets carried by that socket slot and their session.
+    /// An empty map means the slot has no open socket.
+    pools: [Vec<FastMap<SocketAddr, SessionId>>; 2],
+    targets: FastMap<SocketAddr, TargetUse>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    timeout: Duration,
+}
+
+impl SessionTable {
+    /// `timeout` is the idle timeout given to sessions created from now on.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_client: FastMap::default(),
+            pools: [Vec::new(), Vec::new()],
+            targets: FastMap::default(),
+            timers: BinaryHeap::new(),
+            timeout,
+        }
+    }
+
+    /// Changes the idle timeout of sessions created from now on; live ones keep theirs.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_client.is_empty()
+    }
+
+    /// Open upstream socket slots (slots carrying at least one session).
+    pub fn open_sockets(&self) -> usize {
+        self.pools
+            .iter()
+            .flatten()
+            .filter(|peers| !peers.is_empty())
+            .count()
+    }
+
+    /// The session of a client address, if any. Hot path: one hash lookup.
+    #[inline]
+    pub fn lookup(&self, client: &SocketAddr) -> Option<SessionId> {
+        self.by_client.get(client).copied()
+    }
+
+    /// Records a client datagram on a live session and says where to send it.
+    #[inline]
+    pub fn forward_from_client(
+        &mut self,
+        id: SessionId,
+        len: usize,
+        now: Instant,
+    ) -> Option<(SocketId, SocketAddr)> {
+        let s = self.session_mut(id)?;
+        s.last_seen = now;
+        s.stats.datagrams_to_target += 1;
+        s.stats.bytes_to_target += len as u64;
+        Some((s.socket, s.target.addr))
+    }
+
+    /// Records a datagram that arrived on upstream socket `socket` from `from` and returns
+    /// the client to deliver it to, or `None` when `from` is not a target bound to that
+    /// socket (the datagram must be dropped).
+    #[inline]
+    pub fn forward_from_target(
+        &mut self,
+        socket: SocketId,
+        from: &SocketAddr,
+        len: usize,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let id = *self.pools[socket.v6 as usize]
+            .get(socket.index as usize)?
+            .get(from)?;
+        let s = self.session_mut(id)?;
+        s.last_seen = now;
+        s.stats.datagrams_to_client += 1;
+        s.stats.bytes_to_client += len as u64;
+        Some(s.client)
+    }
+
+    /// Binds `client` to `target`: a new session (admitted by the ledger's cap) or a move of
+    /// the client's live session. Moving releases the old binding at once, so nothing from
+    /// the old target is delivered afterwards.
+    pub fn connect(
+        &mut self,
+        client: SocketAddr,
+        target: Arc<Target>,
+        now: Instant,
+        ledger: &Ledger,
+    ) -> Result<Connected, Refusal> {
+        let result = if let Some(id) = self.lookup(&client) {
+            self.retarget(id, target, now, ledger)
+        } else {
+            if !ledger.try_admit() {
+                return Err(Refusal::Cap);
+            }
+            let id = self.free.pop().unwrap_or_else(|| {
+                self.slots.push(Slot {
+                    generation: 0,
+                    session: None,
+                });
+                (self.slots.len() - 1) as SessionId
+            });
+            let binding = self.bind(target.addr, id);
+            ledger.target_added(target.addr);
+            let slot = &mut self.slots[id as usize];
+            slot.session = Some(Session {
+                client,
+                target,
+                socket: binding.socket,
+                last_seen: now,
+                created: now,
+                timeout: self.timeout,
+                stats: FlowStats::default(),
+            });
+            self.timers.push(Reverse(Timer {
+                at: now + self.timeout,
+                id,
+                generation: slot.generation,
+            }));
+            self.by_client.insert(client, id);
+            Connected::New { id, binding }
+        };
+        self.debug_check();
+        Ok(result)
+    }
+
+    fn retarget(
+        &mut self,
+        id: SessionId,
+        target: Arc<Target>,
+        now: Instant,
+        ledger: &Ledger,
+    ) -> Connected {
+        let Some(s) = self.session_mut(id) else {
+            return Connected::Unchanged { id };
+        };
+        s.last_seen = now;
+        if s.target.addr == target.addr {
+            // Same destination: keep the binding; adopt the newer identity (name may differ).
+            s.target = target;
+            return Connected::Unchanged { id };
+        }
+        let (old_socket, old_target) = (s.socket, Arc::clone(&s.target));
+        let released = self.unbind(old_socket, old_target.addr);
+        ledger.target_removed(old_target.addr);
+        let binding = self.bind(target.addr, id);
+        ledger.target_added(target.addr);
+        if let Some(s) = self.session_mut(id) {
+            s.socket = binding.socket;
+            s.target = target;
+        }
+        Connected::Moved {
+            id,
+            binding,
+            from: old_target,
+            released,
+        }
+    }
+
+    /// Closes one session (the shell calls this when it could not open its socket).
+    pub fn close(
+        &mut self,
+        id: SessionId,
+        reason: CloseReason,
+        now: Instant,
+        ledger: &Ledger,
+    ) -> Option<Closed> {
+        let slot = self.slots.get_mut(id as usize)?;
+        let s = slot.session.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(id);
+        self.by_client.remove(&s.client);
+        let released = self.unbind(s.socket, s.target.addr);
+        ledger.target_removed(s.target.addr);
+        ledger.release();
+        let closed = Closed {
+            client: s.client,
+            target: s.target,
+            reason,
+            released,
+            stats: s.stats,
+            duration: now.saturating_duration_since(s.created),
+        };
+        self.debug_check();
+        Some(closed)
+    }
+
+    /// When [`SessionTable::expire`] next has work to do. Changes when a session is created
+    /// or an entry comes due; a datagram never moves it (the entry is re-armed lazily), so
+    /// the shell may wake early and find nothing to close.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse(t)| t.at)
+    }
+
+    /// Closes every session idle for its whole timeout at `now`, appending them to `out`.
+    pub fn expire(&mut self, now: Instant, ledger: &Ledger, out: &mut Vec<Closed>) {
+        while let Some(Reverse(t)) = self.timers.peek().copied() {
+            if t.at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(slot) = self.slots.get(t.id as usize) else {
+                continue;
+            };
+            if slot.generation != t.generation {
+                continue; // stale: the session it was armed for is gone
+            }
+            let Some(s) = &slot.session else {
+                continue;
+            };
+            let deadline = s.last_seen + s.timeout;
+            if deadline > now {
+                self.timers.push(Reverse(Timer { at: deadline, ..t }));
+            } else if let Some(closed) = self.close(t.id, CloseReason::Idle, now, ledger) {
+                out.push(closed);
+            }
+        }
+    }
+
+    /// Closes every session (shutdown).
+    pub fn close_all(
+        &mut self,
+        reason: CloseReason,
+        now: Instant,
+        ledger: &Ledger,
+        out: &mut Vec<Closed>,
+    ) {
+        let ids: Vec<SessionId> = self.by_client.values().copied().collect();
+        for id in ids {
+            if let Some(c) = self.close(id, reason, now, ledger) {
+                out.push(c);
+            }
+        }
+        self.timers.clear();
+    }
+
+    /// The client and target of a live session (for logs and admin views).
+    pub fn describe(&self, id: SessionId) -> Option<(SocketAddr, &Arc<Target>)> {
+        self.session(id).map(|s| (s.client, &s.target))
+    }
+
+    fn session(&self, id: SessionId) -> Option<&Session> {
+        self.slots.get(id as usize)?.session.as_ref()
+    }
+
+    fn session_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+        self.slots.get_mut(id as usize)?.session.as_mut()
+    }
+
+    /// Takes the lowest socket slot not yet carrying a session to `target`.
+    fn bind(&mut self, target: SocketAddr, id: SessionId) -> Binding {
+        let v6 = target.is_ipv6();
+        let pool = &mut self.pools[v6 as usize];
+        let usage = self.targets.entry(target).or_default();
+        let index = usage.first_free();
+        usage.set(index, true);
+        usage.count += 1;
+        while pool.len() <= index as usize {
+            pool.push(FastMap::default());
+        }
+        let peers = &mut pool[index as usize];
+        let open_socket = peers.is_empty();
+        peers.insert(target, id);
+        Binding {
+            socket: SocketId { v6, index },
+            open_socket,
+        }
+    }
+
+    /// Frees a session's slot; returns the socket if it now carries nothing.
+    fn unbind(&mut self, socket: SocketId, target: SocketAddr) -> Option<SocketId> {
+        let pool = &mut self.pools[socket.v6 as usize];
+        let peers = pool.get_mut(socket.index as usize)?;
+        peers.remove(&target);
+        let released = peers.is_empty().then_some(socket);
+        if released.is_some() {
+            peers.shrink_to_fit();
+            while pool.last().is_some_and(|p| p.is_empty()) {
+                pool.pop();
+            }
+        }
+        if let Some(usage) = self.targets.get_mut(&target) {
+            usage.set(socket.index, false);
+            usage.count = usage.count.saturating_sub(1);
+            if usage.count == 0 {
+                self.targets.remove(&target);
+            }
+        }
+        released
+    }
+
+    #[inline]
+    fn debug_check(&self) {
+        #[cfg(debug_assertions)]
+        if self.slots.len() < 2_000 {
+            self.check_invariants();
+        }
+    }
+
+    /// Panics with a description if the table's structures disagree. Runs after every
+    /// mutating call in debug builds (small tables) and after every step of the property
+    /// tests.
+    pub fn check_invariants(&self) {
+        let live: Vec<(SessionId, &Session)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.session.as_ref().map(|s| (i as SessionId, s)))
+            .collect();
+        assert_eq!(live.len(), self.by_client.len(), "by_client size");
+        assert_eq!(
+            live.len() + self.free.len(),
+            self.slots.len(),
+            "slots are live or free"
+        );
+        let mut per_target: FastMap<SocketAddr, u32> = FastMap::default();
+        for (id, s) in &live {
+            assert_eq!(self.by_client.get(&s.client), Some(id), "client index");
+            let peers = &self.pools[s.socket.v6 as usize][s.socket.index as usize];
+            assert_eq!(
+                peers.get(&s.target.addr),
+                Some(id),
+                "session bound on its socket"
+            );
+            assert_eq!(s.socket.v6, s.target.addr.is_ipv6(), "socket family");
+            let usage = self.targets.get(&s.target.addr).expect("target usage");
+            assert!(usage.is_set(s.socket.index), "target slot bit");
+            *per_target.entry(s.target.addr).or_default() += 1;
+        }
+        for (addr, usage) in &self.targets {
+            assert_eq!(per_target.get(addr).copied(), Some(usage.count), "target count");
+            let bits: u32 = usage.used.iter().map(|w| w.count_ones()).sum();
+            assert_eq!(bits, usage.count, "target bits");
+        }
+        assert_eq!(per_target.len(), self.targets.len(), "no empty target entries");
+        // Each (socket, target) pair carries exactly one session, and only live ones.
+        let bound: usize = self.pools.iter().flatten().map(|p| p.len()).sum();
+        assert_eq!(bound, live.len(), "socket bindings");
+        for pool in &self.pools {
+            assert!(pool.last().is_none_or(|p| !p.is_empty()), "no trailing empty slots");
+        }
+        // Exactly one timer entry per live session.
+        let mut armed: FastMap<SessionId, u32> = FastMap::default();
+        for Reverse(t) in self.timers.iter() {
+            if self.slots[t.id as usize].generation == t.generation
+                && self.slots[t.id as usize].session.is_some()
+            {
+                *armed.entry(t.id).or_default() += 1;
+            }
+        }
+        for (id, _) in &live {
+            assert_eq!(armed.get(id).copied(), Some(1), "one timer per session");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
