@@ -336,7 +336,9 @@ impl Worker {
             Datagram::Token(token) | Datagram::Control(token) => {
                 Some(self.shared.tokens.redeem(token, now))
             }
-            Datagram::MalformedControl | Datagram::Data => None,
+            // Magic-prefixed datagrams are never forwarded, not even to a default endpoint.
+            Datagram::MalformedControl => return self.drop(DropReason::MalformedControl),
+            Datagram::Data => None,
         };
         match redeemed {
             Some(Ok(target)) => {
