@@ -87,3 +87,19 @@ pub fn query_token(addr: SocketAddr, request: &str) -> io::Result<TokenAnswer> {
     let line = query_raw(addr, request)?;
     serde_json::from_str(&line).map_err(|_| io::Error::other(format!("query failed: {}", line.trim())))
 }
+
+/// Plain HTTP/1.1 GET (for the admin server): `(status, body)`.
+pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: director\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    io::Read::read_to_string(&mut s, &mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One message, on stderr, naming the key; no backtrace.
             eprintln!("udp-director: {e:#}");
             ExitCode::from(2)
         }

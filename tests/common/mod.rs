@@ -2,8 +2,7 @@
 //! OS-assigned ports, fake game servers we fully control, and deadline-bounded polling.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use udp_director::app::{self, Running};
@@ -142,22 +141,7 @@ pub fn establish(client: &Client, token: &str, backend: &Backend) -> SocketAddr 
 
 /// Plain HTTP GET against the admin server: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    udp_director::devtools::http_get(addr, path).unwrap()
 }
 
 /// The value of a metric line (exact series name with labels) from `/metrics`.
