@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod devtools;
+pub mod loadgen;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

@@ -53,6 +53,14 @@ struct Cli {
     /// Validate the config, print it with defaults filled in, and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Measure the director against a straight path to the same echo backend (loopback only).
+    Loadgen(udp_director::loadgen::LoadgenArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -75,6 +83,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Cmd::Loadgen(args)) = &cli.command {
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        return udp_director::loadgen::run(args, &exe).context("loadgen failed");
+    }
     let mut config = Config::load(&cli.config)?;
     apply_overrides(&mut config, &cli);
     config
