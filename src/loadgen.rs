@@ -57,6 +57,9 @@ pub struct LoadgenArgs {
     /// Instead of throughput: open this many concurrent sessions over `--targets` targets.
     #[arg(long)]
     pub scale_sessions: Option<usize>,
+    /// Rounds of (direct, director[, raw-proxy]) phases, interleaved; medians are reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Number of targets for `--idle-sessions` and `--scale-sessions`.
     #[arg(long, default_value_t = 1)]
     pub targets: usize,
@@ -112,7 +115,7 @@ impl ChildDirector {
         );
         for (i, t) in targets.iter().enumerate() {
             yaml.push_str(&format!(
-                "      - {{name: t{i:05}, address: {}, port: {}}}\n",
+                "      - {{name: t{i:05}, address: {}, port: {}, labels: {{target: t{i:05}}}}}\n",
                 t.ip(),
                 t.port()
             ));
@@ -317,7 +320,13 @@ pub fn drive(
             }
         }
         let wait = if rate > 0 {
-            next_due.saturating_sub(start.elapsed()).min(Duration::from_millis(1))
+            // epoll sleeps in whole milliseconds; a shorter gap to the next send is slept
+            // precisely instead, so sends are spread out rather than fired in 1 ms bursts.
+            let gap = next_due.saturating_sub(start.elapsed());
+            if gap > Duration::ZERO && gap < Duration::from_millis(1) {
+                precise_sleep(gap);
+            }
+            Duration::ZERO
         } else {
             Duration::from_millis(10)
         };
@@ -381,7 +390,8 @@ pub fn run(args: &LoadgenArgs, exe: &Path) -> io::Result<()> {
         SocketAddr::from((Ipv4Addr::LOCALHOST, args.backend_port)),
         b"",
     )?;
-    let director = ChildDirector::spawn(exe, &[backend.addr], args.workers, args.clients * 2 + 100)?;
+    // Every round opens fresh client sockets, so earlier rounds' sessions are still live.
+    let director = ChildDirector::spawn(exe, &[backend.addr], args.workers, 1_000_000)?;
     let token = query_token(director.query, r#"{"resourceType":"echo"}"#)?.token;
     let mode = if args.rate > 0 {
         format!("fixed rate {} datagrams/s", args.rate)
@@ -392,21 +402,29 @@ pub fn run(args: &LoadgenArgs, exe: &Path) -> io::Result<()> {
         "loadgen: {} clients, {} B, {}s per phase, {mode}; backend {}, director pid {}",
         args.clients, args.size, args.seconds, backend.addr, director.pid()
     );
-    let mut results = vec![drive("direct", backend.addr, None, args.clients, args.size, args.seconds, args.rate)?];
-    results.push(drive(
-        "director",
-        director.data,
-        Some(token.as_bytes()),
-        args.clients,
-        args.size,
-        args.seconds,
-        args.rate,
-    )?);
-    if let Some(raw) = args.raw_proxy {
-        if !raw.ip().is_loopback() {
-            return Err(io::Error::other("--raw-proxy must be a loopback address"));
+    let mut rounds: Vec<Vec<PhaseResult>> = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        let mut round = vec![drive("direct", backend.addr, None, args.clients, args.size, args.seconds, args.rate)?];
+        round.push(drive(
+            "director",
+            director.data,
+            Some(token.as_bytes()),
+            args.clients,
+            args.size,
+            args.seconds,
+            args.rate,
+        )?);
+        if let Some(raw) = args.raw_proxy {
+            if !raw.ip().is_loopback() {
+                return Err(io::Error::other("--raw-proxy must be a loopback address"));
+            }
+            round.push(drive("raw-proxy", raw, None, args.clients, args.size, args.seconds, args.rate)?);
         }
-        results.push(drive("raw-proxy", raw, None, args.clients, args.size, args.seconds, args.rate)?);
+        rounds.push(round);
+    }
+    let results = median_round(&rounds);
+    if rounds.len() > 1 {
+        println!("median of {} interleaved rounds (by throughput per path)", rounds.len());
     }
     println!(
         "{:<10} {:>12} {:>8} {:>9} {:>9} {:>9}",
@@ -447,6 +465,18 @@ pub fn run(args: &LoadgenArgs, exe: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Per path, the round with the median throughput (its percentiles come along with it).
+fn median_round(rounds: &[Vec<PhaseResult>]) -> Vec<PhaseResult> {
+    let paths = rounds.first().map_or(0, Vec::len);
+    (0..paths)
+        .map(|p| {
+            let mut runs: Vec<&PhaseResult> = rounds.iter().filter_map(|r| r.get(p)).collect();
+            runs.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
+            runs[runs.len() / 2].clone()
+        })
+        .collect()
+}
+
 fn dropped_total(director: &ChildDirector) -> f64 {
     http_get(director.admin, "/metrics")
         .map(|(_, body)| {
@@ -456,6 +486,16 @@ fn dropped_total(director: &ChildDirector) -> f64 {
                 .sum()
         })
         .unwrap_or(0.0)
+}
+
+/// One token for each target, selected by its `target` label.
+fn token_per_target(director: &ChildDirector, targets: usize) -> io::Result<Vec<String>> {
+    (0..targets)
+        .map(|i| {
+            let q = format!(r#"{{"resourceType":"echo","labelSelector":{{"target":"t{i:05}"}}}}"#);
+            query_token(director.query, &q).map(|a| a.token)
+        })
+        .collect()
 }
 
 /// Sink targets: bound sockets nobody reads (sessions need no traffic to exist).
@@ -470,9 +510,7 @@ fn idle_memory(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.local_addr()).collect::<Result<_, _>>()?;
     let director = ChildDirector::spawn(exe, &addrs, args.workers, n + 100)?;
     // Tokens for every target (leastSessions spreads them), then a warm-up session.
-    let tokens: Vec<String> = (0..addrs.len())
-        .map(|_| query_token(director.query, r#"{"resourceType":"echo"}"#).map(|a| a.token))
-        .collect::<Result<_, _>>()?;
+    let tokens = token_per_target(&director, addrs.len())?;
     std::thread::park_timeout(Duration::from_millis(300));
     let before = director.rss_kib();
     let fds_before = director.open_fds();
@@ -516,9 +554,7 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         .collect::<Result<_, _>>()?;
     let addrs: Vec<SocketAddr> = echo.iter().map(|e| e.addr).collect();
     let director = ChildDirector::spawn(exe, &addrs, args.workers, n + 1000)?;
-    let tokens: Vec<String> = (0..addrs.len())
-        .map(|_| query_token(director.query, r#"{"resourceType":"echo"}"#).map(|a| a.token))
-        .collect::<Result<_, _>>()?;
+    let tokens = token_per_target(&director, addrs.len())?;
     let started = Instant::now();
     let rss_before = director.rss_kib();
     let (mut sent, mut host, mut port) = (0usize, 2u8, 20_000u16);
@@ -568,6 +604,12 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         addrs.len()
     );
     Ok(())
+}
+
+/// A sub-millisecond sleep for the fixed-rate sender (nanosleep; ~50 µs timer slack).
+#[allow(clippy::disallowed_methods)] // the load tool paces real time; nothing here is tested by sleeping
+fn precise_sleep(d: Duration) {
+    std::thread::sleep(d);
 }
 
 fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> bool {

@@ -1,0 +1,21 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: compile with the Rust toolchain, run on a minimal non-root image.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/datapath.rs \
+    && cargo build --release --locked --bin udp-director || true
+COPY . .
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin udp-director
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/udp-director /usr/local/bin/udp-director
+COPY config.example.yaml /etc/udp-director/config.yaml
+# 65532:65532 is distroless' nonroot user; ports are unprivileged.
+USER 65532:65532
+EXPOSE 9000/tcp 7777/udp 8080/tcp
+ENTRYPOINT ["/usr/local/bin/udp-director"]
+CMD ["--config", "/etc/udp-director/config.yaml", "--log-format", "json"]
