@@ -21,14 +21,23 @@ fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u3
     let ledger = Ledger::new(usize::MAX);
     let now = Instant::now();
     let targets: Vec<Arc<Target>> = (0..targets)
-        .map(|i| Arc::new(Target::new("b", "ns", &format!("t{i}"), SocketAddr::from(([10, 0, 0, 1], 7000 + i)))))
+        .map(|i| {
+            Arc::new(Target::new(
+                "b",
+                "ns",
+                &format!("t{i}"),
+                SocketAddr::from(([10, 0, 0, 1], 7000 + i)),
+            ))
+        })
         .collect();
     let mut clients = Vec::new();
     let mut replies = Vec::new();
     for i in 0..sessions {
         let client = SocketAddr::from(([127, 0, (i >> 16) as u8, (i >> 8) as u8], i as u16));
         let target = Arc::clone(&targets[i as usize % targets.len()]);
-        if let Ok(Connected::New { binding, .. }) = t.connect(client, Arc::clone(&target), now, &ledger) {
+        if let Ok(Connected::New { binding, .. }) =
+            t.connect(client, Arc::clone(&target), now, &ledger)
+        {
             replies.push((binding.socket.index, target.addr));
         }
         clients.push(client);
@@ -59,9 +68,13 @@ fn bench(c: &mut Criterion) {
         });
     }
     let game = vec![0x42u8; 512];
-    c.bench_function("classify/game_512B", |b| b.iter(|| classify(black_box(&game), MAGIC)));
+    c.bench_function("classify/game_512B", |b| {
+        b.iter(|| classify(black_box(&game), MAGIC))
+    });
     let token = b"550e8400-e29b-41d4-a716-446655440000";
-    c.bench_function("classify/token", |b| b.iter(|| classify(black_box(token), MAGIC)));
+    c.bench_function("classify/token", |b| {
+        b.iter(|| classify(black_box(token), MAGIC))
+    });
 }
 
 criterion_group!(benches, bench);

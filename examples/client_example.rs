@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
     // 1. QUERY: one JSON line over TCP, one answer line back.
     let request = format!(r#"{{"resourceType":"{kind}"}}"#);
     let first = query_token(query, &request)?;
-    println!("QUERY   -> token {} for {}/{}", first.token, first.target.namespace, first.target.name);
+    println!(
+        "QUERY   -> token {} for {}/{}",
+        first.token, first.target.namespace, first.target.name
+    );
 
     // 2. CONNECT: the token is the first datagram; everything after it is proxied.
     let socket = UdpSocket::bind("0.0.0.0:0")?;

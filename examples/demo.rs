@@ -51,7 +51,10 @@ async fn main() -> anyhow::Result<()> {
     // Workers publish their counters every 100 ms; scrape like Prometheus would.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, metrics) = http_get(director.admin_addr, "/metrics")?;
-    println!("\nmetrics (excerpt of http://{}/metrics)", director.admin_addr);
+    println!(
+        "\nmetrics (excerpt of http://{}/metrics)",
+        director.admin_addr
+    );
     for line in metrics.lines().filter(|l| {
         !l.starts_with('#')
             && (l.starts_with("udp_director_sessions_")
@@ -75,9 +78,17 @@ fn client(query: SocketAddr, data: SocketAddr) -> anyhow::Result<()> {
         Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
     };
 
-    println!("\n1. QUERY    tcp {{\"resourceType\":\"echo\",\"labelSelector\":{{\"zone\":\"a\"}}}}");
-    let a = query_token(query, r#"{"resourceType":"echo","labelSelector":{"zone":"a"}}"#)?;
-    println!("   answer   token {} ttl {}s target {}/{}", a.token, a.ttl_seconds, a.target.namespace, a.target.name);
+    println!(
+        "\n1. QUERY    tcp {{\"resourceType\":\"echo\",\"labelSelector\":{{\"zone\":\"a\"}}}}"
+    );
+    let a = query_token(
+        query,
+        r#"{"resourceType":"echo","labelSelector":{"zone":"a"}}"#,
+    )?;
+    println!(
+        "   answer   token {} ttl {}s target {}/{}",
+        a.token, a.ttl_seconds, a.target.namespace, a.target.name
+    );
 
     println!("2. CONNECT  udp token from {}", socket.local_addr()?);
     socket.send_to(a.token.as_bytes(), data)?;
@@ -87,8 +98,14 @@ fn client(query: SocketAddr, data: SocketAddr) -> anyhow::Result<()> {
     }
 
     println!("3. RESET    query zone b, then udp [magic][token] on the same socket");
-    let b = query_token(query, r#"{"resourceType":"echo","labelSelector":{"zone":"b"}}"#)?;
-    println!("   answer   token {} target {}/{}", b.token, b.target.namespace, b.target.name);
+    let b = query_token(
+        query,
+        r#"{"resourceType":"echo","labelSelector":{"zone":"b"}}"#,
+    )?;
+    println!(
+        "   answer   token {} target {}/{}",
+        b.token, b.target.namespace, b.target.name
+    );
     socket.send_to(&[MAGIC, b.token.as_bytes()].concat(), data)?;
     for i in 4..=5 {
         let reply = exchange(format!("ping {i}").as_bytes())?;

@@ -12,7 +12,10 @@ use udp_director::devtools::EchoServer;
 fn main() -> anyhow::Result<()> {
     let mut specs: Vec<String> = std::env::args().skip(1).collect();
     if specs.is_empty() {
-        specs = vec!["echo-a=127.0.0.1:9001".into(), "echo-b=127.0.0.1:9002".into()];
+        specs = vec![
+            "echo-a=127.0.0.1:9001".into(),
+            "echo-b=127.0.0.1:9002".into(),
+        ];
     }
     let mut servers = Vec::new();
     for spec in &specs {

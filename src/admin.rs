@@ -3,8 +3,8 @@
 //! it binds `bindAddress` like the other listeners and must not be exposed publicly.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -81,9 +81,9 @@ pub async fn serve(
 
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
     s.metrics.sessions_active.set(s.ledger.active() as i64);
-    s.metrics
-        .caches_synced
-        .set(i64::from(s.readiness.check() != Err("resource caches not synced")));
+    s.metrics.caches_synced.set(i64::from(
+        s.readiness.check() != Err("resource caches not synced"),
+    ));
     s.metrics
         .draining
         .set(i64::from(s.readiness.draining.load(Ordering::Relaxed)));
@@ -99,6 +99,9 @@ async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     match s.readiness.check() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }

@@ -28,7 +28,8 @@ impl EchoServer {
         let addr = socket.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
-        let (stop2, received2, prefix) = (Arc::clone(&stop), Arc::clone(&received), prefix.to_vec());
+        let (stop2, received2, prefix) =
+            (Arc::clone(&stop), Arc::clone(&received), prefix.to_vec());
         let handle = std::thread::Builder::new()
             .name(format!("echo-{}", addr.port()))
             .spawn(move || {
@@ -85,14 +86,18 @@ pub fn query_raw(addr: SocketAddr, request: &str) -> io::Result<String> {
 /// Queries for a token; an error answer becomes an `io::Error` carrying its text.
 pub fn query_token(addr: SocketAddr, request: &str) -> io::Result<TokenAnswer> {
     let line = query_raw(addr, request)?;
-    serde_json::from_str(&line).map_err(|_| io::Error::other(format!("query failed: {}", line.trim())))
+    serde_json::from_str(&line)
+        .map_err(|_| io::Error::other(format!("query failed: {}", line.trim())))
 }
 
 /// Plain HTTP/1.1 GET (for the admin server): `(status, body)`.
 pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: director\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: director\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     io::Read::read_to_string(&mut s, &mut out)?;
     let status = out
@@ -100,6 +105,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }

@@ -7,6 +7,12 @@
 //! Data flows one way: socket (`net`) → decision (`session`, `protocol`, `resolve`, pure) →
 //! action (`net`) → socket. `app` wires the pieces; `main.rs` is the only place for `anyhow`.
 
+// No panics on paths a client, a config or the API server can reach: errors or counted drops.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod admin;
 pub mod app;
 pub mod config;

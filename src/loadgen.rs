@@ -108,7 +108,12 @@ pub struct ChildDirector {
 
 impl ChildDirector {
     /// Starts `exe` on a static config listing `targets`, waits for its start-up line.
-    pub fn spawn(exe: &Path, targets: &[SocketAddr], workers: usize, max_sessions: usize) -> io::Result<Self> {
+    pub fn spawn(
+        exe: &Path,
+        targets: &[SocketAddr],
+        workers: usize,
+        max_sessions: usize,
+    ) -> io::Result<Self> {
         let dir = TempDir::new("loadgen")?;
         let mut yaml = format!(
             "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: {workers}\nmaxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\nresourceQueryMapping:\n  echo:\n    loadBalancing: {{type: leastSessions}}\n    static:\n"
@@ -122,7 +127,7 @@ impl ChildDirector {
         }
         let config = dir.path.join("config.yaml");
         std::fs::write(&config, yaml)?;
-        let mut child = Command::new(exe)
+        let child = Command::new(exe)
             .arg("--config")
             .arg(&config)
             .args(["--log-format", "json"])
@@ -130,7 +135,17 @@ impl ChildDirector {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let stdout = child
+        // Owned by `Self` from here on, so every early return below kills and reaps it.
+        let unbound = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        let mut this = Self {
+            child,
+            query: unbound,
+            data: unbound,
+            admin: unbound,
+            _dir: dir,
+        };
+        let stdout = this
+            .child
             .stdout
             .take()
             .ok_or_else(|| io::Error::other("no stdout"))?;
@@ -157,13 +172,10 @@ impl ChildDirector {
                         .and_then(|s| s.parse().ok())
                         .ok_or_else(|| io::Error::other(format!("no {k} address in {line}")))
                 };
-                return Ok(Self {
-                    query: addr("query")?,
-                    data: addr("data")?,
-                    admin: addr("admin")?,
-                    child,
-                    _dir: dir,
-                });
+                this.query = addr("query")?;
+                this.data = addr("data")?;
+                this.admin = addr("admin")?;
+                return Ok(this);
             }
         }
     }
@@ -263,7 +275,8 @@ pub fn drive(
         let sock = socket2::SockRef::from(&std_socket);
         let _ = sock.set_recv_buffer_size(1 << 20);
         let mut s = mio::net::UdpSocket::from_std(std_socket);
-        poll.registry().register(&mut s, Token(i), Interest::READABLE)?;
+        poll.registry()
+            .register(&mut s, Token(i), Interest::READABLE)?;
         if let Some(h) = hello {
             s.send_to(h, dest)?;
         }
@@ -277,7 +290,10 @@ pub fn drive(
     let (mut replies, mut lost) = (0u64, 0u64);
     let start = Instant::now();
     let total = Duration::from_secs_f64(seconds);
-    let mut send = |i: usize, sockets: &mut Vec<mio::net::UdpSocket>, seq: &mut Vec<u32>, last_sent: &mut Vec<Duration>| {
+    let mut send = |i: usize,
+                    sockets: &mut Vec<mio::net::UdpSocket>,
+                    seq: &mut Vec<u32>,
+                    last_sent: &mut Vec<Duration>| {
         let at = start.elapsed();
         seq[i] = seq[i].wrapping_add(1);
         payload[0..4].copy_from_slice(&(i as u32).to_le_bytes());
@@ -400,11 +416,23 @@ pub fn run(args: &LoadgenArgs, exe: &Path) -> io::Result<()> {
     };
     println!(
         "loadgen: {} clients, {} B, {}s per phase, {mode}; backend {}, director pid {}",
-        args.clients, args.size, args.seconds, backend.addr, director.pid()
+        args.clients,
+        args.size,
+        args.seconds,
+        backend.addr,
+        director.pid()
     );
     let mut rounds: Vec<Vec<PhaseResult>> = Vec::new();
     for _ in 0..args.repeat.max(1) {
-        let mut round = vec![drive("direct", backend.addr, None, args.clients, args.size, args.seconds, args.rate)?];
+        let mut round = vec![drive(
+            "direct",
+            backend.addr,
+            None,
+            args.clients,
+            args.size,
+            args.seconds,
+            args.rate,
+        )?];
         round.push(drive(
             "director",
             director.data,
@@ -418,13 +446,24 @@ pub fn run(args: &LoadgenArgs, exe: &Path) -> io::Result<()> {
             if !raw.ip().is_loopback() {
                 return Err(io::Error::other("--raw-proxy must be a loopback address"));
             }
-            round.push(drive("raw-proxy", raw, None, args.clients, args.size, args.seconds, args.rate)?);
+            round.push(drive(
+                "raw-proxy",
+                raw,
+                None,
+                args.clients,
+                args.size,
+                args.seconds,
+                args.rate,
+            )?);
         }
         rounds.push(round);
     }
     let results = median_round(&rounds);
     if rounds.len() > 1 {
-        println!("median of {} interleaved rounds (by throughput per path)", rounds.len());
+        println!(
+            "median of {} interleaved rounds (by throughput per path)",
+            rounds.len()
+        );
     }
     println!(
         "{:<10} {:>12} {:>8} {:>9} {:>9} {:>9}",
@@ -500,14 +539,19 @@ fn token_per_target(director: &ChildDirector, targets: usize) -> io::Result<Vec<
 
 /// Sink targets: bound sockets nobody reads (sessions need no traffic to exist).
 fn sink_targets(n: usize) -> io::Result<Vec<UdpSocket>> {
-    (0..n).map(|_| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))).collect()
+    (0..n)
+        .map(|_| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect()
 }
 
 /// Opens `n` sessions from sockets that stay open and idle, then reports the director's RSS
 /// growth per session.
 fn idle_memory(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     let targets = sink_targets(args.targets.max(1))?;
-    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.local_addr()).collect::<Result<_, _>>()?;
+    let addrs: Vec<SocketAddr> = targets
+        .iter()
+        .map(|t| t.local_addr())
+        .collect::<Result<_, _>>()?;
     let director = ChildDirector::spawn(exe, &addrs, args.workers, n + 100)?;
     // Tokens for every target (leastSessions spreads them), then a warm-up session.
     let tokens = token_per_target(&director, addrs.len())?;
@@ -572,7 +616,9 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         port = port.wrapping_add(1);
         if port == 0 || port > 60_000 {
             port = 20_000;
-            host = host.checked_add(1).ok_or_else(|| io::Error::other("ran out of loopback sources"))?;
+            host = host
+                .checked_add(1)
+                .ok_or_else(|| io::Error::other("ran out of loopback sources"))?;
         }
     }
     wait_for(Duration::from_secs(30), || {

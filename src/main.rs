@@ -1,5 +1,11 @@
 //! The `udp-director` binary: CLI → config → `app::run`. The only place `anyhow` is used.
 
+// No panics on paths a client, a config or the API server can reach: errors or counted drops.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +24,11 @@ use udp_director::config::Config;
 #[command(name = "udp-director", version, about)]
 struct Cli {
     /// Path of the YAML config file.
-    #[arg(long, env = "UDP_DIRECTOR_CONFIG", default_value = "/etc/udp-director/config.yaml")]
+    #[arg(
+        long,
+        env = "UDP_DIRECTOR_CONFIG",
+        default_value = "/etc/udp-director/config.yaml"
+    )]
     config: PathBuf,
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, env = "UDP_DIRECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -93,7 +93,11 @@ impl Metrics {
             "Datagrams proxied, by direction",
             m.datagrams.clone(),
         );
-        registry.register("bytes", "Payload bytes proxied, by direction", m.bytes.clone());
+        registry.register(
+            "bytes",
+            "Payload bytes proxied, by direction",
+            m.bytes.clone(),
+        );
         registry.register(
             "datagrams_dropped",
             "Datagrams dropped, by reason",
@@ -136,11 +140,7 @@ impl Metrics {
             "1 when every resource source has synced at least once",
             m.caches_synced.clone(),
         );
-        registry.register(
-            "draining",
-            "1 while shutting down",
-            m.draining.clone(),
-        );
+        registry.register("draining", "1 while shutting down", m.draining.clone());
         registry.register(
             "build",
             "Build information",
@@ -152,7 +152,9 @@ impl Metrics {
         }
         let _ = m.queries.get_or_create(&[("result", "ok")]);
         for reason in crate::session::CloseReason::ALL {
-            let _ = m.sessions_closed.get_or_create(&[("reason", reason.as_str())]);
+            let _ = m
+                .sessions_closed
+                .get_or_create(&[("reason", reason.as_str())]);
         }
         for dir in [TO_TARGET, TO_CLIENT] {
             let _ = m.datagrams.get_or_create(&[("direction", dir)]);
@@ -173,7 +175,11 @@ impl Metrics {
     }
 
     /// Handle for one label value, resolved once and kept by the caller.
-    pub fn counter(family: &Family<Label, Counter>, key: &'static str, value: &'static str) -> Counter {
+    pub fn counter(
+        family: &Family<Label, Counter>,
+        key: &'static str,
+        value: &'static str,
+    ) -> Counter {
         family.get_or_create(&[(key, value)]).clone()
     }
 }
@@ -191,10 +197,22 @@ mod tests {
         let m = Metrics::new();
         m.sessions_created.inc();
         let text = m.encode();
-        assert!(text.contains("udp_director_sessions_created_total 1"), "{text}");
-        assert!(text.contains("udp_director_queries_total{result=\"no_match\"} 0"), "{text}");
-        assert!(text.contains("udp_director_sessions_closed_total{reason=\"idle\"} 0"), "{text}");
-        assert!(text.contains("udp_director_query_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("udp_director_sessions_created_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("udp_director_queries_total{result=\"no_match\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("udp_director_sessions_closed_total{reason=\"idle\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("udp_director_query_duration_seconds_bucket"),
+            "{text}"
+        );
         assert!(text.contains("udp_director_build_info{version="), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

@@ -136,7 +136,11 @@ impl QueryContext {
 }
 
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, ctx: Arc<QueryContext>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<QueryContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut prune = tokio::time::interval(Duration::from_secs(60));
     loop {
         let (stream, peer) = tokio::select! {
@@ -195,7 +199,8 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &QueryContext) {
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line = trim_cr(&buf[..end]);
             if line.len() > max {
-                let _ = write_answer(&mut stream, &too_large(ctx, max), deadline_from_now(ctx)).await;
+                let _ =
+                    write_answer(&mut stream, &too_large(ctx, max), deadline_from_now(ctx)).await;
                 return;
             }
             if !line.trim_ascii().is_empty() {
@@ -250,5 +255,8 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 
 /// Writes one answer; false when the client is gone or does not read in time.
 async fn write_answer(stream: &mut TcpStream, answer: &[u8], deadline: Instant) -> bool {
-    matches!(timeout_at(deadline, stream.write_all(answer)).await, Ok(Ok(())))
+    matches!(
+        timeout_at(deadline, stream.write_all(answer)).await,
+        Ok(Ok(()))
+    )
 }

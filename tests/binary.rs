@@ -38,7 +38,7 @@ impl Drop for Director {
 
 /// Starts the binary with JSON logs and reads the bound addresses from its start-up line.
 fn spawn(config: &PathBuf, envs: &[(&str, &str)]) -> Director {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("--config")
         .arg(config)
         .arg("--log-format")
@@ -48,7 +48,15 @@ fn spawn(config: &PathBuf, envs: &[(&str, &str)]) -> Director {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    // Owned by the guard from here on: killed and reaped on every path, panics included.
+    let unbound: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let mut d = Director {
+        child,
+        query: unbound,
+        data: unbound,
+        admin: unbound,
+    };
+    let stdout = d.child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -64,12 +72,8 @@ fn spawn(config: &PathBuf, envs: &[(&str, &str)]) -> Director {
         };
         if v["message"] == "udp-director listening" {
             let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
-            return Director {
-                query: addr("query"),
-                data: addr("data"),
-                admin: addr("admin"),
-                child,
-            };
+            (d.query, d.data, d.admin) = (addr("query"), addr("data"), addr("admin"));
+            return d;
         }
     }
 }
@@ -84,20 +88,47 @@ fn static_yaml(backend: &Backend, extra: &str) -> String {
 #[test]
 fn invalid_config_stops_with_one_clear_message() {
     let cases = [
-        ("magic", "controlPacketMagicBytes: XYZ\nresourceQueryMapping: {e: {static: [{name: a, address: 127.0.0.1, port: 1}]}}\n", "controlPacketMagicBytes"),
-        ("lb", "loadBalancing: {type: fastest}\nresourceQueryMapping: {e: {static: [{name: a, address: 127.0.0.1, port: 1}]}}\n", "fastest"),
-        ("noaddr", "resourceQueryMapping: {e: {static: [{name: a, port: 1}]}}\n", "address"),
-        ("dup", "resourceQueryMapping: {e: {static: [{name: a, address: 127.0.0.1, port: 1}, {name: a, address: 127.0.0.1, port: 2}]}}\n", "duplicate endpoint name"),
+        (
+            "magic",
+            "controlPacketMagicBytes: XYZ\nresourceQueryMapping: {e: {static: [{name: a, address: 127.0.0.1, port: 1}]}}\n",
+            "controlPacketMagicBytes",
+        ),
+        (
+            "lb",
+            "loadBalancing: {type: fastest}\nresourceQueryMapping: {e: {static: [{name: a, address: 127.0.0.1, port: 1}]}}\n",
+            "fastest",
+        ),
+        (
+            "noaddr",
+            "resourceQueryMapping: {e: {static: [{name: a, port: 1}]}}\n",
+            "address",
+        ),
+        (
+            "dup",
+            "resourceQueryMapping: {e: {static: [{name: a, address: 127.0.0.1, port: 1}, {name: a, address: 127.0.0.1, port: 2}]}}\n",
+            "duplicate endpoint name",
+        ),
     ];
     for (name, yaml, needle) in cases {
         let path = write_config(name, yaml);
-        let out = Command::new(BIN).arg("--config").arg(&path).output().unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{name}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{name}: {stderr}");
-        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
     }
-    let out = Command::new(BIN).arg("--config").arg("/nonexistent/udp-director.yaml").output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg("/nonexistent/udp-director.yaml")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/udp-director.yaml"));
 }
@@ -105,8 +136,15 @@ fn invalid_config_stops_with_one_clear_message() {
 #[test]
 fn example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml");
-    let out = Command::new(BIN).args(["--config", path, "--check-config"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["--config", path, "--check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -144,11 +182,20 @@ fn sigterm_drains_live_sessions_then_exits_zero() {
     let token = token_for(d.query, r#"{"resourceType":"echo"}"#);
     let peer = establish(&c, &token, &b);
 
-    let status = Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    assert!(eventually(Duration::from_secs(2), || http_get(d.admin, "/readyz").0 == 503));
+    assert!(eventually(Duration::from_secs(2), || http_get(
+        d.admin, "/readyz"
+    )
+    .0 == 503));
     // Queries are refused, new sessions are refused, the live session keeps flowing.
-    assert_eq!(query(d.query, r#"{"resourceType":"echo"}"#)["error"]["code"], "unavailable");
+    assert_eq!(
+        query(d.query, r#"{"resourceType":"echo"}"#)["error"]["code"],
+        "unavailable"
+    );
     let newcomer = Client::new(d.data);
     newcomer.send(token.as_bytes());
     newcomer.send(b"new");
@@ -158,7 +205,9 @@ fn sigterm_drains_live_sessions_then_exits_zero() {
     assert_eq!(c.recv().unwrap(), b"reply");
     b.expect_silence(Duration::from_millis(200));
 
-    let exited = eventually(Duration::from_secs(6), || matches!(d.child.try_wait(), Ok(Some(_))));
+    let exited = eventually(Duration::from_secs(6), || {
+        matches!(d.child.try_wait(), Ok(Some(_)))
+    });
     assert!(exited, "exits after drainSeconds");
     let status = d.child.wait().unwrap();
     assert!(status.success(), "{status:?}");

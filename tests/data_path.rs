@@ -17,7 +17,11 @@ async fn token_establishes_a_session_and_proxies_both_ways() {
     let c = Client::new(d.data_addr);
     let token = token_for(d.query_addr, Q);
     let seen_as = establish(&c, &token, &b);
-    assert_ne!(seen_as, c.local_addr(), "the backend sees the director's upstream socket");
+    assert_ne!(
+        seen_as,
+        c.local_addr(),
+        "the backend sees the director's upstream socket"
+    );
     // More traffic both ways.
     for i in 0..20u8 {
         c.send(&[i; 100]);
@@ -30,7 +34,10 @@ async fn token_establishes_a_session_and_proxies_both_ways() {
     c.send(format!(" {token}\n").as_bytes());
     c.send(b"after");
     assert_eq!(b.recv().unwrap().0, b"after");
-    assert!(eventually(Duration::from_secs(2), || metric(d.admin_addr, "udp_director_tokens_redeemed_total") >= 2.0));
+    assert!(eventually(Duration::from_secs(2), || metric(
+        d.admin_addr,
+        "udp_director_tokens_redeemed_total"
+    ) >= 2.0));
     d.stop().await;
 }
 
@@ -63,7 +70,10 @@ async fn reset_moves_the_session_and_silences_the_old_target() {
     b.socket.send_to(b"fresh", new_peer).unwrap();
     assert_eq!(c.recv().unwrap(), b"fresh");
     c.expect_silence(Duration::from_millis(200));
-    assert!(eventually(Duration::from_secs(2), || metric(d.admin_addr, "udp_director_session_resets_total") == 1.0));
+    assert!(eventually(Duration::from_secs(2), || metric(
+        d.admin_addr,
+        "udp_director_session_resets_total"
+    ) == 1.0));
     d.stop().await;
 }
 
@@ -79,8 +89,14 @@ async fn invalid_or_malformed_control_changes_nothing_and_is_not_forwarded() {
     assert_eq!(a.recv().unwrap().0, b"still-a");
     b.expect_silence(Duration::from_millis(200));
     assert!(eventually(Duration::from_secs(2), || {
-        metric(d.admin_addr, "udp_director_datagrams_dropped_total{reason=\"invalid_token\"}") == 1.0
-            && metric(d.admin_addr, "udp_director_datagrams_dropped_total{reason=\"malformed_control\"}") == 1.0
+        metric(
+            d.admin_addr,
+            "udp_director_datagrams_dropped_total{reason=\"invalid_token\"}",
+        ) == 1.0
+            && metric(
+                d.admin_addr,
+                "udp_director_datagrams_dropped_total{reason=\"malformed_control\"}",
+            ) == 1.0
     }));
     d.stop().await;
 }
@@ -93,12 +109,21 @@ async fn clients_behind_one_nat_are_separate_sessions_with_their_own_source_port
     let (c1, c2) = (Client::new(d.data_addr), Client::new(d.data_addr));
     let p1 = establish(&c1, &token, &a);
     let p2 = establish(&c2, &token, &a);
-    assert_ne!(p1, p2, "two sessions to one target never share a source port");
+    assert_ne!(
+        p1, p2,
+        "two sessions to one target never share a source port"
+    );
     // A third client bound for a *different* target reuses the first upstream socket.
     let c3 = Client::new(d.data_addr);
     let p3 = establish(&c3, &token_for(d.query_addr, Q1), &b);
-    assert_eq!(p3, p1, "sessions to different targets share upstream sockets");
-    assert!(eventually(Duration::from_secs(2), || metric(d.admin_addr, "udp_director_upstream_sockets") == 2.0));
+    assert_eq!(
+        p3, p1,
+        "sessions to different targets share upstream sockets"
+    );
+    assert!(eventually(Duration::from_secs(2), || metric(
+        d.admin_addr,
+        "udp_director_upstream_sockets"
+    ) == 2.0));
     // Replies go to the right client.
     a.socket.send_to(b"for-2", p2).unwrap();
     assert_eq!(c2.recv().unwrap(), b"for-2");
@@ -117,7 +142,12 @@ async fn unknown_senders_get_nothing_back_and_reach_nobody() {
     stranger.send(&[MAGIC, b"x"].concat());
     stranger.expect_silence(Duration::from_millis(300));
     b.expect_silence(Duration::from_millis(50));
-    let ok = eventually(Duration::from_secs(2), || metric(d.admin_addr, "udp_director_datagrams_dropped_total{reason=\"no_session\"}") == 1.0);
+    let ok = eventually(Duration::from_secs(2), || {
+        metric(
+            d.admin_addr,
+            "udp_director_datagrams_dropped_total{reason=\"no_session\"}",
+        ) == 1.0
+    });
     assert!(ok, "{}", http_get(d.admin_addr, "/metrics").1);
     d.stop().await;
 }
@@ -140,7 +170,11 @@ async fn session_cap_refuses_newcomers_and_keeps_existing_sessions() {
     let b = Backend::new();
     let d = start(config_for(&[&b], "maxSessions: 2\n")).await;
     let token = token_for(d.query_addr, Q);
-    let (c1, c2, c3) = (Client::new(d.data_addr), Client::new(d.data_addr), Client::new(d.data_addr));
+    let (c1, c2, c3) = (
+        Client::new(d.data_addr),
+        Client::new(d.data_addr),
+        Client::new(d.data_addr),
+    );
     establish(&c1, &token, &b);
     establish(&c2, &token, &b);
     c3.send(token.as_bytes());
@@ -148,7 +182,10 @@ async fn session_cap_refuses_newcomers_and_keeps_existing_sessions() {
     b.expect_silence(Duration::from_millis(200));
     c1.send(b"still-here");
     assert_eq!(b.recv().unwrap().0, b"still-here");
-    assert!(eventually(Duration::from_secs(2), || metric(d.admin_addr, "udp_director_datagrams_dropped_total{reason=\"session_cap\"}") == 1.0));
+    assert!(eventually(Duration::from_secs(2), || metric(
+        d.admin_addr,
+        "udp_director_datagrams_dropped_total{reason=\"session_cap\"}"
+    ) == 1.0));
     assert_eq!(metric(d.admin_addr, "udp_director_sessions_active"), 2.0);
     d.stop().await;
 }
@@ -167,7 +204,10 @@ async fn largest_datagrams_pass_intact_and_empty_ones_are_dropped() {
     c.send(b"");
     c.send(b"after-empty");
     assert_eq!(b.recv().unwrap().0, b"after-empty");
-    assert!(eventually(Duration::from_secs(2), || metric(d.admin_addr, "udp_director_datagrams_dropped_total{reason=\"empty\"}") == 1.0));
+    assert!(eventually(Duration::from_secs(2), || metric(
+        d.admin_addr,
+        "udp_director_datagrams_dropped_total{reason=\"empty\"}"
+    ) == 1.0));
     d.stop().await;
 }
 
@@ -179,9 +219,16 @@ async fn idle_sessions_are_reaped_within_a_second_of_the_timeout() {
     let started = tokio::time::Instant::now();
     establish(&c, &token_for(d.query_addr, Q), &b);
     assert!(eventually(Duration::from_secs(3), || {
-        metric(d.admin_addr, "udp_director_sessions_closed_total{reason=\"idle\"}") == 1.0
+        metric(
+            d.admin_addr,
+            "udp_director_sessions_closed_total{reason=\"idle\"}",
+        ) == 1.0
     }));
-    assert!(started.elapsed() < Duration::from_millis(2100), "reaped late: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(2100),
+        "reaped late: {:?}",
+        started.elapsed()
+    );
     assert_eq!(metric(d.admin_addr, "udp_director_sessions_active"), 0.0);
     assert_eq!(metric(d.admin_addr, "udp_director_upstream_sockets"), 0.0);
     // The client's address no longer has a session: plain data is dropped.

@@ -59,6 +59,14 @@ fn service_keeps_client_addresses_and_exposes_both_protocols() {
     assert_eq!(svc["spec"]["type"], "LoadBalancer");
     assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
     let ports = svc["spec"]["ports"].as_sequence().unwrap();
-    assert!(ports.iter().any(|p| p["port"] == 9000 && p["protocol"] == "TCP"));
-    assert!(ports.iter().any(|p| p["port"] == 7777 && p["protocol"] == "UDP"));
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["port"] == 9000 && p["protocol"] == "TCP")
+    );
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["port"] == 7777 && p["protocol"] == "UDP")
+    );
 }

@@ -23,7 +23,9 @@ fn read_answer(r: &mut BufReader<TcpStream>) -> Value {
 }
 
 fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error: {v}"))
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error: {v}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +40,10 @@ async fn several_queries_on_one_connection_are_answered_in_order() {
     assert_eq!(a1["ttlSeconds"], 30);
     assert_eq!(a1["target"]["namespace"], "default");
     assert_eq!(a1["target"]["name"], "b0");
-    assert!(a1["target"].get("address").is_none(), "address hidden unless exposeTargetAddress");
+    assert!(
+        a1["target"].get("address").is_none(),
+        "address hidden unless exposeTargetAddress"
+    );
     assert_eq!(code(&read_answer(&mut r)), "unknown_resource_type");
     assert!(read_answer(&mut r)["token"].is_string());
     d.stop().await;
@@ -67,9 +72,18 @@ async fn every_error_code_is_a_json_answer() {
         (r#"{"resourceType": 7}"#, "bad_request"),
         (r#"{"resourceType":"echo","colour":"red"}"#, "bad_request"),
         (r#"{"resourceType":"nope"}"#, "unknown_resource_type"),
-        (r#"{"resourceType":"echo","namespace":"kube-system"}"#, "forbidden_namespace"),
-        (r#"{"resourceType":"echo","labelSelector":{"zone":"mars"}}"#, "no_match"),
-        (r#"{"resourceType":"echo","statusQuery":{"jsonPath":"status.state","expectedValue":"Shutdown"}}"#, "no_match"),
+        (
+            r#"{"resourceType":"echo","namespace":"kube-system"}"#,
+            "forbidden_namespace",
+        ),
+        (
+            r#"{"resourceType":"echo","labelSelector":{"zone":"mars"}}"#,
+            "no_match",
+        ),
+        (
+            r#"{"resourceType":"echo","statusQuery":{"jsonPath":"status.state","expectedValue":"Shutdown"}}"#,
+            "no_match",
+        ),
     ];
     let (mut s, mut r) = connect(d.query_addr);
     for (req, want) in cases {
@@ -80,13 +94,23 @@ async fn every_error_code_is_a_json_answer() {
         assert!(!a["error"]["message"].as_str().unwrap().is_empty());
     }
     // Unknown fields are named in the message.
-    s.write_all(b"{\"resourceType\":\"echo\",\"colour\":1}\n").unwrap();
-    assert!(read_answer(&mut r)["error"]["message"].as_str().unwrap().contains("colour"));
+    s.write_all(b"{\"resourceType\":\"echo\",\"colour\":1}\n")
+        .unwrap();
+    assert!(
+        read_answer(&mut r)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour")
+    );
     // Invalid UTF-8 and NUL bytes.
-    s.write_all(b"\xff\xfe\n{\"resourceType\":\"e\x00\"}\n").unwrap();
+    s.write_all(b"\xff\xfe\n{\"resourceType\":\"e\x00\"}\n")
+        .unwrap();
     assert_eq!(code(&read_answer(&mut r)), "bad_request");
     assert_eq!(code(&read_answer(&mut r)), "bad_request");
-    assert!(eventually(Duration::from_secs(2), || metric(d.admin_addr, "udp_director_queries_total{result=\"bad_request\"}") == 6.0));
+    assert!(eventually(Duration::from_secs(2), || metric(
+        d.admin_addr,
+        "udp_director_queries_total{result=\"bad_request\"}"
+    ) == 6.0));
     d.stop().await;
 }
 
@@ -123,8 +147,15 @@ async fn idle_connections_are_closed_even_if_they_trickle() {
     });
     let mut buf = [0u8; 16];
     let closed = matches!(r.get_mut().read(&mut buf), Ok(0) | Err(_));
-    assert!(closed, "a trickling connection is closed by the request deadline");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        closed,
+        "a trickling connection is closed by the request deadline"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(started.elapsed() >= Duration::from_millis(900));
     trickler.join().unwrap();
     d.stop().await;
@@ -133,7 +164,11 @@ async fn idle_connections_are_closed_even_if_they_trickle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_rate_limit_answers_rate_limited() {
     let b = Backend::new();
-    let d = start(config_for(&[&b], "limits: {queryRatePerSecond: 1, queryBurst: 3}\n")).await;
+    let d = start(config_for(
+        &[&b],
+        "limits: {queryRatePerSecond: 1, queryBurst: 3}\n",
+    ))
+    .await;
     let (mut s, mut r) = connect(d.query_addr);
     let mut codes = Vec::new();
     for _ in 0..5 {
@@ -153,11 +188,17 @@ async fn connections_past_the_limit_get_unavailable() {
     let (_s1, _r1) = connect(d.query_addr);
     let (_s2, _r2) = connect(d.query_addr);
     // Let the server accept both before the third arrives.
-    assert!(eventually(Duration::from_secs(2), || metric(d.admin_addr, "udp_director_query_connections_active") == 2.0));
+    assert!(eventually(Duration::from_secs(2), || metric(
+        d.admin_addr,
+        "udp_director_query_connections_active"
+    ) == 2.0));
     let (_s3, mut r3) = connect(d.query_addr);
     assert_eq!(code(&read_answer(&mut r3)), "unavailable");
     drop((_s1, _r1));
-    assert!(eventually(Duration::from_secs(2), || metric(d.admin_addr, "udp_director_query_connections_active") < 2.0));
+    assert!(eventually(Duration::from_secs(2), || metric(
+        d.admin_addr,
+        "udp_director_query_connections_active"
+    ) < 2.0));
     assert!(query(d.query_addr, r#"{"resourceType":"echo"}"#)["token"].is_string());
     d.stop().await;
 }

@@ -465,7 +465,10 @@ fn validate_static(
                 format!("{} cannot be a unicast target", ep.address),
             ));
         }
-        let ns = ep.namespace.as_deref().unwrap_or(mapping_namespace(mapping));
+        let ns = ep
+            .namespace
+            .as_deref()
+            .unwrap_or(mapping_namespace(mapping));
         if !allowed.contains(ns) {
             return Err(invalid(
                 key("namespace"),
@@ -553,19 +556,25 @@ mod tests {
 
     #[test]
     fn endpoint_port_zero_is_rejected_but_listener_port_zero_is_ephemeral() {
-        let e = err("resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 0}\n");
+        let e = err(
+            "resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 0}\n",
+        );
         assert!(
             e.contains("resourceQueryMapping.echo.static[0].port"),
             "{e}"
         );
-        let c = Config::from_yaml(&format!("queryPort: 0\ndataPort: 0\nadminPort: 0\n{MINIMAL}"))
-            .unwrap();
+        let c = Config::from_yaml(&format!(
+            "queryPort: 0\ndataPort: 0\nadminPort: 0\n{MINIMAL}"
+        ))
+        .unwrap();
         assert_eq!(c.query_port, 0);
     }
 
     #[test]
     fn duplicate_endpoint_names_are_rejected() {
-        let e = err("resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 1}\n      - {name: a, address: 127.0.0.1, port: 2}\n");
+        let e = err(
+            "resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 1}\n      - {name: a, address: 127.0.0.1, port: 2}\n",
+        );
         assert!(e.contains("duplicate endpoint name `a`"), "{e}");
         assert!(e.contains("static[1].name"), "{e}");
     }
@@ -596,9 +605,14 @@ mod tests {
 
     #[test]
     fn default_endpoint_must_name_a_mapping() {
-        let e = err(&format!("defaultEndpoint: {{resourceType: nope}}\n{MINIMAL}"));
+        let e = err(&format!(
+            "defaultEndpoint: {{resourceType: nope}}\n{MINIMAL}"
+        ));
         assert!(e.contains("defaultEndpoint.resourceType"), "{e}");
-        Config::from_yaml(&format!("defaultEndpoint: {{resourceType: echo}}\n{MINIMAL}")).unwrap();
+        Config::from_yaml(&format!(
+            "defaultEndpoint: {{resourceType: echo}}\n{MINIMAL}"
+        ))
+        .unwrap();
         let e = err(&format!(
             "defaultEndpoint: {{resourceType: echo, statusQuery: {{jsonPath: \"$[\", expectedValue: x}}}}\n{MINIMAL}"
         ));
@@ -617,7 +631,9 @@ mod tests {
 
     #[test]
     fn endpoint_namespace_must_be_allowed() {
-        let e = err("resourceQueryMapping:\n  echo:\n    namespace: games\n    static:\n      - {name: a, namespace: kube-system, address: 127.0.0.1, port: 1}\n");
+        let e = err(
+            "resourceQueryMapping:\n  echo:\n    namespace: games\n    static:\n      - {name: a, namespace: kube-system, address: 127.0.0.1, port: 1}\n",
+        );
         assert!(e.contains("static[0].namespace"), "{e}");
         Config::from_yaml("resourceQueryMapping:\n  echo:\n    namespace: games\n    namespaces: [games, eu]\n    static:\n      - {name: a, namespace: eu, address: 127.0.0.1, port: 1}\n").unwrap();
     }

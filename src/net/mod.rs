@@ -16,11 +16,11 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::metrics::Metrics;
 use crate::protocol::query::QueryRequest;
 use crate::resolve::Resolver;
 use crate::session::Ledger;
 use crate::token::TokenStore;
-use crate::metrics::Metrics;
 
 /// Settings a worker reads when a datagram needs a decision, swapped whole on reload.
 #[derive(Debug, Clone)]

@@ -221,7 +221,9 @@ impl Worker {
             settings,
             rx: vec![0u8; BATCH * SLOT].into_boxed_slice(),
             metas: [quinn_udp::RecvMeta::default(); BATCH],
-            udp: quinn_udp::UdpSocketState::new((&std::net::UdpSocket::bind("127.0.0.1:0")?).into())?,
+            udp: quinn_udp::UdpSocketState::new(
+                (&std::net::UdpSocket::bind("127.0.0.1:0")?).into(),
+            )?,
             buffer_bytes,
             stats: LocalStats::default(),
             closed: Vec::new(),
@@ -420,7 +422,12 @@ impl Worker {
     }
 
     /// Executes a bind decision: opens/closes upstream sockets as the table says.
-    fn connect(&mut self, client: SocketAddr, target: Arc<Target>, now: Instant) -> Option<SessionId> {
+    fn connect(
+        &mut self,
+        client: SocketAddr,
+        target: Arc<Target>,
+        now: Instant,
+    ) -> Option<SessionId> {
         let ledger = Arc::clone(&self.shared.ledger);
         let (id, binding, released) = match self.table.connect(client, target, now, &ledger) {
             Err(_) => {
@@ -454,7 +461,10 @@ impl Worker {
         {
             tracing::debug!(worker = self.index, error = %e, "cannot open upstream socket");
             self.drop(DropReason::UpstreamSocket);
-            if let Some(c) = self.table.close(id, CloseReason::UpstreamError, now, &ledger) {
+            if let Some(c) = self
+                .table
+                .close(id, CloseReason::UpstreamError, now, &ledger)
+            {
                 let mut closed = vec![c];
                 self.finish_closed(&mut closed);
             }
@@ -481,8 +491,17 @@ impl Worker {
     }
 
     /// A datagram from `from` on an upstream socket: to its session's client, or dropped.
-    fn on_target_datagram(&mut self, socket: SocketId, datagram: &[u8], from: SocketAddr, now: Instant) {
-        match self.table.forward_from_target(socket, &from, datagram.len(), now) {
+    fn on_target_datagram(
+        &mut self,
+        socket: SocketId,
+        datagram: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) {
+        match self
+            .table
+            .forward_from_target(socket, &from, datagram.len(), now)
+        {
             Some(client) => match self.data.send_to(datagram, client) {
                 Ok(_) => {
                     self.stats.datagrams_to_client += 1;

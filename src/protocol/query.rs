@@ -292,11 +292,17 @@ mod tests {
         let cases: [(&[u8], &str); 8] = [
             (b"not json", "expected one JSON object"),
             (b"{\"resourceType\": 5}", "invalid type"),
-            (b"{\"resourceType\":\"x\",\"colour\":1}", "unknown field `colour`"),
+            (
+                b"{\"resourceType\":\"x\",\"colour\":1}",
+                "unknown field `colour`",
+            ),
             (b"{}", "missing field `resourceType`"),
             (b"\xff\xfe", "not valid UTF-8"),
             (b"{\"resourceType\":\"\"}", "must not be empty"),
-            (b"{\"resourceType\":\"x\",\"statusQuery\":{\"jsonPath\":\"a\"}}", "expectedValue"),
+            (
+                b"{\"resourceType\":\"x\",\"statusQuery\":{\"jsonPath\":\"a\"}}",
+                "expectedValue",
+            ),
             (b"{\"resourceType\":\"x\x00\"}", "control character"),
         ];
         for (line, needle) in cases {

@@ -178,9 +178,10 @@ impl Resolver {
             })
             .collect();
         let sessions: Vec<usize> = match mapping.load_balancing {
-            LoadBalancing::LeastSessions => {
-                matches.iter().map(|c| counts.sessions_to(&c.addr)).collect()
-            }
+            LoadBalancing::LeastSessions => matches
+                .iter()
+                .map(|c| counts.sessions_to(&c.addr))
+                .collect(),
             _ => Vec::new(),
         };
         let inputs = ChoiceInputs {
@@ -199,10 +200,7 @@ impl Resolver {
             .ok_or_else(|| {
                 QueryError::new(
                     ErrorCode::NoMatch,
-                    format!(
-                        "no {} in {namespace} matches the query",
-                        mapping.name
-                    ),
+                    format!("no {} in {namespace} matches the query", mapping.name),
                 )
             })?;
         Ok(Resolved {
@@ -242,7 +240,10 @@ fn compile(name: &str, m: &Mapping, global_lb: &LoadBalancing) -> CompiledMappin
         default_namespace,
         fixed_labels: m.label_selector.clone(),
         expose_address: m.expose_target_address,
-        load_balancing: m.load_balancing.clone().unwrap_or_else(|| global_lb.clone()),
+        load_balancing: m
+            .load_balancing
+            .clone()
+            .unwrap_or_else(|| global_lb.clone()),
         round_robin: AtomicUsize::new(0),
         source: Source::Static(candidates),
     }
@@ -297,9 +298,18 @@ resourceQueryMapping:
         let r = resolver();
         let c = no_counts();
         let code = |json: &str| q(&r, json, &c).unwrap_err().code;
-        assert_eq!(code(r#"{"resourceType":"nope"}"#), ErrorCode::UnknownResourceType);
-        assert_eq!(code(r#"{"resourceType":"echo","namespace":"kube-system"}"#), ErrorCode::ForbiddenNamespace);
-        assert_eq!(code(r#"{"resourceType":"echo","labelSelector":{"zone":"z"}}"#), ErrorCode::NoMatch);
+        assert_eq!(
+            code(r#"{"resourceType":"nope"}"#),
+            ErrorCode::UnknownResourceType
+        );
+        assert_eq!(
+            code(r#"{"resourceType":"echo","namespace":"kube-system"}"#),
+            ErrorCode::ForbiddenNamespace
+        );
+        assert_eq!(
+            code(r#"{"resourceType":"echo","labelSelector":{"zone":"z"}}"#),
+            ErrorCode::NoMatch
+        );
     }
 
     #[test]
@@ -308,18 +318,33 @@ resourceQueryMapping:
         let c = no_counts();
         let name = |json: &str| q(&r, json, &c).unwrap().target.name.clone();
         // Fixed selector hides `hidden`; first by name among a, b (c is Shutdown but no status query).
-        assert_eq!(name(r#"{"resourceType":"echo","labelSelector":{"zone":"b"}}"#), "b");
-        assert_eq!(name(r#"{"resourceType":"echo","annotationSelector":{"status":"accepting"}}"#), "a");
         assert_eq!(
-            name(r#"{"resourceType":"echo","labelSelector":{"zone":"a"},"statusQuery":{"jsonPath":"status.state","expectedValue":"Shutdown"}}"#),
+            name(r#"{"resourceType":"echo","labelSelector":{"zone":"b"}}"#),
+            "b"
+        );
+        assert_eq!(
+            name(r#"{"resourceType":"echo","annotationSelector":{"status":"accepting"}}"#),
+            "a"
+        );
+        assert_eq!(
+            name(
+                r#"{"resourceType":"echo","labelSelector":{"zone":"a"},"statusQuery":{"jsonPath":"status.state","expectedValue":"Shutdown"}}"#
+            ),
             "c"
         );
         assert_eq!(
-            name(r#"{"resourceType":"echo","statusQuery":{"jsonPath":"{.status.players}","expectedValues":[3]}}"#),
+            name(
+                r#"{"resourceType":"echo","statusQuery":{"jsonPath":"{.status.players}","expectedValues":[3]}}"#
+            ),
             "a"
         );
         assert_eq!(name(r#"{"resourceType":"echo","namespace":"eu"}"#), "eu1");
-        let e = q(&r, r#"{"resourceType":"echo","labelSelector":{"tier":"internal"}}"#, &c).unwrap_err();
+        let e = q(
+            &r,
+            r#"{"resourceType":"echo","labelSelector":{"tier":"internal"}}"#,
+            &c,
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::NoMatch);
     }
 

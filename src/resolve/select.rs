@@ -11,7 +11,10 @@ use crate::config::LoadBalancing;
 use super::Candidate;
 
 /// True when every `key: value` pair is present in `have`.
-pub fn selector_matches(selector: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    have: &BTreeMap<String, String>,
+) -> bool {
     selector
         .iter()
         .all(|(k, v)| have.get(k).is_some_and(|h| h == v))
@@ -27,9 +30,9 @@ pub fn status_matches<'a>(
     let Ok(found) = object.query(rooted_path) else {
         return false;
     };
-    found.iter().any(|v| {
-        value_text(v).is_some_and(|t| expected.clone().any(|e| e == t))
-    })
+    found
+        .iter()
+        .any(|v| value_text(v).is_some_and(|t| expected.clone().any(|e| e == t)))
 }
 
 /// The text a JSON scalar compares by: strings as themselves, numbers and booleans as written.
@@ -37,7 +40,11 @@ pub fn value_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match v {
         Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
         Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
-        Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b { "true" } else { "false" })),
+        Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b {
+            "true"
+        } else {
+            "false"
+        })),
         _ => None,
     }
 }
@@ -53,7 +60,11 @@ pub struct ChoiceInputs<'a> {
 }
 
 /// Picks one of `matches` (ordered by namespace/name). Ties break to the earliest.
-pub fn choose(lb: &LoadBalancing, matches: &[&Candidate], inputs: &ChoiceInputs<'_>) -> Option<usize> {
+pub fn choose(
+    lb: &LoadBalancing,
+    matches: &[&Candidate],
+    inputs: &ChoiceInputs<'_>,
+) -> Option<usize> {
     if matches.is_empty() {
         return None;
     }
@@ -93,9 +104,13 @@ mod tests {
 
     #[test]
     fn selectors_are_anded_equality() {
-        let have: BTreeMap<_, _> = [("a".to_string(), "1".to_string()), ("b".into(), "2".into())].into();
+        let have: BTreeMap<_, _> =
+            [("a".to_string(), "1".to_string()), ("b".into(), "2".into())].into();
         let sel = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         assert!(selector_matches(&sel(&[]), &have));
         assert!(selector_matches(&sel(&[("a", "1")]), &have));
@@ -108,8 +123,16 @@ mod tests {
     fn status_query_compares_text_forms() {
         let obj = json!({"status": {"state": "Ready", "players": 3, "open": true,
             "ports": [{"name": "default", "port": 7654}, {"name": "rcon", "port": 7655}]}});
-        assert!(status_matches(&obj, "$.status.state", ["Allocated", "Ready"].into_iter()));
-        assert!(!status_matches(&obj, "$.status.state", ["Shutdown"].into_iter()));
+        assert!(status_matches(
+            &obj,
+            "$.status.state",
+            ["Allocated", "Ready"].into_iter()
+        ));
+        assert!(!status_matches(
+            &obj,
+            "$.status.state",
+            ["Shutdown"].into_iter()
+        ));
         assert!(status_matches(&obj, "$.status.players", ["3"].into_iter()));
         assert!(status_matches(&obj, "$.status.open", ["true"].into_iter()));
         assert!(status_matches(
@@ -117,8 +140,16 @@ mod tests {
             "$.status.ports[?(@.name == 'default')].port",
             ["7654"].into_iter()
         ));
-        assert!(status_matches(&obj, "$.status.ports[1].port", ["7655"].into_iter()));
-        assert!(!status_matches(&obj, "$.status.missing", ["Ready"].into_iter()));
+        assert!(status_matches(
+            &obj,
+            "$.status.ports[1].port",
+            ["7655"].into_iter()
+        ));
+        assert!(!status_matches(
+            &obj,
+            "$.status.missing",
+            ["Ready"].into_iter()
+        ));
         assert!(!status_matches(&obj, "$.status.state", std::iter::empty()));
     }
 
@@ -126,11 +157,20 @@ mod tests {
     fn first_and_round_robin() {
         let (a, b, c) = (cand("a"), cand("b"), cand("c"));
         let m = [&a, &b, &c];
-        let inputs = |rr| ChoiceInputs { sessions: &[5, 1, 1], round_robin: rr, random: 0 };
+        let inputs = |rr| ChoiceInputs {
+            sessions: &[5, 1, 1],
+            round_robin: rr,
+            random: 0,
+        };
         assert_eq!(choose(&LoadBalancing::First, &m, &inputs(0)), Some(0));
-        let picks: Vec<_> = (0..6).map(|rr| choose(&LoadBalancing::RoundRobin, &m, &inputs(rr)).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|rr| choose(&LoadBalancing::RoundRobin, &m, &inputs(rr)).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        assert_eq!(choose(&LoadBalancing::LeastSessions, &m, &inputs(0)), Some(1));
+        assert_eq!(
+            choose(&LoadBalancing::LeastSessions, &m, &inputs(0)),
+            Some(1)
+        );
         assert_eq!(choose(&LoadBalancing::First, &[], &inputs(0)), None);
     }
 

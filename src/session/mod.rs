@@ -106,7 +106,9 @@ pub enum Connected {
         released: Option<SocketId>,
     },
     /// The session already goes to that target (a retransmitted token).
-    Unchanged { id: SessionId },
+    Unchanged {
+        id: SessionId,
+    },
 }
 
 /// A session that ended, with what the shell needs to clean up and report.
@@ -496,6 +498,8 @@ impl SessionTable {
     /// Panics with a description if the table's structures disagree. Runs after every
     /// mutating call in debug builds (small tables) and after every step of the property
     /// tests.
+    // Panicking is this checker's whole purpose; it runs in debug builds and tests only.
+    #[allow(clippy::expect_used)]
     pub fn check_invariants(&self) {
         let live: Vec<(SessionId, &Session)> = self
             .slots
@@ -524,16 +528,27 @@ impl SessionTable {
             *per_target.entry(s.target.addr).or_default() += 1;
         }
         for (addr, usage) in &self.targets {
-            assert_eq!(per_target.get(addr).copied(), Some(usage.count), "target count");
+            assert_eq!(
+                per_target.get(addr).copied(),
+                Some(usage.count),
+                "target count"
+            );
             let bits: u32 = usage.used.iter().map(|w| w.count_ones()).sum();
             assert_eq!(bits, usage.count, "target bits");
         }
-        assert_eq!(per_target.len(), self.targets.len(), "no empty target entries");
+        assert_eq!(
+            per_target.len(),
+            self.targets.len(),
+            "no empty target entries"
+        );
         // Each (socket, target) pair carries exactly one session, and only live ones.
         let bound: usize = self.pools.iter().flatten().map(|p| p.len()).sum();
         assert_eq!(bound, live.len(), "socket bindings");
         for pool in &self.pools {
-            assert!(pool.last().is_none_or(|p| !p.is_empty()), "no trailing empty slots");
+            assert!(
+                pool.last().is_none_or(|p| !p.is_empty()),
+                "no trailing empty slots"
+            );
         }
         // Exactly one timer entry per live session.
         let mut armed: FastMap<SessionId, u32> = FastMap::default();

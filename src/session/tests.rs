@@ -39,7 +39,10 @@ fn new_session_opens_a_socket_and_forwards_both_ways() {
         Some(client(1))
     );
     // A stranger on the same socket is not delivered.
-    assert_eq!(t.forward_from_target(sock, &target(9009).addr, 5, now), None);
+    assert_eq!(
+        t.forward_from_target(sock, &target(9009).addr, 5, now),
+        None
+    );
     assert_eq!(l.active(), 1);
     assert_eq!(l.sessions_to(&target(9001).addr), 1);
 }
@@ -48,7 +51,11 @@ use crate::resolve::SessionCounts;
 
 #[test]
 fn sockets_are_shared_across_targets_never_within_one() {
-    let (mut t, l, now) = (SessionTable::new(TIMEOUT), Ledger::new(1000), Instant::now());
+    let (mut t, l, now) = (
+        SessionTable::new(TIMEOUT),
+        Ledger::new(1000),
+        Instant::now(),
+    );
     // 3 clients to target A, 3 clients to target B: 3 sockets, each carrying A and B once.
     let mut sockets = Vec::new();
     for c in 0..6u16 {
@@ -166,7 +173,10 @@ fn new_timeout_applies_to_new_sessions_only() {
     establish(&mut t, &l, 2, 9001, t0);
     let mut out = Vec::new();
     t.expire(t0 + Duration::from_secs(5), &l, &mut out);
-    assert_eq!(out.iter().map(|c| c.client).collect::<Vec<_>>(), [client(2)]);
+    assert_eq!(
+        out.iter().map(|c| c.client).collect::<Vec<_>>(),
+        [client(2)]
+    );
 }
 
 #[test]

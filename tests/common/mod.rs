@@ -92,9 +92,8 @@ impl Client {
 
 /// A static mapping `echo` over the given backends, named b0, b1, ... with label `zone: zN`.
 pub fn config_for(backends: &[&Backend], extra: &str) -> Config {
-    let mut yaml = String::from(
-        "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\n",
-    );
+    let mut yaml =
+        String::from("bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\n");
     if !extra.contains("dataWorkers") {
         yaml.push_str("dataWorkers: 2\n");
     }
@@ -132,7 +131,9 @@ pub fn token_for(addr: SocketAddr, request: &str) -> String {
 pub fn establish(client: &Client, token: &str, backend: &Backend) -> SocketAddr {
     client.send(token.as_bytes());
     client.send(b"hello");
-    let (got, from) = backend.recv().expect("backend receives the first data datagram");
+    let (got, from) = backend
+        .recv()
+        .expect("backend receives the first data datagram");
     assert_eq!(got, b"hello", "the token datagram itself is not forwarded");
     backend.socket.send_to(b"welcome", from).unwrap();
     assert_eq!(client.recv().as_deref(), Some(&b"welcome"[..]));
@@ -148,7 +149,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub fn metric(admin: SocketAddr, series: &str) -> f64 {
     let (_, body) = http_get(admin, "/metrics");
     body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
