@@ -192,7 +192,8 @@ pub struct Worker {
     flushed: i64,
     last_flush: Instant,
     last_drop_log: Instant,
-    drops_at_last_log: u64,
+    /// Drops by this worker since its last drop summary.
+    drops_since_log: u64,
 }
 
 impl Worker {
@@ -232,7 +233,7 @@ impl Worker {
             flushed: 0,
             last_flush: now,
             last_drop_log: now,
-            drops_at_last_log: 0,
+            drops_since_log: 0,
         })
     }
 
@@ -614,15 +615,17 @@ impl Worker {
         let previous = std::mem::replace(&mut self.flushed, self.open_sockets);
         m.upstream_sockets.inc_by(self.open_sockets - previous);
         self.last_flush = now;
+        self.drops_since_log += s.drops.iter().sum::<u64>();
         if now.saturating_duration_since(self.last_drop_log) >= DROP_LOG_EVERY {
-            let total: u64 = h.drops.iter().map(Counter::get).sum();
-            if total > self.drops_at_last_log {
+            if self.drops_since_log > 0 {
                 tracing::warn!(
-                    dropped = total - self.drops_at_last_log,
-                    "datagrams dropped in the last interval (all workers; see udp_director_datagrams_dropped_total by reason)"
+                    worker = self.index,
+                    dropped = self.drops_since_log,
+                    seconds = now.saturating_duration_since(self.last_drop_log).as_secs(),
+                    "datagrams dropped (by reason: udp_director_datagrams_dropped_total)"
                 );
             }
-            self.drops_at_last_log = total;
+            self.drops_since_log = 0;
             self.last_drop_log = now;
         }
     }

@@ -197,17 +197,41 @@ fn close_all_empties_everything() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Connect { client: u8, target: u8 },
-    FromClient { client: u8, len: u16 },
-    FromTarget { socket: u8, target: u8 },
-    Close { client: u8 },
-    Advance { millis: u32 },
+    Connect {
+        client: u8,
+        target: u8,
+    },
+    /// The query server issues a token for a target.
+    Issue {
+        target: u8,
+    },
+    /// A client's datagram carries the n-th issued token (valid, expired or unknown).
+    Redeem {
+        client: u8,
+        token: u8,
+    },
+    FromClient {
+        client: u8,
+        len: u16,
+    },
+    FromTarget {
+        socket: u8,
+        target: u8,
+    },
+    Close {
+        client: u8,
+    },
+    Advance {
+        millis: u32,
+    },
     Expire,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u8..40, 0u8..6).prop_map(|(client, target)| Op::Connect { client, target }),
+        2 => (0u8..6).prop_map(|target| Op::Issue { target }),
+        3 => (0u8..40, 0u8..12).prop_map(|(client, token)| Op::Redeem { client, token }),
         4 => (0u8..40, 0u16..2000).prop_map(|(client, len)| Op::FromClient { client, len }),
         2 => (0u8..12, 0u8..6).prop_map(|(socket, target)| Op::FromTarget { socket, target }),
         1 => (0u8..40).prop_map(|client| Op::Close { client }),
@@ -227,6 +251,10 @@ proptest! {
         let timeout = Duration::from_secs(60);
         let mut t = SessionTable::new(timeout);
         let ledger = Ledger::new(cap);
+        let token_ttl = Duration::from_secs(30);
+        let store = crate::token::TokenStore::new(token_ttl, 1_000, false);
+        // Issued tokens with their target port and expiry.
+        let mut issued: Vec<(crate::token::TokenId, u16, Instant)> = Vec::new();
         let t0 = Instant::now();
         let mut now = t0;
         // Model: last activity per client with a session.
@@ -240,6 +268,30 @@ proptest! {
                     match t.connect(client(c.into()), target(tp), now, &ledger) {
                         Ok(_) => { model.insert(client(c.into()), (now, tp)); }
                         Err(Refusal::Cap) => prop_assert!(!had && model.len() >= cap),
+                    }
+                }
+                Op::Issue { target: tp } => {
+                    let tp = 9000 + u16::from(tp);
+                    issued.push((store.issue(target(tp), now), tp, now + token_ttl));
+                }
+                Op::Redeem { client: c, token } => {
+                    let Some(&(id, tp, expires)) = issued.get(usize::from(token)) else { continue };
+                    let before = model.get(&client(c.into())).copied();
+                    match store.redeem(id, now) {
+                        Ok(tgt) => {
+                            prop_assert!(now < expires, "an expired token redeemed");
+                            prop_assert_eq!(tgt.addr.port(), tp);
+                            let had = before.is_some();
+                            match t.connect(client(c.into()), tgt, now, &ledger) {
+                                Ok(_) => { model.insert(client(c.into()), (now, tp)); }
+                                Err(Refusal::Cap) => prop_assert!(!had && model.len() >= cap),
+                            }
+                        }
+                        Err(_) => {
+                            prop_assert!(now >= expires, "a live token was rejected");
+                            // An expired token changes nothing.
+                            prop_assert_eq!(model.get(&client(c.into())).copied(), before);
+                        }
                     }
                 }
                 Op::FromClient { client: c, len } => {
