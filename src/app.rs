@@ -71,6 +71,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             magic: config.magic_bytes(),
             default_endpoint: config.default_endpoint.clone(),
             session_timeout: config.session_timeout(),
+            busy_poll: Duration::from_micros(config.busy_poll_micros),
         })),
         metrics: Arc::clone(&metrics),
         draining: Arc::clone(&draining),

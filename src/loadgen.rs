@@ -57,6 +57,9 @@ pub struct LoadgenArgs {
     /// Instead of throughput: open this many concurrent sessions over `--targets` targets.
     #[arg(long)]
     pub scale_sessions: Option<usize>,
+    /// The director's `busyPollMicros` (0 = off; 25 is the director's default).
+    #[arg(long, default_value_t = 25)]
+    pub busy_poll_micros: u64,
     /// Rounds of (direct, director[, raw-proxy]) phases, interleaved; medians are reported.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
@@ -111,12 +114,13 @@ impl ChildDirector {
     pub fn spawn(
         exe: &Path,
         targets: &[SocketAddr],
-        workers: usize,
+        args: &LoadgenArgs,
         max_sessions: usize,
     ) -> io::Result<Self> {
+        let (workers, busy) = (args.workers, args.busy_poll_micros);
         let dir = TempDir::new("loadgen")?;
         let mut yaml = format!(
-            "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: {workers}\nmaxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\nresourceQueryMapping:\n  echo:\n    loadBalancing: {{type: leastSessions}}\n    static:\n"
+            "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: {workers}\nbusyPollMicros: {busy}\nmaxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\nresourceQueryMapping:\n  echo:\n    loadBalancing: {{type: leastSessions}}\n    static:\n"
         );
         for (i, t) in targets.iter().enumerate() {
             yaml.push_str(&format!(
@@ -256,7 +260,7 @@ impl Drop for TempDir {
 const HEADER: usize = 16;
 
 /// Drives `clients` sockets at `dest` for `seconds`. Each socket first sends `hello` (a
-/// token) if given. Closed loop when `rate == 0`.
+/// token) if given. Closed loop when `rate == 0`, otherwise a fixed total rate.
 pub fn drive(
     name: &str,
     dest: SocketAddr,
@@ -267,129 +271,182 @@ pub fn drive(
     rate: u64,
 ) -> io::Result<PhaseResult> {
     let size = size.max(HEADER);
+    let clients = clients.max(1);
     let mut poll = Poll::new()?;
-    let mut sockets = Vec::with_capacity(clients);
+    let mut senders = Vec::with_capacity(clients);
+    let mut receivers = Vec::with_capacity(clients);
     for i in 0..clients {
-        let std_socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        std_socket.set_nonblocking(true)?;
-        let sock = socket2::SockRef::from(&std_socket);
-        let _ = sock.set_recv_buffer_size(1 << 20);
-        let mut s = mio::net::UdpSocket::from_std(std_socket);
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        socket.set_nonblocking(true)?;
+        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(1 << 20);
+        let mut receiver = mio::net::UdpSocket::from_std(socket.try_clone()?);
         poll.registry()
-            .register(&mut s, Token(i), Interest::READABLE)?;
+            .register(&mut receiver, Token(i), Interest::READABLE)?;
         if let Some(h) = hello {
-            s.send_to(h, dest)?;
+            socket.send_to(h, dest)?;
         }
-        sockets.push(s);
+        senders.push(socket);
+        receivers.push(receiver);
     }
-    let mut payload = vec![0u8; size];
-    let mut buf = vec![0u8; 65_536];
-    let mut rtts: Vec<u64> = Vec::with_capacity(1 << 20);
-    let mut last_sent = vec![Duration::ZERO; clients];
-    let mut seq = vec![0u32; clients];
-    let (mut replies, mut lost) = (0u64, 0u64);
-    let start = Instant::now();
-    let total = Duration::from_secs_f64(seconds);
-    let mut send = |i: usize,
-                    sockets: &mut Vec<mio::net::UdpSocket>,
-                    seq: &mut Vec<u32>,
-                    last_sent: &mut Vec<Duration>| {
-        let at = start.elapsed();
-        seq[i] = seq[i].wrapping_add(1);
-        payload[0..4].copy_from_slice(&(i as u32).to_le_bytes());
-        payload[4..8].copy_from_slice(&seq[i].to_le_bytes());
-        payload[8..16].copy_from_slice(&(at.as_nanos() as u64).to_le_bytes());
-        let _ = sockets[i].send_to(&payload, dest);
-        last_sent[i] = at;
-    };
     // Let the hellos (tokens) land before timing starts.
     if hello.is_some() {
         std::thread::park_timeout(Duration::from_millis(200));
     }
-    let start_after_hello = start.elapsed();
+    let total = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut result = if rate == 0 {
+        closed_loop(&mut poll, &senders, &receivers, dest, size, start, total)?
+    } else {
+        fixed_rate(poll, &senders, receivers, dest, size, start, total, rate)?
+    };
+    result.name = name.to_string();
+    Ok(result)
+}
+
+/// Payload: client index, sequence number, send time in ns since `start`, then padding.
+fn stamp(payload: &mut [u8], client: usize, seq: u32, start: Instant) {
+    payload[0..4].copy_from_slice(&(client as u32).to_le_bytes());
+    payload[4..8].copy_from_slice(&seq.to_le_bytes());
+    payload[8..16].copy_from_slice(&(start.elapsed().as_nanos() as u64).to_le_bytes());
+}
+
+/// Reads one reply's client index and round-trip time.
+fn unstamp(reply: &[u8], start: Instant) -> Option<(usize, u64)> {
+    let idx = u32::from_le_bytes(reply.get(0..4)?.try_into().ok()?) as usize;
+    let sent = u64::from_le_bytes(reply.get(8..16)?.try_into().ok()?);
+    Some((
+        idx,
+        (start.elapsed().as_nanos() as u64).saturating_sub(sent),
+    ))
+}
+
+/// Every client keeps one datagram in flight; a reply triggers the next send.
+fn closed_loop(
+    poll: &mut Poll,
+    senders: &[UdpSocket],
+    receivers: &[mio::net::UdpSocket],
+    dest: SocketAddr,
+    size: usize,
+    start: Instant,
+    total: Duration,
+) -> io::Result<PhaseResult> {
+    let clients = senders.len();
+    let mut payload = vec![0u8; size];
+    let mut buf = vec![0u8; 65_536];
+    let mut rtts: Vec<u64> = Vec::with_capacity(1 << 20);
+    let mut last_sent = vec![Duration::ZERO; clients];
+    let mut seq = 0u32;
+    let (mut replies, mut lost) = (0u64, 0u64);
+    let mut send = |i: usize, last_sent: &mut [Duration]| {
+        seq = seq.wrapping_add(1);
+        stamp(&mut payload, i, seq, start);
+        let _ = senders[i].send_to(&payload, dest);
+        last_sent[i] = start.elapsed();
+    };
+    for i in 0..clients {
+        send(i, &mut last_sent);
+    }
     let mut events = Events::with_capacity(4096);
     let mut next_check = Duration::from_millis(50);
-    let interval = if rate > 0 {
-        Duration::from_secs_f64(1.0 / rate as f64)
-    } else {
-        Duration::ZERO
-    };
-    let mut next_due = start_after_hello;
-    let mut rr = 0usize;
-    if rate == 0 {
-        for i in 0..clients {
-            send(i, &mut sockets, &mut seq, &mut last_sent);
-        }
-    }
-    let end = start_after_hello + total;
-    // Hard cap on datagrams sent, whatever the rate: bounded by count as well as time.
+    // Bounded by count as well as time.
     let max_sends: u64 = 50_000_000;
-    let mut sends: u64 = 0;
-    while start.elapsed() < end && sends < max_sends {
-        if rate > 0 {
-            let now = start.elapsed();
-            while next_due <= now && sends < max_sends {
-                send(rr % clients, &mut sockets, &mut seq, &mut last_sent);
-                rr += 1;
-                sends += 1;
-                next_due += interval;
-            }
-        }
-        let wait = if rate > 0 {
-            // epoll sleeps in whole milliseconds; a shorter gap to the next send is slept
-            // precisely instead, so sends are spread out rather than fired in 1 ms bursts.
-            let gap = next_due.saturating_sub(start.elapsed());
-            if gap > Duration::ZERO && gap < Duration::from_millis(1) {
-                precise_sleep(gap);
-            }
-            Duration::ZERO
-        } else {
-            Duration::from_millis(10)
-        };
-        poll.poll(&mut events, Some(wait))?;
+    let mut sends: u64 = clients as u64;
+    while start.elapsed() < total && sends < max_sends {
+        poll.poll(&mut events, Some(Duration::from_millis(10)))?;
         for ev in events.iter() {
             let i = ev.token().0;
-            loop {
-                match sockets[i].recv_from(&mut buf) {
-                    Ok((n, _)) if n >= HEADER => {
-                        let idx = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                        let sent_ns = u64::from_le_bytes(buf[8..16].try_into().unwrap_or([0; 8]));
-                        let now = start.elapsed();
-                        if Duration::from_nanos(sent_ns) >= start_after_hello {
-                            rtts.push((now.as_nanos() as u64).saturating_sub(sent_ns));
-                            replies += 1;
-                        }
-                        if rate == 0 && idx == i && now < end {
-                            send(i, &mut sockets, &mut seq, &mut last_sent);
-                            sends += 1;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => break,
+            while let Ok((n, _)) = receivers[i].recv_from(&mut buf) {
+                let Some((idx, rtt)) = unstamp(&buf[..n], start) else {
+                    continue;
+                };
+                rtts.push(rtt);
+                replies += 1;
+                if idx == i && start.elapsed() < total {
+                    send(i, &mut last_sent);
+                    sends += 1;
                 }
             }
         }
         let now = start.elapsed();
-        if rate == 0 && now >= next_check {
-            // Closed loop: a datagram unanswered for 200 ms is lost; send a fresh one.
+        if now >= next_check {
+            // A datagram unanswered for 200 ms is lost; send a fresh one.
             for i in 0..clients {
                 if now.saturating_sub(last_sent[i]) > Duration::from_millis(200) {
                     lost += 1;
-                    send(i, &mut sockets, &mut seq, &mut last_sent);
+                    send(i, &mut last_sent);
+                    sends += 1;
                 }
             }
             next_check = now + Duration::from_millis(50);
         }
     }
-    if rate > 0 {
-        lost = sends.saturating_sub(replies);
-    }
     Ok(PhaseResult {
-        name: name.to_string(),
+        name: String::new(),
         replies,
         lost,
-        elapsed: start.elapsed().saturating_sub(start_after_hello).min(total),
+        elapsed: start.elapsed().min(total),
+        rtts_ns: rtts,
+    })
+}
+
+/// Sends on a fixed schedule from this thread while a receiver thread timestamps replies the
+/// moment they arrive, so the sender's pacing sleeps never inflate the measured RTT.
+#[allow(clippy::too_many_arguments)]
+fn fixed_rate(
+    mut poll: Poll,
+    senders: &[UdpSocket],
+    receivers: Vec<mio::net::UdpSocket>,
+    dest: SocketAddr,
+    size: usize,
+    start: Instant,
+    total: Duration,
+    rate: u64,
+) -> io::Result<PhaseResult> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_rx = std::sync::Arc::clone(&stop);
+    let receiver = std::thread::spawn(move || -> io::Result<Vec<u64>> {
+        let mut events = Events::with_capacity(4096);
+        let mut buf = vec![0u8; 65_536];
+        let mut rtts = Vec::with_capacity(1 << 20);
+        while !stop_rx.load(std::sync::atomic::Ordering::Relaxed) {
+            poll.poll(&mut events, Some(Duration::from_millis(10)))?;
+            for ev in events.iter() {
+                while let Ok((n, _)) = receivers[ev.token().0].recv_from(&mut buf) {
+                    if let Some((_, rtt)) = unstamp(&buf[..n], start) {
+                        rtts.push(rtt);
+                    }
+                }
+            }
+        }
+        Ok(rtts)
+    });
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut payload = vec![0u8; size];
+    let mut next = Duration::ZERO;
+    let mut sends: u64 = 0;
+    let max_sends = rate.saturating_mul(total.as_secs() + 1).min(50_000_000);
+    while next < total && sends < max_sends {
+        let now = start.elapsed();
+        if next > now {
+            precise_sleep(next - now);
+        }
+        let i = (sends % senders.len() as u64) as usize;
+        stamp(&mut payload, i, sends as u32, start);
+        let _ = senders[i].send_to(&payload, dest);
+        sends += 1;
+        next += interval;
+    }
+    // Give the last replies time to arrive, then stop the receiver.
+    std::thread::park_timeout(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rtts = receiver
+        .join()
+        .map_err(|_| io::Error::other("receiver thread panicked"))??;
+    Ok(PhaseResult {
+        name: String::new(),
+        replies: rtts.len() as u64,
+        lost: sends.saturating_sub(rtts.len() as u64),
+        elapsed: total,
         rtts_ns: rtts,
     })
 }
@@ -407,7 +464,7 @@ pub fn run(args: &LoadgenArgs, exe: &Path) -> io::Result<()> {
         b"",
     )?;
     // Every round opens fresh client sockets, so earlier rounds' sessions are still live.
-    let director = ChildDirector::spawn(exe, &[backend.addr], args.workers, 1_000_000)?;
+    let director = ChildDirector::spawn(exe, &[backend.addr], args, 1_000_000)?;
     let token = query_token(director.query, r#"{"resourceType":"echo"}"#)?.token;
     let mode = if args.rate > 0 {
         format!("fixed rate {} datagrams/s", args.rate)
@@ -552,7 +609,7 @@ fn idle_memory(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         .iter()
         .map(|t| t.local_addr())
         .collect::<Result<_, _>>()?;
-    let director = ChildDirector::spawn(exe, &addrs, args.workers, n + 100)?;
+    let director = ChildDirector::spawn(exe, &addrs, args, n + 100)?;
     // Tokens for every target (leastSessions spreads them), then a warm-up session.
     let tokens = token_per_target(&director, addrs.len())?;
     std::thread::park_timeout(Duration::from_millis(300));
@@ -597,7 +654,7 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         .map(|_| EchoServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), b""))
         .collect::<Result<_, _>>()?;
     let addrs: Vec<SocketAddr> = echo.iter().map(|e| e.addr).collect();
-    let director = ChildDirector::spawn(exe, &addrs, args.workers, n + 1000)?;
+    let director = ChildDirector::spawn(exe, &addrs, args, n + 1000)?;
     let tokens = token_per_target(&director, addrs.len())?;
     let started = Instant::now();
     let rss_before = director.rss_kib();

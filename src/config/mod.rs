@@ -79,6 +79,12 @@ pub struct Config {
     /// Data-plane worker threads, each with its own SO_REUSEPORT socket; 0 = one per core.
     #[serde(default)]
     pub data_workers: usize,
+    /// After the last datagram, keep polling without sleeping for this many microseconds
+    /// (0 = off). Trades CPU for latency: a reply that comes back within the window finds the
+    /// worker awake, saving a scheduler wake-up per hop. Costs at most this much CPU per
+    /// wake-up; nothing while no traffic flows.
+    #[serde(default = "defaults::busy_poll_micros")]
+    pub busy_poll_micros: u64,
     /// SO_RCVBUF/SO_SNDBUF requested for every UDP socket (the kernel may clamp it).
     #[serde(default = "defaults::socket_buffer_bytes")]
     pub socket_buffer_bytes: usize,
@@ -245,6 +251,9 @@ mod defaults {
     }
     pub fn max_tokens() -> u64 {
         1_000_000
+    }
+    pub fn busy_poll_micros() -> u64 {
+        25
     }
     pub fn socket_buffer_bytes() -> usize {
         4 * 1024 * 1024
@@ -517,6 +526,7 @@ mod tests {
         assert_eq!(c.limits.query_burst, 100);
         assert_eq!(c.load_balancing, LoadBalancing::LeastSessions);
         assert_eq!(c.bind_address.to_string(), "0.0.0.0");
+        assert_eq!(c.busy_poll_micros, 25);
         assert!(c.default_endpoint.is_none());
     }
 

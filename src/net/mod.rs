@@ -28,6 +28,8 @@ pub struct DataSettings {
     pub magic: Vec<u8>,
     pub default_endpoint: Option<QueryRequest>,
     pub session_timeout: std::time::Duration,
+    /// Keep polling without sleeping this long after the last datagram (zero: off).
+    pub busy_poll: std::time::Duration,
 }
 
 /// State shared by all workers and the control plane.

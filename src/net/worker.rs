@@ -191,6 +191,8 @@ pub struct Worker {
     /// What this worker last added to the shared socket gauge.
     flushed: i64,
     last_flush: Instant,
+    /// When a datagram last arrived (for `busyPollMicros`).
+    last_datagram: Instant,
     last_drop_log: Instant,
     /// Drops by this worker since its last drop summary.
     drops_since_log: u64,
@@ -232,6 +234,7 @@ impl Worker {
             open_sockets: 0,
             flushed: 0,
             last_flush: now,
+            last_datagram: now,
             last_drop_log: now,
             drops_since_log: 0,
         })
@@ -257,7 +260,8 @@ impl Worker {
                 return;
             }
             let now = Instant::now();
-            let wait = if self.again.is_empty() {
+            let busy = now.saturating_duration_since(self.last_datagram) < self.settings.busy_poll;
+            let wait = if self.again.is_empty() && !busy {
                 self.table
                     .poll_timeout()
                     .map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
@@ -351,6 +355,7 @@ impl Worker {
                 }
             }
             self.rx = rx;
+            self.last_datagram = now;
             if n < BATCH {
                 return false; // a short batch: the socket was empty
             }
