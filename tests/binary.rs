@@ -24,6 +24,8 @@ fn write_config(name: &str, yaml: &str) -> PathBuf {
 
 struct Director {
     child: Child,
+    /// Log lines printed after the start-up line.
+    logs: mpsc::Receiver<String>,
     query: SocketAddr,
     data: SocketAddr,
     admin: SocketAddr,
@@ -50,14 +52,15 @@ fn spawn(config: &PathBuf, envs: &[(&str, &str)]) -> Director {
         .unwrap();
     // Owned by the guard from here on: killed and reaped on every path, panics included.
     let unbound: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let (tx, rx) = mpsc::channel();
     let mut d = Director {
         child,
+        logs: rx,
         query: unbound,
         data: unbound,
         admin: unbound,
     };
     let stdout = d.child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -66,7 +69,10 @@ fn spawn(config: &PathBuf, envs: &[(&str, &str)]) -> Director {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let line = rx.recv_timeout(left).expect("start-up line within 20 s");
+        let line = d
+            .logs
+            .recv_timeout(left)
+            .expect("start-up line within 20 s");
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
@@ -211,4 +217,44 @@ fn sigterm_drains_live_sessions_then_exits_zero() {
     assert!(exited, "exits after drainSeconds");
     let status = d.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_flood_of_bad_datagrams_is_counted_not_logged() {
+    let b = Backend::new();
+    let path = write_config("flood", &static_yaml(&b, ""));
+    let d = spawn(&path, &[("RUST_LOG", "info")]);
+    let attacker = Client::new(d.data);
+    let n = 5_000;
+    for i in 0..n {
+        match i % 3 {
+            0 => attacker.send(b"garbage"),
+            1 => attacker.send(b"00000000-0000-4000-8000-000000000000"),
+            _ => attacker.send(&[MAGIC, b"junk"].concat()),
+        }
+        if i % 500 == 499 {
+            // Stay within the socket buffers: this test is about logging, not loss.
+            std::thread::park_timeout(Duration::from_millis(5));
+        }
+    }
+    let counted = eventually(Duration::from_secs(5), || {
+        let dropped: f64 = ["no_session", "invalid_token", "malformed_control"]
+            .iter()
+            .map(|r| {
+                metric(
+                    d.admin,
+                    &format!("udp_director_datagrams_dropped_total{{reason=\"{r}\"}}"),
+                )
+            })
+            .sum();
+        dropped >= f64::from(n) * 0.95
+    });
+    assert!(counted, "drops are counted by reason");
+    attacker.expect_silence(Duration::from_millis(100));
+    let lines: Vec<String> = d.logs.try_iter().collect();
+    assert!(
+        lines.len() < 10,
+        "{} log lines for {n} bad datagrams: {lines:?}",
+        lines.len()
+    );
 }
