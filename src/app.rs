@@ -47,8 +47,21 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Binds every listener and starts serving. Returns once all are bound.
+/// How to start, beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// How Kubernetes-backed mappings reach the API server (unused by static configs).
+    pub kube: crate::resolve::kube::Connect,
+}
+
+/// Binds every listener and starts serving with default options.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// Binds every listener and starts serving. Returns once all are bound; Kubernetes caches
+/// sync in the background (`/readyz` says when).
+pub async fn start_with(config: Config, options: StartOptions) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let ledger = Arc::new(Ledger::new(config.max_sessions));
     let tokens = Arc::new(TokenStore::new(
@@ -56,7 +69,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.limits.max_tokens,
         config.single_use_tokens,
     ));
-    let resolver = Arc::new(RwLock::new(Arc::new(Resolver::from_config(&config))));
+    let watchers = crate::resolve::kube::Watchers::new(options.kube);
+    let resolver = Arc::new(RwLock::new(Arc::new(Resolver::new(&config, &watchers))));
     let draining = Arc::new(AtomicBool::new(false));
     let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -180,9 +194,9 @@ impl Running {
 
 /// Runs until SIGTERM or SIGINT, then drains for `drainSeconds` (a second signal cuts the
 /// drain short) and returns.
-pub async fn run(config: Config) -> Result<(), StartError> {
+pub async fn run(config: Config, options: StartOptions) -> Result<(), StartError> {
     let drain = Duration::from_secs(config.drain_seconds);
-    let running = start(config).await?;
+    let running = start_with(config, options).await?;
     let mut signals = Signals::new();
     signals.next().await;
     tracing::info!(

@@ -60,6 +60,9 @@ struct Cli {
     /// Overrides `dataWorkers` (0: one per core).
     #[arg(long, env = "UDP_DIRECTOR_DATA_WORKERS")]
     data_workers: Option<usize>,
+    /// Kubeconfig for Kubernetes-backed mappings (default: in-cluster, then KUBECONFIG).
+    #[arg(long, env = "UDP_DIRECTOR_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// Validate the config, print it with defaults filled in, and exit.
     #[arg(long)]
     check_config: bool,
@@ -112,7 +115,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(udp_director::app::run(config))?;
+    let options = udp_director::app::StartOptions {
+        kube: match &cli.kubeconfig {
+            Some(path) => udp_director::resolve::kube::Connect::Kubeconfig(path.clone()),
+            None => udp_director::resolve::kube::Connect::Infer,
+        },
+    };
+    runtime.block_on(udp_director::app::run(config, options))?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -154,6 +154,9 @@ pub struct Mapping {
     /// Plural resource name, e.g. `gameservers`.
     #[serde(default)]
     pub resource: Option<String>,
+    /// Kind of the resource (e.g. `GameServer`); only used in logs, defaults to `resource`.
+    #[serde(default)]
+    pub kind: Option<String>,
     /// The mapping's own namespace; also the default namespace of queries.
     #[serde(default)]
     pub namespace: Option<String>,
@@ -423,12 +426,7 @@ fn validate_mapping(name: &str, mapping: &Mapping) -> Result<(), ConfigError> {
                 "needs either `static: [...]` endpoints or a Kubernetes `version` and `resource`",
             ));
         }
-        (None, true) => {
-            return Err(invalid(
-                format!("resourceQueryMapping.{name}"),
-                "Kubernetes-backed mappings are not available in this build yet (unfinished, see README); use `static` endpoints",
-            ));
-        }
+        (None, true) => validate_kube(name, mapping)?,
         (Some(endpoints), false) => validate_static(name, mapping, endpoints)?,
     }
     if let Some(list) = &mapping.namespaces {
@@ -445,6 +443,88 @@ fn validate_mapping(name: &str, mapping: &Mapping) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A Kubernetes mapping: which resource, and exactly one way to find a target address.
+fn validate_kube(name: &str, m: &Mapping) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
+    let nonempty = |field: &str, v: &Option<String>| -> Result<(), ConfigError> {
+        match v {
+            Some(s) if !s.trim().is_empty() => Ok(()),
+            _ => Err(invalid(
+                key(field),
+                "is required for a Kubernetes mapping, e.g. `v1`, `pods`",
+            )),
+        }
+    };
+    nonempty("version", &m.version)?;
+    nonempty("resource", &m.resource)?;
+    if m.resource
+        .as_deref()
+        .is_some_and(|r| r.contains('/') || r.chars().any(char::is_uppercase))
+    {
+        return Err(invalid(
+            key("resource"),
+            "must be the lowercase plural name, e.g. `gameservers`",
+        ));
+    }
+    let direct = m.address_path.is_some();
+    let service = m.service_selector_label.is_some() || m.service_target_port_name.is_some();
+    match (direct, service) {
+        (true, true) => {
+            return Err(invalid(
+                key("addressPath"),
+                "use either `addressPath` + a port, or `serviceSelectorLabel` + `serviceTargetPortName`, not both",
+            ));
+        }
+        (false, false) => {
+            return Err(invalid(
+                format!("resourceQueryMapping.{name}"),
+                "needs an address: `addressPath: status.address` with `portName`, `portPath` or `port`, or `serviceSelectorLabel` + `serviceTargetPortName`",
+            ));
+        }
+        (true, false) => {
+            let ports = [
+                m.port_name.is_some(),
+                m.port_path.is_some(),
+                m.port.is_some(),
+            ];
+            if ports.iter().filter(|p| **p).count() != 1 {
+                return Err(invalid(
+                    key("portName"),
+                    "give exactly one of `portName`, `portPath` or `port` with `addressPath`",
+                ));
+            }
+            if m.port == Some(0) {
+                return Err(invalid(key("port"), "must be 1..=65535, found 0"));
+            }
+            for (field, path) in [("addressPath", &m.address_path), ("portPath", &m.port_path)] {
+                if let Some(p) = path {
+                    normalize_json_path(p).map_err(|e| invalid(key(field), e.to_string()))?;
+                }
+            }
+        }
+        (false, true) => {
+            if m.service_selector_label.is_none() || m.service_target_port_name.is_none() {
+                return Err(invalid(
+                    key("serviceSelectorLabel"),
+                    "`serviceSelectorLabel` and `serviceTargetPortName` go together",
+                ));
+            }
+            if m.port_name.is_some() || m.port_path.is_some() || m.port.is_some() {
+                return Err(invalid(
+                    key("serviceTargetPortName"),
+                    "service-based addressing takes its port from the Service; remove `portName`/`portPath`/`port`",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True for mappings backed by the Kubernetes API (as opposed to `static`).
+pub fn is_kube(m: &Mapping) -> bool {
+    m.static_endpoints.is_none()
 }
 
 fn validate_static(
@@ -637,6 +717,39 @@ mod tests {
         assert!(e.contains("at least one resource type"), "{e}");
         let e = err("resourceQueryMapping:\n  echo:\n    static: []\n");
         assert!(e.contains("at least one endpoint"), "{e}");
+    }
+
+    #[test]
+    fn kube_mappings_need_a_resource_and_one_address_mode() {
+        let base = "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    namespace: game-servers\n";
+        Config::from_yaml(&format!(
+            "{base}    addressPath: status.address\n    portName: default\n"
+        ))
+        .unwrap();
+        Config::from_yaml(&format!(
+            "{base}    serviceSelectorLabel: app\n    serviceTargetPortName: game\n"
+        ))
+        .unwrap();
+        let e = err(base);
+        assert!(e.contains("needs an address"), "{e}");
+        let e = err(&format!("{base}    addressPath: status.address\n"));
+        assert!(e.contains("resourceQueryMapping.gs.portName"), "{e}");
+        let e = err(&format!(
+            "{base}    addressPath: status.address\n    portName: a\n    port: 1\n"
+        ));
+        assert!(e.contains("exactly one"), "{e}");
+        let e = err(&format!("{base}    addressPath: \"$[\"\n    port: 7\n"));
+        assert!(e.contains("resourceQueryMapping.gs.addressPath"), "{e}");
+        let e = err(&format!("{base}    serviceSelectorLabel: app\n"));
+        assert!(e.contains("go together"), "{e}");
+        let e = err(
+            "resourceQueryMapping:\n  p:\n    resource: pods\n    addressPath: status.podIP\n    port: 7\n",
+        );
+        assert!(e.contains("resourceQueryMapping.p.version"), "{e}");
+        let e = err(
+            "resourceQueryMapping:\n  p:\n    version: v1\n    resource: Pods\n    addressPath: status.podIP\n    port: 7\n",
+        );
+        assert!(e.contains("lowercase plural"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! It does not issue tokens and does not touch sockets. Live session counts come in through
 //! [`SessionCounts`], which the data plane's ledger implements.
 
+pub mod kube;
 pub mod select;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -92,6 +93,31 @@ pub struct Resolved {
 
 enum Source {
     Static(Vec<Candidate>),
+    Kube {
+        /// One cache per allowed namespace.
+        caches: BTreeMap<String, kube::Watched>,
+        address: AddressRule,
+    },
+}
+
+enum AddressRule {
+    Direct {
+        path: String,
+        port: kube::PortRule,
+    },
+    /// Per-namespace Service caches.
+    Service {
+        label: String,
+        port_name: String,
+        services: BTreeMap<String, kube::Watched>,
+    },
+}
+
+/// A match before load balancing: borrowed from a candidate or a cached object.
+struct Match<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    addr: SocketAddr,
 }
 
 struct CompiledMapping {
@@ -111,21 +137,64 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Compiles a validated config.
+    /// Compiles a validated config with static mappings only (Kubernetes mappings would
+    /// start watchers on a default client; use [`Resolver::new`] to share them).
     pub fn from_config(config: &Config) -> Self {
+        Self::new(config, &kube::Watchers::new(kube::Connect::Infer))
+    }
+
+    /// Compiles a validated config; Kubernetes mappings get (shared) watch caches from
+    /// `watchers`. Must run inside a tokio runtime when the config has Kubernetes mappings.
+    pub fn new(config: &Config, watchers: &kube::Watchers) -> Self {
         let mappings = config
             .resource_query_mapping
             .iter()
-            .map(|(name, m)| (name.clone(), compile(name, m, &config.load_balancing)))
+            .map(|(name, m)| {
+                (
+                    name.clone(),
+                    compile(name, m, &config.load_balancing, watchers),
+                )
+            })
             .collect();
         Self { mappings }
     }
 
-    /// True once every source can answer (static sources always can).
+    /// True once every cache has completed its first list (static sources always have).
     pub fn synced(&self) -> bool {
-        self.mappings.values().all(|m| match m.source {
-            Source::Static(_) => true,
-        })
+        self.unsynced().is_empty()
+    }
+
+    /// Descriptions of the caches that have not synced yet.
+    pub fn unsynced(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in self.mappings.values() {
+            if let Source::Kube { caches, address } = &m.source {
+                let services = match address {
+                    AddressRule::Service { services, .. } => Some(services.values()),
+                    AddressRule::Direct { .. } => None,
+                };
+                for w in caches.values().chain(services.into_iter().flatten()) {
+                    if !w.synced() {
+                        out.push(w.what.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Cached objects per mapping (for metrics).
+    pub fn cache_sizes(&self) -> Vec<(String, usize)> {
+        self.mappings
+            .iter()
+            .map(|(name, m)| {
+                let n = match &m.source {
+                    Source::Static(c) => c.len(),
+                    Source::Kube { caches, .. } => caches.values().map(kube::Watched::len).sum(),
+                };
+                (name.clone(), n)
+            })
+            .collect()
     }
 
     /// Resolves a query to one target, or the error code SPEC §2 prescribes.
@@ -165,18 +234,94 @@ impl Resolver {
             )),
             None => None,
         };
-        let Source::Static(candidates) = &mapping.source;
-        let matches: Vec<&Candidate> = candidates
-            .iter()
-            .filter(|c| c.namespace == namespace)
-            .filter(|c| selector_matches(&mapping.fixed_labels, &c.labels))
-            .filter(|c| selector_matches(&req.label_selector, &c.labels))
-            .filter(|c| selector_matches(&req.annotation_selector, &c.annotations))
-            .filter(|c| match &status {
-                Some((path, q)) => status_matches(&c.object, path, q.expected()),
-                None => true,
-            })
-            .collect();
+        let client_filters = |labels: &BTreeMap<String, String>,
+                              annotations: &BTreeMap<String, String>,
+                              object: &Value| {
+            selector_matches(&mapping.fixed_labels, labels)
+                && selector_matches(&req.label_selector, labels)
+                && selector_matches(&req.annotation_selector, annotations)
+                && match &status {
+                    Some((path, q)) => status_matches(object, path, q.expected()),
+                    None => true,
+                }
+        };
+        let objects;
+        let service_objects;
+        let empty = BTreeMap::new();
+        let matches: Vec<Match<'_>> = match &mapping.source {
+            Source::Static(candidates) => candidates
+                .iter()
+                .filter(|c| c.namespace == namespace)
+                .filter(|c| client_filters(&c.labels, &c.annotations, &c.object))
+                .map(|c| Match {
+                    namespace: &c.namespace,
+                    name: &c.name,
+                    addr: c.addr,
+                })
+                .collect(),
+            Source::Kube { caches, address } => {
+                let cache = caches.get(namespace).ok_or_else(|| {
+                    QueryError::new(
+                        ErrorCode::Internal,
+                        format!("no cache for namespace `{namespace}`"),
+                    )
+                })?;
+                if !cache.synced() {
+                    return Err(QueryError::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the cache of {} has not synced with the Kubernetes API yet",
+                            cache.what
+                        ),
+                    ));
+                }
+                objects = cache.objects();
+                service_objects = match address {
+                    AddressRule::Service { services, .. } => match services.get(namespace) {
+                        Some(svc) if svc.synced() => svc.objects(),
+                        Some(svc) => {
+                            return Err(QueryError::new(
+                                ErrorCode::Unavailable,
+                                format!("the cache of {} has not synced yet", svc.what),
+                            ));
+                        }
+                        None => Vec::new(),
+                    },
+                    AddressRule::Direct { .. } => Vec::new(),
+                };
+                objects
+                    .iter()
+                    .filter_map(|o| o.0.as_ref().ok())
+                    .filter(|o| {
+                        client_filters(
+                            o.metadata.labels.as_ref().unwrap_or(&empty),
+                            o.metadata.annotations.as_ref().unwrap_or(&empty),
+                            &o.data,
+                        )
+                    })
+                    .filter_map(|o| {
+                        let addr = match address {
+                            AddressRule::Direct { path, port } => {
+                                kube::direct_address(&o.data, path, port)
+                            }
+                            AddressRule::Service {
+                                label, port_name, ..
+                            } => kube::service_address(
+                                o.metadata.labels.as_ref().unwrap_or(&empty),
+                                label,
+                                port_name,
+                                &service_objects,
+                            ),
+                        }?;
+                        Some(Match {
+                            namespace: o.metadata.namespace.as_deref().unwrap_or(namespace),
+                            name: o.metadata.name.as_deref()?,
+                            addr,
+                        })
+                    })
+                    .collect()
+            }
+        };
         let sessions: Vec<usize> = match mapping.load_balancing {
             LoadBalancing::LeastSessions => matches
                 .iter()
@@ -195,7 +340,8 @@ impl Resolver {
                 _ => 0,
             },
         };
-        let chosen = choose(&mapping.load_balancing, &matches, &inputs)
+        let keys: Vec<(&str, &str)> = matches.iter().map(|m| (m.namespace, m.name)).collect();
+        let chosen = choose(&mapping.load_balancing, &keys, &inputs)
             .and_then(|i| matches.get(i))
             .ok_or_else(|| {
                 QueryError::new(
@@ -206,8 +352,8 @@ impl Resolver {
         Ok(Resolved {
             target: Arc::new(Target::new(
                 &mapping.name,
-                &chosen.namespace,
-                &chosen.name,
+                chosen.namespace,
+                chosen.name,
                 chosen.addr,
             )),
             expose_address: mapping.expose_address,
@@ -215,28 +361,80 @@ impl Resolver {
     }
 }
 
-fn compile(name: &str, m: &Mapping, global_lb: &LoadBalancing) -> CompiledMapping {
+fn compile(
+    name: &str,
+    m: &Mapping,
+    global_lb: &LoadBalancing,
+    watchers: &kube::Watchers,
+) -> CompiledMapping {
     let default_namespace = config::mapping_namespace(m).to_string();
-    let mut candidates: Vec<Candidate> = m
-        .static_endpoints
-        .iter()
-        .flatten()
-        .map(|ep| {
-            Candidate::from_parts(
-                ep.namespace.as_deref().unwrap_or(&default_namespace),
-                &ep.name,
-                ep.labels.clone(),
-                ep.annotations.clone(),
-                ep.status.clone(),
-                SocketAddr::new(ep.address, ep.port),
-            )
-        })
-        .collect();
-    // Deterministic order for `first`, round-robin and tie-breaking.
-    candidates.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let allowed = config::allowed_namespaces(m);
+    let source = if config::is_kube(m) {
+        let resource = m.resource.clone().unwrap_or_default();
+        let api = kube::api_resource(
+            m.group.as_deref().unwrap_or(""),
+            m.version.as_deref().unwrap_or("v1"),
+            &resource,
+            m.kind.as_deref().unwrap_or(&resource),
+        );
+        // The fixed selector is applied by the API server too: less to cache.
+        let labels = m
+            .label_selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let caches = allowed
+            .iter()
+            .map(|ns| (ns.clone(), watchers.watch(&api, ns, &labels)))
+            .collect();
+        let rooted = |p: &Option<String>| {
+            p.as_deref()
+                .and_then(|p| normalize_json_path(p).ok())
+                .unwrap_or_default()
+        };
+        let address = match (&m.service_selector_label, &m.service_target_port_name) {
+            (Some(label), Some(port_name)) => AddressRule::Service {
+                label: label.clone(),
+                port_name: port_name.clone(),
+                services: allowed
+                    .iter()
+                    .map(|ns| (ns.clone(), watchers.watch(&kube::services(), ns, "")))
+                    .collect(),
+            },
+            _ => AddressRule::Direct {
+                path: rooted(&m.address_path),
+                port: match (&m.port_name, &m.port_path, m.port) {
+                    (Some(n), _, _) => kube::PortRule::Name(n.clone()),
+                    (_, Some(_), _) => kube::PortRule::Path(rooted(&m.port_path)),
+                    (_, _, p) => kube::PortRule::Fixed(p.unwrap_or(0)),
+                },
+            },
+        };
+        Source::Kube { caches, address }
+    } else {
+        let mut candidates: Vec<Candidate> = m
+            .static_endpoints
+            .iter()
+            .flatten()
+            .map(|ep| {
+                Candidate::from_parts(
+                    ep.namespace.as_deref().unwrap_or(&default_namespace),
+                    &ep.name,
+                    ep.labels.clone(),
+                    ep.annotations.clone(),
+                    ep.status.clone(),
+                    SocketAddr::new(ep.address, ep.port),
+                )
+            })
+            .collect();
+        // Deterministic order for `first`, round-robin and tie-breaking.
+        candidates.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Source::Static(candidates)
+    };
     CompiledMapping {
         name: name.to_string(),
-        allowed: config::allowed_namespaces(m),
+        allowed,
         default_namespace,
         fixed_labels: m.label_selector.clone(),
         expose_address: m.expose_target_address,
@@ -245,7 +443,7 @@ fn compile(name: &str, m: &Mapping, global_lb: &LoadBalancing) -> CompiledMappin
             .clone()
             .unwrap_or_else(|| global_lb.clone()),
         round_robin: AtomicUsize::new(0),
-        source: Source::Static(candidates),
+        source,
     }
 }
 

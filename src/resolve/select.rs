@@ -8,8 +8,6 @@ use serde_json::Value;
 
 use crate::config::LoadBalancing;
 
-use super::Candidate;
-
 /// True when every `key: value` pair is present in `have`.
 pub fn selector_matches(
     selector: &BTreeMap<String, String>,
@@ -59,29 +57,29 @@ pub struct ChoiceInputs<'a> {
     pub random: u64,
 }
 
-/// Picks one of `matches` (ordered by namespace/name). Ties break to the earliest.
-pub fn choose(
-    lb: &LoadBalancing,
-    matches: &[&Candidate],
-    inputs: &ChoiceInputs<'_>,
-) -> Option<usize> {
-    if matches.is_empty() {
+/// Picks one of the matches, identified by their `keys` (namespace/name; any order). Ties
+/// and round-robin follow key order, so the choice is deterministic whatever order a cache
+/// returns objects in. Linear time: no sort per query.
+pub fn choose<K: Ord>(lb: &LoadBalancing, keys: &[K], inputs: &ChoiceInputs<'_>) -> Option<usize> {
+    let n = keys.len();
+    if n == 0 {
         return None;
     }
-    let n = matches.len();
+    let sessions = |i: usize| inputs.sessions.get(i).copied().unwrap_or(0);
     Some(match lb {
-        LoadBalancing::First => 0,
-        LoadBalancing::RoundRobin => inputs.round_robin % n,
+        LoadBalancing::First => (0..n).min_by(|a, b| keys[*a].cmp(&keys[*b]))?,
+        LoadBalancing::LeastSessions => (0..n).min_by(|a, b| {
+            sessions(*a)
+                .cmp(&sessions(*b))
+                .then_with(|| keys[*a].cmp(&keys[*b]))
+        })?,
+        LoadBalancing::RoundRobin => {
+            let mut order: Vec<usize> = (0..n).collect();
+            let k = inputs.round_robin % n;
+            order.select_nth_unstable_by(k, |a, b| keys[*a].cmp(&keys[*b]));
+            order[k]
+        }
         LoadBalancing::Random => (inputs.random % n as u64) as usize,
-        LoadBalancing::LeastSessions => inputs
-            .sessions
-            .iter()
-            .take(n)
-            .enumerate()
-            // min_by_key returns the first of equal minima: deterministic ties.
-            .min_by_key(|(_, s)| **s)
-            .map(|(i, _)| i)
-            .unwrap_or(0),
     })
 }
 
@@ -91,15 +89,8 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    fn cand(name: &str) -> Candidate {
-        Candidate::from_parts(
-            "default",
-            name,
-            BTreeMap::new(),
-            BTreeMap::new(),
-            json!({}),
-            "127.0.0.1:1".parse().unwrap(),
-        )
+    fn cand(name: &str) -> String {
+        name.to_string()
     }
 
     #[test]
@@ -155,8 +146,7 @@ mod tests {
 
     #[test]
     fn first_and_round_robin() {
-        let (a, b, c) = (cand("a"), cand("b"), cand("c"));
-        let m = [&a, &b, &c];
+        let m = [cand("a"), cand("b"), cand("c")];
         let inputs = |rr| ChoiceInputs {
             sessions: &[5, 1, 1],
             round_robin: rr,
@@ -171,7 +161,29 @@ mod tests {
             choose(&LoadBalancing::LeastSessions, &m, &inputs(0)),
             Some(1)
         );
-        assert_eq!(choose(&LoadBalancing::First, &[], &inputs(0)), None);
+        assert_eq!(
+            choose::<String>(&LoadBalancing::First, &[], &inputs(0)),
+            None
+        );
+        // Order of the slice does not matter, only the keys.
+        let shuffled = [cand("c"), cand("a"), cand("b")];
+        let inputs2 = |rr| ChoiceInputs {
+            sessions: &[1, 1, 5],
+            round_robin: rr,
+            random: 0,
+        };
+        assert_eq!(
+            choose(&LoadBalancing::First, &shuffled, &inputs2(0)),
+            Some(1)
+        );
+        let picks: Vec<_> = (0..3)
+            .map(|rr| choose(&LoadBalancing::RoundRobin, &shuffled, &inputs2(rr)).unwrap())
+            .collect();
+        assert_eq!(picks, [1, 2, 0]);
+        assert_eq!(
+            choose(&LoadBalancing::LeastSessions, &shuffled, &inputs2(0)),
+            Some(1)
+        );
     }
 
     proptest! {
@@ -179,8 +191,7 @@ mod tests {
         /// every target within one session of every other.
         #[test]
         fn least_sessions_spreads_within_one(m in 1usize..20, n in 0usize..400) {
-            let cands: Vec<Candidate> = (0..m).map(|i| cand(&format!("c{i:02}"))).collect();
-            let refs: Vec<&Candidate> = cands.iter().collect();
+            let refs: Vec<String> = (0..m).map(|i| cand(&format!("c{i:02}"))).collect();
             let mut sessions = vec![0usize; m];
             for _ in 0..n {
                 let i = choose(&LoadBalancing::LeastSessions, &refs,
@@ -193,8 +204,7 @@ mod tests {
 
         #[test]
         fn random_always_picks_a_match(m in 1usize..50, r in any::<u64>()) {
-            let cands: Vec<Candidate> = (0..m).map(|i| cand(&format!("c{i}"))).collect();
-            let refs: Vec<&Candidate> = cands.iter().collect();
+            let refs: Vec<String> = (0..m).map(|i| cand(&format!("c{i}"))).collect();
             let i = choose(&LoadBalancing::Random, &refs,
                 &ChoiceInputs { sessions: &vec![0; m], round_robin: 0, random: r }).unwrap();
             prop_assert!(i < m);

@@ -2,6 +2,8 @@
 //! OS-assigned ports, fake game servers we fully control, and deadline-bounded polling.
 #![allow(dead_code)]
 
+pub mod fake_kube;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 

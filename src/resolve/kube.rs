@@ -1,0 +1,398 @@
+//! Kubernetes resource sources: watch-driven in-memory caches (kube-rs watcher + reflector)
+//! for any resource through `DynamicObject` + `ApiResource`, so a CRD needs no Rust type.
+//!
+//! One watcher per distinct (resource, namespace, fixed label selector), with kube's default
+//! backoff; `managedFields` are dropped before caching and the object's metadata is copied
+//! into its JSON so status queries and address paths see the whole object. Objects that do
+//! not deserialize are held as `DeserializeGuard` errors and skipped, so one malformed object
+//! cannot stop a stream. Queries read the caches; nothing here is called per query except
+//! [`Watched::objects`] and the pure extraction functions.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jsonpath_rust::JsonPath;
+use kube::core::{ApiResource, DeserializeGuard, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use crate::resolve::select::value_text;
+
+/// A cached object: the object or why it did not deserialize.
+pub type Cached = DeserializeGuard<DynamicObject>;
+
+/// How to reach the API server.
+#[derive(Debug, Clone, Default)]
+pub enum Connect {
+    /// In-cluster config or `KUBECONFIG` / `~/.kube/config` (kube's inference).
+    #[default]
+    Infer,
+    /// A specific kubeconfig file.
+    Kubeconfig(PathBuf),
+}
+
+/// One cache and whether it has completed its first full list.
+#[derive(Clone)]
+pub struct Watched {
+    store: Store<Cached>,
+    synced: Arc<AtomicBool>,
+    pub what: String,
+}
+
+impl Watched {
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Every cached object (cheap: `Arc` clones).
+    pub fn objects(&self) -> Vec<Arc<Cached>> {
+        self.store.state()
+    }
+
+    pub fn len(&self) -> usize {
+        self.store.state().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Starts and shares watchers; lives as long as the process.
+pub struct Watchers {
+    connect: Connect,
+    client: Arc<OnceCell<Client>>,
+    started: Mutex<HashMap<String, Watched>>,
+}
+
+impl Watchers {
+    pub fn new(connect: Connect) -> Self {
+        Self {
+            connect,
+            client: Arc::new(OnceCell::new()),
+            started: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cache for `resource` in `namespace` filtered by `labels` (a Kubernetes label
+    /// selector string, may be empty), starting its watcher on first use. Must be called
+    /// inside a tokio runtime.
+    pub fn watch(&self, resource: &ApiResource, namespace: &str, labels: &str) -> Watched {
+        let key = format!(
+            "{}/{}/{}|{namespace}|{labels}",
+            resource.group, resource.version, resource.plural
+        );
+        let mut started = match self.started.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(w) = started.get(&key) {
+            return w.clone();
+        }
+        let writer = reflector::store::Writer::new(resource.clone());
+        let store = writer.as_reader();
+        let what = format!(
+            "{} in {namespace}{}",
+            resource.plural,
+            if labels.is_empty() {
+                String::new()
+            } else {
+                format!(" ({labels})")
+            }
+        );
+        let watched = Watched {
+            store,
+            synced: Arc::new(AtomicBool::new(false)),
+            what: what.clone(),
+        };
+        let task = WatchTask {
+            connect: self.connect.clone(),
+            client: Arc::clone(&self.client),
+            resource: resource.clone(),
+            namespace: namespace.to_string(),
+            labels: labels.to_string(),
+            synced: Arc::clone(&watched.synced),
+            what,
+        };
+        tokio::spawn(task.run(writer));
+        started.insert(key, watched.clone());
+        watched
+    }
+}
+
+struct WatchTask {
+    connect: Connect,
+    client: Arc<OnceCell<Client>>,
+    resource: ApiResource,
+    namespace: String,
+    labels: String,
+    synced: Arc<AtomicBool>,
+    what: String,
+}
+
+impl WatchTask {
+    async fn run(self, writer: reflector::store::Writer<Cached>) {
+        let client = self.client_with_retry().await;
+        let api: Api<Cached> = Api::namespaced_with(client, &self.namespace, &self.resource);
+        let mut config = watcher::Config::default();
+        if !self.labels.is_empty() {
+            config = config.labels(&self.labels);
+        }
+        let stream = watcher(api, config)
+            .default_backoff()
+            .modify(prepare)
+            .reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    if !self.synced.swap(true, Ordering::AcqRel) {
+                        tracing::info!(cache = %self.what, "resource cache synced");
+                    } else if failing {
+                        tracing::info!(cache = %self.what, "resource watch resumed (relisted)");
+                    }
+                    failing = false;
+                }
+                Ok(_) => {
+                    if failing {
+                        tracing::info!(cache = %self.what, "resource watch resumed");
+                        failing = false;
+                    }
+                }
+                Err(e) => {
+                    // The backoff spaces these out; the cache keeps serving its last state.
+                    if !failing {
+                        tracing::warn!(cache = %self.what, error = %e, "resource watch failing; serving the last known state");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+
+    async fn client_with_retry(&self) -> Client {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let connect = self.connect.clone();
+            match self
+                .client
+                .get_or_try_init(|| async move { make_client(&connect).await })
+                .await
+            {
+                Ok(client) => return client.clone(),
+                Err(e) => {
+                    tracing::warn!(cache = %self.what, error = %e, "no Kubernetes client yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+async fn make_client(connect: &Connect) -> Result<Client, String> {
+    let config = match connect {
+        Connect::Infer => kube::Config::infer().await.map_err(|e| e.to_string())?,
+        Connect::Kubeconfig(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// Drops `managedFields` and copies metadata into the object's JSON (`data`), so JSONPath
+/// sees `metadata.*` as well as `spec`/`status`.
+fn prepare(obj: &mut Cached) {
+    if let Ok(o) = &mut obj.0 {
+        o.metadata.managed_fields = None;
+        let meta = json!({
+            "name": o.metadata.name,
+            "namespace": o.metadata.namespace,
+            "labels": o.metadata.labels,
+            "annotations": o.metadata.annotations,
+        });
+        if let Value::Object(map) = &mut o.data {
+            map.insert("metadata".to_string(), meta);
+        }
+    }
+}
+
+/// The `ApiResource` of a mapping (`group` "" is the core group).
+pub fn api_resource(group: &str, version: &str, resource: &str, kind: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), resource)
+}
+
+/// Services, for service-based addressing.
+pub fn services() -> ApiResource {
+    api_resource("", "v1", "services", "Service")
+}
+
+/// How a mapping finds a target's port next to `addressPath`.
+#[derive(Debug, Clone)]
+pub enum PortRule {
+    /// Agones `status.ports[].name` → `port`, or a pod's `spec.containers[].ports[].name` →
+    /// `containerPort`.
+    Name(String),
+    /// A `$`-rooted JSONPath to a number (or numeric string).
+    Path(String),
+    Fixed(u16),
+}
+
+/// The first scalar at `rooted_path`, as text.
+fn first_text(object: &Value, rooted_path: &str) -> Option<String> {
+    object
+        .query(rooted_path)
+        .ok()?
+        .into_iter()
+        .find_map(|v| value_text(v).map(|t| t.into_owned()))
+}
+
+/// Direct addressing: an IP at `address_path` and a port by `port`. `None` when the object
+/// has no usable address (not yet scheduled, a hostname, a missing port).
+pub fn direct_address(object: &Value, address_path: &str, port: &PortRule) -> Option<SocketAddr> {
+    let ip: IpAddr = first_text(object, address_path)?.trim().parse().ok()?;
+    let port = match port {
+        PortRule::Fixed(p) => *p,
+        PortRule::Path(path) => first_text(object, path)?.trim().parse().ok()?,
+        PortRule::Name(name) => named_port(object, name)?,
+    };
+    (port != 0).then(|| SocketAddr::new(ip.to_canonical(), port))
+}
+
+fn named_port(object: &Value, name: &str) -> Option<u16> {
+    let by_name = |list: &Value, port_key: &str| -> Option<u16> {
+        list.as_array()?
+            .iter()
+            .find(|p| p.get("name").and_then(Value::as_str) == Some(name))?
+            .get(port_key)?
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+    };
+    // Agones GameServer: status.ports[] {name, port}.
+    if let Some(p) = object
+        .pointer("/status/ports")
+        .and_then(|l| by_name(l, "port"))
+    {
+        return Some(p);
+    }
+    // Pod: spec.containers[].ports[] {name, containerPort}.
+    object
+        .pointer("/spec/containers")?
+        .as_array()?
+        .iter()
+        .find_map(|c| c.get("ports").and_then(|l| by_name(l, "containerPort")))
+}
+
+/// Service-based addressing: the Service whose `label` equals the object's, its ClusterIP and
+/// the port named `port_name`.
+pub fn service_address(
+    object_labels: &std::collections::BTreeMap<String, String>,
+    label: &str,
+    port_name: &str,
+    services: &[Arc<Cached>],
+) -> Option<SocketAddr> {
+    let wanted = object_labels.get(label)?;
+    services.iter().find_map(|svc| {
+        let svc = svc.0.as_ref().ok()?;
+        if svc.metadata.labels.as_ref()?.get(label) != Some(wanted) {
+            return None;
+        }
+        let ip: IpAddr = svc
+            .data
+            .pointer("/spec/clusterIP")?
+            .as_str()?
+            .parse()
+            .ok()?;
+        let port = svc
+            .data
+            .pointer("/spec/ports")?
+            .as_array()?
+            .iter()
+            .find(|p| p.get("name").and_then(Value::as_str) == Some(port_name))?
+            .get("port")?
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())?;
+        Some(SocketAddr::new(ip.to_canonical(), port))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agones_gameserver_address() {
+        let gs = json!({"status": {"state": "Ready", "address": "10.0.0.7",
+            "ports": [{"name": "rcon", "port": 7001}, {"name": "default", "port": 7654}]}});
+        assert_eq!(
+            direct_address(&gs, "$.status.address", &PortRule::Name("default".into())),
+            Some("10.0.0.7:7654".parse().unwrap())
+        );
+        assert_eq!(
+            direct_address(
+                &gs,
+                "$.status.address",
+                &PortRule::Path("$.status.ports[?(@.name == 'rcon')].port".into())
+            ),
+            Some("10.0.0.7:7001".parse().unwrap())
+        );
+        assert_eq!(
+            direct_address(&gs, "$.status.address", &PortRule::Name("nope".into())),
+            None
+        );
+        let unscheduled = json!({"status": {"state": "Scheduled"}});
+        assert_eq!(
+            direct_address(&unscheduled, "$.status.address", &PortRule::Fixed(7)),
+            None
+        );
+        let hostname = json!({"status": {"address": "gs.example"}});
+        assert_eq!(
+            direct_address(&hostname, "$.status.address", &PortRule::Fixed(7)),
+            None
+        );
+    }
+
+    #[test]
+    fn pod_container_port_by_name() {
+        let pod = json!({"spec": {"containers": [
+            {"name": "sidecar", "ports": [{"name": "metrics", "containerPort": 9100}]},
+            {"name": "game", "ports": [{"name": "game", "containerPort": 7777, "protocol": "UDP"}]}]},
+            "status": {"podIP": "10.1.2.3"}});
+        assert_eq!(
+            direct_address(&pod, "$.status.podIP", &PortRule::Name("game".into())),
+            Some("10.1.2.3:7777".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn service_by_label_and_port_name() {
+        let svc: Cached = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "gs-1", "namespace": "g", "labels": {"gs": "gs-1"}},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "game", "port": 7777}]}}))
+        .unwrap();
+        let services = vec![Arc::new(svc)];
+        let labels = [("gs".to_string(), "gs-1".to_string())].into();
+        assert_eq!(
+            service_address(&labels, "gs", "game", &services),
+            Some("10.96.0.10:7777".parse().unwrap())
+        );
+        assert_eq!(service_address(&labels, "gs", "other", &services), None);
+        assert_eq!(
+            service_address(&Default::default(), "gs", "game", &services),
+            None
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! An in-process HTTP server speaking the Kubernetes list/watch wire format, so the real kube
+//! `Client` (pointed at it by a kubeconfig) runs its production code path against it.
+//!
+//! Supports `GET /api/v1/namespaces/{ns}/{plural}` and
+//! `GET /apis/{group}/{version}/namespaces/{ns}/{plural}`, as a LIST (`…List` JSON with
+//! `metadata.resourceVersion`) or, with `watch=true`, a chunked stream of
+//! `{"type":…,"object":…}` lines: ADDED/MODIFIED/DELETED after the requested
+//! resourceVersion, BOOKMARKs every 500 ms, and a 410 `ERROR` event when the requested
+//! version has been compacted away. `labelSelector` equality terms are honoured.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    /// (collection, namespace, name) → object
+    objects: BTreeMap<(String, String, String), Value>,
+    /// (rv, collection, namespace, type, object)
+    log: Vec<(u64, String, String, &'static str, Value)>,
+    /// Watches asking for a version below this get 410 Gone.
+    compacted_below: u64,
+    lists: HashMap<String, usize>,
+    watches: HashMap<String, usize>,
+}
+
+pub struct FakeKube {
+    pub addr: SocketAddr,
+    store: Arc<Mutex<Store>>,
+    /// Bumped to end every open watch stream.
+    epoch: watch::Sender<u64>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// `/apis/agones.dev/v1` + `gameservers` style collection key.
+pub fn collection(api_version: &str, plural: &str) -> String {
+    if api_version.contains('/') {
+        format!("/apis/{api_version}/{plural}")
+    } else {
+        format!("/api/{api_version}/{plural}")
+    }
+}
+
+impl FakeKube {
+    pub async fn start() -> Arc<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (epoch, _) = watch::channel(0);
+        let fake = Arc::new(Self {
+            addr,
+            store: Arc::new(Mutex::new(Store {
+                rv: 100,
+                ..Store::default()
+            })),
+            epoch,
+            server: Mutex::new(None),
+        });
+        fake.serve(listener);
+        fake
+    }
+
+    fn serve(self: &Arc<Self>, listener: tokio::net::TcpListener) {
+        let app = Router::new().fallback(handle).with_state(Arc::clone(self));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        *self.server.lock().unwrap() = Some(task);
+    }
+
+    /// Stops answering: the listener closes and open watches end.
+    pub fn stop(&self) {
+        if let Some(task) = self.server.lock().unwrap().take() {
+            task.abort();
+        }
+        self.cut_watches();
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(self: &Arc<Self>) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        self.serve(listener);
+    }
+
+    /// Ends every open watch stream (clients resume with their last resourceVersion).
+    pub fn cut_watches(&self) {
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Forgets history: resuming watches get 410 Gone and must relist.
+    pub fn compact(&self) {
+        let mut s = self.store.lock().unwrap();
+        s.compacted_below = s.rv + 1;
+        s.log.clear();
+    }
+
+    /// Creates or replaces an object (ADDED / MODIFIED).
+    pub fn apply(&self, plural: &str, mut object: Value) {
+        let mut s = self.store.lock().unwrap();
+        s.rv += 1;
+        let rv = s.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let api_version = object["apiVersion"].as_str().unwrap().to_string();
+        let key = (
+            collection(&api_version, plural),
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            object["metadata"]["name"].as_str().unwrap().to_string(),
+        );
+        let kind = if s.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        s.objects.insert(key.clone(), object.clone());
+        s.log.push((rv, key.0, key.1, kind, object));
+        drop(s);
+        self.cut_nothing();
+    }
+
+    /// Deletes an object (DELETED).
+    pub fn delete(&self, api_version: &str, plural: &str, namespace: &str, name: &str) {
+        let mut s = self.store.lock().unwrap();
+        let key = (
+            collection(api_version, plural),
+            namespace.to_string(),
+            name.to_string(),
+        );
+        if let Some(mut object) = s.objects.remove(&key) {
+            s.rv += 1;
+            let rv = s.rv;
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            s.log.push((rv, key.0, key.1, "DELETED", object));
+        }
+        drop(s);
+        self.cut_nothing();
+    }
+
+    /// Wakes watch streams so they send new events.
+    fn cut_nothing(&self) {
+        self.epoch.send_modify(|_| {});
+    }
+
+    /// LIST requests served for a collection.
+    pub fn lists(&self, api_version: &str, plural: &str) -> usize {
+        let s = self.store.lock().unwrap();
+        s.lists
+            .get(&collection(api_version, plural))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn watches(&self, api_version: &str, plural: &str) -> usize {
+        let s = self.store.lock().unwrap();
+        s.watches
+            .get(&collection(api_version, plural))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A kubeconfig file pointing at this server.
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: fake\n  user:\n    token: fake\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\n",
+                self.addr
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+fn selector_matches(selector: &str, object: &Value) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap_or((term, ""));
+        let v = v.trim_start_matches('=');
+        object["metadata"]["labels"][k].as_str() == Some(v)
+    })
+}
+
+/// Splits a request path into (collection, namespace, api_version, plural).
+fn parse_path(path: &str) -> Option<(String, String, String, String)> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (api_version, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => (v.to_string(), rest),
+        ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
+        _ => return None,
+    };
+    match rest {
+        ["namespaces", ns, plural] => Some((
+            collection(&api_version, plural),
+            ns.to_string(),
+            api_version,
+            plural.to_string(),
+        )),
+        _ => None,
+    }
+}
+
+async fn handle(
+    State(fake): State<Arc<FakeKube>>,
+    uri: Uri,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some((coll, ns, api_version, plural)) = parse_path(uri.path()) else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    let selector = q.get("labelSelector").cloned().unwrap_or_default();
+    let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    if !is_watch {
+        let mut s = fake.store.lock().unwrap();
+        *s.lists.entry(coll.clone()).or_default() += 1;
+        let items: Vec<Value> = s
+            .objects
+            .iter()
+            .filter(|((c, n, _), o)| *c == coll && *n == ns && selector_matches(&selector, o))
+            .map(|(_, o)| o.clone())
+            .collect();
+        let body = json!({
+            "apiVersion": api_version,
+            "kind": "List",
+            "metadata": {"resourceVersion": s.rv.to_string()},
+            "items": items,
+        });
+        return (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+    }
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(290u64);
+    *fake
+        .store
+        .lock()
+        .unwrap()
+        .watches
+        .entry(coll.clone())
+        .or_default() += 1;
+    let (tx, rx) = mpsc::channel::<Bytes>(1024);
+    let mut epoch = fake.epoch.subscribe();
+    let start_epoch = *epoch.borrow();
+    let store = Arc::clone(&fake.store);
+    tokio::spawn(async move {
+        let line = |v: Value| Bytes::from(format!("{v}\n"));
+        {
+            let s = store.lock().unwrap();
+            if from < s.compacted_below {
+                let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                    "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
+                    "message": format!("too old resource version: {from} ({})", s.compacted_below)}});
+                let _ = tx.try_send(line(gone));
+                return;
+            }
+        }
+        let mut sent = from;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        loop {
+            let (events, rv) = {
+                let s = store.lock().unwrap();
+                let events: Vec<Value> = s
+                    .log
+                    .iter()
+                    .filter(|(rv, c, n, _, o)| {
+                        *rv > sent && *c == coll && *n == ns && selector_matches(&selector, o)
+                    })
+                    .map(|(_, _, _, t, o)| json!({"type": t, "object": o}))
+                    .collect();
+                (events, s.rv)
+            };
+            for e in events {
+                if tx.send(line(e)).await.is_err() {
+                    return;
+                }
+            }
+            sent = rv;
+            tokio::select! {
+                changed = epoch.changed() => {
+                    if changed.is_err() || is_cut(&epoch, start_epoch) {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    let bookmark = json!({"type": "BOOKMARK", "object": {"apiVersion": api_version,
+                        "kind": plural, "metadata": {"resourceVersion": sent.to_string()}}});
+                    if tx.send(line(bookmark)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// `send_modify(|_| {})` wakes without changing the epoch; a real cut changes it.
+fn is_cut(epoch: &watch::Receiver<u64>, start: u64) -> bool {
+    *epoch.borrow() != start
+}

@@ -1,0 +1,302 @@
+//! Kubernetes-backed mappings end to end: the real kube client (through a kubeconfig) against
+//! an in-process fake API server, queries over TCP, sessions over UDP to loopback backends.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fake_kube::FakeKube;
+use common::*;
+use serde_json::{Value, json};
+use udp_director::app::{self, Running, StartOptions};
+use udp_director::config::Config;
+use udp_director::resolve::kube::Connect;
+
+const AGONES: &str = "agones.dev/v1";
+
+fn gameserver(name: &str, state: &str, port: u16) -> Value {
+    json!({"apiVersion": AGONES, "kind": "GameServer",
+        "metadata": {"name": name, "namespace": "game-servers", "labels": {"agones.dev/fleet": "f1"},
+            "managedFields": [{"manager": "agones", "operation": "Update"}]},
+        "spec": {"ports": [{"name": "default", "containerPort": 7654}]},
+        "status": {"state": state, "address": "127.0.0.1", "ports": [{"name": "default", "port": port}]}})
+}
+
+const GS_CONFIG: &str = "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\nresourceQueryMapping:\n  gameserver:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    kind: GameServer\n    namespace: game-servers\n    labelSelector: {agones.dev/fleet: f1}\n    addressPath: status.address\n    portName: default\n";
+
+const READY: &str = r#"{"resourceType":"gameserver","statusQuery":{"jsonPath":"status.state","expectedValue":"Ready"}}"#;
+
+struct Env {
+    director: Running,
+    _dir: udp_director::loadgen::TempDir,
+}
+
+async fn start(yaml: &str, fake: Arc<FakeKube>) -> Env {
+    // The test keeps its own handle on `fake`; the director only needs its kubeconfig.
+    let dir = udp_director::loadgen::TempDir::new("kube-test").unwrap();
+    let kubeconfig = fake.kubeconfig(&dir.path);
+    let config = Config::from_yaml(yaml).unwrap();
+    let director = app::start_with(
+        config,
+        StartOptions {
+            kube: Connect::Kubeconfig(kubeconfig),
+        },
+    )
+    .await
+    .unwrap();
+    Env {
+        director,
+        _dir: dir,
+    }
+}
+
+fn ready(d: &Running) -> bool {
+    http_get(d.admin_addr, "/readyz").0 == 200
+}
+
+async fn wait(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// Blocking socket work off the runtime threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gameservers_resolve_from_the_watch_cache_and_proxy() {
+    let (a, b) = (Backend::new(), Backend::new());
+    let fake = FakeKube::start().await;
+    fake.apply("gameservers", gameserver("gs-a", "Ready", a.addr.port()));
+    fake.apply(
+        "gameservers",
+        gameserver("gs-b", "Allocated", b.addr.port()),
+    );
+    let env = start(GS_CONFIG, Arc::clone(&fake)).await;
+    let d = &env.director;
+    assert!(
+        wait(Duration::from_secs(10), || ready(d)).await,
+        "readyz turns 200 once synced"
+    );
+
+    let (q, data) = (d.query_addr, d.data_addr);
+    let answer = blocking(move || query(q, READY)).await;
+    assert_eq!(answer["target"]["name"], "gs-a", "{answer}");
+    assert_eq!(answer["target"]["namespace"], "game-servers");
+    let token = answer["token"].as_str().unwrap().to_string();
+    let a = blocking(move || {
+        let c = Client::new(data);
+        establish(&c, &token, &a);
+        a
+    })
+    .await;
+
+    // Queries come from the cache: 1000 of them cause no LIST.
+    let lists = fake.lists(AGONES, "gameservers");
+    blocking(move || {
+        let mut s = std::net::TcpStream::connect(q).unwrap();
+        use std::io::{BufRead, Write};
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        for _ in 0..1000 {
+            s.write_all(b"{\"resourceType\":\"gameserver\"}\n").unwrap();
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            // Rate limiting may answer some; none may be anything but a token or rate_limited.
+            assert!(
+                line.contains("token") || line.contains("rate_limited"),
+                "{line}"
+            );
+        }
+    })
+    .await;
+    assert_eq!(
+        fake.lists(AGONES, "gameservers"),
+        lists,
+        "queries caused a LIST"
+    );
+
+    // A state change reaches queries within a second.
+    fake.apply("gameservers", gameserver("gs-a", "Shutdown", a.addr.port()));
+    let gone = wait(Duration::from_secs(1), || {
+        query(q, READY)["error"]["code"] == "no_match"
+    })
+    .await;
+    assert!(gone, "a Shutdown GameServer stops matching within 1 s");
+    fake.apply("gameservers", gameserver("gs-b", "Ready", b.addr.port()));
+    assert!(
+        wait(Duration::from_secs(1), || query(q, READY)["target"]["name"]
+            == "gs-b")
+        .await
+    );
+    fake.delete(AGONES, "gameservers", "game-servers", "gs-b");
+    assert!(
+        wait(Duration::from_secs(1), || query(q, READY)["error"]["code"]
+            == "no_match")
+        .await
+    );
+    env.director.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resume_after_cuts_and_relist_after_410() {
+    let fake = FakeKube::start().await;
+    fake.apply("gameservers", gameserver("gs-1", "Ready", 7001));
+    let env = start(GS_CONFIG, Arc::clone(&fake)).await;
+    let d = &env.director;
+    assert!(wait(Duration::from_secs(10), || ready(d)).await);
+    let q = d.query_addr;
+    let lists = fake.lists(AGONES, "gameservers");
+
+    // A dropped watch resumes from its resourceVersion: no relist needed.
+    fake.cut_watches();
+    fake.apply("gameservers", gameserver("gs-2", "Ready", 7002));
+    let by_name = |name: &'static str| {
+        move || {
+            let r = query(
+                q,
+                &format!(
+                    r#"{{"resourceType":"gameserver","statusQuery":{{"jsonPath":"metadata.name","expectedValue":"{name}"}}}}"#
+                ),
+            );
+            r["target"]["name"] == name
+        }
+    };
+    assert!(
+        wait(Duration::from_secs(10), by_name("gs-2")).await,
+        "update after a cut watch"
+    );
+
+    // History compacted: the resumed watch gets 410 Gone and the watcher relists.
+    fake.compact();
+    fake.cut_watches();
+    fake.apply("gameservers", gameserver("gs-3", "Ready", 7003));
+    assert!(
+        wait(Duration::from_secs(10), by_name("gs-3")).await,
+        "update after 410"
+    );
+    assert!(
+        fake.lists(AGONES, "gameservers") > lists,
+        "410 triggers a relist"
+    );
+    env.director.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_api_server_keeps_the_last_known_state() {
+    let fake = FakeKube::start().await;
+    fake.apply("gameservers", gameserver("gs-1", "Ready", 7001));
+    let env = start(GS_CONFIG, Arc::clone(&fake)).await;
+    let d = &env.director;
+    assert!(wait(Duration::from_secs(10), || ready(d)).await);
+    fake.stop();
+    let q = d.query_addr;
+    for _ in 0..5 {
+        assert_eq!(
+            blocking(move || query(q, READY)).await["target"]["name"],
+            "gs-1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready(d), "stays ready on the last known state");
+    env.director.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_with_the_api_down_is_unready_until_it_comes_up() {
+    let fake = FakeKube::start().await;
+    fake.apply("gameservers", gameserver("gs-1", "Ready", 7001));
+    fake.stop();
+    let env = start(GS_CONFIG, Arc::clone(&fake)).await;
+    let d = &env.director;
+    let q = d.query_addr;
+    assert_eq!(http_get(d.admin_addr, "/readyz").0, 503);
+    assert_eq!(
+        blocking(move || query(q, READY)).await["error"]["code"],
+        "unavailable"
+    );
+    fake.restart().await;
+    assert!(
+        wait(Duration::from_secs(20), || ready(d)).await,
+        "ready once the API answers"
+    );
+    assert_eq!(
+        blocking(move || query(q, READY)).await["target"]["name"],
+        "gs-1"
+    );
+    env.director.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_by_container_port_name_and_services_by_label() {
+    let backend = Backend::new();
+    let fake = FakeKube::start().await;
+    let pod = |name: &str, phase: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "games", "labels": {"app": "game", "gs": name}},
+        "spec": {"containers": [{"name": "game", "ports": [{"name": "udp-game", "containerPort": backend.addr.port(), "protocol": "UDP"}]}]},
+        "status": {"phase": phase, "podIP": "127.0.0.1"}})
+    };
+    fake.apply("pods", pod("pod-1", "Running"));
+    fake.apply("pods", pod("pod-2", "Pending"));
+    // A malformed body (containers not a list, podIP a number) is skipped and the stream goes
+    // on. (Broken *metadata* cannot come from a real API server, which validates it.)
+    fake.apply(
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "broken", "namespace": "games", "labels": {"app": "game"}},
+            "spec": {"containers": "not-a-list"}, "status": {"phase": "Running", "podIP": 12345}}),
+    );
+    fake.apply("services", json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "svc-pod-1", "namespace": "games", "labels": {"gs": "pod-1"}},
+        "spec": {"clusterIP": "127.0.0.1", "ports": [{"name": "game", "port": backend.addr.port()}]}}));
+    let yaml = "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\nresourceQueryMapping:\n  pod:\n    version: v1\n    resource: pods\n    namespace: games\n    exposeTargetAddress: true\n    addressPath: status.podIP\n    portName: udp-game\n  viaservice:\n    version: v1\n    resource: pods\n    namespace: games\n    exposeTargetAddress: true\n    serviceSelectorLabel: gs\n    serviceTargetPortName: game\n";
+    let env = start(yaml, Arc::clone(&fake)).await;
+    let d = &env.director;
+    let ok = wait(Duration::from_secs(10), || ready(d)).await;
+    assert!(
+        ok,
+        "lists pods {} services {}, watches pods {} services {}",
+        fake.lists("v1", "pods"),
+        fake.lists("v1", "services"),
+        fake.watches("v1", "pods"),
+        fake.watches("v1", "services")
+    );
+    let q = d.query_addr;
+    let running = r#"{"resourceType":"pod","statusQuery":{"jsonPath":"{.status.phase}","expectedValue":"Running"}}"#;
+    let a = blocking(move || query(q, running)).await;
+    assert_eq!(a["target"]["name"], "pod-1", "{a}");
+    assert_eq!(a["target"]["port"], backend.addr.port());
+    let s = blocking(move || query(q, r#"{"resourceType":"viaservice"}"#)).await;
+    assert_eq!(
+        s["target"]["name"], "pod-1",
+        "only pod-1 has a Service: {s}"
+    );
+    assert_eq!(s["target"]["address"], "127.0.0.1");
+    // The stream survived the malformed object: later changes still arrive.
+    fake.apply("pods", pod("pod-2", "Running"));
+    let both = wait(Duration::from_secs(2), || {
+        query(
+            q,
+            &running.replace(
+                "Running\"}}",
+                "Running\"},\"labelSelector\":{\"gs\":\"pod-2\"}}",
+            ),
+        )["target"]["name"]
+            == "pod-2"
+    })
+    .await;
+    assert!(both);
+    let token = a["token"].as_str().unwrap().to_string();
+    let data = d.data_addr;
+    blocking(move || establish(&Client::new(data), &token, &backend)).await;
+    env.director.stop().await;
+}
