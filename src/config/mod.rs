@@ -137,6 +137,18 @@ pub enum LoadBalancing {
     RoundRobin,
     /// Uniformly random among the matches.
     Random,
+    /// Capacity from the target's own labels or annotations: eligible when
+    /// `current + sessions + overlap <= max`; the most free capacity wins.
+    #[serde(rename_all = "camelCase")]
+    LabelArithmetic {
+        /// Label (or annotation) holding the players already on the target.
+        current_label: String,
+        /// Label (or annotation) holding the target's capacity.
+        max_label: String,
+        /// Head-room kept free on every target.
+        #[serde(default)]
+        overlap: u64,
+    },
 }
 
 /// One entry of `resourceQueryMapping`: where the candidates for a `resourceType` come from.
@@ -343,6 +355,26 @@ impl Config {
                 "adminPort",
                 format!("{} is already used by `queryPort`", self.admin_port),
             ));
+        }
+        for (key, lb) in std::iter::once(("loadBalancing".to_string(), &self.load_balancing)).chain(
+            self.resource_query_mapping.iter().filter_map(|(name, m)| {
+                m.load_balancing
+                    .as_ref()
+                    .map(|lb| (format!("resourceQueryMapping.{name}.loadBalancing"), lb))
+            }),
+        ) {
+            if let LoadBalancing::LabelArithmetic {
+                current_label,
+                max_label,
+                ..
+            } = lb
+                && (current_label.is_empty() || max_label.is_empty())
+            {
+                return Err(invalid(
+                    key,
+                    "labelArithmetic needs `currentLabel` and `maxLabel`",
+                ));
+            }
         }
         if self.resource_query_mapping.is_empty() {
             return Err(invalid(

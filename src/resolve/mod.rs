@@ -118,6 +118,8 @@ struct Match<'a> {
     namespace: &'a str,
     name: &'a str,
     addr: SocketAddr,
+    labels: &'a BTreeMap<String, String>,
+    annotations: &'a BTreeMap<String, String>,
 }
 
 struct CompiledMapping {
@@ -257,6 +259,8 @@ impl Resolver {
                     namespace: &c.namespace,
                     name: &c.name,
                     addr: c.addr,
+                    labels: &c.labels,
+                    annotations: &c.annotations,
                 })
                 .collect(),
             Source::Kube { caches, address } => {
@@ -317,15 +321,33 @@ impl Resolver {
                             namespace: o.metadata.namespace.as_deref().unwrap_or(namespace),
                             name: o.metadata.name.as_deref()?,
                             addr,
+                            labels: o.metadata.labels.as_ref().unwrap_or(&empty),
+                            annotations: o.metadata.annotations.as_ref().unwrap_or(&empty),
                         })
                     })
                     .collect()
             }
         };
         let sessions: Vec<usize> = match mapping.load_balancing {
-            LoadBalancing::LeastSessions => matches
+            LoadBalancing::LeastSessions | LoadBalancing::LabelArithmetic { .. } => matches
                 .iter()
                 .map(|c| counts.sessions_to(&c.addr))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let capacity: Vec<Option<(u64, u64)>> = match &mapping.load_balancing {
+            LoadBalancing::LabelArithmetic {
+                current_label,
+                max_label,
+                ..
+            } => matches
+                .iter()
+                .map(|m| {
+                    Some((
+                        select::label_number(m.labels, m.annotations, current_label)?,
+                        select::label_number(m.labels, m.annotations, max_label)?,
+                    ))
+                })
                 .collect(),
             _ => Vec::new(),
         };
@@ -339,14 +361,20 @@ impl Resolver {
                 LoadBalancing::Random => (uuid::Uuid::new_v4().as_u128() >> 64) as u64,
                 _ => 0,
             },
+            capacity: &capacity,
         };
         let keys: Vec<(&str, &str)> = matches.iter().map(|m| (m.namespace, m.name)).collect();
         let chosen = choose(&mapping.load_balancing, &keys, &inputs)
             .and_then(|i| matches.get(i))
             .ok_or_else(|| {
+                let why = if matches.is_empty() {
+                    "matches the query"
+                } else {
+                    "has free capacity (labelArithmetic)"
+                };
                 QueryError::new(
                     ErrorCode::NoMatch,
-                    format!("no {} in {namespace} matches the query", mapping.name),
+                    format!("no {} in {namespace} {why}", mapping.name),
                 )
             })?;
         Ok(Resolved {
@@ -554,6 +582,40 @@ resourceQueryMapping:
         assert_eq!(res.target.name, "b");
         assert!(!res.expose_address);
         assert_eq!(res.target.mapping, "echo");
+    }
+
+    #[test]
+    fn label_arithmetic_reads_labels_or_annotations_and_counts_sessions() {
+        let r = Resolver::from_config(&Config::from_yaml(r#"
+resourceQueryMapping:
+  gs:
+    loadBalancing: {type: labelArithmetic, currentLabel: players, maxLabel: capacity, overlap: 1}
+    static:
+      - {name: full, address: 127.0.0.1, port: 1, labels: {players: "9", capacity: "10"}}
+      - {name: roomy, address: 127.0.0.1, port: 2, labels: {players: "2"}, annotations: {capacity: "10"}}
+      - {name: unlabeled, address: 127.0.0.1, port: 3}
+"#).unwrap());
+        let q = |counts: &Counts| {
+            r.resolve(&parse_request(br#"{"resourceType":"gs"}"#).unwrap(), counts)
+        };
+        assert_eq!(q(&no_counts()).unwrap().target.name, "roomy");
+        // roomy with 6 sessions: free 10 - 2 - 6 - 1 = 1 beats full's 0.
+        let six = Counts([("127.0.0.1:2".parse().unwrap(), 6)].into());
+        assert_eq!(q(&six).unwrap().target.name, "roomy");
+        // With 8, roomy is over (2 + 8 + 1 > 10): full (free 0) is the only eligible one.
+        let eight = Counts([("127.0.0.1:2".parse().unwrap(), 8)].into());
+        assert_eq!(q(&eight).unwrap().target.name, "full");
+        // One session on full too: nothing fits.
+        let none = Counts(
+            [
+                ("127.0.0.1:2".parse().unwrap(), 8),
+                ("127.0.0.1:1".parse().unwrap(), 1),
+            ]
+            .into(),
+        );
+        let e = q(&none).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NoMatch);
+        assert!(e.message.contains("free capacity"), "{}", e.message);
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct ChoiceInputs<'a> {
     pub round_robin: usize,
     /// A random number for `random`.
     pub random: u64,
+    /// `(current, max)` per match for `labelArithmetic` (`None`: values missing or not numbers).
+    pub capacity: &'a [Option<(u64, u64)>],
 }
 
 /// Picks one of the matches, identified by their `keys` (namespace/name; any order). Ties
@@ -80,7 +82,32 @@ pub fn choose<K: Ord>(lb: &LoadBalancing, keys: &[K], inputs: &ChoiceInputs<'_>)
             order[k]
         }
         LoadBalancing::Random => (inputs.random % n as u64) as usize,
+        LoadBalancing::LabelArithmetic { overlap, .. } => {
+            // Free capacity after this director's live sessions and the overlap head-room.
+            let free = |i: usize| -> Option<u64> {
+                let (current, max) = inputs.capacity.get(i).copied().flatten()?;
+                max.checked_sub(current)?
+                    .checked_sub(sessions(i) as u64)?
+                    .checked_sub(*overlap)
+            };
+            (0..n)
+                .filter_map(|i| free(i).map(|f| (i, f)))
+                .min_by(|(a, fa), (b, fb)| fb.cmp(fa).then_with(|| keys[*a].cmp(&keys[*b])))
+                .map(|(i, _)| i)?
+        }
     })
+}
+
+/// Parses a label/annotation value as a non-negative integer.
+pub fn label_number(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    key: &str,
+) -> Option<u64> {
+    labels
+        .get(key)
+        .or_else(|| annotations.get(key))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -151,6 +178,7 @@ mod tests {
             sessions: &[5, 1, 1],
             round_robin: rr,
             random: 0,
+            capacity: &[],
         };
         assert_eq!(choose(&LoadBalancing::First, &m, &inputs(0)), Some(0));
         let picks: Vec<_> = (0..6)
@@ -171,6 +199,7 @@ mod tests {
             sessions: &[1, 1, 5],
             round_robin: rr,
             random: 0,
+            capacity: &[],
         };
         assert_eq!(
             choose(&LoadBalancing::First, &shuffled, &inputs2(0)),
@@ -195,18 +224,42 @@ mod tests {
             let mut sessions = vec![0usize; m];
             for _ in 0..n {
                 let i = choose(&LoadBalancing::LeastSessions, &refs,
-                    &ChoiceInputs { sessions: &sessions, round_robin: 0, random: 0 }).unwrap();
+                    &ChoiceInputs { sessions: &sessions, round_robin: 0, random: 0, capacity: &[] }).unwrap();
                 sessions[i] += 1;
             }
             let (lo, hi) = (sessions.iter().min().unwrap(), sessions.iter().max().unwrap());
             prop_assert!(hi - lo <= 1);
         }
 
+        /// labelArithmetic never picks a target with `current + sessions + overlap > max`,
+        /// and picks one with the most free capacity whenever any is eligible.
+        #[test]
+        fn label_arithmetic_respects_capacity(
+            targets in proptest::collection::vec((proptest::option::of((0u64..50, 0u64..60)), 0usize..20), 1..20),
+            overlap in 0u64..5,
+        ) {
+            let keys: Vec<String> = (0..targets.len()).map(|i| format!("t{i:02}")).collect();
+            let capacity: Vec<Option<(u64, u64)>> = targets.iter().map(|t| t.0).collect();
+            let sessions: Vec<usize> = targets.iter().map(|t| t.1).collect();
+            let lb = LoadBalancing::LabelArithmetic { current_label: "c".into(), max_label: "m".into(), overlap };
+            let eligible = |i: usize| capacity[i].is_some_and(|(c, m)| c + sessions[i] as u64 + overlap <= m);
+            let free = |i: usize| capacity[i].map(|(c, m)| m - c - sessions[i] as u64 - overlap);
+            match choose(&lb, &keys, &ChoiceInputs { sessions: &sessions, round_robin: 0, random: 0, capacity: &capacity }) {
+                Some(i) => {
+                    prop_assert!(eligible(i));
+                    for j in (0..keys.len()).filter(|j| eligible(*j)) {
+                        prop_assert!(free(j) <= free(i));
+                    }
+                }
+                None => prop_assert!((0..keys.len()).all(|j| !eligible(j))),
+            }
+        }
+
         #[test]
         fn random_always_picks_a_match(m in 1usize..50, r in any::<u64>()) {
             let refs: Vec<String> = (0..m).map(|i| cand(&format!("c{i}"))).collect();
             let i = choose(&LoadBalancing::Random, &refs,
-                &ChoiceInputs { sessions: &vec![0; m], round_robin: 0, random: r }).unwrap();
+                &ChoiceInputs { sessions: &vec![0; m], round_robin: 0, random: r, capacity: &[] }).unwrap();
             prop_assert!(i < m);
         }
     }
