@@ -300,3 +300,86 @@ async fn pods_by_container_port_name_and_services_by_label() {
     blocking(move || establish(&Client::new(data), &token, &backend)).await;
     env.director.stop().await;
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// 10 000 GameServers in the cache: every query is answered from memory (no LIST), selectors
+/// and status queries still pick correctly. Prints the query latency and the memory the cache
+/// takes (figures for Docs/Benchmarks.md; nothing here asserts on time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_gameservers_are_served_from_memory() {
+    let fake = FakeKube::start().await;
+    for i in 0..10_000u16 {
+        let state = if i % 2 == 0 { "Ready" } else { "Allocated" };
+        let mut gs = gameserver(&format!("gs-{i:05}"), state, 7000 + (i % 1000));
+        gs["metadata"]["labels"]["map"] = json!(format!("map-{}", (i / 2) % 10));
+        fake.apply("gameservers", gs);
+    }
+    let before = rss_kib();
+    let yaml = GS_CONFIG.replace(
+        "resourceQueryMapping:",
+        "limits: {queryRatePerSecond: 1000000, queryBurst: 1000000}\nresourceQueryMapping:",
+    );
+    let env = start(&yaml, Arc::clone(&fake)).await;
+    let d = &env.director;
+    assert!(wait(Duration::from_secs(30), || ready(d)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kib();
+    let lists = fake.lists(AGONES, "gameservers");
+    let q = d.query_addr;
+    let rtts = blocking(move || {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect(q).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        let mut rtts = Vec::new();
+        for i in 0..1000 {
+            let req = format!(
+                r#"{{"resourceType":"gameserver","labelSelector":{{"map":"map-{}"}},"statusQuery":{{"jsonPath":"status.state","expectedValue":"Ready"}}}}"#,
+                i % 10
+            );
+            let t = tokio::time::Instant::now();
+            s.write_all(req.as_bytes()).unwrap();
+            s.write_all(b"\n").unwrap();
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            rtts.push(t.elapsed().as_micros() as u64);
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let name = v["target"]["name"].as_str().unwrap_or_else(|| panic!("{line}"));
+            let n: u16 = name[3..].parse().unwrap();
+            assert_eq!(n % 2, 0, "only Ready servers");
+            assert_eq!((n / 2) % 10, (i % 10) as u16, "the selected map");
+        }
+        rtts
+    })
+    .await;
+    assert_eq!(
+        fake.lists(AGONES, "gameservers"),
+        lists,
+        "no LIST per query"
+    );
+    let p = |q: f64| udp_director::loadgen::percentile(&rtts, q);
+    eprintln!(
+        "10 000 cached GameServers: query latency p50 {} µs, p99 {} µs (client-side, one connection); process RSS {} -> {} KiB (+{} KiB for the cache)",
+        p(50.0),
+        p(99.0),
+        before,
+        after,
+        after.saturating_sub(before)
+    );
+    env.director.stop().await;
+}

@@ -45,7 +45,10 @@ fn every_embedded_config_passes_validation() {
             checked += 1;
         }
     }
-    assert!(checked >= 1);
+    assert!(
+        checked >= 5,
+        "static, agones, agones-service, pods, pods-multiport: {checked}"
+    );
     Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml")).unwrap();
 }
 
@@ -69,4 +72,24 @@ fn service_keeps_client_addresses_and_exposes_both_protocols() {
             .iter()
             .any(|p| p["port"] == 7777 && p["protocol"] == "UDP")
     );
+}
+
+#[test]
+fn rbac_is_read_only() {
+    let mut rules = 0;
+    for (path, doc) in manifests() {
+        if doc["kind"] == "Role" || doc["kind"] == "ClusterRole" {
+            for rule in doc["rules"].as_sequence().unwrap() {
+                rules += 1;
+                for verb in rule["verbs"].as_sequence().unwrap() {
+                    let verb = verb.as_str().unwrap();
+                    assert!(
+                        ["get", "list", "watch"].contains(&verb),
+                        "{path}: verb {verb}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(rules >= 2);
 }

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use jsonpath_rust::JsonPath;
 use kube::core::{ApiResource, DeserializeGuard, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -24,6 +23,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
+use crate::resolve::path::CompiledPath;
 use crate::resolve::select::value_text;
 
 /// A cached object: the object or why it did not deserialize.
@@ -213,11 +213,15 @@ async fn make_client(connect: &Connect) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| e.to_string())
 }
 
-/// Drops `managedFields` and copies metadata into the object's JSON (`data`), so JSONPath
-/// sees `metadata.*` as well as `spec`/`status`.
+/// Drops `managedFields` and kubectl's last-applied copy of the object (often most of its
+/// size, never useful for routing), and copies metadata into the object's JSON (`data`), so
+/// JSONPath sees `metadata.*` as well as `spec`/`status`.
 fn prepare(obj: &mut Cached) {
     if let Ok(o) = &mut obj.0 {
         o.metadata.managed_fields = None;
+        if let Some(a) = &mut o.metadata.annotations {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
         let meta = json!({
             "name": o.metadata.name,
             "namespace": o.metadata.namespace,
@@ -246,23 +250,25 @@ pub enum PortRule {
     /// Agones `status.ports[].name` → `port`, or a pod's `spec.containers[].ports[].name` →
     /// `containerPort`.
     Name(String),
-    /// A `$`-rooted JSONPath to a number (or numeric string).
-    Path(String),
+    /// A JSONPath to a number (or numeric string).
+    Path(CompiledPath),
     Fixed(u16),
 }
 
-/// The first scalar at `rooted_path`, as text.
-fn first_text(object: &Value, rooted_path: &str) -> Option<String> {
-    object
-        .query(rooted_path)
-        .ok()?
+/// The first scalar `path` selects, as text.
+fn first_text(object: &Value, path: &CompiledPath) -> Option<String> {
+    path.values(object)
         .into_iter()
         .find_map(|v| value_text(v).map(|t| t.into_owned()))
 }
 
 /// Direct addressing: an IP at `address_path` and a port by `port`. `None` when the object
 /// has no usable address (not yet scheduled, a hostname, a missing port).
-pub fn direct_address(object: &Value, address_path: &str, port: &PortRule) -> Option<SocketAddr> {
+pub fn direct_address(
+    object: &Value,
+    address_path: &CompiledPath,
+    port: &PortRule,
+) -> Option<SocketAddr> {
     let ip: IpAddr = first_text(object, address_path)?.trim().parse().ok()?;
     let port = match port {
         PortRule::Fixed(p) => *p,
@@ -333,34 +339,42 @@ pub fn service_address(
 mod tests {
     use super::*;
 
+    fn cp(p: &str) -> CompiledPath {
+        CompiledPath::compile(p).unwrap()
+    }
+
     #[test]
     fn agones_gameserver_address() {
         let gs = json!({"status": {"state": "Ready", "address": "10.0.0.7",
             "ports": [{"name": "rcon", "port": 7001}, {"name": "default", "port": 7654}]}});
         assert_eq!(
-            direct_address(&gs, "$.status.address", &PortRule::Name("default".into())),
+            direct_address(
+                &gs,
+                &cp("$.status.address"),
+                &PortRule::Name("default".into())
+            ),
             Some("10.0.0.7:7654".parse().unwrap())
         );
         assert_eq!(
             direct_address(
                 &gs,
-                "$.status.address",
-                &PortRule::Path("$.status.ports[?(@.name == 'rcon')].port".into())
+                &cp("$.status.address"),
+                &PortRule::Path(cp("$.status.ports[?(@.name == 'rcon')].port"))
             ),
             Some("10.0.0.7:7001".parse().unwrap())
         );
         assert_eq!(
-            direct_address(&gs, "$.status.address", &PortRule::Name("nope".into())),
+            direct_address(&gs, &cp("$.status.address"), &PortRule::Name("nope".into())),
             None
         );
         let unscheduled = json!({"status": {"state": "Scheduled"}});
         assert_eq!(
-            direct_address(&unscheduled, "$.status.address", &PortRule::Fixed(7)),
+            direct_address(&unscheduled, &cp("$.status.address"), &PortRule::Fixed(7)),
             None
         );
         let hostname = json!({"status": {"address": "gs.example"}});
         assert_eq!(
-            direct_address(&hostname, "$.status.address", &PortRule::Fixed(7)),
+            direct_address(&hostname, &cp("$.status.address"), &PortRule::Fixed(7)),
             None
         );
     }
@@ -372,7 +386,7 @@ mod tests {
             {"name": "game", "ports": [{"name": "game", "containerPort": 7777, "protocol": "UDP"}]}]},
             "status": {"podIP": "10.1.2.3"}});
         assert_eq!(
-            direct_address(&pod, "$.status.podIP", &PortRule::Name("game".into())),
+            direct_address(&pod, &cp("$.status.podIP"), &PortRule::Name("game".into())),
             Some("10.1.2.3:7777".parse().unwrap())
         );
     }

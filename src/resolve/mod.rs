@@ -5,6 +5,7 @@
 //! [`SessionCounts`], which the data plane's ledger implements.
 
 pub mod kube;
+pub mod path;
 pub mod select;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{Value, json};
 
 use crate::config::{self, Config, LoadBalancing, Mapping};
-use crate::protocol::query::{ErrorCode, QueryError, QueryRequest, normalize_json_path};
+use crate::protocol::query::{ErrorCode, QueryError, QueryRequest};
 
 use select::{ChoiceInputs, choose, selector_matches, status_matches};
 
@@ -102,7 +103,7 @@ enum Source {
 
 enum AddressRule {
     Direct {
-        path: String,
+        path: path::CompiledPath,
         port: kube::PortRule,
     },
     /// Per-namespace Service caches.
@@ -230,7 +231,7 @@ impl Resolver {
         }
         let status = match &req.status_query {
             Some(q) => Some((
-                normalize_json_path(&q.json_path)
+                path::CompiledPath::compile(&q.json_path)
                     .map_err(|e| QueryError::new(ErrorCode::BadRequest, e.to_string()))?,
                 q,
             )),
@@ -416,10 +417,10 @@ fn compile(
             .iter()
             .map(|ns| (ns.clone(), watchers.watch(&api, ns, &labels)))
             .collect();
-        let rooted = |p: &Option<String>| {
-            p.as_deref()
-                .and_then(|p| normalize_json_path(p).ok())
-                .unwrap_or_default()
+        // Validated at load: compiling cannot fail here; an unusable path matches nothing.
+        let compiled = |p: &Option<String>| {
+            path::CompiledPath::compile(p.as_deref().unwrap_or("$.invalid"))
+                .unwrap_or(path::CompiledPath::Pointer("/\u{0}".to_string()))
         };
         let address = match (&m.service_selector_label, &m.service_target_port_name) {
             (Some(label), Some(port_name)) => AddressRule::Service {
@@ -431,10 +432,10 @@ fn compile(
                     .collect(),
             },
             _ => AddressRule::Direct {
-                path: rooted(&m.address_path),
+                path: compiled(&m.address_path),
                 port: match (&m.port_name, &m.port_path, m.port) {
                     (Some(n), _, _) => kube::PortRule::Name(n.clone()),
-                    (_, Some(_), _) => kube::PortRule::Path(rooted(&m.port_path)),
+                    (_, Some(_), _) => kube::PortRule::Path(compiled(&m.port_path)),
                     (_, _, p) => kube::PortRule::Fixed(p.unwrap_or(0)),
                 },
             },

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use jsonpath_rust::JsonPath;
 use serde_json::Value;
 
 use crate::config::LoadBalancing;
+use crate::resolve::path::CompiledPath;
 
 /// True when every `key: value` pair is present in `have`.
 pub fn selector_matches(
@@ -18,17 +18,14 @@ pub fn selector_matches(
         .all(|(k, v)| have.get(k).is_some_and(|h| h == v))
 }
 
-/// True when the value at `rooted_path` (already normalised to `$`-rooted) equals one of
+/// True when a value `path` selects equals one of
 /// `expected` by its text form. A missing field or an unusable path is simply no match.
 pub fn status_matches<'a>(
     object: &Value,
-    rooted_path: &str,
+    path: &CompiledPath,
     expected: impl Iterator<Item = &'a str> + Clone,
 ) -> bool {
-    let Ok(found) = object.query(rooted_path) else {
-        return false;
-    };
-    found
+    path.values(object)
         .iter()
         .any(|v| value_text(v).is_some_and(|t| expected.clone().any(|e| e == t)))
 }
@@ -113,6 +110,10 @@ pub fn label_number(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cp(p: &str) -> CompiledPath {
+        CompiledPath::compile(p).unwrap()
+    }
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -143,32 +144,44 @@ mod tests {
             "ports": [{"name": "default", "port": 7654}, {"name": "rcon", "port": 7655}]}});
         assert!(status_matches(
             &obj,
-            "$.status.state",
+            &cp("$.status.state"),
             ["Allocated", "Ready"].into_iter()
         ));
         assert!(!status_matches(
             &obj,
-            "$.status.state",
+            &cp("$.status.state"),
             ["Shutdown"].into_iter()
         ));
-        assert!(status_matches(&obj, "$.status.players", ["3"].into_iter()));
-        assert!(status_matches(&obj, "$.status.open", ["true"].into_iter()));
         assert!(status_matches(
             &obj,
-            "$.status.ports[?(@.name == 'default')].port",
+            &cp("$.status.players"),
+            ["3"].into_iter()
+        ));
+        assert!(status_matches(
+            &obj,
+            &cp("$.status.open"),
+            ["true"].into_iter()
+        ));
+        assert!(status_matches(
+            &obj,
+            &cp("$.status.ports[?(@.name == 'default')].port"),
             ["7654"].into_iter()
         ));
         assert!(status_matches(
             &obj,
-            "$.status.ports[1].port",
+            &cp("$.status.ports[1].port"),
             ["7655"].into_iter()
         ));
         assert!(!status_matches(
             &obj,
-            "$.status.missing",
+            &cp("$.status.missing"),
             ["Ready"].into_iter()
         ));
-        assert!(!status_matches(&obj, "$.status.state", std::iter::empty()));
+        assert!(!status_matches(
+            &obj,
+            &cp("$.status.state"),
+            std::iter::empty()
+        ));
     }
 
     #[test]

@@ -1,0 +1,93 @@
+//! JSONPath compiled once: plain dotted paths (`$.status.state`) become a serde_json pointer
+//! (no parsing per object), anything else a pre-parsed jsonpath-rust query. Per query the
+//! request's path is compiled once, then evaluated against every candidate.
+
+use std::sync::Arc;
+
+use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::parse_json_path;
+use jsonpath_rust::query::js_path_process;
+use serde_json::Value;
+
+use crate::protocol::query::{JsonPathError, normalize_json_path};
+
+#[derive(Debug, Clone)]
+pub enum CompiledPath {
+    /// `$.a.b.c` with plain keys, as the pointer `/a/b/c`.
+    Pointer(String),
+    Query(Arc<JpQuery>),
+}
+
+impl CompiledPath {
+    /// Accepts every form `normalize_json_path` does.
+    pub fn compile(path: &str) -> Result<Self, JsonPathError> {
+        let rooted = normalize_json_path(path)?;
+        let plain = rooted.strip_prefix("$.").filter(|rest| {
+            rest.split('.').all(|k| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            })
+        });
+        if let Some(rest) = plain {
+            return Ok(Self::Pointer(format!("/{}", rest.replace('.', "/"))));
+        }
+        parse_json_path(&rooted)
+            .map(|q| Self::Query(Arc::new(q)))
+            .map_err(|e| JsonPathError {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Every value the path selects (empty when nothing matches).
+    pub fn values<'a>(&self, object: &'a Value) -> Vec<&'a Value> {
+        match self {
+            Self::Pointer(p) => object.pointer(p).into_iter().collect(),
+            Self::Query(q) => js_path_process(q, object)
+                .map(|refs| refs.into_iter().map(|r| r.val()).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn plain_paths_become_pointers_and_others_queries() {
+        assert!(
+            matches!(CompiledPath::compile("status.state").unwrap(), CompiledPath::Pointer(p) if p == "/status/state")
+        );
+        assert!(matches!(
+            CompiledPath::compile("{.status.state}").unwrap(),
+            CompiledPath::Pointer(_)
+        ));
+        assert!(matches!(
+            CompiledPath::compile("status.ports[0].port").unwrap(),
+            CompiledPath::Query(_)
+        ));
+        assert!(CompiledPath::compile("$[").is_err());
+    }
+
+    #[test]
+    fn both_forms_select_the_same_values() {
+        let obj =
+            json!({"status": {"state": "Ready", "ports": [{"name": "default", "port": 7654}]}});
+        let v = |p: &str| {
+            CompiledPath::compile(p)
+                .unwrap()
+                .values(&obj)
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(v("status.state"), [json!("Ready")]);
+        assert_eq!(v("$['status']['state']"), [json!("Ready")]);
+        assert_eq!(v("status.ports[?(@.name=='default')].port"), [json!(7654)]);
+        assert!(v("status.missing").is_empty());
+        assert!(v("status.missing[0]").is_empty());
+    }
+}
