@@ -8,10 +8,10 @@
 //! cannot stop a stream. Queries read the caches; nothing here is called per query except
 //! [`Watched::objects`] and the pure extraction functions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,7 +44,66 @@ pub enum Connect {
 pub struct Watched {
     store: Store<Cached>,
     synced: Arc<AtomicBool>,
+    /// Bumped by the watch task after every event it applied.
+    generation: Arc<AtomicU64>,
+    /// The last snapshot and the generation it was built at.
+    snapshot: Arc<Mutex<Option<(u64, Arc<Snapshot>)>>>,
     pub what: String,
+}
+
+/// The cache's objects at one moment, with a label index, shared by every query until the
+/// next change. Built lazily by the first query after a change: O(objects) once, instead of
+/// a full scan on every query.
+pub struct Snapshot {
+    objects: Vec<Arc<Cached>>,
+    by_label: HashMap<(String, String), Vec<u32>>,
+}
+
+impl Snapshot {
+    fn build(objects: Vec<Arc<Cached>>) -> Self {
+        let mut by_label: HashMap<(String, String), Vec<u32>> = HashMap::new();
+        for (i, o) in objects.iter().enumerate() {
+            if let Ok(o) = &o.0 {
+                for (k, v) in o.metadata.labels.iter().flatten() {
+                    by_label
+                        .entry((k.clone(), v.clone()))
+                        .or_default()
+                        .push(i as u32);
+                }
+            }
+        }
+        Self { objects, by_label }
+    }
+
+    /// Objects that may satisfy `selector` (equality terms): the shortest posting list among
+    /// its terms, or everything for an empty selector. Callers still apply every filter.
+    pub fn candidates<'a>(
+        &'a self,
+        selector: &BTreeMap<String, String>,
+    ) -> Box<dyn Iterator<Item = &'a Arc<Cached>> + 'a> {
+        let mut shortest: Option<&Vec<u32>> = None;
+        for (k, v) in selector {
+            match self.by_label.get(&(k.clone(), v.clone())) {
+                None => return Box::new(std::iter::empty()),
+                Some(list) if shortest.is_none_or(|s| list.len() < s.len()) => {
+                    shortest = Some(list)
+                }
+                Some(_) => {}
+            }
+        }
+        match shortest {
+            Some(list) => Box::new(list.iter().filter_map(|i| self.objects.get(*i as usize))),
+            None => Box::new(self.objects.iter()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
 }
 
 impl Watched {
@@ -55,6 +114,25 @@ impl Watched {
     /// Every cached object (cheap: `Arc` clones).
     pub fn objects(&self) -> Vec<Arc<Cached>> {
         self.store.state()
+    }
+
+    /// The current snapshot, rebuilt only if the cache changed since the last one.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut slot = match self.snapshot.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some((built_at, snap)) = slot.as_ref()
+            && *built_at == generation
+        {
+            return Arc::clone(snap);
+        }
+        // Read after the generation: a change racing with this build only causes one more
+        // rebuild later, never a stale snapshot tagged as current.
+        let snap = Arc::new(Snapshot::build(self.store.state()));
+        *slot = Some((generation, Arc::clone(&snap)));
+        snap
     }
 
     pub fn len(&self) -> usize {
@@ -111,6 +189,8 @@ impl Watchers {
         let watched = Watched {
             store,
             synced: Arc::new(AtomicBool::new(false)),
+            generation: Arc::new(AtomicU64::new(0)),
+            snapshot: Arc::new(Mutex::new(None)),
             what: what.clone(),
         };
         let task = WatchTask {
@@ -120,6 +200,7 @@ impl Watchers {
             namespace: namespace.to_string(),
             labels: labels.to_string(),
             synced: Arc::clone(&watched.synced),
+            generation: Arc::clone(&watched.generation),
             what,
         };
         tokio::spawn(task.run(writer));
@@ -135,6 +216,7 @@ struct WatchTask {
     namespace: String,
     labels: String,
     synced: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
     what: String,
 }
 
@@ -153,6 +235,10 @@ impl WatchTask {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
         while let Some(event) = stream.next().await {
+            if event.is_ok() {
+                // The reflector has applied it: snapshots built before are stale now.
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
             match event {
                 Ok(watcher::Event::InitDone) => {
                     if !self.synced.swap(true, Ordering::AcqRel) {
@@ -305,7 +391,7 @@ fn named_port(object: &Value, name: &str) -> Option<u16> {
 /// Service-based addressing: the Service whose `label` equals the object's, its ClusterIP and
 /// the port named `port_name`.
 pub fn service_address(
-    object_labels: &std::collections::BTreeMap<String, String>,
+    object_labels: &BTreeMap<String, String>,
     label: &str,
     port_name: &str,
     services: &[Arc<Cached>],
@@ -377,6 +463,36 @@ mod tests {
             direct_address(&hostname, &cp("$.status.address"), &PortRule::Fixed(7)),
             None
         );
+    }
+
+    #[test]
+    fn snapshot_candidates_use_the_shortest_posting_list() {
+        let obj = |name: &str, labels: Value| -> Arc<Cached> {
+            Arc::new(
+                serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "n", "labels": labels}}))
+                .unwrap(),
+            )
+        };
+        let snap = Snapshot::build(vec![
+            obj("a", json!({"fleet": "f", "map": "x"})),
+            obj("b", json!({"fleet": "f", "map": "y"})),
+            obj("c", json!({"fleet": "g", "map": "x"})),
+        ]);
+        let names = |sel: &[(&str, &str)]| -> Vec<String> {
+            let sel: BTreeMap<String, String> = sel
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            snap.candidates(&sel)
+                .map(|o| o.0.as_ref().unwrap().metadata.name.clone().unwrap())
+                .collect()
+        };
+        assert_eq!(names(&[]).len(), 3);
+        assert_eq!(names(&[("map", "y")]), ["b"]);
+        // A superset is fine (callers re-check every term); a missing value means nothing.
+        assert!(names(&[("fleet", "f"), ("map", "x")]).contains(&"a".to_string()));
+        assert!(names(&[("fleet", "nope")]).is_empty());
     }
 
     #[test]

@@ -193,7 +193,9 @@ impl Resolver {
             .map(|(name, m)| {
                 let n = match &m.source {
                     Source::Static(c) => c.len(),
-                    Source::Kube { caches, .. } => caches.values().map(kube::Watched::len).sum(),
+                    Source::Kube { caches, .. } => {
+                        caches.values().map(|c| c.snapshot().len()).sum()
+                    }
                 };
                 (name.clone(), n)
             })
@@ -280,7 +282,7 @@ impl Resolver {
                         ),
                     ));
                 }
-                objects = cache.objects();
+                objects = cache.snapshot();
                 service_objects = match address {
                     AddressRule::Service { services, .. } => match services.get(namespace) {
                         Some(svc) if svc.synced() => svc.objects(),
@@ -295,7 +297,7 @@ impl Resolver {
                     AddressRule::Direct { .. } => Vec::new(),
                 };
                 objects
-                    .iter()
+                    .candidates(&req.label_selector)
                     .filter_map(|o| o.0.as_ref().ok())
                     .filter(|o| {
                         client_filters(
@@ -420,7 +422,7 @@ fn compile(
         // Validated at load: compiling cannot fail here; an unusable path matches nothing.
         let compiled = |p: &Option<String>| {
             path::CompiledPath::compile(p.as_deref().unwrap_or("$.invalid"))
-                .unwrap_or(path::CompiledPath::Pointer("/\u{0}".to_string()))
+                .unwrap_or(path::CompiledPath::Keys(vec!["\u{0}".to_string()]))
         };
         let address = match (&m.service_selector_label, &m.service_target_port_name) {
             (Some(label), Some(port_name)) => AddressRule::Service {

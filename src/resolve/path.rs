@@ -1,5 +1,5 @@
-//! JSONPath compiled once: plain dotted paths (`$.status.state`) become a serde_json pointer
-//! (no parsing per object), anything else a pre-parsed jsonpath-rust query. Per query the
+//! JSONPath compiled once: plain dotted paths (`$.status.state`) become a list of keys
+//! (no parsing or allocation per object), anything else a pre-parsed jsonpath-rust query. Per query the
 //! request's path is compiled once, then evaluated against every candidate.
 
 use std::sync::Arc;
@@ -13,8 +13,8 @@ use crate::protocol::query::{JsonPathError, normalize_json_path};
 
 #[derive(Debug, Clone)]
 pub enum CompiledPath {
-    /// `$.a.b.c` with plain keys, as the pointer `/a/b/c`.
-    Pointer(String),
+    /// `$.a.b.c` with plain keys, walked key by key (no parsing, no allocation).
+    Keys(Vec<String>),
     Query(Arc<JpQuery>),
 }
 
@@ -30,7 +30,7 @@ impl CompiledPath {
             })
         });
         if let Some(rest) = plain {
-            return Ok(Self::Pointer(format!("/{}", rest.replace('.', "/"))));
+            return Ok(Self::Keys(rest.split('.').map(str::to_string).collect()));
         }
         parse_json_path(&rooted)
             .map(|q| Self::Query(Arc::new(q)))
@@ -43,7 +43,11 @@ impl CompiledPath {
     /// Every value the path selects (empty when nothing matches).
     pub fn values<'a>(&self, object: &'a Value) -> Vec<&'a Value> {
         match self {
-            Self::Pointer(p) => object.pointer(p).into_iter().collect(),
+            Self::Keys(keys) => keys
+                .iter()
+                .try_fold(object, |v, k| v.get(k))
+                .into_iter()
+                .collect(),
             Self::Query(q) => js_path_process(q, object)
                 .map(|refs| refs.into_iter().map(|r| r.val()).collect())
                 .unwrap_or_default(),
@@ -59,11 +63,11 @@ mod tests {
     #[test]
     fn plain_paths_become_pointers_and_others_queries() {
         assert!(
-            matches!(CompiledPath::compile("status.state").unwrap(), CompiledPath::Pointer(p) if p == "/status/state")
+            matches!(CompiledPath::compile("status.state").unwrap(), CompiledPath::Keys(k) if k == ["status", "state"])
         );
         assert!(matches!(
             CompiledPath::compile("{.status.state}").unwrap(),
-            CompiledPath::Pointer(_)
+            CompiledPath::Keys(_)
         ));
         assert!(matches!(
             CompiledPath::compile("status.ports[0].port").unwrap(),
