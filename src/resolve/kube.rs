@@ -47,9 +47,12 @@ pub struct Watched {
     /// Bumped by the watch task after every event it applied.
     generation: Arc<AtomicU64>,
     /// The last snapshot and the generation it was built at.
-    snapshot: Arc<Mutex<Option<(u64, Arc<Snapshot>)>>>,
+    snapshot: Arc<Mutex<Option<Built>>>,
     pub what: String,
 }
+
+/// A snapshot and the cache generation it was built at.
+type Built = (u64, Arc<Snapshot>);
 
 /// The cache's objects at one moment, with a label index, shared by every query until the
 /// next change. Built lazily by the first query after a change: O(objects) once, instead of
