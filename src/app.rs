@@ -69,7 +69,11 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         config.limits.max_tokens,
         config.single_use_tokens,
     ));
-    let watchers = crate::resolve::kube::Watchers::new(options.kube);
+    let watchers = crate::resolve::kube::Watchers::new(
+        options.kube,
+        metrics.kube_watch_errors.clone(),
+        metrics.targets_skipped.clone(),
+    );
     let resolver = Arc::new(RwLock::new(Arc::new(Resolver::new(&config, &watchers))));
     let draining = Arc::new(AtomicBool::new(false));
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub upstream_sockets: Gauge,
     pub caches_synced: Gauge,
     pub draining: Gauge,
+    pub kube_watch_errors: Counter,
+    pub targets_skipped: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +68,8 @@ impl Metrics {
             upstream_sockets: Gauge::default(),
             caches_synced: Gauge::default(),
             draining: Gauge::default(),
+            kube_watch_errors: Counter::default(),
+            targets_skipped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +145,16 @@ impl Metrics {
             m.caches_synced.clone(),
         );
         registry.register("draining", "1 while shutting down", m.draining.clone());
+        registry.register(
+            "kube_watch_errors",
+            "Errors from Kubernetes list/watch streams (API unreachable, 410 Gone, bad answers); caches keep serving",
+            m.kube_watch_errors.clone(),
+        );
+        registry.register(
+            "targets_skipped",
+            "Matching resources skipped because no usable address or port could be read",
+            m.targets_skipped.clone(),
+        );
         registry.register(
             "build",
             "Build information",

@@ -207,6 +207,14 @@ async fn losing_the_api_server_keeps_the_last_known_state() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready(d), "stays ready on the last known state");
+    assert!(
+        wait(Duration::from_secs(5), || metric(
+            d.admin_addr,
+            "udp_director_kube_watch_errors_total"
+        ) >= 1.0)
+        .await,
+        "the outage is counted"
+    );
     env.director.stop().await;
 }
 

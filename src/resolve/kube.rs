@@ -150,14 +150,24 @@ impl Watched {
 /// Starts and shares watchers; lives as long as the process.
 pub struct Watchers {
     connect: Connect,
+    /// Watch-stream errors (outages), and matches skipped for lack of an address.
+    pub errors: prometheus_client::metrics::counter::Counter,
+    pub skipped: prometheus_client::metrics::counter::Counter,
     client: Arc<OnceCell<Client>>,
     started: Mutex<HashMap<String, Watched>>,
 }
 
 impl Watchers {
-    pub fn new(connect: Connect) -> Self {
+    /// `errors` and `skipped` are the counters to add to (e.g. the registered metrics).
+    pub fn new(
+        connect: Connect,
+        errors: prometheus_client::metrics::counter::Counter,
+        skipped: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         Self {
             connect,
+            errors,
+            skipped,
             client: Arc::new(OnceCell::new()),
             started: Mutex::new(HashMap::new()),
         }
@@ -204,6 +214,7 @@ impl Watchers {
             labels: labels.to_string(),
             synced: Arc::clone(&watched.synced),
             generation: Arc::clone(&watched.generation),
+            errors: self.errors.clone(),
             what,
         };
         tokio::spawn(task.run(writer));
@@ -220,6 +231,7 @@ struct WatchTask {
     labels: String,
     synced: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
+    errors: prometheus_client::metrics::counter::Counter,
     what: String,
 }
 
@@ -258,6 +270,7 @@ impl WatchTask {
                     }
                 }
                 Err(e) => {
+                    self.errors.inc();
                     // The backoff spaces these out; the cache keeps serving its last state.
                     if !failing {
                         tracing::warn!(cache = %self.what, error = %e, "resource watch failing; serving the last known state");

@@ -137,13 +137,17 @@ struct CompiledMapping {
 /// All mappings of one config, compiled. Replaced whole on reload.
 pub struct Resolver {
     mappings: BTreeMap<String, CompiledMapping>,
+    skipped: prometheus_client::metrics::counter::Counter,
 }
 
 impl Resolver {
     /// Compiles a validated config with static mappings only (Kubernetes mappings would
     /// start watchers on a default client; use [`Resolver::new`] to share them).
     pub fn from_config(config: &Config) -> Self {
-        Self::new(config, &kube::Watchers::new(kube::Connect::Infer))
+        Self::new(
+            config,
+            &kube::Watchers::new(kube::Connect::Infer, Default::default(), Default::default()),
+        )
     }
 
     /// Compiles a validated config; Kubernetes mappings get (shared) watch caches from
@@ -159,7 +163,10 @@ impl Resolver {
                 )
             })
             .collect();
-        Self { mappings }
+        Self {
+            mappings,
+            skipped: watchers.skipped.clone(),
+        }
     }
 
     /// True once every cache has completed its first list (static sources always have).
@@ -319,7 +326,12 @@ impl Resolver {
                                 port_name,
                                 &service_objects,
                             ),
-                        }?;
+                        };
+                        let Some(addr) = addr else {
+                            // Matches but cannot be reached (not scheduled yet, no such port).
+                            self.skipped.inc();
+                            return None;
+                        };
                         Some(Match {
                             namespace: o.metadata.namespace.as_deref().unwrap_or(namespace),
                             name: o.metadata.name.as_deref()?,
