@@ -39,12 +39,7 @@ impl Backend {
 
     /// Asserts nothing arrives within `wait`.
     pub fn expect_silence(&self, wait: Duration) {
-        self.socket.set_read_timeout(Some(wait)).unwrap();
-        let got = self.recv();
-        self.socket
-            .set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
-        assert!(got.is_none(), "expected silence, got {got:?}");
+        expect_silence(&self.socket, wait);
     }
 }
 
@@ -78,18 +73,28 @@ impl Client {
         }
     }
 
+    /// Asserts nothing arrives within `wait`.
     pub fn expect_silence(&self, wait: Duration) {
-        self.socket.set_read_timeout(Some(wait)).unwrap();
-        let got = self.recv();
-        self.socket
-            .set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
-        assert!(got.is_none(), "expected silence, got {got:?}");
+        expect_silence(&self.socket, wait);
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.socket.local_addr().unwrap()
     }
+}
+
+/// Asserts `socket` receives nothing within `wait` (then restores the usual read timeout).
+fn expect_silence(socket: &UdpSocket, wait: Duration) {
+    socket.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let got = socket
+        .recv_from(&mut buf)
+        .ok()
+        .map(|(n, from)| (buf[..n].to_vec(), from));
+    socket
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    assert!(got.is_none(), "expected silence, got {got:?}");
 }
 
 /// A static mapping `echo` over the given backends, named b0, b1, ... with label `zone: zN`.
