@@ -129,12 +129,24 @@ impl ChildDirector {
                 t.port()
             ));
         }
+        Self::spawn_yaml(exe, dir, &yaml, &[])
+    }
+
+    /// Starts `exe` on the config `yaml` (written into `dir`) with `extra` arguments, and waits
+    /// for its start-up line.
+    pub fn spawn_yaml(
+        exe: &Path,
+        dir: TempDir,
+        yaml: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> io::Result<Self> {
         let config = dir.path.join("config.yaml");
         std::fs::write(&config, yaml)?;
         let child = Command::new(exe)
             .arg("--config")
             .arg(&config)
             .args(["--log-format", "json"])
+            .args(extra)
             .env("RUST_LOG", "warn,udp_director::app=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
