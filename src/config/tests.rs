@@ -1,0 +1,188 @@
+
+use super::*;
+
+const MINIMAL: &str = "resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 9001}\n";
+
+fn err(yaml: &str) -> String {
+    Config::from_yaml(yaml).unwrap_err().to_string()
+}
+
+#[test]
+fn defaults_match_the_spec() {
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.query_port, 9000);
+    assert_eq!(c.data_port, 7777);
+    assert_eq!(c.admin_port, 8080);
+    assert_eq!(c.token_ttl_seconds, 30);
+    assert_eq!(c.session_timeout_seconds, 300);
+    assert_eq!(c.max_sessions, 100_000);
+    assert_eq!(c.drain_seconds, 10);
+    assert!(!c.single_use_tokens);
+    assert_eq!(c.magic_bytes(), b"\xff\xff\xff\xffRESET");
+    assert_eq!(c.limits.query_max_bytes, 16384);
+    assert_eq!(c.limits.query_idle_timeout_seconds, 10);
+    assert_eq!(c.limits.max_query_connections, 10_000);
+    assert_eq!(c.limits.query_rate_per_second, 50);
+    assert_eq!(c.limits.query_burst, 100);
+    assert_eq!(c.load_balancing, LoadBalancing::LeastSessions);
+    assert_eq!(c.bind_address.to_string(), "0.0.0.0");
+    assert_eq!(c.busy_poll_micros, 25);
+    assert!(c.default_endpoint.is_none());
+}
+
+#[test]
+fn token_ttl_accepts_both_spellings() {
+    let a = Config::from_yaml(&format!("tokenTTLSeconds: 7\n{MINIMAL}")).unwrap();
+    let b = Config::from_yaml(&format!("tokenTtlSeconds: 7\n{MINIMAL}")).unwrap();
+    assert_eq!(a.token_ttl_seconds, 7);
+    assert_eq!(b.token_ttl_seconds, 7);
+}
+
+#[test]
+fn bad_magic_names_the_key() {
+    let e = err(&format!("controlPacketMagicBytes: ZZ\n{MINIMAL}"));
+    assert!(e.contains("controlPacketMagicBytes"), "{e}");
+    assert!(e.contains("not hex"), "{e}");
+    let e = err(&format!("controlPacketMagicBytes: \"\"\n{MINIMAL}"));
+    assert!(e.contains("1..=32 bytes"), "{e}");
+    let long = "AB".repeat(33);
+    let e = err(&format!("controlPacketMagicBytes: {long}\n{MINIMAL}"));
+    assert!(e.contains("found 33"), "{e}");
+}
+
+#[test]
+fn unknown_load_balancing_type_is_rejected() {
+    let e = err(&format!("loadBalancing: {{type: fastest}}\n{MINIMAL}"));
+    assert!(e.contains("loadBalancing"), "{e}");
+    assert!(e.contains("fastest"), "{e}");
+}
+
+#[test]
+fn static_endpoint_without_address_names_the_path() {
+    let e = err("resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, port: 9001}\n");
+    assert!(e.contains("address"), "{e}");
+    assert!(e.contains("resourceQueryMapping.echo.static[0]"), "{e}");
+}
+
+#[test]
+fn endpoint_port_zero_is_rejected_but_listener_port_zero_is_ephemeral() {
+    let e = err(
+        "resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 0}\n",
+    );
+    assert!(
+        e.contains("resourceQueryMapping.echo.static[0].port"),
+        "{e}"
+    );
+    let c = Config::from_yaml(&format!(
+        "queryPort: 0\ndataPort: 0\nadminPort: 0\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.query_port, 0);
+}
+
+#[test]
+fn duplicate_endpoint_names_are_rejected() {
+    let e = err(
+        "resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 1}\n      - {name: a, address: 127.0.0.1, port: 2}\n",
+    );
+    assert!(e.contains("duplicate endpoint name `a`"), "{e}");
+    assert!(e.contains("static[1].name"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_rejected_by_name() {
+    let e = err(&format!("sesionTimeoutSeconds: 5\n{MINIMAL}"));
+    assert!(e.contains("sesionTimeoutSeconds"), "{e}");
+}
+
+#[test]
+fn zero_values_are_rejected() {
+    for key in ["tokenTTLSeconds", "sessionTimeoutSeconds", "maxSessions"] {
+        let e = err(&format!("{key}: 0\n{MINIMAL}"));
+        assert!(e.contains(key) && e.contains("greater than 0"), "{e}");
+    }
+    let e = err(&format!("limits: {{queryBurst: 0}}\n{MINIMAL}"));
+    assert!(e.contains("limits.queryBurst"), "{e}");
+}
+
+#[test]
+fn colliding_tcp_ports_are_rejected() {
+    let e = err(&format!("queryPort: 9100\nadminPort: 9100\n{MINIMAL}"));
+    assert!(e.contains("adminPort"), "{e}");
+    // UDP and TCP may share a number.
+    Config::from_yaml(&format!("queryPort: 9100\ndataPort: 9100\n{MINIMAL}")).unwrap();
+}
+
+#[test]
+fn default_endpoint_must_name_a_mapping() {
+    let e = err(&format!(
+        "defaultEndpoint: {{resourceType: nope}}\n{MINIMAL}"
+    ));
+    assert!(e.contains("defaultEndpoint.resourceType"), "{e}");
+    Config::from_yaml(&format!(
+        "defaultEndpoint: {{resourceType: echo}}\n{MINIMAL}"
+    ))
+    .unwrap();
+    let e = err(&format!(
+        "defaultEndpoint: {{resourceType: echo, statusQuery: {{jsonPath: \"$[\", expectedValue: x}}}}\n{MINIMAL}"
+    ));
+    assert!(e.contains("defaultEndpoint.statusQuery.jsonPath"), "{e}");
+}
+
+#[test]
+fn mappings_need_a_source() {
+    let e = err("resourceQueryMapping:\n  echo: {}\n");
+    assert!(e.contains("resourceQueryMapping.echo"), "{e}");
+    let e = err("resourceQueryMapping: {}\n");
+    assert!(e.contains("at least one resource type"), "{e}");
+    let e = err("resourceQueryMapping:\n  echo:\n    static: []\n");
+    assert!(e.contains("at least one endpoint"), "{e}");
+}
+
+#[test]
+fn kube_mappings_need_a_resource_and_one_address_mode() {
+    let base = "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    namespace: game-servers\n";
+    Config::from_yaml(&format!(
+        "{base}    addressPath: status.address\n    portName: default\n"
+    ))
+    .unwrap();
+    Config::from_yaml(&format!(
+        "{base}    serviceSelectorLabel: app\n    serviceTargetPortName: game\n"
+    ))
+    .unwrap();
+    let e = err(base);
+    assert!(e.contains("needs an address"), "{e}");
+    let e = err(&format!("{base}    addressPath: status.address\n"));
+    assert!(e.contains("resourceQueryMapping.gs.portName"), "{e}");
+    let e = err(&format!(
+        "{base}    addressPath: status.address\n    portName: a\n    port: 1\n"
+    ));
+    assert!(e.contains("exactly one"), "{e}");
+    let e = err(&format!("{base}    addressPath: \"$[\"\n    port: 7\n"));
+    assert!(e.contains("resourceQueryMapping.gs.addressPath"), "{e}");
+    let e = err(&format!("{base}    serviceSelectorLabel: app\n"));
+    assert!(e.contains("go together"), "{e}");
+    let e = err(
+        "resourceQueryMapping:\n  p:\n    resource: pods\n    addressPath: status.podIP\n    port: 7\n",
+    );
+    assert!(e.contains("resourceQueryMapping.p.version"), "{e}");
+    let e = err(
+        "resourceQueryMapping:\n  p:\n    version: v1\n    resource: Pods\n    addressPath: status.podIP\n    port: 7\n",
+    );
+    assert!(e.contains("lowercase plural"), "{e}");
+}
+
+#[test]
+fn endpoint_namespace_must_be_allowed() {
+    let e = err(
+        "resourceQueryMapping:\n  echo:\n    namespace: games\n    static:\n      - {name: a, namespace: kube-system, address: 127.0.0.1, port: 1}\n",
+    );
+    assert!(e.contains("static[0].namespace"), "{e}");
+    Config::from_yaml("resourceQueryMapping:\n  echo:\n    namespace: games\n    namespaces: [games, eu]\n    static:\n      - {name: a, namespace: eu, address: 127.0.0.1, port: 1}\n").unwrap();
+}
+
+#[test]
+fn empty_document_is_all_defaults_but_needs_a_mapping() {
+    let e = err("");
+    assert!(e.contains("resourceQueryMapping"), "{e}");
+}

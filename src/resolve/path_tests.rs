@@ -1,0 +1,37 @@
+
+use super::*;
+use serde_json::json;
+
+#[test]
+fn plain_paths_become_pointers_and_others_queries() {
+    assert!(
+        matches!(CompiledPath::compile("status.state").unwrap(), CompiledPath::Keys(k) if k == ["status", "state"])
+    );
+    assert!(matches!(
+        CompiledPath::compile("{.status.state}").unwrap(),
+        CompiledPath::Keys(_)
+    ));
+    assert!(matches!(
+        CompiledPath::compile("status.ports[0].port").unwrap(),
+        CompiledPath::Query(_)
+    ));
+    assert!(CompiledPath::compile("$[").is_err());
+}
+
+#[test]
+fn both_forms_select_the_same_values() {
+    let obj = json!({"status": {"state": "Ready", "ports": [{"name": "default", "port": 7654}]}});
+    let v = |p: &str| {
+        CompiledPath::compile(p)
+            .unwrap()
+            .values(&obj)
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(v("status.state"), [json!("Ready")]);
+    assert_eq!(v("$['status']['state']"), [json!("Ready")]);
+    assert_eq!(v("status.ports[?(@.name=='default')].port"), [json!(7654)]);
+    assert!(v("status.missing").is_empty());
+    assert!(v("status.missing[0]").is_empty());
+}
