@@ -1,4 +1,3 @@
-
 use super::*;
 
 const MINIMAL: &str = "resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 9001}\n";

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn cp(p: &str) -> CompiledPath {

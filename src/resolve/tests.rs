@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::protocol::query::parse_request;
 use std::collections::HashMap;
