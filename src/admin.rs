@@ -1,22 +1,28 @@
-//! Admin HTTP server: `/metrics` (Prometheus text), `/healthz` (the process answers) and
-//! `/readyz` (listeners bound, every resource source synced once, not draining). Read-only;
-//! it binds `bindAddress` like the other listeners and must not be exposed publicly.
+//! Admin HTTP server: `/metrics` (Prometheus text), `/healthz` (the process answers),
+//! `/readyz` (listeners bound, every resource source synced once, not draining), `/config`
+//! (the config in force as JSON, control-packet magic redacted) and `/sessions` (the count
+//! and a bounded sample). Read-only; it binds `bindAddress` like the other listeners and must
+//! not be exposed publicly (it shows client addresses and the routing config).
 
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::config::reload::redacted_json;
+use crate::reload::Live;
 use crate::resolve::Resolver;
-use crate::session::Ledger;
 
 /// Readiness inputs. Liveness does not depend on any of them.
 pub struct Readiness {
@@ -48,15 +54,17 @@ impl Readiness {
 
 #[derive(Clone)]
 struct AdminState {
-    metrics: Arc<Metrics>,
-    ledger: Arc<Ledger>,
+    live: Arc<Live>,
     readiness: Arc<Readiness>,
 }
 
+/// Sessions `/sessions` lists unless `?limit=` asks for fewer (at most [`SESSIONS_MAX`]).
+pub const SESSIONS_DEFAULT: usize = 100;
+pub const SESSIONS_MAX: usize = 1_000;
+
 pub async fn serve(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
-    ledger: Arc<Ledger>,
+    live: Arc<Live>,
     readiness: Arc<Readiness>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -64,11 +72,9 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AdminState {
-            metrics,
-            ledger,
-            readiness,
-        });
+        .route("/config", get(config_handler))
+        .route("/sessions", get(sessions_handler))
+        .with_state(AdminState { live, readiness });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
@@ -80,20 +86,86 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
-    s.metrics.sessions_active.set(s.ledger.active() as i64);
-    s.metrics.caches_synced.set(i64::from(
-        s.readiness.check() != Err("resource caches not synced"),
-    ));
-    s.metrics
-        .draining
+    let live = &s.live;
+    let m = &live.metrics;
+    m.sessions_active.set(live.ledger.active() as i64);
+    m.tokens_active
+        .set(i64::try_from(live.tokens.len()).unwrap_or(i64::MAX));
+    let resolver = match live.resolver.read() {
+        Ok(r) => Arc::clone(&r),
+        Err(p) => Arc::clone(&p.into_inner()),
+    };
+    let status = resolver.mapping_status();
+    // Mappings removed by a reload disappear from the exposition.
+    m.mapping_objects.clear();
+    m.mapping_synced.clear();
+    for st in &status {
+        let label = [("mapping", st.name.clone())];
+        m.mapping_objects
+            .get_or_create(&label)
+            .set(st.objects as i64);
+        m.mapping_synced
+            .get_or_create(&label)
+            .set(i64::from(st.synced));
+    }
+    m.caches_synced
+        .set(i64::from(status.iter().all(|st| st.synced)));
+    m.draining
         .set(i64::from(s.readiness.draining.load(Ordering::Relaxed)));
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.encode(),
+        m.encode(),
     )
+}
+
+async fn config_handler(State(s): State<AdminState>) -> impl IntoResponse {
+    Json(redacted_json(&s.live.current()))
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionsQuery {
+    limit: Option<usize>,
+}
+
+async fn sessions_handler(
+    State(s): State<AdminState>,
+    Query(q): Query<SessionsQuery>,
+) -> impl IntoResponse {
+    let limit = q.limit.unwrap_or(SESSIONS_DEFAULT).min(SESSIONS_MAX);
+    let sample = s
+        .live
+        .data
+        .sample_sessions(limit, Duration::from_secs(1))
+        .await;
+    let sessions: Vec<Value> = sample
+        .iter()
+        .map(|v| {
+            json!({
+                "client": v.client.to_string(),
+                "target": {
+                    "mapping": v.target.mapping,
+                    "namespace": v.target.namespace,
+                    "name": v.target.name,
+                    "address": v.target.addr.to_string(),
+                },
+                "ageSeconds": v.age.as_secs_f64(),
+                "idleSeconds": v.idle.as_secs_f64(),
+                "datagramsToTarget": v.stats.datagrams_to_target,
+                "datagramsToClient": v.stats.datagrams_to_client,
+                "bytesToTarget": v.stats.bytes_to_target,
+                "bytesToClient": v.stats.bytes_to_client,
+            })
+        })
+        .collect();
+    Json(json!({
+        "count": s.live.ledger.active(),
+        "sampled": sessions.len(),
+        "limit": limit,
+        "sessions": sessions,
+    }))
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {

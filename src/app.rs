@@ -15,9 +15,11 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Readiness};
 use crate::config::Config;
+use crate::config::reload::Overrides;
 use crate::metrics::Metrics;
 use crate::net::{DataPlane, DataSettings, DataShared};
 use crate::query_server::{self, QueryContext};
+use crate::reload::{self, ConfigSource, Live};
 use crate::resolve::Resolver;
 use crate::session::Ledger;
 use crate::token::TokenStore;
@@ -41,6 +43,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     pub ledger: Arc<Ledger>,
     pub tokens: Arc<TokenStore>,
+    /// The config in force and what a reload swaps.
+    pub live: Arc<Live>,
     draining: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     data: Option<DataPlane>,
@@ -52,6 +56,10 @@ pub struct Running {
 pub struct StartOptions {
     /// How Kubernetes-backed mappings reach the API server (unused by static configs).
     pub kube: crate::resolve::kube::Connect,
+    /// Command-line values re-applied to every reloaded document.
+    pub overrides: Overrides,
+    /// Watch this source and apply its changes live (`None`: no hot reload).
+    pub reload: Option<ConfigSource>,
 }
 
 /// Binds every listener and starts serving with default options.
@@ -69,11 +77,11 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         config.limits.max_tokens,
         config.single_use_tokens,
     ));
-    let watchers = crate::resolve::kube::Watchers::new(
+    let watchers = Arc::new(crate::resolve::kube::Watchers::new(
         options.kube,
         metrics.kube_watch_errors.clone(),
         metrics.targets_skipped.clone(),
-    );
+    ));
     let resolver = Arc::new(RwLock::new(Arc::new(Resolver::new(&config, &watchers))));
     let draining = Arc::new(AtomicBool::new(false));
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -81,31 +89,30 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let bind = |port| SocketAddr::new(config.bind_address, port);
     let query_listener = bind_tcp("query", bind(config.query_port)).await?;
     let admin_listener = bind_tcp("admin", bind(config.admin_port)).await?;
-    let data_shared = Arc::new(DataShared {
-        tokens: Arc::clone(&tokens),
-        ledger: Arc::clone(&ledger),
-        resolver: Arc::clone(&resolver),
-        settings: RwLock::new(Arc::new(DataSettings {
-            magic: config.magic_bytes(),
-            default_endpoint: config.default_endpoint.clone(),
-            session_timeout: config.session_timeout(),
-            busy_poll: Duration::from_micros(config.busy_poll_micros),
-        })),
-        metrics: Arc::clone(&metrics),
-        draining: Arc::clone(&draining),
-        stop: AtomicBool::new(false),
-    });
+    let data_shared = Arc::new(DataShared::new(
+        Arc::clone(&tokens),
+        Arc::clone(&ledger),
+        Arc::clone(&resolver),
+        DataSettings::from_config(&config),
+        Arc::clone(&metrics),
+        Arc::clone(&draining),
+    ));
     let workers = match config.data_workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let data_addr = bind(config.data_port);
-    let data = DataPlane::start(data_addr, workers, config.socket_buffer_bytes, data_shared)
-        .map_err(|source| StartError::Bind {
-            what: "data",
-            addr: data_addr,
-            source,
-        })?;
+    let data = DataPlane::start(
+        data_addr,
+        workers,
+        config.socket_buffer_bytes,
+        Arc::clone(&data_shared),
+    )
+    .map_err(|source| StartError::Bind {
+        what: "data",
+        addr: data_addr,
+        source,
+    })?;
 
     let local = |l: &TcpListener, what, addr| {
         l.local_addr()
@@ -114,7 +121,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let query_addr = local(&query_listener, "query", bind(config.query_port))?;
     let admin_addr = local(&admin_listener, "admin", bind(config.admin_port))?;
 
-    let ctx = Arc::new(QueryContext::new(
+    let query = Arc::new(QueryContext::new(
         Arc::clone(&resolver),
         Arc::clone(&tokens),
         Arc::clone(&ledger),
@@ -127,20 +134,42 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         draining: Arc::clone(&draining),
         resolver: Arc::clone(&resolver),
     });
-    let tasks = vec![
+    let mappings = config.resource_query_mapping.len();
+    let live = Arc::new(Live::new(
+        config,
+        options.overrides,
+        watchers,
+        resolver,
+        Arc::clone(&data_shared),
+        Arc::clone(&query),
+        Arc::clone(&tokens),
+        Arc::clone(&ledger),
+        Arc::clone(&metrics),
+    ));
+    let mut tasks = vec![
         tokio::spawn(query_server::serve(
             query_listener,
-            ctx,
+            query,
             shutdown_rx.clone(),
         )),
         tokio::spawn(admin::serve(
             admin_listener,
-            Arc::clone(&metrics),
-            Arc::clone(&ledger),
+            Arc::clone(&live),
             Arc::clone(&readiness),
-            shutdown_rx,
+            shutdown_rx.clone(),
         )),
     ];
+    match options.reload {
+        Some(ConfigSource::File(path)) => tasks.push(tokio::spawn(reload::watch_file(
+            Arc::clone(&live),
+            path,
+            shutdown_rx,
+        ))),
+        Some(ConfigSource::ConfigMap { namespace, name }) => tasks.push(tokio::spawn(
+            reload::watch_configmap(Arc::clone(&live), namespace, name, shutdown_rx),
+        )),
+        None => {}
+    }
     readiness.listening.store(true, Ordering::SeqCst);
     let data_addr = data.local_addr();
     tracing::info!(
@@ -148,7 +177,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         data = %data_addr,
         admin = %admin_addr,
         workers,
-        mappings = config.resource_query_mapping.len(),
+        mappings,
         "udp-director listening"
     );
     Ok(Running {
@@ -158,6 +187,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         metrics,
         ledger,
         tokens,
+        live,
         draining,
         shutdown,
         data: Some(data),
@@ -199,10 +229,11 @@ impl Running {
 /// Runs until SIGTERM or SIGINT, then drains for `drainSeconds` (a second signal cuts the
 /// drain short) and returns.
 pub async fn run(config: Config, options: StartOptions) -> Result<(), StartError> {
-    let drain = Duration::from_secs(config.drain_seconds);
     let running = start_with(config, options).await?;
     let mut signals = Signals::new();
     signals.next().await;
+    // `drainSeconds` as reloaded last.
+    let drain = Duration::from_secs(running.live.current().drain_seconds);
     tracing::info!(
         drain_seconds = drain.as_secs(),
         active_sessions = running.ledger.active(),

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod query_server;
+pub mod reload;
 pub mod resolve;
 pub mod session;
 pub mod token;

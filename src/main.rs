@@ -14,7 +14,10 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use udp_director::config::Config;
+use udp_director::app::StartOptions;
+use udp_director::config::reload::Overrides;
+use udp_director::reload::{self, ConfigSource};
+use udp_director::resolve::kube::Connect;
 
 /// Kubernetes-native UDP session director for game servers.
 ///
@@ -60,6 +63,13 @@ struct Cli {
     /// Overrides `dataWorkers` (0: one per core).
     #[arg(long, env = "UDP_DIRECTOR_DATA_WORKERS")]
     data_workers: Option<usize>,
+    /// Take the config from this ConfigMap's `config.yaml` key instead of `--config`, and
+    /// apply its changes live (`NAMESPACE/NAME`).
+    #[arg(long, env = "UDP_DIRECTOR_CONFIGMAP", value_parser = parse_configmap)]
+    configmap: Option<(String, String)>,
+    /// Do not watch the config source for changes.
+    #[arg(long, env = "UDP_DIRECTOR_NO_RELOAD")]
+    no_reload: bool,
     /// Kubeconfig for Kubernetes-backed mappings (default: in-cluster, then KUBECONFIG).
     #[arg(long, env = "UDP_DIRECTOR_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
@@ -100,47 +110,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("cannot find this executable")?;
         return udp_director::loadgen::run(args, &exe).context("loadgen failed");
     }
-    let mut config = Config::load(&cli.config)?;
-    apply_overrides(&mut config, &cli);
-    config
-        .validate()
-        .context("invalid value from a command-line flag or UDP_DIRECTOR_* variable")?;
-    if cli.check_config {
-        print!("{}", serde_yaml::to_string(&config)?);
-        return Ok(());
-    }
+    let overrides = Overrides {
+        bind_address: cli.bind_address,
+        query_port: cli.query_port,
+        data_port: cli.data_port,
+        admin_port: cli.admin_port,
+        max_sessions: cli.max_sessions,
+        session_timeout_seconds: cli.session_timeout_seconds,
+        token_ttl_seconds: cli.token_ttl_seconds,
+        drain_seconds: cli.drain_seconds,
+        data_workers: cli.data_workers,
+    };
+    let kube = match &cli.kubeconfig {
+        Some(path) => Connect::Kubeconfig(path.clone()),
+        None => Connect::Infer,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("control")
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let options = udp_director::app::StartOptions {
-        kube: match &cli.kubeconfig {
-            Some(path) => udp_director::resolve::kube::Connect::Kubeconfig(path.clone()),
-            None => udp_director::resolve::kube::Connect::Infer,
-        },
+    let (source, text) = match &cli.configmap {
+        Some((namespace, name)) => {
+            let source = ConfigSource::ConfigMap {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            };
+            let text = runtime.block_on(reload::fetch_configmap(&kube, namespace, name))?;
+            (source, text)
+        }
+        None => {
+            let text = std::fs::read_to_string(&cli.config)
+                .with_context(|| format!("cannot read config file {}", cli.config.display()))?;
+            (ConfigSource::File(cli.config.clone()), text)
+        }
+    };
+    let config = overrides
+        .load(&text)
+        .with_context(|| format!("invalid config from {source}"))?;
+    if cli.check_config {
+        print!("{}", serde_yaml::to_string(&config)?);
+        return Ok(());
+    }
+    let options = StartOptions {
+        kube,
+        overrides,
+        reload: (!cli.no_reload).then_some(source),
     };
     runtime.block_on(udp_director::app::run(config, options))?;
     tracing::info!("stopped");
     Ok(())
 }
 
-fn apply_overrides(config: &mut Config, cli: &Cli) {
-    macro_rules! set {
-        ($($field:ident),*) => { $( if let Some(v) = cli.$field { config.$field = v; } )* };
+fn parse_configmap(value: &str) -> Result<(String, String), String> {
+    match value.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("expected NAMESPACE/NAME, got {value:?}")),
     }
-    set!(
-        bind_address,
-        query_port,
-        data_port,
-        admin_port,
-        max_sessions,
-        session_timeout_seconds,
-        token_ttl_seconds,
-        drain_seconds,
-        data_workers
-    );
 }
 
 fn init_logging(format: LogFormat) {

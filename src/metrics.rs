@@ -13,6 +13,8 @@ use prometheus_client::registry::Registry;
 
 /// One label, static key and value.
 pub type Label = [(&'static str, &'static str); 1];
+/// `mapping` label: a name from the operator's config (bounded by the config, never by clients).
+pub type MappingLabel = [(&'static str, String); 1];
 
 /// Every metric of the director. Prefix `udp_director_` is added by the registry.
 pub struct Metrics {
@@ -20,6 +22,7 @@ pub struct Metrics {
     pub sessions_active: Gauge,
     pub sessions_created: Counter,
     pub sessions_closed: Family<Label, Counter>,
+    pub sessions_refused: Family<Label, Counter>,
     pub session_resets: Counter,
     pub datagrams: Family<Label, Counter>,
     pub bytes: Family<Label, Counter>,
@@ -31,6 +34,10 @@ pub struct Metrics {
     pub query_duration: Histogram,
     pub query_connections: Gauge,
     pub config_reloads: Family<Label, Counter>,
+    pub config_restart_required: Gauge,
+    pub mapping_objects: Family<MappingLabel, Gauge>,
+    pub mapping_synced: Family<MappingLabel, Gauge>,
+    pub tokens_active: Gauge,
     pub upstream_sockets: Gauge,
     pub caches_synced: Gauge,
     pub draining: Gauge,
@@ -51,6 +58,7 @@ impl Metrics {
             sessions_active: Gauge::default(),
             sessions_created: Counter::default(),
             sessions_closed: Family::default(),
+            sessions_refused: Family::default(),
             session_resets: Counter::default(),
             datagrams: Family::default(),
             bytes: Family::default(),
@@ -65,6 +73,10 @@ impl Metrics {
             ),
             query_connections: Gauge::default(),
             config_reloads: Family::default(),
+            config_restart_required: Gauge::default(),
+            mapping_objects: Family::default(),
+            mapping_synced: Family::default(),
+            tokens_active: Gauge::default(),
             upstream_sockets: Gauge::default(),
             caches_synced: Gauge::default(),
             draining: Gauge::default(),
@@ -86,6 +98,11 @@ impl Metrics {
             "sessions_closed",
             "UDP sessions closed, by reason",
             m.sessions_closed.clone(),
+        );
+        registry.register(
+            "sessions_refused",
+            "New sessions refused, by reason (cap: maxSessions reached; draining: shutting down)",
+            m.sessions_refused.clone(),
         );
         registry.register(
             "session_resets",
@@ -135,6 +152,26 @@ impl Metrics {
             m.config_reloads.clone(),
         );
         registry.register(
+            "config_restart_required",
+            "1 when the config source changes keys that only a restart applies (ports, bind address, workers, buffers, maxTokens)",
+            m.config_restart_required.clone(),
+        );
+        registry.register(
+            "mapping_objects",
+            "Objects cached per mapping (static mappings: endpoints); mapping names come from the config",
+            m.mapping_objects.clone(),
+        );
+        registry.register(
+            "mapping_synced",
+            "1 when every cache behind the mapping has completed its first list",
+            m.mapping_synced.clone(),
+        );
+        registry.register(
+            "tokens_active",
+            "Tokens held (issued, not yet expired or evicted)",
+            m.tokens_active.clone(),
+        );
+        registry.register(
             "upstream_sockets",
             "Open upstream sockets (shared by sessions bound for different targets)",
             m.upstream_sockets.clone(),
@@ -169,6 +206,9 @@ impl Metrics {
             let _ = m
                 .sessions_closed
                 .get_or_create(&[("reason", reason.as_str())]);
+        }
+        for reason in ["cap", "draining"] {
+            let _ = m.sessions_refused.get_or_create(&[("reason", reason)]);
         }
         for dir in [TO_TARGET, TO_CLIENT] {
             let _ = m.datagrams.get_or_create(&[("direction", dir)]);

@@ -11,14 +11,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 use crate::config::Limits;
@@ -30,16 +30,54 @@ use crate::resolve::Resolver;
 use crate::session::Ledger;
 use crate::token::TokenStore;
 
+/// The limits in force and the rate limiter built from them, swapped whole on reload.
+struct Policy {
+    limits: Limits,
+    rate: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl Policy {
+    fn new(limits: Limits, previous: Option<&Policy>) -> Self {
+        // Keep the buckets (and who is being limited) when the rate did not change.
+        let rate = match previous {
+            Some(p)
+                if p.limits.query_rate_per_second == limits.query_rate_per_second
+                    && p.limits.query_burst == limits.query_burst =>
+            {
+                Arc::clone(&p.rate)
+            }
+            _ => {
+                let per_second =
+                    NonZeroU32::new(limits.query_rate_per_second).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new(limits.query_burst).unwrap_or(NonZeroU32::MIN);
+                Arc::new(RateLimiter::keyed(
+                    Quota::per_second(per_second).allow_burst(burst),
+                ))
+            }
+        };
+        Self { limits, rate }
+    }
+}
+
 /// What the query server needs; shared by every connection.
 pub struct QueryContext {
     pub resolver: Arc<RwLock<Arc<Resolver>>>,
     pub tokens: Arc<TokenStore>,
     pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
-    pub limits: Limits,
     pub draining: Arc<AtomicBool>,
-    rate: DefaultKeyedRateLimiter<IpAddr>,
-    connections: Arc<Semaphore>,
+    policy: RwLock<Arc<Policy>>,
+    /// Open connections, held under `maxQueryConnections` at accept.
+    open: Arc<AtomicUsize>,
+}
+
+/// One admitted connection; gives its place back when dropped.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl QueryContext {
@@ -51,28 +89,58 @@ impl QueryContext {
         limits: Limits,
         draining: Arc<AtomicBool>,
     ) -> Self {
-        let per_second = NonZeroU32::new(limits.query_rate_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(limits.query_burst).unwrap_or(NonZeroU32::MIN);
         Self {
-            rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
-            connections: Arc::new(Semaphore::new(limits.max_query_connections)),
+            policy: RwLock::new(Arc::new(Policy::new(limits, None))),
+            open: Arc::new(AtomicUsize::new(0)),
             resolver,
             tokens,
             ledger,
             metrics,
-            limits,
             draining,
         }
     }
 
-    fn idle(&self) -> Duration {
-        Duration::from_secs(self.limits.query_idle_timeout_seconds)
+    fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// The limits new connections and requests get.
+    pub fn limits(&self) -> Limits {
+        self.policy().limits.clone()
+    }
+
+    /// Applies new limits to connections accepted and requests answered from now on.
+    pub fn set_limits(&self, limits: Limits) {
+        let mut slot = match self.policy.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let next = Policy::new(limits, Some(&slot));
+        *slot = Arc::new(next);
+    }
+
+    /// Open query connections.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn admit(&self, max: usize) -> Option<Admitted> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admitted(Arc::clone(&self.open)))
     }
 
     /// Answers one request line from `peer`.
     pub fn answer(&self, line: &[u8], peer: IpAddr) -> Vec<u8> {
         let started = Instant::now();
-        let result = self.resolve_line(line, peer, started);
+        let policy = self.policy();
+        let result = self.resolve_line(line, peer, started, &policy);
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.code.as_str(),
@@ -92,13 +160,14 @@ impl QueryContext {
         line: &[u8],
         peer: IpAddr,
         now: Instant,
+        policy: &Policy,
     ) -> Result<TokenAnswer, QueryError> {
-        if self.rate.check_key(&peer).is_err() {
+        if policy.rate.check_key(&peer).is_err() {
             return Err(QueryError::new(
                 ErrorCode::RateLimited,
                 format!(
                     "more than {} queries per second from {peer}; retry later",
-                    self.limits.query_rate_per_second
+                    policy.limits.query_rate_per_second
                 ),
             ));
         }
@@ -130,8 +199,9 @@ impl QueryContext {
 
     /// Forgets rate-limit state of sources that have been quiet (bounded memory).
     pub fn prune_rate_limits(&self) {
-        self.rate.retain_recent();
-        self.rate.shrink_to_fit();
+        let policy = self.policy();
+        policy.rate.retain_recent();
+        policy.rate.shrink_to_fit();
     }
 }
 
@@ -156,28 +226,26 @@ pub async fn serve(
             _ = prune.tick() => { ctx.prune_rate_limits(); continue; }
             _ = shutdown.changed() => return,
         };
-        let Ok(permit) = Arc::clone(&ctx.connections).try_acquire_owned() else {
-            refuse_connection(&stream, &ctx);
+        let limits = ctx.limits();
+        let Some(place) = ctx.admit(limits.max_query_connections) else {
+            refuse_connection(&stream, &ctx, limits.max_query_connections);
             continue;
         };
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
+            let _place = place;
             ctx.metrics.query_connections.inc();
-            handle(stream, peer, &ctx).await;
+            handle(stream, peer, &ctx, &limits).await;
             ctx.metrics.query_connections.dec();
-            drop(permit);
         });
     }
 }
 
 /// Over `maxQueryConnections`: one error line written without waiting, then close.
-fn refuse_connection(stream: &TcpStream, ctx: &QueryContext) {
+fn refuse_connection(stream: &TcpStream, ctx: &QueryContext, max: usize) {
     let answer = render(&Err(QueryError::new(
         ErrorCode::Unavailable,
-        format!(
-            "too many concurrent query connections (limit {}); retry shortly",
-            ctx.limits.max_query_connections
-        ),
+        format!("too many concurrent query connections (limit {max}); retry shortly"),
     )));
     ctx.metrics
         .queries
@@ -188,32 +256,33 @@ fn refuse_connection(stream: &TcpStream, ctx: &QueryContext) {
     let _ = stream.try_write(&answer);
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &QueryContext) {
+async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &QueryContext, limits: &Limits) {
     let _ = stream.set_nodelay(true);
-    let max = ctx.limits.query_max_bytes;
+    let idle = Duration::from_secs(limits.query_idle_timeout_seconds);
+    let max = limits.query_max_bytes;
     let mut buf: Vec<u8> = Vec::with_capacity(1024.min(max + 1));
     let mut chunk = vec![0u8; 4096];
-    let mut deadline = Instant::now() + ctx.idle();
+    let mut deadline = Instant::now() + idle;
     loop {
         // Answer every complete line already buffered.
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line = trim_cr(&buf[..end]);
             if line.len() > max {
                 let _ =
-                    write_answer(&mut stream, &too_large(ctx, max), deadline_from_now(ctx)).await;
+                    write_answer(&mut stream, &too_large(ctx, max), Instant::now() + idle).await;
                 return;
             }
             if !line.trim_ascii().is_empty() {
                 let answer = ctx.answer(line, peer.ip());
-                if !write_answer(&mut stream, &answer, deadline_from_now(ctx)).await {
+                if !write_answer(&mut stream, &answer, Instant::now() + idle).await {
                     return;
                 }
             }
             buf.drain(..=end);
-            deadline = Instant::now() + ctx.idle();
+            deadline = Instant::now() + idle;
         }
         if buf.len() > max {
-            let _ = write_answer(&mut stream, &too_large(ctx, max), deadline_from_now(ctx)).await;
+            let _ = write_answer(&mut stream, &too_large(ctx, max), Instant::now() + idle).await;
             return;
         }
         match timeout_at(deadline, stream.read(&mut chunk)).await {
@@ -224,7 +293,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &QueryContext) {
                 let line = trim_cr(&buf);
                 if !line.trim_ascii().is_empty() {
                     let answer = ctx.answer(line, peer.ip());
-                    let _ = write_answer(&mut stream, &answer, deadline_from_now(ctx)).await;
+                    let _ = write_answer(&mut stream, &answer, Instant::now() + idle).await;
                 }
                 let _ = stream.shutdown().await;
                 return;
@@ -232,10 +301,6 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &QueryContext) {
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-}
-
-fn deadline_from_now(ctx: &QueryContext) -> Instant {
-    Instant::now() + ctx.idle()
 }
 
 fn too_large(ctx: &QueryContext, max: usize) -> Vec<u8> {

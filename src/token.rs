@@ -6,6 +6,7 @@
 //! only reclaims memory.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -32,6 +33,23 @@ impl TokenId {
 struct Grant {
     target: Arc<Target>,
     expires_at: Instant,
+    /// The TTL it was issued with (memory is reclaimed a little after it).
+    ttl: Duration,
+}
+
+/// moka's per-entry expiry: each grant is reclaimed a second after its own TTL, so a TTL
+/// changed by a reload applies to tokens issued from then on and never cuts older ones short.
+struct GrantExpiry;
+
+impl moka::Expiry<TokenId, Arc<Grant>> for GrantExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenId,
+        grant: &Arc<Grant>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(grant.ttl + Duration::from_secs(1))
+    }
 }
 
 /// Why a token did not redeem. Counted, never shown to the sender.
@@ -45,36 +63,52 @@ pub enum Rejection {
 /// Issued tokens, bounded in number.
 pub struct TokenStore {
     cache: Cache<TokenId, Arc<Grant>>,
-    ttl: Duration,
-    single_use: bool,
+    capacity: u64,
+    /// TTL of tokens issued from now on, in milliseconds (changed by reloads).
+    ttl_ms: AtomicU64,
+    single_use: AtomicBool,
 }
 
 impl TokenStore {
     pub fn new(ttl: Duration, capacity: u64, single_use: bool) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity)
-            // A little slack: the exact check is `expires_at`, this only frees memory.
-            .time_to_live(ttl + Duration::from_secs(1))
+            // The exact check is `expires_at`; this only frees memory.
+            .expire_after(GrantExpiry)
             .build();
         Self {
             cache,
-            ttl,
-            single_use,
+            capacity,
+            ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
+            single_use: AtomicBool::new(single_use),
         }
     }
 
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
+    }
+
+    /// Most tokens held at once; past it the least recently used are evicted.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Applies a reloaded `tokenTTLSeconds` and `singleUseTokens` to tokens issued from now on.
+    pub fn reconfigure(&self, ttl: Duration, single_use: bool) {
+        self.ttl_ms.store(ttl.as_millis() as u64, Ordering::Relaxed);
+        self.single_use.store(single_use, Ordering::Relaxed);
     }
 
     /// Issues a fresh token for `target`, valid until `now + ttl`.
     pub fn issue(&self, target: Arc<Target>, now: Instant) -> TokenId {
         let id = TokenId::new_random();
+        let ttl = self.ttl();
         self.cache.insert(
             id,
             Arc::new(Grant {
                 target,
-                expires_at: now + self.ttl,
+                expires_at: now + ttl,
+                ttl,
             }),
         );
         id
@@ -83,7 +117,7 @@ impl TokenStore {
     /// Redeems a token. Under `singleUseTokens` the first successful redeem removes it, so two
     /// racing redeems cannot both win.
     pub fn redeem(&self, id: TokenId, now: Instant) -> Result<Arc<Target>, Rejection> {
-        let grant = if self.single_use {
+        let grant = if self.single_use.load(Ordering::Relaxed) {
             self.cache.remove(&id)
         } else {
             self.cache.get(&id)

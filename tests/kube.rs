@@ -41,6 +41,7 @@ async fn start(yaml: &str, fake: Arc<FakeKube>) -> Env {
         config,
         StartOptions {
             kube: Connect::Kubeconfig(kubeconfig),
+            ..StartOptions::default()
         },
     )
     .await

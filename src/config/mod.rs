@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::query::{QueryRequest, normalize_json_path};
 
+pub mod reload;
+
 /// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -88,6 +90,9 @@ pub struct Config {
     /// SO_RCVBUF/SO_SNDBUF requested for every UDP socket (the kernel may clamp it).
     #[serde(default = "defaults::socket_buffer_bytes")]
     pub socket_buffer_bytes: usize,
+    /// One info line per closed session (target `udp_director::access`).
+    #[serde(default = "defaults::access_log")]
+    pub access_log: bool,
     #[serde(default)]
     pub resource_query_mapping: BTreeMap<String, Mapping>,
 }
@@ -269,6 +274,9 @@ mod defaults {
     }
     pub fn busy_poll_micros() -> u64 {
         25
+    }
+    pub fn access_log() -> bool {
+        true
     }
     pub fn socket_buffer_bytes() -> usize {
         4 * 1024 * 1024

@@ -10,16 +10,17 @@ pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::metrics::Metrics;
 use crate::protocol::query::QueryRequest;
 use crate::resolve::Resolver;
-use crate::session::Ledger;
+use crate::session::{Ledger, SessionView};
 use crate::token::TokenStore;
 
 /// Settings a worker reads when a datagram needs a decision, swapped whole on reload.
@@ -30,6 +31,65 @@ pub struct DataSettings {
     pub session_timeout: std::time::Duration,
     /// Keep polling without sleeping this long after the last datagram (zero: off).
     pub busy_poll: std::time::Duration,
+    /// One info line per closed session.
+    pub access_log: bool,
+}
+
+impl DataSettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            magic: config.magic_bytes(),
+            default_endpoint: config.default_endpoint.clone(),
+            session_timeout: config.session_timeout(),
+            busy_poll: Duration::from_micros(config.busy_poll_micros),
+            access_log: config.access_log,
+        }
+    }
+}
+
+/// `/sessions` asks every worker for a sample of its table through this board: the admin
+/// task bumps `requested` and wakes the workers; each posts its answer tagged with the
+/// request it saw. Workers never block on it.
+#[derive(Default)]
+pub struct SampleBoard {
+    requested: AtomicU64,
+    answers: Mutex<Vec<WorkerSample>>,
+}
+
+/// One worker's answer.
+#[derive(Debug, Clone)]
+pub struct WorkerSample {
+    pub request: u64,
+    pub worker: usize,
+    pub sessions: Vec<SessionView>,
+}
+
+impl SampleBoard {
+    /// The newest request, for workers to compare with the last one they answered.
+    pub fn requested(&self) -> u64 {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    pub fn post(&self, answer: WorkerSample) {
+        let mut answers = match self.answers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        answers.retain(|a| a.worker != answer.worker);
+        answers.push(answer);
+    }
+
+    fn collect(&self, request: u64) -> Vec<WorkerSample> {
+        let answers = match self.answers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        answers
+            .iter()
+            .filter(|a| a.request >= request)
+            .cloned()
+            .collect()
+    }
 }
 
 /// State shared by all workers and the control plane.
@@ -43,9 +103,68 @@ pub struct DataShared {
     pub draining: Arc<AtomicBool>,
     /// Close everything and exit.
     pub stop: AtomicBool,
+    /// Set once the workers run: how to wake each of them.
+    pub wakers: OnceLock<Vec<Arc<mio::Waker>>>,
+    pub samples: SampleBoard,
 }
 
+/// Most sessions one worker reports to `/sessions`.
+pub const SAMPLE_MAX: usize = 1_000;
+
 impl DataShared {
+    pub fn new(
+        tokens: Arc<TokenStore>,
+        ledger: Arc<Ledger>,
+        resolver: Arc<RwLock<Arc<Resolver>>>,
+        settings: DataSettings,
+        metrics: Arc<Metrics>,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            tokens,
+            ledger,
+            resolver,
+            settings: RwLock::new(Arc::new(settings)),
+            metrics,
+            draining,
+            stop: AtomicBool::new(false),
+            wakers: OnceLock::new(),
+            samples: SampleBoard::default(),
+        }
+    }
+
+    /// Swaps the settings workers use for new decisions and wakes them to pick them up.
+    pub fn set_settings(&self, settings: DataSettings) {
+        match self.settings.write() {
+            Ok(mut s) => *s = Arc::new(settings),
+            Err(p) => *p.into_inner() = Arc::new(settings),
+        }
+        self.wake_all();
+    }
+
+    /// Wakes every worker (to re-read settings, answer a sample, drain or stop).
+    pub fn wake_all(&self) {
+        for waker in self.wakers.get().into_iter().flatten() {
+            let _ = waker.wake();
+        }
+    }
+
+    /// Up to `limit` live sessions, gathered from every worker within `within`.
+    pub async fn sample_sessions(&self, limit: usize, within: Duration) -> Vec<SessionView> {
+        let workers = self.wakers.get().map_or(0, Vec::len);
+        let request = self.samples.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        self.wake_all();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut answers = self.samples.collect(request);
+        while answers.len() < workers && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            answers = self.samples.collect(request);
+        }
+        let mut sessions: Vec<SessionView> = answers.into_iter().flat_map(|a| a.sessions).collect();
+        sessions.truncate(limit);
+        sessions
+    }
+
     pub fn settings(&self) -> Arc<DataSettings> {
         match self.settings.read() {
             Ok(s) => Arc::clone(&s),
@@ -88,6 +207,9 @@ impl DataPlane {
                 .spawn(move || worker.run())?;
             handles.push((handle, waker));
         }
+        let _ = shared
+            .wakers
+            .set(handles.iter().map(|(_, w)| Arc::clone(w)).collect());
         Ok(Self {
             local_addr,
             shared,
@@ -116,8 +238,7 @@ impl DataPlane {
         }
     }
 
-    /// Asks every worker to re-read the shared settings.
-    pub fn wake_all(&self) {
+    fn wake_all(&self) {
         for (_, waker) in &self.workers {
             let _ = waker.wake();
         }

@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::time::Instant;
 
-use super::{DataSettings, DataShared, set_buffers};
+use super::{DataSettings, DataShared, SAMPLE_MAX, WorkerSample, set_buffers};
 use crate::metrics::{self, Metrics};
 use crate::protocol::datagram::{Datagram, classify};
 use crate::resolve::Target;
@@ -60,10 +60,14 @@ pub enum DropReason {
     UnknownSource,
     /// A receive call failed.
     RecvError,
+    /// Larger than the path towards its destination takes (`EMSGSIZE`).
+    Oversize,
+    /// An upstream socket reported an error (e.g. ICMP port unreachable from a target).
+    UpstreamError,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Empty,
         DropReason::NoSession,
         DropReason::InvalidToken,
@@ -77,6 +81,8 @@ impl DropReason {
         DropReason::SendToClient,
         DropReason::UnknownSource,
         DropReason::RecvError,
+        DropReason::Oversize,
+        DropReason::UpstreamError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +100,8 @@ impl DropReason {
             DropReason::SendToClient => "send_to_client",
             DropReason::UnknownSource => "unknown_source",
             DropReason::RecvError => "recv_error",
+            DropReason::Oversize => "oversize",
+            DropReason::UpstreamError => "upstream_error",
         }
     }
 }
@@ -112,6 +120,8 @@ struct LocalStats {
     drops: [u64; DropReason::ALL.len()],
     rejected_unknown: u64,
     rejected_expired: u64,
+    refused_cap: u64,
+    refused_draining: u64,
 }
 
 /// Pre-resolved metric handles, in the same order as the local arrays.
@@ -124,6 +134,8 @@ struct Handles {
     drops: Vec<Counter>,
     rejected_unknown: Counter,
     rejected_expired: Counter,
+    refused_cap: Counter,
+    refused_draining: Counter,
 }
 
 impl Handles {
@@ -143,6 +155,8 @@ impl Handles {
                 .collect(),
             rejected_unknown: Metrics::counter(&m.tokens_rejected, "reason", "unknown"),
             rejected_expired: Metrics::counter(&m.tokens_rejected, "reason", "expired"),
+            refused_cap: Metrics::counter(&m.sessions_refused, "reason", "cap"),
+            refused_draining: Metrics::counter(&m.sessions_refused, "reason", "draining"),
         }
     }
 }
@@ -153,6 +167,16 @@ fn close_index(r: CloseReason) -> usize {
 
 fn drop_index(r: DropReason) -> usize {
     DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0)
+}
+
+/// `EMSGSIZE` is its own reason; anything else is the caller's.
+fn send_error(e: &io::Error, otherwise: DropReason) -> DropReason {
+    const EMSGSIZE: i32 = 90;
+    if cfg!(target_os = "linux") && e.raw_os_error() == Some(EMSGSIZE) {
+        DropReason::Oversize
+    } else {
+        otherwise
+    }
 }
 
 fn upstream_token(id: SocketId) -> Token {
@@ -196,6 +220,8 @@ pub struct Worker {
     last_drop_log: Instant,
     /// Drops by this worker since its last drop summary.
     drops_since_log: u64,
+    /// The last `/sessions` request answered.
+    sampled: u64,
 }
 
 impl Worker {
@@ -237,6 +263,7 @@ impl Worker {
             last_datagram: now,
             last_drop_log: now,
             drops_since_log: 0,
+            sampled: 0,
         })
     }
 
@@ -285,6 +312,7 @@ impl Worker {
                     WAKE => {
                         self.settings = self.shared.settings();
                         self.table.set_timeout(self.settings.session_timeout);
+                        self.answer_sample(now);
                         false
                     }
                     DATA => self.drain(None, now),
@@ -303,6 +331,20 @@ impl Worker {
                 self.flush(now);
             }
         }
+    }
+
+    /// Posts a sample of this worker's sessions if `/sessions` asked since the last one.
+    fn answer_sample(&mut self, now: Instant) {
+        let request = self.shared.samples.requested();
+        if request == self.sampled {
+            return;
+        }
+        self.sampled = request;
+        self.shared.samples.post(WorkerSample {
+            request,
+            worker: self.index,
+            sessions: self.table.sample(SAMPLE_MAX, now),
+        });
     }
 
     /// Receives up to `BATCH` datagrams from the data socket (`None`) or an upstream socket.
@@ -332,9 +374,12 @@ impl Worker {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ICMP errors surface here on some kernels; count and keep reading.
+                // ICMP errors from a target surface here; count and keep reading.
                 Err(_) => {
-                    self.drop(DropReason::RecvError);
+                    self.drop(match from {
+                        None => DropReason::RecvError,
+                        Some(_) => DropReason::UpstreamError,
+                    });
                     continue;
                 }
             };
@@ -388,6 +433,7 @@ impl Worker {
             return;
         }
         if self.shared.draining.load(Ordering::Relaxed) {
+            self.stats.refused_draining += 1;
             return self.drop(DropReason::Draining);
         }
         let redeemed = match classify(datagram, &self.settings.magic) {
@@ -437,6 +483,7 @@ impl Worker {
         let ledger = Arc::clone(&self.shared.ledger);
         let (id, binding, released) = match self.table.connect(client, target, now, &ledger) {
             Err(_) => {
+                self.stats.refused_cap += 1;
                 self.drop(DropReason::SessionCap);
                 return None;
             }
@@ -492,7 +539,8 @@ impl Worker {
                 self.stats.datagrams_to_target += 1;
                 self.stats.bytes_to_target += datagram.len() as u64;
             }
-            _ => self.drop(DropReason::SendToTarget),
+            Some(Err(e)) => self.drop(send_error(&e, DropReason::SendToTarget)),
+            None => self.drop(DropReason::SendToTarget),
         }
     }
 
@@ -513,7 +561,7 @@ impl Worker {
                     self.stats.datagrams_to_client += 1;
                     self.stats.bytes_to_client += datagram.len() as u64;
                 }
-                Err(_) => self.drop(DropReason::SendToClient),
+                Err(e) => self.drop(send_error(&e, DropReason::SendToClient)),
             },
             None => self.drop(DropReason::UnknownSource),
         }
@@ -567,15 +615,9 @@ impl Worker {
             if let Some(socket) = c.released {
                 self.close_socket(socket);
             }
-            tracing::debug!(
-                client = %c.client,
-                target = %format_args!("{}/{}", c.target.namespace, c.target.name),
-                reason = c.reason.as_str(),
-                duration_ms = c.duration.as_millis() as u64,
-                datagrams_to_target = c.stats.datagrams_to_target,
-                datagrams_to_client = c.stats.datagrams_to_client,
-                "session closed"
-            );
+            if self.settings.access_log {
+                access_log(&c);
+            }
         }
     }
 
@@ -611,6 +653,8 @@ impl Worker {
         m.tokens_redeemed.inc_by(s.redeemed);
         h.rejected_unknown.inc_by(s.rejected_unknown);
         h.rejected_expired.inc_by(s.rejected_expired);
+        h.refused_cap.inc_by(s.refused_cap);
+        h.refused_draining.inc_by(s.refused_draining);
         for (c, n) in h.closed.iter().zip(s.closed) {
             c.inc_by(n);
         }
@@ -634,4 +678,24 @@ impl Worker {
             self.last_drop_log = now;
         }
     }
+}
+
+/// The access log: one structured line per closed session, target `udp_director::access`
+/// (`RUST_LOG=udp_director::access=off` or `accessLog: false` silences it).
+fn access_log(c: &Closed) {
+    tracing::info!(
+        target: "udp_director::access",
+        client = %c.client,
+        mapping = %c.target.mapping,
+        namespace = %c.target.namespace,
+        target_name = %c.target.name,
+        target_addr = %c.target.addr,
+        reason = c.reason.as_str(),
+        duration_ms = c.duration.as_millis() as u64,
+        datagrams_to_target = c.stats.datagrams_to_target,
+        bytes_to_target = c.stats.bytes_to_target,
+        datagrams_to_client = c.stats.datagrams_to_client,
+        bytes_to_client = c.stats.bytes_to_client,
+        "session closed"
+    );
 }

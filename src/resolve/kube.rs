@@ -173,6 +173,11 @@ impl Watchers {
         }
     }
 
+    /// The shared client, created on first use; retries with backoff until it can be built.
+    pub async fn client(&self) -> Client {
+        client_with_retry(&self.client, &self.connect, "config watch").await
+    }
+
     /// The cache for `resource` in `namespace` filtered by `labels` (a Kubernetes label
     /// selector string, may be empty), starting its watcher on first use. Must be called
     /// inside a tokio runtime.
@@ -282,26 +287,30 @@ impl WatchTask {
     }
 
     async fn client_with_retry(&self) -> Client {
-        let mut delay = Duration::from_millis(250);
-        loop {
-            let connect = self.connect.clone();
-            match self
-                .client
-                .get_or_try_init(|| async move { make_client(&connect).await })
-                .await
-            {
-                Ok(client) => return client.clone(),
-                Err(e) => {
-                    tracing::warn!(cache = %self.what, error = %e, "no Kubernetes client yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
+        client_with_retry(&self.client, &self.connect, &self.what).await
+    }
+}
+
+async fn client_with_retry(cell: &OnceCell<Client>, connect: &Connect, what: &str) -> Client {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let connect = connect.clone();
+        match cell
+            .get_or_try_init(|| async move { make_client(&connect).await })
+            .await
+        {
+            Ok(client) => return client.clone(),
+            Err(e) => {
+                tracing::warn!(cache = %what, error = %e, "no Kubernetes client yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }
 }
 
-async fn make_client(connect: &Connect) -> Result<Client, String> {
+/// A client for `connect` (kubeconfig file, in-cluster config or `KUBECONFIG`).
+pub async fn make_client(connect: &Connect) -> Result<Client, String> {
     let config = match connect {
         Connect::Infer => kube::Config::infer().await.map_err(|e| e.to_string())?,
         Connect::Kubeconfig(path) => {

@@ -134,6 +134,14 @@ struct CompiledMapping {
     source: Source,
 }
 
+/// One mapping's cache as metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingStatus {
+    pub name: String,
+    pub objects: usize,
+    pub synced: bool,
+}
+
 /// All mappings of one config, compiled. Replaced whole on reload.
 pub struct Resolver {
     mappings: BTreeMap<String, CompiledMapping>,
@@ -193,18 +201,33 @@ impl Resolver {
         out
     }
 
-    /// Cached objects per mapping (for metrics).
-    pub fn cache_sizes(&self) -> Vec<(String, usize)> {
+    /// Per mapping: objects cached (static: endpoints) and whether every cache behind it
+    /// has synced once. For metrics; `Watched::len` is O(1) after an Arc clone of the store.
+    pub fn mapping_status(&self) -> Vec<MappingStatus> {
         self.mappings
             .iter()
             .map(|(name, m)| {
-                let n = match &m.source {
-                    Source::Static(c) => c.len(),
-                    Source::Kube { caches, .. } => {
-                        caches.values().map(|c| c.snapshot().len()).sum()
+                let (objects, synced) = match &m.source {
+                    Source::Static(c) => (c.len(), true),
+                    Source::Kube { caches, address } => {
+                        let services = match address {
+                            AddressRule::Service { services, .. } => Some(services.values()),
+                            AddressRule::Direct { .. } => None,
+                        };
+                        (
+                            caches.values().map(|c| c.len()).sum(),
+                            caches
+                                .values()
+                                .chain(services.into_iter().flatten())
+                                .all(|w| w.synced()),
+                        )
                     }
                 };
-                (name.clone(), n)
+                MappingStatus {
+                    name: name.clone(),
+                    objects,
+                    synced,
+                }
             })
             .collect()
     }

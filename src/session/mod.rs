@@ -123,6 +123,16 @@ pub struct Closed {
     pub duration: Duration,
 }
 
+/// One live session as `/sessions` shows it.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub client: SocketAddr,
+    pub target: Arc<Target>,
+    pub age: Duration,
+    pub idle: Duration,
+    pub stats: FlowStats,
+}
+
 #[derive(Debug)]
 struct Session {
     client: SocketAddr,
@@ -430,6 +440,22 @@ impl SessionTable {
             }
         }
         self.timers.clear();
+    }
+
+    /// Up to `limit` live sessions as the admin view shows them.
+    pub fn sample(&self, limit: usize, now: Instant) -> Vec<SessionView> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.session.as_ref())
+            .take(limit)
+            .map(|s| SessionView {
+                client: s.client,
+                target: Arc::clone(&s.target),
+                age: now.saturating_duration_since(s.created),
+                idle: now.saturating_duration_since(s.last_seen),
+                stats: s.stats,
+            })
+            .collect()
     }
 
     /// The client and target of a live session (for logs and admin views).

@@ -1,0 +1,341 @@
+//! Hot reload: watches the config source (the file, or a ConfigMap's `config.yaml`) and swaps
+//! a new config in whole, or rejects it whole. Live sessions are never touched: the resolver,
+//! token settings, data-plane settings, query limits and the session cap are replaced for new
+//! queries and sessions only. What a reload may change is decided in `config::reload`.
+//!
+//! The file is polled by path (not watched by inode): a mounted ConfigMap is updated by the
+//! kubelet through a symlink swap of `..data`, which an inode watch would miss. A content
+//! change is applied once two reads in a row agree, so a half-written file is not applied.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+
+use crate::config::reload::{Overrides, reconcile};
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::net::{DataSettings, DataShared};
+use crate::query_server::QueryContext;
+use crate::resolve::Resolver;
+use crate::resolve::kube::{Connect, Watchers, make_client};
+use crate::session::Ledger;
+use crate::token::TokenStore;
+
+/// The key of the watched ConfigMap that holds the YAML document.
+pub const CONFIGMAP_KEY: &str = "config.yaml";
+/// How often the config file is read.
+pub const FILE_POLL: Duration = Duration::from_millis(250);
+
+/// Where the config comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    ConfigMap { namespace: String, name: String },
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::File(p) => write!(f, "file {}", p.display()),
+            ConfigSource::ConfigMap { namespace, name } => {
+                write!(f, "ConfigMap {namespace}/{name} (key {CONFIGMAP_KEY})")
+            }
+        }
+    }
+}
+
+/// What a reload attempt did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Swapped in. Lists restart-only keys it changed (kept at their running values).
+    Applied { needs_restart: Vec<&'static str> },
+    /// Nothing a running process can apply changed.
+    Unchanged { needs_restart: Vec<&'static str> },
+    /// Invalid; the running config stays.
+    Rejected(ConfigError),
+}
+
+/// The running config and every piece of shared state a reload replaces.
+pub struct Live {
+    config: RwLock<Arc<Config>>,
+    pub overrides: Overrides,
+    pub watchers: Arc<Watchers>,
+    pub resolver: Arc<RwLock<Arc<Resolver>>>,
+    pub data: Arc<DataShared>,
+    pub query: Arc<QueryContext>,
+    pub tokens: Arc<TokenStore>,
+    pub ledger: Arc<Ledger>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Live {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        overrides: Overrides,
+        watchers: Arc<Watchers>,
+        resolver: Arc<RwLock<Arc<Resolver>>>,
+        data: Arc<DataShared>,
+        query: Arc<QueryContext>,
+        tokens: Arc<TokenStore>,
+        ledger: Arc<Ledger>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config: RwLock::new(Arc::new(config)),
+            overrides,
+            watchers,
+            resolver,
+            data,
+            query,
+            tokens,
+            ledger,
+            metrics,
+        }
+    }
+
+    /// The config in force.
+    pub fn current(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Validates a YAML document whole and applies it, logging and counting the outcome.
+    pub fn apply_text(&self, text: &str, source: &ConfigSource) -> Outcome {
+        let outcome = match self.overrides.load(text) {
+            Err(e) => Outcome::Rejected(e),
+            Ok(proposed) => self.apply(proposed),
+        };
+        match &outcome {
+            Outcome::Rejected(e) => {
+                self.count("rejected");
+                tracing::warn!(%source, error = %e, "config rejected; the running config stays in force");
+            }
+            Outcome::Applied { needs_restart } => {
+                self.count("applied");
+                let c = self.current();
+                tracing::info!(
+                    %source,
+                    mappings = c.resource_query_mapping.len(),
+                    "config reloaded: applies to new queries and sessions; live sessions untouched"
+                );
+                warn_restart(source, needs_restart);
+            }
+            Outcome::Unchanged { needs_restart } => {
+                tracing::debug!(%source, "config source changed, running config did not");
+                warn_restart(source, needs_restart);
+            }
+        }
+        self.metrics.config_restart_required.set(i64::from(matches!(
+            &outcome,
+            Outcome::Applied { needs_restart } | Outcome::Unchanged { needs_restart }
+                if !needs_restart.is_empty()
+        )));
+        outcome
+    }
+
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .config_reloads
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    /// Swaps in a validated config (restart-only keys are kept at their running values).
+    fn apply(&self, proposed: Config) -> Outcome {
+        let running = self.current();
+        let r = reconcile(&running, proposed);
+        if !r.changed {
+            return Outcome::Unchanged {
+                needs_restart: r.needs_restart,
+            };
+        }
+        let config = r.effective;
+        // Build first (starts watchers for new mappings; existing ones are shared), then swap.
+        let resolver = Arc::new(Resolver::new(&config, &self.watchers));
+        match self.resolver.write() {
+            Ok(mut slot) => *slot = resolver,
+            Err(p) => *p.into_inner() = resolver,
+        }
+        self.tokens
+            .reconfigure(config.token_ttl(), config.single_use_tokens);
+        self.ledger.set_cap(config.max_sessions);
+        self.query.set_limits(config.limits.clone());
+        self.data.set_settings(DataSettings::from_config(&config));
+        match self.config.write() {
+            Ok(mut slot) => *slot = Arc::new(config),
+            Err(p) => *p.into_inner() = Arc::new(config),
+        }
+        Outcome::Applied {
+            needs_restart: r.needs_restart,
+        }
+    }
+}
+
+fn warn_restart(source: &ConfigSource, keys: &[&'static str]) {
+    if !keys.is_empty() {
+        tracing::warn!(%source, keys = ?keys, "these keys changed but need a restart; their running values stay in force");
+    }
+}
+
+/// Reads the config file every [`FILE_POLL`] and applies a changed content once two reads
+/// agree. Unreadable files (mid-swap, deleted) keep the running config.
+pub async fn watch_file(live: Arc<Live>, path: PathBuf, mut shutdown: watch::Receiver<bool>) {
+    let source = ConfigSource::File(path.clone());
+    let mut applied: Option<Vec<u8>> = None;
+    let mut previous: Option<Vec<u8>> = None;
+    let mut unreadable = false;
+    let mut tick = tokio::time::interval(FILE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) => {
+                if !unreadable {
+                    tracing::warn!(%source, error = %e, "cannot read the config file; the running config stays in force");
+                }
+                unreadable = true;
+                continue;
+            }
+        };
+        unreadable = false;
+        let stable = previous.as_ref() == Some(&bytes);
+        if stable && applied.as_ref() != Some(&bytes) {
+            match std::str::from_utf8(&bytes) {
+                Ok(text) => {
+                    live.apply_text(text, &source);
+                }
+                Err(e) => {
+                    live.count("rejected");
+                    tracing::warn!(%source, error = %e, "config file is not UTF-8; the running config stays in force");
+                }
+            }
+            applied = Some(bytes.clone());
+        }
+        previous = Some(bytes);
+    }
+}
+
+/// Watches one ConfigMap (by field selector, so RBAC can limit it by `resourceNames`) and
+/// applies its `config.yaml` whenever it changes. A deleted ConfigMap or a missing key keeps
+/// the running config.
+pub async fn watch_configmap(
+    live: Arc<Live>,
+    namespace: String,
+    name: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let source = ConfigSource::ConfigMap {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    let client = tokio::select! {
+        c = live.watchers.client() => c,
+        _ = shutdown.changed() => return,
+    };
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(api, config).default_backoff().applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    let mut last: Option<String> = None;
+    let mut failing = false;
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            _ = shutdown.changed() => return,
+        };
+        let Some(item) = item else { return };
+        let cm = match item {
+            Ok(cm) => cm,
+            Err(e) => {
+                live.metrics.kube_watch_errors.inc();
+                if !failing {
+                    tracing::warn!(%source, error = %e, "config watch failing; the running config stays in force");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        failing = false;
+        let text = cm.data.as_ref().and_then(|d| d.get(CONFIGMAP_KEY)).cloned();
+        if text == last {
+            continue;
+        }
+        match &text {
+            Some(t) => {
+                live.apply_text(t, &source);
+            }
+            None => {
+                live.count("rejected");
+                tracing::warn!(%source, "the ConfigMap has no {CONFIGMAP_KEY} key; the running config stays in force");
+            }
+        }
+        last = text;
+    }
+}
+
+/// Why the ConfigMap could not be read at start.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(String),
+    #[error("cannot read ConfigMap {namespace}/{name}: {error}")]
+    Get {
+        namespace: String,
+        name: String,
+        error: String,
+    },
+    #[error("ConfigMap {namespace}/{name} has no key {CONFIGMAP_KEY}")]
+    NoKey { namespace: String, name: String },
+}
+
+/// Reads the ConfigMap's `config.yaml` once at start, retrying for up to 30 s (an API server
+/// restarting alongside the director), then failing with the last error.
+pub async fn fetch_configmap(
+    connect: &Connect,
+    namespace: &str,
+    name: &str,
+) -> Result<String, FetchError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let client = make_client(connect).await.map_err(FetchError::Client)?;
+            let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+            let cm = api.get(name).await.map_err(|e| FetchError::Get {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                error: e.to_string(),
+            })?;
+            cm.data
+                .and_then(|mut d| d.remove(CONFIGMAP_KEY))
+                .ok_or_else(|| FetchError::NoKey {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                })
+        };
+        match attempt.await {
+            Ok(text) => return Ok(text),
+            Err(e @ FetchError::NoKey { .. }) => return Err(e),
+            Err(e) if tokio::time::Instant::now() + delay >= deadline => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the config ConfigMap yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
