@@ -106,6 +106,8 @@ pub struct ChildDirector {
     pub query: SocketAddr,
     pub data: SocketAddr,
     pub admin: SocketAddr,
+    /// JSON log lines printed after the start-up line.
+    pub logs: mpsc::Receiver<String>,
     _dir: TempDir,
 }
 
@@ -142,22 +144,40 @@ impl ChildDirector {
     ) -> io::Result<Self> {
         let config = dir.path.join("config.yaml");
         std::fs::write(&config, yaml)?;
+        let mut args = vec![std::ffi::OsStr::new("--config"), config.as_os_str()];
+        args.extend_from_slice(extra);
+        Self::spawn_args(exe, dir, &args)
+    }
+
+    /// Starts `exe` with `args` (plus JSON logs) and waits for its start-up line; `dir` is
+    /// removed when the child is dropped.
+    pub fn spawn_args(exe: &Path, dir: TempDir, args: &[&std::ffi::OsStr]) -> io::Result<Self> {
+        Self::spawn_logging(exe, dir, args, "warn,udp_director::app=info")
+    }
+
+    /// [`ChildDirector::spawn_args`] with its own `RUST_LOG` filter.
+    pub fn spawn_logging(
+        exe: &Path,
+        dir: TempDir,
+        args: &[&std::ffi::OsStr],
+        rust_log: &str,
+    ) -> io::Result<Self> {
         let child = Command::new(exe)
-            .arg("--config")
-            .arg(&config)
             .args(["--log-format", "json"])
-            .args(extra)
-            .env("RUST_LOG", "warn,udp_director::app=info")
+            .args(args)
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
         // Owned by `Self` from here on, so every early return below kills and reaps it.
         let unbound = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        let (tx, rx) = mpsc::channel();
         let mut this = Self {
             child,
             query: unbound,
             data: unbound,
             admin: unbound,
+            logs: rx,
             _dir: dir,
         };
         let stdout = this
@@ -165,7 +185,6 @@ impl ChildDirector {
             .stdout
             .take()
             .ok_or_else(|| io::Error::other("no stdout"))?;
-        let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
@@ -176,7 +195,8 @@ impl ChildDirector {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
+            let line = this
+                .logs
                 .recv_timeout(left)
                 .map_err(|_| io::Error::other("director did not start within 20 s"))?;
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {

@@ -42,6 +42,8 @@ struct Grant {
 struct GrantExpiry;
 
 impl moka::Expiry<TokenId, Arc<Grant>> for GrantExpiry {
+    // The trait's signature names std's Instant; we never read it.
+    #[allow(clippy::disallowed_types)]
     fn expire_after_create(
         &self,
         _key: &TokenId,
@@ -174,6 +176,24 @@ mod tests {
         let id = store.issue(target(), now);
         assert!(store.redeem(id, now).is_ok());
         assert_eq!(store.redeem(id, now).unwrap_err(), Rejection::Unknown);
+    }
+
+    #[test]
+    fn reconfigure_applies_to_tokens_issued_afterwards() {
+        let store = TokenStore::new(Duration::from_secs(30), 100, false);
+        let t0 = Instant::now();
+        let old = store.issue(target(), t0);
+        store.reconfigure(Duration::from_secs(5), true);
+        assert_eq!(store.ttl(), Duration::from_secs(5));
+        let new = store.issue(target(), t0);
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(store.redeem(new, later).unwrap_err(), Rejection::Expired);
+        assert!(store.redeem(old, later).is_ok(), "issued under 30 s");
+        assert_eq!(
+            store.redeem(old, later).unwrap_err(),
+            Rejection::Unknown,
+            "single-use now"
+        );
     }
 
     #[test]

@@ -180,6 +180,26 @@ fn new_timeout_applies_to_new_sessions_only() {
 }
 
 #[test]
+fn sample_is_bounded_and_reports_age_idle_and_counts() {
+    let (mut t, l, t0) = (SessionTable::new(TIMEOUT), Ledger::new(100), Instant::now());
+    for c in 0..10 {
+        establish(&mut t, &l, c, 9001, t0);
+    }
+    let id = t.lookup(&client(3)).unwrap();
+    let t1 = t0 + Duration::from_secs(4);
+    t.forward_from_client(id, 100, t1);
+    let now = t0 + Duration::from_secs(5);
+    assert_eq!(t.sample(4, now).len(), 4);
+    let all = t.sample(1_000, now);
+    assert_eq!(all.len(), 10);
+    let three = all.iter().find(|v| v.client == client(3)).unwrap();
+    assert_eq!(three.age, Duration::from_secs(5));
+    assert_eq!(three.idle, Duration::from_secs(1));
+    assert_eq!(three.stats.bytes_to_target, 100);
+    assert_eq!(three.target.addr.port(), 9001);
+}
+
+#[test]
 fn close_all_empties_everything() {
     let (mut t, l, t0) = (SessionTable::new(TIMEOUT), Ledger::new(100), Instant::now());
     for c in 0..20 {

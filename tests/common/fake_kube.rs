@@ -6,7 +6,9 @@
 //! `metadata.resourceVersion`) or, with `watch=true`, a chunked stream of
 //! `{"type":…,"object":…}` lines: ADDED/MODIFIED/DELETED after the requested
 //! resourceVersion, BOOKMARKs every 500 ms, and a 410 `ERROR` event when the requested
-//! version has been compacted away. `labelSelector` equality terms are honoured.
+//! version has been compacted away. `labelSelector` equality terms and `fieldSelector`
+//! `metadata.name`/`metadata.namespace` terms are honoured; `…/{plural}/{name}` is a GET of one
+//! object (404 `Status` when absent).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -198,8 +200,22 @@ fn selector_matches(selector: &str, object: &Value) -> bool {
     })
 }
 
-/// Splits a request path into (collection, namespace, api_version, plural).
-fn parse_path(path: &str) -> Option<(String, String, String, String)> {
+/// `fieldSelector` terms the fake honours: `metadata.name=X` and `metadata.namespace=X`.
+fn fields_match(selector: &str, object: &Value) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap_or((term, ""));
+        let v = v.trim_start_matches('=');
+        match k {
+            "metadata.name" => object["metadata"]["name"].as_str() == Some(v),
+            "metadata.namespace" => object["metadata"]["namespace"].as_str() == Some(v),
+            _ => true,
+        }
+    })
+}
+
+/// Splits a request path into (collection, namespace, api_version, plural, name of a single
+/// object GET).
+fn parse_path(path: &str) -> Option<(String, String, String, String, Option<String>)> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (api_version, rest) = match parts.as_slice() {
         ["api", v, rest @ ..] => (v.to_string(), rest),
@@ -212,6 +228,14 @@ fn parse_path(path: &str) -> Option<(String, String, String, String)> {
             ns.to_string(),
             api_version,
             plural.to_string(),
+            None,
+        )),
+        ["namespaces", ns, plural, name] => Some((
+            collection(&api_version, plural),
+            ns.to_string(),
+            api_version,
+            plural.to_string(),
+            Some(name.to_string()),
         )),
         _ => None,
     }
@@ -222,10 +246,33 @@ async fn handle(
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some((coll, ns, api_version, plural)) = parse_path(uri.path()) else {
+    let Some((coll, ns, api_version, plural, single)) = parse_path(uri.path()) else {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     };
-    let selector = q.get("labelSelector").cloned().unwrap_or_default();
+    if let Some(name) = single {
+        let s = fake.store.lock().unwrap();
+        return match s.objects.get(&(coll, ns, name.clone())) {
+            Some(o) => (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                o.to_string(),
+            )
+                .into_response(),
+            None => (
+                StatusCode::NOT_FOUND,
+                [("content-type", "application/json")],
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "reason": "NotFound", "code": 404, "message": format!("{plural} {name:?} not found")})
+                .to_string(),
+            )
+                .into_response(),
+        };
+    }
+    let labels = q.get("labelSelector").cloned().unwrap_or_default();
+    let fields = q.get("fieldSelector").cloned().unwrap_or_default();
+    let selector_matches =
+        move |_: &str, o: &Value| selector_matches(&labels, o) && fields_match(&fields, o);
+    let selector = String::new();
     let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     if !is_watch {
         let mut s = fake.store.lock().unwrap();
