@@ -1,9 +1,23 @@
 //! Every config shipped in `k8s/` (ConfigMap `config.yaml` keys) and `config.example.yaml`
-//! goes through the real validator, and every manifest is well-formed YAML with the fields
-//! Kubernetes requires of any object.
+//! goes through the real validator; every manifest in `k8s/` and every object the Helm chart
+//! renders is loaded through its k8s-openapi type and must serialize back unchanged (so a
+//! misspelt field, which serde would silently drop, or a wrong type fails).
+//!
+//! The chart is rendered with `helm template` when a `helm` binary is on PATH, otherwise with
+//! the subset renderer in `common/helm_lite.rs` (no helm can be installed from this machine's
+//! package registries).
 
-use std::path::Path;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use udp_director::config::Config;
 
 fn manifests() -> Vec<(String, serde_yaml::Value)> {
@@ -92,4 +106,396 @@ fn rbac_is_read_only() {
         }
     }
     assert!(rules >= 2);
+}
+
+/// Loads `doc` as `T` and requires it to serialize back to the same JSON.
+fn roundtrip<T: DeserializeOwned + Serialize>(doc: &Value) -> Result<(), String> {
+    let typed: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    if back == *doc {
+        Ok(())
+    } else {
+        Err(format!(
+            "fields lost or changed by the typed round trip:\n  written: {doc}\n  typed:   {back}"
+        ))
+    }
+}
+
+/// Checks one object through its k8s-openapi type; Prometheus Operator kinds (not in
+/// k8s-openapi) are checked for their required shape only.
+fn typed(doc: &Value) -> Result<(), String> {
+    match doc["kind"].as_str().unwrap_or_default() {
+        "Namespace" => roundtrip::<Namespace>(doc),
+        "ServiceAccount" => roundtrip::<ServiceAccount>(doc),
+        "ConfigMap" => roundtrip::<ConfigMap>(doc),
+        "Service" => roundtrip::<Service>(doc),
+        "Deployment" => roundtrip::<Deployment>(doc),
+        "PodDisruptionBudget" => roundtrip::<PodDisruptionBudget>(doc),
+        "Role" => roundtrip::<Role>(doc),
+        "RoleBinding" => roundtrip::<RoleBinding>(doc),
+        "ClusterRole" => roundtrip::<ClusterRole>(doc),
+        "ClusterRoleBinding" => roundtrip::<ClusterRoleBinding>(doc),
+        "ServiceMonitor" if doc["apiVersion"] == "monitoring.coreos.com/v1" => {
+            if doc["spec"]["endpoints"][0]["port"].is_string()
+                && doc["spec"]["selector"]["matchLabels"].is_object()
+            {
+                Ok(())
+            } else {
+                Err(
+                    "ServiceMonitor needs spec.selector.matchLabels and spec.endpoints[].port"
+                        .into(),
+                )
+            }
+        }
+        other => Err(format!("no typed check for kind {other:?}")),
+    }
+}
+
+fn as_json(v: &serde_yaml::Value) -> Value {
+    serde_json::to_value(v).unwrap()
+}
+
+#[test]
+fn every_manifest_loads_through_its_kubernetes_type() {
+    let all = manifests();
+    let mut kinds = std::collections::BTreeSet::new();
+    for (path, doc) in &all {
+        let doc = as_json(doc);
+        typed(&doc).unwrap_or_else(|e| panic!("{path}: {e}"));
+        kinds.insert(doc["kind"].as_str().unwrap().to_string());
+    }
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ConfigMap",
+    ] {
+        assert!(kinds.contains(kind), "k8s/ has a {kind}");
+    }
+}
+
+#[test]
+fn a_misspelt_field_fails_the_typed_check() {
+    let doc: Value = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+        "spec": {"externalTrafficPolcy": "Local"}
+    });
+    assert!(typed(&doc).is_err());
+    let doc: Value = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+        "spec": {"replicas": "two", "selector": {}, "template": {}}
+    });
+    assert!(typed(&doc).is_err());
+}
+
+/// The checks an operator relies on, for the manifests and the chart alike.
+fn check_deployment(what: &str, d: &Deployment, drain_seconds: i64) {
+    let spec = &d.spec;
+    let pod = spec.template.spec.as_ref().unwrap();
+    let grace = pod.termination_grace_period_seconds.unwrap();
+    assert!(
+        grace > drain_seconds,
+        "{what}: grace {grace} > drainSeconds {drain_seconds}"
+    );
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true), "{what}");
+    assert_eq!(
+        psc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault",
+        "{what}"
+    );
+    let c = &pod.containers[0];
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false), "{what}");
+    assert_eq!(sc.read_only_root_filesystem, Some(true), "{what}");
+    assert_eq!(sc.run_as_non_root, Some(true), "{what}");
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..]),
+        "{what}"
+    );
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(probe_path(&c.liveness_probe), "/healthz", "{what}");
+    assert_eq!(probe_path(&c.readiness_probe), "/readyz", "{what}");
+    let resources = c.resources.as_ref().unwrap();
+    assert!(
+        resources.requests.is_some() && resources.limits.is_some(),
+        "{what}"
+    );
+    let annotations = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap();
+    assert_eq!(annotations["prometheus.io/scrape"], "true", "{what}");
+    assert_eq!(annotations["prometheus.io/path"], "/metrics", "{what}");
+    let args = c.args.as_ref().unwrap();
+    assert!(args.iter().any(|a| a == "--configmap"), "{what}: {args:?}");
+    let ports: Vec<_> = c
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.clone().unwrap(), p.protocol.clone().unwrap()))
+        .collect();
+    for (name, proto) in [("query", "TCP"), ("data", "UDP"), ("admin", "TCP")] {
+        assert!(
+            ports.contains(&(name.to_string(), proto.to_string())),
+            "{what}: {ports:?}"
+        );
+    }
+}
+
+/// The ConfigMap named by `--configmap NS/NAME` is the only one the RBAC lets it read.
+fn check_config_rbac(what: &str, objects: &[Value], deployment: &Deployment) {
+    let args = deployment.spec.template.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    let target = &args[args.iter().position(|a| a == "--configmap").unwrap() + 1];
+    let (ns, name) = target.split_once('/').unwrap();
+    let grants: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Role")
+        .flat_map(|o| o["rules"].as_array().unwrap())
+        .filter(|r| {
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == "configmaps")
+        })
+        .collect();
+    assert_eq!(grants.len(), 1, "{what}: one rule for configmaps");
+    assert_eq!(
+        grants[0]["resourceNames"],
+        serde_json::json!([name]),
+        "{what}"
+    );
+    assert!(
+        objects.iter().any(|o| o["kind"] == "Role"
+            && o["metadata"]["namespace"] == ns
+            && o["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["resources"][0] == "configmaps")),
+        "{what}: the configmap Role lives in {ns}"
+    );
+    let cm = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"] == name
+                && o["metadata"]["namespace"] == ns
+        })
+        .unwrap_or_else(|| panic!("{what}: ConfigMap {ns}/{name}"));
+    Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    for o in objects {
+        if o["kind"] == "Role" || o["kind"] == "ClusterRole" {
+            for r in o["rules"].as_array().unwrap() {
+                for v in r["verbs"].as_array().unwrap() {
+                    assert!(
+                        ["get", "list", "watch"].contains(&v.as_str().unwrap()),
+                        "{what}: {v}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn deployment_is_locked_down_probed_and_drains() {
+    let objects: Vec<Value> = manifests().iter().map(|(_, d)| as_json(d)).collect();
+    let d: Deployment = serde_json::from_value(
+        objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    check_deployment("k8s/deployment.yaml", &d, 10);
+    check_config_rbac("k8s/", &objects, &d);
+    let pdb = objects
+        .iter()
+        .find(|o| o["kind"] == "PodDisruptionBudget")
+        .unwrap();
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        serde_json::to_value(&d.spec.selector.match_labels).unwrap()
+    );
+}
+
+fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/helm/udp-director")
+}
+
+/// Renders the chart with `helm` if installed, else with the subset renderer.
+fn render_chart(set: &[(&str, Value)]) -> Vec<Value> {
+    let helm = std::process::Command::new("helm").arg("version").output();
+    if helm.is_ok_and(|o| o.status.success()) {
+        let mut cmd = std::process::Command::new("helm");
+        cmd.args(["template", "udp-director"])
+            .arg(chart_dir())
+            .args(["--namespace", "udp-director"]);
+        for (k, v) in set {
+            cmd.arg("--set-json").arg(format!("{k}={v}"));
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        return serde_yaml::Deserializer::from_str(&text)
+            .map(|d| as_json(&serde::Deserialize::deserialize(d).unwrap()))
+            .filter(|v: &Value| !v.is_null())
+            .collect();
+    }
+    let mut chart = common::helm_lite::Chart::load(&chart_dir()).unwrap();
+    for (k, v) in set {
+        let mut slot = &mut chart.values;
+        for part in k.split('.') {
+            slot = &mut slot[part];
+        }
+        *slot = v.clone();
+    }
+    chart
+        .render("udp-director", "udp-director")
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
+}
+
+#[test]
+fn chart_default_output_loads_through_kubernetes_types() {
+    let objects = render_chart(&[]);
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "ServiceAccount",
+        "ConfigMap",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ] {
+        assert!(kinds.contains(&kind), "chart renders a {kind}: {kinds:?}");
+    }
+    assert!(
+        !kinds.contains(&"ServiceMonitor"),
+        "ServiceMonitor is opt-in"
+    );
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+        let labels = &o["metadata"]["labels"];
+        for key in [
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+        ] {
+            assert!(
+                labels[key].is_string(),
+                "chart {} label {key}: {labels}",
+                o["kind"]
+            );
+        }
+    }
+    let d: Deployment = serde_json::from_value(
+        objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    check_deployment("chart", &d, 10);
+    check_config_rbac("chart", &objects, &d);
+    let svc = objects.iter().find(|o| o["kind"] == "Service").unwrap();
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
+    assert_eq!(
+        d.spec.template.spec.as_ref().unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("ghcr.io/udp-director/udp-director:0.1.0")
+    );
+}
+
+#[test]
+fn chart_values_drive_the_output() {
+    let objects = render_chart(&[
+        ("replicas", serde_json::json!(5)),
+        ("image.tag", serde_json::json!("9.9.9")),
+        ("metrics.serviceMonitor.enabled", serde_json::json!(true)),
+        ("podDisruptionBudget.enabled", serde_json::json!(false)),
+        (
+            "rbac.rules",
+            serde_json::json!([{"apiGroups": ["example.com"], "resources": ["arenas"], "verbs": ["get", "list", "watch"]}]),
+        ),
+        ("config.queryPort", serde_json::json!(9100)),
+    ]);
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+    let find = |kind: &str| {
+        objects
+            .iter()
+            .filter(|o| o["kind"] == kind)
+            .collect::<Vec<_>>()
+    };
+    assert!(find("PodDisruptionBudget").is_empty());
+    assert_eq!(find("ServiceMonitor").len(), 1);
+    let d = find("Deployment")[0];
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/udp-director/udp-director:9.9.9"
+    );
+    assert!(
+        find("Role")
+            .iter()
+            .any(|r| r["rules"][0]["resources"][0] == "arenas")
+    );
+    let cm = find("ConfigMap")[0];
+    let config = Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(config.query_port, 9100);
+    let public = find("Service")
+        .into_iter()
+        .find(|s| s["spec"]["type"] == "LoadBalancer")
+        .unwrap();
+    assert_eq!(public["spec"]["ports"][0]["port"], 9100);
+    assert!(
+        public["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["name"] != "admin"),
+        "the admin port stays off the public Service"
+    );
 }
