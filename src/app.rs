@@ -17,7 +17,7 @@ use crate::admin::{self, Readiness};
 use crate::config::Config;
 use crate::config::reload::Overrides;
 use crate::metrics::Metrics;
-use crate::net::{DataPlane, DataSettings, DataShared};
+use crate::net::{DataPlane, DataSettings, DataShared, FdBudget};
 use crate::query_server::{self, QueryContext};
 use crate::reload::{self, ConfigSource, Live};
 use crate::resolve::Resolver;
@@ -114,6 +114,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         source,
     })?;
 
+    let fds = FdBudget::take();
+    data_shared
+        .upstream_budget
+        .store(fds.upstream(), Ordering::Relaxed);
     let local = |l: &TcpListener, what, addr| {
         l.local_addr()
             .map_err(|source| StartError::Bind { what, addr, source })
@@ -178,6 +182,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         admin = %admin_addr,
         workers,
         mappings,
+        fd_limit = fds.limit,
+        upstream_socket_budget = fds.upstream(),
         "udp-director listening"
     );
     Ok(Running {

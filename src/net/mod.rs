@@ -10,7 +10,7 @@ pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -103,6 +103,10 @@ pub struct DataShared {
     pub draining: Arc<AtomicBool>,
     /// Close everything and exit.
     pub stop: AtomicBool,
+    /// Upstream sockets open across all workers, and how many the descriptor limit allows
+    /// while leaving a reserve for the query and admin servers (see [`FdBudget`]).
+    pub upstream_open: AtomicUsize,
+    pub upstream_budget: AtomicUsize,
     /// Set once the workers run: how to wake each of them.
     pub wakers: OnceLock<Vec<Arc<mio::Waker>>>,
     pub samples: SampleBoard,
@@ -128,9 +132,27 @@ impl DataShared {
             metrics,
             draining,
             stop: AtomicBool::new(false),
+            upstream_open: AtomicUsize::new(0),
+            upstream_budget: AtomicUsize::new(usize::MAX),
             wakers: OnceLock::new(),
             samples: SampleBoard::default(),
         }
+    }
+
+    /// Takes one place in the upstream socket budget; false when it is spent.
+    pub fn take_upstream(&self) -> bool {
+        let budget = self.upstream_budget.load(Ordering::Relaxed);
+        self.upstream_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < budget).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn release_upstream(&self) {
+        let _ = self
+            .upstream_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Swaps the settings workers use for new decisions and wakes them to pick them up.
@@ -262,4 +284,52 @@ fn bind_reuseport(addr: SocketAddr, buffer_bytes: usize) -> io::Result<Socket> {
 pub(crate) fn set_buffers(socket: &Socket, bytes: usize) {
     let _ = socket.set_recv_buffer_size(bytes);
     let _ = socket.set_send_buffer_size(bytes);
+}
+
+/// File descriptors: the process raises its soft limit to the hard limit at start (as nginx's
+/// `worker_rlimit_nofile` would) and upstream sockets may use what is left after a reserve,
+/// so running out refuses new sessions while old ones, `/metrics` and queries keep working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    /// The soft limit in force after raising it.
+    pub limit: u64,
+    /// Descriptors open when the budget was taken (listeners, epoll, runtime).
+    pub in_use: u64,
+    /// Kept free for query and admin connections and the API client.
+    pub reserve: u64,
+}
+
+impl FdBudget {
+    /// Upstream sockets the data plane may open.
+    pub fn upstream(&self) -> usize {
+        let free = self.limit.saturating_sub(self.in_use + self.reserve);
+        usize::try_from(free).unwrap_or(usize::MAX)
+    }
+
+    /// A reserve of 1/16 of the limit, at least 16 and at most 1 024 descriptors.
+    pub fn reserve_for(limit: u64) -> u64 {
+        (limit / 16).clamp(16, 1_024)
+    }
+
+    /// Raises the soft RLIMIT_NOFILE to the hard limit and measures what is in use.
+    pub fn take() -> Self {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+            Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            {
+                Ok(()) => hard,
+                Err(_) => soft,
+            },
+            Ok((soft, _)) => soft,
+            Err(_) => 1_024,
+        };
+        let in_use = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as u64)
+            .unwrap_or(64);
+        Self {
+            limit,
+            in_use,
+            reserve: Self::reserve_for(limit),
+        }
+    }
 }

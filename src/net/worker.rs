@@ -169,6 +169,16 @@ fn drop_index(r: DropReason) -> usize {
     DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0)
 }
 
+/// Errors the kernel raises from a queued ICMP report (IP_RECVERR), not from this call.
+fn is_icmp_report(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
 /// `EMSGSIZE` is its own reason; anything else is the caller's.
 fn send_error(e: &io::Error, otherwise: DropReason) -> DropReason {
     const EMSGSIZE: i32 = 90;
@@ -374,12 +384,18 @@ impl Worker {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ICMP errors from a target surface here; count and keep reading.
+                // An ICMP error from a target (port closed, host gone) surfaces here once;
+                // the queued reports are read off so they neither pile up nor re-trigger.
                 Err(_) => {
-                    self.drop(match from {
-                        None => DropReason::RecvError,
-                        Some(_) => DropReason::UpstreamError,
-                    });
+                    match from {
+                        None => self.drop(DropReason::RecvError),
+                        Some(id) => {
+                            let reports = self.drain_error_queue(id);
+                            for _ in 0..reports.max(1) {
+                                self.drop(DropReason::UpstreamError);
+                            }
+                        }
+                    }
                     continue;
                 }
             };
@@ -530,10 +546,25 @@ impl Worker {
         let Some((socket, to)) = self.table.forward_from_client(id, datagram.len(), now) else {
             return self.drop(DropReason::NoSession);
         };
-        let sent = self.upstreams[usize::from(socket.v6)]
-            .get(socket.index as usize)
-            .and_then(Option::as_ref)
-            .map(|s| s.send_to(datagram, to));
+        let send = |w: &Self| {
+            w.upstreams[usize::from(socket.v6)]
+                .get(socket.index as usize)
+                .and_then(Option::as_ref)
+                .map(|s| s.send_to(datagram, to))
+        };
+        let mut sent = send(self);
+        // A send can fail with an ICMP error some *other* target on this shared socket
+        // caused (the kernel reports it once, on whichever call comes next). Count that
+        // report against the upstream and send again, so no bystander loses a datagram.
+        if let Some(Err(e)) = &sent
+            && is_icmp_report(e)
+        {
+            let reports = self.drain_error_queue(socket);
+            for _ in 0..reports.max(1) {
+                self.drop(DropReason::UpstreamError);
+            }
+            sent = send(self);
+        }
         match sent {
             Some(Ok(_)) => {
                 self.stats.datagrams_to_target += 1;
@@ -567,7 +598,37 @@ impl Worker {
         }
     }
 
+    /// Reads (and counts) the ICMP error reports queued on an upstream socket.
+    fn drain_error_queue(&mut self, id: SocketId) -> usize {
+        let Some(socket) = self.upstreams[usize::from(id.v6)]
+            .get(id.index as usize)
+            .and_then(Option::as_ref)
+        else {
+            return 0;
+        };
+        let sock = socket2::SockRef::from(socket);
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+        let flags = nix::sys::socket::MsgFlags::MSG_ERRQUEUE.bits();
+        // Bounded: the queue holds at most a receive buffer's worth of reports.
+        (0..1024)
+            .take_while(|_| sock.recv_with_flags(&mut buf, flags).is_ok())
+            .count()
+    }
+
     fn open_socket(&mut self, id: SocketId) -> io::Result<()> {
+        if !self.shared.take_upstream() {
+            return Err(io::Error::other(
+                "upstream socket budget spent (file descriptor limit)",
+            ));
+        }
+        let opened = self.open_socket_within_budget(id);
+        if opened.is_err() {
+            self.shared.release_upstream();
+        }
+        opened
+    }
+
+    fn open_socket_within_budget(&mut self, id: SocketId) -> io::Result<()> {
         let (domain, any) = if id.v6 {
             (Domain::IPV6, SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
         } else {
@@ -577,6 +638,13 @@ impl Worker {
         if id.v6 {
             socket.set_only_v6(true)?;
         }
+        // Without IP_RECVERR an unconnected socket never hears of ICMP errors; with it the
+        // next receive reports one and the error queue holds the details.
+        let _ = if id.v6 {
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6RecvErr, &true)
+        } else {
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv4RecvErr, &true)
+        };
         set_buffers(&socket, self.buffer_bytes);
         socket.set_nonblocking(true)?;
         socket.bind(&any.into())?;
@@ -591,6 +659,7 @@ impl Worker {
         }
         if let Some(mut old) = pool[index].replace(socket) {
             let _ = self.poll.registry().deregister(&mut old);
+            self.shared.release_upstream();
         } else {
             self.open_sockets += 1;
         }
@@ -602,6 +671,7 @@ impl Worker {
         if let Some(mut socket) = pool.get_mut(id.index as usize).and_then(Option::take) {
             let _ = self.poll.registry().deregister(&mut socket);
             self.open_sockets -= 1;
+            self.shared.release_upstream();
         }
         while pool.last().is_some_and(Option::is_none) {
             pool.pop();

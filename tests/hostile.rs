@@ -1,0 +1,570 @@
+//! The open internet, on loopback: floods, forged tokens, a saturated session cap, faults of
+//! targets and of file descriptors. Every loop is bounded in count and time.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use udp_director::config::Config;
+use udp_director::devtools::EchoServer;
+use udp_director::loadgen::{ChildDirector, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_udp-director");
+
+/// A small deterministic generator (xorshift64*), so failures replay.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn uuid(&mut self) -> String {
+        let v = (u128::from(self.next()) << 64) | u128::from(self.next());
+        uuid::Uuid::from_u128(v).hyphenated().to_string()
+    }
+
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = 1 + (self.next() as usize % max);
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn echo() -> EchoServer {
+    EchoServer::start("127.0.0.1:0".parse().unwrap(), b"").unwrap()
+}
+
+fn yaml_for(backend: SocketAddr, extra: &str) -> String {
+    format!(
+        "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: 2\n{extra}\nresourceQueryMapping:\n  echo:\n    static:\n      - {{name: e0, address: 127.0.0.1, port: {}}}\n",
+        backend.port()
+    )
+}
+
+fn bound_socket() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    s
+}
+
+/// Sends `datagrams` from `senders` sockets, pacing so the director's socket buffer is never
+/// the bottleneck: after each burst it waits (bounded) for the director to count them.
+fn flood(
+    senders: &[UdpSocket],
+    to: SocketAddr,
+    datagrams: usize,
+    mut make: impl FnMut(usize) -> Vec<u8>,
+    mut processed: impl FnMut() -> f64,
+) {
+    const BURST: usize = 2_000;
+    for start in (0..datagrams).step_by(BURST) {
+        for i in start..(start + BURST).min(datagrams) {
+            let _ = senders[i % senders.len()].send_to(&make(i), to);
+        }
+        let sent = (start + BURST).min(datagrams) as f64;
+        eventually(Duration::from_secs(5), || processed() >= sent);
+    }
+}
+
+/// Asserts no sender socket has anything to read.
+fn assert_nothing_came_back(senders: &[UdpSocket]) {
+    let mut buf = [0u8; 2048];
+    for s in senders {
+        s.set_nonblocking(true).unwrap();
+        match s.recv_from(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            other => panic!("a sender got something back: {other:?}"),
+        }
+    }
+}
+
+fn drops(admin: SocketAddr, reasons: &[&str]) -> f64 {
+    let (_, body) = http_get(admin, "/metrics");
+    reasons
+        .iter()
+        .map(|r| {
+            let series = format!("udp_director_datagrams_dropped_total{{reason=\"{r}\"}}");
+            body.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&series)
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                })
+                .unwrap_or(0.0)
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessionless_senders_get_nothing_back_whatever_they_send() {
+    let backend = echo();
+    let director = start(Config::from_yaml(&yaml_for(backend.addr, "")).unwrap()).await;
+    let (data, admin) = (director.data_addr, director.admin_addr);
+    let (sent, elapsed) = tokio::task::spawn_blocking(move || {
+        let senders: Vec<UdpSocket> = (0..250).map(|_| bound_socket()).collect();
+        let mut rng = Rng(0x5eed);
+        let started = std::time::Instant::now();
+        flood(
+            &senders,
+            data,
+            100_000,
+            |i| match i % 5 {
+                0 => rng.bytes(200),
+                1 => rng.uuid().into_bytes(),
+                2 => [MAGIC, rng.uuid().as_bytes()].concat(),
+                3 => [MAGIC, &rng.bytes(40)[..]].concat(),
+                _ => Vec::new(),
+            },
+            || {
+                drops(
+                    admin,
+                    &["no_session", "invalid_token", "malformed_control", "empty"],
+                )
+            },
+        );
+        let elapsed = started.elapsed();
+        std::thread::park_timeout(Duration::from_millis(300));
+        assert_nothing_came_back(&senders);
+        (100_000usize, elapsed)
+    })
+    .await
+    .unwrap();
+    let counted = drops(
+        admin,
+        &["no_session", "invalid_token", "malformed_control", "empty"],
+    );
+    println!(
+        "reflection: {sent} datagrams from 250 ports in {elapsed:?}, {counted} counted as drops, 0 bytes back"
+    );
+    assert_eq!(counted, sent as f64, "every datagram counted by reason");
+    assert_eq!(metric(admin, "udp_director_sessions_active"), 0.0);
+    assert_eq!(metric(admin, "udp_director_upstream_sockets"), 0.0);
+    assert_eq!(backend.received(), 0, "nothing reached the game server");
+    director.stop().await;
+}
+
+#[test]
+fn a_hundred_thousand_guessed_tokens_create_nothing_and_log_nothing() {
+    let backend = echo();
+    let tmp = TempDir::new("guess").unwrap();
+    let config = tmp.path.join("config.yaml");
+    std::fs::write(&config, yaml_for(backend.addr, "")).unwrap();
+    let d = ChildDirector::spawn_logging(
+        Path::new(BIN),
+        tmp,
+        &[std::ffi::OsStr::new("--config"), config.as_os_str()],
+        "info",
+    )
+    .unwrap();
+    // Settle: drain start-up lines.
+    while d.logs.recv_timeout(Duration::from_millis(200)).is_ok() {}
+    let senders: Vec<UdpSocket> = (0..100).map(|_| bound_socket()).collect();
+    let mut rng = Rng(42);
+    let started = std::time::Instant::now();
+    let attempts = 100_000;
+    flood(
+        &senders,
+        d.data,
+        attempts,
+        |i| match i % 10 {
+            // Malformed: right length, one non-hex character.
+            0 | 1 => {
+                let mut t = rng.uuid().into_bytes();
+                t[3] = b'g';
+                t
+            }
+            2..=5 => rng.uuid().into_bytes(),
+            _ => [MAGIC, rng.uuid().as_bytes()].concat(),
+        },
+        || {
+            drops(
+                d.admin,
+                &["invalid_token", "no_session", "malformed_control"],
+            )
+        },
+    );
+    let elapsed = started.elapsed();
+    let rejected = d.metric("udp_director_tokens_rejected_total{reason=\"unknown\"}");
+    println!(
+        "token guessing: {attempts} attempts in {elapsed:?}, {rejected} rejected as unknown, 0 sessions"
+    );
+    assert_eq!(
+        rejected, 80_000.0,
+        "well-formed guesses rejected and counted"
+    );
+    assert_eq!(
+        drops(d.admin, &["no_session", "malformed_control"]),
+        20_000.0,
+        "malformed ones are not tokens"
+    );
+    assert_eq!(d.metric("udp_director_sessions_created_total"), 0.0);
+    assert_eq!(d.metric("udp_director_sessions_active"), 0.0);
+    let mut lines = Vec::new();
+    while let Ok(l) = d.logs.recv_timeout(Duration::from_millis(300)) {
+        lines.push(l);
+    }
+    assert!(
+        lines.len() <= 4,
+        "the flood is not logged line by line: {lines:#?}"
+    );
+    assert_nothing_came_back(&senders);
+}
+
+/// Ping-pongs on one live session until stopped; (sent, lost).
+fn live_traffic(socket: UdpSocket, data: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let (mut sent, mut lost) = (0u64, 0u64);
+    let mut buf = [0u8; 64];
+    for seq in 0u64..50_000 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        socket.send_to(&seq.to_be_bytes(), data).unwrap();
+        sent += 1;
+        match socket.recv(&mut buf) {
+            Ok(8) if buf[..8] == seq.to_be_bytes() => {}
+            _ => lost += 1,
+        }
+        std::thread::park_timeout(Duration::from_millis(1));
+    }
+    (sent, lost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_session_cap_refuses_newcomers_while_live_sessions_flow() {
+    let backend = echo();
+    let yaml = yaml_for(
+        backend.addr,
+        "maxSessions: 300\ndefaultEndpoint: {resourceType: echo}\nlimits: {maxTokens: 100, queryRatePerSecond: 100000, queryBurst: 100000}",
+    );
+    let director = start(Config::from_yaml(&yaml).unwrap()).await;
+    let tokens = Arc::clone(&director.tokens);
+    let (q, data, admin) = (director.query_addr, director.data_addr, director.admin_addr);
+    let report = tokio::task::spawn_blocking(move || {
+        let live = bound_socket();
+        let token = token_for(q, r#"{"resourceType":"echo"}"#);
+        live.send_to(token.as_bytes(), data).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || live_traffic(live, data, stop))
+        };
+        // 3 000 newcomers (distinct source ports, tokenless: the default endpoint would take
+        // every one of them) against a cap of 300, three datagrams each.
+        let flooders: Vec<UdpSocket> = (0..3_000).map(|_| bound_socket()).collect();
+        for round in 0..3u8 {
+            for s in &flooders {
+                let _ = s.send_to(&[round; 32], data);
+            }
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+        eventually(Duration::from_secs(5), || {
+            metric(admin, "udp_director_sessions_refused_total{reason=\"cap\"}") > 0.0
+        });
+        // The token store under a flood of queries: bounded by maxTokens.
+        for _ in 0..1_000 {
+            let _ = udp_director::devtools::query_raw(q, r#"{"resourceType":"echo"}"#);
+        }
+        let held = tokens.len();
+        std::thread::park_timeout(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let (sent, lost) = traffic.join().unwrap();
+        (sent, lost, held)
+    })
+    .await
+    .unwrap();
+    let (sent, lost, tokens_held) = report;
+    let active = metric(admin, "udp_director_sessions_active");
+    let refused = metric(admin, "udp_director_sessions_refused_total{reason=\"cap\"}");
+    println!(
+        "cap flood: live session {sent} round trips, {lost} lost; {active} active (cap 300), {refused} refusals; {tokens_held} tokens held (cap 100)"
+    );
+    assert_eq!(active, 300.0, "exactly the cap");
+    assert!(
+        refused >= 2_700.0,
+        "newcomers past the cap refused and counted: {refused}"
+    );
+    assert!(sent >= 200, "the live session kept flowing ({sent})");
+    assert!(
+        (lost as f64) < (sent as f64) * 0.001,
+        "live loss {lost}/{sent} under 0.1 %"
+    );
+    assert!(tokens_held <= 100, "token store bounded: {tokens_held}");
+    director.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_or_vanished_target_is_counted_and_hurts_nobody_else() {
+    let good = echo();
+    let gone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let closed_port = gone.local_addr().unwrap().port();
+    drop(gone);
+    let vanishing = echo();
+    let yaml = format!(
+        "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: 1\nresourceQueryMapping:\n  good:\n    static: [{{name: g, address: 127.0.0.1, port: {}}}]\n  closed:\n    static: [{{name: c, address: 127.0.0.1, port: {closed_port}}}]\n  vanishing:\n    static: [{{name: v, address: 127.0.0.1, port: {}}}]\n",
+        good.addr.port(),
+        vanishing.addr.port()
+    );
+    let director = start(Config::from_yaml(&yaml).unwrap()).await;
+    let (q, data, admin) = (director.query_addr, director.data_addr, director.admin_addr);
+    let vanishing_addr = vanishing.addr;
+    let (bystander_ok, errors) = tokio::task::spawn_blocking(move || {
+        // With one worker, all three sessions share upstream socket slot 0.
+        let bystander = bound_socket();
+        bystander
+            .send_to(token_for(q, r#"{"resourceType":"good"}"#).as_bytes(), data)
+            .unwrap();
+        let to_closed = bound_socket();
+        to_closed
+            .send_to(
+                token_for(q, r#"{"resourceType":"closed"}"#).as_bytes(),
+                data,
+            )
+            .unwrap();
+        let to_vanishing = bound_socket();
+        to_vanishing
+            .send_to(
+                token_for(q, r#"{"resourceType":"vanishing"}"#).as_bytes(),
+                data,
+            )
+            .unwrap();
+        to_vanishing.send_to(b"before", data).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(to_vanishing.recv(&mut buf).ok(), Some(6));
+        drop(vanishing);
+        let mut ok = 0;
+        for i in 0..200u32 {
+            to_closed.send_to(b"into the void", data).unwrap();
+            to_vanishing.send_to(b"after", data).unwrap();
+            bystander.send_to(&i.to_be_bytes(), data).unwrap();
+            if bystander.recv(&mut buf).ok() == Some(4) && buf[..4] == i.to_be_bytes() {
+                ok += 1;
+            }
+        }
+        eventually(Duration::from_secs(3), || {
+            drops(admin, &["upstream_error"]) >= 1.0
+        });
+        (ok, drops(admin, &["upstream_error"]))
+    })
+    .await
+    .unwrap();
+    println!(
+        "faults: bystander {bystander_ok}/200 answered; {errors} ICMP errors counted (vanished target was {vanishing_addr})"
+    );
+    assert_eq!(
+        bystander_ok, 200,
+        "the bystander sharing the socket lost nothing"
+    );
+    assert!(errors >= 1.0, "ICMP port-unreachable reports are counted");
+    assert_eq!(
+        metric(admin, "udp_director_sessions_active"),
+        3.0,
+        "no session was torn down"
+    );
+    director.stop().await;
+}
+
+#[test]
+fn out_of_file_descriptors_refuses_new_sessions_and_keeps_old_ones() {
+    let backend = echo();
+    let tmp = TempDir::new("emfile").unwrap();
+    // The kernel's own limit, set for the director alone by a wrapper.
+    let wrapper = tmp.path.join("limited.sh");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nulimit -n 64 || exit 97\nexec {BIN} \"$@\"\n"),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .unwrap();
+    let config = tmp.path.join("config.yaml");
+    std::fs::write(
+        &config,
+        yaml_for(
+            backend.addr,
+            "dataWorkers: 1\ndefaultEndpoint: {resourceType: echo}",
+        )
+        .replace("dataWorkers: 2\n", ""),
+    )
+    .unwrap();
+    let d = ChildDirector::spawn_args(
+        &wrapper,
+        tmp,
+        &[std::ffi::OsStr::new("--config"), config.as_os_str()],
+    )
+    .unwrap();
+    // Each session to the one target needs its own upstream socket: open sessions until the
+    // director runs out of descriptors.
+    let mut clients = Vec::new();
+    let mut buf = [0u8; 16];
+    for _ in 0..200 {
+        let c = bound_socket();
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        c.send_to(b"hi", d.data).unwrap();
+        if c.recv(&mut buf).is_err() {
+            break;
+        }
+        clients.push(c);
+    }
+    let established = clients.len();
+    assert!(
+        (10..190).contains(&established),
+        "the descriptor limit was reached ({established} sessions)"
+    );
+    assert!(d.metric("udp_director_datagrams_dropped_total{reason=\"upstream_socket\"}") >= 1.0);
+    // Old sessions keep flowing.
+    for (i, c) in clients.iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        c.send_to(&(i as u32).to_be_bytes(), d.data).unwrap();
+        assert_eq!(c.recv(&mut buf).ok(), Some(4), "session {i} still answers");
+    }
+    // Newcomers keep being refused (and counted), never crash the process.
+    let before = d.metric("udp_director_datagrams_dropped_total{reason=\"upstream_socket\"}");
+    for _ in 0..20 {
+        let c = bound_socket();
+        c.send_to(b"hi", d.data).unwrap();
+    }
+    assert!(eventually(Duration::from_secs(2), || {
+        d.metric("udp_director_datagrams_dropped_total{reason=\"upstream_socket\"}")
+            >= before + 20.0
+    }));
+    assert_eq!(
+        d.metric("udp_director_sessions_active"),
+        established as f64,
+        "refused sessions leave nothing behind"
+    );
+    println!(
+        "EMFILE: {established} sessions at 64 fds; 20 newcomers refused; all old sessions answered"
+    );
+}
+
+/// Opens `n` connections that each send one byte every `every`, for `total` (slowloris).
+fn slowloris(addr: SocketAddr, n: usize, every: Duration, total: Duration) -> (usize, usize) {
+    let mut conns: Vec<TcpStream> = (0..n)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    for c in &conns {
+        let _ = c.set_nonblocking(true);
+    }
+    let opened = conns.len();
+    let deadline = std::time::Instant::now() + total;
+    while std::time::Instant::now() < deadline {
+        conns.retain_mut(|c| c.write(b" ").is_ok());
+        std::thread::park_timeout(every);
+    }
+    // Connections the server has closed read as EOF (or reset).
+    let mut closed = 0;
+    let mut buf = [0u8; 256];
+    for c in &mut conns {
+        let _ = c.set_nonblocking(false);
+        let _ = c.set_read_timeout(Some(Duration::from_millis(50)));
+        match c.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => closed += 1,
+            _ => {}
+        }
+    }
+    (opened, closed + (opened - conns.len()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_client_is_answered_promptly_during_query_abuse() {
+    let backend = echo();
+    let yaml = yaml_for(
+        backend.addr,
+        "limits: {queryIdleTimeoutSeconds: 2, queryMaxBytes: 1024, queryRatePerSecond: 100000, queryBurst: 100000}",
+    );
+    let director = start(Config::from_yaml(&yaml).unwrap()).await;
+    let (q, admin) = (director.query_addr, director.admin_addr);
+    let (latencies, slow, codes) = tokio::task::spawn_blocking(move || {
+        let attack = std::thread::spawn(move || {
+            slowloris(q, 2_000, Duration::from_millis(500), Duration::from_secs(3))
+        });
+        // Hostile lines, each on its own connection, while the slowloris runs.
+        let hostile: Vec<(&str, Vec<u8>)> = vec![
+            ("too_large", vec![b'{'; 4096]),
+            ("bad_request", b"{\"resourceType\":\"\xff\xfe\"}\n".to_vec()),
+            ("bad_request", [&b"["[..].repeat(500)[..], b"\n"].concat()),
+            (
+                "bad_request",
+                b"{\"resourceType\":\"echo\",\"x\":1}\n".to_vec(),
+            ),
+            ("bad_request", b"{\"resourceType\":7}\n".to_vec()),
+            ("bad_request", b"{\"resourceType\":\"ec\0ho\"\0}\n".to_vec()),
+        ];
+        let mut codes = Vec::new();
+        for (want, line) in hostile {
+            let mut s = TcpStream::connect(q).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let _ = s.write_all(&line);
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            let v: serde_json::Value = serde_json::from_str(answer.trim())
+                .unwrap_or_else(|e| panic!("{want}: {e}: {answer:?}"));
+            codes.push((want, v["error"]["code"].as_str().unwrap_or("").to_string()));
+        }
+        // A connection that sends requests and never reads: the server gives up on it.
+        let mut deaf = TcpStream::connect(q).unwrap();
+        deaf.set_nonblocking(true).unwrap();
+        for _ in 0..20_000 {
+            if deaf.write(b"{\"resourceType\":\"echo\"}\n").is_err() {
+                break;
+            }
+        }
+        // The well-behaved client: fresh connection per query, 300 queries.
+        let mut latencies = Vec::new();
+        for _ in 0..300 {
+            let t = std::time::Instant::now();
+            let answer = query(q, r#"{"resourceType":"echo"}"#);
+            latencies.push(t.elapsed());
+            assert!(answer["token"].is_string(), "{answer}");
+            std::thread::park_timeout(Duration::from_millis(5));
+        }
+        let slow = attack.join().unwrap();
+        (latencies, slow, codes)
+    })
+    .await
+    .unwrap();
+    for (want, got) in &codes {
+        assert_eq!(want, got);
+    }
+    let mut sorted = latencies.clone();
+    sorted.sort();
+    let p50 = sorted[sorted.len() / 2];
+    let p99 = sorted[sorted.len() * 99 / 100];
+    let (opened, closed) = slow;
+    println!(
+        "query abuse: {opened} slowloris connections ({closed} closed by the idle deadline), 6 hostile lines, 1 deaf reader; good client p50 {p50:?} p99 {p99:?}"
+    );
+    assert!(
+        opened >= 1_900,
+        "the attack opened its connections ({opened})"
+    );
+    assert_eq!(
+        closed, opened,
+        "every slow connection was cut by the deadline"
+    );
+    assert!(
+        p99 < Duration::from_millis(50),
+        "good client starved: p99 {p99:?} (target 10 ms; figures in Docs/Benchmarks.md)"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            metric(admin, "udp_director_query_connections_active") == 0.0
+        }),
+        "slow and deaf connections are all gone"
+    );
+    director.stop().await;
+}
