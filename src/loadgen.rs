@@ -10,7 +10,11 @@
 //! - `--idle-sessions N`: opens N sessions, lets them idle and reports the director's
 //!   resident memory per session;
 //! - `--scale-sessions N --targets M`: opens N concurrent sessions spread over M targets from
-//!   many loopback source addresses, and reports sessions, upstream sockets and fds.
+//!   many loopback source addresses, and reports sessions, upstream sockets and fds;
+//! - `--guess-tokens N`: sends N forged tokens and control datagrams and reports how fast they
+//!   are refused (and that none created a session);
+//! - `--soak-sessions N --wave W`: opens and reaps N sessions in waves of W and reports the
+//!   director's descriptors and RSS before, after the first wave and at the end.
 //!
 //! Every loop is bounded by a count and a deadline and stops by itself. Traffic goes only to
 //! 127.0.0.0/8.
@@ -63,9 +67,18 @@ pub struct LoadgenArgs {
     /// Rounds of (direct, director[, raw-proxy]) phases, interleaved; medians are reported.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// Number of targets for `--idle-sessions` and `--scale-sessions`.
+    /// Number of targets for `--idle-sessions`, `--scale-sessions` and `--soak-sessions`.
     #[arg(long, default_value_t = 1)]
     pub targets: usize,
+    /// Instead of throughput: send this many forged tokens / control datagrams.
+    #[arg(long)]
+    pub guess_tokens: Option<usize>,
+    /// Instead of throughput: open and reap this many sessions in waves of `--wave`.
+    #[arg(long)]
+    pub soak_sessions: Option<usize>,
+    /// Sessions per soak wave (this process holds one socket per session of a wave).
+    #[arg(long, default_value_t = 10_000)]
+    pub wave: usize,
 }
 
 /// Results of one measured phase.
@@ -485,6 +498,12 @@ fn fixed_rate(
 
 /// Runs the load tool; prints a report on stdout.
 pub fn run(args: &LoadgenArgs, exe: &Path) -> io::Result<()> {
+    if let Some(n) = args.guess_tokens {
+        return guess_tokens(args, exe, n);
+    }
+    if let Some(n) = args.soak_sessions {
+        return soak(args, exe, n);
+    }
     if let Some(n) = args.scale_sessions {
         return scale(args, exe, n);
     }
@@ -738,6 +757,178 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         director.rss_kib(),
         addrs.len()
     );
+    Ok(())
+}
+
+fn metric_sum(director: &ChildDirector, prefix: &str) -> f64 {
+    http_get(director.admin, "/metrics")
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+/// xorshift64*: forged tokens without a dependency on a random-number crate.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// Sends `n` forged tokens (bare, as control datagrams, and malformed) from 256 sockets and
+/// reports how fast they are refused. Fails if any created a session.
+fn guess_tokens(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
+    let echo = EchoServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), b"")?;
+    let director = ChildDirector::spawn(exe, &[echo.addr], args, 1_000)?;
+    let senders: Vec<UdpSocket> = (0..256)
+        .map(|_| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<_, _>>()?;
+    let magic = b"\xff\xff\xff\xffRESET";
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    const BURST: usize = 4_000;
+    let mut sent = 0usize;
+    while sent < n && Instant::now() < deadline {
+        for _ in 0..BURST.min(n - sent) {
+            let id = (u128::from(next_random(&mut state)) << 64)
+                | u128::from(next_random(&mut state));
+            let mut token = uuid::Uuid::from_u128(id).hyphenated().to_string().into_bytes();
+            let datagram = match sent % 10 {
+                0 | 1 => {
+                    token[7] = b'z'; // malformed
+                    token
+                }
+                2..=5 => token,
+                _ => [&magic[..], &token].concat(),
+            };
+            let _ = senders[sent % senders.len()].send_to(&datagram, director.data);
+            sent += 1;
+        }
+        // Pace on the director's own count so its socket buffer never overflows.
+        let target = sent as f64;
+        wait_for(Duration::from_secs(5), || dropped_total(&director) >= target);
+    }
+    let elapsed = started.elapsed();
+    let rejected = metric_sum(&director, "udp_director_tokens_rejected_total");
+    let created = director.metric("udp_director_sessions_created_total");
+    let dropped = dropped_total(&director);
+    // A real token still works afterwards.
+    let token = query_token(director.query, r#"{"resourceType":"echo"}"#)?.token;
+    let probe = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    probe.set_read_timeout(Some(Duration::from_secs(1)))?;
+    probe.send_to(token.as_bytes(), director.data)?;
+    probe.send_to(b"probe", director.data)?;
+    let mut buf = [0u8; 16];
+    let works = probe.recv_from(&mut buf).is_ok();
+    println!(
+        "guess-tokens: {sent} attempts in {:.1}s ({:.0}/s incl. pacing), {rejected} rejected as tokens, {dropped} dropped in all, {created} sessions created; real token afterwards: {}",
+        elapsed.as_secs_f64(),
+        sent as f64 / elapsed.as_secs_f64().max(1e-9),
+        if works { "works" } else { "FAILED" }
+    );
+    println!(
+        "director RSS {} KiB, fds {}",
+        director.rss_kib(),
+        director.open_fds()
+    );
+    if created > 0.0 || !works {
+        return Err(io::Error::other("a guessed token created a session"));
+    }
+    Ok(())
+}
+
+/// Opens and reaps `n` sessions in waves; reports descriptors and RSS cold, after the first
+/// wave (warm baseline) and at the end. Fails if the end is more than 5 % off the baseline.
+fn soak(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
+    let wave = args.wave.clamp(1, 15_000);
+    let echo: Vec<EchoServer> = (0..args.targets.max(1))
+        .map(|_| EchoServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), b""))
+        .collect::<Result<_, _>>()?;
+    let mut yaml = format!(
+        "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: {}\nsessionTimeoutSeconds: 1\nmaxSessions: {}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\nresourceQueryMapping:\n  echo:\n    static:\n",
+        args.workers,
+        wave + 100
+    );
+    for (i, e) in echo.iter().enumerate() {
+        yaml.push_str(&format!(
+            "      - {{name: t{i}, address: 127.0.0.1, port: {}}}\n",
+            e.addr.port()
+        ));
+    }
+    let director = ChildDirector::spawn_yaml(exe, TempDir::new("soak")?, &yaml, &[])?;
+    std::thread::park_timeout(Duration::from_millis(300));
+    let cold = (director.open_fds(), director.rss_kib());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(3_600);
+    let (mut opened, mut waves) = (0usize, 0usize);
+    let mut warm = None;
+    while opened < n && Instant::now() < deadline {
+        let token = query_token(director.query, r#"{"resourceType":"echo"}"#)?.token;
+        let size = wave.min(n - opened);
+        let mut clients = Vec::with_capacity(size);
+        for i in 0..size {
+            let s = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2 + (waves % 200) as u8), 0))?;
+            s.send_to(token.as_bytes(), director.data)?;
+            s.send_to(b"x", director.data)?;
+            clients.push(s);
+            if i % 2_000 == 1_999 {
+                std::thread::park_timeout(Duration::from_millis(10));
+            }
+        }
+        let created_target = (opened + size) as f64;
+        let all = wait_for(Duration::from_secs(30), || {
+            director.metric("udp_director_sessions_created_total") >= created_target
+        });
+        drop(clients);
+        let reaped = wait_for(Duration::from_secs(30), || {
+            director.metric("udp_director_sessions_active") == 0.0
+                && director.metric("udp_director_upstream_sockets") == 0.0
+        });
+        opened += size;
+        waves += 1;
+        if !all || !reaped {
+            return Err(io::Error::other(format!(
+                "wave {waves}: sessions created {all}, reaped {reaped}"
+            )));
+        }
+        if waves == 1 {
+            warm = Some((director.open_fds(), director.rss_kib()));
+        }
+        if waves % 10 == 0 || opened >= n {
+            println!(
+                "soak: {opened} sessions opened and reaped in {waves} waves ({:.0}s); fds {}, RSS {} KiB",
+                started.elapsed().as_secs_f64(),
+                director.open_fds(),
+                director.rss_kib()
+            );
+        }
+    }
+    let end = (director.open_fds(), director.rss_kib());
+    let warm = warm.unwrap_or(cold);
+    let off = |a: f64, b: f64| (a - b) / b.max(1.0) * 100.0;
+    let fd_off = off(end.0 as f64, warm.0 as f64);
+    let rss_off = off(end.1 as f64, warm.1 as f64);
+    println!(
+        "soak: {opened} sessions in {waves} waves of {wave} in {:.0}s; fds cold {} / after wave 1 {} / end {} ({fd_off:+.1} %); RSS KiB cold {} / after wave 1 {} / end {} ({rss_off:+.1} %)",
+        started.elapsed().as_secs_f64(),
+        cold.0,
+        warm.0,
+        end.0,
+        cold.1,
+        warm.1,
+        end.1
+    );
+    if opened < n {
+        return Err(io::Error::other("soak deadline reached before all sessions"));
+    }
+    if fd_off.abs() > 5.0 || rss_off.abs() > 5.0 {
+        return Err(io::Error::other("descriptors or RSS did not return to baseline ±5 %"));
+    }
     Ok(())
 }
 
