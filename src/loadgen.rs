@@ -795,9 +795,12 @@ fn guess_tokens(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     let mut sent = 0usize;
     while sent < n && Instant::now() < deadline {
         for _ in 0..BURST.min(n - sent) {
-            let id = (u128::from(next_random(&mut state)) << 64)
-                | u128::from(next_random(&mut state));
-            let mut token = uuid::Uuid::from_u128(id).hyphenated().to_string().into_bytes();
+            let id =
+                (u128::from(next_random(&mut state)) << 64) | u128::from(next_random(&mut state));
+            let mut token = uuid::Uuid::from_u128(id)
+                .hyphenated()
+                .to_string()
+                .into_bytes();
             let datagram = match sent % 10 {
                 0 | 1 => {
                     token[7] = b'z'; // malformed
@@ -811,7 +814,9 @@ fn guess_tokens(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         }
         // Pace on the director's own count so its socket buffer never overflows.
         let target = sent as f64;
-        wait_for(Duration::from_secs(5), || dropped_total(&director) >= target);
+        wait_for(Duration::from_secs(5), || {
+            dropped_total(&director) >= target
+        });
     }
     let elapsed = started.elapsed();
     let rejected = metric_sum(&director, "udp_director_tokens_rejected_total");
@@ -924,10 +929,14 @@ fn soak(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         end.1
     );
     if opened < n {
-        return Err(io::Error::other("soak deadline reached before all sessions"));
+        return Err(io::Error::other(
+            "soak deadline reached before all sessions",
+        ));
     }
     if fd_off.abs() > 5.0 || rss_off.abs() > 5.0 {
-        return Err(io::Error::other("descriptors or RSS did not return to baseline ±5 %"));
+        return Err(io::Error::other(
+            "descriptors or RSS did not return to baseline ±5 %",
+        ));
     }
     Ok(())
 }

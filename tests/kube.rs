@@ -220,6 +220,58 @@ async fn losing_the_api_server_keeps_the_last_known_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_api_answering_garbage_neither_crashes_nor_empties_the_cache() {
+    let fake = FakeKube::start().await;
+    fake.apply("gameservers", gameserver("gs-1", "Ready", 7001));
+    let env = start(GS_CONFIG, Arc::clone(&fake)).await;
+    let d = &env.director;
+    assert!(wait(Duration::from_secs(10), || ready(d)).await);
+    let q = d.query_addr;
+    let errors_before = metric(d.admin_addr, "udp_director_kube_watch_errors_total");
+    // Flap: garbage, down, garbage, up — several times, with queries all along.
+    for round in 0..3 {
+        fake.set_garbage(true);
+        for _ in 0..5 {
+            let answer = blocking(move || query(q, READY)).await;
+            assert_eq!(answer["target"]["name"], "gs-1", "round {round}: {answer}");
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        fake.stop();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            blocking(move || query(q, READY)).await["target"]["name"],
+            "gs-1"
+        );
+        fake.restart().await;
+        fake.set_garbage(false);
+    }
+    assert!(ready(d), "the cache still serves its last good state");
+    assert!(
+        metric(d.admin_addr, "udp_director_kube_watch_errors_total") > errors_before,
+        "the garbage is counted"
+    );
+    assert_eq!(
+        metric(
+            d.admin_addr,
+            "udp_director_mapping_objects{mapping=\"gameserver\"}"
+        ),
+        1.0
+    );
+    // Sane again: changes flow in.
+    fake.apply("gameservers", gameserver("gs-1", "Shutdown", 7001));
+    fake.apply("gameservers", gameserver("gs-2", "Ready", 7002));
+    assert!(
+        wait(Duration::from_secs(15), || {
+            let q = q;
+            query(q, READY)["target"]["name"] == "gs-2"
+        })
+        .await,
+        "the watch recovers once the API server answers sensibly"
+    );
+    env.director.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_with_the_api_down_is_unready_until_it_comes_up() {
     let fake = FakeKube::start().await;
     fake.apply("gameservers", gameserver("gs-1", "Ready", 7001));

@@ -35,6 +35,8 @@ struct Store {
     compacted_below: u64,
     lists: HashMap<String, usize>,
     watches: HashMap<String, usize>,
+    /// Answer every request with junk (see [`FakeKube::set_garbage`]).
+    garbage: bool,
 }
 
 pub struct FakeKube {
@@ -102,6 +104,13 @@ impl FakeKube {
     /// Ends every open watch stream (clients resume with their last resourceVersion).
     pub fn cut_watches(&self) {
         self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// While on, lists answer 200 with an HTML body, watches stream lines that are not JSON,
+    /// and single GETs answer 500 with a body that is not a Status.
+    pub fn set_garbage(&self, on: bool) {
+        self.store.lock().unwrap().garbage = on;
+        self.cut_watches();
     }
 
     /// Forgets history: resuming watches get 410 Gone and must relist.
@@ -249,6 +258,30 @@ async fn handle(
     let Some((coll, ns, api_version, plural, single)) = parse_path(uri.path()) else {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     };
+    if fake.store.lock().unwrap().garbage {
+        let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+        return if watch {
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                "{\"type\":\"ADDED\",\"object\":42}\nnot json at all\n\u{0}\u{1}\n{\"type\":\"MODIFIED\"",
+            )
+                .into_response()
+        } else if single.is_some() {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<html>upstream crashed</html>",
+            )
+                .into_response()
+        } else {
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                "<html><body>502 Bad Gateway</body></html>",
+            )
+                .into_response()
+        };
+    }
     if let Some(name) = single {
         let s = fake.store.lock().unwrap();
         return match s.objects.get(&(coll, ns, name.clone())) {
