@@ -1,7 +1,7 @@
 # udp-director developer targets. `make test` is the README's test command and what CI runs.
 CARGO ?= cargo
 
-.PHONY: test demo run lint fmt bench loadgen docker clean
+.PHONY: test demo run lint fmt bench loadgen soak guess fuzz docker clean
 
 test:            ## unit, property and loopback end-to-end tests
 	$(CARGO) test --locked --all-targets
@@ -24,6 +24,19 @@ bench:           ## criterion micro-benchmarks of the per-datagram decisions
 
 loadgen:         ## through-the-director vs direct, 64 clients x 512 B (see Docs/Benchmarks.md)
 	$(CARGO) run --release -- loadgen --clients 64 --size 512
+
+soak:            ## open and reap 1 000 000 sessions in waves; fds and RSS must return to baseline ±5 %
+	$(CARGO) run --release -- loadgen --soak-sessions 1000000 --wave 10000
+
+guess:           ## 1 000 000 forged tokens: none may create a session
+	$(CARGO) run --release -- loadgen --guess-tokens 1000000
+
+FUZZ_SECONDS ?= 600
+fuzz:            ## every fuzz target for FUZZ_SECONDS each (needs nightly + cargo-fuzz; see Docs/Testing.md)
+	cd fuzz && for t in datagram query config session; do \
+	  mkdir -p /tmp/udp-director-fuzz/$$t && \
+	  cargo +nightly fuzz run $$t /tmp/udp-director-fuzz/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 docker:
 	docker build -t udp-director:dev .

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod devtools;
+pub mod invariants;
 pub mod loadgen;
 pub mod metrics;
 pub mod net;
