@@ -78,7 +78,9 @@ pub fn config_text(text: &str) -> Result<(), String> {
     let Ok(config) = Config::from_yaml(text) else {
         return Ok(());
     };
-    config.validate().map_err(|e| format!("accepted but invalid: {e}"))?;
+    config
+        .validate()
+        .map_err(|e| format!("accepted but invalid: {e}"))?;
     let yaml = serde_yaml::to_string(&config).map_err(|e| e.to_string())?;
     match Config::from_yaml(&yaml) {
         Ok(back) if back == config => Ok(()),
