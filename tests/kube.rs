@@ -261,10 +261,10 @@ async fn a_flapping_api_answering_garbage_neither_crashes_nor_empties_the_cache(
     fake.apply("gameservers", gameserver("gs-1", "Shutdown", 7001));
     fake.apply("gameservers", gameserver("gs-2", "Ready", 7002));
     assert!(
-        wait(Duration::from_secs(15), || {
-            let q = q;
-            query(q, READY)["target"]["name"] == "gs-2"
-        })
+        wait(
+            Duration::from_secs(15),
+            || query(q, READY)["target"]["name"] == "gs-2"
+        )
         .await,
         "the watch recovers once the API server answers sensibly"
     );
