@@ -3,7 +3,7 @@
 //! clock, opens a socket or logs. The data-plane shell (`net::worker`) owns one table per
 //! worker thread and executes what it decides. See `Docs/SessionLifecycle.md`.
 //!
-//! Upstream sockets are shared: socket slot `i` of a pool carries at most one session per
+//! Upstream sockets are shared: socket slot `i` of a family carries at most one session per
 //! target, so a target still sees every client on its own source port, while sessions bound
 //! for different targets reuse the same sockets. The number of sockets is therefore the
 //! largest number of sessions any single target has on this worker, not the session count.
@@ -198,9 +198,11 @@ pub struct SessionTable {
     slots: Vec<Slot>,
     free: Vec<SessionId>,
     by_client: FastMap<SocketAddr, SessionId>,
-    /// `pools[v6][index]`: the targets carried by that socket slot and their session.
-    /// An empty map means the slot has no open socket.
-    pools: [Vec<FastMap<SocketAddr, SessionId>>; 2],
+    /// (socket slot, target) → the session bound there. One table for all slots, so a slot
+    /// costs no allocation of its own (sessions come and go in waves without fragmenting).
+    bound: FastMap<(SocketId, SocketAddr), SessionId>,
+    /// `carried[v6][index]`: sessions bound on that socket slot; 0 means no open socket.
+    carried: [Vec<u32>; 2],
     targets: FastMap<SocketAddr, TargetUse>,
     timers: BinaryHeap<Reverse<Timer>>,
     timeout: Duration,
@@ -213,7 +215,8 @@ impl SessionTable {
             slots: Vec::new(),
             free: Vec::new(),
             by_client: FastMap::default(),
-            pools: [Vec::new(), Vec::new()],
+            bound: FastMap::default(),
+            carried: [Vec::new(), Vec::new()],
             targets: FastMap::default(),
             timers: BinaryHeap::new(),
             timeout,
@@ -235,11 +238,7 @@ impl SessionTable {
 
     /// Open upstream socket slots (slots carrying at least one session).
     pub fn open_sockets(&self) -> usize {
-        self.pools
-            .iter()
-            .flatten()
-            .filter(|peers| !peers.is_empty())
-            .count()
+        self.carried.iter().flatten().filter(|n| **n > 0).count()
     }
 
     /// The session of a client address, if any. Hot path: one hash lookup.
@@ -274,9 +273,7 @@ impl SessionTable {
         len: usize,
         now: Instant,
     ) -> Option<SocketAddr> {
-        let id = *self.pools[socket.v6 as usize]
-            .get(socket.index as usize)?
-            .get(from)?;
+        let id = *self.bound.get(&(socket, *from))?;
         let s = self.session_mut(id)?;
         s.last_seen = now;
         s.stats.datagrams_to_client += 1;
@@ -474,34 +471,33 @@ impl SessionTable {
     /// Takes the lowest socket slot not yet carrying a session to `target`.
     fn bind(&mut self, target: SocketAddr, id: SessionId) -> Binding {
         let v6 = target.is_ipv6();
-        let pool = &mut self.pools[v6 as usize];
         let usage = self.targets.entry(target).or_default();
         let index = usage.first_free();
         usage.set(index, true);
         usage.count += 1;
-        while pool.len() <= index as usize {
-            pool.push(FastMap::default());
+        let carried = &mut self.carried[v6 as usize];
+        if carried.len() <= index as usize {
+            carried.resize(index as usize + 1, 0);
         }
-        let peers = &mut pool[index as usize];
-        let open_socket = peers.is_empty();
-        peers.insert(target, id);
+        let open_socket = carried[index as usize] == 0;
+        carried[index as usize] += 1;
+        let socket = SocketId { v6, index };
+        self.bound.insert((socket, target), id);
         Binding {
-            socket: SocketId { v6, index },
+            socket,
             open_socket,
         }
     }
 
     /// Frees a session's slot; returns the socket if it now carries nothing.
     fn unbind(&mut self, socket: SocketId, target: SocketAddr) -> Option<SocketId> {
-        let pool = &mut self.pools[socket.v6 as usize];
-        let peers = pool.get_mut(socket.index as usize)?;
-        peers.remove(&target);
-        let released = peers.is_empty().then_some(socket);
-        if released.is_some() {
-            peers.shrink_to_fit();
-            while pool.last().is_some_and(|p| p.is_empty()) {
-                pool.pop();
-            }
+        self.bound.remove(&(socket, target))?;
+        let carried = &mut self.carried[socket.v6 as usize];
+        let count = carried.get_mut(socket.index as usize)?;
+        *count = count.saturating_sub(1);
+        let released = (*count == 0).then_some(socket);
+        while carried.last() == Some(&0) {
+            carried.pop();
         }
         if let Some(usage) = self.targets.get_mut(&target) {
             usage.set(socket.index, false);
@@ -542,9 +538,8 @@ impl SessionTable {
         let mut per_target: FastMap<SocketAddr, u32> = FastMap::default();
         for (id, s) in &live {
             assert_eq!(self.by_client.get(&s.client), Some(id), "client index");
-            let peers = &self.pools[s.socket.v6 as usize][s.socket.index as usize];
             assert_eq!(
-                peers.get(&s.target.addr),
+                self.bound.get(&(s.socket, s.target.addr)),
                 Some(id),
                 "session bound on its socket"
             );
@@ -568,14 +563,33 @@ impl SessionTable {
             "no empty target entries"
         );
         // Each (socket, target) pair carries exactly one session, and only live ones.
-        let bound: usize = self.pools.iter().flatten().map(|p| p.len()).sum();
-        assert_eq!(bound, live.len(), "socket bindings");
-        for pool in &self.pools {
-            assert!(
-                pool.last().is_none_or(|p| !p.is_empty()),
-                "no trailing empty slots"
-            );
+        assert_eq!(self.bound.len(), live.len(), "socket bindings");
+        let mut per_slot: FastMap<SocketId, u32> = FastMap::default();
+        for (socket, _) in self.bound.keys() {
+            *per_slot.entry(*socket).or_default() += 1;
         }
+        for (v6, carried) in self.carried.iter().enumerate() {
+            for (index, n) in carried.iter().enumerate() {
+                let socket = SocketId {
+                    v6: v6 == 1,
+                    index: index as u32,
+                };
+                assert_eq!(
+                    per_slot.get(&socket).copied().unwrap_or(0),
+                    *n,
+                    "slot count"
+                );
+            }
+            assert!(carried.last() != Some(&0), "no trailing empty slots");
+        }
+        assert!(
+            per_slot.keys().all(|s| {
+                self.carried[s.v6 as usize]
+                    .get(s.index as usize)
+                    .is_some_and(|n| *n > 0)
+            }),
+            "every binding's slot is counted"
+        );
         // Exactly one timer entry per live session.
         let mut armed: FastMap<SessionId, u32> = FastMap::default();
         for Reverse(t) in self.timers.iter() {
