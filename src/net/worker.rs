@@ -336,6 +336,8 @@ impl Worker {
             let mut closed = std::mem::take(&mut self.closed);
             self.table.expire(now, &ledger, &mut closed);
             self.finish_closed(&mut closed);
+            // A mass expiry must not pin its peak in this scratch buffer.
+            closed.shrink_to(256);
             self.closed = closed;
             if now.saturating_duration_since(self.last_flush) >= FLUSH_EVERY {
                 self.flush(now);
@@ -675,6 +677,9 @@ impl Worker {
         }
         while pool.last().is_some_and(Option::is_none) {
             pool.pop();
+        }
+        if pool.capacity() > 64 && pool.len() < pool.capacity() / 4 {
+            pool.shrink_to(pool.len() * 2);
         }
         self.again.retain(|t| *t != upstream_token(id));
     }

@@ -200,6 +200,35 @@ fn sample_is_bounded_and_reports_age_idle_and_counts() {
 }
 
 #[test]
+fn an_emptied_table_gives_its_peak_memory_back_and_stays_usable() {
+    let (mut t, l, t0) = (
+        SessionTable::new(TIMEOUT),
+        Ledger::new(10_000),
+        Instant::now(),
+    );
+    let empty = t.capacity_hint();
+    for c in 0..5_000u32 {
+        let addr = SocketAddr::from(([10, (c >> 16) as u8, (c >> 8) as u8, c as u8], 5000));
+        let target = Arc::new(Target::new(
+            "e",
+            "default",
+            "a",
+            "127.0.0.1:9001".parse().unwrap(),
+        ));
+        t.connect(addr, target, t0, &l).unwrap();
+    }
+    assert!(t.capacity_hint() > 100_000);
+    let mut out = Vec::new();
+    t.expire(t0 + TIMEOUT, &l, &mut out);
+    assert_eq!(out.len(), 5_000);
+    assert_eq!(t.capacity_hint(), empty, "peak memory released");
+    t.check_invariants();
+    establish(&mut t, &l, 1, 9001, t0 + TIMEOUT);
+    assert_eq!(t.len(), 1);
+    t.check_invariants();
+}
+
+#[test]
 fn close_all_empties_everything() {
     let (mut t, l, t0) = (SessionTable::new(TIMEOUT), Ledger::new(100), Instant::now());
     for c in 0..20 {
