@@ -115,9 +115,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     })?;
 
     let fds = FdBudget::take();
-    data_shared
-        .upstream_budget
-        .store(fds.upstream(), Ordering::Relaxed);
+    data_shared.upstreams.set_limit(fds.upstream());
     let local = |l: &TcpListener, what, addr| {
         l.local_addr()
             .map_err(|source| StartError::Bind { what, addr, source })

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bounded;
 pub mod config;
 pub mod devtools;
 pub mod invariants;

@@ -10,13 +10,14 @@ pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::bounded::Bounded;
 use crate::metrics::Metrics;
 use crate::protocol::query::QueryRequest;
 use crate::resolve::Resolver;
@@ -105,8 +106,7 @@ pub struct DataShared {
     pub stop: AtomicBool,
     /// Upstream sockets open across all workers, and how many the descriptor limit allows
     /// while leaving a reserve for the query and admin servers (see [`FdBudget`]).
-    pub upstream_open: AtomicUsize,
-    pub upstream_budget: AtomicUsize,
+    pub upstreams: Bounded,
     /// Set once the workers run: how to wake each of them.
     pub wakers: OnceLock<Vec<Arc<mio::Waker>>>,
     pub samples: SampleBoard,
@@ -132,27 +132,10 @@ impl DataShared {
             metrics,
             draining,
             stop: AtomicBool::new(false),
-            upstream_open: AtomicUsize::new(0),
-            upstream_budget: AtomicUsize::new(usize::MAX),
+            upstreams: Bounded::new(usize::MAX),
             wakers: OnceLock::new(),
             samples: SampleBoard::default(),
         }
-    }
-
-    /// Takes one place in the upstream socket budget; false when it is spent.
-    pub fn take_upstream(&self) -> bool {
-        let budget = self.upstream_budget.load(Ordering::Relaxed);
-        self.upstream_open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < budget).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    pub fn release_upstream(&self) {
-        let _ = self
-            .upstream_open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Swaps the settings workers use for new decisions and wakes them to pick them up.

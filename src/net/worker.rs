@@ -618,14 +618,14 @@ impl Worker {
     }
 
     fn open_socket(&mut self, id: SocketId) -> io::Result<()> {
-        if !self.shared.take_upstream() {
+        if !self.shared.upstreams.try_take() {
             return Err(io::Error::other(
                 "upstream socket budget spent (file descriptor limit)",
             ));
         }
         let opened = self.open_socket_within_budget(id);
         if opened.is_err() {
-            self.shared.release_upstream();
+            self.shared.upstreams.give_back();
         }
         opened
     }
@@ -661,7 +661,7 @@ impl Worker {
         }
         if let Some(mut old) = pool[index].replace(socket) {
             let _ = self.poll.registry().deregister(&mut old);
-            self.shared.release_upstream();
+            self.shared.upstreams.give_back();
         } else {
             self.open_sockets += 1;
         }
@@ -673,7 +673,7 @@ impl Worker {
         if let Some(mut socket) = pool.get_mut(id.index as usize).and_then(Option::take) {
             let _ = self.poll.registry().deregister(&mut socket);
             self.open_sockets -= 1;
-            self.shared.release_upstream();
+            self.shared.upstreams.give_back();
         }
         while pool.last().is_some_and(Option::is_none) {
             pool.pop();

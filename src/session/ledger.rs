@@ -3,56 +3,47 @@
 //! Written on session create/move/close only, never per datagram.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
+use crate::bounded::Bounded;
 use crate::resolve::SessionCounts;
 
 #[derive(Debug)]
 pub struct Ledger {
-    cap: AtomicUsize,
-    active: AtomicUsize,
+    sessions: Bounded,
     per_target: DashMap<SocketAddr, usize>,
 }
 
 impl Ledger {
     pub fn new(cap: usize) -> Self {
         Self {
-            cap: AtomicUsize::new(cap),
-            active: AtomicUsize::new(0),
+            sessions: Bounded::new(cap),
             per_target: DashMap::new(),
         }
     }
 
     /// Takes one place under the cap, or returns false when the cap is reached.
     pub fn try_admit(&self) -> bool {
-        let cap = self.cap.load(Ordering::Relaxed);
-        self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
-                (a < cap).then_some(a + 1)
-            })
-            .is_ok()
+        self.sessions.try_take()
     }
 
     /// Gives back a place taken by [`Ledger::try_admit`].
     pub fn release(&self) {
-        let _ = self
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| a.checked_sub(1));
+        self.sessions.give_back();
     }
 
     pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
+        self.sessions.used()
     }
 
     pub fn cap(&self) -> usize {
-        self.cap.load(Ordering::Relaxed)
+        self.sessions.limit()
     }
 
     /// Applies a new cap to future admissions; existing sessions are untouched.
     pub fn set_cap(&self, cap: usize) {
-        self.cap.store(cap, Ordering::Relaxed);
+        self.sessions.set_limit(cap);
     }
 
     pub fn target_added(&self, addr: SocketAddr) {
