@@ -67,6 +67,15 @@ async fn wait(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// A fake API server holding one Ready GameServer `gs-1`, and a director synced to it.
+async fn ready_with_gs1() -> (Arc<FakeKube>, Env) {
+    let fake = FakeKube::start().await;
+    fake.apply("gameservers", gameserver("gs-1", "Ready", 7001));
+    let env = start(GS_CONFIG, Arc::clone(&fake)).await;
+    assert!(wait(Duration::from_secs(10), || ready(&env.director)).await);
+    (fake, env)
+}
+
 /// Blocking socket work off the runtime threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
@@ -149,11 +158,8 @@ async fn gameservers_resolve_from_the_watch_cache_and_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_resume_after_cuts_and_relist_after_410() {
-    let fake = FakeKube::start().await;
-    fake.apply("gameservers", gameserver("gs-1", "Ready", 7001));
-    let env = start(GS_CONFIG, Arc::clone(&fake)).await;
+    let (fake, env) = ready_with_gs1().await;
     let d = &env.director;
-    assert!(wait(Duration::from_secs(10), || ready(d)).await);
     let q = d.query_addr;
     let lists = fake.lists(AGONES, "gameservers");
 
@@ -193,11 +199,8 @@ async fn watches_resume_after_cuts_and_relist_after_410() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_api_server_keeps_the_last_known_state() {
-    let fake = FakeKube::start().await;
-    fake.apply("gameservers", gameserver("gs-1", "Ready", 7001));
-    let env = start(GS_CONFIG, Arc::clone(&fake)).await;
+    let (fake, env) = ready_with_gs1().await;
     let d = &env.director;
-    assert!(wait(Duration::from_secs(10), || ready(d)).await);
     fake.stop();
     let q = d.query_addr;
     for _ in 0..5 {
@@ -221,11 +224,8 @@ async fn losing_the_api_server_keeps_the_last_known_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_api_answering_garbage_neither_crashes_nor_empties_the_cache() {
-    let fake = FakeKube::start().await;
-    fake.apply("gameservers", gameserver("gs-1", "Ready", 7001));
-    let env = start(GS_CONFIG, Arc::clone(&fake)).await;
+    let (fake, env) = ready_with_gs1().await;
     let d = &env.director;
-    assert!(wait(Duration::from_secs(10), || ready(d)).await);
     let q = d.query_addr;
     let errors_before = metric(d.admin_addr, "udp_director_kube_watch_errors_total");
     // Flap: garbage, down, garbage, up — several times, with queries all along.

@@ -322,17 +322,20 @@ fn check_config_rbac(what: &str, objects: &[Value], deployment: &Deployment) {
     }
 }
 
+/// The one Deployment among `objects`, typed.
+fn the_deployment(objects: &[Value]) -> Deployment {
+    let found: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one Deployment");
+    serde_json::from_value(found[0].clone()).unwrap()
+}
+
 #[test]
 fn deployment_is_locked_down_probed_and_drains() {
     let objects: Vec<Value> = manifests().iter().map(|(_, d)| as_json(d)).collect();
-    let d: Deployment = serde_json::from_value(
-        objects
-            .iter()
-            .find(|o| o["kind"] == "Deployment")
-            .unwrap()
-            .clone(),
-    )
-    .unwrap();
+    let d = the_deployment(&objects);
     check_deployment("k8s/deployment.yaml", &d, 10);
     check_config_rbac("k8s/", &objects, &d);
     let pdb = objects
@@ -426,14 +429,7 @@ fn chart_default_output_loads_through_kubernetes_types() {
             );
         }
     }
-    let d: Deployment = serde_json::from_value(
-        objects
-            .iter()
-            .find(|o| o["kind"] == "Deployment")
-            .unwrap()
-            .clone(),
-    )
-    .unwrap();
+    let d = the_deployment(&objects);
     check_deployment("chart", &d, 10);
     check_config_rbac("chart", &objects, &d);
     let svc = objects.iter().find(|o| o["kind"] == "Service").unwrap();
