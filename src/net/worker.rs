@@ -181,8 +181,7 @@ fn is_icmp_report(e: &io::Error) -> bool {
 
 /// `EMSGSIZE` is its own reason; anything else is the caller's.
 fn send_error(e: &io::Error, otherwise: DropReason) -> DropReason {
-    const EMSGSIZE: i32 = 90;
-    if cfg!(target_os = "linux") && e.raw_os_error() == Some(EMSGSIZE) {
+    if e.raw_os_error() == Some(nix::errno::Errno::EMSGSIZE as i32) {
         DropReason::Oversize
     } else {
         otherwise
