@@ -15,9 +15,6 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/udp-director /usr/local/bin/udp-director
 COPY config.example.yaml /etc/udp-director/config.yaml
 # 65532:65532 is distroless' nonroot user; ports are unprivileged.
-# glibc malloc: two arenas and a fixed mmap threshold, so memory freed after a burst of
-# sessions goes back to the OS instead of staying at the burst's high-water mark (make soak).
-ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
 USER 65532:65532
 EXPOSE 9000/tcp 7777/udp 8080/tcp
 ENTRYPOINT ["/usr/local/bin/udp-director"]

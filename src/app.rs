@@ -161,6 +161,12 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             shutdown_rx.clone(),
         )),
     ];
+    tasks.push(tokio::spawn(crate::memory::keep(
+        Arc::clone(&ledger),
+        Arc::clone(&tokens),
+        Arc::clone(&metrics),
+        shutdown_rx.clone(),
+    )));
     match options.reload {
         Some(ConfigSource::File(path)) => tasks.push(tokio::spawn(reload::watch_file(
             Arc::clone(&live),

@@ -20,6 +20,7 @@ pub mod config;
 pub mod devtools;
 pub mod invariants;
 pub mod loadgen;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

@@ -93,8 +93,11 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (see udp_director::memory).
+    let allocator = udp_director::memory::tune_allocator();
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    tracing::debug!(?allocator, "allocator settings");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
