@@ -177,6 +177,13 @@ impl TargetUse {
     fn set(&mut self, index: u32, on: bool) {
         let (w, b) = ((index / 64) as usize, index % 64);
         if self.used.len() <= w {
+            // One word covers 64 socket slots. A target that needs more jumps straight to a
+            // block above the thread cache's size (see FLOOR_BYTES) instead of doubling
+            // through it; most targets never need a second word.
+            if w > 0 {
+                let want = floor::<u64>().max(w + 1);
+                self.used.reserve(want.saturating_sub(self.used.len()));
+            }
             self.used.resize(w + 1, 0);
         }
         if on {
@@ -208,17 +215,43 @@ pub struct SessionTable {
     timeout: Duration,
 }
 
+/// Bytes each per-session structure starts with and returns to when the table empties.
+///
+/// Growth from here on moves blocks larger than glibc's per-thread cache takes (chunks up to
+/// 1 032 bytes stay in the freeing thread's tcache, out of `malloc_trim`'s reach): a wave of
+/// sessions then leaves nothing behind on the worker thread once its table is empty.
+pub const FLOOR_BYTES: usize = 2048;
+
+/// Elements of `T` that fill [`FLOOR_BYTES`].
+pub const fn floor<T>() -> usize {
+    let size = std::mem::size_of::<T>();
+    FLOOR_BYTES.div_ceil(if size == 0 { 1 } else { size })
+}
+
 impl SessionTable {
     /// `timeout` is the idle timeout given to sessions created from now on.
     pub fn new(timeout: Duration) -> Self {
+        let hasher = foldhash::fast::RandomState::default;
         Self {
-            slots: Vec::new(),
-            free: Vec::new(),
-            by_client: FastMap::default(),
-            bound: FastMap::default(),
-            carried: [Vec::new(), Vec::new()],
-            targets: FastMap::default(),
-            timers: BinaryHeap::new(),
+            slots: Vec::with_capacity(floor::<Slot>()),
+            free: Vec::with_capacity(floor::<SessionId>()),
+            by_client: FastMap::with_capacity_and_hasher(
+                floor::<(SocketAddr, SessionId)>(),
+                hasher(),
+            ),
+            bound: FastMap::with_capacity_and_hasher(
+                floor::<((SocketId, SocketAddr), SessionId)>(),
+                hasher(),
+            ),
+            carried: [
+                Vec::with_capacity(floor::<u32>()),
+                Vec::with_capacity(floor::<u32>()),
+            ],
+            targets: FastMap::with_capacity_and_hasher(
+                floor::<(SocketAddr, TargetUse)>(),
+                hasher(),
+            ),
+            timers: BinaryHeap::with_capacity(floor::<Reverse<Timer>>()),
             timeout,
         }
     }
@@ -424,17 +457,12 @@ impl SessionTable {
     }
 
     /// Once the last session is gone, hands back the memory a past peak needed (a wave of
-    /// 10 000 sessions leaves ~1 MB of slab and indexes otherwise). Only when empty: live
-    /// sessions' slab indices pin the slab, and no timer entry may outlive its slot.
+    /// 10 000 sessions leaves ~1 MB of slab and indexes otherwise), keeping the floor
+    /// capacities. Only when empty: live sessions' slab indices pin the slab, and no timer
+    /// entry may outlive its slot.
     fn release_memory_if_empty(&mut self) {
-        if self.by_client.is_empty() && self.slots.capacity() > 64 {
-            self.slots = Vec::new();
-            self.free = Vec::new();
-            self.timers = BinaryHeap::new();
-            self.by_client = FastMap::default();
-            self.bound = FastMap::default();
-            self.targets = FastMap::default();
-            self.carried = [Vec::new(), Vec::new()];
+        if self.by_client.is_empty() && self.slots.capacity() > floor::<Slot>() {
+            *self = Self::new(self.timeout);
         }
     }
 

@@ -406,3 +406,25 @@ proptest! {
         prop_assert_eq!(ledger.targets(), 0);
     }
 }
+
+/// Every per-session structure starts (and, once empty, restarts) above glibc's per-thread
+/// cache size, so a wave's growth and release never parks blocks in the worker's tcache.
+#[test]
+fn per_session_structures_start_above_the_thread_cache() {
+    const TCACHE_MAX: usize = 1_032;
+    let t = SessionTable::new(TIMEOUT);
+    let bytes = [
+        t.slots.capacity() * std::mem::size_of::<Slot>(),
+        t.free.capacity() * std::mem::size_of::<SessionId>(),
+        t.timers.capacity() * std::mem::size_of::<Reverse<Timer>>(),
+        t.carried[0].capacity() * std::mem::size_of::<u32>(),
+        t.carried[1].capacity() * std::mem::size_of::<u32>(),
+        t.by_client.capacity() * std::mem::size_of::<(SocketAddr, SessionId)>(),
+        t.bound.capacity() * std::mem::size_of::<((SocketId, SocketAddr), SessionId)>(),
+        t.targets.capacity() * std::mem::size_of::<(SocketAddr, TargetUse)>(),
+    ];
+    for (i, b) in bytes.iter().enumerate() {
+        assert!(*b > TCACHE_MAX, "structure {i} starts at {b} bytes");
+    }
+    assert!(t.capacity_hint() < 64 * 1024, "the floor stays small");
+}
