@@ -579,7 +579,7 @@ fn a_drained_burst_hands_its_memory_back() {
     let config = tmp.path.join("config.yaml");
     std::fs::write(
         &config,
-        yaml_for(backend.addr, "sessionTimeoutSeconds: 4\nmaxSessions: 5000"),
+        yaml_for(backend.addr, "sessionTimeoutSeconds: 6\nmaxSessions: 5000"),
     )
     .unwrap();
     let d = ChildDirector::spawn_args(
@@ -604,11 +604,16 @@ fn a_drained_burst_hands_its_memory_back() {
             s
         })
         .collect();
+    // Most of the burst is enough (on a loaded machine a few token datagrams may be dropped
+    // before the director reads them): a trim needs the load to fall by 1 000 and by half.
     assert!(
         eventually(Duration::from_secs(30), || {
-            d.metric("udp_director_sessions_active") == f64::from(burst)
+            d.metric("udp_director_sessions_active") >= f64::from(burst) * 2.0 / 3.0
         }),
-        "the burst was admitted"
+        "the burst was admitted: {} active, {} created, drops {}",
+        d.metric("udp_director_sessions_active"),
+        d.metric("udp_director_sessions_created_total"),
+        drops(d.admin, &["no_session", "invalid_token", "expired_token"])
     );
     let peak = d.rss_anon_kib();
     assert_eq!(d.metric("udp_director_memory_trims_total"), 0.0);
