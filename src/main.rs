@@ -93,9 +93,13 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    // Before any thread exists (see udp_director::memory).
-    let allocator = udp_director::memory::tune_allocator();
     let cli = Cli::parse();
+    // The director's allocator settings, before any thread exists (see udp_director::memory);
+    // the load tool is a client and keeps glibc's defaults.
+    let allocator = match cli.command {
+        Some(Cmd::Loadgen(_)) => None,
+        None => Some(udp_director::memory::tune_allocator()),
+    };
     init_logging(cli.log_format);
     tracing::debug!(?allocator, "allocator settings");
     match run(cli) {
