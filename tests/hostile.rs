@@ -575,17 +575,11 @@ async fn a_good_client_is_answered_promptly_during_query_abuse() {
 #[test]
 fn a_drained_burst_hands_its_memory_back() {
     let backend = echo();
-    let tmp = TempDir::new("trim").unwrap();
-    let config = tmp.path.join("config.yaml");
-    std::fs::write(
-        &config,
-        yaml_for(backend.addr, "sessionTimeoutSeconds: 6\nmaxSessions: 5000"),
-    )
-    .unwrap();
-    let d = ChildDirector::spawn_args(
+    let d = ChildDirector::spawn_yaml(
         Path::new(BIN),
-        tmp,
-        &[std::ffi::OsStr::new("--config"), config.as_os_str()],
+        TempDir::new("trim").unwrap(),
+        &yaml_for(backend.addr, "sessionTimeoutSeconds: 6\nmaxSessions: 5000"),
+        &[],
     )
     .unwrap();
     let before = d.rss_anon_kib();
