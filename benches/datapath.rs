@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the per-datagram decisions (no sockets): the session lookup and
-//! touch on the client→target path, the reply-path lookup, and datagram classification.
+//! Micro-benchmarks of the per-datagram decisions (no sockets): the table's whole decision
+//! for a client datagram of a live session (classify, lookup, touch) and for a reply from a
+//! target, and datagram classification alone.
 //!
 //!     cargo bench --bench datapath
 
@@ -12,13 +13,18 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::time::Instant;
 use udp_director::protocol::datagram::classify;
 use udp_director::resolve::Target;
-use udp_director::session::{Connected, Ledger, SessionTable};
+use udp_director::session::{Ledger, Rules, SessionTable};
+use udp_director::token::TokenStore;
 
 const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 
 fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u32, SocketAddr)>) {
-    let mut t = SessionTable::new(Duration::from_secs(300));
-    let ledger = Ledger::new(usize::MAX);
+    let rules = Rules {
+        magic: MAGIC.to_vec(),
+        session_timeout: Duration::from_secs(300),
+        default_route: None,
+    };
+    let mut t = SessionTable::new(rules, Arc::new(Ledger::new(usize::MAX)));
     let now = Instant::now();
     let targets: Vec<Arc<Target>> = (0..targets)
         .map(|i| {
@@ -35,9 +41,7 @@ fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u3
     for i in 0..sessions {
         let client = SocketAddr::from(([127, 0, (i >> 16) as u8, (i >> 8) as u8], i as u16));
         let target = Arc::clone(&targets[i as usize % targets.len()]);
-        if let Ok(Connected::New { binding, .. }) =
-            t.connect(client, Arc::clone(&target), now, &ledger)
-        {
+        if let Ok((_, binding)) = t.open(client, Arc::clone(&target), now) {
             replies.push((binding.socket.index, target.addr));
         }
         clients.push(client);
@@ -47,14 +51,20 @@ fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u3
 
 fn bench(c: &mut Criterion) {
     let now = Instant::now();
+    let tokens = TokenStore::new(Duration::from_secs(30), 1_000, false);
+    let payload = vec![0x42u8; 512];
     for sessions in [1_000u32, 100_000] {
         let (mut t, clients, replies) = table(sessions, 100);
         let mut i = 0usize;
         c.bench_function(&format!("client_to_target/{sessions}"), |b| {
             b.iter(|| {
                 i = (i + 7919) % clients.len();
-                let id = t.lookup(black_box(&clients[i])).unwrap();
-                black_box(t.forward_from_client(id, 512, now))
+                black_box(t.on_client_datagram(
+                    black_box(clients[i]),
+                    black_box(&payload),
+                    now,
+                    &tokens,
+                ))
             })
         });
         let mut j = 0usize;
@@ -63,7 +73,7 @@ fn bench(c: &mut Criterion) {
                 j = (j + 7919) % replies.len();
                 let (index, from) = replies[j];
                 let socket = udp_director::session::SocketId { v6: false, index };
-                black_box(t.forward_from_target(socket, black_box(&from), 512, now))
+                black_box(t.on_target_datagram(socket, black_box(from), 512, now))
             })
         });
     }

@@ -23,19 +23,21 @@ use tokio::sync::watch;
 use crate::config::reload::redacted_json;
 use crate::reload::Live;
 use crate::resolve::Resolver;
+use crate::session::Ledger;
 
 /// Readiness inputs. Liveness does not depend on any of them.
 pub struct Readiness {
     /// Latched once every listener is bound.
     pub listening: AtomicBool,
-    pub draining: Arc<AtomicBool>,
+    /// Draining (no new sessions) is the ledger's.
+    pub ledger: Arc<Ledger>,
     pub resolver: Arc<RwLock<Arc<Resolver>>>,
 }
 
 impl Readiness {
     /// `Ok` when ready, otherwise why not.
     pub fn check(&self) -> Result<(), &'static str> {
-        if self.draining.load(Ordering::Relaxed) {
+        if self.ledger.draining() {
             return Err("draining");
         }
         if !self.listening.load(Ordering::Relaxed) {
@@ -110,8 +112,7 @@ async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
     }
     m.caches_synced
         .set(i64::from(status.iter().all(|st| st.synced)));
-    m.draining
-        .set(i64::from(s.readiness.draining.load(Ordering::Relaxed)));
+    m.draining.set(i64::from(s.readiness.ledger.draining()));
     (
         [(
             header::CONTENT_TYPE,

@@ -45,7 +45,6 @@ pub struct Running {
     pub tokens: Arc<TokenStore>,
     /// The config in force and what a reload swaps.
     pub live: Arc<Live>,
-    draining: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     data: Option<DataPlane>,
     tasks: Vec<JoinHandle<()>>,
@@ -82,8 +81,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         metrics.kube_watch_errors.clone(),
         metrics.targets_skipped.clone(),
     ));
-    let resolver = Arc::new(RwLock::new(Arc::new(Resolver::new(&config, &watchers))));
-    let draining = Arc::new(AtomicBool::new(false));
+    let resolver = Arc::new(Resolver::new(&config, &watchers));
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let bind = |port| SocketAddr::new(config.bind_address, port);
@@ -92,11 +90,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let data_shared = Arc::new(DataShared::new(
         Arc::clone(&tokens),
         Arc::clone(&ledger),
-        Arc::clone(&resolver),
-        DataSettings::from_config(&config),
+        DataSettings::new(&config, &resolver),
         Arc::clone(&metrics),
-        Arc::clone(&draining),
     ));
+    let resolver = Arc::new(RwLock::new(resolver));
     let workers = match config.data_workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -129,11 +126,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         Arc::clone(&ledger),
         Arc::clone(&metrics),
         config.limits.clone(),
-        Arc::clone(&draining),
     ));
     let readiness = Arc::new(Readiness {
         listening: AtomicBool::new(false),
-        draining: Arc::clone(&draining),
+        ledger: Arc::clone(&ledger),
         resolver: Arc::clone(&resolver),
     });
     let mappings = config.resource_query_mapping.len();
@@ -161,6 +157,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             shutdown_rx.clone(),
         )),
     ];
+    tasks.push(tokio::spawn(reload::refresh_default_route(
+        Arc::clone(&live),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(crate::memory::keep(
         Arc::clone(&ledger),
         Arc::clone(&tokens),
@@ -198,7 +198,6 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         ledger,
         tokens,
         live,
-        draining,
         shutdown,
         data: Some(data),
         tasks,
@@ -214,14 +213,10 @@ async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, S
 impl Running {
     /// Stops issuing tokens and creating sessions; `/readyz` turns 503; live sessions flow on.
     pub fn begin_drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        if let Some(data) = &self.data {
-            data.drain();
+        match &self.data {
+            Some(data) => data.begin_drain(),
+            None => self.ledger.begin_drain(),
         }
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
     }
 
     /// Closes every session and listener and waits for them.

@@ -22,8 +22,8 @@ pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
         datagram
     };
     let ok = match classify(datagram, magic) {
-        Datagram::Control(t) => prefixed && parse_token(rest) == Some(t),
-        Datagram::MalformedControl => prefixed && parse_token(rest).is_none(),
+        Datagram::Reset(t) => prefixed && parse_token(rest) == Some(t),
+        Datagram::MalformedReset => prefixed && parse_token(rest).is_none(),
         Datagram::Token(t) => {
             !prefixed
                 && parse_token(datagram) == Some(t)

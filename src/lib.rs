@@ -19,6 +19,7 @@ pub mod bounded;
 pub mod config;
 pub mod devtools;
 pub mod invariants;
+mod labels;
 pub mod loadgen;
 pub mod memory;
 pub mod metrics;

@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -65,7 +65,6 @@ pub struct QueryContext {
     pub tokens: Arc<TokenStore>,
     pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
-    pub draining: Arc<AtomicBool>,
     policy: RwLock<Arc<Policy>>,
     /// Open connections, held under `maxQueryConnections` at accept.
     open: Arc<AtomicUsize>,
@@ -87,7 +86,6 @@ impl QueryContext {
         ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
         limits: Limits,
-        draining: Arc<AtomicBool>,
     ) -> Self {
         Self {
             policy: RwLock::new(Arc::new(Policy::new(limits, None))),
@@ -96,7 +94,6 @@ impl QueryContext {
             tokens,
             ledger,
             metrics,
-            draining,
         }
     }
 
@@ -120,11 +117,6 @@ impl QueryContext {
         };
         let next = Policy::new(limits, Some(&slot));
         *slot = Arc::new(next);
-    }
-
-    /// Open query connections.
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Acquire)
     }
 
     fn admit(&self, max: usize) -> Option<Admitted> {
@@ -171,7 +163,7 @@ impl QueryContext {
                 ),
             ));
         }
-        if self.draining.load(Ordering::Relaxed) {
+        if self.ledger.draining() {
             return Err(QueryError::new(
                 ErrorCode::Unavailable,
                 "director is shutting down; query another replica",

@@ -109,6 +109,13 @@ impl Live {
         }
     }
 
+    fn resolver_now(&self) -> Arc<Resolver> {
+        match self.resolver.read() {
+            Ok(r) => Arc::clone(&r),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
     /// Validates a YAML document whole and applies it, logging and counting the outcome.
     pub fn apply_text(&self, text: &str, source: &ConfigSource) -> Outcome {
         let outcome = match self.overrides.load(text) {
@@ -170,7 +177,8 @@ impl Live {
             .reconfigure(config.token_ttl(), config.single_use_tokens);
         self.ledger.set_cap(config.max_sessions);
         self.query.set_limits(config.limits.clone());
-        self.data.set_settings(DataSettings::from_config(&config));
+        self.data
+            .set_settings(DataSettings::new(&config, &self.resolver_now()));
         match self.config.write() {
             Ok(mut slot) => *slot = Arc::new(config),
             Err(p) => *p.into_inner() = Arc::new(config),
@@ -184,6 +192,28 @@ impl Live {
 fn warn_restart(source: &ConfigSource, keys: &[&'static str]) {
     if !keys.is_empty() {
         tracing::warn!(%source, keys = ?keys, "these keys changed but need a restart; their running values stay in force");
+    }
+}
+
+/// How often the default endpoint's precomputed matches are checked against the caches.
+pub const DEFAULT_ROUTE_REFRESH: Duration = Duration::from_millis(100);
+
+/// Keeps the default endpoint's route in step with the caches: every
+/// [`DEFAULT_ROUTE_REFRESH`] it recomputes the route's matches if a cache behind the resolver
+/// has changed since (a sum of counters when nothing did). A new config brings a route
+/// computed when it was swapped in, so this only follows cache changes.
+pub async fn refresh_default_route(live: Arc<Live>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(DEFAULT_ROUTE_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let settings = live.data.settings();
+        if let Some(route) = &settings.rules.default_route {
+            route.refresh(&live.resolver_now());
+        }
     }
 }
 

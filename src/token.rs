@@ -65,7 +65,6 @@ pub enum Rejection {
 /// Issued tokens, bounded in number.
 pub struct TokenStore {
     cache: Cache<TokenId, Arc<Grant>>,
-    capacity: u64,
     /// TTL of tokens issued from now on, in milliseconds (changed by reloads).
     ttl_ms: AtomicU64,
     single_use: AtomicBool,
@@ -80,7 +79,6 @@ impl TokenStore {
             .build();
         Self {
             cache,
-            capacity,
             ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
             single_use: AtomicBool::new(single_use),
         }
@@ -88,11 +86,6 @@ impl TokenStore {
 
     pub fn ttl(&self) -> Duration {
         Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
-    }
-
-    /// Most tokens held at once; past it the least recently used are evicted.
-    pub fn capacity(&self) -> u64 {
-        self.capacity
     }
 
     /// Applies a reloaded `tokenTTLSeconds` and `singleUseTokens` to tokens issued from now on.
@@ -140,6 +133,12 @@ impl TokenStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl crate::session::Redeem for TokenStore {
+    fn redeem(&self, token: TokenId, now: Instant) -> Result<Arc<Target>, Rejection> {
+        TokenStore::redeem(self, token, now)
     }
 }
 

@@ -3,10 +3,15 @@
 //! `dataWorkers` threads (default: one per core) each own an SO_REUSEPORT socket on the data
 //! port, a [`crate::session::SessionTable`] and that table's upstream sockets. The kernel
 //! hashes a client's address to one worker, so a session lives on one thread and the per-datagram
-//! path takes no lock. Workers share only the token store, the ledger (cap and per-target
-//! counts, written on session changes) and the metrics (flushed periodically).
+//! path takes no lock. Workers share only the token store, the ledger (cap, draining and
+//! per-target counts, written on session changes) and the metrics (flushed periodically).
+//!
+//! Owns sockets, threads and the settings workers pick up when woken. Must not decide what a
+//! datagram means: that is `session`'s.
 
-pub mod worker;
+mod counters;
+mod upstream;
+mod worker;
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,29 +24,33 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::bounded::Bounded;
 use crate::metrics::Metrics;
-use crate::protocol::query::QueryRequest;
 use crate::resolve::Resolver;
-use crate::session::{Ledger, SessionView};
+use crate::session::{Ledger, Rules, SessionView};
 use crate::token::TokenStore;
 
-/// Settings a worker reads when a datagram needs a decision, swapped whole on reload.
+/// What workers run with, swapped whole on reload: the table's rules and the shell's knobs.
 #[derive(Debug, Clone)]
 pub struct DataSettings {
-    pub magic: Vec<u8>,
-    pub default_endpoint: Option<QueryRequest>,
-    pub session_timeout: std::time::Duration,
+    pub rules: Rules,
     /// Keep polling without sleeping this long after the last datagram (zero: off).
-    pub busy_poll: std::time::Duration,
+    pub busy_poll: Duration,
     /// One info line per closed session.
     pub access_log: bool,
 }
 
 impl DataSettings {
-    pub fn from_config(config: &crate::config::Config) -> Self {
+    /// The settings of `config`, with the default endpoint's route precomputed by `resolver`.
+    pub fn new(config: &crate::config::Config, resolver: &Resolver) -> Self {
         Self {
-            magic: config.magic_bytes(),
-            default_endpoint: config.default_endpoint.clone(),
-            session_timeout: config.session_timeout(),
+            rules: Rules {
+                magic: config.magic_bytes(),
+                session_timeout: config.session_timeout(),
+                default_route: config
+                    .default_endpoint
+                    .as_ref()
+                    .and_then(|q| resolver.default_route(q))
+                    .map(Arc::new),
+            },
             busy_poll: Duration::from_micros(config.busy_poll_micros),
             access_log: config.access_log,
         }
@@ -97,11 +106,8 @@ impl SampleBoard {
 pub struct DataShared {
     pub tokens: Arc<TokenStore>,
     pub ledger: Arc<Ledger>,
-    pub resolver: Arc<RwLock<Arc<Resolver>>>,
     pub settings: RwLock<Arc<DataSettings>>,
     pub metrics: Arc<Metrics>,
-    /// No new sessions; live ones keep flowing. Shared with the query server and readiness.
-    pub draining: Arc<AtomicBool>,
     /// Close everything and exit.
     pub stop: AtomicBool,
     /// Upstream sockets open across all workers, and how many the descriptor limit allows
@@ -119,18 +125,14 @@ impl DataShared {
     pub fn new(
         tokens: Arc<TokenStore>,
         ledger: Arc<Ledger>,
-        resolver: Arc<RwLock<Arc<Resolver>>>,
         settings: DataSettings,
         metrics: Arc<Metrics>,
-        draining: Arc<AtomicBool>,
     ) -> Self {
         Self {
             tokens,
             ledger,
-            resolver,
             settings: RwLock::new(Arc::new(settings)),
             metrics,
-            draining,
             stop: AtomicBool::new(false),
             upstreams: Bounded::new(usize::MAX),
             wakers: OnceLock::new(),
@@ -227,8 +229,8 @@ impl DataPlane {
     }
 
     /// Stops new sessions; live sessions keep flowing.
-    pub fn drain(&self) {
-        self.shared.draining.store(true, Ordering::SeqCst);
+    pub fn begin_drain(&self) {
+        self.shared.ledger.begin_drain();
         self.wake_all();
     }
 

@@ -1,8 +1,9 @@
-//! The data-port datagram codec (SPEC §3): is a datagram a token, a control packet or game
-//! traffic? Pure and allocation-free; the data plane calls it on every datagram that is not
-//! plain traffic of an established session, so it must stay cheap and total.
+//! The data-port datagram codec (SPEC §3): is a datagram a token, a reset or game traffic?
+//! Pure and allocation-free; the session table calls it on every client datagram, so it must
+//! stay cheap and total. It does not look tokens up.
 //!
-//! Layout of a control datagram:
+//! Layout of a reset datagram (the SPEC's "control datagram"; its magic is the config key
+//! `controlPacketMagicBytes`):
 //!
 //! ```text
 //! [magic: 1..=32 bytes, default FF FF FF FF 'R' 'E' 'S' 'E' 'T'][token: 36 ASCII bytes]
@@ -24,10 +25,10 @@ pub const MAX_PADDING: usize = 8;
 pub enum Datagram {
     /// Exactly a token (whitespace aside).
     Token(TokenId),
-    /// `[magic][token]`.
-    Control(TokenId),
+    /// `[magic][token]`: move (or re-open) the session to the token's target.
+    Reset(TokenId),
     /// Starts with the magic but what follows is not a token. Never forwarded.
-    MalformedControl,
+    MalformedReset,
     /// Anything else: game traffic.
     Data,
 }
@@ -37,8 +38,8 @@ pub enum Datagram {
 pub fn classify(datagram: &[u8], magic: &[u8]) -> Datagram {
     if !magic.is_empty() && datagram.starts_with(magic) {
         return match parse_token(&datagram[magic.len()..]) {
-            Some(token) => Datagram::Control(token),
-            None => Datagram::MalformedControl,
+            Some(token) => Datagram::Reset(token),
+            None => Datagram::MalformedReset,
         };
     }
     match parse_token(datagram) {
@@ -82,20 +83,20 @@ mod tests {
     }
 
     #[test]
-    fn control_packet() {
+    fn reset_datagram() {
         let pkt = [MAGIC, TOKEN.as_slice()].concat();
-        assert_eq!(classify(&pkt, MAGIC), Datagram::Control(id()));
+        assert_eq!(classify(&pkt, MAGIC), Datagram::Reset(id()));
         let pkt = [MAGIC, TOKEN.as_slice(), b"\n"].concat();
-        assert_eq!(classify(&pkt, MAGIC), Datagram::Control(id()));
+        assert_eq!(classify(&pkt, MAGIC), Datagram::Reset(id()));
     }
 
     #[test]
-    fn malformed_control_is_never_data() {
-        assert_eq!(classify(MAGIC, MAGIC), Datagram::MalformedControl);
+    fn malformed_reset_is_never_data() {
+        assert_eq!(classify(MAGIC, MAGIC), Datagram::MalformedReset);
         let pkt = [MAGIC, b"not-a-token".as_slice()].concat();
-        assert_eq!(classify(&pkt, MAGIC), Datagram::MalformedControl);
+        assert_eq!(classify(&pkt, MAGIC), Datagram::MalformedReset);
         let pkt = [MAGIC, &TOKEN[..35]].concat();
-        assert_eq!(classify(&pkt, MAGIC), Datagram::MalformedControl);
+        assert_eq!(classify(&pkt, MAGIC), Datagram::MalformedReset);
     }
 
     #[test]
@@ -120,7 +121,7 @@ mod tests {
     #[test]
     fn custom_magic() {
         let pkt = [b"\x01".as_slice(), TOKEN].concat();
-        assert_eq!(classify(&pkt, b"\x01"), Datagram::Control(id()));
+        assert_eq!(classify(&pkt, b"\x01"), Datagram::Reset(id()));
         assert_eq!(classify(&pkt, MAGIC), Datagram::Data);
     }
 }

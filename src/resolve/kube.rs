@@ -138,12 +138,18 @@ impl Watched {
         snap
     }
 
+    /// Objects cached (the store's length under its read lock; no copy).
     pub fn len(&self) -> usize {
-        self.store.state().len()
+        self.store.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.store.is_empty()
+    }
+
+    /// Watch events applied so far: moves whenever the cache changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 

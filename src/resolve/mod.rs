@@ -6,6 +6,7 @@
 
 pub mod kube;
 pub mod path;
+pub mod route;
 pub mod select;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +19,8 @@ use serde_json::{Value, json};
 use crate::config::{self, Config, LoadBalancing, Mapping};
 use crate::protocol::query::{ErrorCode, QueryError, QueryRequest};
 
+pub use route::DefaultRoute;
+use route::RouteState;
 use select::{ChoiceInputs, choose, selector_matches, status_matches};
 
 /// Where a session goes. Shared by tokens and sessions; identity for counting is `addr`.
@@ -151,6 +154,7 @@ pub struct Resolver {
 impl Resolver {
     /// Compiles a validated config with static mappings only (Kubernetes mappings would
     /// start watchers on a default client; use [`Resolver::new`] to share them).
+    #[cfg(test)]
     pub fn from_config(config: &Config) -> Self {
         Self::new(
             config,
@@ -238,6 +242,98 @@ impl Resolver {
         req: &QueryRequest,
         counts: &dyn SessionCounts,
     ) -> Result<Resolved, QueryError> {
+        self.with_matches(req, |mapping, namespace, matches| {
+            let sessions: Vec<usize> = match mapping.load_balancing {
+                LoadBalancing::LeastSessions | LoadBalancing::LabelArithmetic { .. } => matches
+                    .iter()
+                    .map(|c| counts.sessions_to(&c.addr))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let capacity: Vec<Option<(u64, u64)>> = matches
+                .iter()
+                .map(|m| capacity_of(&mapping.load_balancing, m.labels, m.annotations))
+                .collect();
+            let inputs = ChoiceInputs {
+                sessions: &sessions,
+                round_robin: match mapping.load_balancing {
+                    LoadBalancing::RoundRobin => {
+                        mapping.round_robin.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => 0,
+                },
+                random: match mapping.load_balancing {
+                    LoadBalancing::Random => (uuid::Uuid::new_v4().as_u128() >> 64) as u64,
+                    _ => 0,
+                },
+                capacity: &capacity,
+            };
+            let keys: Vec<(&str, &str)> = matches.iter().map(|m| (m.namespace, m.name)).collect();
+            let chosen = choose(&mapping.load_balancing, &keys, &inputs)
+                .and_then(|i| matches.get(i))
+                .ok_or_else(|| no_match(mapping, namespace, matches.is_empty()))?;
+            Ok(Resolved {
+                target: Arc::new(Target::new(
+                    &mapping.name,
+                    chosen.namespace,
+                    chosen.name,
+                    chosen.addr,
+                )),
+                expose_address: mapping.expose_address,
+            })
+        })?
+    }
+
+    /// The default endpoint's route: its query's matches now, refreshed by
+    /// [`DefaultRoute::refresh`] when a cache behind them changes. `None` when the query names no
+    /// mapping of this resolver (validation rules that out).
+    pub fn default_route(&self, req: &QueryRequest) -> Option<DefaultRoute> {
+        let mapping = self.mappings.get(&req.resource_type)?;
+        let route = DefaultRoute {
+            request: req.clone(),
+            load_balancing: mapping.load_balancing.clone(),
+            round_robin: AtomicUsize::new(0),
+            state: arc_swap::ArcSwap::from_pointee(RouteState::default()),
+        };
+        route.recompute(self);
+        Some(route)
+    }
+
+    /// Sum of the change counters of every cache behind this resolver: moves whenever any of
+    /// them applies a watch event (static mappings never move it).
+    pub fn cache_generation(&self) -> u64 {
+        self.watched()
+            .map(|w| w.generation())
+            .fold(0u64, u64::wrapping_add)
+    }
+
+    /// Every cache behind this resolver (resource caches and Service caches).
+    fn watched(&self) -> impl Iterator<Item = &kube::Watched> {
+        self.mappings.values().flat_map(|m| {
+            let (caches, services) = match &m.source {
+                Source::Static(_) => (None, None),
+                Source::Kube { caches, address } => (
+                    Some(caches.values()),
+                    match address {
+                        AddressRule::Service { services, .. } => Some(services.values()),
+                        AddressRule::Direct { .. } => None,
+                    },
+                ),
+            };
+            caches
+                .into_iter()
+                .flatten()
+                .chain(services.into_iter().flatten())
+        })
+    }
+
+    /// Applies the query's mapping, namespace, selectors and status query and hands the
+    /// matches (borrowed from the cache snapshot) to `f`.
+    fn with_matches<R>(
+        &self,
+        req: &QueryRequest,
+        f: impl FnOnce(&CompiledMapping, &str, &[Match<'_>]) -> R,
+    ) -> Result<R, QueryError> {
         let mapping = self.mappings.get(&req.resource_type).ok_or_else(|| {
             QueryError::new(
                 ErrorCode::UnknownResourceType,
@@ -366,64 +462,38 @@ impl Resolver {
                     .collect()
             }
         };
-        let sessions: Vec<usize> = match mapping.load_balancing {
-            LoadBalancing::LeastSessions | LoadBalancing::LabelArithmetic { .. } => matches
-                .iter()
-                .map(|c| counts.sessions_to(&c.addr))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let capacity: Vec<Option<(u64, u64)>> = match &mapping.load_balancing {
-            LoadBalancing::LabelArithmetic {
-                current_label,
-                max_label,
-                ..
-            } => matches
-                .iter()
-                .map(|m| {
-                    Some((
-                        select::label_number(m.labels, m.annotations, current_label)?,
-                        select::label_number(m.labels, m.annotations, max_label)?,
-                    ))
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        let inputs = ChoiceInputs {
-            sessions: &sessions,
-            round_robin: match mapping.load_balancing {
-                LoadBalancing::RoundRobin => mapping.round_robin.fetch_add(1, Ordering::Relaxed),
-                _ => 0,
-            },
-            random: match mapping.load_balancing {
-                LoadBalancing::Random => (uuid::Uuid::new_v4().as_u128() >> 64) as u64,
-                _ => 0,
-            },
-            capacity: &capacity,
-        };
-        let keys: Vec<(&str, &str)> = matches.iter().map(|m| (m.namespace, m.name)).collect();
-        let chosen = choose(&mapping.load_balancing, &keys, &inputs)
-            .and_then(|i| matches.get(i))
-            .ok_or_else(|| {
-                let why = if matches.is_empty() {
-                    "matches the query"
-                } else {
-                    "has free capacity (labelArithmetic)"
-                };
-                QueryError::new(
-                    ErrorCode::NoMatch,
-                    format!("no {} in {namespace} {why}", mapping.name),
-                )
-            })?;
-        Ok(Resolved {
-            target: Arc::new(Target::new(
-                &mapping.name,
-                chosen.namespace,
-                chosen.name,
-                chosen.addr,
-            )),
-            expose_address: mapping.expose_address,
-        })
+        Ok(f(mapping, namespace, &matches))
+    }
+}
+
+fn no_match(mapping: &CompiledMapping, namespace: &str, nothing_matched: bool) -> QueryError {
+    let why = if nothing_matched {
+        "matches the query"
+    } else {
+        "has free capacity (labelArithmetic)"
+    };
+    QueryError::new(
+        ErrorCode::NoMatch,
+        format!("no {} in {namespace} {why}", mapping.name),
+    )
+}
+
+/// `(current, max)` for `labelArithmetic`, read from a match's labels or annotations.
+fn capacity_of(
+    lb: &LoadBalancing,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Option<(u64, u64)> {
+    match lb {
+        LoadBalancing::LabelArithmetic {
+            current_label,
+            max_label,
+            ..
+        } => Some((
+            select::label_number(labels, annotations, current_label)?,
+            select::label_number(labels, annotations, max_label)?,
+        )),
+        _ => None,
     }
 }
 

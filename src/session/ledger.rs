@@ -1,17 +1,21 @@
-//! The ledger: counts shared by every data-plane worker and read by the query server.
-//! Global session cap (admission) and live sessions per target address (for leastSessions).
-//! Written on session create/move/close only, never per datagram.
+//! The ledger: admission and counts shared by every data-plane worker and read by the query
+//! server and readiness. The global session cap, the draining flag (no new sessions while
+//! shutting down) and live sessions per target address (for leastSessions). Written on
+//! session create/move/close and at shutdown only, never per datagram.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::DashMap;
 
+use super::Refusal;
 use crate::bounded::Bounded;
 use crate::resolve::SessionCounts;
 
 #[derive(Debug)]
 pub struct Ledger {
     sessions: Bounded,
+    draining: AtomicBool,
     per_target: DashMap<SocketAddr, usize>,
 }
 
@@ -19,13 +23,31 @@ impl Ledger {
     pub fn new(cap: usize) -> Self {
         Self {
             sessions: Bounded::new(cap),
+            draining: AtomicBool::new(false),
             per_target: DashMap::new(),
         }
     }
 
-    /// Takes one place under the cap, or returns false when the cap is reached.
-    pub fn try_admit(&self) -> bool {
-        self.sessions.try_take()
+    /// Takes one place under the cap, or says why not (draining first: a draining director
+    /// refuses newcomers whatever the count).
+    pub fn try_admit(&self) -> Result<(), Refusal> {
+        if self.draining() {
+            return Err(Refusal::Draining);
+        }
+        if self.sessions.try_take() {
+            Ok(())
+        } else {
+            Err(Refusal::Cap)
+        }
+    }
+
+    /// From now on no new sessions (and no new tokens: the query server reads this too).
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Gives back a place taken by [`Ledger::try_admit`].
@@ -79,14 +101,18 @@ mod tests {
     #[test]
     fn admission_respects_the_cap() {
         let l = Ledger::new(2);
-        assert!(l.try_admit());
-        assert!(l.try_admit());
-        assert!(!l.try_admit());
+        assert_eq!(l.try_admit(), Ok(()));
+        assert_eq!(l.try_admit(), Ok(()));
+        assert_eq!(l.try_admit(), Err(Refusal::Cap));
         l.release();
-        assert!(l.try_admit());
+        assert_eq!(l.try_admit(), Ok(()));
         assert_eq!(l.active(), 2);
         l.set_cap(1);
-        assert!(!l.try_admit());
+        assert_eq!(l.try_admit(), Err(Refusal::Cap));
+        l.set_cap(10);
+        l.begin_drain();
+        assert_eq!(l.try_admit(), Err(Refusal::Draining));
+        assert_eq!(l.active(), 2, "a refusal takes no place");
     }
 
     #[test]

@@ -1,7 +1,13 @@
 //! The session table: a pure state machine over client addresses, targets and upstream
-//! socket slots. It takes `now` from its caller and returns decisions; it never reads the
-//! clock, opens a socket or logs. The data-plane shell (`net::worker`) owns one table per
-//! worker thread and executes what it decides. See `Docs/SessionLifecycle.md`.
+//! socket slots, and the one place every data-plane decision is made.
+//!
+//! [`SessionTable::on_client_datagram`] and [`SessionTable::on_target_datagram`] (in
+//! `decide.rs`) judge one datagram each and return a [`Decision`]: forward, deliver, open or
+//! reset a session, keep it, or drop with a [`DropReason`]. The shell (`net::worker`) only
+//! receives, calls one of them, and carries out what it says. The table takes `now` from its
+//! caller, redeems tokens through the [`Redeem`] it is handed, admits sessions through its
+//! [`Ledger`], and never reads the clock, opens a socket, resolves a query or logs.
+//! See `Docs/SessionLifecycle.md`.
 //!
 //! Upstream sockets are shared: socket slot `i` of a family carries at most one session per
 //! target, so a target still sees every client on its own source port, while sessions bound
@@ -14,7 +20,10 @@
 //! generations make entries of closed sessions stale, so a stale deadline never closes a
 //! session that reuses the slot.
 
+mod decide;
 pub mod ledger;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -24,7 +33,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::labels::closed_labels;
 use crate::resolve::Target;
+pub use decide::{Decision, Redeem, Rules};
 pub use ledger::Ledger;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -39,38 +50,83 @@ pub struct SocketId {
     pub index: u32,
 }
 
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CloseReason {
-    /// No datagram either way for the session timeout.
-    Idle,
-    /// The director shut down.
-    Drained,
-    /// The upstream socket could not be opened or failed.
-    UpstreamError,
+closed_labels! {
+    /// Why a session ended. A label value of `udp_director_sessions_closed_total`.
+    pub enum CloseReason {
+        /// No datagram either way for the session timeout.
+        Idle => "idle",
+        /// The director shut down.
+        Drained => "drained",
+        /// The upstream socket could not be opened or failed.
+        UpstreamError => "upstream_error",
+    }
 }
 
-impl CloseReason {
-    pub const ALL: [CloseReason; 3] = [
-        CloseReason::Idle,
-        CloseReason::Drained,
-        CloseReason::UpstreamError,
-    ];
+closed_labels! {
+    /// Why a datagram was not delivered. A label value of
+    /// `udp_director_datagrams_dropped_total`. The table decides the first ten; the shell
+    /// reports the I/O failures after them.
+    pub enum DropReason {
+        Empty => "empty",
+        /// Not a token, not from a session, and no default endpoint.
+        NoSession => "no_session",
+        /// A token (bare or in a reset) that was never issued, was evicted or already used.
+        InvalidToken => "invalid_token",
+        ExpiredToken => "expired_token",
+        /// Starts with the reset magic but no token follows (label kept from the wire
+        /// contract, where the reset datagram is called the control datagram).
+        MalformedReset => "malformed_control",
+        /// `maxSessions` reached.
+        SessionCap => "session_cap",
+        /// Shutting down: no new sessions.
+        Draining => "draining",
+        /// The default endpoint's query matches nothing (or nothing has room).
+        NoDefaultTarget => "no_default_target",
+        /// Arrived on an upstream socket from something that is not a bound target.
+        UnknownSource => "unknown_source",
+        /// An upstream socket could not be opened (e.g. EMFILE).
+        UpstreamSocket => "upstream_socket",
+        /// Sending towards a target failed.
+        SendToTarget => "send_to_target",
+        /// Sending towards a client failed.
+        SendToClient => "send_to_client",
+        /// A receive call failed.
+        RecvError => "recv_error",
+        /// Larger than the path towards its destination takes (`EMSGSIZE`).
+        Oversize => "oversize",
+        /// An upstream socket reported an error (e.g. ICMP port unreachable from a target).
+        UpstreamError => "upstream_error",
+    }
+}
 
-    pub fn as_str(self) -> &'static str {
+closed_labels! {
+    /// Why a newcomer got no session. A label value of `udp_director_sessions_refused_total`.
+    pub enum Refusal {
+        /// `maxSessions` reached.
+        Cap => "cap",
+        /// Shutting down.
+        Draining => "draining",
+    }
+}
+
+impl DropReason {
+    /// The refusal this drop counts as, for `sessions_refused_total`.
+    pub const fn refusal(self) -> Option<Refusal> {
         match self {
-            CloseReason::Idle => "idle",
-            CloseReason::Drained => "drained",
-            CloseReason::UpstreamError => "upstream_error",
+            DropReason::SessionCap => Some(Refusal::Cap),
+            DropReason::Draining => Some(Refusal::Draining),
+            _ => None,
         }
     }
 }
 
-/// Why a new session was not created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// `maxSessions` reached.
-    Cap,
+impl From<Refusal> for DropReason {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Cap => DropReason::SessionCap,
+            Refusal::Draining => DropReason::Draining,
+        }
+    }
 }
 
 /// Datagram and byte counts of one session. `to_target` is client → target.
@@ -90,25 +146,12 @@ pub struct Binding {
     pub open_socket: bool,
 }
 
-/// Outcome of [`SessionTable::connect`].
-#[derive(Debug, Clone)]
-pub enum Connected {
-    New {
-        id: SessionId,
-        binding: Binding,
-    },
-    /// A live session moved to a new target (reset, or a token for another target).
-    Moved {
-        id: SessionId,
-        binding: Binding,
-        from: Arc<Target>,
-        /// The old slot carries no session any more: the shell closes its socket.
-        released: Option<SocketId>,
-    },
-    /// The session already goes to that target (a retransmitted token).
-    Unchanged {
-        id: SessionId,
-    },
+/// A session moved to another target by a reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub binding: Binding,
+    /// The old slot carries no session any more: the shell closes its socket.
+    pub released: Option<SocketId>,
 }
 
 /// A session that ended, with what the shell needs to clean up and report.
@@ -212,7 +255,12 @@ pub struct SessionTable {
     carried: [Vec<u32>; 2],
     targets: FastMap<SocketAddr, TargetUse>,
     timers: BinaryHeap<Reverse<Timer>>,
-    timeout: Duration,
+    /// Admission (cap, draining) and per-target counts, shared with the other workers.
+    ledger: Arc<Ledger>,
+    /// Magic, idle timeout of new sessions, default route.
+    rules: Rules,
+    /// xorshift64* state for the default route's `random` strategy.
+    rng: u64,
 }
 
 /// Bytes each per-session structure starts with and returns to when the table empties.
@@ -229,8 +277,9 @@ pub const fn floor<T>() -> usize {
 }
 
 impl SessionTable {
-    /// `timeout` is the idle timeout given to sessions created from now on.
-    pub fn new(timeout: Duration) -> Self {
+    /// An empty table admitting sessions through `ledger` and judging datagrams by `rules`.
+    pub fn new(rules: Rules, ledger: Arc<Ledger>) -> Self {
+        use std::hash::BuildHasher;
         let hasher = foldhash::fast::RandomState::default;
         Self {
             slots: Vec::with_capacity(floor::<Slot>()),
@@ -252,13 +301,25 @@ impl SessionTable {
                 hasher(),
             ),
             timers: BinaryHeap::with_capacity(floor::<Reverse<Timer>>()),
-            timeout,
+            ledger,
+            rules,
+            // Any non-zero seed; per table so workers do not pick in lockstep.
+            rng: hasher().hash_one(0u8) | 1,
         }
     }
 
-    /// Changes the idle timeout of sessions created from now on; live ones keep theirs.
-    pub fn set_timeout(&mut self, timeout: Duration) {
-        self.timeout = timeout;
+    /// Replaces the rules for datagrams judged from now on (a reload). Live sessions keep
+    /// their target, binding and timeout.
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
     }
 
     pub fn len(&self) -> usize {
@@ -282,7 +343,7 @@ impl SessionTable {
 
     /// Records a client datagram on a live session and says where to send it.
     #[inline]
-    pub fn forward_from_client(
+    fn forward_from_client(
         &mut self,
         id: SessionId,
         len: usize,
@@ -299,7 +360,7 @@ impl SessionTable {
     /// the client to deliver it to, or `None` when `from` is not a target bound to that
     /// socket (the datagram must be dropped).
     #[inline]
-    pub fn forward_from_target(
+    fn forward_from_target(
         &mut self,
         socket: SocketId,
         from: &SocketAddr,
@@ -314,102 +375,90 @@ impl SessionTable {
         Some(s.client)
     }
 
-    /// Binds `client` to `target`: a new session (admitted by the ledger's cap) or a move of
-    /// the client's live session. Moving releases the old binding at once, so nothing from
-    /// the old target is delivered afterwards.
-    pub fn connect(
+    /// Opens a session for a client without one, admitted by the ledger (cap, draining).
+    /// Callers that judge datagrams go through [`SessionTable::on_client_datagram`]; this is
+    /// public for benchmarks and tests that need a table of a given shape.
+    pub fn open(
         &mut self,
         client: SocketAddr,
         target: Arc<Target>,
         now: Instant,
-        ledger: &Ledger,
-    ) -> Result<Connected, Refusal> {
-        let result = if let Some(id) = self.lookup(&client) {
-            self.retarget(id, target, now, ledger)
-        } else {
-            if !ledger.try_admit() {
-                return Err(Refusal::Cap);
-            }
-            let id = self.free.pop().unwrap_or_else(|| {
-                self.slots.push(Slot {
-                    generation: 0,
-                    session: None,
-                });
-                (self.slots.len() - 1) as SessionId
-            });
-            let binding = self.bind(target.addr, id);
-            ledger.target_added(target.addr);
-            let slot = &mut self.slots[id as usize];
-            slot.session = Some(Session {
-                client,
-                target,
-                socket: binding.socket,
-                last_seen: now,
-                created: now,
-                timeout: self.timeout,
-                stats: FlowStats::default(),
-            });
-            self.timers.push(Reverse(Timer {
-                at: now + self.timeout,
-                id,
-                generation: slot.generation,
-            }));
-            self.by_client.insert(client, id);
-            Connected::New { id, binding }
-        };
-        self.debug_check();
-        Ok(result)
+    ) -> Result<(SessionId, Binding), Refusal> {
+        debug_assert!(self.lookup(&client).is_none(), "open is for newcomers");
+        self.ledger.try_admit()?;
+        Ok(self.insert_admitted(client, target, now))
     }
 
-    fn retarget(
+    /// Inserts a session whose place under the cap the ledger has already granted.
+    fn insert_admitted(
         &mut self,
-        id: SessionId,
+        client: SocketAddr,
         target: Arc<Target>,
         now: Instant,
-        ledger: &Ledger,
-    ) -> Connected {
-        let Some(s) = self.session_mut(id) else {
-            return Connected::Unchanged { id };
-        };
+    ) -> (SessionId, Binding) {
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot {
+                generation: 0,
+                session: None,
+            });
+            (self.slots.len() - 1) as SessionId
+        });
+        let binding = self.bind(target.addr, id);
+        self.ledger.target_added(target.addr);
+        let timeout = self.rules.session_timeout;
+        let slot = &mut self.slots[id as usize];
+        slot.session = Some(Session {
+            client,
+            target,
+            socket: binding.socket,
+            last_seen: now,
+            created: now,
+            timeout,
+            stats: FlowStats::default(),
+        });
+        self.timers.push(Reverse(Timer {
+            at: now + timeout,
+            id,
+            generation: slot.generation,
+        }));
+        self.by_client.insert(client, id);
+        self.debug_check();
+        (id, binding)
+    }
+
+    /// Moves a live session to `target`: the old binding is released at once, so nothing
+    /// from the old target is delivered afterwards. `None` when the session already goes to
+    /// that address (a retransmitted token: nothing changes but the newer target identity).
+    fn reset(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> Option<Moved> {
+        let s = self.session_mut(id)?;
         s.last_seen = now;
         if s.target.addr == target.addr {
-            // Same destination: keep the binding; adopt the newer identity (name may differ).
             s.target = target;
-            return Connected::Unchanged { id };
+            return None;
         }
-        let (old_socket, old_target) = (s.socket, Arc::clone(&s.target));
-        let released = self.unbind(old_socket, old_target.addr);
-        ledger.target_removed(old_target.addr);
+        let (old_socket, old_target) = (s.socket, s.target.addr);
+        let released = self.unbind(old_socket, old_target);
+        self.ledger.target_removed(old_target);
         let binding = self.bind(target.addr, id);
-        ledger.target_added(target.addr);
+        self.ledger.target_added(target.addr);
         if let Some(s) = self.session_mut(id) {
             s.socket = binding.socket;
             s.target = target;
         }
-        Connected::Moved {
-            id,
-            binding,
-            from: old_target,
-            released,
-        }
+        self.debug_check();
+        Some(Moved { binding, released })
     }
 
     /// Closes one session (the shell calls this when it could not open its socket).
-    pub fn close(
-        &mut self,
-        id: SessionId,
-        reason: CloseReason,
-        now: Instant,
-        ledger: &Ledger,
-    ) -> Option<Closed> {
+    pub fn close(&mut self, id: SessionId, reason: CloseReason, now: Instant) -> Option<Closed> {
         let slot = self.slots.get_mut(id as usize)?;
         let s = slot.session.take()?;
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id);
         self.by_client.remove(&s.client);
         let released = self.unbind(s.socket, s.target.addr);
-        ledger.target_removed(s.target.addr);
-        ledger.release();
+        self.ledger.target_removed(s.target.addr);
+        self.ledger.release();
         let closed = Closed {
             client: s.client,
             target: s.target,
@@ -431,7 +480,7 @@ impl SessionTable {
     }
 
     /// Closes every session idle for its whole timeout at `now`, appending them to `out`.
-    pub fn expire(&mut self, now: Instant, ledger: &Ledger, out: &mut Vec<Closed>) {
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<Closed>) {
         while let Some(Reverse(t)) = self.timers.peek().copied() {
             if t.at > now {
                 break;
@@ -449,7 +498,7 @@ impl SessionTable {
             let deadline = s.last_seen + s.timeout;
             if deadline > now {
                 self.timers.push(Reverse(Timer { at: deadline, ..t }));
-            } else if let Some(closed) = self.close(t.id, CloseReason::Idle, now, ledger) {
+            } else if let Some(closed) = self.close(t.id, CloseReason::Idle, now) {
                 out.push(closed);
             }
         }
@@ -462,7 +511,9 @@ impl SessionTable {
     /// entry may outlive its slot.
     fn release_memory_if_empty(&mut self) {
         if self.by_client.is_empty() && self.slots.capacity() > floor::<Slot>() {
-            *self = Self::new(self.timeout);
+            let (rules, ledger, rng) = (self.rules.clone(), Arc::clone(&self.ledger), self.rng);
+            *self = Self::new(rules, ledger);
+            self.rng = rng;
         }
     }
 
@@ -476,16 +527,10 @@ impl SessionTable {
     }
 
     /// Closes every session (shutdown).
-    pub fn close_all(
-        &mut self,
-        reason: CloseReason,
-        now: Instant,
-        ledger: &Ledger,
-        out: &mut Vec<Closed>,
-    ) {
+    pub fn close_all(&mut self, reason: CloseReason, now: Instant, out: &mut Vec<Closed>) {
         let ids: Vec<SessionId> = self.by_client.values().copied().collect();
         for id in ids {
-            if let Some(c) = self.close(id, reason, now, ledger) {
+            if let Some(c) = self.close(id, reason, now) {
                 out.push(c);
             }
         }
@@ -509,9 +554,9 @@ impl SessionTable {
             .collect()
     }
 
-    /// The client and target of a live session (for logs and admin views).
-    pub fn describe(&self, id: SessionId) -> Option<(SocketAddr, &Arc<Target>)> {
-        self.session(id).map(|s| (s.client, &s.target))
+    /// The client, target and upstream socket of a live session (for checks and admin views).
+    pub fn describe(&self, id: SessionId) -> Option<(SocketAddr, &Arc<Target>, SocketId)> {
+        self.session(id).map(|s| (s.client, &s.target, s.socket))
     }
 
     fn session(&self, id: SessionId) -> Option<&Session> {
@@ -561,6 +606,14 @@ impl SessionTable {
             }
         }
         released
+    }
+
+    /// The next number of the table's xorshift64* sequence.
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
     #[inline]

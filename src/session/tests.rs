@@ -1,7 +1,27 @@
+use super::sim::{Op, Payload, Sim};
 use super::*;
+use crate::token::TokenStore;
 use proptest::prelude::*;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
+const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
+
+fn rules(timeout: Duration) -> Rules {
+    Rules {
+        magic: MAGIC.to_vec(),
+        session_timeout: timeout,
+        default_route: None,
+    }
+}
+
+/// A table with the default rules admitting at most `cap` sessions, and its ledger.
+fn table(cap: usize) -> (SessionTable, Arc<Ledger>) {
+    let ledger = Arc::new(Ledger::new(cap));
+    (
+        SessionTable::new(rules(TIMEOUT), Arc::clone(&ledger)),
+        ledger,
+    )
+}
 
 fn target(port: u16) -> Arc<Target> {
     Arc::new(Target::new(
@@ -16,33 +36,64 @@ fn client(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], port))
 }
 
-fn establish(t: &mut SessionTable, l: &Ledger, c: u16, tp: u16, now: Instant) -> SessionId {
-    match t.connect(client(c), target(tp), now, l).unwrap() {
-        Connected::New { id, .. } => id,
-        other => panic!("expected a new session, got {other:?}"),
-    }
+fn establish(t: &mut SessionTable, c: u16, tp: u16, now: Instant) -> SessionId {
+    t.open(client(c), target(tp), now).unwrap().0
+}
+
+/// Sends `datagram` from client `c` through the table's one decision function.
+fn send(
+    t: &mut SessionTable,
+    tokens: &TokenStore,
+    c: u16,
+    datagram: &[u8],
+    now: Instant,
+) -> Decision {
+    t.on_client_datagram(client(c), datagram, now, tokens)
+}
+
+fn token_for(tokens: &TokenStore, tp: u16, now: Instant) -> Vec<u8> {
+    tokens.issue(target(tp), now).to_wire().into_bytes()
+}
+
+fn reset_for(tokens: &TokenStore, tp: u16, now: Instant) -> Vec<u8> {
+    [MAGIC, &token_for(tokens, tp, now)[..]].concat()
 }
 
 #[test]
-fn new_session_opens_a_socket_and_forwards_both_ways() {
-    let (mut t, l, now) = (SessionTable::new(TIMEOUT), Ledger::new(10), Instant::now());
-    let r = t.connect(client(1), target(9001), now, &l).unwrap();
-    let Connected::New { id, binding } = r else {
-        panic!()
+fn a_token_opens_a_session_and_data_flows_both_ways() {
+    let (mut t, l) = table(10);
+    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let now = Instant::now();
+    let token = token_for(&tokens, 9001, now);
+    let Decision::Open {
+        id,
+        binding,
+        forward: None,
+        redeemed: true,
+    } = send(&mut t, &tokens, 1, &token, now)
+    else {
+        panic!("a token opens a session and is not forwarded")
     };
     assert!(binding.open_socket);
     assert_eq!(t.lookup(&client(1)), Some(id));
-    let (sock, to) = t.forward_from_client(id, 10, now).unwrap();
-    assert_eq!(to, target(9001).addr);
     assert_eq!(
-        t.forward_from_target(sock, &target(9001).addr, 5, now),
-        Some(client(1))
+        send(&mut t, &tokens, 1, b"game", now),
+        Decision::Forward {
+            socket: binding.socket,
+            to: target(9001).addr
+        }
+    );
+    assert_eq!(
+        t.on_target_datagram(binding.socket, target(9001).addr, 5, now),
+        Decision::Deliver { client: client(1) }
     );
     // A stranger on the same socket is not delivered.
     assert_eq!(
-        t.forward_from_target(sock, &target(9009).addr, 5, now),
-        None
+        t.on_target_datagram(binding.socket, target(9009).addr, 5, now),
+        Decision::Drop(DropReason::UnknownSource)
     );
+    // The retransmitted token changes nothing and is not forwarded.
+    assert_eq!(send(&mut t, &tokens, 1, &token, now), Decision::Keep);
     assert_eq!(l.active(), 1);
     assert_eq!(l.sessions_to(&target(9001).addr), 1);
 }
@@ -51,20 +102,13 @@ use crate::resolve::SessionCounts;
 
 #[test]
 fn sockets_are_shared_across_targets_never_within_one() {
-    let (mut t, l, now) = (
-        SessionTable::new(TIMEOUT),
-        Ledger::new(1000),
-        Instant::now(),
-    );
+    let (mut t, _l) = table(1000);
+    let now = Instant::now();
     // 3 clients to target A, 3 clients to target B: 3 sockets, each carrying A and B once.
     let mut sockets = Vec::new();
     for c in 0..6u16 {
         let tp = if c % 2 == 0 { 9001 } else { 9002 };
-        let r = t.connect(client(c), target(tp), now, &l).unwrap();
-        let Connected::New { binding, .. } = r else {
-            panic!()
-        };
-        sockets.push(binding);
+        sockets.push(t.open(client(c), target(tp), now).unwrap().1);
     }
     assert_eq!(t.open_sockets(), 3);
     assert!(sockets[0].open_socket && !sockets[1].open_socket);
@@ -74,73 +118,150 @@ fn sockets_are_shared_across_targets_never_within_one() {
 
 #[test]
 fn reset_moves_the_session_and_releases_the_old_binding() {
-    let (mut t, l, now) = (SessionTable::new(TIMEOUT), Ledger::new(10), Instant::now());
-    let id = establish(&mut t, &l, 1, 9001, now);
-    let (old_sock, _) = t.forward_from_client(id, 1, now).unwrap();
-    let r = t.connect(client(1), target(9002), now, &l).unwrap();
-    let Connected::Moved {
-        binding, released, ..
-    } = r
-    else {
-        panic!("{r:?}")
+    let (mut t, l) = table(10);
+    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let now = Instant::now();
+    let id = establish(&mut t, 1, 9001, now);
+    let Decision::Forward { socket: old, .. } = send(&mut t, &tokens, 1, b"x", now) else {
+        panic!()
     };
-    assert_eq!(released, Some(old_sock));
+    let reset = reset_for(&tokens, 9002, now);
+    let Decision::Reset {
+        id: moved,
+        binding,
+        released,
+    } = send(&mut t, &tokens, 1, &reset, now)
+    else {
+        panic!("a valid reset moves the session")
+    };
+    assert_eq!((moved, released), (id, Some(old)));
     assert!(binding.open_socket);
     // Old target can no longer reach the client; the new one can.
     assert_eq!(
-        t.forward_from_target(old_sock, &target(9001).addr, 1, now),
-        None
+        t.on_target_datagram(old, target(9001).addr, 1, now),
+        Decision::Drop(DropReason::UnknownSource)
     );
     assert_eq!(
-        t.forward_from_target(binding.socket, &target(9002).addr, 1, now),
-        Some(client(1))
+        t.on_target_datagram(binding.socket, target(9002).addr, 1, now),
+        Decision::Deliver { client: client(1) }
     );
     assert_eq!(l.sessions_to(&target(9001).addr), 0);
     assert_eq!(l.sessions_to(&target(9002).addr), 1);
     assert_eq!(l.active(), 1);
-    // A retransmitted token for the same target changes nothing.
-    assert!(matches!(
-        t.connect(client(1), target(9002), now, &l).unwrap(),
-        Connected::Unchanged { .. }
-    ));
+    // The same reset again changes nothing.
+    assert_eq!(send(&mut t, &tokens, 1, &reset, now), Decision::Keep);
 }
 
 #[test]
-fn cap_refuses_newcomers_not_existing_sessions() {
-    let (mut t, l, now) = (SessionTable::new(TIMEOUT), Ledger::new(2), Instant::now());
-    establish(&mut t, &l, 1, 9001, now);
-    establish(&mut t, &l, 2, 9001, now);
+fn bad_resets_change_nothing_and_token_lookalikes_are_game_traffic() {
+    let (mut t, _l) = table(10);
+    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let t0 = Instant::now();
+    establish(&mut t, 1, 9001, t0);
+    let forged = b"550e8400-e29b-41d4-a716-446655440000";
+    let forged_reset = [MAGIC, &forged[..]].concat();
     assert_eq!(
-        t.connect(client(3), target(9001), now, &l).unwrap_err(),
+        send(&mut t, &tokens, 1, &forged_reset, t0),
+        Decision::Drop(DropReason::InvalidToken)
+    );
+    assert_eq!(
+        send(&mut t, &tokens, 1, &[MAGIC, b"garbage"].concat(), t0),
+        Decision::Drop(DropReason::MalformedReset)
+    );
+    let expired = reset_for(&tokens, 9002, t0);
+    assert_eq!(
+        send(&mut t, &tokens, 1, &expired, t0 + Duration::from_secs(30)),
+        Decision::Drop(DropReason::ExpiredToken)
+    );
+    // A bare token-shaped datagram that redeems nothing is forwarded as game traffic.
+    assert!(matches!(
+        send(&mut t, &tokens, 1, forged, t0),
+        Decision::Forward { to, .. } if to == target(9001).addr
+    ));
+    assert_eq!(
+        send(&mut t, &tokens, 1, b"", t0),
+        Decision::Drop(DropReason::Empty)
+    );
+}
+
+#[test]
+fn newcomers_without_a_token_get_nothing() {
+    let (mut t, l) = table(10);
+    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let now = Instant::now();
+    let forged = b"550e8400-e29b-41d4-a716-446655440000";
+    for (datagram, reason) in [
+        (b"hello".to_vec(), DropReason::NoSession),
+        (forged.to_vec(), DropReason::InvalidToken),
+        ([MAGIC, &forged[..]].concat(), DropReason::InvalidToken),
+        ([MAGIC, b"x"].concat(), DropReason::MalformedReset),
+        (Vec::new(), DropReason::Empty),
+    ] {
+        assert_eq!(
+            send(&mut t, &tokens, 7, &datagram, now),
+            Decision::Drop(reason)
+        );
+    }
+    assert!(t.is_empty());
+    assert_eq!(l.active(), 0);
+}
+
+#[test]
+fn cap_and_drain_refuse_newcomers_not_existing_sessions() {
+    let (mut t, l) = table(2);
+    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let now = Instant::now();
+    establish(&mut t, 1, 9001, now);
+    establish(&mut t, 2, 9001, now);
+    let token = token_for(&tokens, 9001, now);
+    assert_eq!(
+        send(&mut t, &tokens, 3, &token, now),
+        Decision::Drop(DropReason::SessionCap)
+    );
+    assert_eq!(
+        t.open(client(3), target(9001), now).unwrap_err(),
         Refusal::Cap
     );
     // Existing sessions may still move.
+    let reset = reset_for(&tokens, 9002, now);
     assert!(matches!(
-        t.connect(client(1), target(9002), now, &l).unwrap(),
-        Connected::Moved { .. }
+        send(&mut t, &tokens, 1, &reset, now),
+        Decision::Reset { .. }
     ));
+    l.set_cap(10);
+    l.begin_drain();
+    assert_eq!(
+        send(&mut t, &tokens, 3, &token, now),
+        Decision::Drop(DropReason::Draining)
+    );
+    assert!(matches!(
+        send(&mut t, &tokens, 2, b"still here", now),
+        Decision::Forward { .. }
+    ));
+    assert_eq!(t.len(), 2);
 }
 
 #[test]
 fn idle_sessions_expire_at_their_deadline_and_activity_defers_it() {
-    let (mut t, l, t0) = (SessionTable::new(TIMEOUT), Ledger::new(10), Instant::now());
-    let a = establish(&mut t, &l, 1, 9001, t0);
-    establish(&mut t, &l, 2, 9001, t0);
+    let (mut t, l) = table(10);
+    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let t0 = Instant::now();
+    establish(&mut t, 1, 9001, t0);
+    establish(&mut t, 2, 9001, t0);
     assert_eq!(t.poll_timeout(), Some(t0 + TIMEOUT));
     // Client 1 talks at t0+100s; client 2 stays silent.
-    t.forward_from_client(a, 1, t0 + Duration::from_secs(100))
-        .unwrap();
+    send(&mut t, &tokens, 1, b"x", t0 + Duration::from_secs(100));
     let mut out = Vec::new();
-    t.expire(t0 + TIMEOUT - Duration::from_millis(1), &l, &mut out);
+    t.expire(t0 + TIMEOUT - Duration::from_millis(1), &mut out);
     assert!(out.is_empty());
-    t.expire(t0 + TIMEOUT, &l, &mut out);
+    t.expire(t0 + TIMEOUT, &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].client, client(2));
     assert_eq!(out[0].reason, CloseReason::Idle);
     // The refreshed session's entry was re-armed at its real deadline.
     assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(400)));
     out.clear();
-    t.expire(t0 + Duration::from_secs(400), &l, &mut out);
+    t.expire(t0 + Duration::from_secs(400), &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].released.map(|s| s.index), Some(0));
     assert!(t.is_empty());
@@ -150,29 +271,31 @@ fn idle_sessions_expire_at_their_deadline_and_activity_defers_it() {
 
 #[test]
 fn a_stale_deadline_never_closes_a_reused_slot() {
-    let (mut t, l, t0) = (SessionTable::new(TIMEOUT), Ledger::new(10), Instant::now());
-    let a = establish(&mut t, &l, 1, 9001, t0);
-    t.close(a, CloseReason::UpstreamError, t0, &l).unwrap();
+    let (mut t, _l) = table(10);
+    let t0 = Instant::now();
+    let a = establish(&mut t, 1, 9001, t0);
+    t.close(a, CloseReason::UpstreamError, t0).unwrap();
     // Slot reused 200 s later by a new session.
     let t1 = t0 + Duration::from_secs(200);
-    let b = establish(&mut t, &l, 2, 9001, t1);
+    let b = establish(&mut t, 2, 9001, t1);
     assert_eq!(a, b);
     let mut out = Vec::new();
-    t.expire(t0 + TIMEOUT, &l, &mut out); // the old entry comes due
+    t.expire(t0 + TIMEOUT, &mut out); // the old entry comes due
     assert!(out.is_empty());
     assert_eq!(t.lookup(&client(2)), Some(b));
-    t.expire(t1 + TIMEOUT, &l, &mut out);
+    t.expire(t1 + TIMEOUT, &mut out);
     assert_eq!(out.len(), 1);
 }
 
 #[test]
 fn new_timeout_applies_to_new_sessions_only() {
-    let (mut t, l, t0) = (SessionTable::new(TIMEOUT), Ledger::new(10), Instant::now());
-    establish(&mut t, &l, 1, 9001, t0);
-    t.set_timeout(Duration::from_secs(5));
-    establish(&mut t, &l, 2, 9001, t0);
+    let (mut t, _l) = table(10);
+    let t0 = Instant::now();
+    establish(&mut t, 1, 9001, t0);
+    t.set_rules(rules(Duration::from_secs(5)));
+    establish(&mut t, 2, 9001, t0);
     let mut out = Vec::new();
-    t.expire(t0 + Duration::from_secs(5), &l, &mut out);
+    t.expire(t0 + Duration::from_secs(5), &mut out);
     assert_eq!(
         out.iter().map(|c| c.client).collect::<Vec<_>>(),
         [client(2)]
@@ -181,13 +304,13 @@ fn new_timeout_applies_to_new_sessions_only() {
 
 #[test]
 fn sample_is_bounded_and_reports_age_idle_and_counts() {
-    let (mut t, l, t0) = (SessionTable::new(TIMEOUT), Ledger::new(100), Instant::now());
+    let (mut t, _l) = table(100);
+    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let t0 = Instant::now();
     for c in 0..10 {
-        establish(&mut t, &l, c, 9001, t0);
+        establish(&mut t, c, 9001, t0);
     }
-    let id = t.lookup(&client(3)).unwrap();
-    let t1 = t0 + Duration::from_secs(4);
-    t.forward_from_client(id, 100, t1);
+    send(&mut t, &tokens, 3, &[7u8; 100], t0 + Duration::from_secs(4));
     let now = t0 + Duration::from_secs(5);
     assert_eq!(t.sample(4, now).len(), 4);
     let all = t.sample(1_000, now);
@@ -201,41 +324,33 @@ fn sample_is_bounded_and_reports_age_idle_and_counts() {
 
 #[test]
 fn an_emptied_table_gives_its_peak_memory_back_and_stays_usable() {
-    let (mut t, l, t0) = (
-        SessionTable::new(TIMEOUT),
-        Ledger::new(10_000),
-        Instant::now(),
-    );
+    let (mut t, _l) = table(10_000);
+    let t0 = Instant::now();
     let empty = t.capacity_hint();
     for c in 0..5_000u32 {
         let addr = SocketAddr::from(([10, (c >> 16) as u8, (c >> 8) as u8, c as u8], 5000));
-        let target = Arc::new(Target::new(
-            "e",
-            "default",
-            "a",
-            "127.0.0.1:9001".parse().unwrap(),
-        ));
-        t.connect(addr, target, t0, &l).unwrap();
+        t.open(addr, target(9001), t0).unwrap();
     }
     assert!(t.capacity_hint() > 100_000);
     let mut out = Vec::new();
-    t.expire(t0 + TIMEOUT, &l, &mut out);
+    t.expire(t0 + TIMEOUT, &mut out);
     assert_eq!(out.len(), 5_000);
     assert_eq!(t.capacity_hint(), empty, "peak memory released");
     t.check_invariants();
-    establish(&mut t, &l, 1, 9001, t0 + TIMEOUT);
+    establish(&mut t, 1, 9001, t0 + TIMEOUT);
     assert_eq!(t.len(), 1);
     t.check_invariants();
 }
 
 #[test]
 fn close_all_empties_everything() {
-    let (mut t, l, t0) = (SessionTable::new(TIMEOUT), Ledger::new(100), Instant::now());
+    let (mut t, l) = table(100);
+    let t0 = Instant::now();
     for c in 0..20 {
-        establish(&mut t, &l, c, 9000 + (c % 3), t0);
+        establish(&mut t, c, 9000 + (c % 3), t0);
     }
     let mut out = Vec::new();
-    t.close_all(CloseReason::Drained, t0, &l, &mut out);
+    t.close_all(CloseReason::Drained, t0, &mut out);
     assert_eq!(out.len(), 20);
     assert!(t.is_empty());
     assert_eq!(t.open_sockets(), 0);
@@ -244,166 +359,71 @@ fn close_all_empties_everything() {
     t.check_invariants();
 }
 
-#[derive(Debug, Clone)]
-enum Op {
-    Connect {
-        client: u8,
-        target: u8,
-    },
-    /// The query server issues a token for a target.
-    Issue {
-        target: u8,
-    },
-    /// A client's datagram carries the n-th issued token (valid, expired or unknown).
-    Redeem {
-        client: u8,
-        token: u8,
-    },
-    FromClient {
-        client: u8,
-        len: u16,
-    },
-    FromTarget {
-        socket: u8,
-        target: u8,
-    },
-    Close {
-        client: u8,
-    },
-    Advance {
-        millis: u32,
-    },
-    Expire,
+#[test]
+fn default_endpoint_is_admitted_before_it_is_picked() {
+    // The cap decides first: a full table refuses a tokenless newcomer without picking.
+    let mut sim = Sim::new(1, true).unwrap();
+    sim.step(&Op::FromClient {
+        client: 1,
+        payload: Payload::Data { len: 10 },
+    })
+    .unwrap();
+    assert_eq!(sim.table().len(), 1);
+    sim.step(&Op::FromClient {
+        client: 2,
+        payload: Payload::Data { len: 10 },
+    })
+    .unwrap();
+    assert_eq!(sim.table().len(), 1);
+    sim.finish().unwrap();
+}
+
+fn payload() -> impl Strategy<Value = Payload> {
+    prop_oneof![
+        4 => (0u16..2000).prop_map(|len| Payload::Data { len }),
+        1 => Just(Payload::Empty),
+        3 => (0u8..12, any::<bool>()).prop_map(|(nth, padded)| Payload::Token { nth, padded }),
+        3 => (0u8..12).prop_map(|nth| Payload::Reset { nth }),
+        1 => (any::<u128>(), any::<bool>()).prop_map(|(bits, reset)| Payload::Forged { bits, reset }),
+        1 => any::<u8>().prop_map(|tail| Payload::MalformedReset { tail }),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..40, 0u8..6).prop_map(|(client, target)| Op::Connect { client, target }),
-        2 => (0u8..6).prop_map(|target| Op::Issue { target }),
-        3 => (0u8..40, 0u8..12).prop_map(|(client, token)| Op::Redeem { client, token }),
-        4 => (0u8..40, 0u16..2000).prop_map(|(client, len)| Op::FromClient { client, len }),
-        2 => (0u8..12, 0u8..6).prop_map(|(socket, target)| Op::FromTarget { socket, target }),
-        1 => (0u8..40).prop_map(|client| Op::Close { client }),
+        2 => (0u8..8).prop_map(|target| Op::Issue { target }),
+        8 => (0u8..40, payload()).prop_map(|(client, payload)| Op::FromClient { client, payload }),
+        2 => (0u8..12, 0u8..8, any::<u16>()).prop_map(|(slot, target, len)| Op::FromTarget { slot, target, len }),
+        1 => (0u8..40).prop_map(|client| Op::SocketFailed { client }),
         3 => (0u32..200_000).prop_map(|millis| Op::Advance { millis }),
         2 => Just(Op::Expire),
+        1 => any::<u8>().prop_map(|seconds| Op::SetTimeout { seconds }),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// Drives the table with arbitrary operations and checks, after every step: its internal
-    /// invariants, the cap, the socket-sharing rule, the ledger, and the reaping contract
-    /// (nothing active is closed, nothing idle survives an expire).
+    /// Arbitrary datagrams (valid, expired, forged and malformed tokens and resets, data,
+    /// empties) from new and known clients, datagrams from targets and strangers, socket
+    /// failures, clock advances and expiries, through `on_client_datagram` and
+    /// `on_target_datagram`; every decision checked against the model and every invariant
+    /// after every step (`session::sim`).
     #[test]
-    fn table_invariants_hold_under_arbitrary_ops(ops in proptest::collection::vec(op(), 1..200), cap in 1usize..30) {
-        let timeout = Duration::from_secs(60);
-        let mut t = SessionTable::new(timeout);
-        let ledger = Ledger::new(cap);
-        let token_ttl = Duration::from_secs(30);
-        let store = crate::token::TokenStore::new(token_ttl, 1_000, false);
-        // Issued tokens with their target port and expiry.
-        let mut issued: Vec<(crate::token::TokenId, u16, Instant)> = Vec::new();
-        let t0 = Instant::now();
-        let mut now = t0;
-        // Model: last activity per client with a session.
-        let mut model: HashMap<SocketAddr, (Instant, u16)> = HashMap::new();
-        let mut most_ever = 0usize;
-        for op in ops {
-            match op {
-                Op::Connect { client: c, target: tp } => {
-                    let tp = 9000 + u16::from(tp);
-                    let had = model.contains_key(&client(c.into()));
-                    match t.connect(client(c.into()), target(tp), now, &ledger) {
-                        Ok(_) => { model.insert(client(c.into()), (now, tp)); }
-                        Err(Refusal::Cap) => prop_assert!(!had && model.len() >= cap),
-                    }
-                }
-                Op::Issue { target: tp } => {
-                    let tp = 9000 + u16::from(tp);
-                    issued.push((store.issue(target(tp), now), tp, now + token_ttl));
-                }
-                Op::Redeem { client: c, token } => {
-                    let Some(&(id, tp, expires)) = issued.get(usize::from(token)) else { continue };
-                    let before = model.get(&client(c.into())).copied();
-                    match store.redeem(id, now) {
-                        Ok(tgt) => {
-                            prop_assert!(now < expires, "an expired token redeemed");
-                            prop_assert_eq!(tgt.addr.port(), tp);
-                            let had = before.is_some();
-                            match t.connect(client(c.into()), tgt, now, &ledger) {
-                                Ok(_) => { model.insert(client(c.into()), (now, tp)); }
-                                Err(Refusal::Cap) => prop_assert!(!had && model.len() >= cap),
-                            }
-                        }
-                        Err(_) => {
-                            prop_assert!(now >= expires, "a live token was rejected");
-                            // An expired token changes nothing.
-                            prop_assert_eq!(model.get(&client(c.into())).copied(), before);
-                        }
-                    }
-                }
-                Op::FromClient { client: c, len } => {
-                    let addr = client(c.into());
-                    if let Some(id) = t.lookup(&addr) {
-                        let (_, to) = t.forward_from_client(id, len.into(), now).unwrap();
-                        let entry = model.get_mut(&addr).unwrap();
-                        prop_assert_eq!(to.port(), entry.1);
-                        entry.0 = now;
-                    } else {
-                        prop_assert!(!model.contains_key(&addr));
-                    }
-                }
-                Op::FromTarget { socket, target: tp } => {
-                    let tp = 9000 + u16::from(tp);
-                    let sock = SocketId { v6: false, index: socket.into() };
-                    if let Some(c) = t.forward_from_target(sock, &target(tp).addr, 1, now) {
-                        let entry = model.get_mut(&c).unwrap();
-                        prop_assert_eq!(entry.1, tp, "delivered only from the bound target");
-                        entry.0 = now;
-                    }
-                }
-                Op::Close { client: c } => {
-                    if let Some(id) = t.lookup(&client(c.into())) {
-                        t.close(id, CloseReason::UpstreamError, now, &ledger).unwrap();
-                        model.remove(&client(c.into()));
-                    }
-                }
-                Op::Advance { millis } => now += Duration::from_millis(millis.into()),
-                Op::Expire => {
-                    let mut out = Vec::new();
-                    t.expire(now, &ledger, &mut out);
-                    for closed in &out {
-                        let (last, _) = model.remove(&closed.client).unwrap();
-                        prop_assert!(last + timeout <= now, "closed an active session");
-                    }
-                    for (last, _) in model.values() {
-                        prop_assert!(*last + timeout > now, "an idle session survived expire");
-                    }
-                }
+    fn decisions_hold_under_arbitrary_datagrams(
+        ops in proptest::collection::vec(op(), 1..200),
+        cap in 1usize..30,
+        default_endpoint in any::<bool>(),
+        drain_at in proptest::option::of(0usize..200),
+    ) {
+        let mut sim = Sim::new(cap, default_endpoint).unwrap();
+        for (i, op) in ops.iter().enumerate() {
+            if drain_at == Some(i) {
+                prop_assert_eq!(sim.step(&Op::Drain), Ok(()));
             }
-            t.check_invariants();
-            prop_assert!(t.len() <= cap);
-            prop_assert_eq!(t.len(), model.len());
-            prop_assert_eq!(ledger.active(), model.len());
-            // Sockets are shared: never more than sessions, nor than the most sessions any one
-            // target has had at once (slots are not compacted when a lower one frees up).
-            let mut per_target: HashMap<u16, usize> = HashMap::new();
-            for (_, tp) in model.values() { *per_target.entry(*tp).or_default() += 1; }
-            most_ever = most_ever.max(per_target.values().copied().max().unwrap_or(0));
-            prop_assert!(t.open_sockets() <= most_ever);
-            prop_assert!(t.open_sockets() <= t.len());
-            for (tp, n) in &per_target {
-                prop_assert_eq!(ledger.sessions_to(&target(*tp).addr), *n);
-            }
+            prop_assert_eq!(sim.step(op), Ok(()), "step {} {:?}", i, op);
         }
-        // After a long enough advance everything is reaped.
-        let mut out = Vec::new();
-        t.expire(now + timeout, &ledger, &mut out);
-        prop_assert!(t.is_empty());
-        prop_assert_eq!(ledger.active(), 0);
-        prop_assert_eq!(t.open_sockets(), 0);
-        prop_assert_eq!(ledger.targets(), 0);
+        prop_assert_eq!(sim.finish(), Ok(()));
     }
 }
 
@@ -412,7 +432,7 @@ proptest! {
 #[test]
 fn per_session_structures_start_above_the_thread_cache() {
     const TCACHE_MAX: usize = 1_032;
-    let t = SessionTable::new(TIMEOUT);
+    let (t, _l) = table(1);
     let bytes = [
         t.slots.capacity() * std::mem::size_of::<Slot>(),
         t.free.capacity() * std::mem::size_of::<SessionId>(),

@@ -1,0 +1,202 @@
+//! A worker's own counters and their flush into the shared metrics.
+//!
+//! The per-datagram path only adds to plain integers on the worker's own cache lines
+//! ([`Counts`]); every [`FLUSH_EVERY`] the worker hands them to [`Flusher::flush`], which adds
+//! them to pre-resolved Prometheus handles and logs one drop summary at most every
+//! [`DROP_LOG_EVERY`]. Secondary families follow from drop reasons: an `invalid_token` drop is
+//! a rejected token, a `session_cap` drop a refused session, and so on.
+//!
+//! Owns counting and the drop summary. Must not decide anything about a datagram.
+
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
+
+use crate::metrics::{self, Metrics};
+use crate::session::{CloseReason, Decision, DropReason, Refusal};
+
+/// How often a worker adds its counts to the shared metrics.
+pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Longest time between two drop summaries in the log.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts since the last flush.
+#[derive(Default)]
+pub(super) struct Counts {
+    pub(super) datagrams_to_target: u64,
+    pub(super) bytes_to_target: u64,
+    pub(super) datagrams_to_client: u64,
+    pub(super) bytes_to_client: u64,
+    created: u64,
+    resets: u64,
+    redeemed: u64,
+    closed: [u64; CloseReason::COUNT],
+    drops: [u64; DropReason::COUNT],
+}
+
+impl Counts {
+    #[inline]
+    pub(super) fn drop(&mut self, reason: DropReason) {
+        self.drops[reason.index()] += 1;
+    }
+
+    /// Counts `n` drops of one reason (e.g. the ICMP reports read off an error queue).
+    pub(super) fn drops(&mut self, reason: DropReason, n: usize) {
+        self.drops[reason.index()] += n as u64;
+    }
+
+    pub(super) fn closed(&mut self, reason: CloseReason) {
+        self.closed[reason.index()] += 1;
+    }
+
+    /// What a decision says happened to sessions and tokens (sends are counted when they
+    /// succeed, by the caller).
+    #[inline]
+    pub(super) fn decided(&mut self, decision: &Decision) {
+        match decision {
+            Decision::Open { redeemed, .. } => {
+                self.created += 1;
+                self.redeemed += u64::from(*redeemed);
+            }
+            Decision::Reset { .. } => {
+                self.resets += 1;
+                self.redeemed += 1;
+            }
+            Decision::Keep => self.redeemed += 1,
+            Decision::Drop(reason) => self.drop(*reason),
+            Decision::Forward { .. } | Decision::Deliver { .. } => {}
+        }
+    }
+}
+
+/// Pre-resolved metric handles (in `ALL` order) and the drop-summary state.
+pub(super) struct Flusher {
+    worker: usize,
+    datagrams_to_target: Counter,
+    bytes_to_target: Counter,
+    datagrams_to_client: Counter,
+    bytes_to_client: Counter,
+    closed: Vec<Counter>,
+    drops: Vec<Counter>,
+    rejected_unknown: Counter,
+    rejected_expired: Counter,
+    refused: Vec<Counter>,
+    /// Upstream sockets this worker last added to the shared gauge.
+    sockets_reported: i64,
+    pub(super) last_flush: Instant,
+    last_drop_log: Instant,
+    drops_since_log: u64,
+}
+
+impl Flusher {
+    pub(super) fn new(worker: usize, m: &Metrics, now: Instant) -> Self {
+        Self {
+            worker,
+            datagrams_to_target: Metrics::counter(&m.datagrams, "direction", metrics::TO_TARGET),
+            bytes_to_target: Metrics::counter(&m.bytes, "direction", metrics::TO_TARGET),
+            datagrams_to_client: Metrics::counter(&m.datagrams, "direction", metrics::TO_CLIENT),
+            bytes_to_client: Metrics::counter(&m.bytes, "direction", metrics::TO_CLIENT),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|r| Metrics::counter(&m.sessions_closed, "reason", r.as_str()))
+                .collect(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| Metrics::counter(&m.drops, "reason", r.as_str()))
+                .collect(),
+            rejected_unknown: Metrics::counter(&m.tokens_rejected, "reason", "unknown"),
+            rejected_expired: Metrics::counter(&m.tokens_rejected, "reason", "expired"),
+            refused: Refusal::ALL
+                .iter()
+                .map(|r| Metrics::counter(&m.sessions_refused, "reason", r.as_str()))
+                .collect(),
+            sockets_reported: 0,
+            last_flush: now,
+            last_drop_log: now,
+            drops_since_log: 0,
+        }
+    }
+
+    /// Adds `c` to the shared metrics (`open_sockets`: this worker's upstream sockets now)
+    /// and logs a drop summary when one is due.
+    pub(super) fn flush(&mut self, c: Counts, open_sockets: i64, m: &Metrics, now: Instant) {
+        self.datagrams_to_target.inc_by(c.datagrams_to_target);
+        self.bytes_to_target.inc_by(c.bytes_to_target);
+        self.datagrams_to_client.inc_by(c.datagrams_to_client);
+        self.bytes_to_client.inc_by(c.bytes_to_client);
+        m.sessions_created.inc_by(c.created);
+        m.session_resets.inc_by(c.resets);
+        m.tokens_redeemed.inc_by(c.redeemed);
+        for (handle, n) in self.closed.iter().zip(c.closed) {
+            handle.inc_by(n);
+        }
+        for (handle, n) in self.drops.iter().zip(c.drops) {
+            handle.inc_by(n);
+        }
+        let dropped = |r: DropReason| c.drops[r.index()];
+        self.rejected_unknown
+            .inc_by(dropped(DropReason::InvalidToken));
+        self.rejected_expired
+            .inc_by(dropped(DropReason::ExpiredToken));
+        for reason in DropReason::ALL {
+            if let Some(refusal) = reason.refusal() {
+                self.refused[refusal.index()].inc_by(dropped(*reason));
+            }
+        }
+        m.upstream_sockets
+            .inc_by(open_sockets - self.sockets_reported);
+        self.sockets_reported = open_sockets;
+        self.last_flush = now;
+        self.drops_since_log += c.drops.iter().sum::<u64>();
+        let since = now.saturating_duration_since(self.last_drop_log);
+        if since >= DROP_LOG_EVERY {
+            if self.drops_since_log > 0 {
+                tracing::warn!(
+                    worker = self.worker,
+                    dropped = self.drops_since_log,
+                    seconds = since.as_secs(),
+                    "datagrams dropped (by reason: udp_director_datagrams_dropped_total)"
+                );
+            }
+            self.drops_since_log = 0;
+            self.last_drop_log = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_feed_rejections_and_refusals() {
+        let m = Metrics::new();
+        let now = Instant::now();
+        let mut f = Flusher::new(0, &m, now);
+        let mut c = Counts::default();
+        for d in [
+            Decision::Drop(DropReason::InvalidToken),
+            Decision::Drop(DropReason::ExpiredToken),
+            Decision::Drop(DropReason::SessionCap),
+            Decision::Drop(DropReason::Draining),
+            Decision::Drop(DropReason::UpstreamError),
+            Decision::Keep,
+        ] {
+            c.decided(&d);
+        }
+        f.flush(c, 0, &m, now);
+        let text = m.encode();
+        for line in [
+            "udp_director_tokens_rejected_total{reason=\"unknown\"} 1",
+            "udp_director_tokens_rejected_total{reason=\"expired\"} 1",
+            "udp_director_sessions_refused_total{reason=\"cap\"} 1",
+            "udp_director_sessions_refused_total{reason=\"draining\"} 1",
+            "udp_director_datagrams_dropped_total{reason=\"upstream_error\"} 1",
+            "udp_director_datagrams_dropped_total{reason=\"malformed_control\"} 0",
+            "udp_director_tokens_redeemed_total 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+}

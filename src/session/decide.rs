@@ -1,0 +1,243 @@
+//! One decision per datagram (SPEC §3): what the data plane does with a datagram from a
+//! client or from a target, decided here and nowhere else.
+//!
+//! A client datagram is classified once (`protocol::datagram`), then:
+//!
+//! | client | datagram | decision |
+//! | --- | --- | --- |
+//! | any | empty | `Drop(Empty)` |
+//! | has a session | data | `Forward` |
+//! | has a session | token or `[magic][token]` that redeems | `Reset` to its target, or `Keep` when it is the session's own |
+//! | has a session | bare token-shaped data that does not redeem | `Forward` (game traffic that looks like a token) |
+//! | has a session | `[magic][token]` that does not redeem | `Drop(InvalidToken / ExpiredToken)` |
+//! | any | `[magic]` + anything but a token | `Drop(MalformedReset)`, never forwarded |
+//! | newcomer | anything while draining | `Drop(Draining)` |
+//! | newcomer | token or `[magic][token]` that redeems | `Open` (admitted by the cap), nothing forwarded |
+//! | newcomer | `[magic][token]` that does not redeem | `Drop(InvalidToken / ExpiredToken)`: a reset is never forwarded |
+//! | newcomer | data or a bare token that does not redeem, default endpoint set | admitted by the cap *first*, then `Open` towards the default route's pick, datagram forwarded |
+//! | newcomer | a bare token that does not redeem, no default endpoint | `Drop(InvalidToken / ExpiredToken)` |
+//! | newcomer | data, no default endpoint | `Drop(NoSession)` |
+//!
+//! A datagram from a target is `Deliver`ed to the client bound to that (socket, target) pair,
+//! or dropped (`UnknownSource`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Binding, DropReason, SessionId, SessionTable, SocketId};
+use crate::protocol::datagram::{Datagram, classify};
+use crate::resolve::{DefaultRoute, Target};
+use crate::token::{Rejection, TokenId};
+
+/// Turns a token into its target. The token store implements it; the table calls it only
+/// for datagrams that carry a token.
+pub trait Redeem {
+    fn redeem(&self, token: TokenId, now: Instant) -> Result<Arc<Target>, Rejection>;
+}
+
+/// What the table judges datagrams by; replaced whole on reload ([`SessionTable::set_rules`]).
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// The reset magic (`controlPacketMagicBytes`), 1..=32 bytes.
+    pub magic: Vec<u8>,
+    /// Idle timeout given to sessions opened from now on.
+    pub session_timeout: Duration,
+    /// Where tokenless newcomers go (`defaultEndpoint`), precomputed off the data path.
+    pub default_route: Option<Arc<DefaultRoute>>,
+}
+
+/// What the shell does with one datagram. The datagram's bytes stay with the shell; a
+/// decision only says where they go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the datagram to `to` from upstream socket `socket`.
+    Forward {
+        socket: SocketId,
+        to: SocketAddr,
+    },
+    /// Send the datagram to `client` from the data socket.
+    Deliver {
+        client: SocketAddr,
+    },
+    /// A session was opened: open `binding.socket` first when `binding.open_socket`, then
+    /// send the datagram to `forward` when set (a default-endpoint session's first datagram
+    /// is game traffic; a token is never forwarded).
+    Open {
+        id: SessionId,
+        binding: Binding,
+        forward: Option<SocketAddr>,
+        /// Opened by a token (counted as redeemed) rather than by the default endpoint.
+        redeemed: bool,
+    },
+    /// A token moved the session to another target: open `binding.socket` when
+    /// `binding.open_socket`, close `released` unless it is `binding.socket`.
+    Reset {
+        id: SessionId,
+        binding: Binding,
+        released: Option<SocketId>,
+    },
+    /// A token for the session's own target (a retransmission or keepalive): nothing
+    /// changes and nothing is forwarded.
+    Keep,
+    Drop(DropReason),
+}
+
+impl From<Rejection> for DropReason {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Unknown => DropReason::InvalidToken,
+            Rejection::Expired => DropReason::ExpiredToken,
+        }
+    }
+}
+
+impl SessionTable {
+    /// Judges one datagram from `client` on the data port. See the module documentation for
+    /// the whole table of outcomes.
+    #[inline]
+    pub fn on_client_datagram(
+        &mut self,
+        client: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        tokens: &dyn Redeem,
+    ) -> Decision {
+        if datagram.is_empty() {
+            return Decision::Drop(DropReason::Empty);
+        }
+        let kind = classify(datagram, &self.rules.magic);
+        match self.lookup(&client) {
+            Some(id) => self.judge_live(id, kind, datagram.len(), now, tokens),
+            None => self.judge_newcomer(client, kind, datagram.len(), now, tokens),
+        }
+    }
+
+    /// Judges one datagram that arrived on upstream socket `socket` from `from`.
+    #[inline]
+    pub fn on_target_datagram(
+        &mut self,
+        socket: SocketId,
+        from: SocketAddr,
+        len: usize,
+        now: Instant,
+    ) -> Decision {
+        if len == 0 {
+            return Decision::Drop(DropReason::Empty);
+        }
+        match self.forward_from_target(socket, &from, len, now) {
+            Some(client) => Decision::Deliver { client },
+            None => Decision::Drop(DropReason::UnknownSource),
+        }
+    }
+
+    #[inline]
+    fn judge_live(
+        &mut self,
+        id: SessionId,
+        kind: Datagram,
+        len: usize,
+        now: Instant,
+        tokens: &dyn Redeem,
+    ) -> Decision {
+        match kind {
+            Datagram::Data => self.forward(id, len, now),
+            Datagram::Token(token) => match tokens.redeem(token, now) {
+                Ok(target) => self.reset_to(id, target, now),
+                Err(_) => self.forward(id, len, now),
+            },
+            Datagram::Reset(token) => match tokens.redeem(token, now) {
+                Ok(target) => self.reset_to(id, target, now),
+                Err(r) => Decision::Drop(r.into()),
+            },
+            Datagram::MalformedReset => Decision::Drop(DropReason::MalformedReset),
+        }
+    }
+
+    fn judge_newcomer(
+        &mut self,
+        client: SocketAddr,
+        kind: Datagram,
+        len: usize,
+        now: Instant,
+        tokens: &dyn Redeem,
+    ) -> Decision {
+        if self.ledger.draining() {
+            return Decision::Drop(DropReason::Draining);
+        }
+        match kind {
+            // A reset is never forwarded, not even to a default endpoint (SPEC §3).
+            Datagram::Reset(token) => match tokens.redeem(token, now) {
+                Ok(target) => self.open_redeemed(client, target, now),
+                Err(r) => Decision::Drop(r.into()),
+            },
+            Datagram::MalformedReset => Decision::Drop(DropReason::MalformedReset),
+            Datagram::Token(token) => match tokens.redeem(token, now) {
+                Ok(target) => self.open_redeemed(client, target, now),
+                Err(r) if self.rules.default_route.is_none() => Decision::Drop(r.into()),
+                // Token-shaped game traffic from a tokenless client.
+                Err(_) => self.open_default(client, len, now),
+            },
+            Datagram::Data => self.open_default(client, len, now),
+        }
+    }
+
+    fn open_redeemed(&mut self, client: SocketAddr, target: Arc<Target>, now: Instant) -> Decision {
+        match self.open(client, target, now) {
+            Ok((id, binding)) => Decision::Open {
+                id,
+                binding,
+                forward: None,
+                redeemed: true,
+            },
+            Err(refusal) => Decision::Drop(refusal.into()),
+        }
+    }
+
+    /// A tokenless newcomer: admitted under the cap first (a full table costs no resolution
+    /// work), then sent to the default route's pick with this datagram forwarded.
+    fn open_default(&mut self, client: SocketAddr, len: usize, now: Instant) -> Decision {
+        let Some(route) = self.rules.default_route.clone() else {
+            return Decision::Drop(DropReason::NoSession);
+        };
+        if let Err(refusal) = self.ledger.try_admit() {
+            return Decision::Drop(refusal.into());
+        }
+        let random = self.next_random();
+        let Some(target) = route.pick(self.ledger.as_ref(), random) else {
+            self.ledger.release();
+            return Decision::Drop(DropReason::NoDefaultTarget);
+        };
+        let (id, binding) = self.insert_admitted(client, target, now);
+        match self.forward_from_client(id, len, now) {
+            Some((_, to)) => Decision::Open {
+                id,
+                binding,
+                forward: Some(to),
+                redeemed: false,
+            },
+            None => Decision::Drop(DropReason::NoSession),
+        }
+    }
+
+    #[inline]
+    fn forward(&mut self, id: SessionId, len: usize, now: Instant) -> Decision {
+        match self.forward_from_client(id, len, now) {
+            Some((socket, to)) => Decision::Forward { socket, to },
+            None => Decision::Drop(DropReason::NoSession),
+        }
+    }
+
+    fn reset_to(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> Decision {
+        match self.reset(id, target, now) {
+            Some(moved) => Decision::Reset {
+                id,
+                binding: moved.binding,
+                released: moved.released,
+            },
+            None => Decision::Keep,
+        }
+    }
+}
