@@ -1,10 +1,10 @@
 # udp-director developer targets. `make test` is the README's test command and what CI runs.
 CARGO ?= cargo
 
-.PHONY: test demo run lint fmt bench loadgen soak guess fuzz docker clean
+.PHONY: test demo run lint fmt bench release loadgen soak guess fuzz fuzz-check docker clean
 
-test:            ## unit, property and loopback end-to-end tests
-	$(CARGO) test --locked --all-targets
+test:            ## unit, property and loopback end-to-end tests (the daemon and testkit)
+	$(CARGO) test --locked --workspace --all-targets
 
 demo:            ## the whole client path on one machine, no Kubernetes
 	$(CARGO) run --release --example demo
@@ -14,7 +14,7 @@ run:             ## the director on the example static config
 
 lint:            ## what CI checks besides tests
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -22,14 +22,23 @@ fmt:
 bench:           ## criterion micro-benchmarks of the per-datagram decisions
 	$(CARGO) bench --bench datapath
 
-loadgen:         ## through-the-director vs direct, 64 clients x 512 B (see Docs/Benchmarks.md)
-	$(CARGO) run --release -- loadgen --clients 64 --size 512
+release:         ## the director and the load tool, optimised (target/release/{udp-director,loadgen})
+	$(CARGO) build --release --locked --bin udp-director -p udp-director
+	$(CARGO) build --release --locked --bin loadgen -p udp-director-testkit
 
-soak:            ## open and reap 1 000 000 sessions in waves; fds and RSS after vs before
-	$(CARGO) run --release -- loadgen --soak-sessions 1000000 --wave 10000
+LOADGEN = target/release/loadgen
 
-guess:           ## 1 000 000 forged tokens: none may create a session
-	$(CARGO) run --release -- loadgen --guess-tokens 1000000
+loadgen: release ## through-the-director vs direct, 64 clients x 512 B (see Docs/Benchmarks.md)
+	$(LOADGEN) --clients 64 --size 512
+
+soak: release    ## open and reap 1 000 000 sessions in waves; fds and RSS after vs before
+	$(LOADGEN) --soak-sessions 1000000 --wave 10000
+
+guess: release   ## 1 000 000 forged tokens: none may create a session
+	$(LOADGEN) --guess-tokens 1000000
+
+fuzz-check:      ## the fuzz targets still build (stable toolchain; what CI runs)
+	$(CARGO) check --locked --manifest-path fuzz/Cargo.toml
 
 FUZZ_SECONDS ?= 600
 fuzz:            ## every fuzz target for FUZZ_SECONDS each (needs nightly + cargo-fuzz; see Docs/Testing.md)

@@ -10,7 +10,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use udp_director::devtools::query_token;
+use testkit::query_token;
 
 const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 

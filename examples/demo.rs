@@ -7,8 +7,8 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use testkit::{EchoServer, http_get, query_token};
 use udp_director::config::Config;
-use udp_director::devtools::{EchoServer, http_get, query_token};
 
 const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 

@@ -3,13 +3,14 @@
 //!
 //!     cargo run --release --example echo_servers [NAME=ADDR ...]
 //!
-//! Default: echo-a=127.0.0.1:9001 echo-b=127.0.0.1:9002. Stops after 10 minutes.
+//! Default: echo-a=127.0.0.1:9001 echo-b=127.0.0.1:9002. Stops on Ctrl-C or after 10 minutes.
 
 use std::time::Duration;
 
-use udp_director::devtools::EchoServer;
+use testkit::EchoServer;
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
     let mut specs: Vec<String> = std::env::args().skip(1).collect();
     if specs.is_empty() {
         specs = vec![
@@ -26,6 +27,10 @@ fn main() -> anyhow::Result<()> {
         println!("{name} echoing on udp://{}", server.addr);
         servers.push(server);
     }
-    std::thread::park_timeout(Duration::from_secs(600));
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+    }
+    drop(servers);
     Ok(())
 }

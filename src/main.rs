@@ -76,14 +76,6 @@ struct Cli {
     /// Validate the config, print it with defaults filled in, and exit.
     #[arg(long)]
     check_config: bool,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum Cmd {
-    /// Measure the director against a straight path to the same echo backend (loopback only).
-    Loadgen(udp_director::loadgen::LoadgenArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -94,12 +86,8 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The director's allocator settings, before any thread exists (see udp_director::memory);
-    // the load tool is a client and keeps glibc's defaults.
-    let allocator = match cli.command {
-        Some(Cmd::Loadgen(_)) => None,
-        None => Some(udp_director::memory::tune_allocator()),
-    };
+    // The director's allocator settings, before any thread exists (see udp_director::memory).
+    let allocator = udp_director::memory::tune_allocator();
     init_logging(cli.log_format);
     tracing::debug!(?allocator, "allocator settings");
     match run(cli) {
@@ -113,10 +101,6 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Cmd::Loadgen(args)) = &cli.command {
-        let exe = std::env::current_exe().context("cannot find this executable")?;
-        return udp_director::loadgen::run(args, &exe).context("loadgen failed");
-    }
     let overrides = Overrides {
         bind_address: cli.bind_address,
         query_port: cli.query_port,

@@ -7,47 +7,22 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
+use testkit::EchoServer;
+use testkit::{ChildDirector, Pacer, Rng, Scrape, TempDir, yaml};
 use udp_director::config::Config;
-use udp_director::devtools::EchoServer;
-use udp_director::loadgen::{ChildDirector, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_udp-director");
-
-/// A small deterministic generator (xorshift64*), so failures replay.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn uuid(&mut self) -> String {
-        let v = (u128::from(self.next()) << 64) | u128::from(self.next());
-        uuid::Uuid::from_u128(v).hyphenated().to_string()
-    }
-
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let n = 1 + (self.next() as usize % max);
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn echo() -> EchoServer {
     EchoServer::start("127.0.0.1:0".parse().unwrap(), b"").unwrap()
 }
 
 fn yaml_for(backend: SocketAddr, extra: &str) -> String {
-    format!(
-        "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: 2\n{extra}\nresourceQueryMapping:\n  echo:\n    static:\n      - {{name: e0, address: 127.0.0.1, port: {}}}\n",
-        backend.port()
-    )
+    yaml::director(extra, &[yaml::echo_mapping(&[backend])])
 }
 
 fn bound_socket() -> UdpSocket {
@@ -76,11 +51,31 @@ fn flood(
     }
 }
 
-/// Asserts no sender socket has anything to read.
-fn assert_nothing_came_back(senders: &[UdpSocket]) {
+/// Asserts no sender socket receives anything within `wait` (one poll over all of them).
+fn assert_nothing_comes_back(senders: &[UdpSocket], wait: Duration) {
+    let mut poll = mio::Poll::new().unwrap();
+    let mut registered: Vec<mio::net::UdpSocket> = senders
+        .iter()
+        .map(|s| {
+            let s = s.try_clone().unwrap();
+            s.set_nonblocking(true).unwrap();
+            mio::net::UdpSocket::from_std(s)
+        })
+        .collect();
+    for (i, s) in registered.iter_mut().enumerate() {
+        poll.registry()
+            .register(s, mio::Token(i), mio::Interest::READABLE)
+            .unwrap();
+    }
+    let mut events = mio::Events::with_capacity(16);
+    poll.poll(&mut events, Some(wait)).unwrap();
+    assert!(
+        events.is_empty(),
+        "a sender got something back (socket {:?})",
+        events.iter().next().map(|e| e.token())
+    );
     let mut buf = [0u8; 2048];
     for s in senders {
-        s.set_nonblocking(true).unwrap();
         match s.recv_from(&mut buf) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             other => panic!("a sender got something back: {other:?}"),
@@ -89,19 +84,7 @@ fn assert_nothing_came_back(senders: &[UdpSocket]) {
 }
 
 fn drops(admin: SocketAddr, reasons: &[&str]) -> f64 {
-    let (_, body) = http_get(admin, "/metrics");
-    reasons
-        .iter()
-        .map(|r| {
-            let series = format!("udp_director_datagrams_dropped_total{{reason=\"{r}\"}}");
-            body.lines()
-                .find_map(|l| {
-                    l.strip_prefix(&series)
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                })
-                .unwrap_or(0.0)
-        })
-        .sum()
+    Scrape::fetch(admin).unwrap().drops(reasons)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +94,7 @@ async fn sessionless_senders_get_nothing_back_whatever_they_send() {
     let (data, admin) = (director.data_addr, director.admin_addr);
     let (sent, elapsed) = tokio::task::spawn_blocking(move || {
         let senders: Vec<UdpSocket> = (0..250).map(|_| bound_socket()).collect();
-        let mut rng = Rng(0x5eed);
+        let mut rng = Rng::new(0x5eed);
         let started = tokio::time::Instant::now();
         flood(
             &senders,
@@ -132,8 +115,7 @@ async fn sessionless_senders_get_nothing_back_whatever_they_send() {
             },
         );
         let elapsed = started.elapsed();
-        std::thread::park_timeout(Duration::from_millis(300));
-        assert_nothing_came_back(&senders);
+        assert_nothing_comes_back(&senders, Duration::from_millis(300));
         (100_000usize, elapsed)
     })
     .await
@@ -168,7 +150,7 @@ fn a_hundred_thousand_guessed_tokens_create_nothing_and_log_nothing() {
     // Settle: drain start-up lines.
     while d.logs.recv_timeout(Duration::from_millis(200)).is_ok() {}
     let senders: Vec<UdpSocket> = (0..100).map(|_| bound_socket()).collect();
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let started = tokio::time::Instant::now();
     let attempts = 100_000;
     flood(
@@ -216,24 +198,32 @@ fn a_hundred_thousand_guessed_tokens_create_nothing_and_log_nothing() {
         lines.len() <= 4,
         "the flood is not logged line by line: {lines:#?}"
     );
-    assert_nothing_came_back(&senders);
+    assert_nothing_comes_back(&senders, Duration::from_millis(50));
 }
 
-/// Ping-pongs on one live session until stopped; (sent, lost).
-fn live_traffic(socket: UdpSocket, data: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
+/// Ping-pongs on one live session, one round trip a millisecond, until stopped; (sent,
+/// lost). `done` counts round trips as they complete.
+fn live_traffic(
+    socket: UdpSocket,
+    data: SocketAddr,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> (u64, u64) {
     let (mut sent, mut lost) = (0u64, 0u64);
     let mut buf = [0u8; 64];
+    let mut pacer = Pacer::new(Duration::from_millis(1));
     for seq in 0u64..50_000 {
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        pacer.tick();
         socket.send_to(&seq.to_be_bytes(), data).unwrap();
         sent += 1;
         match socket.recv(&mut buf) {
             Ok(8) if buf[..8] == seq.to_be_bytes() => {}
             _ => lost += 1,
         }
-        std::thread::park_timeout(Duration::from_millis(1));
+        done.fetch_add(1, Ordering::Relaxed);
     }
     (sent, lost)
 }
@@ -253,28 +243,34 @@ async fn a_saturated_session_cap_refuses_newcomers_while_live_sessions_flow() {
         let token = token_for(q, r#"{"resourceType":"echo"}"#);
         live.send_to(token.as_bytes(), data).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
         let traffic = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || live_traffic(live, data, stop))
+            let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+            std::thread::spawn(move || live_traffic(live, data, stop, done))
         };
         // 3 000 newcomers (distinct source ports, tokenless: the default endpoint would take
-        // every one of them) against a cap of 300, three datagrams each.
+        // every one of them) against a cap of 300, three datagrams each; each round sent once
+        // the director has judged the previous one (each past the cap is a refusal).
         let flooders: Vec<UdpSocket> = (0..3_000).map(|_| bound_socket()).collect();
         for round in 0..3u8 {
             for s in &flooders {
                 let _ = s.send_to(&[round; 32], data);
             }
-            std::thread::park_timeout(Duration::from_millis(100));
+            let refused = f64::from(round + 1) * 2_700.0;
+            eventually(Duration::from_secs(5), || {
+                metric(admin, "udp_director_sessions_refused_total{reason=\"cap\"}") >= refused
+            });
         }
-        eventually(Duration::from_secs(5), || {
-            metric(admin, "udp_director_sessions_refused_total{reason=\"cap\"}") > 0.0
-        });
         // The token store under a flood of queries: bounded by maxTokens.
         for _ in 0..1_000 {
-            let _ = udp_director::devtools::query_raw(q, r#"{"resourceType":"echo"}"#);
+            let _ = testkit::query_raw(q, r#"{"resourceType":"echo"}"#);
         }
         let held = tokens.len();
-        std::thread::park_timeout(Duration::from_millis(500));
+        // The live client keeps playing past the query flood: 300 more round trips.
+        let so_far = done.load(Ordering::Relaxed);
+        eventually(Duration::from_secs(5), || {
+            done.load(Ordering::Relaxed) >= so_far + 300
+        });
         stop.store(true, Ordering::Relaxed);
         let (sent, lost) = traffic.join().unwrap();
         (sent, lost, held)
@@ -460,9 +456,10 @@ fn slowloris(addr: SocketAddr, n: usize, every: Duration, total: Duration) -> (u
     }
     let opened = conns.len();
     let deadline = tokio::time::Instant::now() + total;
+    let mut pacer = Pacer::new(every);
     while tokio::time::Instant::now() < deadline {
+        pacer.tick();
         conns.retain_mut(|c| c.write(b" ").is_ok());
-        std::thread::park_timeout(every);
     }
     // Connections the server has closed read as EOF (or reset).
     let mut closed = 0;
@@ -523,14 +520,15 @@ async fn a_good_client_is_answered_promptly_during_query_abuse() {
                 break;
             }
         }
-        // The well-behaved client: fresh connection per query, 300 queries.
+        // The well-behaved client: fresh connection per query, 300 queries, one every 5 ms.
         let mut latencies = Vec::new();
+        let mut pacer = Pacer::new(Duration::from_millis(5));
         for _ in 0..300 {
+            pacer.tick();
             let t = tokio::time::Instant::now();
             let answer = query(q, r#"{"resourceType":"echo"}"#);
             latencies.push(t.elapsed());
             assert!(answer["token"].is_string(), "{answer}");
-            std::thread::park_timeout(Duration::from_millis(5));
         }
         let slow = attack.join().unwrap();
         (latencies, slow, codes)
@@ -583,26 +581,29 @@ fn a_drained_burst_hands_its_memory_back() {
     )
     .unwrap();
     let before = d.rss_anon_kib();
-    let token = udp_director::devtools::query_token(d.query, r#"{"resourceType":"echo"}"#)
+    let token = testkit::query_token(d.query, r#"{"resourceType":"echo"}"#)
         .unwrap()
         .token;
-    let burst = 3_000;
-    let clients: Vec<UdpSocket> = (0..burst)
-        .map(|i| {
+    let burst = 3_000usize;
+    // In waves of 500, each sent once the director holds the previous ones' sessions.
+    let mut clients: Vec<UdpSocket> = Vec::with_capacity(burst);
+    for wave in 0..burst / 500 {
+        for _ in 0..500 {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
             s.send_to(token.as_bytes(), d.data).unwrap();
             s.send_to(b"x", d.data).unwrap();
-            if i % 500 == 499 {
-                std::thread::park_timeout(Duration::from_millis(5));
-            }
-            s
-        })
-        .collect();
+            clients.push(s);
+        }
+        let held = ((wave + 1) * 500) as f64 * 0.9;
+        eventually(Duration::from_secs(5), || {
+            d.metric("udp_director_sessions_active") >= held
+        });
+    }
     // Most of the burst is enough (on a loaded machine a few token datagrams may be dropped
     // before the director reads them): a trim needs the load to fall by 1 000 and by half.
     assert!(
         eventually(Duration::from_secs(30), || {
-            d.metric("udp_director_sessions_active") >= f64::from(burst) * 2.0 / 3.0
+            d.metric("udp_director_sessions_active") >= burst as f64 * 2.0 / 3.0
         }),
         "the burst was admitted: {} active, {} created, drops {}",
         d.metric("udp_director_sessions_active"),

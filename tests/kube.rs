@@ -29,12 +29,12 @@ const READY: &str = r#"{"resourceType":"gameserver","statusQuery":{"jsonPath":"s
 
 struct Env {
     director: Running,
-    _dir: udp_director::loadgen::TempDir,
+    _dir: testkit::TempDir,
 }
 
 async fn start(yaml: &str, fake: Arc<FakeKube>) -> Env {
     // The test keeps its own handle on `fake`; the director only needs its kubeconfig.
-    let dir = udp_director::loadgen::TempDir::new("kube-test").unwrap();
+    let dir = testkit::TempDir::new("kube-test").unwrap();
     let kubeconfig = fake.kubeconfig(&dir.path);
     let config = Config::from_yaml(yaml).unwrap();
     let director = app::start_with(
@@ -433,7 +433,7 @@ async fn ten_thousand_gameservers_are_served_from_memory() {
         lists,
         "no LIST per query"
     );
-    let p = |q: f64| udp_director::loadgen::percentile(&rtts, q);
+    let p = |q: f64| testkit::load::percentile(&rtts, q);
     eprintln!(
         "10 000 cached GameServers: query latency p50 {} µs, p99 {} µs (client-side, one connection); process RSS {} -> {} KiB (+{} KiB for the cache)",
         p(50.0),
@@ -457,13 +457,13 @@ async fn memory_of_ten_thousand_cached_gameservers_in_the_director_process() {
         );
     }
     fake.stop();
-    let dir = udp_director::loadgen::TempDir::new("kube-mem").unwrap();
+    let dir = testkit::TempDir::new("kube-mem").unwrap();
     let kubeconfig = fake.kubeconfig(&dir.path);
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_udp-director"));
     let yaml = GS_CONFIG.to_string();
     let child = blocking(move || {
         let args = [std::ffi::OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
-        udp_director::loadgen::ChildDirector::spawn_yaml(&exe, dir, &yaml, &args).unwrap()
+        testkit::ChildDirector::spawn_yaml(&exe, dir, &yaml, &args).unwrap()
     })
     .await;
     let admin = child.admin;

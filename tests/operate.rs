@@ -16,10 +16,11 @@ use std::time::Duration;
 use common::fake_kube::FakeKube;
 use common::*;
 use serde_json::{Value, json};
+use testkit::EchoServer;
+use testkit::yaml::static_mapping;
+use testkit::{ChildDirector, Pacer, TempDir};
 use udp_director::app::{self, StartOptions};
 use udp_director::config::Config;
-use udp_director::devtools::EchoServer;
-use udp_director::loadgen::{ChildDirector, TempDir};
 use udp_director::reload::ConfigSource;
 use udp_director::resolve::kube::Connect;
 
@@ -29,18 +30,8 @@ fn echo() -> EchoServer {
     EchoServer::start("127.0.0.1:0".parse().unwrap(), b"").unwrap()
 }
 
-fn static_mapping(name: &str, backend: SocketAddr) -> String {
-    format!(
-        "  {name}:\n    static:\n      - {{name: {name}-0, address: 127.0.0.1, port: {}}}\n",
-        backend.port()
-    )
-}
-
 fn doc(extra: &str, mappings: &[String]) -> String {
-    format!(
-        "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: 2\n{extra}\nresourceQueryMapping:\n{}",
-        mappings.concat()
-    )
+    testkit::yaml::director(extra, mappings)
 }
 
 /// Writes a new version the way the kubelet updates a mounted ConfigMap: a fresh timestamped
@@ -83,11 +74,13 @@ impl Traffic {
                         .set_read_timeout(Some(Duration::from_secs(1)))
                         .unwrap();
                     let mut buf = [0u8; 64];
+                    let mut pacer = Pacer::new(Duration::from_millis(2));
                     // Bounded: at most 30 000 round trips (a minute) even if never stopped.
                     for seq in 0u64..30_000 {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
+                        pacer.tick();
                         socket.send_to(&seq.to_be_bytes(), data).unwrap();
                         sent.fetch_add(1, Ordering::Relaxed);
                         match socket.recv(&mut buf) {
@@ -96,7 +89,6 @@ impl Traffic {
                                 lost.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        std::thread::park_timeout(Duration::from_millis(2));
                     }
                 })
             })
@@ -244,8 +236,11 @@ fn mounted_configmap_swaps_apply_live_and_lose_nothing() {
         config_view["controlPacketMagicBytes"],
         "<redacted: 9 bytes>"
     );
-    // Let traffic run a little past the last swap.
-    std::thread::park_timeout(Duration::from_millis(300));
+    // Traffic runs on past the last swap: 100 more round trips.
+    let so_far = traffic.sent.load(Ordering::Relaxed);
+    assert!(eventually(Duration::from_secs(5), || {
+        traffic.sent.load(Ordering::Relaxed) >= so_far + 100
+    }));
 
     let (sent, lost) = traffic.finish();
     println!(

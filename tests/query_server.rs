@@ -138,11 +138,12 @@ async fn idle_connections_are_closed_even_if_they_trickle() {
     let started = tokio::time::Instant::now();
     // Trickle a byte every 200 ms (bounded: at most 25 bytes); the request deadline does not move.
     let trickler = std::thread::spawn(move || {
+        let mut pacer = testkit::Pacer::new(Duration::from_millis(200));
         for _ in 0..25 {
+            pacer.tick();
             if s.write_all(b" ").is_err() {
                 return;
             }
-            std::thread::park_timeout(Duration::from_millis(200));
         }
     });
     let mut buf = [0u8; 16];

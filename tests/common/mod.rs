@@ -1,5 +1,7 @@
-//! Helpers shared by the end-to-end tests: start the real listeners on 127.0.0.1 with
-//! OS-assigned ports, fake game servers we fully control, and deadline-bounded polling.
+//! Helpers shared by the end-to-end tests that are about this crate's in-process listeners:
+//! start them on 127.0.0.1 with OS-assigned ports, and fake game servers and clients we
+//! fully control. The generic harness (child director, metrics scrape, config builders,
+//! deadline waits) is the `testkit` crate.
 #![allow(dead_code)]
 
 pub mod fake_kube;
@@ -8,6 +10,9 @@ pub mod helm_lite;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+#[allow(unused_imports)]
+pub use testkit::eventually;
+use testkit::yaml;
 use udp_director::app::{self, Running};
 use udp_director::config::Config;
 
@@ -98,22 +103,12 @@ fn expect_silence(socket: &UdpSocket, wait: Duration) {
     assert!(got.is_none(), "expected silence, got {got:?}");
 }
 
-/// A static mapping `echo` over the given backends, named b0, b1, ... with label `zone: zN`.
+/// A loopback config (`testkit::yaml::director`) with the mapping `echo` over the given
+/// backends, named b0, b1, ... with label `zone: zN`.
 pub fn config_for(backends: &[&Backend], extra: &str) -> Config {
-    let mut yaml =
-        String::from("bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\n");
-    if !extra.contains("dataWorkers") {
-        yaml.push_str("dataWorkers: 2\n");
-    }
-    yaml.push_str(extra);
-    yaml.push_str("\nresourceQueryMapping:\n  echo:\n    static:\n");
-    for (i, b) in backends.iter().enumerate() {
-        yaml.push_str(&format!(
-            "      - {{name: b{i}, address: 127.0.0.1, port: {}, labels: {{zone: z{i}}}, status: {{state: Ready}}}}\n",
-            b.addr.port()
-        ));
-    }
-    Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let text = yaml::director(extra, &[yaml::echo_mapping(&addrs)]);
+    Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 pub async fn start(config: Config) -> Running {
@@ -122,7 +117,7 @@ pub async fn start(config: Config) -> Running {
 
 /// One query on a fresh connection; returns the answer as JSON.
 pub fn query(addr: SocketAddr, request: &str) -> serde_json::Value {
-    let line = udp_director::devtools::query_raw(addr, request).unwrap();
+    let line = testkit::query_raw(addr, request).unwrap();
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
 }
 
@@ -150,30 +145,10 @@ pub fn establish(client: &Client, token: &str, backend: &Backend) -> SocketAddr 
 
 /// Plain HTTP GET against the admin server: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    udp_director::devtools::http_get(addr, path).unwrap()
+    testkit::http_get(addr, path).unwrap()
 }
 
-/// The value of a metric line (exact series name with labels) from `/metrics`.
+/// The value of a metric series (exact name with labels) from `/metrics`.
 pub fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let (_, body) = http_get(admin, "/metrics");
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
-/// Polls `cond` every 20 ms until it holds or `within` passes.
-pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::park_timeout(Duration::from_millis(20));
-    }
+    testkit::Scrape::fetch(admin).unwrap().value(series)
 }

@@ -1,14 +1,12 @@
-//! Helpers for local development, the demo, the load tool and the tests: a UDP echo server
-//! standing in for a game server, and a blocking query client. Not used by the director.
+//! A UDP echo server on its own thread, standing in for a game server in the demo, the
+//! examples, the tests and the load tool. Not used by the director.
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-use crate::protocol::query::TokenAnswer;
 
 /// A UDP echo server on its own thread. Replies `prefix ++ payload` to the sender.
 pub struct EchoServer {
@@ -70,44 +68,4 @@ impl Drop for EchoServer {
             let _ = h.join();
         }
     }
-}
-
-/// Sends one query line and reads one answer line (blocking, with a timeout).
-pub fn query_raw(addr: SocketAddr, request: &str) -> io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(request.trim_end().as_bytes())?;
-    stream.write_all(b"\n")?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    Ok(line)
-}
-
-/// Queries for a token; an error answer becomes an `io::Error` carrying its text.
-pub fn query_token(addr: SocketAddr, request: &str) -> io::Result<TokenAnswer> {
-    let line = query_raw(addr, request)?;
-    serde_json::from_str(&line)
-        .map_err(|_| io::Error::other(format!("query failed: {}", line.trim())))
-}
-
-/// Plain HTTP/1.1 GET (for the admin server): `(status, body)`.
-pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: director\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    io::Read::read_to_string(&mut s, &mut out)?;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }

@@ -1,10 +1,13 @@
-//! The load tool (`udp-director loadgen`): measures the director against a straight path to
-//! the same backend, in one run, on loopback only.
+//! The load tool (`loadgen`): measures the director against a straight path to the same
+//! backend, in one run, on loopback only.
 //!
-//! It starts a UDP echo backend in this process and the director as a child process (this
-//! same executable, on a generated static config), then drives N client sockets:
+//! It starts a UDP echo backend in this process and the director binary (`--director`,
+//! default: `udp-director` beside this executable) as a child process on a generated static
+//! config, then drives N client sockets:
 //! - closed loop: each client keeps one datagram in flight; reports round trips per second
-//!   and RTT percentiles;
+//!   and RTT percentiles, through the director, straight to the backend, optionally through
+//!   another proxy (`--raw-proxy`, e.g. nginx) and another director build
+//!   (`--also-director`, e.g. the previous commit's), in interleaved rounds;
 //! - fixed rate (`--rate`): datagrams are sent on a schedule regardless of replies; reports
 //!   RTT percentiles, i.e. the latency the director adds at that load;
 //! - `--idle-sessions N`: opens N sessions, lets them idle and reports the director's
@@ -19,21 +22,35 @@
 //! Every loop is bounded by a count and a deadline and stops by itself. Traffic goes only to
 //! 127.0.0.0/8.
 
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
 use tokio::time::Instant;
 
-use crate::devtools::{EchoServer, http_get, query_token};
+use crate::child::{ChildDirector, TempDir};
+use crate::client::query_token;
+use crate::echo::EchoServer;
+use crate::rng::Rng;
+use crate::wait::{eventually, pause};
+use crate::yaml;
 
-/// `udp-director loadgen` arguments.
-#[derive(Debug, Clone, clap::Args)]
+/// `loadgen` arguments.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "loadgen",
+    about = "Measure udp-director on loopback (see Docs/Benchmarks.md)"
+)]
 pub struct LoadgenArgs {
+    /// The director binary (default: `udp-director` beside this executable; build it with
+    /// `cargo build --release`).
+    #[arg(long)]
+    pub director: Option<PathBuf>,
+    /// A second director binary measured in the same interleaved rounds (before/after).
+    #[arg(long)]
+    pub also_director: Option<PathBuf>,
     /// Concurrent client sockets.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -113,197 +130,48 @@ pub fn percentile(samples: &[u64], p: f64) -> u64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
-/// The director as a child process.
-pub struct ChildDirector {
-    child: Child,
-    pub query: SocketAddr,
-    pub data: SocketAddr,
-    pub admin: SocketAddr,
-    /// JSON log lines printed after the start-up line.
-    pub logs: mpsc::Receiver<String>,
-    _dir: TempDir,
-}
-
-impl ChildDirector {
-    /// Starts `exe` on a static config listing `targets`, waits for its start-up line.
-    pub fn spawn(
-        exe: &Path,
-        targets: &[SocketAddr],
-        args: &LoadgenArgs,
-        max_sessions: usize,
-    ) -> io::Result<Self> {
-        let (workers, busy) = (args.workers, args.busy_poll_micros);
-        let dir = TempDir::new("loadgen")?;
-        let mut yaml = format!(
-            "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: {workers}\nbusyPollMicros: {busy}\nmaxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\nresourceQueryMapping:\n  echo:\n    loadBalancing: {{type: leastSessions}}\n    static:\n"
-        );
-        for (i, t) in targets.iter().enumerate() {
-            yaml.push_str(&format!(
-                "      - {{name: t{i:05}, address: {}, port: {}, labels: {{target: t{i:05}}}}}\n",
-                t.ip(),
-                t.port()
-            ));
-        }
-        Self::spawn_yaml(exe, dir, &yaml, &[])
-    }
-
-    /// Starts `exe` on the config `yaml` (written into `dir`) with `extra` arguments, and waits
-    /// for its start-up line.
-    pub fn spawn_yaml(
-        exe: &Path,
-        dir: TempDir,
-        yaml: &str,
-        extra: &[&std::ffi::OsStr],
-    ) -> io::Result<Self> {
-        let config = dir.path.join("config.yaml");
-        std::fs::write(&config, yaml)?;
-        let mut args = vec![std::ffi::OsStr::new("--config"), config.as_os_str()];
-        args.extend_from_slice(extra);
-        Self::spawn_args(exe, dir, &args)
-    }
-
-    /// Starts `exe` with `args` (plus JSON logs) and waits for its start-up line; `dir` is
-    /// removed when the child is dropped.
-    pub fn spawn_args(exe: &Path, dir: TempDir, args: &[&std::ffi::OsStr]) -> io::Result<Self> {
-        Self::spawn_logging(exe, dir, args, "warn,udp_director::app=info")
-    }
-
-    /// [`ChildDirector::spawn_args`] with its own `RUST_LOG` filter.
-    pub fn spawn_logging(
-        exe: &Path,
-        dir: TempDir,
-        args: &[&std::ffi::OsStr],
-        rust_log: &str,
-    ) -> io::Result<Self> {
-        let child = Command::new(exe)
-            .args(["--log-format", "json"])
-            .args(args)
-            .env("RUST_LOG", rust_log)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        // Owned by `Self` from here on, so every early return below kills and reaps it.
-        let unbound = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-        let (tx, rx) = mpsc::channel();
-        let mut this = Self {
-            child,
-            query: unbound,
-            data: unbound,
-            admin: unbound,
-            logs: rx,
-            _dir: dir,
-        };
-        let stdout = this
-            .child
-            .stdout
-            .take()
-            .ok_or_else(|| io::Error::other("no stdout"))?;
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = this
-                .logs
-                .recv_timeout(left)
-                .map_err(|_| io::Error::other("director did not start within 20 s"))?;
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if v["message"] == "udp-director listening" {
-                let addr = |k: &str| -> io::Result<SocketAddr> {
-                    v[k].as_str()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| io::Error::other(format!("no {k} address in {line}")))
-                };
-                this.query = addr("query")?;
-                this.data = addr("data")?;
-                this.admin = addr("admin")?;
-                return Ok(this);
-            }
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Resident set size in KiB (Linux /proc).
-    pub fn rss_kib(&self) -> u64 {
-        proc_status_kib(self.pid(), "VmRSS:")
-    }
-
-    /// Anonymous resident memory in KiB (heap and stacks; excludes the executable's code pages,
-    /// which become resident as more code paths run and are not growth of the director's state).
-    pub fn rss_anon_kib(&self) -> u64 {
-        proc_status_kib(self.pid(), "RssAnon:")
-    }
-
-    /// Open file descriptors (Linux /proc).
-    pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-
-    /// A metric's value from `/metrics`.
-    pub fn metric(&self, series: &str) -> f64 {
-        http_get(self.admin, "/metrics")
-            .ok()
-            .and_then(|(_, body)| {
-                body.lines().find_map(|l| {
-                    l.strip_prefix(series)
-                        .and_then(|rest| rest.trim().parse().ok())
-                })
-            })
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for ChildDirector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix(key)
-                    .and_then(|rest| rest.trim().trim_end_matches(" kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
-}
-
-/// A directory removed on drop.
-pub struct TempDir {
-    pub path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new(tag: &str) -> io::Result<Self> {
-        let path = std::env::temp_dir().join(format!(
-            "udp-director-{tag}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
+/// Starts the director `exe` on a static config listing `targets` (named `t00000`...,
+/// labelled `target: t00000`...) with the load tool's limits.
+pub fn spawn_director(
+    exe: &Path,
+    targets: &[SocketAddr],
+    args: &LoadgenArgs,
+    max_sessions: usize,
+) -> io::Result<ChildDirector> {
+    let mut mapping =
+        String::from("  echo:\n    loadBalancing: {type: leastSessions}\n    static:\n");
+    for (i, t) in targets.iter().enumerate() {
+        mapping.push_str(&format!(
+            "      - {{name: t{i:05}, address: \"{}\", port: {}, labels: {{target: t{i:05}}}}}\n",
+            t.ip(),
+            t.port()
         ));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self { path })
     }
+    let extra = format!(
+        "dataWorkers: {}\nbusyPollMicros: {}\nmaxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\n",
+        args.workers, args.busy_poll_micros
+    );
+    ChildDirector::spawn_yaml(
+        exe,
+        TempDir::new("loadgen")?,
+        &yaml::director(&extra, &[mapping]),
+        &[],
+    )
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+/// The director binary to measure: `--director`, else `udp-director` beside this executable.
+pub fn director_binary(args: &LoadgenArgs) -> io::Result<PathBuf> {
+    let exe = match &args.director {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("udp-director"),
+    };
+    if exe.is_file() {
+        Ok(exe)
+    } else {
+        Err(io::Error::other(format!(
+            "no director binary at {} (build it with `cargo build --release`, or pass --director)",
+            exe.display()
+        )))
     }
 }
 
@@ -339,9 +207,10 @@ pub fn drive(
         senders.push(socket);
         receivers.push(receiver);
     }
-    // Let the hellos (tokens) land before timing starts.
+    // Let the hellos (tokens) land before timing starts: a first round trip per client
+    // proves its session (bounded: 2 s per client at most, losses are re-sent later).
     if hello.is_some() {
-        std::thread::park_timeout(Duration::from_millis(200));
+        settle(&senders, dest)?;
     }
     let total = Duration::from_secs_f64(seconds);
     let start = Instant::now();
@@ -352,6 +221,23 @@ pub fn drive(
     };
     result.name = name.to_string();
     Ok(result)
+}
+
+/// One round trip per client socket, so every session exists before the clock starts.
+fn settle(senders: &[UdpSocket], dest: SocketAddr) -> io::Result<()> {
+    let mut buf = [0u8; 64];
+    for s in senders {
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        for _ in 0..4 {
+            s.send_to(b"settle", dest)?;
+            if s.recv_from(&mut buf).is_ok() {
+                break;
+            }
+        }
+        s.set_nonblocking(true)?;
+    }
+    Ok(())
 }
 
 /// Payload: client index, sequence number, send time in ns since `start`, then padding.
@@ -487,8 +373,8 @@ fn fixed_rate(
         sends += 1;
         next += interval;
     }
-    // Give the last replies time to arrive, then stop the receiver.
-    std::thread::park_timeout(Duration::from_millis(200));
+    // Give the last replies time to arrive (an RTT is far below this), then stop the receiver.
+    pause(Duration::from_millis(200));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rtts = receiver
         .join()
@@ -503,7 +389,9 @@ fn fixed_rate(
 }
 
 /// Runs the load tool; prints a report on stdout.
-pub fn run(args: &LoadgenArgs, exe: &Path) -> io::Result<()> {
+pub fn run(args: &LoadgenArgs) -> io::Result<()> {
+    let exe = director_binary(args)?;
+    let exe = exe.as_path();
     if let Some(n) = args.guess_tokens {
         return guess_tokens(args, exe, n);
     }
@@ -516,59 +404,67 @@ pub fn run(args: &LoadgenArgs, exe: &Path) -> io::Result<()> {
     if let Some(n) = args.idle_sessions {
         return idle_memory(args, exe, n);
     }
+    if let Some(raw) = args.raw_proxy
+        && !raw.ip().is_loopback()
+    {
+        return Err(io::Error::other("--raw-proxy must be a loopback address"));
+    }
     let backend = EchoServer::start(
         SocketAddr::from((Ipv4Addr::LOCALHOST, args.backend_port)),
         b"",
     )?;
     // Every round opens fresh client sockets, so earlier rounds' sessions are still live.
-    let director = ChildDirector::spawn(exe, &[backend.addr], args, 1_000_000)?;
-    let token = query_token(director.query, r#"{"resourceType":"echo"}"#)?.token;
+    let mut directors = vec![(
+        "director",
+        spawn_director(exe, &[backend.addr], args, 1_000_000)?,
+    )];
+    if let Some(other) = &args.also_director {
+        directors.push((
+            "also",
+            spawn_director(other, &[backend.addr], args, 1_000_000)?,
+        ));
+    }
+    let mut tokens = Vec::new();
+    for (_, d) in &directors {
+        tokens.push(query_token(d.query, r#"{"resourceType":"echo"}"#)?.token);
+    }
     let mode = if args.rate > 0 {
         format!("fixed rate {} datagrams/s", args.rate)
     } else {
         "closed loop, one datagram in flight per client".to_string()
     };
     println!(
-        "loadgen: {} clients, {} B, {}s per phase, {mode}; backend {}, director pid {}",
+        "loadgen: {} clients, {} B, {}s per phase, {mode}; backend {}, director {} (pid {}){}",
         args.clients,
         args.size,
         args.seconds,
         backend.addr,
-        director.pid()
+        exe.display(),
+        directors[0].1.pid(),
+        args.also_director
+            .as_ref()
+            .map(|p| format!(", also {}", p.display()))
+            .unwrap_or_default()
     );
+    let phase = |name: &str, dest: SocketAddr, hello: Option<&[u8]>| {
+        drive(
+            name,
+            dest,
+            hello,
+            args.clients,
+            args.size,
+            args.seconds,
+            args.rate,
+        )
+    };
     let mut rounds: Vec<Vec<PhaseResult>> = Vec::new();
     for _ in 0..args.repeat.max(1) {
-        let mut round = vec![drive(
-            "direct",
-            backend.addr,
-            None,
-            args.clients,
-            args.size,
-            args.seconds,
-            args.rate,
-        )?];
-        round.push(drive(
-            "director",
-            director.data,
-            Some(token.as_bytes()),
-            args.clients,
-            args.size,
-            args.seconds,
-            args.rate,
-        )?);
+        let mut round = vec![phase("direct", backend.addr, None)?];
+        for ((name, d), token) in directors.iter().zip(&tokens) {
+            round.push(phase(name, d.data, Some(token.as_bytes()))?);
+        }
         if let Some(raw) = args.raw_proxy {
-            if !raw.ip().is_loopback() {
-                return Err(io::Error::other("--raw-proxy must be a loopback address"));
-            }
-            round.push(drive(
-                "raw-proxy",
-                raw,
-                None,
-                args.clients,
-                args.size,
-                args.seconds,
-                args.rate,
-            )?);
+            round.push(phase("raw-proxy", raw, None)?);
         }
         rounds.push(round);
     }
@@ -604,17 +500,25 @@ pub fn run(args: &LoadgenArgs, exe: &Path) -> io::Result<()> {
             r.percentile_us(99.0) - direct.percentile_us(99.0)
         );
     }
-    if results.len() == 3 {
+    let find = |name: &str| results.iter().find(|r| r.name == name);
+    if let Some(director) = find("director") {
+        for other in ["also", "raw-proxy"] {
+            if let Some(o) = find(other) {
+                println!(
+                    "director vs {other}: throughput x{:.2}",
+                    director.per_second() / o.per_second().max(1e-9)
+                );
+            }
+        }
+    }
+    for (name, d) in &directors {
+        let m = d.scrape();
         println!(
-            "director vs raw-proxy: throughput x{:.2}",
-            results[1].per_second() / results[2].per_second().max(1e-9)
+            "{name}: {} sessions created, datagrams dropped: {}",
+            m.value("udp_director_sessions_created_total"),
+            m.sum("udp_director_datagrams_dropped_total")
         );
     }
-    println!(
-        "director: {} sessions created, datagrams dropped: {}",
-        director.metric("udp_director_sessions_created_total"),
-        dropped_total(&director)
-    );
     Ok(())
 }
 
@@ -631,17 +535,11 @@ fn median_round(rounds: &[Vec<PhaseResult>]) -> Vec<PhaseResult> {
 }
 
 fn dropped_total(director: &ChildDirector) -> f64 {
-    http_get(director.admin, "/metrics")
-        .map(|(_, body)| {
-            body.lines()
-                .filter(|l| l.starts_with("udp_director_datagrams_dropped_total"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        })
-        .unwrap_or(0.0)
+    director
+        .scrape()
+        .sum("udp_director_datagrams_dropped_total")
 }
 
-/// One token for each target, selected by its `target` label.
 fn token_per_target(director: &ChildDirector, targets: usize) -> io::Result<Vec<String>> {
     (0..targets)
         .map(|i| {
@@ -666,10 +564,10 @@ fn idle_memory(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         .iter()
         .map(|t| t.local_addr())
         .collect::<Result<_, _>>()?;
-    let director = ChildDirector::spawn(exe, &addrs, args, n + 100)?;
+    let director = spawn_director(exe, &addrs, args, n + 100)?;
     // Tokens for every target (leastSessions spreads them), then a warm-up session.
     let tokens = token_per_target(&director, addrs.len())?;
-    std::thread::park_timeout(Duration::from_millis(300));
+    pause(Duration::from_millis(300));
     let before = director.rss_kib();
     let fds_before = director.open_fds();
     let mut clients = Vec::with_capacity(n);
@@ -678,13 +576,13 @@ fn idle_memory(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         s.send_to(tokens[i % tokens.len()].as_bytes(), director.data)?;
         clients.push(s);
         if i % 500 == 499 {
-            std::thread::park_timeout(Duration::from_millis(5));
+            pause(Duration::from_millis(5));
         }
     }
-    let ok = wait_for(Duration::from_secs(20), || {
+    let ok = eventually(Duration::from_secs(20), || {
         director.metric("udp_director_sessions_active") as usize >= n
     });
-    std::thread::park_timeout(Duration::from_millis(500));
+    pause(Duration::from_millis(500));
     let after = director.rss_kib();
     let sessions = director.metric("udp_director_sessions_active");
     let sockets = director.metric("udp_director_upstream_sockets");
@@ -711,7 +609,7 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         .map(|_| EchoServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), b""))
         .collect::<Result<_, _>>()?;
     let addrs: Vec<SocketAddr> = echo.iter().map(|e| e.addr).collect();
-    let director = ChildDirector::spawn(exe, &addrs, args, n + 1000)?;
+    let director = spawn_director(exe, &addrs, args, n + 1000)?;
     let tokens = token_per_target(&director, addrs.len())?;
     let started = Instant::now();
     let rss_before = director.rss_kib();
@@ -724,7 +622,7 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
             sent += 1;
             if sent % 2000 == 0 {
                 // Pace so the director's receive buffer never overflows.
-                std::thread::park_timeout(Duration::from_millis(20));
+                pause(Duration::from_millis(20));
             }
         }
         port = port.wrapping_add(1);
@@ -735,7 +633,7 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
                 .ok_or_else(|| io::Error::other("ran out of loopback sources"))?;
         }
     }
-    wait_for(Duration::from_secs(30), || {
+    eventually(Duration::from_secs(30), || {
         director.metric("udp_director_sessions_active") as usize >= sent
     });
     let sessions = director.metric("udp_director_sessions_active");
@@ -766,47 +664,23 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn metric_sum(director: &ChildDirector, prefix: &str) -> f64 {
-    http_get(director.admin, "/metrics")
-        .map(|(_, body)| {
-            body.lines()
-                .filter(|l| l.starts_with(prefix))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        })
-        .unwrap_or(0.0)
-}
-
-/// xorshift64*: forged tokens without a dependency on a random-number crate.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
 /// Sends `n` forged tokens (bare, as control datagrams, and malformed) from 256 sockets and
 /// reports how fast they are refused. Fails if any created a session.
 fn guess_tokens(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     let echo = EchoServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), b"")?;
-    let director = ChildDirector::spawn(exe, &[echo.addr], args, 1_000)?;
+    let director = spawn_director(exe, &[echo.addr], args, 1_000)?;
     let senders: Vec<UdpSocket> = (0..256)
         .map(|_| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))
         .collect::<Result<_, _>>()?;
     let magic = b"\xff\xff\xff\xffRESET";
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
     const BURST: usize = 4_000;
     let mut sent = 0usize;
     while sent < n && Instant::now() < deadline {
         for _ in 0..BURST.min(n - sent) {
-            let id =
-                (u128::from(next_random(&mut state)) << 64) | u128::from(next_random(&mut state));
-            let mut token = uuid::Uuid::from_u128(id)
-                .hyphenated()
-                .to_string()
-                .into_bytes();
+            let mut token = rng.uuid().into_bytes();
             let datagram = match sent % 10 {
                 0 | 1 => {
                     token[7] = b'z'; // malformed
@@ -820,12 +694,12 @@ fn guess_tokens(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         }
         // Pace on the director's own count so its socket buffer never overflows.
         let target = sent as f64;
-        wait_for(Duration::from_secs(5), || {
+        eventually(Duration::from_secs(5), || {
             dropped_total(&director) >= target
         });
     }
     let elapsed = started.elapsed();
-    let rejected = metric_sum(&director, "udp_director_tokens_rejected_total");
+    let rejected = director.scrape().sum("udp_director_tokens_rejected_total");
     let created = director.metric("udp_director_sessions_created_total");
     let dropped = dropped_total(&director);
     // A real token still works afterwards.
@@ -879,10 +753,10 @@ fn soak(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     }
     let director = ChildDirector::spawn_yaml(exe, TempDir::new("soak")?, &yaml, &[])?;
     let reading = |d: &ChildDirector| (d.open_fds(), d.rss_kib(), d.rss_anon_kib());
-    std::thread::park_timeout(Duration::from_millis(300));
+    pause(Duration::from_millis(300));
     let cold = reading(&director);
     let reaped = |target: f64| {
-        wait_for(Duration::from_secs(30), || {
+        eventually(Duration::from_secs(30), || {
             director.metric("udp_director_sessions_created_total") >= target
                 && director.metric("udp_director_sessions_active") == 0.0
                 && director.metric("udp_director_upstream_sockets") == 0.0
@@ -917,11 +791,11 @@ fn soak(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
             s.send_to(b"x", director.data)?;
             clients.push(s);
             if i % 2_000 == 1_999 {
-                std::thread::park_timeout(Duration::from_millis(10));
+                pause(Duration::from_millis(10));
             }
         }
         let created_target = (1 + opened + size) as f64;
-        let all = wait_for(Duration::from_secs(30), || {
+        let all = eventually(Duration::from_secs(30), || {
             director.metric("udp_director_sessions_created_total") >= created_target
         });
         trims = director.metric("udp_director_memory_trims_total");
@@ -945,7 +819,7 @@ fn soak(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         }
     }
     // The trim that follows the last wave's reaping (it may already have happened).
-    let trimmed = wait_for(Duration::from_secs(8), || {
+    let trimmed = eventually(Duration::from_secs(8), || {
         director.metric("udp_director_memory_trims_total") > trims
     });
     let after = reading(&director);
@@ -983,20 +857,8 @@ fn soak(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
 }
 
 /// A sub-millisecond sleep for the fixed-rate sender (nanosleep; ~50 µs timer slack).
-#[allow(clippy::disallowed_methods)] // the load tool paces real time; nothing here is tested by sleeping
 fn precise_sleep(d: Duration) {
-    std::thread::sleep(d);
-}
-
-fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::park_timeout(Duration::from_millis(100));
-    }
-    cond()
+    pause(d);
 }
 
 #[cfg(test)]

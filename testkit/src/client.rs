@@ -1,0 +1,67 @@
+//! A blocking client of the director's query protocol and a plain HTTP GET for its admin
+//! server. Answers are parsed from the wire here, independently of the daemon's own types.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A successful query answer (SPEC §2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    pub token: String,
+    pub ttl_seconds: u64,
+    pub target: AnswerTarget,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AnswerTarget {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// Sends one query line on a fresh connection and reads one answer line (5 s timeouts).
+pub fn query_raw(addr: SocketAddr, request: &str) -> io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(request.trim_end().as_bytes())?;
+    stream.write_all(b"\n")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line)
+}
+
+/// Queries for a token; an error answer becomes an `io::Error` carrying its text.
+pub fn query_token(addr: SocketAddr, request: &str) -> io::Result<Answer> {
+    let line = query_raw(addr, request)?;
+    serde_json::from_str(&line)
+        .map_err(|_| io::Error::other(format!("query failed: {}", line.trim())))
+}
+
+/// Plain HTTP/1.1 GET (for the admin server): `(status, body)`.
+pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: director\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
