@@ -22,9 +22,10 @@ fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u3
     let rules = Rules {
         magic: MAGIC.to_vec(),
         session_timeout: Duration::from_secs(300),
+        max_sessions: usize::MAX,
         default_route: None,
     };
-    let mut t = SessionTable::new(rules, Arc::new(Ledger::new(usize::MAX)));
+    let mut t = SessionTable::new(rules, Arc::new(Ledger::new()));
     let now = Instant::now();
     let targets: Vec<Arc<Target>> = (0..targets)
         .map(|i| {
@@ -51,7 +52,7 @@ fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u3
 
 fn bench(c: &mut Criterion) {
     let now = Instant::now();
-    let tokens = TokenStore::new(Duration::from_secs(30), 1_000, false);
+    let tokens = TokenStore::new(1_000);
     let payload = vec![0x42u8; 512];
     for sessions in [1_000u32, 100_000] {
         let (mut t, clients, replies) = table(sessions, 100);

@@ -15,7 +15,8 @@ const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml");
-    let mut config = Config::load(path.as_ref())?;
+    // Parse, adjust for this machine, then validate once (as the binary does with overrides).
+    let mut config = Config::parse(&std::fs::read_to_string(path)?)?;
     println!("config       {path}");
 
     // Game-server stand-ins on the example's static endpoints (or free ports if taken).
@@ -38,8 +39,7 @@ async fn main() -> anyhow::Result<()> {
     config.query_port = 0;
     config.data_port = 0;
     config.admin_port = 0;
-    config.validate()?;
-    let director = udp_director::app::start(config).await?;
+    let director = udp_director::app::start(config.validate()?).await?;
     println!(
         "director     query tcp://{}  data udp://{}  admin http://{}",
         director.query_addr, director.data_addr, director.admin_addr

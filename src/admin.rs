@@ -5,7 +5,6 @@
 //! not be exposed publicly (it shows client addresses and the routing config).
 
 use std::sync::Arc;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::Duration;
@@ -21,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::reload::redacted_json;
+use crate::live::Settings;
 use crate::reload::Live;
-use crate::resolve::Resolver;
 use crate::session::Ledger;
 
 /// Readiness inputs. Liveness does not depend on any of them.
@@ -31,7 +30,7 @@ pub struct Readiness {
     pub listening: AtomicBool,
     /// Draining (no new sessions) is the ledger's.
     pub ledger: Arc<Ledger>,
-    pub resolver: Arc<RwLock<Arc<Resolver>>>,
+    pub settings: Arc<Settings>,
 }
 
 impl Readiness {
@@ -43,11 +42,7 @@ impl Readiness {
         if !self.listening.load(Ordering::Relaxed) {
             return Err("listeners not bound");
         }
-        let synced = match self.resolver.read() {
-            Ok(r) => r.synced(),
-            Err(p) => p.into_inner().synced(),
-        };
-        if !synced {
+        if !self.settings.load().resolver.synced() {
             return Err("resource caches not synced");
         }
         Ok(())
@@ -90,14 +85,10 @@ pub async fn serve(
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
     let live = &s.live;
     let m = &live.metrics;
-    m.sessions_active.set(live.ledger.active() as i64);
+    m.sessions_active.set(live.data.ledger.active() as i64);
     m.tokens_active
-        .set(i64::try_from(live.tokens.len()).unwrap_or(i64::MAX));
-    let resolver = match live.resolver.read() {
-        Ok(r) => Arc::clone(&r),
-        Err(p) => Arc::clone(&p.into_inner()),
-    };
-    let status = resolver.mapping_status();
+        .set(i64::try_from(live.data.tokens.len()).unwrap_or(i64::MAX));
+    let status = live.settings.load().resolver.mapping_status();
     // Mappings removed by a reload disappear from the exposition.
     m.mapping_objects.clear();
     m.mapping_synced.clear();
@@ -123,7 +114,7 @@ async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn config_handler(State(s): State<AdminState>) -> impl IntoResponse {
-    Json(redacted_json(&s.live.current()))
+    Json(redacted_json(&s.live.settings.load().config))
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,7 +153,7 @@ async fn sessions_handler(
         })
         .collect();
     Json(json!({
-        "count": s.live.ledger.active(),
+        "count": s.live.data.ledger.active(),
         "sampled": sessions.len(),
         "limit": limit,
         "sessions": sessions,

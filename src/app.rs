@@ -5,22 +5,21 @@
 //! OS-assigned ports; the binary calls [`run`], which adds signal handling.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Readiness};
-use crate::config::Config;
+use crate::config::ValidConfig;
 use crate::config::reload::Overrides;
+use crate::live::{Generation, Settings};
 use crate::metrics::Metrics;
-use crate::net::{DataPlane, DataSettings, DataShared, FdBudget};
+use crate::net::{DataPlane, DataShared, FdBudget};
 use crate::query_server::{self, QueryContext};
 use crate::reload::{self, ConfigSource, Live};
-use crate::resolve::Resolver;
 use crate::session::Ledger;
 use crate::token::TokenStore;
 
@@ -62,54 +61,46 @@ pub struct StartOptions {
 }
 
 /// Binds every listener and starts serving with default options.
-pub async fn start(config: Config) -> Result<Running, StartError> {
+pub async fn start(config: ValidConfig) -> Result<Running, StartError> {
     start_with(config, StartOptions::default()).await
 }
 
 /// Binds every listener and starts serving. Returns once all are bound; Kubernetes caches
 /// sync in the background (`/readyz` says when).
-pub async fn start_with(config: Config, options: StartOptions) -> Result<Running, StartError> {
+pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let ledger = Arc::new(Ledger::new(config.max_sessions));
-    let tokens = Arc::new(TokenStore::new(
-        config.token_ttl(),
-        config.limits.max_tokens,
-        config.single_use_tokens,
-    ));
+    let ledger = Arc::new(Ledger::new());
+    let tokens = Arc::new(TokenStore::new(config.limits.max_tokens));
     let watchers = Arc::new(crate::resolve::kube::Watchers::new(
         options.kube,
         metrics.kube_watch_errors.clone(),
         metrics.targets_skipped.clone(),
     ));
-    let resolver = Arc::new(Resolver::new(&config, &watchers));
+    let (query_at, data_at, admin_at) = (config.query_addr, config.data_addr, config.admin_addr);
+    let (workers, buffer_bytes) = (config.data_workers, config.socket_buffer_bytes);
+    let mappings = config.mappings.len();
+    let settings = Arc::new(Settings::new(Generation::build(config, &watchers, None)));
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let bind = |port| SocketAddr::new(config.bind_address, port);
-    let query_listener = bind_tcp("query", bind(config.query_port)).await?;
-    let admin_listener = bind_tcp("admin", bind(config.admin_port)).await?;
+    let query_listener = bind_tcp("query", query_at).await?;
+    let admin_listener = bind_tcp("admin", admin_at).await?;
     let data_shared = Arc::new(DataShared::new(
         Arc::clone(&tokens),
         Arc::clone(&ledger),
-        DataSettings::new(&config, &resolver),
+        Arc::clone(&settings),
         Arc::clone(&metrics),
     ));
-    let resolver = Arc::new(RwLock::new(resolver));
-    let workers = match config.data_workers {
+    let workers = match workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let data_addr = bind(config.data_port);
-    let data = DataPlane::start(
-        data_addr,
-        workers,
-        config.socket_buffer_bytes,
-        Arc::clone(&data_shared),
-    )
-    .map_err(|source| StartError::Bind {
-        what: "data",
-        addr: data_addr,
-        source,
-    })?;
+    let data = DataPlane::start(data_at, workers, buffer_bytes, Arc::clone(&data_shared)).map_err(
+        |source| StartError::Bind {
+            what: "data",
+            addr: data_at,
+            source,
+        },
+    )?;
 
     let fds = FdBudget::take();
     data_shared.upstreams.set_limit(fds.upstream());
@@ -117,31 +108,25 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         l.local_addr()
             .map_err(|source| StartError::Bind { what, addr, source })
     };
-    let query_addr = local(&query_listener, "query", bind(config.query_port))?;
-    let admin_addr = local(&admin_listener, "admin", bind(config.admin_port))?;
+    let query_addr = local(&query_listener, "query", query_at)?;
+    let admin_addr = local(&admin_listener, "admin", admin_at)?;
 
     let query = Arc::new(QueryContext::new(
-        Arc::clone(&resolver),
+        Arc::clone(&settings),
         Arc::clone(&tokens),
         Arc::clone(&ledger),
         Arc::clone(&metrics),
-        config.limits.clone(),
     ));
     let readiness = Arc::new(Readiness {
         listening: AtomicBool::new(false),
         ledger: Arc::clone(&ledger),
-        resolver: Arc::clone(&resolver),
+        settings: Arc::clone(&settings),
     });
-    let mappings = config.resource_query_mapping.len();
     let live = Arc::new(Live::new(
-        config,
+        settings,
         options.overrides,
         watchers,
-        resolver,
         Arc::clone(&data_shared),
-        Arc::clone(&query),
-        Arc::clone(&tokens),
-        Arc::clone(&ledger),
         Arc::clone(&metrics),
     ));
     let mut tasks = vec![
@@ -161,7 +146,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         Arc::clone(&live),
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(crate::memory::keep(
+    tasks.push(tokio::spawn(crate::memory::trim_after_bursts(
         Arc::clone(&ledger),
         Arc::clone(&tokens),
         Arc::clone(&metrics),
@@ -233,12 +218,12 @@ impl Running {
 
 /// Runs until SIGTERM or SIGINT, then drains for `drainSeconds` (a second signal cuts the
 /// drain short) and returns.
-pub async fn run(config: Config, options: StartOptions) -> Result<(), StartError> {
+pub async fn run(config: ValidConfig, options: StartOptions) -> Result<(), StartError> {
     let running = start_with(config, options).await?;
     let mut signals = Signals::new();
     signals.next().await;
     // `drainSeconds` as reloaded last.
-    let drain = Duration::from_secs(running.live.current().drain_seconds);
+    let drain = running.live.current().config.drain;
     tracing::info!(
         drain_seconds = drain.as_secs(),
         active_sessions = running.ledger.active(),

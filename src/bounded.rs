@@ -1,6 +1,6 @@
 //! A counter with a limit, shared between threads: places are taken while fewer than the
-//! limit are in use and given back later. The session cap (`session::Ledger`) and the
-//! upstream socket budget (`net::DataShared`) are both this.
+//! limit are in use and given back later. Live sessions under the cap (`session::Ledger`)
+//! and the upstream socket budget (`net::DataShared`) are both this.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -20,7 +20,12 @@ impl Bounded {
 
     /// Takes one place, or returns false when the limit is reached.
     pub fn try_take(&self) -> bool {
-        let limit = self.limit.load(Ordering::Relaxed);
+        self.try_take_within(self.limit.load(Ordering::Relaxed))
+    }
+
+    /// Takes one place while fewer than `limit` are used (a limit the caller holds, e.g. the
+    /// session cap of the live settings).
+    pub fn try_take_within(&self, limit: usize) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)

@@ -3,14 +3,15 @@
 //! these; each returns what was violated instead of panicking, so callers choose how to fail.
 //! The session table's own invariants are `SessionTable::check_invariants`.
 
-use crate::config::Config;
+use crate::config::{Config, ValidConfig, ValidSource};
 use crate::protocol::datagram::{Datagram, classify, parse_token};
 use crate::protocol::query::{ErrorCode, parse_request};
 use crate::token::TokenId;
 
-/// The classifier agrees with its definition: magic-prefixed datagrams are control packets
-/// (well-formed or not), anything else is a bare token exactly when it parses as one, and a
-/// token's wire form parses back to itself.
+/// The classifier agrees with an independent reading of SPEC §3: a datagram starting with
+/// the magic is a reset (well-formed when a token follows) and never data; otherwise it is a
+/// bare token exactly when the oracle says so; the token found is the one the oracle reads,
+/// and its wire form parses back to itself.
 pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
     if magic.is_empty() {
         return Ok(()); // the config guarantees a magic of 1..=32 bytes
@@ -21,23 +22,41 @@ pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
     } else {
         datagram
     };
+    let expected = oracle_token(rest);
     let ok = match classify(datagram, magic) {
-        Datagram::Reset(t) => prefixed && parse_token(rest) == Some(t),
-        Datagram::MalformedReset => prefixed && parse_token(rest).is_none(),
+        Datagram::Reset(t) => prefixed && expected == Some(t),
+        Datagram::MalformedReset => prefixed && expected.is_none(),
         Datagram::Token(t) => {
-            !prefixed
-                && parse_token(datagram) == Some(t)
-                && parse_token(t.to_wire().as_bytes()) == Some(t)
+            !prefixed && expected == Some(t) && parse_token(t.to_wire().as_bytes()) == Some(t)
         }
-        Datagram::Data => !prefixed && parse_token(datagram).is_none(),
+        Datagram::Data => !prefixed && expected.is_none(),
     };
     if !ok {
         return Err(format!(
-            "classify({datagram:?}, magic {magic:?}) = {:?}",
+            "classify({datagram:?}, magic {magic:?}) = {:?}, oracle {expected:?}",
             classify(datagram, magic)
         ));
     }
     token_bits(datagram)
+}
+
+/// The token in `bytes` by SPEC §3, read without the codec: at most 8 bytes of ASCII
+/// whitespace either side of a 36-character hyphenated UUID (as `uuid` parses strings).
+fn oracle_token(bytes: &[u8]) -> Option<TokenId> {
+    const PADDING: usize = 8;
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace())? + 1;
+    if start > PADDING || bytes.len() - end > PADDING {
+        return None;
+    }
+    let text = std::str::from_utf8(&bytes[start..end]).ok()?;
+    // `parse_str` also takes the simple, braced and URN forms; a token is only hyphenated.
+    if text.len() != 36 || text.as_bytes()[8] != b'-' {
+        return None;
+    }
+    uuid::Uuid::parse_str(text)
+        .ok()
+        .map(|u| TokenId(u.as_u128()))
 }
 
 /// Any 128 bits survive the 36-byte wire form.
@@ -72,20 +91,94 @@ pub fn query_line(line: &[u8]) -> Result<(), String> {
     }
 }
 
-/// The config loader is total: an accepted config validates and survives a serialize/parse
-/// round trip unchanged.
+/// The config loader is total, and what it accepts it decodes faithfully: the decoded values
+/// agree with an independent reading of the document ([`config_agrees`]), and the document
+/// survives a serialize/parse/validate round trip unchanged.
 pub fn config_text(text: &str) -> Result<(), String> {
-    let Ok(config) = Config::from_yaml(text) else {
+    let Ok(parsed) = Config::parse(text) else {
         return Ok(());
     };
-    config
-        .validate()
-        .map_err(|e| format!("accepted but invalid: {e}"))?;
-    let yaml = serde_yaml::to_string(&config).map_err(|e| e.to_string())?;
-    match Config::from_yaml(&yaml) {
-        Ok(back) if back == config => Ok(()),
-        other => Err(format!("round trip changed the config: {other:?}")),
+    let Ok(valid) = parsed.clone().validate() else {
+        return Ok(());
+    };
+    config_agrees(&parsed, &valid)?;
+    let yaml = serde_yaml::to_string(valid.raw()).map_err(|e| e.to_string())?;
+    let again = Config::parse(&yaml).map_err(|e| format!("serialized form does not parse: {e}"))?;
+    if &again != valid.raw() {
+        return Err(format!("round trip changed the config: {again:?}"));
     }
+    let revalidated = again
+        .clone()
+        .validate()
+        .map_err(|e| format!("round trip no longer validates: {e}"))?;
+    config_agrees(&again, &revalidated)
+}
+
+/// `valid` is what `raw` says, read independently of the validator: the magic is the
+/// document's hex, durations its seconds, listener addresses its bind address and ports,
+/// the mappings its mappings with their namespaces and load balancing.
+pub fn config_agrees(raw: &Config, valid: &ValidConfig) -> Result<(), String> {
+    let fail = |what: &str| Err(format!("decoded {what} disagrees with the document"));
+    if valid.raw() != raw {
+        return fail("document");
+    }
+    match hex::decode(&raw.control_packet_magic_bytes) {
+        Ok(m) if m == valid.magic && (1..=32).contains(&m.len()) => {}
+        _ => return fail("magic"),
+    }
+    let secs = [
+        (valid.token_ttl, raw.token_ttl_seconds),
+        (valid.session_timeout, raw.session_timeout_seconds),
+        (valid.drain, raw.drain_seconds),
+    ];
+    if secs
+        .iter()
+        .any(|(d, s)| d.as_secs() != *s || d.subsec_nanos() != 0)
+        || valid.token_ttl.is_zero()
+        || valid.session_timeout.is_zero()
+        || valid.busy_poll.as_micros() != u128::from(raw.busy_poll_micros)
+    {
+        return fail("durations");
+    }
+    let ports = [
+        (valid.query_addr, raw.query_port),
+        (valid.data_addr, raw.data_port),
+        (valid.admin_addr, raw.admin_port),
+    ];
+    if ports
+        .iter()
+        .any(|(a, p)| a.ip() != raw.bind_address || a.port() != *p)
+    {
+        return fail("listener addresses");
+    }
+    if !valid.mappings.keys().eq(raw.resource_query_mapping.keys()) {
+        return fail("mapping names");
+    }
+    for (name, m) in &raw.resource_query_mapping {
+        let Some(v) = valid.mappings.get(name) else {
+            return fail("mappings");
+        };
+        let own_ns = m.namespace.clone().unwrap_or_else(|| "default".to_string());
+        let lb = m.load_balancing.as_ref().unwrap_or(&raw.load_balancing);
+        if v.default_namespace != own_ns || !v.allowed.contains(&own_ns) || &v.load_balancing != lb
+        {
+            return fail(&format!("mapping {name}"));
+        }
+        let endpoints = m.static_endpoints.as_ref().map(Vec::len);
+        let decoded = match &v.source {
+            ValidSource::Static(e) => Some(e.len()),
+            ValidSource::Kube(_) => None,
+        };
+        if endpoints != decoded {
+            return fail(&format!("mapping {name}'s source"));
+        }
+    }
+    if let Some(d) = &raw.default_endpoint
+        && !valid.mappings.contains_key(&d.resource_type)
+    {
+        return fail("default endpoint");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -165,6 +258,51 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(root.join("config.example.yaml")).unwrap();
         assert_eq!(config_text(&text), Ok(()));
-        assert!(Config::from_yaml(&text).is_ok());
+        assert!(ValidConfig::from_yaml(&text).is_ok());
+    }
+
+    /// The config property is not a tautology: a decoded config that does not match its
+    /// document is caught, field by field.
+    #[test]
+    fn the_config_property_fires_on_a_mismatch() {
+        let doc = |extra: &str| {
+            format!(
+                "{extra}resourceQueryMapping:\n  e:\n    static: [{{name: a, address: 127.0.0.1, port: 9}}]\n"
+            )
+        };
+        let valid = ValidConfig::from_yaml(&doc("")).unwrap();
+        assert_eq!(config_agrees(valid.raw(), &valid), Ok(()));
+        for other in [
+            "tokenTTLSeconds: 7\n",
+            "controlPacketMagicBytes: AB\n",
+            "queryPort: 1\n",
+        ] {
+            let raw = Config::parse(&doc(other)).unwrap();
+            assert!(config_agrees(&raw, &valid).is_err(), "{other}");
+        }
+        let mut tampered = valid.clone();
+        tampered.magic.push(0);
+        assert!(config_agrees(valid.raw(), &tampered).is_err());
+        let mut tampered = valid.clone();
+        tampered.session_timeout += std::time::Duration::from_millis(1);
+        assert!(config_agrees(valid.raw(), &tampered).is_err());
+    }
+
+    /// The datagram oracle is independent of the codec and agrees on the byte vectors.
+    #[test]
+    fn the_datagram_oracle_reads_tokens_by_the_spec() {
+        let t = b"550e8400-e29b-41d4-a716-446655440000";
+        assert!(oracle_token(t).is_some());
+        assert!(oracle_token(&[b"  ".as_slice(), t, b"\r\n"].concat()).is_some());
+        assert!(
+            oracle_token(&[b"         ".as_slice(), t].concat()).is_none(),
+            "9 spaces"
+        );
+        assert!(
+            oracle_token(b"550e8400e29b41d4a716446655440000").is_none(),
+            "simple form"
+        );
+        assert!(oracle_token(b"{550e8400-e29b-41d4-a716-446655440000}").is_none());
+        assert!(oracle_token(b"urn:uuid:550e8400-e29b-41d4-a716-446655440000").is_none());
     }
 }

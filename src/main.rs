@@ -141,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .load(&text)
         .with_context(|| format!("invalid config from {source}"))?;
     if cli.check_config {
-        print!("{}", serde_yaml::to_string(&config)?);
+        print!("{}", serde_yaml::to_string(config.raw())?);
         return Ok(());
     }
     let options = StartOptions {

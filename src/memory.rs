@@ -5,7 +5,7 @@
 //! A director that once held 10 000 sessions would stay at that high-water mark for the rest
 //! of its life. [`TrimPolicy`] (pure, time as an argument) decides when the load has fallen
 //! far enough to be worth a `malloc_trim(0)`, which gives every whole free page back to the
-//! kernel; [`keep`] is the task that asks it once a second.
+//! kernel; [`trim_after_bursts`] is the task that asks it once a second.
 //!
 //! The trim walks every arena under its lock, so it runs on a blocking thread and never more
 //! often than [`TrimPolicy::MIN_INTERVAL`]. The data path does not allocate per datagram, so
@@ -148,7 +148,7 @@ fn glibc_trim() -> bool {
 }
 
 /// Checks the load once a second and trims when [`TrimPolicy`] says so, until shutdown.
-pub async fn keep(
+pub async fn trim_after_bursts(
     ledger: Arc<Ledger>,
     tokens: Arc<TokenStore>,
     metrics: Arc<Metrics>,

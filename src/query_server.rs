@@ -10,62 +10,30 @@
 //! (`rate_limited`).
 
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 use crate::config::Limits;
+use crate::live::{Generation, Settings};
 use crate::metrics::Metrics;
 use crate::protocol::query::{
     ErrorCode, QueryError, TargetRef, TokenAnswer, parse_request, render,
 };
-use crate::resolve::Resolver;
 use crate::session::Ledger;
 use crate::token::TokenStore;
 
-/// The limits in force and the rate limiter built from them, swapped whole on reload.
-struct Policy {
-    limits: Limits,
-    rate: Arc<DefaultKeyedRateLimiter<IpAddr>>,
-}
-
-impl Policy {
-    fn new(limits: Limits, previous: Option<&Policy>) -> Self {
-        // Keep the buckets (and who is being limited) when the rate did not change.
-        let rate = match previous {
-            Some(p)
-                if p.limits.query_rate_per_second == limits.query_rate_per_second
-                    && p.limits.query_burst == limits.query_burst =>
-            {
-                Arc::clone(&p.rate)
-            }
-            _ => {
-                let per_second =
-                    NonZeroU32::new(limits.query_rate_per_second).unwrap_or(NonZeroU32::MIN);
-                let burst = NonZeroU32::new(limits.query_burst).unwrap_or(NonZeroU32::MIN);
-                Arc::new(RateLimiter::keyed(
-                    Quota::per_second(per_second).allow_burst(burst),
-                ))
-            }
-        };
-        Self { limits, rate }
-    }
-}
-
 /// What the query server needs; shared by every connection.
 pub struct QueryContext {
-    pub resolver: Arc<RwLock<Arc<Resolver>>>,
+    /// The live settings: each request uses one generation's resolver, limits and token rules.
+    pub settings: Arc<Settings>,
     pub tokens: Arc<TokenStore>,
     pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
-    policy: RwLock<Arc<Policy>>,
     /// Open connections, held under `maxQueryConnections` at accept.
     open: Arc<AtomicUsize>,
 }
@@ -81,42 +49,23 @@ impl Drop for Admitted {
 
 impl QueryContext {
     pub fn new(
-        resolver: Arc<RwLock<Arc<Resolver>>>,
+        settings: Arc<Settings>,
         tokens: Arc<TokenStore>,
         ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
-        limits: Limits,
     ) -> Self {
         Self {
-            policy: RwLock::new(Arc::new(Policy::new(limits, None))),
             open: Arc::new(AtomicUsize::new(0)),
-            resolver,
+            settings,
             tokens,
             ledger,
             metrics,
         }
     }
 
-    fn policy(&self) -> Arc<Policy> {
-        match self.policy.read() {
-            Ok(p) => Arc::clone(&p),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
-    }
-
     /// The limits new connections and requests get.
     pub fn limits(&self) -> Limits {
-        self.policy().limits.clone()
-    }
-
-    /// Applies new limits to connections accepted and requests answered from now on.
-    pub fn set_limits(&self, limits: Limits) {
-        let mut slot = match self.policy.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let next = Policy::new(limits, Some(&slot));
-        *slot = Arc::new(next);
+        self.settings.load().query.limits.clone()
     }
 
     fn admit(&self, max: usize) -> Option<Admitted> {
@@ -131,8 +80,8 @@ impl QueryContext {
     /// Answers one request line from `peer`.
     pub fn answer(&self, line: &[u8], peer: IpAddr) -> Vec<u8> {
         let started = Instant::now();
-        let policy = self.policy();
-        let result = self.resolve_line(line, peer, started, &policy);
+        let generation = self.settings.load();
+        let result = self.resolve_line(line, peer, started, &generation);
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.code.as_str(),
@@ -152,8 +101,9 @@ impl QueryContext {
         line: &[u8],
         peer: IpAddr,
         now: Instant,
-        policy: &Policy,
+        generation: &Generation,
     ) -> Result<TokenAnswer, QueryError> {
+        let policy = &generation.query;
         if policy.rate.check_key(&peer).is_err() {
             return Err(QueryError::new(
                 ErrorCode::RateLimited,
@@ -170,17 +120,21 @@ impl QueryContext {
             ));
         }
         let request = parse_request(line)?;
-        let resolver = match self.resolver.read() {
-            Ok(r) => Arc::clone(&r),
-            Err(p) => Arc::clone(&p.into_inner()),
-        };
-        let resolved = resolver.resolve(&request, self.ledger.as_ref())?;
+        let resolved = generation
+            .resolver
+            .resolve(&request, self.ledger.as_ref())?;
         let target = Arc::clone(&resolved.target);
-        let token = self.tokens.issue(resolved.target, now);
+        let config = &generation.config;
+        let token = self.tokens.issue(
+            resolved.target,
+            now,
+            config.token_ttl,
+            config.single_use_tokens,
+        );
         self.metrics.tokens_issued.inc();
         Ok(TokenAnswer {
             token: token.to_wire(),
-            ttl_seconds: self.tokens.ttl().as_secs(),
+            ttl_seconds: config.token_ttl.as_secs(),
             target: TargetRef::new(
                 &target.namespace,
                 &target.name,
@@ -191,9 +145,9 @@ impl QueryContext {
 
     /// Forgets rate-limit state of sources that have been quiet (bounded memory).
     pub fn prune_rate_limits(&self) {
-        let policy = self.policy();
-        policy.rate.retain_recent();
-        policy.rate.shrink_to_fit();
+        let generation = self.settings.load();
+        generation.query.rate.retain_recent();
+        generation.query.rate.shrink_to_fit();
     }
 }
 

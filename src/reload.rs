@@ -1,7 +1,9 @@
 //! Hot reload: watches the config source (the file, or a ConfigMap's `config.yaml`) and swaps
-//! a new config in whole, or rejects it whole. Live sessions are never touched: the resolver,
-//! token settings, data-plane settings, query limits and the session cap are replaced for new
-//! queries and sessions only. What a reload may change is decided in `config::reload`.
+//! a new settings generation in whole (`live::Generation`: config, resolver, table rules,
+//! query limits), or rejects it whole. Live sessions are never touched: a generation applies
+//! to new queries and sessions only. What a reload may change is decided in
+//! `config::reload`. Also keeps the default endpoint's precomputed route in step with the
+//! caches.
 //!
 //! The file is polled by path (not watched by inode): a mounted ConfigMap is updated by the
 //! kubelet through a symlink swap of `..data`, which an inode watch would miss. A content
@@ -9,7 +11,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,15 +20,12 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
+use crate::config::ConfigError;
 use crate::config::reload::{Overrides, reconcile};
-use crate::config::{Config, ConfigError};
+use crate::live::{Generation, Settings};
 use crate::metrics::Metrics;
-use crate::net::{DataSettings, DataShared};
-use crate::query_server::QueryContext;
-use crate::resolve::Resolver;
+use crate::net::DataShared;
 use crate::resolve::kube::{Connect, Watchers, make_client};
-use crate::session::Ledger;
-use crate::token::TokenStore;
 
 /// The key of the watched ConfigMap that holds the YAML document.
 pub const CONFIGMAP_KEY: &str = "config.yaml";
@@ -62,58 +61,36 @@ pub enum Outcome {
     Rejected(ConfigError),
 }
 
-/// The running config and every piece of shared state a reload replaces.
+/// The live settings and what a reload needs to build and announce a new generation.
 pub struct Live {
-    config: RwLock<Arc<Config>>,
+    pub settings: Arc<Settings>,
     pub overrides: Overrides,
     pub watchers: Arc<Watchers>,
-    pub resolver: Arc<RwLock<Arc<Resolver>>>,
+    /// Woken after a swap so the workers load the new generation.
     pub data: Arc<DataShared>,
-    pub query: Arc<QueryContext>,
-    pub tokens: Arc<TokenStore>,
-    pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Live {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        config: Config,
+        settings: Arc<Settings>,
         overrides: Overrides,
         watchers: Arc<Watchers>,
-        resolver: Arc<RwLock<Arc<Resolver>>>,
         data: Arc<DataShared>,
-        query: Arc<QueryContext>,
-        tokens: Arc<TokenStore>,
-        ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            config: RwLock::new(Arc::new(config)),
+            settings,
             overrides,
             watchers,
-            resolver,
             data,
-            query,
-            tokens,
-            ledger,
             metrics,
         }
     }
 
-    /// The config in force.
-    pub fn current(&self) -> Arc<Config> {
-        match self.config.read() {
-            Ok(c) => Arc::clone(&c),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
-    }
-
-    fn resolver_now(&self) -> Arc<Resolver> {
-        match self.resolver.read() {
-            Ok(r) => Arc::clone(&r),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
+    /// The generation in force.
+    pub fn current(&self) -> Arc<Generation> {
+        self.settings.load()
     }
 
     /// Validates a YAML document whole and applies it, logging and counting the outcome.
@@ -129,10 +106,11 @@ impl Live {
             }
             Outcome::Applied { needs_restart } => {
                 self.count("applied");
-                let c = self.current();
+                let g = self.current();
                 tracing::info!(
                     %source,
-                    mappings = c.resource_query_mapping.len(),
+                    generation = g.number,
+                    mappings = g.config.mappings.len(),
                     "config reloaded: applies to new queries and sessions; live sessions untouched"
                 );
                 warn_restart(source, needs_restart);
@@ -157,32 +135,25 @@ impl Live {
             .inc();
     }
 
-    /// Swaps in a validated config (restart-only keys are kept at their running values).
-    fn apply(&self, proposed: Config) -> Outcome {
+    /// Swaps in a validated config (restart-only keys are kept at their running values)
+    /// as one new generation, then wakes the workers to load it.
+    fn apply(&self, proposed: crate::config::ValidConfig) -> Outcome {
         let running = self.current();
-        let r = reconcile(&running, proposed);
+        let r = reconcile(running.config.raw(), proposed.into_raw());
         if !r.changed {
             return Outcome::Unchanged {
                 needs_restart: r.needs_restart,
             };
         }
-        let config = r.effective;
-        // Build first (starts watchers for new mappings; existing ones are shared), then swap.
-        let resolver = Arc::new(Resolver::new(&config, &self.watchers));
-        match self.resolver.write() {
-            Ok(mut slot) => *slot = resolver,
-            Err(p) => *p.into_inner() = resolver,
-        }
-        self.tokens
-            .reconfigure(config.token_ttl(), config.single_use_tokens);
-        self.ledger.set_cap(config.max_sessions);
-        self.query.set_limits(config.limits.clone());
-        self.data
-            .set_settings(DataSettings::new(&config, &self.resolver_now()));
-        match self.config.write() {
-            Ok(mut slot) => *slot = Arc::new(config),
-            Err(p) => *p.into_inner() = Arc::new(config),
-        }
+        // Restart-only keys now hold their running values: check the mix once more.
+        let config = match r.effective.validate() {
+            Ok(c) => c,
+            Err(e) => return Outcome::Rejected(e),
+        };
+        // Built whole first (starts watchers for new mappings; existing ones are shared).
+        let next = Generation::build(config, &self.watchers, Some(&running));
+        self.settings.store(next);
+        self.data.wake_all();
         Outcome::Applied {
             needs_restart: r.needs_restart,
         }
@@ -210,9 +181,10 @@ pub async fn refresh_default_route(live: Arc<Live>, mut shutdown: watch::Receive
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let settings = live.data.settings();
-        if let Some(route) = &settings.rules.default_route {
-            route.refresh(&live.resolver_now());
+        // One generation: the route and the resolver it was built from.
+        let generation = live.current();
+        if let Some(route) = &generation.rules.default_route {
+            route.refresh(&generation.resolver);
         }
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! The store is shared by the query server (issue) and every data-plane worker (redeem). Expiry
 //! is decided against the `now` the caller passes, so it is exact and testable; moka's own TTL
-//! only reclaims memory.
+//! only reclaims memory. A grant carries the TTL and single-use rule it was issued under
+//! (from the live settings), so a reload changes tokens issued afterwards only; the store
+//! holds no settings of its own.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -35,10 +36,12 @@ struct Grant {
     expires_at: Instant,
     /// The TTL it was issued with (memory is reclaimed a little after it).
     ttl: Duration,
+    /// Issued under `singleUseTokens`: the first redeem removes it.
+    single_use: bool,
 }
 
 /// moka's per-entry expiry: each grant is reclaimed a second after its own TTL, so a TTL
-/// changed by a reload applies to tokens issued from then on and never cuts older ones short.
+/// changed by a reload never cuts older tokens short.
 struct GrantExpiry;
 
 impl moka::Expiry<TokenId, Arc<Grant>> for GrantExpiry {
@@ -65,62 +68,51 @@ pub enum Rejection {
 /// Issued tokens, bounded in number.
 pub struct TokenStore {
     cache: Cache<TokenId, Arc<Grant>>,
-    /// TTL of tokens issued from now on, in milliseconds (changed by reloads).
-    ttl_ms: AtomicU64,
-    single_use: AtomicBool,
 }
 
 impl TokenStore {
-    pub fn new(ttl: Duration, capacity: u64, single_use: bool) -> Self {
+    /// A store holding at most `capacity` outstanding tokens (`limits.maxTokens`).
+    pub fn new(capacity: u64) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity)
             // The exact check is `expires_at`; this only frees memory.
             .expire_after(GrantExpiry)
             .build();
-        Self {
-            cache,
-            ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
-            single_use: AtomicBool::new(single_use),
-        }
+        Self { cache }
     }
 
-    pub fn ttl(&self) -> Duration {
-        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
-    }
-
-    /// Applies a reloaded `tokenTTLSeconds` and `singleUseTokens` to tokens issued from now on.
-    pub fn reconfigure(&self, ttl: Duration, single_use: bool) {
-        self.ttl_ms.store(ttl.as_millis() as u64, Ordering::Relaxed);
-        self.single_use.store(single_use, Ordering::Relaxed);
-    }
-
-    /// Issues a fresh token for `target`, valid until `now + ttl`.
-    pub fn issue(&self, target: Arc<Target>, now: Instant) -> TokenId {
+    /// Issues a fresh token for `target`, valid until `now + ttl`; redeemable once when
+    /// `single_use`.
+    pub fn issue(
+        &self,
+        target: Arc<Target>,
+        now: Instant,
+        ttl: Duration,
+        single_use: bool,
+    ) -> TokenId {
         let id = TokenId::new_random();
-        let ttl = self.ttl();
         self.cache.insert(
             id,
             Arc::new(Grant {
                 target,
                 expires_at: now + ttl,
                 ttl,
+                single_use,
             }),
         );
         id
     }
 
-    /// Redeems a token. Under `singleUseTokens` the first successful redeem removes it, so two
-    /// racing redeems cannot both win.
+    /// Redeems a token. A single-use token is removed by its first successful redeem; of two
+    /// racing redeems only the one whose removal took it wins.
     pub fn redeem(&self, id: TokenId, now: Instant) -> Result<Arc<Target>, Rejection> {
-        let grant = if self.single_use.load(Ordering::Relaxed) {
-            self.cache.remove(&id)
-        } else {
-            self.cache.get(&id)
-        }
-        .ok_or(Rejection::Unknown)?;
+        let grant = self.cache.get(&id).ok_or(Rejection::Unknown)?;
         if now >= grant.expires_at {
             self.cache.invalidate(&id);
             return Err(Rejection::Expired);
+        }
+        if grant.single_use && self.cache.remove(&id).is_none() {
+            return Err(Rejection::Unknown);
         }
         Ok(Arc::clone(&grant.target))
     }
@@ -157,9 +149,9 @@ mod tests {
 
     #[test]
     fn redeemable_until_expiry_then_rejected() {
-        let store = TokenStore::new(Duration::from_secs(30), 100, false);
+        let store = TokenStore::new(100);
         let t0 = Instant::now();
-        let id = store.issue(target(), t0);
+        let id = store.issue(target(), t0, Duration::from_secs(30), false);
         assert!(store.redeem(id, t0).is_ok());
         assert!(store.redeem(id, t0 + Duration::from_secs(29)).is_ok());
         assert_eq!(
@@ -170,34 +162,31 @@ mod tests {
 
     #[test]
     fn single_use_tokens_redeem_once() {
-        let store = TokenStore::new(Duration::from_secs(30), 100, true);
+        let store = TokenStore::new(100);
         let now = Instant::now();
-        let id = store.issue(target(), now);
+        let id = store.issue(target(), now, Duration::from_secs(30), true);
         assert!(store.redeem(id, now).is_ok());
         assert_eq!(store.redeem(id, now).unwrap_err(), Rejection::Unknown);
     }
 
     #[test]
-    fn reconfigure_applies_to_tokens_issued_afterwards() {
-        let store = TokenStore::new(Duration::from_secs(30), 100, false);
+    fn each_token_keeps_the_ttl_and_rule_it_was_issued_under() {
+        let store = TokenStore::new(100);
         let t0 = Instant::now();
-        let old = store.issue(target(), t0);
-        store.reconfigure(Duration::from_secs(5), true);
-        assert_eq!(store.ttl(), Duration::from_secs(5));
-        let new = store.issue(target(), t0);
+        let old = store.issue(target(), t0, Duration::from_secs(30), false);
+        let new = store.issue(target(), t0, Duration::from_secs(5), true);
         let later = t0 + Duration::from_secs(10);
         assert_eq!(store.redeem(new, later).unwrap_err(), Rejection::Expired);
         assert!(store.redeem(old, later).is_ok(), "issued under 30 s");
-        assert_eq!(
-            store.redeem(old, later).unwrap_err(),
-            Rejection::Unknown,
-            "single-use now"
-        );
+        assert!(store.redeem(old, later).is_ok(), "not single-use");
+        let once = store.issue(target(), t0, Duration::from_secs(5), true);
+        assert!(store.redeem(once, t0).is_ok());
+        assert_eq!(store.redeem(once, t0).unwrap_err(), Rejection::Unknown);
     }
 
     #[test]
     fn unknown_tokens_are_rejected() {
-        let store = TokenStore::new(Duration::from_secs(30), 100, false);
+        let store = TokenStore::new(100);
         assert_eq!(
             store.redeem(TokenId(42), Instant::now()).unwrap_err(),
             Rejection::Unknown
@@ -206,10 +195,10 @@ mod tests {
 
     #[test]
     fn capacity_is_bounded() {
-        let store = TokenStore::new(Duration::from_secs(30), 50, false);
+        let store = TokenStore::new(50);
         let now = Instant::now();
         for _ in 0..500 {
-            store.issue(target(), now);
+            store.issue(target(), now, Duration::from_secs(30), false);
         }
         assert!(store.len() <= 50, "{}", store.len());
     }

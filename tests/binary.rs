@@ -203,3 +203,38 @@ fn a_flood_of_bad_datagrams_is_counted_not_logged() {
         lines.len()
     );
 }
+
+#[test]
+fn an_override_rescues_a_file_that_alone_is_invalid() {
+    let dir = TempDir::new("rescue").unwrap();
+    // Query and admin both on 9000: refused as it stands...
+    let path = write_config(
+        &dir,
+        "queryPort: 9000\nadminPort: 9000\nresourceQueryMapping: {e: {static: [{name: a, address: 127.0.0.1, port: 1}]}}\n",
+    );
+    let out = Command::new(BIN)
+        .args(["--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("adminPort"));
+    // ...and valid once the command line moves the admin port, by flag or by environment.
+    for (flag, env) in [(Some("--admin-port=9100"), None), (None, Some("9100"))] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--check-config", "--config"]).arg(&path);
+        if let Some(f) = flag {
+            cmd.arg(f);
+        }
+        if let Some(v) = env {
+            cmd.env("UDP_DIRECTOR_ADMIN_PORT", v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("adminPort: 9100"));
+    }
+}

@@ -246,7 +246,20 @@ async fn single_use_tokens_redeem_once() {
     establish(&c1, &token, &b);
     c2.send(token.as_bytes());
     c2.send(b"second");
+    // The second redeem is refused as an unknown token (it was used up), and the data that
+    // followed it had no session: both counted, nothing reached the game server.
+    assert!(eventually(Duration::from_secs(2), || {
+        metric(
+            d.admin_addr,
+            "udp_director_tokens_rejected_total{reason=\"unknown\"}",
+        ) == 1.0
+            && metric(
+                d.admin_addr,
+                "udp_director_datagrams_dropped_total{reason=\"no_session\"}",
+            ) == 1.0
+    }));
     b.expect_silence(Duration::from_millis(200));
+    assert_eq!(metric(d.admin_addr, "udp_director_sessions_created_total"), 1.0);
     d.stop().await;
 }
 
@@ -269,6 +282,18 @@ async fn draining_refuses_new_sessions_and_queries_but_keeps_live_ones() {
     assert_eq!(b.recv().unwrap().0, b"old");
     b.socket.send_to(b"reply", peer).unwrap();
     assert_eq!(c.recv().unwrap(), b"reply");
+    // The newcomer's token and its data were refused as draining, and counted.
+    assert!(eventually(Duration::from_secs(2), || {
+        metric(
+            d.admin_addr,
+            "udp_director_sessions_refused_total{reason=\"draining\"}",
+        ) == 2.0
+            && metric(
+                d.admin_addr,
+                "udp_director_datagrams_dropped_total{reason=\"draining\"}",
+            ) == 2.0
+    }));
     b.expect_silence(Duration::from_millis(200));
+    assert_eq!(metric(d.admin_addr, "udp_director_sessions_active"), 1.0);
     d.stop().await;
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use testkit::EchoServer;
 use testkit::{ChildDirector, Pacer, Rng, Scrape, TempDir, yaml};
-use udp_director::config::Config;
+use udp_director::config::ValidConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_udp-director");
 
@@ -90,7 +90,7 @@ fn drops(admin: SocketAddr, reasons: &[&str]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessionless_senders_get_nothing_back_whatever_they_send() {
     let backend = echo();
-    let director = start(Config::from_yaml(&yaml_for(backend.addr, "")).unwrap()).await;
+    let director = start(ValidConfig::from_yaml(&yaml_for(backend.addr, "")).unwrap()).await;
     let (data, admin) = (director.data_addr, director.admin_addr);
     let (sent, elapsed) = tokio::task::spawn_blocking(move || {
         let senders: Vec<UdpSocket> = (0..250).map(|_| bound_socket()).collect();
@@ -235,7 +235,7 @@ async fn a_saturated_session_cap_refuses_newcomers_while_live_sessions_flow() {
         backend.addr,
         "maxSessions: 300\ndefaultEndpoint: {resourceType: echo}\nlimits: {maxTokens: 100, queryRatePerSecond: 100000, queryBurst: 100000}",
     );
-    let director = start(Config::from_yaml(&yaml).unwrap()).await;
+    let director = start(ValidConfig::from_yaml(&yaml).unwrap()).await;
     let tokens = Arc::clone(&director.tokens);
     let (q, data, admin) = (director.query_addr, director.data_addr, director.admin_addr);
     let report = tokio::task::spawn_blocking(move || {
@@ -309,7 +309,7 @@ async fn a_closed_or_vanished_target_is_counted_and_hurts_nobody_else() {
         good.addr.port(),
         vanishing.addr.port()
     );
-    let director = start(Config::from_yaml(&yaml).unwrap()).await;
+    let director = start(ValidConfig::from_yaml(&yaml).unwrap()).await;
     let (q, data, admin) = (director.query_addr, director.data_addr, director.admin_addr);
     let vanishing_addr = vanishing.addr;
     let (bystander_ok, errors) = tokio::task::spawn_blocking(move || {
@@ -483,7 +483,7 @@ async fn a_good_client_is_answered_promptly_during_query_abuse() {
         backend.addr,
         "limits: {queryIdleTimeoutSeconds: 2, queryMaxBytes: 1024, queryRatePerSecond: 100000, queryBurst: 100000}",
     );
-    let director = start(Config::from_yaml(&yaml).unwrap()).await;
+    let director = start(ValidConfig::from_yaml(&yaml).unwrap()).await;
     let (q, admin) = (director.query_addr, director.admin_addr);
     let (latencies, slow, codes) = tokio::task::spawn_blocking(move || {
         let attack = std::thread::spawn(move || {

@@ -10,7 +10,7 @@ use common::fake_kube::FakeKube;
 use common::*;
 use serde_json::{Value, json};
 use udp_director::app::{self, Running, StartOptions};
-use udp_director::config::Config;
+use udp_director::config::ValidConfig;
 use udp_director::resolve::kube::Connect;
 
 const AGONES: &str = "agones.dev/v1";
@@ -36,7 +36,7 @@ async fn start(yaml: &str, fake: Arc<FakeKube>) -> Env {
     // The test keeps its own handle on `fake`; the director only needs its kubeconfig.
     let dir = testkit::TempDir::new("kube-test").unwrap();
     let kubeconfig = fake.kubeconfig(&dir.path);
-    let config = Config::from_yaml(yaml).unwrap();
+    let config = ValidConfig::from_yaml(yaml).unwrap();
     let director = app::start_with(
         config,
         StartOptions {

@@ -18,7 +18,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use udp_director::config::Config;
+use udp_director::config::ValidConfig;
 
 fn manifests() -> Vec<(String, serde_yaml::Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s");
@@ -55,7 +55,7 @@ fn every_embedded_config_passes_validation() {
         if doc["kind"] == "ConfigMap"
             && let Some(text) = doc["data"]["config.yaml"].as_str()
         {
-            Config::from_yaml(text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            ValidConfig::from_yaml(text).unwrap_or_else(|e| panic!("{path}: {e}"));
             checked += 1;
         }
     }
@@ -63,7 +63,7 @@ fn every_embedded_config_passes_validation() {
         checked >= 5,
         "static, agones, agones-service, pods, pods-multiport: {checked}"
     );
-    Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml")).unwrap();
+    ValidConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml")).unwrap();
 }
 
 #[test]
@@ -306,7 +306,7 @@ fn check_config_rbac(what: &str, objects: &[Value], deployment: &Deployment) {
                 && o["metadata"]["namespace"] == ns
         })
         .unwrap_or_else(|| panic!("{what}: ConfigMap {ns}/{name}"));
-    Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap())
+    ValidConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap())
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     for o in objects {
         if o["kind"] == "Role" || o["kind"] == "ClusterRole" {
@@ -479,7 +479,7 @@ fn chart_values_drive_the_output() {
             .any(|r| r["rules"][0]["resources"][0] == "arenas")
     );
     let cm = find("ConfigMap")[0];
-    let config = Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let config = ValidConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(config.query_port, 9100);
     let public = find("Service")
         .into_iter()

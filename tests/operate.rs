@@ -20,7 +20,7 @@ use testkit::EchoServer;
 use testkit::yaml::static_mapping;
 use testkit::{ChildDirector, Pacer, TempDir};
 use udp_director::app::{self, StartOptions};
-use udp_director::config::Config;
+use udp_director::config::ValidConfig;
 use udp_director::reload::ConfigSource;
 use udp_director::resolve::kube::Connect;
 
@@ -319,7 +319,7 @@ async fn watched_configmap_applies_valid_and_rejects_invalid() {
     fake.apply("configmaps", decoy);
     let dir = TempDir::new("cm").unwrap();
     let director = app::start_with(
-        Config::from_yaml(&v1).unwrap(),
+        ValidConfig::from_yaml(&v1).unwrap(),
         StartOptions {
             kube: Connect::Kubeconfig(fake.kubeconfig(&dir.path)),
             reload: Some(ConfigSource::ConfigMap {

@@ -211,7 +211,7 @@ async fn expose_target_address_puts_address_and_port_in_the_answer() {
         "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\nresourceQueryMapping:\n  gs:\n    namespace: games\n    exposeTargetAddress: true\n    static:\n      - {{name: gs-1, address: 127.0.0.1, port: {}}}\n",
         b.addr.port()
     );
-    let d = start(udp_director::config::Config::from_yaml(&yaml).unwrap()).await;
+    let d = start(udp_director::config::ValidConfig::from_yaml(&yaml).unwrap()).await;
     let a = query(d.query_addr, r#"{"resourceType":"gs"}"#);
     assert_eq!(a["target"]["namespace"], "games");
     assert_eq!(a["target"]["name"], "gs-1");

@@ -1,5 +1,6 @@
 //! The config loader: total on any text; an accepted config validates and survives a
-//! serialize/parse round trip unchanged (`udp_director::invariants::config_text`).
+//! serialize/parse round trip unchanged, its decoded values agreeing with the document
+//! (`udp_director::invariants::config_text`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

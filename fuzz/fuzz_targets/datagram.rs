@@ -1,4 +1,4 @@
-//! The datagram classifier (token / control / data) against its definition, for any bytes
+//! The datagram classifier (token / reset / data) against an independent oracle, for any bytes
 //! and any magic (`udp_director::invariants::datagram`, also a property test).
 #![no_main]
 

@@ -1,20 +1,24 @@
-//! Configuration: plain serde types with the SPEC §5 defaults, and [`Config::validate`],
-//! which turns a parsed file into either a config the rest of the program may trust or one
-//! error that names the key and says what is wrong.
+//! Configuration: plain serde types with the SPEC §5 defaults ([`Config::parse`], serde
+//! only), and [`Config::validate`], which turns a parsed document (with any command-line
+//! overrides applied) into either a [`ValidConfig`] the rest of the program may trust, its
+//! values decoded once, or one error that names the key and says what is wrong.
 //!
 //! This module owns parsing and validation only. It does not open sockets, read the clock or
-//! know how a mapping is resolved; `resolve` compiles a validated [`Mapping`] into a source.
+//! know how a mapping is resolved; `resolve` builds its sources from a [`ValidMapping`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::query::{QueryRequest, normalize_json_path};
+use crate::protocol::jsonpath::CompiledPath;
+use crate::protocol::query::QueryRequest;
 
 pub mod reload;
+mod valid;
+
+pub use valid::{Addressing, KubeSource, PortRule, ValidConfig, ValidMapping, ValidSource};
 
 /// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
 #[derive(Debug, thiserror::Error)]
@@ -287,40 +291,17 @@ mod defaults {
 pub const MAX_MAGIC_LEN: usize = 32;
 
 impl Config {
-    /// Parses and validates a YAML document.
-    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+    /// Parses a YAML document (serde only: types, defaults, unknown keys). Validate it with
+    /// [`Config::validate`] once any overrides are applied.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
         // An empty file is an empty mapping, not a parse error.
         let text = if text.trim().is_empty() { "{}" } else { text };
-        let config: Config =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_yaml(&text)
-    }
-
-    /// Decoded control-packet magic. Only valid on a validated config.
-    pub fn magic_bytes(&self) -> Vec<u8> {
-        hex::decode(&self.control_packet_magic_bytes).unwrap_or_default()
-    }
-
-    pub fn token_ttl(&self) -> Duration {
-        Duration::from_secs(self.token_ttl_seconds)
-    }
-
-    pub fn session_timeout(&self) -> Duration {
-        Duration::from_secs(self.session_timeout_seconds)
-    }
-
-    /// Checks every value that serde's types cannot express. The first problem found wins.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value that serde's types cannot express and decodes them. The first
+    /// problem found wins.
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
         let magic = hex::decode(&self.control_packet_magic_bytes).map_err(|e| {
             invalid(
                 "controlPacketMagicBytes",
@@ -390,8 +371,12 @@ impl Config {
                 "must define at least one resource type, e.g. `echo: {static: [{name: a, address: 127.0.0.1, port: 9001}]}`",
             ));
         }
+        let mut mappings = BTreeMap::new();
         for (name, mapping) in &self.resource_query_mapping {
-            validate_mapping(name, mapping)?;
+            mappings.insert(
+                name.clone(),
+                validate_mapping(name, mapping, &self.load_balancing)?,
+            );
         }
         if let Some(default) = &self.default_endpoint {
             let Some(mapping) = self.resource_query_mapping.get(&default.resource_type) else {
@@ -415,11 +400,23 @@ impl Config {
                 ));
             }
             if let Some(status) = &default.status_query {
-                normalize_json_path(&status.json_path)
+                CompiledPath::compile(&status.json_path)
                     .map_err(|e| invalid("defaultEndpoint.statusQuery.jsonPath", e.to_string()))?;
             }
         }
-        Ok(())
+        let addr = |port| SocketAddr::new(self.bind_address, port);
+        Ok(ValidConfig {
+            magic,
+            token_ttl: Duration::from_secs(self.token_ttl_seconds),
+            session_timeout: Duration::from_secs(self.session_timeout_seconds),
+            drain: Duration::from_secs(self.drain_seconds),
+            busy_poll: Duration::from_micros(self.busy_poll_micros),
+            query_addr: addr(self.query_port),
+            data_addr: addr(self.data_port),
+            admin_addr: addr(self.admin_port),
+            mappings,
+            raw: self,
+        })
     }
 }
 
@@ -444,7 +441,11 @@ fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     }
 }
 
-fn validate_mapping(name: &str, mapping: &Mapping) -> Result<(), ConfigError> {
+fn validate_mapping(
+    name: &str,
+    mapping: &Mapping,
+    global_lb: &LoadBalancing,
+) -> Result<ValidMapping, ConfigError> {
     let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
     if name.is_empty() {
         return Err(invalid(
@@ -453,7 +454,7 @@ fn validate_mapping(name: &str, mapping: &Mapping) -> Result<(), ConfigError> {
         ));
     }
     let is_kube = mapping.resource.is_some() || mapping.version.is_some();
-    match (&mapping.static_endpoints, is_kube) {
+    let source = match (&mapping.static_endpoints, is_kube) {
         (Some(_), true) => {
             return Err(invalid(
                 key("static"),
@@ -466,9 +467,22 @@ fn validate_mapping(name: &str, mapping: &Mapping) -> Result<(), ConfigError> {
                 "needs either `static: [...]` endpoints or a Kubernetes `version` and `resource`",
             ));
         }
-        (None, true) => validate_kube(name, mapping)?,
-        (Some(endpoints), false) => validate_static(name, mapping, endpoints)?,
-    }
+        (None, true) => ValidSource::Kube(validate_kube(name, mapping)?),
+        (Some(endpoints), false) => {
+            validate_static(name, mapping, endpoints)?;
+            let mut endpoints = endpoints.clone();
+            // Deterministic order for `first`, round-robin and tie-breaking.
+            endpoints.sort_by(|a, b| {
+                let ns = |e: &StaticEndpoint| {
+                    e.namespace
+                        .clone()
+                        .unwrap_or_else(|| mapping_namespace(mapping).to_string())
+                };
+                (ns(a), &a.name).cmp(&(ns(b), &b.name))
+            });
+            ValidSource::Static(endpoints)
+        }
+    };
     if let Some(list) = &mapping.namespaces {
         if let Some(ns) = &mapping.namespace
             && !list.contains(ns)
@@ -482,23 +496,34 @@ fn validate_mapping(name: &str, mapping: &Mapping) -> Result<(), ConfigError> {
             return Err(invalid(key("namespaces"), "must not contain an empty name"));
         }
     }
-    Ok(())
+    Ok(ValidMapping {
+        name: name.to_string(),
+        default_namespace: mapping_namespace(mapping).to_string(),
+        allowed: allowed_namespaces(mapping),
+        fixed_labels: mapping.label_selector.clone(),
+        expose_address: mapping.expose_target_address,
+        load_balancing: mapping
+            .load_balancing
+            .clone()
+            .unwrap_or_else(|| global_lb.clone()),
+        source,
+    })
 }
 
 /// A Kubernetes mapping: which resource, and exactly one way to find a target address.
-fn validate_kube(name: &str, m: &Mapping) -> Result<(), ConfigError> {
+fn validate_kube(name: &str, m: &Mapping) -> Result<KubeSource, ConfigError> {
     let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
-    let nonempty = |field: &str, v: &Option<String>| -> Result<(), ConfigError> {
+    let nonempty = |field: &str, v: &Option<String>| -> Result<String, ConfigError> {
         match v {
-            Some(s) if !s.trim().is_empty() => Ok(()),
+            Some(s) if !s.trim().is_empty() => Ok(s.clone()),
             _ => Err(invalid(
                 key(field),
                 "is required for a Kubernetes mapping, e.g. `v1`, `pods`",
             )),
         }
     };
-    nonempty("version", &m.version)?;
-    nonempty("resource", &m.resource)?;
+    let version = nonempty("version", &m.version)?;
+    let resource = nonempty("resource", &m.resource)?;
     if m.resource
         .as_deref()
         .is_some_and(|r| r.contains('/') || r.chars().any(char::is_uppercase))
@@ -510,7 +535,10 @@ fn validate_kube(name: &str, m: &Mapping) -> Result<(), ConfigError> {
     }
     let direct = m.address_path.is_some();
     let service = m.service_selector_label.is_some() || m.service_target_port_name.is_some();
-    match (direct, service) {
+    let compile = |field: &str, path: &str| {
+        CompiledPath::compile(path).map_err(|e| invalid(key(field), e.to_string()))
+    };
+    let address = match (direct, service) {
         (true, true) => {
             return Err(invalid(
                 key("addressPath"),
@@ -538,33 +566,48 @@ fn validate_kube(name: &str, m: &Mapping) -> Result<(), ConfigError> {
             if m.port == Some(0) {
                 return Err(invalid(key("port"), "must be 1..=65535, found 0"));
             }
-            for (field, path) in [("addressPath", &m.address_path), ("portPath", &m.port_path)] {
-                if let Some(p) = path {
-                    normalize_json_path(p).map_err(|e| invalid(key(field), e.to_string()))?;
+            let path = compile("addressPath", m.address_path.as_deref().unwrap_or_default())?;
+            let port = match (&m.port_name, &m.port_path, m.port) {
+                (Some(name), None, None) => PortRule::Name(name.clone()),
+                (None, Some(p), None) => PortRule::Path(compile("portPath", p)?),
+                (None, None, Some(p)) => PortRule::Fixed(p),
+                _ => {
+                    return Err(invalid(
+                        key("portName"),
+                        "give exactly one of `portName`, `portPath` or `port` with `addressPath`",
+                    ));
                 }
-            }
+            };
+            Addressing::Direct { path, port }
         }
         (false, true) => {
-            if m.service_selector_label.is_none() || m.service_target_port_name.is_none() {
+            let (Some(label), Some(port_name)) =
+                (&m.service_selector_label, &m.service_target_port_name)
+            else {
                 return Err(invalid(
                     key("serviceSelectorLabel"),
                     "`serviceSelectorLabel` and `serviceTargetPortName` go together",
                 ));
-            }
+            };
             if m.port_name.is_some() || m.port_path.is_some() || m.port.is_some() {
                 return Err(invalid(
                     key("serviceTargetPortName"),
                     "service-based addressing takes its port from the Service; remove `portName`/`portPath`/`port`",
                 ));
             }
+            Addressing::Service {
+                label: label.clone(),
+                port_name: port_name.clone(),
+            }
         }
-    }
-    Ok(())
-}
-
-/// True for mappings backed by the Kubernetes API (as opposed to `static`).
-pub fn is_kube(m: &Mapping) -> bool {
-    m.static_endpoints.is_none()
+    };
+    Ok(KubeSource {
+        group: m.group.clone().unwrap_or_default(),
+        kind: m.kind.clone().unwrap_or_else(|| resource.clone()),
+        version,
+        resource,
+        address,
+    })
 }
 
 fn validate_static(

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, ValidConfig};
 
 /// Values given on the command line or through `UDP_DIRECTOR_*` variables. They win over
 /// the file at start and over every reloaded document, so a reload cannot undo them.
@@ -42,12 +42,13 @@ impl Overrides {
         );
     }
 
-    /// Parses a YAML document, applies the overrides and validates the result whole.
-    pub fn load(&self, text: &str) -> Result<Config, ConfigError> {
-        let mut config = Config::from_yaml(text)?;
+    /// Parses a YAML document (serde only), applies the overrides, then validates the
+    /// result once, whole: an override can rescue a file (a clashing port replaced on the
+    /// command line) and an invalid override is reported like a bad file value.
+    pub fn load(&self, text: &str) -> Result<ValidConfig, ConfigError> {
+        let mut config = Config::parse(text)?;
         self.apply(&mut config);
-        config.validate()?;
-        Ok(config)
+        config.validate()
     }
 }
 
@@ -74,7 +75,8 @@ pub struct Reconciled {
     pub changed: bool,
 }
 
-/// Decides what of `proposed` (already validated) applies on top of `running`.
+/// Decides what of `proposed` applies on top of `running` (both as written; the caller
+/// validates the effective result).
 pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
     let mut effective = proposed;
     let mut needs_restart = Vec::new();
@@ -119,10 +121,11 @@ mod tests {
     use super::*;
 
     fn base() -> Config {
-        Config::from_yaml(
+        ValidConfig::from_yaml(
             "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\nresourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 9001}\n",
         )
         .unwrap()
+        .into_raw()
     }
 
     #[test]
@@ -186,6 +189,25 @@ mod tests {
         };
         let e = bad.load(doc).unwrap_err().to_string();
         assert!(e.contains("maxSessions"), "{e}");
+    }
+
+    #[test]
+    fn an_override_can_rescue_a_file_and_the_file_alone_is_refused() {
+        let clash = "queryPort: 9000\nadminPort: 9000\nresourceQueryMapping:\n  e:\n    static: [{name: a, address: 127.0.0.1, port: 9}]\n";
+        let e = Overrides::default().load(clash).unwrap_err().to_string();
+        assert!(e.contains("adminPort"), "{e}");
+        let rescued = Overrides {
+            admin_port: Some(9100),
+            ..Overrides::default()
+        }
+        .load(clash)
+        .unwrap();
+        assert_eq!(rescued.admin_port, 9100);
+        assert_eq!(
+            rescued.admin_addr.port(),
+            9100,
+            "decoded after the override"
+        );
     }
 
     #[test]

@@ -3,12 +3,12 @@ use super::*;
 const MINIMAL: &str = "resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 9001}\n";
 
 fn err(yaml: &str) -> String {
-    Config::from_yaml(yaml).unwrap_err().to_string()
+    ValidConfig::from_yaml(yaml).unwrap_err().to_string()
 }
 
 #[test]
 fn defaults_match_the_spec() {
-    let c = Config::from_yaml(MINIMAL).unwrap();
+    let c = ValidConfig::from_yaml(MINIMAL).unwrap();
     assert_eq!(c.query_port, 9000);
     assert_eq!(c.data_port, 7777);
     assert_eq!(c.admin_port, 8080);
@@ -17,7 +17,7 @@ fn defaults_match_the_spec() {
     assert_eq!(c.max_sessions, 100_000);
     assert_eq!(c.drain_seconds, 10);
     assert!(!c.single_use_tokens);
-    assert_eq!(c.magic_bytes(), b"\xff\xff\xff\xffRESET");
+    assert_eq!(c.magic, b"\xff\xff\xff\xffRESET");
     assert_eq!(c.limits.query_max_bytes, 16384);
     assert_eq!(c.limits.query_idle_timeout_seconds, 10);
     assert_eq!(c.limits.max_query_connections, 10_000);
@@ -31,8 +31,8 @@ fn defaults_match_the_spec() {
 
 #[test]
 fn token_ttl_accepts_both_spellings() {
-    let a = Config::from_yaml(&format!("tokenTTLSeconds: 7\n{MINIMAL}")).unwrap();
-    let b = Config::from_yaml(&format!("tokenTtlSeconds: 7\n{MINIMAL}")).unwrap();
+    let a = ValidConfig::from_yaml(&format!("tokenTTLSeconds: 7\n{MINIMAL}")).unwrap();
+    let b = ValidConfig::from_yaml(&format!("tokenTtlSeconds: 7\n{MINIMAL}")).unwrap();
     assert_eq!(a.token_ttl_seconds, 7);
     assert_eq!(b.token_ttl_seconds, 7);
 }
@@ -72,7 +72,7 @@ fn endpoint_port_zero_is_rejected_but_listener_port_zero_is_ephemeral() {
         e.contains("resourceQueryMapping.echo.static[0].port"),
         "{e}"
     );
-    let c = Config::from_yaml(&format!(
+    let c = ValidConfig::from_yaml(&format!(
         "queryPort: 0\ndataPort: 0\nadminPort: 0\n{MINIMAL}"
     ))
     .unwrap();
@@ -109,7 +109,7 @@ fn colliding_tcp_ports_are_rejected() {
     let e = err(&format!("queryPort: 9100\nadminPort: 9100\n{MINIMAL}"));
     assert!(e.contains("adminPort"), "{e}");
     // UDP and TCP may share a number.
-    Config::from_yaml(&format!("queryPort: 9100\ndataPort: 9100\n{MINIMAL}")).unwrap();
+    ValidConfig::from_yaml(&format!("queryPort: 9100\ndataPort: 9100\n{MINIMAL}")).unwrap();
 }
 
 #[test]
@@ -118,7 +118,7 @@ fn default_endpoint_must_name_a_mapping() {
         "defaultEndpoint: {{resourceType: nope}}\n{MINIMAL}"
     ));
     assert!(e.contains("defaultEndpoint.resourceType"), "{e}");
-    Config::from_yaml(&format!(
+    ValidConfig::from_yaml(&format!(
         "defaultEndpoint: {{resourceType: echo}}\n{MINIMAL}"
     ))
     .unwrap();
@@ -141,11 +141,11 @@ fn mappings_need_a_source() {
 #[test]
 fn kube_mappings_need_a_resource_and_one_address_mode() {
     let base = "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    namespace: game-servers\n";
-    Config::from_yaml(&format!(
+    ValidConfig::from_yaml(&format!(
         "{base}    addressPath: status.address\n    portName: default\n"
     ))
     .unwrap();
-    Config::from_yaml(&format!(
+    ValidConfig::from_yaml(&format!(
         "{base}    serviceSelectorLabel: app\n    serviceTargetPortName: game\n"
     ))
     .unwrap();
@@ -177,7 +177,7 @@ fn endpoint_namespace_must_be_allowed() {
         "resourceQueryMapping:\n  echo:\n    namespace: games\n    static:\n      - {name: a, namespace: kube-system, address: 127.0.0.1, port: 1}\n",
     );
     assert!(e.contains("static[0].namespace"), "{e}");
-    Config::from_yaml("resourceQueryMapping:\n  echo:\n    namespace: games\n    namespaces: [games, eu]\n    static:\n      - {name: a, namespace: eu, address: 127.0.0.1, port: 1}\n").unwrap();
+    ValidConfig::from_yaml("resourceQueryMapping:\n  echo:\n    namespace: games\n    namespaces: [games, eu]\n    static:\n      - {name: a, namespace: eu, address: 127.0.0.1, port: 1}\n").unwrap();
 }
 
 #[test]

@@ -16,46 +16,18 @@ mod worker;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::bounded::Bounded;
+use crate::live::Settings;
 use crate::metrics::Metrics;
-use crate::resolve::Resolver;
-use crate::session::{Ledger, Rules, SessionView};
+use crate::session::{Ledger, SessionView};
+use crate::sync::lock;
 use crate::token::TokenStore;
-
-/// What workers run with, swapped whole on reload: the table's rules and the shell's knobs.
-#[derive(Debug, Clone)]
-pub struct DataSettings {
-    pub rules: Rules,
-    /// Keep polling without sleeping this long after the last datagram (zero: off).
-    pub busy_poll: Duration,
-    /// One info line per closed session.
-    pub access_log: bool,
-}
-
-impl DataSettings {
-    /// The settings of `config`, with the default endpoint's route precomputed by `resolver`.
-    pub fn new(config: &crate::config::Config, resolver: &Resolver) -> Self {
-        Self {
-            rules: Rules {
-                magic: config.magic_bytes(),
-                session_timeout: config.session_timeout(),
-                default_route: config
-                    .default_endpoint
-                    .as_ref()
-                    .and_then(|q| resolver.default_route(q))
-                    .map(Arc::new),
-            },
-            busy_poll: Duration::from_micros(config.busy_poll_micros),
-            access_log: config.access_log,
-        }
-    }
-}
 
 /// `/sessions` asks every worker for a sample of its table through this board: the admin
 /// task bumps `requested` and wakes the workers; each posts its answer tagged with the
@@ -81,20 +53,13 @@ impl SampleBoard {
     }
 
     pub fn post(&self, answer: WorkerSample) {
-        let mut answers = match self.answers.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut answers = lock(&self.answers);
         answers.retain(|a| a.worker != answer.worker);
         answers.push(answer);
     }
 
     fn collect(&self, request: u64) -> Vec<WorkerSample> {
-        let answers = match self.answers.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        answers
+        lock(&self.answers)
             .iter()
             .filter(|a| a.request >= request)
             .cloned()
@@ -106,7 +71,8 @@ impl SampleBoard {
 pub struct DataShared {
     pub tokens: Arc<TokenStore>,
     pub ledger: Arc<Ledger>,
-    pub settings: RwLock<Arc<DataSettings>>,
+    /// The live settings; workers load a generation when woken.
+    pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     /// Close everything and exit.
     pub stop: AtomicBool,
@@ -125,13 +91,13 @@ impl DataShared {
     pub fn new(
         tokens: Arc<TokenStore>,
         ledger: Arc<Ledger>,
-        settings: DataSettings,
+        settings: Arc<Settings>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             tokens,
             ledger,
-            settings: RwLock::new(Arc::new(settings)),
+            settings,
             metrics,
             stop: AtomicBool::new(false),
             upstreams: Bounded::new(usize::MAX),
@@ -140,16 +106,7 @@ impl DataShared {
         }
     }
 
-    /// Swaps the settings workers use for new decisions and wakes them to pick them up.
-    pub fn set_settings(&self, settings: DataSettings) {
-        match self.settings.write() {
-            Ok(mut s) => *s = Arc::new(settings),
-            Err(p) => *p.into_inner() = Arc::new(settings),
-        }
-        self.wake_all();
-    }
-
-    /// Wakes every worker (to re-read settings, answer a sample, drain or stop).
+    /// Wakes every worker (to load the current settings, answer a sample, drain or stop).
     pub fn wake_all(&self) {
         for waker in self.wakers.get().into_iter().flatten() {
             let _ = waker.wake();
@@ -170,13 +127,6 @@ impl DataShared {
         let mut sessions: Vec<SessionView> = answers.into_iter().flat_map(|a| a.sessions).collect();
         sessions.truncate(limit);
         sessions
-    }
-
-    pub fn settings(&self) -> Arc<DataSettings> {
-        match self.settings.read() {
-            Ok(s) => Arc::clone(&s),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
     }
 }
 

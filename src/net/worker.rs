@@ -23,7 +23,8 @@ use tokio::time::Instant;
 
 use super::counters::{Counts, FLUSH_EVERY, Flusher};
 use super::upstream::{Upstreams, send_error, slot_of, token_of};
-use super::{DataSettings, DataShared, SAMPLE_MAX, WorkerSample};
+use super::{DataShared, SAMPLE_MAX, WorkerSample};
+use crate::live::Generation;
 use crate::session::{
     Binding, CloseReason, Closed, Decision, DropReason, SessionId, SessionTable, SocketId, floor,
 };
@@ -62,7 +63,8 @@ pub(crate) struct Worker {
     upstreams: Upstreams,
     table: SessionTable,
     shared: Arc<DataShared>,
-    settings: Arc<DataSettings>,
+    /// The live settings generation this worker runs with (reloaded when woken).
+    settings: Arc<Generation>,
     /// `BATCH` receive slots of `SLOT` bytes, filled by one `recvmmsg`.
     rx: Box<[u8]>,
     metas: [quinn_udp::RecvMeta; BATCH],
@@ -92,7 +94,7 @@ impl Worker {
         let mut data = UdpSocket::from_std(socket.into());
         poll.registry()
             .register(&mut data, DATA, Interest::READABLE)?;
-        let settings = shared.settings();
+        let settings = shared.settings.load();
         let now = Instant::now();
         Ok(Self {
             index,
@@ -135,7 +137,8 @@ impl Worker {
                 return;
             }
             let now = Instant::now();
-            let busy = now.saturating_duration_since(self.last_datagram) < self.settings.busy_poll;
+            let busy =
+                now.saturating_duration_since(self.last_datagram) < self.settings.config.busy_poll;
             let wait = if self.again.is_empty() && !busy {
                 self.table
                     .poll_timeout()
@@ -158,7 +161,7 @@ impl Worker {
             for token in ready.iter().copied() {
                 let more = match token {
                     WAKE => {
-                        self.settings = self.shared.settings();
+                        self.settings = self.shared.settings.load();
                         self.table.set_rules(self.settings.rules.clone());
                         self.answer_sample(now);
                         false
@@ -371,7 +374,7 @@ impl Worker {
             if let Some(socket) = c.released {
                 self.close_socket(socket);
             }
-            if self.settings.access_log {
+            if self.settings.config.access_log {
                 access_log(&c);
             }
         }

@@ -59,6 +59,11 @@ pub fn parse_token(bytes: &[u8]) -> Option<TokenId> {
     if trimmed.len() != TOKEN_LEN {
         return None;
     }
+    // At most MAX_PADDING bytes of whitespace on each side, not 2 × MAX_PADDING on one.
+    let leading = bytes.len() - bytes.trim_ascii_start().len();
+    if leading > MAX_PADDING || bytes.len() - leading - TOKEN_LEN > MAX_PADDING {
+        return None;
+    }
     uuid::Uuid::try_parse_ascii(trimmed)
         .ok()
         .map(|u| TokenId(u.as_u128()))
@@ -80,6 +85,11 @@ mod tests {
         assert_eq!(classify(TOKEN, MAGIC), Datagram::Token(id()));
         let padded = [b" ".as_slice(), TOKEN, b"\r\n"].concat();
         assert_eq!(classify(&padded, MAGIC), Datagram::Token(id()));
+        let eight = [b"        ".as_slice(), TOKEN, b"        "].concat();
+        assert_eq!(classify(&eight, MAGIC), Datagram::Token(id()));
+        // Nine on one side is past the limit even though the total would fit.
+        let nine = [b"         ".as_slice(), TOKEN].concat();
+        assert_eq!(classify(&nine, MAGIC), Datagram::Data);
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! Wire formats, pure and allocation-conscious: the query JSON and the datagram codec.
+//! Wire formats, pure and allocation-conscious: the query JSON, the JSONPaths it carries
+//! (compiled once), and the datagram codec. Owns parsing and encoding only; must not know
+//! how a query is resolved or what a session is.
 
 pub mod datagram;
+pub mod jsonpath;
 pub mod query;

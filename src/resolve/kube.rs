@@ -23,8 +23,9 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::resolve::path::CompiledPath;
+use crate::protocol::jsonpath::CompiledPath;
 use crate::resolve::select::value_text;
+use crate::sync::lock;
 
 /// A cached object: the object or why it did not deserialize.
 pub type Cached = DeserializeGuard<DynamicObject>;
@@ -122,10 +123,7 @@ impl Watched {
     /// The current snapshot, rebuilt only if the cache changed since the last one.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         let generation = self.generation.load(Ordering::Acquire);
-        let mut slot = match self.snapshot.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut slot = lock(&self.snapshot);
         if let Some((built_at, snap)) = slot.as_ref()
             && *built_at == generation
         {
@@ -192,10 +190,7 @@ impl Watchers {
             "{}/{}/{}|{namespace}|{labels}",
             resource.group, resource.version, resource.plural
         );
-        let mut started = match self.started.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut started = lock(&self.started);
         if let Some(w) = started.get(&key) {
             return w.clone();
         }
@@ -361,16 +356,7 @@ pub fn services() -> ApiResource {
     api_resource("", "v1", "services", "Service")
 }
 
-/// How a mapping finds a target's port next to `addressPath`.
-#[derive(Debug, Clone)]
-pub enum PortRule {
-    /// Agones `status.ports[].name` → `port`, or a pod's `spec.containers[].ports[].name` →
-    /// `containerPort`.
-    Name(String),
-    /// A JSONPath to a number (or numeric string).
-    Path(CompiledPath),
-    Fixed(u16),
-}
+pub use crate::config::PortRule;
 
 /// The first scalar `path` selects, as text.
 fn first_text(object: &Value, path: &CompiledPath) -> Option<String> {

@@ -5,7 +5,6 @@
 //! [`SessionCounts`], which the data plane's ledger implements.
 
 pub mod kube;
-pub mod path;
 pub mod route;
 pub mod select;
 
@@ -16,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 
-use crate::config::{self, Config, LoadBalancing, Mapping};
+use crate::config::{self, Addressing, LoadBalancing, ValidConfig, ValidMapping, ValidSource};
+use crate::protocol::jsonpath::CompiledPath;
 use crate::protocol::query::{ErrorCode, QueryError, QueryRequest};
 
 pub use route::DefaultRoute;
@@ -106,8 +106,8 @@ enum Source {
 
 enum AddressRule {
     Direct {
-        path: path::CompiledPath,
-        port: kube::PortRule,
+        path: CompiledPath,
+        port: config::PortRule,
     },
     /// Per-namespace Service caches.
     Service {
@@ -155,7 +155,7 @@ impl Resolver {
     /// Compiles a validated config with static mappings only (Kubernetes mappings would
     /// start watchers on a default client; use [`Resolver::new`] to share them).
     #[cfg(test)]
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &ValidConfig) -> Self {
         Self::new(
             config,
             &kube::Watchers::new(kube::Connect::Infer, Default::default(), Default::default()),
@@ -164,16 +164,11 @@ impl Resolver {
 
     /// Compiles a validated config; Kubernetes mappings get (shared) watch caches from
     /// `watchers`. Must run inside a tokio runtime when the config has Kubernetes mappings.
-    pub fn new(config: &Config, watchers: &kube::Watchers) -> Self {
+    pub fn new(config: &ValidConfig, watchers: &kube::Watchers) -> Self {
         let mappings = config
-            .resource_query_mapping
+            .mappings
             .iter()
-            .map(|(name, m)| {
-                (
-                    name.clone(),
-                    compile(name, m, &config.load_balancing, watchers),
-                )
-            })
+            .map(|(name, m)| (name.clone(), compile(m, watchers)))
             .collect();
         Self {
             mappings,
@@ -359,7 +354,7 @@ impl Resolver {
         }
         let status = match &req.status_query {
             Some(q) => Some((
-                path::CompiledPath::compile(&q.json_path)
+                CompiledPath::compile(&q.json_path)
                     .map_err(|e| QueryError::new(ErrorCode::BadRequest, e.to_string()))?,
                 q,
             )),
@@ -497,87 +492,63 @@ fn capacity_of(
     }
 }
 
-fn compile(
-    name: &str,
-    m: &Mapping,
-    global_lb: &LoadBalancing,
-    watchers: &kube::Watchers,
-) -> CompiledMapping {
-    let default_namespace = config::mapping_namespace(m).to_string();
-    let allowed = config::allowed_namespaces(m);
-    let source = if config::is_kube(m) {
-        let resource = m.resource.clone().unwrap_or_default();
-        let api = kube::api_resource(
-            m.group.as_deref().unwrap_or(""),
-            m.version.as_deref().unwrap_or("v1"),
-            &resource,
-            m.kind.as_deref().unwrap_or(&resource),
-        );
-        // The fixed selector is applied by the API server too: less to cache.
-        let labels = m
-            .label_selector
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let caches = allowed
-            .iter()
-            .map(|ns| (ns.clone(), watchers.watch(&api, ns, &labels)))
-            .collect();
-        // Validated at load: compiling cannot fail here; an unusable path matches nothing.
-        let compiled = |p: &Option<String>| {
-            path::CompiledPath::compile(p.as_deref().unwrap_or("$.invalid"))
-                .unwrap_or(path::CompiledPath::Keys(vec!["\u{0}".to_string()]))
-        };
-        let address = match (&m.service_selector_label, &m.service_target_port_name) {
-            (Some(label), Some(port_name)) => AddressRule::Service {
-                label: label.clone(),
-                port_name: port_name.clone(),
-                services: allowed
-                    .iter()
-                    .map(|ns| (ns.clone(), watchers.watch(&kube::services(), ns, "")))
-                    .collect(),
-            },
-            _ => AddressRule::Direct {
-                path: compiled(&m.address_path),
-                port: match (&m.port_name, &m.port_path, m.port) {
-                    (Some(n), _, _) => kube::PortRule::Name(n.clone()),
-                    (_, Some(_), _) => kube::PortRule::Path(compiled(&m.port_path)),
-                    (_, _, p) => kube::PortRule::Fixed(p.unwrap_or(0)),
+fn compile(m: &ValidMapping, watchers: &kube::Watchers) -> CompiledMapping {
+    let source = match &m.source {
+        ValidSource::Kube(k) => {
+            let api = kube::api_resource(&k.group, &k.version, &k.resource, &k.kind);
+            // The fixed selector is applied by the API server too: less to cache.
+            let labels = m
+                .fixed_labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let caches = m
+                .allowed
+                .iter()
+                .map(|ns| (ns.clone(), watchers.watch(&api, ns, &labels)))
+                .collect();
+            let address = match &k.address {
+                Addressing::Service { label, port_name } => AddressRule::Service {
+                    label: label.clone(),
+                    port_name: port_name.clone(),
+                    services: m
+                        .allowed
+                        .iter()
+                        .map(|ns| (ns.clone(), watchers.watch(&kube::services(), ns, "")))
+                        .collect(),
                 },
-            },
-        };
-        Source::Kube { caches, address }
-    } else {
-        let mut candidates: Vec<Candidate> = m
-            .static_endpoints
-            .iter()
-            .flatten()
-            .map(|ep| {
-                Candidate::from_parts(
-                    ep.namespace.as_deref().unwrap_or(&default_namespace),
-                    &ep.name,
-                    ep.labels.clone(),
-                    ep.annotations.clone(),
-                    ep.status.clone(),
-                    SocketAddr::new(ep.address, ep.port),
-                )
-            })
-            .collect();
-        // Deterministic order for `first`, round-robin and tie-breaking.
-        candidates.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        Source::Static(candidates)
+                Addressing::Direct { path, port } => AddressRule::Direct {
+                    path: path.clone(),
+                    port: port.clone(),
+                },
+            };
+            Source::Kube { caches, address }
+        }
+        // Validation sorted them by namespace/name: the order `first`, round-robin and ties use.
+        ValidSource::Static(endpoints) => Source::Static(
+            endpoints
+                .iter()
+                .map(|ep| {
+                    Candidate::from_parts(
+                        ep.namespace.as_deref().unwrap_or(&m.default_namespace),
+                        &ep.name,
+                        ep.labels.clone(),
+                        ep.annotations.clone(),
+                        ep.status.clone(),
+                        SocketAddr::new(ep.address, ep.port),
+                    )
+                })
+                .collect(),
+        ),
     };
     CompiledMapping {
-        name: name.to_string(),
-        allowed,
-        default_namespace,
-        fixed_labels: m.label_selector.clone(),
-        expose_address: m.expose_target_address,
-        load_balancing: m
-            .load_balancing
-            .clone()
-            .unwrap_or_else(|| global_lb.clone()),
+        name: m.name.clone(),
+        allowed: m.allowed.clone(),
+        default_namespace: m.default_namespace.clone(),
+        fixed_labels: m.fixed_labels.clone(),
+        expose_address: m.expose_address,
+        load_balancing: m.load_balancing.clone(),
         round_robin: AtomicUsize::new(0),
         source,
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::config::LoadBalancing;
-use crate::resolve::path::CompiledPath;
+use crate::protocol::jsonpath::CompiledPath;
 
 /// True when every `key: value` pair is present in `have`.
 pub fn selector_matches(

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::ValidConfig;
 use crate::protocol::query::parse_request;
 use std::collections::HashMap;
 
@@ -29,7 +30,7 @@ resourceQueryMapping:
 "#;
 
 fn resolver() -> Resolver {
-    Resolver::from_config(&Config::from_yaml(CONFIG).unwrap())
+    Resolver::from_config(&ValidConfig::from_yaml(CONFIG).unwrap())
 }
 
 fn q(resolver: &Resolver, json: &str, counts: &Counts) -> Result<Resolved, QueryError> {
@@ -107,7 +108,7 @@ fn least_sessions_prefers_the_emptier_target() {
 
 #[test]
 fn label_arithmetic_reads_labels_or_annotations_and_counts_sessions() {
-    let r = Resolver::from_config(&Config::from_yaml(r#"
+    let r = Resolver::from_config(&ValidConfig::from_yaml(r#"
 resourceQueryMapping:
   gs:
     loadBalancing: {type: labelArithmetic, currentLabel: players, maxLabel: capacity, overlap: 1}

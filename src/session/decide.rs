@@ -45,6 +45,8 @@ pub struct Rules {
     pub magic: Vec<u8>,
     /// Idle timeout given to sessions opened from now on.
     pub session_timeout: Duration,
+    /// `maxSessions`: newcomers past it are refused (existing sessions are never closed).
+    pub max_sessions: usize,
     /// Where tokenless newcomers go (`defaultEndpoint`), precomputed off the data path.
     pub default_route: Option<Arc<DefaultRoute>>,
 }
@@ -202,7 +204,7 @@ impl SessionTable {
         let Some(route) = self.rules.default_route.clone() else {
             return Decision::Drop(DropReason::NoSession);
         };
-        if let Err(refusal) = self.ledger.try_admit() {
+        if let Err(refusal) = self.ledger.try_admit(self.rules.max_sessions) {
             return Decision::Drop(refusal.into());
         }
         let random = self.next_random();

@@ -1,7 +1,8 @@
-//! The ledger: admission and counts shared by every data-plane worker and read by the query
-//! server and readiness. The global session cap, the draining flag (no new sessions while
-//! shutting down) and live sessions per target address (for leastSessions). Written on
-//! session create/move/close and at shutdown only, never per datagram.
+//! The ledger: admission state and counts shared by every data-plane worker and read by the
+//! query server and readiness. Live sessions against the cap (the cap itself is a setting,
+//! passed in from the live generation), the draining flag (no new sessions while shutting
+//! down) and live sessions per target address (for leastSessions). Written on session
+//! create/move/close and at shutdown only, never per datagram.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,10 +20,16 @@ pub struct Ledger {
     per_target: DashMap<SocketAddr, usize>,
 }
 
+impl Default for Ledger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Ledger {
-    pub fn new(cap: usize) -> Self {
+    pub fn new() -> Self {
         Self {
-            sessions: Bounded::new(cap),
+            sessions: Bounded::new(usize::MAX),
             draining: AtomicBool::new(false),
             per_target: DashMap::new(),
         }
@@ -30,11 +37,11 @@ impl Ledger {
 
     /// Takes one place under the cap, or says why not (draining first: a draining director
     /// refuses newcomers whatever the count).
-    pub fn try_admit(&self) -> Result<(), Refusal> {
+    pub fn try_admit(&self, cap: usize) -> Result<(), Refusal> {
         if self.draining() {
             return Err(Refusal::Draining);
         }
-        if self.sessions.try_take() {
+        if self.sessions.try_take_within(cap) {
             Ok(())
         } else {
             Err(Refusal::Cap)
@@ -57,15 +64,6 @@ impl Ledger {
 
     pub fn active(&self) -> usize {
         self.sessions.used()
-    }
-
-    pub fn cap(&self) -> usize {
-        self.sessions.limit()
-    }
-
-    /// Applies a new cap to future admissions; existing sessions are untouched.
-    pub fn set_cap(&self, cap: usize) {
-        self.sessions.set_limit(cap);
     }
 
     pub fn target_added(&self, addr: SocketAddr) {
@@ -100,24 +98,26 @@ mod tests {
 
     #[test]
     fn admission_respects_the_cap() {
-        let l = Ledger::new(2);
-        assert_eq!(l.try_admit(), Ok(()));
-        assert_eq!(l.try_admit(), Ok(()));
-        assert_eq!(l.try_admit(), Err(Refusal::Cap));
+        let l = Ledger::new();
+        assert_eq!(l.try_admit(2), Ok(()));
+        assert_eq!(l.try_admit(2), Ok(()));
+        assert_eq!(l.try_admit(2), Err(Refusal::Cap));
         l.release();
-        assert_eq!(l.try_admit(), Ok(()));
+        assert_eq!(l.try_admit(2), Ok(()));
         assert_eq!(l.active(), 2);
-        l.set_cap(1);
-        assert_eq!(l.try_admit(), Err(Refusal::Cap));
-        l.set_cap(10);
+        assert_eq!(
+            l.try_admit(1),
+            Err(Refusal::Cap),
+            "a lowered cap refuses newcomers"
+        );
         l.begin_drain();
-        assert_eq!(l.try_admit(), Err(Refusal::Draining));
+        assert_eq!(l.try_admit(10), Err(Refusal::Draining));
         assert_eq!(l.active(), 2, "a refusal takes no place");
     }
 
     #[test]
     fn per_target_counts_come_and_go() {
-        let l = Ledger::new(10);
+        let l = Ledger::new();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         l.target_added(a);
         l.target_added(a);

@@ -385,7 +385,7 @@ impl SessionTable {
         now: Instant,
     ) -> Result<(SessionId, Binding), Refusal> {
         debug_assert!(self.lookup(&client).is_none(), "open is for newcomers");
-        self.ledger.try_admit()?;
+        self.ledger.try_admit(self.rules.max_sessions)?;
         Ok(self.insert_admitted(client, target, now))
     }
 

@@ -135,7 +135,7 @@ impl Sim {
     /// A table admitting at most `cap` sessions, with 60 s idle timeouts, and a default
     /// endpoint (leastSessions over all eight targets) when `default_endpoint`.
     pub fn new(cap: usize, default_endpoint: bool) -> Result<Self, String> {
-        let ledger = Arc::new(Ledger::new(cap));
+        let ledger = Arc::new(Ledger::new());
         let default_route = if default_endpoint {
             let mut yaml = String::from(
                 "defaultEndpoint: {resourceType: sim}\nresourceQueryMapping:\n  sim:\n    static:\n",
@@ -148,7 +148,7 @@ impl Sim {
                     a.port()
                 ));
             }
-            let config = crate::config::Config::from_yaml(&yaml).map_err(|e| e.to_string())?;
+            let config = crate::config::ValidConfig::from_yaml(&yaml).map_err(|e| e.to_string())?;
             let watchers = crate::resolve::kube::Watchers::new(
                 crate::resolve::kube::Connect::Infer,
                 Default::default(),
@@ -170,12 +170,13 @@ impl Sim {
         let rules = Rules {
             magic: MAGIC.to_vec(),
             session_timeout: Duration::from_secs(60),
+            max_sessions: cap,
             default_route,
         };
         Ok(Self {
             table: SessionTable::new(rules, Arc::clone(&ledger)),
             ledger,
-            tokens: TokenStore::new(TOKEN_TTL, 10_000, false),
+            tokens: TokenStore::new(10_000),
             issued: Vec::new(),
             model: HashMap::new(),
             cap,
@@ -193,7 +194,7 @@ impl Sim {
     pub fn step(&mut self, op: &Op) -> Result<(), String> {
         match op {
             Op::Issue { target: t } => {
-                let id = self.tokens.issue(target(*t), self.now);
+                let id = self.tokens.issue(target(*t), self.now, TOKEN_TTL, false);
                 self.issued.push((id, *t % TARGETS, self.now + TOKEN_TTL));
             }
             Op::FromClient { client, payload } => {

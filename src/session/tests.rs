@@ -6,19 +6,20 @@ use proptest::prelude::*;
 const TIMEOUT: Duration = Duration::from_secs(300);
 const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 
-fn rules(timeout: Duration) -> Rules {
+fn rules(timeout: Duration, cap: usize) -> Rules {
     Rules {
         magic: MAGIC.to_vec(),
         session_timeout: timeout,
+        max_sessions: cap,
         default_route: None,
     }
 }
 
 /// A table with the default rules admitting at most `cap` sessions, and its ledger.
 fn table(cap: usize) -> (SessionTable, Arc<Ledger>) {
-    let ledger = Arc::new(Ledger::new(cap));
+    let ledger = Arc::new(Ledger::new());
     (
-        SessionTable::new(rules(TIMEOUT), Arc::clone(&ledger)),
+        SessionTable::new(rules(TIMEOUT, cap), Arc::clone(&ledger)),
         ledger,
     )
 }
@@ -52,7 +53,10 @@ fn send(
 }
 
 fn token_for(tokens: &TokenStore, tp: u16, now: Instant) -> Vec<u8> {
-    tokens.issue(target(tp), now).to_wire().into_bytes()
+    tokens
+        .issue(target(tp), now, Duration::from_secs(30), false)
+        .to_wire()
+        .into_bytes()
 }
 
 fn reset_for(tokens: &TokenStore, tp: u16, now: Instant) -> Vec<u8> {
@@ -62,7 +66,7 @@ fn reset_for(tokens: &TokenStore, tp: u16, now: Instant) -> Vec<u8> {
 #[test]
 fn a_token_opens_a_session_and_data_flows_both_ways() {
     let (mut t, l) = table(10);
-    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let tokens = TokenStore::new(100);
     let now = Instant::now();
     let token = token_for(&tokens, 9001, now);
     let Decision::Open {
@@ -119,7 +123,7 @@ fn sockets_are_shared_across_targets_never_within_one() {
 #[test]
 fn reset_moves_the_session_and_releases_the_old_binding() {
     let (mut t, l) = table(10);
-    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let tokens = TokenStore::new(100);
     let now = Instant::now();
     let id = establish(&mut t, 1, 9001, now);
     let Decision::Forward { socket: old, .. } = send(&mut t, &tokens, 1, b"x", now) else {
@@ -155,7 +159,7 @@ fn reset_moves_the_session_and_releases_the_old_binding() {
 #[test]
 fn bad_resets_change_nothing_and_token_lookalikes_are_game_traffic() {
     let (mut t, _l) = table(10);
-    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let tokens = TokenStore::new(100);
     let t0 = Instant::now();
     establish(&mut t, 1, 9001, t0);
     let forged = b"550e8400-e29b-41d4-a716-446655440000";
@@ -187,7 +191,7 @@ fn bad_resets_change_nothing_and_token_lookalikes_are_game_traffic() {
 #[test]
 fn newcomers_without_a_token_get_nothing() {
     let (mut t, l) = table(10);
-    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let tokens = TokenStore::new(100);
     let now = Instant::now();
     let forged = b"550e8400-e29b-41d4-a716-446655440000";
     for (datagram, reason) in [
@@ -209,7 +213,7 @@ fn newcomers_without_a_token_get_nothing() {
 #[test]
 fn cap_and_drain_refuse_newcomers_not_existing_sessions() {
     let (mut t, l) = table(2);
-    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let tokens = TokenStore::new(100);
     let now = Instant::now();
     establish(&mut t, 1, 9001, now);
     establish(&mut t, 2, 9001, now);
@@ -228,7 +232,7 @@ fn cap_and_drain_refuse_newcomers_not_existing_sessions() {
         send(&mut t, &tokens, 1, &reset, now),
         Decision::Reset { .. }
     ));
-    l.set_cap(10);
+    t.set_rules(rules(TIMEOUT, 10));
     l.begin_drain();
     assert_eq!(
         send(&mut t, &tokens, 3, &token, now),
@@ -244,7 +248,7 @@ fn cap_and_drain_refuse_newcomers_not_existing_sessions() {
 #[test]
 fn idle_sessions_expire_at_their_deadline_and_activity_defers_it() {
     let (mut t, l) = table(10);
-    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let tokens = TokenStore::new(100);
     let t0 = Instant::now();
     establish(&mut t, 1, 9001, t0);
     establish(&mut t, 2, 9001, t0);
@@ -292,7 +296,7 @@ fn new_timeout_applies_to_new_sessions_only() {
     let (mut t, _l) = table(10);
     let t0 = Instant::now();
     establish(&mut t, 1, 9001, t0);
-    t.set_rules(rules(Duration::from_secs(5)));
+    t.set_rules(rules(Duration::from_secs(5), 10));
     establish(&mut t, 2, 9001, t0);
     let mut out = Vec::new();
     t.expire(t0 + Duration::from_secs(5), &mut out);
@@ -305,7 +309,7 @@ fn new_timeout_applies_to_new_sessions_only() {
 #[test]
 fn sample_is_bounded_and_reports_age_idle_and_counts() {
     let (mut t, _l) = table(100);
-    let tokens = TokenStore::new(Duration::from_secs(30), 100, false);
+    let tokens = TokenStore::new(100);
     let t0 = Instant::now();
     for c in 0..10 {
         establish(&mut t, c, 9001, t0);

@@ -14,7 +14,7 @@ use std::time::Duration;
 pub use testkit::eventually;
 use testkit::yaml;
 use udp_director::app::{self, Running};
-use udp_director::config::Config;
+use udp_director::config::ValidConfig;
 
 pub const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 
@@ -105,13 +105,13 @@ fn expect_silence(socket: &UdpSocket, wait: Duration) {
 
 /// A loopback config (`testkit::yaml::director`) with the mapping `echo` over the given
 /// backends, named b0, b1, ... with label `zone: zN`.
-pub fn config_for(backends: &[&Backend], extra: &str) -> Config {
+pub fn config_for(backends: &[&Backend], extra: &str) -> ValidConfig {
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
     let text = yaml::director(extra, &[yaml::echo_mapping(&addrs)]);
-    Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    ValidConfig::from_yaml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
-pub async fn start(config: Config) -> Running {
+pub async fn start(config: ValidConfig) -> Running {
     app::start(config).await.expect("director starts")
 }
 

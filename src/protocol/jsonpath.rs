@@ -56,5 +56,5 @@ impl CompiledPath {
 }
 
 #[cfg(test)]
-#[path = "path_tests.rs"]
+#[path = "jsonpath_tests.rs"]
 mod tests;

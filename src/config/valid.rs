@@ -1,0 +1,119 @@
+//! A config that passed validation, with every value the program uses already decoded: the
+//! magic bytes, durations, listener addresses, each mapping's namespaces, load balancing and
+//! compiled JSONPaths. Nothing downstream re-derives these or needs a fallback: a
+//! `ValidConfig` exists only through [`super::Config::validate`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Config, ConfigError, LoadBalancing, StaticEndpoint};
+use crate::protocol::jsonpath::CompiledPath;
+
+/// A validated config: the document as written (read through `Deref`, e.g. for `/config` and
+/// `--check-config`) and its decoded values.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    pub(super) raw: Config,
+    /// `controlPacketMagicBytes`, decoded: 1..=32 bytes.
+    pub magic: Vec<u8>,
+    pub token_ttl: Duration,
+    pub session_timeout: Duration,
+    pub drain: Duration,
+    pub busy_poll: Duration,
+    pub query_addr: SocketAddr,
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub mappings: BTreeMap<String, ValidMapping>,
+}
+
+/// One `resourceQueryMapping` entry, resolved against the config's defaults.
+#[derive(Debug, Clone)]
+pub struct ValidMapping {
+    pub name: String,
+    /// The namespace queries default to.
+    pub default_namespace: String,
+    /// The namespaces clients may ask for (always contains `default_namespace`).
+    pub allowed: BTreeSet<String>,
+    /// ANDed with every client's selector.
+    pub fixed_labels: BTreeMap<String, String>,
+    pub expose_address: bool,
+    /// The mapping's own, or the global one.
+    pub load_balancing: LoadBalancing,
+    pub source: ValidSource,
+}
+
+#[derive(Debug, Clone)]
+pub enum ValidSource {
+    Static(Vec<StaticEndpoint>),
+    Kube(KubeSource),
+}
+
+/// A Kubernetes resource and how a target's address is read from it.
+#[derive(Debug, Clone)]
+pub struct KubeSource {
+    /// `""` for the core group.
+    pub group: String,
+    pub version: String,
+    /// Lowercase plural, e.g. `gameservers`.
+    pub resource: String,
+    /// For logs; defaults to `resource`.
+    pub kind: String,
+    pub address: Addressing,
+}
+
+#[derive(Debug, Clone)]
+pub enum Addressing {
+    /// An IP at `path` in the object and a port by `port`.
+    Direct { path: CompiledPath, port: PortRule },
+    /// The Service in the namespace whose `label` equals the object's: its ClusterIP and
+    /// the port named `port_name`.
+    Service { label: String, port_name: String },
+}
+
+/// How a mapping finds a target's port next to `addressPath`.
+#[derive(Debug, Clone)]
+pub enum PortRule {
+    /// Agones `status.ports[].name` → `port`, or a pod's `spec.containers[].ports[].name` →
+    /// `containerPort`.
+    Name(String),
+    /// A JSONPath to a number (or numeric string).
+    Path(CompiledPath),
+    /// 1..=65535.
+    Fixed(u16),
+}
+
+impl ValidConfig {
+    /// Parses and validates a YAML document (no overrides; see `config::reload::Overrides`).
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Config::parse(text)?.validate()
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// The document as written (after overrides).
+    pub fn raw(&self) -> &Config {
+        &self.raw
+    }
+
+    pub fn into_raw(self) -> Config {
+        self.raw
+    }
+}
+
+impl Deref for ValidConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.raw
+    }
+}

@@ -1,0 +1,117 @@
+//! The live settings: one [`Generation`] of everything a reload may change (the validated
+//! config, the resolver built from it, the session table's rules, the query limits and
+//! their rate limiter), built whole and swapped whole through one [`Settings`] cell.
+//!
+//! Readers load the current generation lock-free (no poison handling anywhere) and use that
+//! one value for a whole decision, so a query or a datagram never sees half of a reload.
+//! The data plane's workers keep the generation they loaded and pick up a new one when
+//! woken. Shared *state* (live sessions in the ledger, issued tokens) is not here: a
+//! generation holds settings only.
+//!
+//! Owns building a generation from a validated config. Must not do I/O, touch sessions or
+//! decide what a reload may change (`config::reload` does).
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::{Limits, ValidConfig};
+use crate::resolve::Resolver;
+use crate::resolve::kube::Watchers;
+use crate::session::Rules;
+
+/// Everything a reload may change, as one value.
+pub struct Generation {
+    /// Counts swaps from 0 (the config the process started with).
+    pub number: u64,
+    pub config: ValidConfig,
+    pub resolver: Resolver,
+    /// What the session tables judge datagrams by (magic, timeout, cap, default route).
+    pub rules: Rules,
+    pub query: QueryPolicy,
+}
+
+/// The query server's limits and the per-source-IP rate limiter built from them.
+pub struct QueryPolicy {
+    pub limits: Limits,
+    pub rate: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl Generation {
+    /// Builds the generation for `config`. With a `previous` one, watches of unchanged
+    /// mappings are shared (through `watchers`) and the rate limiter's buckets are kept when
+    /// the rate did not change. Must run inside a tokio runtime when the config has
+    /// Kubernetes mappings.
+    pub fn build(config: ValidConfig, watchers: &Watchers, previous: Option<&Generation>) -> Self {
+        let resolver = Resolver::new(&config, watchers);
+        let default_route = config
+            .default_endpoint
+            .as_ref()
+            .and_then(|q| resolver.default_route(q))
+            .map(Arc::new);
+        let rules = Rules {
+            magic: config.magic.clone(),
+            session_timeout: config.session_timeout,
+            max_sessions: config.max_sessions,
+            default_route,
+        };
+        let query = QueryPolicy::new(config.limits.clone(), previous.map(|p| &p.query));
+        Self {
+            number: previous.map_or(0, |p| p.number + 1),
+            config,
+            resolver,
+            rules,
+            query,
+        }
+    }
+}
+
+impl QueryPolicy {
+    fn new(limits: Limits, previous: Option<&QueryPolicy>) -> Self {
+        // Keep the buckets (and who is being limited) when the rate did not change.
+        let rate = match previous {
+            Some(p)
+                if p.limits.query_rate_per_second == limits.query_rate_per_second
+                    && p.limits.query_burst == limits.query_burst =>
+            {
+                Arc::clone(&p.rate)
+            }
+            _ => {
+                // Validation guarantees both are > 0.
+                let per_second =
+                    NonZeroU32::new(limits.query_rate_per_second).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new(limits.query_burst).unwrap_or(NonZeroU32::MIN);
+                Arc::new(RateLimiter::keyed(
+                    Quota::per_second(per_second).allow_burst(burst),
+                ))
+            }
+        };
+        Self { limits, rate }
+    }
+}
+
+/// The one cell holding the current generation, shared by every reader.
+pub struct Settings {
+    current: ArcSwap<Generation>,
+}
+
+impl Settings {
+    pub fn new(first: Generation) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(first),
+        }
+    }
+
+    /// The generation in force (lock-free; keep it for the whole decision).
+    pub fn load(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new generation whole.
+    pub fn store(&self, next: Generation) {
+        self.current.store(Arc::new(next));
+    }
+}
