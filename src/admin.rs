@@ -25,7 +25,7 @@ use crate::reload::Live;
 use crate::session::Ledger;
 
 /// Readiness inputs. Liveness does not depend on any of them.
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// Latched once every listener is bound.
     pub listening: AtomicBool,
     /// Draining (no new sessions) is the ledger's.
@@ -35,7 +35,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// `Ok` when ready, otherwise why not.
-    pub fn check(&self) -> Result<(), &'static str> {
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
         if self.ledger.draining() {
             return Err("draining");
         }
@@ -56,10 +56,10 @@ struct AdminState {
 }
 
 /// Sessions `/sessions` lists unless `?limit=` asks for fewer (at most [`SESSIONS_MAX`]).
-pub const SESSIONS_DEFAULT: usize = 100;
-pub const SESSIONS_MAX: usize = 1_000;
+pub(crate) const SESSIONS_DEFAULT: usize = 100;
+pub(crate) const SESSIONS_MAX: usize = 1_000;
 
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     live: Arc<Live>,
     readiness: Arc<Readiness>,

@@ -205,9 +205,9 @@ mod tests {
         }
 
         #[test]
-        fn classifier_holds_for_tokens_and_control_packets(token in token_like(), control in any::<bool>(),
+        fn classifier_holds_for_tokens_and_resets(token in token_like(), reset in any::<bool>(),
                                                            flip in any::<Option<(usize, u8)>>()) {
-            let mut d = if control { [MAGIC, &token[..]].concat() } else { token };
+            let mut d = if reset { [MAGIC, &token[..]].concat() } else { token };
             if let Some((i, b)) = flip {
                 let i = i % d.len();
                 d[i] = b;

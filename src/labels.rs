@@ -43,6 +43,7 @@ macro_rules! closed_labels {
 pub(crate) use closed_labels;
 
 #[cfg(test)]
+#[allow(unreachable_pub)] // the sample enum is private to the test
 mod tests {
     closed_labels! {
         enum Sample {

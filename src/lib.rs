@@ -12,19 +12,22 @@
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+// What only the crate uses is `pub(crate)`; `pub` is the surface tests, benches, the fuzz
+// targets and the binary use.
+#![warn(unreachable_pub)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
-pub mod bounded;
+pub(crate) mod bounded;
 pub mod config;
 pub mod invariants;
 mod labels;
-pub mod live;
+pub(crate) mod live;
 pub mod memory;
-pub mod metrics;
-pub mod net;
+pub(crate) mod metrics;
+pub(crate) mod net;
 pub mod protocol;
-pub mod query_server;
+pub(crate) mod query_server;
 pub mod reload;
 pub mod resolve;
 pub mod session;

@@ -14,9 +14,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// One label, static key and value.
-pub type Label = [(&'static str, &'static str); 1];
+pub(crate) type Label = [(&'static str, &'static str); 1];
 /// `mapping` label: a name from the operator's config (bounded by the config, never by clients).
-pub type MappingLabel = [(&'static str, String); 1];
+pub(crate) type MappingLabel = [(&'static str, String); 1];
 
 /// Every metric of the director. Prefix `udp_director_` is added by the registry.
 pub struct Metrics {
@@ -113,7 +113,7 @@ impl Metrics {
         );
         registry.register(
             "session_resets",
-            "Live sessions moved to another target by a control datagram or token",
+            "Live sessions moved to another target by a reset (a token for another target)",
             m.session_resets.clone(),
         );
         registry.register(
@@ -219,8 +219,13 @@ impl Metrics {
                 .sessions_closed
                 .get_or_create(&[("reason", reason.as_str())]);
         }
-        for reason in ["cap", "draining"] {
-            let _ = m.sessions_refused.get_or_create(&[("reason", reason)]);
+        for reason in crate::session::Refusal::ALL {
+            let _ = m
+                .sessions_refused
+                .get_or_create(&[("reason", reason.as_str())]);
+        }
+        for reason in crate::session::DropReason::ALL {
+            let _ = m.drops.get_or_create(&[("reason", reason.as_str())]);
         }
         for dir in [TO_TARGET, TO_CLIENT] {
             let _ = m.datagrams.get_or_create(&[("direction", dir)]);
@@ -256,8 +261,8 @@ impl Metrics {
 }
 
 /// `direction` label values.
-pub const TO_TARGET: &str = "client_to_target";
-pub const TO_CLIENT: &str = "target_to_client";
+pub(crate) const TO_TARGET: &str = "client_to_target";
+pub(crate) const TO_CLIENT: &str = "target_to_client";
 
 #[cfg(test)]
 mod tests {

@@ -28,7 +28,7 @@ use crate::session::Ledger;
 use crate::token::TokenStore;
 
 /// What the query server needs; shared by every connection.
-pub struct QueryContext {
+pub(crate) struct QueryContext {
     /// The live settings: each request uses one generation's resolver, limits and token rules.
     pub settings: Arc<Settings>,
     pub tokens: Arc<TokenStore>,
@@ -48,7 +48,7 @@ impl Drop for Admitted {
 }
 
 impl QueryContext {
-    pub fn new(
+    pub(crate) fn new(
         settings: Arc<Settings>,
         tokens: Arc<TokenStore>,
         ledger: Arc<Ledger>,
@@ -64,7 +64,7 @@ impl QueryContext {
     }
 
     /// The limits new connections and requests get.
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         self.settings.load().query.limits.clone()
     }
 
@@ -78,7 +78,7 @@ impl QueryContext {
     }
 
     /// Answers one request line from `peer`.
-    pub fn answer(&self, line: &[u8], peer: IpAddr) -> Vec<u8> {
+    pub(crate) fn answer(&self, line: &[u8], peer: IpAddr) -> Vec<u8> {
         let started = Instant::now();
         let generation = self.settings.load();
         let result = self.resolve_line(line, peer, started, &generation);
@@ -144,7 +144,7 @@ impl QueryContext {
     }
 
     /// Forgets rate-limit state of sources that have been quiet (bounded memory).
-    pub fn prune_rate_limits(&self) {
+    pub(crate) fn prune_rate_limits(&self) {
         let generation = self.settings.load();
         generation.query.rate.retain_recent();
         generation.query.rate.shrink_to_fit();
@@ -152,7 +152,7 @@ impl QueryContext {
 }
 
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     ctx: Arc<QueryContext>,
     mut shutdown: watch::Receiver<bool>,

@@ -259,7 +259,10 @@ async fn single_use_tokens_redeem_once() {
             ) == 1.0
     }));
     b.expect_silence(Duration::from_millis(200));
-    assert_eq!(metric(d.admin_addr, "udp_director_sessions_created_total"), 1.0);
+    assert_eq!(
+        metric(d.admin_addr, "udp_director_sessions_created_total"),
+        1.0
+    );
     d.stop().await;
 }
 

@@ -231,63 +231,63 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 mod defaults {
     use std::net::{IpAddr, Ipv4Addr};
-    pub fn bind_address() -> IpAddr {
+    pub(super) fn bind_address() -> IpAddr {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     }
-    pub fn query_port() -> u16 {
+    pub(super) fn query_port() -> u16 {
         9000
     }
-    pub fn data_port() -> u16 {
+    pub(super) fn data_port() -> u16 {
         7777
     }
-    pub fn admin_port() -> u16 {
+    pub(super) fn admin_port() -> u16 {
         8080
     }
-    pub fn token_ttl() -> u64 {
+    pub(super) fn token_ttl() -> u64 {
         30
     }
-    pub fn session_timeout() -> u64 {
+    pub(super) fn session_timeout() -> u64 {
         300
     }
-    pub fn max_sessions() -> usize {
+    pub(super) fn max_sessions() -> usize {
         100_000
     }
-    pub fn drain_seconds() -> u64 {
+    pub(super) fn drain_seconds() -> u64 {
         10
     }
-    pub fn magic() -> String {
+    pub(super) fn magic() -> String {
         "FFFFFFFF5245534554".to_string()
     }
-    pub fn query_max_bytes() -> usize {
+    pub(super) fn query_max_bytes() -> usize {
         16 * 1024
     }
-    pub fn query_idle_timeout() -> u64 {
+    pub(super) fn query_idle_timeout() -> u64 {
         10
     }
-    pub fn max_query_connections() -> usize {
+    pub(super) fn max_query_connections() -> usize {
         10_000
     }
-    pub fn query_rate() -> u32 {
+    pub(super) fn query_rate() -> u32 {
         50
     }
-    pub fn query_burst() -> u32 {
+    pub(super) fn query_burst() -> u32 {
         100
     }
-    pub fn max_tokens() -> u64 {
+    pub(super) fn max_tokens() -> u64 {
         1_000_000
     }
-    pub fn busy_poll_micros() -> u64 {
+    pub(super) fn busy_poll_micros() -> u64 {
         25
     }
-    pub fn access_log() -> bool {
+    pub(super) fn access_log() -> bool {
         true
     }
-    pub fn socket_buffer_bytes() -> usize {
+    pub(super) fn socket_buffer_bytes() -> usize {
         4 * 1024 * 1024
     }
 }
 
-/// Longest control-packet magic accepted (SPEC §5: 1..=32 bytes).
+/// Longest reset magic (`controlPacketMagicBytes`) accepted (SPEC §5: 1..=32 bytes).
 pub const MAX_MAGIC_LEN: usize = 32;
 
 impl Config {

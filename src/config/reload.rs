@@ -103,7 +103,7 @@ pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
     }
 }
 
-/// The config as JSON for `/config`. The control-packet magic is the one value clients are
+/// The config as JSON for `/config`. The reset magic (`controlPacketMagicBytes`) is the one value clients are
 /// told privately (it lets a datagram move a session), so only its length is shown.
 pub fn redacted_json(config: &Config) -> Value {
     let mut value = serde_json::to_value(config).unwrap_or(Value::Null);

@@ -37,12 +37,12 @@ pub(super) struct Counts {
 
 impl Counts {
     #[inline]
-    pub(super) fn drop(&mut self, reason: DropReason) {
+    pub(super) fn dropped(&mut self, reason: DropReason) {
         self.drops[reason.index()] += 1;
     }
 
     /// Counts `n` drops of one reason (e.g. the ICMP reports read off an error queue).
-    pub(super) fn drops(&mut self, reason: DropReason, n: usize) {
+    pub(super) fn dropped_n(&mut self, reason: DropReason, n: usize) {
         self.drops[reason.index()] += n as u64;
     }
 
@@ -64,7 +64,7 @@ impl Counts {
                 self.redeemed += 1;
             }
             Decision::Keep => self.redeemed += 1,
-            Decision::Drop(reason) => self.drop(*reason),
+            Decision::Drop(reason) => self.dropped(*reason),
             Decision::Forward { .. } | Decision::Deliver { .. } => {}
         }
     }

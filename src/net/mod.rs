@@ -85,7 +85,7 @@ pub struct DataShared {
 }
 
 /// Most sessions one worker reports to `/sessions`.
-pub const SAMPLE_MAX: usize = 1_000;
+pub(crate) const SAMPLE_MAX: usize = 1_000;
 
 impl DataShared {
     pub fn new(
@@ -131,7 +131,7 @@ impl DataShared {
 }
 
 /// The running data plane.
-pub struct DataPlane {
+pub(crate) struct DataPlane {
     local_addr: SocketAddr,
     shared: Arc<DataShared>,
     workers: Vec<(JoinHandle<()>, Arc<mio::Waker>)>,
@@ -140,7 +140,7 @@ pub struct DataPlane {
 impl DataPlane {
     /// Binds `workers` sockets to `addr` (port 0: one OS-chosen port shared by all) and
     /// starts a thread for each.
-    pub fn start(
+    pub(crate) fn start(
         addr: SocketAddr,
         workers: usize,
         buffer_bytes: usize,
@@ -174,18 +174,18 @@ impl DataPlane {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// Stops new sessions; live sessions keep flowing.
-    pub fn begin_drain(&self) {
+    pub(crate) fn begin_drain(&self) {
         self.shared.ledger.begin_drain();
         self.wake_all();
     }
 
     /// Closes every session and joins the workers.
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.wake_all();
         for (handle, _) in self.workers {
@@ -225,7 +225,7 @@ pub(crate) fn set_buffers(socket: &Socket, bytes: usize) {
 /// `worker_rlimit_nofile` would) and upstream sockets may use what is left after a reserve,
 /// so running out refuses new sessions while old ones, `/metrics` and queries keep working.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FdBudget {
+pub(crate) struct FdBudget {
     /// The soft limit in force after raising it.
     pub limit: u64,
     /// Descriptors open when the budget was taken (listeners, epoll, runtime).
@@ -236,18 +236,18 @@ pub struct FdBudget {
 
 impl FdBudget {
     /// Upstream sockets the data plane may open.
-    pub fn upstream(&self) -> usize {
+    pub(crate) fn upstream(&self) -> usize {
         let free = self.limit.saturating_sub(self.in_use + self.reserve);
         usize::try_from(free).unwrap_or(usize::MAX)
     }
 
     /// A reserve of 1/16 of the limit, at least 16 and at most 1 024 descriptors.
-    pub fn reserve_for(limit: u64) -> u64 {
+    pub(crate) fn reserve_for(limit: u64) -> u64 {
         (limit / 16).clamp(16, 1_024)
     }
 
     /// Raises the soft RLIMIT_NOFILE to the hard limit and measures what is in use.
-    pub fn take() -> Self {
+    pub(crate) fn take() -> Self {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};
         let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
             Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard)

@@ -230,7 +230,7 @@ impl Worker {
                 // the queued reports are read off so they neither pile up nor re-trigger.
                 Err(_) => {
                     match from {
-                        None => self.counts.drop(DropReason::RecvError),
+                        None => self.counts.dropped(DropReason::RecvError),
                         Some(id) => self.count_icmp_reports(id, 1),
                     }
                     continue;
@@ -281,7 +281,9 @@ impl Worker {
                     self.counts.datagrams_to_client += 1;
                     self.counts.bytes_to_client += datagram.len() as u64;
                 }
-                Err(e) => self.counts.drop(send_error(&e, DropReason::SendToClient)),
+                Err(e) => self
+                    .counts
+                    .dropped(send_error(&e, DropReason::SendToClient)),
             },
             Decision::Open {
                 id,
@@ -333,7 +335,7 @@ impl Worker {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(worker = self.index, error = %e, "cannot open upstream socket");
-                self.counts.drop(DropReason::UpstreamSocket);
+                self.counts.dropped(DropReason::UpstreamSocket);
                 if let Some(c) = self.table.close(id, CloseReason::UpstreamError, now) {
                     let mut closed = vec![c];
                     self.finish_closed(&mut closed);
@@ -345,13 +347,14 @@ impl Worker {
 
     fn send_to_target(&mut self, socket: SocketId, to: SocketAddr, datagram: &[u8]) {
         let sent = self.upstreams.send(socket, datagram, to);
-        self.counts.drops(DropReason::UpstreamError, sent.reports);
+        self.counts
+            .dropped_n(DropReason::UpstreamError, sent.reports);
         match sent.result {
             Ok(()) => {
                 self.counts.datagrams_to_target += 1;
                 self.counts.bytes_to_target += datagram.len() as u64;
             }
-            Err(reason) => self.counts.drop(reason),
+            Err(reason) => self.counts.dropped(reason),
         }
     }
 
@@ -359,7 +362,7 @@ impl Worker {
     /// `at_least`: the error that announced them).
     fn count_icmp_reports(&mut self, id: SocketId, at_least: usize) {
         let reports = self.upstreams.read_error_queue(id).max(at_least);
-        self.counts.drops(DropReason::UpstreamError, reports);
+        self.counts.dropped_n(DropReason::UpstreamError, reports);
     }
 
     fn close_socket(&mut self, id: SocketId) {

@@ -201,7 +201,7 @@ impl Resolver {
     }
 
     /// Per mapping: objects cached (static: endpoints) and whether every cache behind it
-    /// has synced once. For metrics; `Watched::len` is O(1) after an Arc clone of the store.
+    /// has synced once. For metrics; `Watched::len` reads the store's length (O(1), no copy).
     pub fn mapping_status(&self) -> Vec<MappingStatus> {
         self.mappings
             .iter()

@@ -234,10 +234,10 @@ impl SessionTable {
 
     fn reset_to(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> Decision {
         match self.reset(id, target, now) {
-            Some(moved) => Decision::Reset {
+            Some(rebound) => Decision::Reset {
                 id,
-                binding: moved.binding,
-                released: moved.released,
+                binding: rebound.binding,
+                released: rebound.released,
             },
             None => Decision::Keep,
         }

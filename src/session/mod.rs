@@ -148,7 +148,7 @@ pub struct Binding {
 
 /// A session moved to another target by a reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Moved {
+pub struct ResetBinding {
     pub binding: Binding,
     /// The old slot carries no session any more: the shell closes its socket.
     pub released: Option<SocketId>,
@@ -429,7 +429,7 @@ impl SessionTable {
     /// Moves a live session to `target`: the old binding is released at once, so nothing
     /// from the old target is delivered afterwards. `None` when the session already goes to
     /// that address (a retransmitted token: nothing changes but the newer target identity).
-    fn reset(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> Option<Moved> {
+    fn reset(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> Option<ResetBinding> {
         let s = self.session_mut(id)?;
         s.last_seen = now;
         if s.target.addr == target.addr {
@@ -446,7 +446,7 @@ impl SessionTable {
             s.target = target;
         }
         self.debug_check();
-        Some(Moved { binding, released })
+        Some(ResetBinding { binding, released })
     }
 
     /// Closes one session (the shell calls this when it could not open its socket).
