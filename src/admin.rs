@@ -3,6 +3,8 @@
 //! (the config in force as JSON, control-packet magic redacted) and `/sessions` (the count
 //! and a bounded sample). Read-only; it binds `bindAddress` like the other listeners and must
 //! not be exposed publicly (it shows client addresses and the routing config).
+//!
+//! Owns the admin endpoints. Must not change any state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,6 +3,8 @@
 //!
 //! Tests and the load tool call [`start`] to run the real listeners in-process on
 //! OS-assigned ports; the binary calls [`run`], which adds signal handling.
+//!
+//! Owns wiring and the shutdown order. Must not decide anything about queries or datagrams.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! A counter with a limit, shared between threads: places are taken while fewer than the
 //! limit are in use and given back later. Live sessions under the cap (`session::Ledger`)
 //! and the upstream socket budget (`net::DataShared`) are both this.
+//!
+//! Owns one counter and its limit. Must not know what it counts.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

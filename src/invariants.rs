@@ -2,6 +2,8 @@
 //! tests (normal test suite) and the fuzz targets (`fuzz/`). The running director never calls
 //! these; each returns what was violated instead of panicking, so callers choose how to fail.
 //! The session table's own invariants are `SessionTable::check_invariants`.
+//!
+//! Owns the properties. Must not be called by the running director.
 
 use crate::config::{Config, ValidConfig, ValidSource};
 use crate::protocol::datagram::{Datagram, classify, parse_token};

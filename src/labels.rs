@@ -3,6 +3,8 @@
 //! [`closed_labels!`] writes the enum, its `ALL` list and its `as_str` from a single list of
 //! `Variant => "label"` lines, so a variant can never be missing from `ALL` (and so from the
 //! pre-registered metric handles and the per-reason counter arrays indexed by `index()`).
+//!
+//! Owns the declaration macro. Must not hold label values of its own.
 
 /// Declares a label enum: `ALL` in declaration order, `COUNT`, `as_str`, and `index()` with
 /// `ALL[r.index()] == r`.

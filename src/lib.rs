@@ -6,6 +6,8 @@
 //!
 //! Data flows one way: socket (`net`) → decision (`session`, `protocol`, `resolve`, pure) →
 //! action (`net`) → socket. `app` wires the pieces; `main.rs` is the only place for `anyhow`.
+//!
+//! Owns the crate's public surface: what tests, benches, the fuzz targets and the binary may use.
 
 // No panics on paths a client, a config or the API server can reach: errors or counted drops.
 #![cfg_attr(

@@ -1,4 +1,6 @@
 //! The `udp-director` binary: CLI → config → `app::run`. The only place `anyhow` is used.
+//!
+//! Owns the command line and the process exit. Must not hold logic the tests cannot reach through `app`.
 
 // No panics on paths a client, a config or the API server can reach: errors or counted drops.
 #![cfg_attr(

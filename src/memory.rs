@@ -15,6 +15,8 @@
 //! that rarely allocate gain nothing from more, and each arena keeps its own freed pages) and
 //! a fixed 128 KiB mmap threshold (a burst's large tables are mapped and unmapped whole
 //! instead of raising the threshold and landing in the heap for good). `make soak` measures it.
+//!
+//! Owns allocator tuning and trimming. Must not run on a data thread.
 
 use std::sync::Arc;
 use std::time::Duration;

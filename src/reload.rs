@@ -8,6 +8,8 @@
 //! The file is polled by path (not watched by inode): a mounted ConfigMap is updated by the
 //! kubelet through a symlink swap of `..data`, which an inode watch would miss. A content
 //! change is applied once two reads in a row agree, so a half-written file is not applied.
+//!
+//! Owns watching sources and storing generations. Must not touch live sessions.
 
 use std::fmt;
 use std::path::PathBuf;

@@ -4,6 +4,8 @@
 //! snapshot slot) guard data that is valid after any panic in between (whole values are
 //! swapped in), so a poisoned lock is taken over rather than propagated. This is the one
 //! place that says so.
+//!
+//! Owns poison recovery. Must not be used to hold a lock across an await or per datagram.
 
 use std::sync::{Mutex, MutexGuard};
 

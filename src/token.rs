@@ -6,6 +6,8 @@
 //! only reclaims memory. A grant carries the TTL and single-use rule it was issued under
 //! (from the live settings), so a reload changes tokens issued afterwards only; the store
 //! holds no settings of its own.
+//!
+//! Owns issued tokens. Must not resolve targets or decide what a redeem means for a session.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! document, which keys a running process can take over and which need a restart, and the
 //! redacted view served on `/config`. The I/O (file polling, ConfigMap watch, swapping the
 //! shared state) lives in `crate::reload`.
+//!
+//! Owns these decisions. Must not read files, watch the API or swap live state.
 
 use std::net::IpAddr;
 

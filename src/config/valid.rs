@@ -2,6 +2,8 @@
 //! magic bytes, durations, listener addresses, each mapping's namespaces, load balancing and
 //! compiled JSONPaths. Nothing downstream re-derives these or needs a fallback: a
 //! `ValidConfig` exists only through [`super::Config::validate`].
+//!
+//! Owns the decoded form of a config. Must not parse, read files beyond `load`, or resolve anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -8,7 +8,8 @@
 //! one send: no allocation, no lock, no log line. The worker decides nothing itself; its only
 //! report back into the table is an upstream socket that could not be opened.
 //!
-//! Owns the event loop. Upstream sockets are `upstream.rs`, counters `counters.rs`.
+//! Owns the event loop (upstream sockets are `upstream.rs`, counters `counters.rs`). Must not
+//! decide what a datagram means, resolve queries or redeem tokens itself.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;

@@ -10,6 +10,8 @@
 //! ```
 //!
 //! Whitespace around the token is ignored (`echo $TOKEN | nc -u` appends a newline).
+//!
+//! Owns the datagram layout. Must not redeem tokens or know about sessions.
 
 use crate::token::TokenId;
 

@@ -1,6 +1,8 @@
 //! JSONPath compiled once: plain dotted paths (`$.status.state`) become a list of keys
 //! (no parsing or allocation per object), anything else a pre-parsed jsonpath-rust query. Per query the
 //! request's path is compiled once, then evaluated against every candidate.
+//!
+//! Owns path normalisation and evaluation. Must not know which objects it is run on.
 
 use std::sync::Arc;
 

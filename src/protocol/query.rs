@@ -2,6 +2,8 @@
 //!
 //! Pure: parsing a request line and rendering an answer. Framing, limits and timeouts belong
 //! to `query_server`; what a request resolves to belongs to `resolve`.
+//!
+//! Owns the query wire format and error codes. Must not resolve queries or issue tokens.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -7,6 +7,8 @@
 //! not deserialize are held as `DeserializeGuard` errors and skipped, so one malformed object
 //! cannot stop a stream. Queries read the caches; nothing here is called per query except
 //! [`Watched::objects`] and the pure extraction functions.
+//!
+//! Owns the watch caches and address extraction. Must not choose targets or touch sessions.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};

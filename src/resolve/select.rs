@@ -1,5 +1,7 @@
 //! Pure selection: does a candidate match a query, and which of the matches gets the session.
 //! No I/O, no clock; randomness and round-robin state come in as arguments.
+//!
+//! Owns matching and choosing. Must not read caches, the clock or randomness itself.
 
 use std::collections::BTreeMap;
 

@@ -20,6 +20,8 @@
 //!
 //! A datagram from a target is `Deliver`ed to the client bound to that (socket, target) pair,
 //! or dropped (`UnknownSource`).
+//!
+//! Owns every decision about a datagram. Must not do I/O, resolve queries, read the clock or log.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

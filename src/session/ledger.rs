@@ -3,6 +3,8 @@
 //! passed in from the live generation), the draining flag (no new sessions while shutting
 //! down) and live sessions per target address (for leastSessions). Written on session
 //! create/move/close and at shutdown only, never per datagram.
+//!
+//! Owns admission and counts. Must not hold settings (the cap comes with each call) or sessions.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -9,6 +9,8 @@
 //! a session to which target; after every step the table's own invariants, the cap and the
 //! ledger's counts are checked too. A violation is returned as text, never panicked on here,
 //! so each driver fails its own way.
+//!
+//! Owns the simulation and its model. Must not be built into the director (test and `sim` feature only).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -267,14 +269,14 @@ impl Sim {
                         b.insert(0, b' ');
                         b.push(b'\n');
                     }
-                    (b, Some(self.expect(t, expires)), false)
+                    (b, Some(self.expected_redeem(t, expires)), false)
                 }
                 None => (vec![b'n'; 3], None, false),
             },
             Payload::Reset { nth } => match self.issued.get(usize::from(*nth)) {
                 Some(&(id, t, expires)) => (
                     [MAGIC, id.to_wire().as_bytes()].concat(),
-                    Some(self.expect(t, expires)),
+                    Some(self.expected_redeem(t, expires)),
                     true,
                 ),
                 None => ([MAGIC, b"x"].concat(), None, true),
@@ -420,7 +422,7 @@ impl Sim {
     }
 
     /// The model's view of redeeming issued token for `t` that expires at `expires`.
-    fn expect(&self, t: u8, expires: Instant) -> Result<u8, bool> {
+    fn expected_redeem(&self, t: u8, expires: Instant) -> Result<u8, bool> {
         if self.now < expires { Ok(t) } else { Err(true) }
     }
 
