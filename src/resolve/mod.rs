@@ -11,7 +11,7 @@ pub mod select;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use serde_json::{Value, json};
 
@@ -21,7 +21,7 @@ use crate::protocol::query::{ErrorCode, QueryError, QueryRequest};
 
 pub use route::DefaultRoute;
 use route::RouteState;
-use select::{ChoiceInputs, choose, selector_matches, status_matches};
+use select::{choose_among, selector_matches, status_matches};
 
 /// Where a session goes. Shared by tokens and sessions; identity for counting is `addr`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,35 +238,19 @@ impl Resolver {
         counts: &dyn SessionCounts,
     ) -> Result<Resolved, QueryError> {
         self.with_matches(req, |mapping, namespace, matches| {
-            let sessions: Vec<usize> = match mapping.load_balancing {
-                LoadBalancing::LeastSessions | LoadBalancing::LabelArithmetic { .. } => matches
-                    .iter()
-                    .map(|c| counts.sessions_to(&c.addr))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            let capacity: Vec<Option<(u64, u64)>> = matches
-                .iter()
-                .map(|m| capacity_of(&mapping.load_balancing, m.labels, m.annotations))
-                .collect();
-            let inputs = ChoiceInputs {
-                sessions: &sessions,
-                round_robin: match mapping.load_balancing {
-                    LoadBalancing::RoundRobin => {
-                        mapping.round_robin.fetch_add(1, Ordering::Relaxed)
-                    }
-                    _ => 0,
-                },
-                random: match mapping.load_balancing {
-                    LoadBalancing::Random => (uuid::Uuid::new_v4().as_u128() >> 64) as u64,
-                    _ => 0,
-                },
-                capacity: &capacity,
-            };
             let keys: Vec<(&str, &str)> = matches.iter().map(|m| (m.namespace, m.name)).collect();
-            let chosen = choose(&mapping.load_balancing, &keys, &inputs)
-                .and_then(|i| matches.get(i))
-                .ok_or_else(|| no_match(mapping, namespace, matches.is_empty()))?;
+            let lb = &mapping.load_balancing;
+            let chosen = choose_among(
+                lb,
+                &keys,
+                |i| matches[i].addr,
+                |i| capacity_of(lb, matches[i].labels, matches[i].annotations),
+                counts,
+                &mapping.round_robin,
+                || (uuid::Uuid::new_v4().as_u128() >> 64) as u64,
+            )
+            .and_then(|i| matches.get(i))
+            .ok_or_else(|| no_match(mapping, namespace, matches.is_empty()))?;
             Ok(Resolved {
                 target: Arc::new(Target::new(
                     &mapping.name,

@@ -11,11 +11,11 @@
 //! Owns the precomputed matches. Must not read the clock or touch sockets.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use arc_swap::ArcSwap;
 
-use super::select::{ChoiceInputs, choose};
+use super::select::choose_among;
 use super::{Resolver, SessionCounts, Target, capacity_of};
 use crate::config::LoadBalancing;
 use crate::protocol::query::QueryRequest;
@@ -86,33 +86,21 @@ impl DefaultRoute {
 
     /// Chooses a target among the current matches with the mapping's load balancing, or
     /// `None` when nothing matches (or `labelArithmetic` finds no room). `random` feeds the
-    /// `random` strategy. Allocates only for strategies that weigh live sessions or capacity.
+    /// `random` strategy.
     pub fn pick(&self, counts: &dyn SessionCounts, random: u64) -> Option<Arc<Target>> {
         let state = self.state.load();
         let picks = &state.picks;
-        let sessions: Vec<usize> = match self.load_balancing {
-            LoadBalancing::LeastSessions | LoadBalancing::LabelArithmetic { .. } => picks
-                .iter()
-                .map(|p| counts.sessions_to(&p.target.addr))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let capacity: Vec<Option<(u64, u64)>> = match self.load_balancing {
-            LoadBalancing::LabelArithmetic { .. } => picks.iter().map(|p| p.capacity).collect(),
-            _ => Vec::new(),
-        };
-        let inputs = ChoiceInputs {
-            sessions: &sessions,
-            round_robin: match self.load_balancing {
-                LoadBalancing::RoundRobin => self.round_robin.fetch_add(1, Ordering::Relaxed),
-                _ => 0,
-            },
-            random,
-            capacity: &capacity,
-        };
         // Picks are sorted, so their index is their key.
         let keys: Vec<usize> = (0..picks.len()).collect();
-        let chosen = choose(&self.load_balancing, &keys, &inputs)?;
+        let chosen = choose_among(
+            &self.load_balancing,
+            &keys,
+            |i| picks[i].target.addr,
+            |i| picks[i].capacity,
+            counts,
+            &self.round_robin,
+            || random,
+        )?;
         picks.get(chosen).map(|p| Arc::clone(&p.target))
     }
 }

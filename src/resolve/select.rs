@@ -97,6 +97,48 @@ pub fn choose<K: Ord>(lb: &LoadBalancing, keys: &[K], inputs: &ChoiceInputs<'_>)
     })
 }
 
+/// Picks among the matches identified by `keys` with `lb`, gathering only what the strategy
+/// reads: live sessions per match (`addr_of` + `counts`) for `leastSessions` and
+/// `labelArithmetic`, `(current, max)` (`capacity_of`) for `labelArithmetic`, the next
+/// round-robin number (incremented here) or `random()`. The one place a query and the
+/// default route both choose through.
+pub fn choose_among<K: Ord>(
+    lb: &LoadBalancing,
+    keys: &[K],
+    addr_of: impl Fn(usize) -> std::net::SocketAddr,
+    capacity_of: impl Fn(usize) -> Option<(u64, u64)>,
+    counts: &dyn super::SessionCounts,
+    round_robin: &std::sync::atomic::AtomicUsize,
+    random: impl FnOnce() -> u64,
+) -> Option<usize> {
+    let n = keys.len();
+    let sessions: Vec<usize> = match lb {
+        LoadBalancing::LeastSessions | LoadBalancing::LabelArithmetic { .. } => {
+            (0..n).map(|i| counts.sessions_to(&addr_of(i))).collect()
+        }
+        _ => Vec::new(),
+    };
+    let capacity: Vec<Option<(u64, u64)>> = match lb {
+        LoadBalancing::LabelArithmetic { .. } => (0..n).map(capacity_of).collect(),
+        _ => Vec::new(),
+    };
+    let inputs = ChoiceInputs {
+        sessions: &sessions,
+        round_robin: match lb {
+            LoadBalancing::RoundRobin => {
+                round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            }
+            _ => 0,
+        },
+        random: match lb {
+            LoadBalancing::Random => random(),
+            _ => 0,
+        },
+        capacity: &capacity,
+    };
+    choose(lb, keys, &inputs)
+}
+
 /// Parses a label/annotation value as a non-negative integer.
 pub fn label_number(
     labels: &BTreeMap<String, String>,
