@@ -4,10 +4,14 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
+# The workspace names the dev-only testkit crate: its manifest (and stub sources) must be
+# there for the manifest to resolve, though the image never builds it.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+COPY testkit/Cargo.toml testkit/
+RUN mkdir -p src benches testkit/src/bin && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > benches/datapath.rs \
-    && cargo build --release --locked --bin udp-director || true
+    && touch testkit/src/lib.rs && echo 'fn main() {}' > testkit/src/bin/loadgen.rs \
+    && (cargo build --release --locked --bin udp-director || true)
 COPY . .
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin udp-director
 
