@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::time::Instant;
-use udp_director::protocol::datagram::classify;
+use udp_director::protocol::datagram::{TokenShape, classify};
 use udp_director::resolve::Target;
 use udp_director::session::{Ledger, Rules, SessionTable};
 use udp_director::token::TokenStore;
@@ -21,8 +21,11 @@ const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u32, SocketAddr)>) {
     let rules = Rules {
         magic: MAGIC.to_vec(),
+        shape: TokenShape::Uuid,
         session_timeout: Duration::from_secs(300),
         max_sessions: usize::MAX,
+        max_per_client_ip: usize::MAX,
+        unanswered_timeout: Duration::from_secs(5),
         default_route: None,
     };
     let mut t = SessionTable::new(rules, Arc::new(Ledger::new()));
@@ -80,11 +83,11 @@ fn bench(c: &mut Criterion) {
     }
     let game = vec![0x42u8; 512];
     c.bench_function("classify/game_512B", |b| {
-        b.iter(|| classify(black_box(&game), MAGIC))
+        b.iter(|| classify(black_box(&game), MAGIC, TokenShape::Uuid))
     });
     let token = b"550e8400-e29b-41d4-a716-446655440000";
     c.bench_function("classify/token", |b| {
-        b.iter(|| classify(black_box(token), MAGIC))
+        b.iter(|| classify(black_box(token), MAGIC, TokenShape::Uuid))
     });
 }
 

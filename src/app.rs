@@ -17,13 +17,14 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Readiness};
 use crate::config::ValidConfig;
 use crate::config::reload::Overrides;
+use crate::config::{KeySource, TokenFormat};
 use crate::live::{Generation, Settings};
 use crate::metrics::Metrics;
 use crate::net::{DataPlane, DataShared, FdBudget};
 use crate::query_server::{self, QueryContext};
 use crate::reload::{self, ConfigSource, Live};
 use crate::session::Ledger;
-use crate::token::TokenStore;
+use crate::token::{KeySet, SealedTokens, TokenStore, Tokens, WallClock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -34,6 +35,12 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The sealed-token keys could not be loaded at start.
+    #[error("cannot load the token keys from {source_name}: {problem}")]
+    Keys {
+        source_name: String,
+        problem: String,
+    },
 }
 
 /// A running director.
@@ -42,7 +49,7 @@ pub struct Running {
     pub data_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub ledger: Arc<Ledger>,
-    pub tokens: Arc<TokenStore>,
+    pub tokens: Arc<Tokens>,
     /// The config in force and what a reload swaps.
     pub(crate) live: Arc<Live>,
     shutdown: watch::Sender<bool>,
@@ -71,7 +78,9 @@ pub async fn start(config: ValidConfig) -> Result<Running, StartError> {
 pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let ledger = Arc::new(Ledger::new());
-    let tokens = Arc::new(TokenStore::new(config.limits.max_tokens));
+    let key_source = config.key_source.clone();
+    let tokens = Arc::new(make_tokens(&config, &options.kube).await?);
+    let reuse_port = config.reuse_port;
     let watchers = Arc::new(crate::resolve::kube::Watchers::new(
         options.kube,
         metrics.kube_watch_errors.clone(),
@@ -83,7 +92,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     let settings = Arc::new(Settings::new(Generation::build(config, &watchers, None)));
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let query_listener = bind_tcp("query", query_at).await?;
+    let query_listener = bind_query(query_at, reuse_port)?;
     let admin_listener = bind_tcp("admin", admin_at).await?;
     let data_shared = Arc::new(DataShared::new(
         Arc::clone(&tokens),
@@ -95,13 +104,18 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let data = DataPlane::start(data_at, workers, buffer_bytes, Arc::clone(&data_shared)).map_err(
-        |source| StartError::Bind {
-            what: "data",
-            addr: data_at,
-            source,
-        },
-    )?;
+    let data = DataPlane::start(
+        data_at,
+        workers,
+        buffer_bytes,
+        reuse_port,
+        Arc::clone(&data_shared),
+    )
+    .map_err(|source| StartError::Bind {
+        what: "data",
+        addr: data_at,
+        source,
+    })?;
 
     let fds = FdBudget::take();
     data_shared.upstreams.set_limit(fds.upstream());
@@ -153,6 +167,24 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         Arc::clone(&metrics),
         shutdown_rx.clone(),
     )));
+    match key_source {
+        Some(KeySource::File(path)) => tasks.push(tokio::spawn(crate::keysource::watch_file(
+            Arc::clone(&tokens),
+            Arc::clone(&metrics),
+            path,
+            shutdown_rx.clone(),
+        ))),
+        Some(KeySource::Secret { namespace, name }) => {
+            tasks.push(tokio::spawn(crate::keysource::watch_secret(
+                Arc::clone(&tokens),
+                Arc::clone(&live),
+                namespace,
+                name,
+                shutdown_rx.clone(),
+            )))
+        }
+        None => {}
+    }
     match options.reload {
         Some(ConfigSource::File(path)) => tasks.push(tokio::spawn(reload::watch_file(
             Arc::clone(&live),
@@ -186,6 +218,78 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         shutdown,
         data: Some(data),
         tasks,
+    })
+}
+
+/// The token store of the configured format; sealed keys are read (file) or fetched (Secret)
+/// now, so a director with unusable keys does not start.
+async fn make_tokens(
+    config: &ValidConfig,
+    kube: &crate::resolve::kube::Connect,
+) -> Result<Tokens, StartError> {
+    let now = tokio::time::Instant::now();
+    match (config.token_format, &config.key_source) {
+        (TokenFormat::Uuid, _) => Ok(Tokens::Uuid(TokenStore::new(config.limits.max_tokens))),
+        (TokenFormat::Sealed, None) => Err(StartError::Keys {
+            source_name: "nowhere".into(),
+            problem: "tokenFormat: sealed needs tokenKeysFile or --token-keys-secret".into(),
+        }),
+        (TokenFormat::Sealed, Some(source)) => {
+            let (name, text) = match source {
+                KeySource::File(path) => (
+                    format!("file {}", path.display()),
+                    tokio::fs::read_to_string(path)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                KeySource::Secret { namespace, name } => (
+                    format!(
+                        "Secret {namespace}/{name} (key {})",
+                        crate::keysource::SECRET_KEY
+                    ),
+                    crate::keysource::fetch_secret(kube, namespace, name).await,
+                ),
+            };
+            let keys = text
+                .and_then(|t| KeySet::parse(&t).map_err(|e| e.to_string()))
+                .map_err(|problem| StartError::Keys {
+                    source_name: name.clone(),
+                    problem,
+                })?;
+            tracing::info!(source = %name, keys = ?keys.ids(), "token keys loaded");
+            Ok(Tokens::Sealed(SealedTokens::new(
+                keys,
+                WallClock::system(now),
+                config.limits.max_tokens,
+            )))
+        }
+    }
+}
+
+/// The query listener; with `reusePort` it joins the port's SO_REUSEPORT group.
+fn bind_query(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, StartError> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        if addr.is_ipv6() {
+            let _ = socket.set_only_v6(false);
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    bind().map_err(|source| StartError::Bind {
+        what: "query",
+        addr,
+        source,
     })
 }
 

@@ -6,7 +6,7 @@
 //! Owns the properties. Must not be called by the running director.
 
 use crate::config::{Config, ValidConfig, ValidSource};
-use crate::protocol::datagram::{Datagram, classify, parse_token};
+use crate::protocol::datagram::{Datagram, TokenShape, classify, parse_token};
 use crate::protocol::query::{ErrorCode, parse_request};
 use crate::token::TokenId;
 
@@ -25,21 +25,55 @@ pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
         datagram
     };
     let expected = oracle_token(rest);
-    let ok = match classify(datagram, magic) {
-        Datagram::Reset(t) => prefixed && expected == Some(t),
+    let id = |t: &[u8]| TokenId::from_wire(t);
+    let uuid = classify(datagram, magic, TokenShape::Uuid);
+    let ok = match uuid {
+        Datagram::Reset(t) => prefixed && expected.is_some() && id(t) == expected,
         Datagram::MalformedReset => prefixed && expected.is_none(),
         Datagram::Token(t) => {
-            !prefixed && expected == Some(t) && parse_token(t.to_wire().as_bytes()) == Some(t)
+            !prefixed
+                && expected.is_some()
+                && id(t) == expected
+                && expected.and_then(|e| parse_token(e.to_wire().as_bytes())) == expected
         }
         Datagram::Data => !prefixed && expected.is_none(),
     };
     if !ok {
         return Err(format!(
-            "classify({datagram:?}, magic {magic:?}) = {:?}, oracle {expected:?}",
-            classify(datagram, magic)
+            "classify({datagram:?}, magic {magic:?}, uuid) = {uuid:?}, oracle {expected:?}"
+        ));
+    }
+    let sealed_expected = oracle_sealed(rest);
+    let sealed = classify(datagram, magic, TokenShape::Sealed);
+    let ok = match sealed {
+        Datagram::Reset(t) => prefixed && sealed_expected == Some(t),
+        Datagram::MalformedReset => prefixed && sealed_expected.is_none(),
+        Datagram::Token(t) => !prefixed && sealed_expected == Some(t),
+        Datagram::Data => !prefixed && sealed_expected.is_none(),
+    };
+    if !ok {
+        return Err(format!(
+            "classify({datagram:?}, magic {magic:?}, sealed) = {sealed:?}, oracle {sealed_expected:?}"
         ));
     }
     token_bits(datagram)
+}
+
+/// A sealed token in `bytes` by SPEC §7, read without the codec: at most 8 bytes of ASCII
+/// whitespace either side of base64url characters of a sealed token's length.
+fn oracle_sealed(bytes: &[u8]) -> Option<&[u8]> {
+    const PADDING: usize = 8;
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace())? + 1;
+    if start > PADDING || bytes.len() - end > PADDING {
+        return None;
+    }
+    let t = &bytes[start..end];
+    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+    (t.len() >= crate::token::sealed::MIN_WIRE
+        && t.len() <= crate::token::sealed::MAX_WIRE
+        && t.iter().all(alphabet))
+    .then_some(t)
 }
 
 /// The token in `bytes` by SPEC §3, read without the codec: at most 8 bytes of ASCII

@@ -23,6 +23,7 @@ pub mod app;
 pub(crate) mod bounded;
 pub mod config;
 pub mod invariants;
+pub(crate) mod keysource;
 mod labels;
 pub(crate) mod live;
 pub mod memory;

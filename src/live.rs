@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{Limits, ValidConfig};
+use crate::protocol::datagram::TokenShape;
 use crate::resolve::Resolver;
 use crate::resolve::kube::Watchers;
 use crate::session::Rules;
@@ -54,8 +55,14 @@ impl Generation {
             .map(Arc::new);
         let rules = Rules {
             magic: config.magic.clone(),
+            shape: match config.token_format {
+                crate::config::TokenFormat::Uuid => TokenShape::Uuid,
+                crate::config::TokenFormat::Sealed => TokenShape::Sealed,
+            },
             session_timeout: config.session_timeout,
             max_sessions: config.max_sessions,
+            max_per_client_ip: config.max_sessions_per_client_ip,
+            unanswered_timeout: config.unanswered_timeout,
             default_route,
         };
         let query = QueryPolicy::new(config.limits.clone(), previous.map(|p| &p.query));

@@ -69,6 +69,10 @@ struct Cli {
     /// apply its changes live (`NAMESPACE/NAME`).
     #[arg(long, env = "UDP_DIRECTOR_CONFIGMAP", value_parser = parse_configmap)]
     configmap: Option<(String, String)>,
+    /// Sealed-token keys from this Secret's `token-keys` key, watched through the API
+    /// (`NAMESPACE/NAME`; instead of `tokenKeysFile`).
+    #[arg(long, env = "UDP_DIRECTOR_TOKEN_KEYS_SECRET")]
+    token_keys_secret: Option<String>,
     /// Do not watch the config source for changes.
     #[arg(long, env = "UDP_DIRECTOR_NO_RELOAD")]
     no_reload: bool,
@@ -113,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         token_ttl_seconds: cli.token_ttl_seconds,
         drain_seconds: cli.drain_seconds,
         data_workers: cli.data_workers,
+        token_keys_secret: cli.token_keys_secret.clone(),
     };
     let kube = match &cli.kubeconfig {
         Some(path) => Connect::Kubeconfig(path.clone()),

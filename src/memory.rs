@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::session::Ledger;
-use crate::token::TokenStore;
+use crate::token::Tokens;
 
 /// When to trim: the load (live sessions plus outstanding tokens) has fallen to at most half
 /// of its peak since the last trim, by at least [`TrimPolicy::MIN_DROP`], and the last trim
@@ -152,7 +152,7 @@ fn glibc_trim() -> bool {
 /// Checks the load once a second and trims when [`TrimPolicy`] says so, until shutdown.
 pub async fn trim_after_bursts(
     ledger: Arc<Ledger>,
-    tokens: Arc<TokenStore>,
+    tokens: Arc<Tokens>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -164,6 +164,7 @@ pub async fn trim_after_bursts(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        tokens.sweep(Instant::now());
         let load = ledger.active() + usize::try_from(tokens.len()).unwrap_or(usize::MAX);
         if !policy.observe(load, Instant::now()) {
             continue;

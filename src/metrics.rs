@@ -26,6 +26,9 @@ pub struct Metrics {
     pub sessions_closed: Family<Label, Counter>,
     pub sessions_refused: Family<Label, Counter>,
     pub session_resets: Counter,
+    pub sessions_moved: Counter,
+    pub token_key_reloads: Family<Label, Counter>,
+    pub token_keys: Gauge,
     pub datagrams: Family<Label, Counter>,
     pub bytes: Family<Label, Counter>,
     pub drops: Family<Label, Counter>,
@@ -65,6 +68,9 @@ impl Metrics {
             sessions_closed: Family::default(),
             sessions_refused: Family::default(),
             session_resets: Counter::default(),
+            sessions_moved: Counter::default(),
+            token_key_reloads: Family::default(),
+            token_keys: Gauge::default(),
             datagrams: Family::default(),
             bytes: Family::default(),
             drops: Family::default(),
@@ -174,6 +180,21 @@ impl Metrics {
             m.mapping_synced.clone(),
         );
         registry.register(
+            "sessions_moved",
+            "Sessions taken over by a new client address redeeming their token (NAT rebinding; one session per token)",
+            m.sessions_moved.clone(),
+        );
+        registry.register(
+            "token_key_reloads",
+            "Token key source changes, by result (rejected: the keys in force stay)",
+            m.token_key_reloads.clone(),
+        );
+        registry.register(
+            "token_keys",
+            "Sealed-token keys in force (the first seals, all open)",
+            m.token_keys.clone(),
+        );
+        registry.register(
             "memory_trims",
             "Times free allocator memory was handed back to the kernel after the load fell by half",
             m.memory_trims.clone(),
@@ -233,6 +254,7 @@ impl Metrics {
         }
         for result in ["applied", "rejected"] {
             let _ = m.config_reloads.get_or_create(&[("result", result)]);
+            let _ = m.token_key_reloads.get_or_create(&[("result", result)]);
         }
         Self { registry, ..m }
     }

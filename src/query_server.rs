@@ -25,13 +25,13 @@ use crate::protocol::query::{
     ErrorCode, QueryError, TargetRef, TokenAnswer, parse_request, render,
 };
 use crate::session::Ledger;
-use crate::token::TokenStore;
+use crate::token::Tokens;
 
 /// What the query server needs; shared by every connection.
 pub(crate) struct QueryContext {
     /// The live settings: each request uses one generation's resolver, limits and token rules.
     pub settings: Arc<Settings>,
-    pub tokens: Arc<TokenStore>,
+    pub tokens: Arc<Tokens>,
     pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
     /// Open connections, held under `maxQueryConnections` at accept.
@@ -50,7 +50,7 @@ impl Drop for Admitted {
 impl QueryContext {
     pub(crate) fn new(
         settings: Arc<Settings>,
-        tokens: Arc<TokenStore>,
+        tokens: Arc<Tokens>,
         ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -125,16 +125,18 @@ impl QueryContext {
             .resolve(&request, self.ledger.as_ref())?;
         let target = Arc::clone(&resolved.target);
         let config = &generation.config;
-        let token = self.tokens.issue(
-            resolved.target,
-            now,
-            config.token_ttl,
-            config.single_use_tokens,
-        );
+        let issued = self
+            .tokens
+            .issue(resolved.target, peer, now, config.token_policy)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot issue a token");
+                QueryError::new(ErrorCode::Internal, "cannot issue a token right now")
+            })?;
         self.metrics.tokens_issued.inc();
         Ok(TokenAnswer {
-            token: token.to_wire(),
+            token: issued.wire,
             ttl_seconds: config.token_ttl.as_secs(),
+            resume_seconds: issued.resume_seconds,
             target: TargetRef::new(
                 &target.namespace,
                 &target.name,

@@ -105,10 +105,10 @@ async fn invalid_or_malformed_control_changes_nothing_and_is_not_forwarded() {
 async fn clients_behind_one_nat_are_separate_sessions_with_their_own_source_ports() {
     let (a, b) = (Backend::new(), Backend::new());
     let d = start(config_for(&[&a, &b], "dataWorkers: 1\n")).await;
-    let token = token_for(d.query_addr, Q);
     let (c1, c2) = (Client::new(d.data_addr), Client::new(d.data_addr));
-    let p1 = establish(&c1, &token, &a);
-    let p2 = establish(&c2, &token, &a);
+    // One token per client: a token holds one session (SPEC §3).
+    let p1 = establish(&c1, &token_for(d.query_addr, Q), &a);
+    let p2 = establish(&c2, &token_for(d.query_addr, Q), &a);
     assert_ne!(
         p1, p2,
         "two sessions to one target never share a source port"
@@ -169,15 +169,15 @@ async fn default_endpoint_takes_tokenless_clients_and_forwards_their_first_datag
 async fn session_cap_refuses_newcomers_and_keeps_existing_sessions() {
     let b = Backend::new();
     let d = start(config_for(&[&b], "maxSessions: 2\n")).await;
-    let token = token_for(d.query_addr, Q);
     let (c1, c2, c3) = (
         Client::new(d.data_addr),
         Client::new(d.data_addr),
         Client::new(d.data_addr),
     );
-    establish(&c1, &token, &b);
-    establish(&c2, &token, &b);
-    c3.send(token.as_bytes());
+    // Answered token sessions never yield their place.
+    establish(&c1, &token_for(d.query_addr, Q), &b);
+    establish(&c2, &token_for(d.query_addr, Q), &b);
+    c3.send(token_for(d.query_addr, Q).as_bytes());
     c3.send(b"refused");
     b.expect_silence(Duration::from_millis(200));
     c1.send(b"still-here");

@@ -233,7 +233,8 @@ async fn a_saturated_session_cap_refuses_newcomers_while_live_sessions_flow() {
     let backend = echo();
     let yaml = yaml_for(
         backend.addr,
-        "maxSessions: 300\ndefaultEndpoint: {resourceType: echo}\nlimits: {maxTokens: 100, queryRatePerSecond: 100000, queryBurst: 100000}",
+        // All newcomers share 127.0.0.1: the per-IP cap is lifted so the global cap is what is tested.
+        "maxSessions: 300\nmaxSessionsPerClientIp: 100000\ndefaultEndpoint: {resourceType: echo}\nlimits: {maxTokens: 100, queryRatePerSecond: 100000, queryBurst: 100000}",
     );
     let director = start(ValidConfig::from_yaml(&yaml).unwrap()).await;
     let tokens = Arc::clone(&director.tokens);
@@ -576,21 +577,22 @@ fn a_drained_burst_hands_its_memory_back() {
     let d = ChildDirector::spawn_yaml(
         Path::new(BIN),
         TempDir::new("trim").unwrap(),
-        &yaml_for(backend.addr, "sessionTimeoutSeconds: 6\nmaxSessions: 5000"),
+        // Tokenless sessions through the default endpoint (a token holds one session), all
+        // from 127.0.0.1 (the per-IP cap lifted).
+        &yaml_for(
+            backend.addr,
+            "sessionTimeoutSeconds: 6\nmaxSessions: 5000\nmaxSessionsPerClientIp: 5000\ndefaultEndpoint: {resourceType: echo}",
+        ),
         &[],
     )
     .unwrap();
     let before = d.rss_anon_kib();
-    let token = testkit::query_token(d.query, r#"{"resourceType":"echo"}"#)
-        .unwrap()
-        .token;
     let burst = 3_000usize;
     // In waves of 500, each sent once the director holds the previous ones' sessions.
     let mut clients: Vec<UdpSocket> = Vec::with_capacity(burst);
     for wave in 0..burst / 500 {
         for _ in 0..500 {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.send_to(token.as_bytes(), d.data).unwrap();
             s.send_to(b"x", d.data).unwrap();
             clients.push(s);
         }

@@ -74,6 +74,32 @@ pub struct Config {
     pub drain_seconds: u64,
     #[serde(default)]
     pub single_use_tokens: bool,
+    /// `uuid` (default): tokens held in this replica's memory; `sealed`: self-contained
+    /// tokens any replica holding the key opens (SPEC §7).
+    #[serde(default)]
+    pub token_format: TokenFormat,
+    /// Sealed tokens: the key file (one `<id> <base64 of 32 bytes>` a line, the first seals).
+    #[serde(default)]
+    pub token_keys_file: Option<std::path::PathBuf>,
+    /// Sealed tokens: `NAMESPACE/NAME` of a Secret whose key `token-keys` holds the keys.
+    #[serde(default)]
+    pub token_keys_secret: Option<String>,
+    /// Sealed tokens: how long after issue `[magic][token]` re-opens a session.
+    #[serde(default = "defaults::token_resume")]
+    pub token_resume_seconds: u64,
+    /// `ip` (default): a token redeems only from the IP that sent its query (IPv6: the /64).
+    #[serde(default)]
+    pub token_client_binding: ClientBinding,
+    /// Sessions one client IP (IPv6: one /64) may hold.
+    #[serde(default = "defaults::max_sessions_per_client_ip")]
+    pub max_sessions_per_client_ip: usize,
+    /// A session whose target has not replied within this closes.
+    #[serde(default = "defaults::unanswered_timeout")]
+    pub unanswered_timeout_seconds: u64,
+    /// Join SO_REUSEPORT groups on the query and data ports, so several director processes
+    /// on one host share them.
+    #[serde(default)]
+    pub reuse_port: bool,
     #[serde(default = "defaults::magic")]
     pub control_packet_magic_bytes: String,
     #[serde(default)]
@@ -99,6 +125,31 @@ pub struct Config {
     pub access_log: bool,
     #[serde(default)]
     pub resource_query_mapping: BTreeMap<String, Mapping>,
+}
+
+/// `tokenFormat`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    #[default]
+    Uuid,
+    Sealed,
+}
+
+/// `tokenClientBinding`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientBinding {
+    #[default]
+    Ip,
+    None,
+}
+
+/// Where sealed-token keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(std::path::PathBuf),
+    Secret { namespace: String, name: String },
 }
 
 /// Limits on the query server and the token store.
@@ -255,6 +306,15 @@ mod defaults {
     pub(super) fn drain_seconds() -> u64 {
         10
     }
+    pub(super) fn token_resume() -> u64 {
+        600
+    }
+    pub(super) fn max_sessions_per_client_ip() -> usize {
+        256
+    }
+    pub(super) fn unanswered_timeout() -> u64 {
+        5
+    }
     pub(super) fn magic() -> String {
         "FFFFFFFF5245534554".to_string()
     }
@@ -338,6 +398,22 @@ impl Config {
         )?;
         positive("limits.queryBurst", u64::from(self.limits.query_burst))?;
         positive("limits.maxTokens", self.limits.max_tokens)?;
+        positive(
+            "maxSessionsPerClientIp",
+            self.max_sessions_per_client_ip as u64,
+        )?;
+        positive("unansweredTimeoutSeconds", self.unanswered_timeout_seconds)?;
+        // Sealed tokens carry the TTL in milliseconds and the resume window in seconds, 32 bits each.
+        if self.token_ttl_seconds > u64::from(u32::MAX) / 1_000 {
+            return Err(invalid(
+                "tokenTTLSeconds",
+                "must be at most 4294967 (49 days)",
+            ));
+        }
+        if self.token_resume_seconds > u64::from(u32::MAX) {
+            return Err(invalid("tokenResumeSeconds", "must fit in 32 bits"));
+        }
+        let key_source = self.key_source()?;
         // Query and admin are both TCP; the UDP data port may share a number with either.
         if self.query_port != 0 && self.query_port == self.admin_port {
             return Err(invalid(
@@ -405,8 +481,20 @@ impl Config {
             }
         }
         let addr = |port| SocketAddr::new(self.bind_address, port);
+        let token_policy = crate::token::Policy {
+            ttl: Duration::from_secs(self.token_ttl_seconds),
+            resume: Duration::from_secs(self.token_resume_seconds),
+            single_use: self.single_use_tokens,
+            binding: match self.token_client_binding {
+                ClientBinding::Ip => crate::token::Binding::Ip,
+                ClientBinding::None => crate::token::Binding::None,
+            },
+        };
         Ok(ValidConfig {
             magic,
+            token_policy,
+            key_source,
+            unanswered_timeout: Duration::from_secs(self.unanswered_timeout_seconds),
             token_ttl: Duration::from_secs(self.token_ttl_seconds),
             session_timeout: Duration::from_secs(self.session_timeout_seconds),
             drain: Duration::from_secs(self.drain_seconds),
@@ -417,6 +505,55 @@ impl Config {
             mappings,
             raw: self,
         })
+    }
+}
+
+impl Config {
+    /// The sealed-token key source, checked against `tokenFormat`.
+    fn key_source(&self) -> Result<Option<KeySource>, ConfigError> {
+        let secret = match &self.token_keys_secret {
+            None => None,
+            Some(text) => {
+                let Some((namespace, name)) = text
+                    .split_once('/')
+                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                else {
+                    return Err(invalid(
+                        "tokenKeysSecret",
+                        format!("{text:?} is not NAMESPACE/NAME"),
+                    ));
+                };
+                Some(KeySource::Secret {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                })
+            }
+        };
+        let source = match (&self.token_keys_file, secret) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "tokenKeysFile",
+                    "set either `tokenKeysFile` or `tokenKeysSecret` (--token-keys-secret), not both",
+                ));
+            }
+            (Some(path), None) => Some(KeySource::File(path.clone())),
+            (None, secret) => secret,
+        };
+        match (self.token_format, &source) {
+            (TokenFormat::Sealed, None) => Err(invalid(
+                "tokenFormat",
+                "`sealed` needs its keys: set `tokenKeysFile` (or --token-keys-secret NAMESPACE/NAME)",
+            )),
+            (TokenFormat::Uuid, Some(_)) => Err(invalid(
+                if self.token_keys_file.is_some() {
+                    "tokenKeysFile"
+                } else {
+                    "tokenKeysSecret"
+                },
+                "token keys are only used with `tokenFormat: sealed`",
+            )),
+            _ => Ok(source),
+        }
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Overrides {
     pub token_ttl_seconds: Option<u64>,
     pub drain_seconds: Option<u64>,
     pub data_workers: Option<usize>,
+    /// `--token-keys-secret NAMESPACE/NAME`.
+    pub token_keys_secret: Option<String>,
 }
 
 impl Overrides {
@@ -42,6 +44,9 @@ impl Overrides {
             drain_seconds,
             data_workers
         );
+        if let Some(secret) = &self.token_keys_secret {
+            config.token_keys_secret = Some(secret.clone());
+        }
     }
 
     /// Parses a YAML document (serde only), applies the overrides, then validates the
@@ -56,7 +61,7 @@ impl Overrides {
 
 /// Keys a running process cannot change: sockets are bound and sized, threads started and
 /// the token store sized at start. A reload that changes them is applied without them.
-pub const RESTART_ONLY: [&str; 7] = [
+pub const RESTART_ONLY: [&str; 11] = [
     "bindAddress",
     "queryPort",
     "dataPort",
@@ -64,6 +69,10 @@ pub const RESTART_ONLY: [&str; 7] = [
     "dataWorkers",
     "socketBufferBytes",
     "limits.maxTokens",
+    "tokenFormat",
+    "tokenKeysFile",
+    "tokenKeysSecret",
+    "reusePort",
 ];
 
 /// The outcome of comparing a validated new document with the running config.
@@ -97,6 +106,10 @@ pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
     keep!("dataWorkers", data_workers);
     keep!("socketBufferBytes", socket_buffer_bytes);
     keep!("limits.maxTokens", limits.max_tokens);
+    keep!("tokenFormat", token_format);
+    keep!("tokenKeysFile", token_keys_file);
+    keep!("tokenKeysSecret", token_keys_secret);
+    keep!("reusePort", reuse_port);
     let changed = effective != *running;
     Reconciled {
         effective,
@@ -169,6 +182,10 @@ mod tests {
         p.data_workers = 4;
         p.socket_buffer_bytes = 5;
         p.limits.max_tokens = 6;
+        p.token_format = crate::config::TokenFormat::Sealed;
+        p.token_keys_file = Some("/keys".into());
+        p.token_keys_secret = Some("ns/keys".into());
+        p.reuse_port = true;
         let r = reconcile(&running, p);
         assert_eq!(r.needs_restart, RESTART_ONLY.to_vec());
         assert_eq!(r.effective, running);

@@ -21,6 +21,11 @@ pub struct ValidConfig {
     pub(super) raw: Config,
     /// `controlPacketMagicBytes`, decoded: 1..=32 bytes.
     pub magic: Vec<u8>,
+    /// TTL, resume window, single use and client binding of tokens issued from now on.
+    pub token_policy: crate::token::Policy,
+    /// Sealed tokens: where the keys come from (always set with `tokenFormat: sealed`).
+    pub key_source: Option<super::KeySource>,
+    pub unanswered_timeout: Duration,
     pub token_ttl: Duration,
     pub session_timeout: Duration,
     pub drain: Duration,

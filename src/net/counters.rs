@@ -30,6 +30,7 @@ pub(super) struct Counts {
     pub(super) bytes_to_client: u64,
     created: u64,
     resets: u64,
+    moved: u64,
     redeemed: u64,
     closed: [u64; CloseReason::COUNT],
     drops: [u64; DropReason::COUNT],
@@ -64,6 +65,10 @@ impl Counts {
                 self.redeemed += 1;
             }
             Decision::Keep => self.redeemed += 1,
+            Decision::Moved { .. } => {
+                self.moved += 1;
+                self.redeemed += 1;
+            }
             Decision::Drop(reason) => self.dropped(*reason),
             Decision::Forward { .. } | Decision::Deliver { .. } => {}
         }
@@ -81,6 +86,8 @@ pub(super) struct Flusher {
     drops: Vec<Counter>,
     rejected_unknown: Counter,
     rejected_expired: Counter,
+    rejected_unknown_key: Counter,
+    rejected_wrong_client: Counter,
     refused: Vec<Counter>,
     /// Upstream sockets this worker last added to the shared gauge.
     sockets_reported: i64,
@@ -107,6 +114,8 @@ impl Flusher {
                 .collect(),
             rejected_unknown: Metrics::counter(&m.tokens_rejected, "reason", "unknown"),
             rejected_expired: Metrics::counter(&m.tokens_rejected, "reason", "expired"),
+            rejected_unknown_key: Metrics::counter(&m.tokens_rejected, "reason", "unknown_key"),
+            rejected_wrong_client: Metrics::counter(&m.tokens_rejected, "reason", "wrong_client"),
             refused: Refusal::ALL
                 .iter()
                 .map(|r| Metrics::counter(&m.sessions_refused, "reason", r.as_str()))
@@ -127,6 +136,7 @@ impl Flusher {
         self.bytes_to_client.inc_by(c.bytes_to_client);
         m.sessions_created.inc_by(c.created);
         m.session_resets.inc_by(c.resets);
+        m.sessions_moved.inc_by(c.moved);
         m.tokens_redeemed.inc_by(c.redeemed);
         for (handle, n) in self.closed.iter().zip(c.closed) {
             handle.inc_by(n);
@@ -139,6 +149,10 @@ impl Flusher {
             .inc_by(dropped(DropReason::InvalidToken));
         self.rejected_expired
             .inc_by(dropped(DropReason::ExpiredToken));
+        self.rejected_unknown_key
+            .inc_by(dropped(DropReason::UnknownKey));
+        self.rejected_wrong_client
+            .inc_by(dropped(DropReason::WrongClient));
         for reason in DropReason::ALL {
             if let Some(refusal) = reason.refusal() {
                 self.refused[refusal.index()].inc_by(dropped(*reason));

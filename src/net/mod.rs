@@ -27,7 +27,7 @@ use crate::live::Settings;
 use crate::metrics::Metrics;
 use crate::session::{Ledger, SessionView};
 use crate::sync::lock;
-use crate::token::TokenStore;
+use crate::token::Tokens;
 
 /// `/sessions` asks every worker for a sample of its table through this board: the admin
 /// task bumps `requested` and wakes the workers; each posts its answer tagged with the
@@ -69,7 +69,7 @@ impl SampleBoard {
 
 /// State shared by all workers and the control plane.
 pub struct DataShared {
-    pub tokens: Arc<TokenStore>,
+    pub tokens: Arc<Tokens>,
     pub ledger: Arc<Ledger>,
     /// The live settings; workers load a generation when woken.
     pub settings: Arc<Settings>,
@@ -89,7 +89,7 @@ pub(crate) const SAMPLE_MAX: usize = 1_000;
 
 impl DataShared {
     pub fn new(
-        tokens: Arc<TokenStore>,
+        tokens: Arc<Tokens>,
         ledger: Arc<Ledger>,
         settings: Arc<Settings>,
         metrics: Arc<Metrics>,
@@ -139,14 +139,20 @@ pub(crate) struct DataPlane {
 
 impl DataPlane {
     /// Binds `workers` sockets to `addr` (port 0: one OS-chosen port shared by all) and
-    /// starts a thread for each.
+    /// starts a thread for each. The workers' sockets always form one SO_REUSEPORT group;
+    /// without `reuse_port` the port must be free first, so a second process cannot join
+    /// the group by accident and take a share of the clients.
     pub(crate) fn start(
         addr: SocketAddr,
         workers: usize,
         buffer_bytes: usize,
+        reuse_port: bool,
         shared: Arc<DataShared>,
     ) -> io::Result<Self> {
         let workers = workers.max(1);
+        if !reuse_port && addr.port() != 0 {
+            ensure_free(addr)?;
+        }
         let first = bind_reuseport(addr, buffer_bytes)?;
         let local_addr = first.local_addr()?.as_socket().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "data socket has no IP address")
@@ -200,6 +206,21 @@ impl DataPlane {
             let _ = waker.wake();
         }
     }
+}
+
+/// Fails with `AddrInUse` when some socket holds `addr` (a probe bound without SO_REUSEPORT
+/// and dropped at once).
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = probe.set_only_v6(false);
+    }
+    probe.bind(&addr.into()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{e} (another process holds the data port; set reusePort: true to share it)"),
+        )
+    })
 }
 
 fn bind_reuseport(addr: SocketAddr, buffer_bytes: usize) -> io::Result<Socket> {

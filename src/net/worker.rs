@@ -103,7 +103,11 @@ impl Worker {
             waker,
             data,
             upstreams: Upstreams::new(buffer_bytes),
-            table: SessionTable::new(settings.rules.clone(), Arc::clone(&shared.ledger)),
+            table: SessionTable::for_worker(
+                settings.rules.clone(),
+                Arc::clone(&shared.ledger),
+                u16::try_from(index).unwrap_or(u16::MAX),
+            ),
             flusher: Flusher::new(index, &shared.metrics, now),
             shared,
             settings,
@@ -178,6 +182,7 @@ impl Worker {
                 }
             }
             let mut closed = std::mem::take(&mut self.closed);
+            self.table.close_displaced(now, &mut closed);
             self.table.expire(now, &mut closed);
             self.finish_closed(&mut closed);
             // A mass expiry must not pin its peak in this scratch buffer.
@@ -259,6 +264,9 @@ impl Worker {
                                 .on_target_datagram(socket, meta.addr, datagram.len(), now)
                         }
                     };
+                    if self.table.has_effects() {
+                        self.side_effects();
+                    }
                     self.carry_out(decision, datagram, now);
                 }
             }
@@ -305,7 +313,25 @@ impl Worker {
             } => {
                 self.bind_socket(id, binding, released, now);
             }
-            Decision::Keep | Decision::Drop(_) => {}
+            Decision::Keep | Decision::Moved { .. } | Decision::Drop(_) => {}
+        }
+    }
+
+    /// Cleans up sessions a decision closed on the side (before the decision is carried
+    /// out: a yielded session's socket slot may be the newcomer's) and wakes the workers
+    /// holding sessions it displaced.
+    fn side_effects(&mut self) {
+        let mut closed = std::mem::take(&mut self.closed);
+        let mut wake = Vec::new();
+        self.table.take_effects(&mut closed, &mut wake);
+        self.finish_closed(&mut closed);
+        self.closed = closed;
+        if let Some(wakers) = self.shared.wakers.get() {
+            for w in wake {
+                if let Some(waker) = wakers.get(usize::from(w)) {
+                    let _ = waker.wake();
+                }
+            }
         }
     }
 

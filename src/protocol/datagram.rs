@@ -6,29 +6,71 @@
 //! `controlPacketMagicBytes`):
 //!
 //! ```text
-//! [magic: 1..=32 bytes, default FF FF FF FF 'R' 'E' 'S' 'E' 'T'][token: 36 ASCII bytes]
+//! [magic: 1..=32 bytes, default FF FF FF FF 'R' 'E' 'S' 'E' 'T'][token]
 //! ```
+//!
+//! A token has the shape of the configured `tokenFormat` ([`TokenShape`]): a hyphenated UUID
+//! (36 bytes) or a sealed token (base64url, `sealed::MIN_WIRE..=MAX_WIRE` bytes).
 //!
 //! Whitespace around the token is ignored (`echo $TOKEN | nc -u` appends a newline).
 //!
 //! Owns the datagram layout. Must not redeem tokens or know about sessions.
 
 use crate::token::TokenId;
+use crate::token::sealed::{MAX_WIRE, MIN_WIRE, is_wire_byte};
 
 /// Length of a hyphenated UUID: 32 hex digits + 4 hyphens.
 pub const TOKEN_LEN: usize = 36;
 
-/// Longest run of surrounding whitespace we look through; a datagram longer than
-/// `magic + TOKEN_LEN + 2 * MAX_PADDING` is game traffic without further inspection.
+/// Longest run of surrounding whitespace we look through on each side; a longer datagram
+/// is game traffic without further inspection.
 pub const MAX_PADDING: usize = 8;
+
+/// The shape tokens of the configured format have on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenShape {
+    /// 36-byte hyphenated UUID.
+    Uuid,
+    /// A sealed token: base64url characters.
+    Sealed,
+}
+
+impl TokenShape {
+    /// The token inside `bytes` (surrounding whitespace trimmed), if `bytes` has this shape.
+    #[inline]
+    pub fn token(self, bytes: &[u8]) -> Option<&[u8]> {
+        let (min, max) = match self {
+            TokenShape::Uuid => (TOKEN_LEN, TOKEN_LEN),
+            TokenShape::Sealed => (MIN_WIRE, MAX_WIRE),
+        };
+        // Cheap length gate first: almost all game traffic fails here.
+        if bytes.len() < min || bytes.len() > max + 2 * MAX_PADDING {
+            return None;
+        }
+        let trimmed = bytes.trim_ascii();
+        if trimmed.len() < min || trimmed.len() > max {
+            return None;
+        }
+        // At most MAX_PADDING bytes of whitespace on each side, not 2 × MAX_PADDING on one.
+        let leading = bytes.len() - bytes.trim_ascii_start().len();
+        if leading > MAX_PADDING || bytes.len() - leading - trimmed.len() > MAX_PADDING {
+            return None;
+        }
+        let ok = match self {
+            TokenShape::Uuid => uuid::Uuid::try_parse_ascii(trimmed).is_ok(),
+            TokenShape::Sealed => trimmed.iter().all(|b| is_wire_byte(*b)),
+        };
+        ok.then_some(trimmed)
+    }
+}
 
 /// What a datagram is, before anyone looks the token up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Datagram {
-    /// Exactly a token (whitespace aside).
-    Token(TokenId),
-    /// `[magic][token]`: move (or re-open) the session to the token's target.
-    Reset(TokenId),
+pub enum Datagram<'a> {
+    /// Exactly a token (whitespace aside): the token's bytes.
+    Token(&'a [u8]),
+    /// `[magic][token]`: move, re-open or keep the session with the token's target.
+    Reset(&'a [u8]),
     /// Starts with the magic but what follows is not a token. Never forwarded.
     MalformedReset,
     /// Anything else: game traffic.
@@ -37,38 +79,23 @@ pub enum Datagram {
 
 /// Classifies a datagram. `magic` must be non-empty (the config guarantees it).
 #[inline]
-pub fn classify(datagram: &[u8], magic: &[u8]) -> Datagram {
+pub fn classify<'a>(datagram: &'a [u8], magic: &[u8], shape: TokenShape) -> Datagram<'a> {
     if !magic.is_empty() && datagram.starts_with(magic) {
-        return match parse_token(&datagram[magic.len()..]) {
+        return match shape.token(&datagram[magic.len()..]) {
             Some(token) => Datagram::Reset(token),
             None => Datagram::MalformedReset,
         };
     }
-    match parse_token(datagram) {
+    match shape.token(datagram) {
         Some(token) => Datagram::Token(token),
         None => Datagram::Data,
     }
 }
 
-/// Parses a hyphenated UUID with optional surrounding ASCII whitespace.
+/// Parses a hyphenated UUID token with optional surrounding ASCII whitespace.
 #[inline]
 pub fn parse_token(bytes: &[u8]) -> Option<TokenId> {
-    // Cheap length gate first: almost all game traffic fails here.
-    if bytes.len() < TOKEN_LEN || bytes.len() > TOKEN_LEN + 2 * MAX_PADDING {
-        return None;
-    }
-    let trimmed = bytes.trim_ascii();
-    if trimmed.len() != TOKEN_LEN {
-        return None;
-    }
-    // At most MAX_PADDING bytes of whitespace on each side, not 2 × MAX_PADDING on one.
-    let leading = bytes.len() - bytes.trim_ascii_start().len();
-    if leading > MAX_PADDING || bytes.len() - leading - TOKEN_LEN > MAX_PADDING {
-        return None;
-    }
-    uuid::Uuid::try_parse_ascii(trimmed)
-        .ok()
-        .map(|u| TokenId(u.as_u128()))
+    TokenShape::Uuid.token(bytes).and_then(TokenId::from_wire)
 }
 
 #[cfg(test)]
@@ -78,37 +105,65 @@ mod tests {
     const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
     const TOKEN: &[u8; 36] = b"550e8400-e29b-41d4-a716-446655440000";
 
-    fn id() -> TokenId {
-        TokenId(0x550e8400_e29b_41d4_a716_446655440000)
+    const U: TokenShape = TokenShape::Uuid;
+
+    fn id() -> &'static [u8] {
+        TOKEN
+    }
+
+    #[test]
+    fn parse_token_reads_the_uuid() {
+        assert_eq!(
+            parse_token(TOKEN),
+            Some(TokenId(0x550e8400_e29b_41d4_a716_446655440000))
+        );
+    }
+
+    #[test]
+    fn sealed_shape_is_base64url_of_the_sealed_lengths() {
+        let s = TokenShape::Sealed;
+        let token = vec![b'A'; MIN_WIRE];
+        assert_eq!(classify(&token, MAGIC, s), Datagram::Token(&token));
+        let long = vec![b'-'; MAX_WIRE];
+        let pkt = [MAGIC, &long, b"\n"].concat();
+        assert_eq!(classify(&pkt, MAGIC, s), Datagram::Reset(&long));
+        assert_eq!(classify(&[b'A'; MAX_WIRE + 1], MAGIC, s), Datagram::Data);
+        assert_eq!(classify(&[b'A'; MIN_WIRE - 1], MAGIC, s), Datagram::Data);
+        let mut bad = token.clone();
+        bad[3] = b'+';
+        assert_eq!(classify(&bad, MAGIC, s), Datagram::Data);
+        // A UUID is not a sealed token, nor the other way round.
+        assert_eq!(classify(TOKEN, MAGIC, s), Datagram::Data);
+        assert_eq!(classify(&token, MAGIC, U), Datagram::Data);
     }
 
     #[test]
     fn bare_token_with_or_without_whitespace() {
-        assert_eq!(classify(TOKEN, MAGIC), Datagram::Token(id()));
+        assert_eq!(classify(TOKEN, MAGIC, U), Datagram::Token(id()));
         let padded = [b" ".as_slice(), TOKEN, b"\r\n"].concat();
-        assert_eq!(classify(&padded, MAGIC), Datagram::Token(id()));
+        assert_eq!(classify(&padded, MAGIC, U), Datagram::Token(id()));
         let eight = [b"        ".as_slice(), TOKEN, b"        "].concat();
-        assert_eq!(classify(&eight, MAGIC), Datagram::Token(id()));
+        assert_eq!(classify(&eight, MAGIC, U), Datagram::Token(id()));
         // Nine on one side is past the limit even though the total would fit.
         let nine = [b"         ".as_slice(), TOKEN].concat();
-        assert_eq!(classify(&nine, MAGIC), Datagram::Data);
+        assert_eq!(classify(&nine, MAGIC, U), Datagram::Data);
     }
 
     #[test]
     fn reset_datagram() {
         let pkt = [MAGIC, TOKEN.as_slice()].concat();
-        assert_eq!(classify(&pkt, MAGIC), Datagram::Reset(id()));
+        assert_eq!(classify(&pkt, MAGIC, U), Datagram::Reset(id()));
         let pkt = [MAGIC, TOKEN.as_slice(), b"\n"].concat();
-        assert_eq!(classify(&pkt, MAGIC), Datagram::Reset(id()));
+        assert_eq!(classify(&pkt, MAGIC, U), Datagram::Reset(id()));
     }
 
     #[test]
     fn malformed_reset_is_never_data() {
-        assert_eq!(classify(MAGIC, MAGIC), Datagram::MalformedReset);
+        assert_eq!(classify(MAGIC, MAGIC, U), Datagram::MalformedReset);
         let pkt = [MAGIC, b"not-a-token".as_slice()].concat();
-        assert_eq!(classify(&pkt, MAGIC), Datagram::MalformedReset);
+        assert_eq!(classify(&pkt, MAGIC, U), Datagram::MalformedReset);
         let pkt = [MAGIC, &TOKEN[..35]].concat();
-        assert_eq!(classify(&pkt, MAGIC), Datagram::MalformedReset);
+        assert_eq!(classify(&pkt, MAGIC, U), Datagram::MalformedReset);
     }
 
     #[test]
@@ -122,18 +177,18 @@ mod tests {
             b"550e8400-e29b-41d4-a716-44665544000g",
             &[0u8; 1200],
         ] {
-            assert_eq!(classify(d, MAGIC), Datagram::Data, "{d:?}");
+            assert_eq!(classify(d, MAGIC, U), Datagram::Data, "{d:?}");
         }
         // Inner whitespace is not trimmed.
         let mut inner = TOKEN.to_vec();
         inner[8] = b' ';
-        assert_eq!(classify(&inner, MAGIC), Datagram::Data);
+        assert_eq!(classify(&inner, MAGIC, U), Datagram::Data);
     }
 
     #[test]
     fn custom_magic() {
         let pkt = [b"\x01".as_slice(), TOKEN].concat();
-        assert_eq!(classify(&pkt, b"\x01"), Datagram::Reset(id()));
-        assert_eq!(classify(&pkt, MAGIC), Datagram::Data);
+        assert_eq!(classify(&pkt, b"\x01", U), Datagram::Reset(id()));
+        assert_eq!(classify(&pkt, MAGIC, U), Datagram::Data);
     }
 }

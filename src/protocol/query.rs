@@ -156,6 +156,9 @@ pub struct TargetRef {
 pub struct TokenAnswer {
     pub token: String,
     pub ttl_seconds: u64,
+    /// Sealed tokens: how long `[magic][token]` re-opens the session on any replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_seconds: Option<u64>,
     pub target: TargetRef,
 }
 

@@ -78,6 +78,7 @@ fn json_path_forms_normalise_to_dollar_rooted() {
 #[test]
 fn answers_render_as_one_line() {
     let ok = render(&Ok(TokenAnswer {
+        resume_seconds: None,
         token: "t".into(),
         ttl_seconds: 30,
         target: TargetRef::new("ns", "gs", None),

@@ -7,37 +7,50 @@
 //! | --- | --- | --- |
 //! | any | empty | `Drop(Empty)` |
 //! | has a session | data | `Forward` |
-//! | has a session | token or `[magic][token]` that redeems | `Reset` to its target, or `Keep` when it is the session's own |
+//! | has a session | token or `[magic][token]` that redeems | `Reset` to its target, or `Keep` when it is the session's own (a keepalive: nothing forwarded) |
 //! | has a session | bare token-shaped data that does not redeem | `Forward` (game traffic that looks like a token) |
-//! | has a session | `[magic][token]` that does not redeem | `Drop(InvalidToken / ExpiredToken)` |
+//! | has a session | `[magic][token]` that does not redeem | `Drop(InvalidToken / UnknownKey / ExpiredToken / WrongClient)` |
 //! | any | `[magic]` + anything but a token | `Drop(MalformedReset)`, never forwarded |
 //! | newcomer | anything while draining | `Drop(Draining)` |
-//! | newcomer | token or `[magic][token]` that redeems | `Open` (admitted by the cap), nothing forwarded |
-//! | newcomer | `[magic][token]` that does not redeem | `Drop(InvalidToken / ExpiredToken)`: a reset is never forwarded |
-//! | newcomer | data or a bare token that does not redeem, default endpoint set | admitted by the cap *first*, then `Open` towards the default route's pick, datagram forwarded |
-//! | newcomer | a bare token that does not redeem, no default endpoint | `Drop(InvalidToken / ExpiredToken)` |
+//! | newcomer | token or `[magic][token]` that redeems, token held by a session of this worker | `Moved`: that session now belongs to this address (a NAT rebinding) |
+//! | newcomer | token or `[magic][token]` that redeems, past `maxSessionsPerClientIp` | `Drop(ClientIpCap)` |
+//! | newcomer | token or `[magic][token]` that redeems | `Open` (admitted by the cap; when full, a default-endpoint or unanswered session yields), nothing forwarded; a session holding the token on another worker is displaced |
+//! | newcomer | `[magic][token]` that does not redeem | `Drop(...)`: a reset is never forwarded |
+//! | newcomer | data or a bare token that does not redeem, default endpoint set | per-IP cap and cap *first*, then `Open` towards the default route's pick, datagram forwarded |
+//! | newcomer | a bare token that does not redeem, no default endpoint | `Drop(InvalidToken / ...)` |
 //! | newcomer | data, no default endpoint | `Drop(NoSession)` |
+//!
+//! A bare token redeems within its TTL, `[magic][token]` within its resume window (sealed
+//! tokens, `tokenResumeSeconds`). Closes the table decided on the side (a session that
+//! yielded its place, one whose token moved away) wait in [`SessionTable::take_effects`],
+//! with the workers to wake for sessions displaced elsewhere.
 //!
 //! A datagram from a target is `Deliver`ed to the client bound to that (socket, target) pair,
 //! or dropped (`UnknownSource`).
 //!
 //! Owns every decision about a datagram. Must not do I/O, resolve queries, read the clock or log.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Binding, DropReason, SessionId, SessionTable, SocketId};
-use crate::protocol::datagram::{Datagram, classify};
-use crate::resolve::{DefaultRoute, Target};
-use crate::token::{Rejection, TokenId};
+use super::{Binding, DropReason, Origin, SessionId, SessionTable, SocketId};
+use crate::protocol::datagram::{Datagram, TokenShape, classify};
+use crate::resolve::DefaultRoute;
+use crate::token::{Grant, Rejection, Use};
 
-/// Turns a token into its target. The token store implements it; the table calls it only
-/// for datagrams that carry a token.
+/// Turns a token into its key and target. The token stores implement it; the table calls it
+/// only for datagrams that carry a token, with the sending client's IP (client binding).
 pub trait Redeem {
-    fn redeem(&self, token: TokenId, now: Instant) -> Result<Arc<Target>, Rejection>;
+    fn redeem(
+        &self,
+        token: &[u8],
+        client: IpAddr,
+        how: Use,
+        now: Instant,
+    ) -> Result<Grant, Rejection>;
 }
 
 /// What the table judges datagrams by; replaced whole on reload ([`SessionTable::set_rules`]).
@@ -45,10 +58,18 @@ pub trait Redeem {
 pub struct Rules {
     /// The reset magic (`controlPacketMagicBytes`), 1..=32 bytes.
     pub magic: Vec<u8>,
+    /// What tokens of the configured `tokenFormat` look like.
+    pub shape: TokenShape,
     /// Idle timeout given to sessions opened from now on.
     pub session_timeout: Duration,
-    /// `maxSessions`: newcomers past it are refused (existing sessions are never closed).
+    /// `maxSessions`: newcomers past it are refused, but for a token newcomer, for which a
+    /// default-endpoint or unanswered session yields.
     pub max_sessions: usize,
+    /// `maxSessionsPerClientIp` (per IPv4 address, per IPv6 /64).
+    pub max_per_client_ip: usize,
+    /// `unansweredTimeoutSeconds`: a session opened from now on that has had no reply from
+    /// its target closes after this.
+    pub unanswered_timeout: Duration,
     /// Where tokenless newcomers go (`defaultEndpoint`), precomputed off the data path.
     pub default_route: Option<Arc<DefaultRoute>>,
 }
@@ -86,6 +107,12 @@ pub enum Decision {
     /// A token for the session's own target (a retransmission or keepalive): nothing
     /// changes and nothing is forwarded.
     Keep,
+    /// The token's session on this worker now belongs to this client (it was `from`): same
+    /// target, same upstream socket, nothing forwarded.
+    Moved {
+        id: SessionId,
+        from: SocketAddr,
+    },
     Drop(DropReason),
 }
 
@@ -93,7 +120,9 @@ impl From<Rejection> for DropReason {
     fn from(r: Rejection) -> Self {
         match r {
             Rejection::Unknown => DropReason::InvalidToken,
+            Rejection::UnknownKey => DropReason::UnknownKey,
             Rejection::Expired => DropReason::ExpiredToken,
+            Rejection::WrongClient => DropReason::WrongClient,
         }
     }
 }
@@ -112,9 +141,9 @@ impl SessionTable {
         if datagram.is_empty() {
             return Decision::Drop(DropReason::Empty);
         }
-        let kind = classify(datagram, &self.rules.magic);
+        let kind = classify(datagram, &self.rules.magic, self.rules.shape);
         match self.lookup(&client) {
-            Some(id) => self.judge_live(id, kind, datagram.len(), now, tokens),
+            Some(id) => self.judge_live(id, client, kind, datagram.len(), now, tokens),
             None => self.judge_newcomer(client, kind, datagram.len(), now, tokens),
         }
     }
@@ -141,19 +170,20 @@ impl SessionTable {
     fn judge_live(
         &mut self,
         id: SessionId,
-        kind: Datagram,
+        client: SocketAddr,
+        kind: Datagram<'_>,
         len: usize,
         now: Instant,
         tokens: &dyn Redeem,
     ) -> Decision {
         match kind {
             Datagram::Data => self.forward(id, len, now),
-            Datagram::Token(token) => match tokens.redeem(token, now) {
-                Ok(target) => self.reset_to(id, target, now),
+            Datagram::Token(token) => match tokens.redeem(token, client.ip(), Use::Open, now) {
+                Ok(grant) => self.reset_to(id, grant, now),
                 Err(_) => self.forward(id, len, now),
             },
-            Datagram::Reset(token) => match tokens.redeem(token, now) {
-                Ok(target) => self.reset_to(id, target, now),
+            Datagram::Reset(token) => match tokens.redeem(token, client.ip(), Use::Resume, now) {
+                Ok(grant) => self.reset_to(id, grant, now),
                 Err(r) => Decision::Drop(r.into()),
             },
             Datagram::MalformedReset => Decision::Drop(DropReason::MalformedReset),
@@ -163,7 +193,7 @@ impl SessionTable {
     fn judge_newcomer(
         &mut self,
         client: SocketAddr,
-        kind: Datagram,
+        kind: Datagram<'_>,
         len: usize,
         now: Instant,
         tokens: &dyn Redeem,
@@ -173,13 +203,13 @@ impl SessionTable {
         }
         match kind {
             // A reset is never forwarded, not even to a default endpoint (SPEC §3).
-            Datagram::Reset(token) => match tokens.redeem(token, now) {
-                Ok(target) => self.open_redeemed(client, target, now),
+            Datagram::Reset(token) => match tokens.redeem(token, client.ip(), Use::Resume, now) {
+                Ok(grant) => self.open_redeemed(client, grant, now),
                 Err(r) => Decision::Drop(r.into()),
             },
             Datagram::MalformedReset => Decision::Drop(DropReason::MalformedReset),
-            Datagram::Token(token) => match tokens.redeem(token, now) {
-                Ok(target) => self.open_redeemed(client, target, now),
+            Datagram::Token(token) => match tokens.redeem(token, client.ip(), Use::Open, now) {
+                Ok(grant) => self.open_redeemed(client, grant, now),
                 Err(r) if self.rules.default_route.is_none() => Decision::Drop(r.into()),
                 // Token-shaped game traffic from a tokenless client.
                 Err(_) => self.open_default(client, len, now),
@@ -188,33 +218,63 @@ impl SessionTable {
         }
     }
 
-    fn open_redeemed(&mut self, client: SocketAddr, target: Arc<Target>, now: Instant) -> Decision {
-        match self.open(client, target, now) {
-            Ok((id, binding)) => Decision::Open {
-                id,
-                binding,
-                forward: None,
-                redeemed: true,
-            },
-            Err(refusal) => Decision::Drop(refusal.into()),
+    /// A newcomer with a redeemed token: the token's session on this worker moves here;
+    /// otherwise a new session under the per-IP cap and the cap (for which a yielding session
+    /// may close).
+    fn open_redeemed(&mut self, client: SocketAddr, grant: Grant, now: Instant) -> Decision {
+        if let Some(moved) = self.move_local(grant.key, client) {
+            return moved;
+        }
+        if let Err(refusal) = self
+            .ledger
+            .try_admit_ip(client.ip(), self.rules.max_per_client_ip)
+        {
+            return Decision::Drop(refusal.into());
+        }
+        let admitted = match self.ledger.try_admit(self.rules.max_sessions) {
+            Err(super::Refusal::Cap) if self.yield_one(now) => {
+                self.ledger.try_admit(self.rules.max_sessions)
+            }
+            other => other,
+        };
+        if let Err(refusal) = admitted {
+            self.ledger.release_ip(client.ip());
+            return Decision::Drop(refusal.into());
+        }
+        let (id, binding) = self.insert_admitted(client, grant.target, Origin::Token, now);
+        self.claim(id, grant.key, now);
+        Decision::Open {
+            id,
+            binding,
+            forward: None,
+            redeemed: true,
         }
     }
 
-    /// A tokenless newcomer: admitted under the cap first (a full table costs no resolution
-    /// work), then sent to the default route's pick with this datagram forwarded.
+    /// A tokenless newcomer: admitted under the per-IP cap and the cap first (refusing costs
+    /// no resolution work), then sent to the default route's pick with this datagram
+    /// forwarded.
     fn open_default(&mut self, client: SocketAddr, len: usize, now: Instant) -> Decision {
         let Some(route) = self.rules.default_route.clone() else {
             return Decision::Drop(DropReason::NoSession);
         };
+        if let Err(refusal) = self
+            .ledger
+            .try_admit_ip(client.ip(), self.rules.max_per_client_ip)
+        {
+            return Decision::Drop(refusal.into());
+        }
         if let Err(refusal) = self.ledger.try_admit(self.rules.max_sessions) {
+            self.ledger.release_ip(client.ip());
             return Decision::Drop(refusal.into());
         }
         let random = self.next_random();
         let Some(target) = route.pick(self.ledger.as_ref(), random) else {
             self.ledger.release();
+            self.ledger.release_ip(client.ip());
             return Decision::Drop(DropReason::NoDefaultTarget);
         };
-        let (id, binding) = self.insert_admitted(client, target, now);
+        let (id, binding) = self.insert_admitted(client, target, Origin::DefaultEndpoint, now);
         match self.forward_from_client(id, len, now) {
             Some((_, to)) => Decision::Open {
                 id,
@@ -234,8 +294,9 @@ impl SessionTable {
         }
     }
 
-    fn reset_to(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> Decision {
-        match self.reset(id, target, now) {
+    fn reset_to(&mut self, id: SessionId, grant: Grant, now: Instant) -> Decision {
+        self.claim(id, grant.key, now);
+        match self.reset(id, grant.target, now) {
             Some(rebound) => Decision::Reset {
                 id,
                 binding: rebound.binding,

@@ -1,25 +1,52 @@
 //! The ledger: admission state and counts shared by every data-plane worker and read by the
 //! query server and readiness. Live sessions against the cap (the cap itself is a setting,
-//! passed in from the live generation), the draining flag (no new sessions while shutting
-//! down) and live sessions per target address (for leastSessions). Written on session
-//! create/move/close and at shutdown only, never per datagram.
+//! passed in from the live generation), sessions per client IP (`maxSessionsPerClientIp`),
+//! the draining flag (no new sessions while shutting down), live sessions per target
+//! address (for leastSessions), and which session holds each token (one per token per
+//! replica: a redemption on another worker displaces the old holder through a queue that
+//! worker drains when woken). Written on session create/move/close and at shutdown only,
+//! never per datagram.
 //!
 //! Owns admission and counts. Must not hold settings (the cap comes with each call) or sessions.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
-use super::Refusal;
+use super::{Refusal, SessionId};
 use crate::bounded::Bounded;
 use crate::resolve::SessionCounts;
+use crate::sync::lock;
+use crate::token::{ClientNet, TokenKey};
+
+/// A session somewhere in this process: its worker, slab index and slot generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub worker: u16,
+    pub id: SessionId,
+    pub generation: u32,
+}
+
+/// A session another worker must close because its token now opens a session elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Displaced {
+    pub key: TokenKey,
+    pub owner: Owner,
+}
+
+type Fast = foldhash::fast::RandomState;
 
 #[derive(Debug)]
 pub struct Ledger {
     sessions: Bounded,
     draining: AtomicBool,
     per_target: DashMap<SocketAddr, usize>,
+    per_ip: DashMap<ClientNet, usize, Fast>,
+    owners: DashMap<TokenKey, Owner, Fast>,
+    displaced: Mutex<Vec<Displaced>>,
+    displaced_len: AtomicUsize,
 }
 
 impl Default for Ledger {
@@ -34,7 +61,86 @@ impl Ledger {
             sessions: Bounded::new(usize::MAX),
             draining: AtomicBool::new(false),
             per_target: DashMap::new(),
+            per_ip: DashMap::with_hasher(Fast::default()),
+            owners: DashMap::with_hasher(Fast::default()),
+            displaced: Mutex::new(Vec::new()),
+            displaced_len: AtomicUsize::new(0),
         }
+    }
+
+    /// Takes one of `cap` places of a client IP (IPv6: its /64).
+    pub fn try_admit_ip(&self, ip: IpAddr, cap: usize) -> Result<(), Refusal> {
+        let mut count = self.per_ip.entry(ClientNet::of(ip)).or_insert(0);
+        if *count >= cap {
+            let empty = *count == 0;
+            drop(count);
+            if empty {
+                self.per_ip.remove_if(&ClientNet::of(ip), |_, n| *n == 0);
+            }
+            return Err(Refusal::ClientIp);
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    /// Gives back a place taken by [`Ledger::try_admit_ip`].
+    pub fn release_ip(&self, ip: IpAddr) {
+        if let dashmap::Entry::Occupied(mut e) = self.per_ip.entry(ClientNet::of(ip)) {
+            if *e.get() <= 1 {
+                e.remove();
+            } else {
+                *e.get_mut() -= 1;
+            }
+        }
+    }
+
+    /// Sessions a client IP holds.
+    pub fn sessions_of_ip(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ClientNet::of(ip)).map_or(0, |n| *n)
+    }
+
+    /// Records `owner` as the holder of `key`; returns the previous holder.
+    pub fn claim(&self, key: TokenKey, owner: Owner) -> Option<Owner> {
+        self.owners.insert(key, owner).filter(|prev| *prev != owner)
+    }
+
+    /// The holder of `key`, if any.
+    pub fn owner(&self, key: TokenKey) -> Option<Owner> {
+        self.owners.get(&key).map(|o| *o)
+    }
+
+    /// Forgets `owner` as the holder of `key` (if it still is).
+    pub fn unclaim(&self, key: TokenKey, owner: Owner) {
+        self.owners.remove_if(&key, |_, o| *o == owner);
+    }
+
+    /// Tokens held by a session.
+    pub fn claimed(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// Asks `d.owner.worker` to close a session whose token moved to another worker.
+    pub fn displace(&self, d: Displaced) {
+        lock(&self.displaced).push(d);
+        self.displaced_len.fetch_add(1, Ordering::Release);
+    }
+
+    /// Moves the displacements addressed to `worker` into `out`. Cheap when there are none.
+    pub fn take_displaced(&self, worker: u16, out: &mut Vec<Displaced>) {
+        if self.displaced_len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut all = lock(&self.displaced);
+        let before = all.len();
+        all.retain(|d| {
+            let mine = d.owner.worker == worker;
+            if mine {
+                out.push(*d);
+            }
+            !mine
+        });
+        self.displaced_len
+            .fetch_sub(before - all.len(), Ordering::Release);
     }
 
     /// Takes one place under the cap, or says why not (draining first: a draining director
@@ -115,6 +221,69 @@ mod tests {
         l.begin_drain();
         assert_eq!(l.try_admit(10), Err(Refusal::Draining));
         assert_eq!(l.active(), 2, "a refusal takes no place");
+    }
+
+    #[test]
+    fn per_ip_admission_counts_ipv4_addresses_and_ipv6_slash_64s() {
+        let l = Ledger::new();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(l.try_admit_ip(a, 2), Ok(()));
+        assert_eq!(l.try_admit_ip(a, 2), Ok(()));
+        assert_eq!(l.try_admit_ip(a, 2), Err(Refusal::ClientIp));
+        assert_eq!(l.try_admit_ip(b, 2), Ok(()));
+        l.release_ip(a);
+        assert_eq!(l.try_admit_ip(a, 2), Ok(()));
+        let v6a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:0:1::2".parse().unwrap();
+        assert_eq!(l.try_admit_ip(v6a, 1), Ok(()));
+        assert_eq!(l.try_admit_ip(v6b, 1), Err(Refusal::ClientIp), "same /64");
+        for ip in [a, a, b, v6a] {
+            l.release_ip(ip);
+        }
+        assert_eq!(l.sessions_of_ip(a) + l.sessions_of_ip(b), 0);
+        assert!(l.per_ip.is_empty(), "no empty entries left");
+    }
+
+    #[test]
+    fn token_owners_and_displacements() {
+        let l = Ledger::new();
+        let first = Owner {
+            worker: 0,
+            id: 1,
+            generation: 0,
+        };
+        let second = Owner {
+            worker: 1,
+            id: 7,
+            generation: 3,
+        };
+        assert_eq!(l.claim(42, first), None);
+        assert_eq!(
+            l.claim(42, first),
+            None,
+            "claiming again is not a displacement"
+        );
+        assert_eq!(l.claim(42, second), Some(first));
+        l.unclaim(42, first);
+        assert_eq!(l.owner(42), Some(second), "a stale owner cannot unclaim");
+        l.displace(Displaced {
+            key: 42,
+            owner: first,
+        });
+        let mut out = Vec::new();
+        l.take_displaced(1, &mut out);
+        assert!(out.is_empty());
+        l.take_displaced(0, &mut out);
+        assert_eq!(
+            out,
+            [Displaced {
+                key: 42,
+                owner: first
+            }]
+        );
+        l.unclaim(42, second);
+        assert_eq!(l.claimed(), 0);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod ledger;
 pub mod sim;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +35,9 @@ use tokio::time::Instant;
 
 use crate::labels::closed_labels;
 use crate::resolve::Target;
+use crate::token::TokenKey;
 pub use decide::{Decision, Redeem, Rules};
-pub use ledger::Ledger;
+pub use ledger::{Displaced, Ledger, Owner};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -59,6 +60,16 @@ closed_labels! {
         Drained => "drained",
         /// The upstream socket could not be opened or failed.
         UpstreamError => "upstream_error",
+        /// No reply from the target within `unansweredTimeoutSeconds`.
+        Unanswered => "unanswered",
+        /// Its token opened a session for another address (a NAT rebinding seen on
+        /// another worker, or a forger: one session per token).
+        Moved => "moved",
+        /// Yielded its place in a full table to a token newcomer: opened by the default
+        /// endpoint.
+        YieldedDefault => "yielded_default_endpoint",
+        /// Yielded its place in a full table to a token newcomer: never answered.
+        YieldedUnanswered => "yielded_unanswered",
     }
 }
 
@@ -70,14 +81,21 @@ closed_labels! {
         Empty => "empty",
         /// Not a token, not from a session, and no default endpoint.
         NoSession => "no_session",
-        /// A token (bare or in a reset) that was never issued, was evicted or already used.
+        /// A token (bare or in a reset) that was never issued, was evicted or already used,
+        /// or (sealed) was altered.
         InvalidToken => "invalid_token",
         ExpiredToken => "expired_token",
+        /// A sealed token whose key this replica does not hold.
+        UnknownKey => "unknown_key",
+        /// A token issued to another client IP (`tokenClientBinding: ip`).
+        WrongClient => "wrong_client",
         /// Starts with the reset magic but no token follows (label kept from the wire
         /// contract, where the reset datagram is called the control datagram).
         MalformedReset => "malformed_control",
         /// `maxSessions` reached.
         SessionCap => "session_cap",
+        /// `maxSessionsPerClientIp` reached for the sender's IP.
+        ClientIpCap => "client_ip_cap",
         /// Shutting down: no new sessions.
         Draining => "draining",
         /// The default endpoint's query matches nothing (or nothing has room).
@@ -104,6 +122,8 @@ closed_labels! {
     pub enum Refusal {
         /// `maxSessions` reached.
         Cap => "cap",
+        /// `maxSessionsPerClientIp` reached.
+        ClientIp => "client_ip",
         /// Shutting down.
         Draining => "draining",
     }
@@ -114,6 +134,7 @@ impl DropReason {
     pub const fn refusal(self) -> Option<Refusal> {
         match self {
             DropReason::SessionCap => Some(Refusal::Cap),
+            DropReason::ClientIpCap => Some(Refusal::ClientIp),
             DropReason::Draining => Some(Refusal::Draining),
             _ => None,
         }
@@ -124,6 +145,7 @@ impl From<Refusal> for DropReason {
     fn from(r: Refusal) -> Self {
         match r {
             Refusal::Cap => DropReason::SessionCap,
+            Refusal::ClientIp => DropReason::ClientIpCap,
             Refusal::Draining => DropReason::Draining,
         }
     }
@@ -176,6 +198,13 @@ pub struct SessionView {
     pub stats: FlowStats,
 }
 
+/// How a session was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Token,
+    DefaultEndpoint,
+}
+
 #[derive(Debug)]
 struct Session {
     client: SocketAddr,
@@ -184,7 +213,33 @@ struct Session {
     last_seen: Instant,
     created: Instant,
     timeout: Duration,
+    /// Closes at `created + unanswered` unless its target has replied by then.
+    unanswered: Duration,
+    /// The token it holds (one session per token).
+    token: Option<TokenKey>,
+    origin: Origin,
+    /// Its target has sent at least one datagram back.
+    answered: bool,
     stats: FlowStats,
+}
+
+impl Session {
+    /// When it closes if nothing more happens, and why.
+    fn deadline(&self) -> (Instant, CloseReason) {
+        let idle = self.last_seen + self.timeout;
+        if !self.answered {
+            let unanswered = self.created + self.unanswered;
+            if unanswered < idle {
+                return (unanswered, CloseReason::Unanswered);
+            }
+        }
+        (idle, CloseReason::Idle)
+    }
+
+    /// May yield its place in a full table to a token newcomer.
+    fn yields(&self) -> bool {
+        self.origin == Origin::DefaultEndpoint || !self.answered
+    }
 }
 
 #[derive(Debug)]
@@ -261,6 +316,15 @@ pub struct SessionTable {
     rules: Rules,
     /// xorshift64* state for the default route's `random` strategy.
     rng: u64,
+    /// This table's worker (token owners in the ledger name it).
+    worker: u16,
+    /// Sessions that may yield to a token newcomer, oldest first (lazily cleaned: entries
+    /// of closed or answered sessions are skipped when reached).
+    yielders: VecDeque<(SessionId, u32)>,
+    /// Sessions closed as a side effect of a decision, for the shell to clean up.
+    closed: Vec<Closed>,
+    /// Workers holding a session displaced by this table's last decisions, to wake.
+    wake: Vec<u16>,
 }
 
 /// Bytes each per-session structure starts with and returns to when the table empties.
@@ -279,6 +343,11 @@ pub const fn floor<T>() -> usize {
 impl SessionTable {
     /// An empty table admitting sessions through `ledger` and judging datagrams by `rules`.
     pub fn new(rules: Rules, ledger: Arc<Ledger>) -> Self {
+        Self::for_worker(rules, ledger, 0)
+    }
+
+    /// The table of worker `worker` (its sessions' owner in the ledger).
+    pub fn for_worker(rules: Rules, ledger: Arc<Ledger>, worker: u16) -> Self {
         use std::hash::BuildHasher;
         let hasher = foldhash::fast::RandomState::default;
         Self {
@@ -305,6 +374,10 @@ impl SessionTable {
             rules,
             // Any non-zero seed; per table so workers do not pick in lockstep.
             rng: hasher().hash_one(0u8) | 1,
+            worker,
+            yielders: VecDeque::with_capacity(floor::<(SessionId, u32)>()),
+            closed: Vec::new(),
+            wake: Vec::new(),
         }
     }
 
@@ -370,14 +443,16 @@ impl SessionTable {
         let id = *self.bound.get(&(socket, *from))?;
         let s = self.session_mut(id)?;
         s.last_seen = now;
+        s.answered = true;
         s.stats.datagrams_to_client += 1;
         s.stats.bytes_to_client += len as u64;
         Some(s.client)
     }
 
-    /// Opens a session for a client without one, admitted by the ledger (cap, draining).
-    /// Callers that judge datagrams go through [`SessionTable::on_client_datagram`]; this is
-    /// public for benchmarks and tests that need a table of a given shape.
+    /// Opens a token session (holding no token) for a client without one, admitted by the
+    /// ledger (per-IP cap, cap, draining). Callers that judge datagrams go through
+    /// [`SessionTable::on_client_datagram`]; this is public for benchmarks and tests that
+    /// need a table of a given shape.
     pub fn open(
         &mut self,
         client: SocketAddr,
@@ -385,15 +460,22 @@ impl SessionTable {
         now: Instant,
     ) -> Result<(SessionId, Binding), Refusal> {
         debug_assert!(self.lookup(&client).is_none(), "open is for newcomers");
-        self.ledger.try_admit(self.rules.max_sessions)?;
-        Ok(self.insert_admitted(client, target, now))
+        self.ledger
+            .try_admit_ip(client.ip(), self.rules.max_per_client_ip)?;
+        if let Err(r) = self.ledger.try_admit(self.rules.max_sessions) {
+            self.ledger.release_ip(client.ip());
+            return Err(r);
+        }
+        Ok(self.insert_admitted(client, target, Origin::Token, now))
     }
 
-    /// Inserts a session whose place under the cap the ledger has already granted.
+    /// Inserts a session whose places under the cap and the per-IP cap the ledger has
+    /// already granted.
     fn insert_admitted(
         &mut self,
         client: SocketAddr,
         target: Arc<Target>,
+        origin: Origin,
         now: Instant,
     ) -> (SessionId, Binding) {
         let id = self.free.pop().unwrap_or_else(|| {
@@ -405,23 +487,28 @@ impl SessionTable {
         });
         let binding = self.bind(target.addr, id);
         self.ledger.target_added(target.addr);
-        let timeout = self.rules.session_timeout;
+        let (timeout, unanswered) = (self.rules.session_timeout, self.rules.unanswered_timeout);
         let slot = &mut self.slots[id as usize];
-        slot.session = Some(Session {
+        let session = Session {
             client,
             target,
             socket: binding.socket,
             last_seen: now,
             created: now,
             timeout,
+            unanswered,
+            token: None,
+            origin,
+            answered: false,
             stats: FlowStats::default(),
-        });
-        self.timers.push(Reverse(Timer {
-            at: now + timeout,
-            id,
-            generation: slot.generation,
-        }));
+        };
+        let (at, _) = session.deadline();
+        slot.session = Some(session);
+        let generation = slot.generation;
+        self.timers.push(Reverse(Timer { at, id, generation }));
+        self.yielders.push_back((id, generation));
         self.by_client.insert(client, id);
+        self.compact_yielders();
         self.debug_check();
         (id, binding)
     }
@@ -453,12 +540,24 @@ impl SessionTable {
     pub fn close(&mut self, id: SessionId, reason: CloseReason, now: Instant) -> Option<Closed> {
         let slot = self.slots.get_mut(id as usize)?;
         let s = slot.session.take()?;
+        let generation = slot.generation;
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id);
         self.by_client.remove(&s.client);
         let released = self.unbind(s.socket, s.target.addr);
         self.ledger.target_removed(s.target.addr);
         self.ledger.release();
+        self.ledger.release_ip(s.client.ip());
+        if let Some(key) = s.token {
+            self.ledger.unclaim(
+                key,
+                Owner {
+                    worker: self.worker,
+                    id,
+                    generation,
+                },
+            );
+        }
         let closed = Closed {
             client: s.client,
             target: s.target,
@@ -495,10 +594,10 @@ impl SessionTable {
             let Some(s) = &slot.session else {
                 continue;
             };
-            let deadline = s.last_seen + s.timeout;
+            let (deadline, reason) = s.deadline();
             if deadline > now {
                 self.timers.push(Reverse(Timer { at: deadline, ..t }));
-            } else if let Some(closed) = self.close(t.id, CloseReason::Idle, now) {
+            } else if let Some(closed) = self.close(t.id, reason, now) {
                 out.push(closed);
             }
         }
@@ -512,8 +611,13 @@ impl SessionTable {
     fn release_memory_if_empty(&mut self) {
         if self.by_client.is_empty() && self.slots.capacity() > floor::<Slot>() {
             let (rules, ledger, rng) = (self.rules.clone(), Arc::clone(&self.ledger), self.rng);
-            *self = Self::new(rules, ledger);
+            let effects = (
+                std::mem::take(&mut self.closed),
+                std::mem::take(&mut self.wake),
+            );
+            *self = Self::for_worker(rules, ledger, self.worker);
             self.rng = rng;
+            (self.closed, self.wake) = effects;
         }
     }
 
@@ -606,6 +710,141 @@ impl SessionTable {
             }
         }
         released
+    }
+
+    /// This table's owner record for session `id`.
+    fn owner(&self, id: SessionId) -> Owner {
+        Owner {
+            worker: self.worker,
+            id,
+            generation: self.slots.get(id as usize).map_or(0, |s| s.generation),
+        }
+    }
+
+    /// Makes session `id` the one holder of token `key`: a session of this table that held
+    /// it closes (`Moved`); one on another worker is displaced (that worker closes it when
+    /// woken).
+    fn claim(&mut self, id: SessionId, key: TokenKey, now: Instant) {
+        let owner = self.owner(id);
+        let Some(s) = self.session_mut(id) else {
+            return;
+        };
+        let previous_key = s.token.replace(key);
+        if let Some(old) = previous_key.filter(|old| *old != key) {
+            self.ledger.unclaim(old, owner);
+        }
+        match self.ledger.claim(key, owner) {
+            Some(prev) if prev.worker == self.worker => {
+                if self.slots.get(prev.id as usize).map(|s| s.generation) == Some(prev.generation)
+                    && let Some(closed) = self.close(prev.id, CloseReason::Moved, now)
+                {
+                    self.closed.push(closed);
+                }
+            }
+            Some(prev) => {
+                self.ledger.displace(Displaced { key, owner: prev });
+                if !self.wake.contains(&prev.worker) {
+                    self.wake.push(prev.worker);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// A newcomer redeemed `key`, held by a session of this table: that session now belongs
+    /// to `client` (same target, same upstream socket). `None` when no session of this table
+    /// holds it.
+    fn move_local(&mut self, key: TokenKey, client: SocketAddr) -> Option<Decision> {
+        let prev = self.ledger.owner(key)?;
+        if prev.worker != self.worker || self.owner(prev.id) != prev {
+            return None;
+        }
+        let s = self.session_mut(prev.id)?;
+        if s.token != Some(key) {
+            return None;
+        }
+        let from = std::mem::replace(&mut s.client, client);
+        self.by_client.remove(&from);
+        self.by_client.insert(client, prev.id);
+        if from.ip() != client.ip() {
+            self.ledger.release_ip(from.ip());
+            // A move is never refused: the token's holder is one session wherever it is.
+            let _ = self.ledger.try_admit_ip(client.ip(), usize::MAX);
+        }
+        self.debug_check();
+        Some(Decision::Moved { id: prev.id, from })
+    }
+
+    /// Closes the oldest session that may yield its place (opened by the default endpoint,
+    /// or never answered). False when none may.
+    fn yield_one(&mut self, now: Instant) -> bool {
+        while let Some((id, generation)) = self.yielders.pop_front() {
+            let Some(slot) = self.slots.get(id as usize) else {
+                continue;
+            };
+            let Some(s) = slot
+                .session
+                .as_ref()
+                .filter(|_| slot.generation == generation)
+            else {
+                continue;
+            };
+            if !s.yields() {
+                continue;
+            }
+            let reason = if s.origin == Origin::DefaultEndpoint {
+                CloseReason::YieldedDefault
+            } else {
+                CloseReason::YieldedUnanswered
+            };
+            if let Some(closed) = self.close(id, reason, now) {
+                self.closed.push(closed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Keeps the yielders queue within a small multiple of the live sessions.
+    fn compact_yielders(&mut self) {
+        if self.yielders.len() > 2 * self.by_client.len() + 64 {
+            let slots = &self.slots;
+            self.yielders.retain(|(id, generation)| {
+                slots.get(*id as usize).is_some_and(|slot| {
+                    slot.generation == *generation
+                        && slot.session.as_ref().is_some_and(Session::yields)
+                })
+            });
+        }
+    }
+
+    /// True when a decision closed sessions on the side or displaced some elsewhere.
+    #[inline]
+    pub fn has_effects(&self) -> bool {
+        !self.closed.is_empty() || !self.wake.is_empty()
+    }
+
+    /// Hands the shell what decisions did on the side: sessions closed here (to clean up and
+    /// log) and workers to wake (they hold a displaced session).
+    pub fn take_effects(&mut self, closed: &mut Vec<Closed>, wake: &mut Vec<u16>) {
+        closed.append(&mut self.closed);
+        wake.append(&mut self.wake);
+    }
+
+    /// Closes the sessions other workers displaced from this one (their tokens now open a
+    /// session there), appending them to `out`.
+    pub fn close_displaced(&mut self, now: Instant, out: &mut Vec<Closed>) {
+        let mut displaced = Vec::new();
+        self.ledger.take_displaced(self.worker, &mut displaced);
+        for d in displaced {
+            let still = self.owner(d.owner.id) == d.owner
+                && self
+                    .session(d.owner.id)
+                    .is_some_and(|s| s.token == Some(d.key));
+            if still && let Some(closed) = self.close(d.owner.id, CloseReason::Moved, now) {
+                out.push(closed);
+            }
+        }
     }
 
     /// The next number of the table's xorshift64* sequence.

@@ -6,9 +6,13 @@
 //! endpoint over eight static targets, on a virtual clock. Every datagram goes through
 //! [`SessionTable::on_client_datagram`] / [`SessionTable::on_target_datagram`], exactly as the
 //! shell sends it, and the [`Decision`] is checked against a small model of which client has
-//! a session to which target; after every step the table's own invariants, the cap and the
-//! ledger's counts are checked too. A violation is returned as text, never panicked on here,
-//! so each driver fails its own way.
+//! a session to which target, holding which token, opened how and answered or not; after
+//! every step the table's own invariants, the cap, the per-IP cap and the ledger's counts are
+//! checked too. Tokens are bound to the IP they were issued to and 40 clients share 8 IPs, so
+//! forged sources (another IP with someone's token, the same IP from many ports) are part of
+//! every run: the model demands at most one session per token and that a token newcomer finds
+//! a place in a full table whenever a default-endpoint or unanswered session could yield.
+//! A violation is returned as text, never panicked on here, so each driver fails its own way.
 //!
 //! Owns the simulation and its model. Must not be built into the director (test and `sim` feature only).
 
@@ -19,9 +23,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Decision, DropReason, Ledger, Rules, SessionTable, SocketId};
+use super::{CloseReason, Closed, Decision, DropReason, Ledger, Rules, SessionTable, SocketId};
+use crate::protocol::datagram::TokenShape;
 use crate::resolve::{SessionCounts, Target};
-use crate::token::{TokenId, TokenStore};
+use crate::token::{Binding, Policy, TokenId, TokenStore};
 
 /// Targets the simulation knows: 0..6 on 127.0.0.1, 6..8 on ::1.
 pub const TARGETS: u8 = 8;
@@ -29,6 +34,9 @@ pub const TARGETS: u8 = 8;
 pub const CLIENTS: u8 = 40;
 const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 const TOKEN_TTL: Duration = Duration::from_secs(30);
+const UNANSWERED: Duration = Duration::from_secs(5);
+/// Sessions one client IP may hold (8 IPs × 4 ≥ any cap the drivers use).
+pub const PER_IP: usize = 4;
 
 /// What a client sends.
 #[derive(Debug, Clone)]
@@ -52,9 +60,11 @@ pub enum Payload {
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "sim", derive(arbitrary::Arbitrary))]
 pub enum Op {
-    /// The query server issues a token for target `target % TARGETS`.
+    /// The query server issues a token for target `target % TARGETS` to the IP of client
+    /// `client % CLIENTS`.
     Issue {
         target: u8,
+        client: u8,
     },
     /// Client `client % CLIENTS` sends a datagram to the data port.
     FromClient {
@@ -87,7 +97,63 @@ pub enum Op {
 struct Modelled {
     target: u8,
     last: Instant,
+    created: Instant,
     timeout: Duration,
+    /// The token key it holds.
+    token: Option<u128>,
+    default: bool,
+    answered: bool,
+}
+
+impl Modelled {
+    fn deadline(&self) -> Instant {
+        let idle = self.last + self.timeout;
+        if self.answered {
+            idle
+        } else {
+            idle.min(self.created + UNANSWERED)
+        }
+    }
+
+    fn yields(&self) -> bool {
+        self.default || !self.answered
+    }
+}
+
+/// An issued token: its id, target, expiry and the IP it is bound to.
+#[derive(Debug, Clone, Copy)]
+struct Issued {
+    id: TokenId,
+    target: u8,
+    expires: Instant,
+    ip: std::net::IpAddr,
+}
+
+/// What redeeming a datagram's token should do.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Redeems: to this target, as this token key.
+    Redeems(u8, u128),
+    Expired,
+    /// Issued to another IP.
+    Wrong,
+    /// Never issued.
+    Forged,
+}
+
+impl Expect {
+    /// Whether a refused token may be dropped for `reason` (an expired grant is forgotten
+    /// once seen, so it may come back as unknown).
+    fn drops_as(self, reason: DropReason) -> bool {
+        match self {
+            Expect::Redeems(..) => false,
+            Expect::Expired => {
+                matches!(reason, DropReason::ExpiredToken | DropReason::InvalidToken)
+            }
+            Expect::Wrong => reason == DropReason::WrongClient,
+            Expect::Forged => reason == DropReason::InvalidToken,
+        }
+    }
 }
 
 /// A table, its token store and ledger, and the model they are checked against.
@@ -95,7 +161,7 @@ pub struct Sim {
     table: SessionTable,
     ledger: Arc<Ledger>,
     tokens: TokenStore,
-    issued: Vec<(TokenId, u8, Instant)>,
+    issued: Vec<Issued>,
     model: HashMap<SocketAddr, Modelled>,
     cap: usize,
     default_endpoint: bool,
@@ -171,8 +237,11 @@ impl Sim {
         };
         let rules = Rules {
             magic: MAGIC.to_vec(),
+            shape: TokenShape::Uuid,
             session_timeout: Duration::from_secs(60),
             max_sessions: cap,
+            max_per_client_ip: PER_IP,
+            unanswered_timeout: UNANSWERED,
             default_route,
         };
         Ok(Self {
@@ -195,9 +264,21 @@ impl Sim {
     /// Applies one operation and checks everything that must hold afterwards.
     pub fn step(&mut self, op: &Op) -> Result<(), String> {
         match op {
-            Op::Issue { target: t } => {
-                let id = self.tokens.issue(target(*t), self.now, TOKEN_TTL, false);
-                self.issued.push((id, *t % TARGETS, self.now + TOKEN_TTL));
+            Op::Issue { target: t, client } => {
+                let ip = client_addr(*client).ip();
+                let policy = Policy {
+                    ttl: TOKEN_TTL,
+                    resume: TOKEN_TTL,
+                    single_use: false,
+                    binding: Binding::Ip,
+                };
+                let id = self.tokens.issue(target(*t), ip, self.now, policy);
+                self.issued.push(Issued {
+                    id,
+                    target: *t % TARGETS,
+                    expires: self.now + TOKEN_TTL,
+                    ip,
+                });
             }
             Op::FromClient { client, payload } => {
                 self.client_sends(client_addr(*client), payload)?
@@ -254,42 +335,45 @@ impl Sim {
     }
 
     fn client_sends(&mut self, client: SocketAddr, payload: &Payload) -> Result<(), String> {
-        // What the datagram is, and the model's expectation of a redeem: Some(Ok(target)),
-        // Some(Err(expired)) for a token that will not redeem.
-        let (bytes, redeems, is_reset): (Vec<u8>, Option<Result<u8, bool>>, bool) = match payload {
+        // What the datagram is, and the model's expectation of a redeem.
+        let (bytes, redeems, is_reset): (Vec<u8>, Option<Expect>, bool) = match payload {
             Payload::Data { len } => {
                 let n = usize::from(*len % 2_000) + 1;
                 (vec![b'g'; n], None, false)
             }
             Payload::Empty => (Vec::new(), None, false),
-            Payload::Token { nth, padded } => match self.issued.get(usize::from(*nth)) {
-                Some(&(id, t, expires)) => {
-                    let mut b = id.to_wire().into_bytes();
+            Payload::Token { nth, padded } => match self.issued.get(usize::from(*nth)).copied() {
+                Some(issued) => {
+                    let mut b = issued.id.to_wire().into_bytes();
                     if *padded {
                         b.insert(0, b' ');
                         b.push(b'\n');
                     }
-                    (b, Some(self.expected_redeem(t, expires)), false)
+                    (b, Some(self.expected_redeem(&issued, client)), false)
                 }
                 None => (vec![b'n'; 3], None, false),
             },
-            Payload::Reset { nth } => match self.issued.get(usize::from(*nth)) {
-                Some(&(id, t, expires)) => (
-                    [MAGIC, id.to_wire().as_bytes()].concat(),
-                    Some(self.expected_redeem(t, expires)),
+            Payload::Reset { nth } => match self.issued.get(usize::from(*nth)).copied() {
+                Some(issued) => (
+                    [MAGIC, issued.id.to_wire().as_bytes()].concat(),
+                    Some(self.expected_redeem(&issued, client)),
                     true,
                 ),
                 None => ([MAGIC, b"x"].concat(), None, true),
             },
             Payload::Forged { bits, reset } => {
                 let wire = TokenId(*bits).to_wire();
-                let issued = self.issued.iter().any(|(id, _, _)| id.0 == *bits);
+                let issued = self.issued.iter().any(|i| i.id.0 == *bits);
                 if issued {
                     (vec![b'f'], None, false)
                 } else if *reset {
-                    ([MAGIC, wire.as_bytes()].concat(), Some(Err(false)), true)
+                    (
+                        [MAGIC, wire.as_bytes()].concat(),
+                        Some(Expect::Forged),
+                        true,
+                    )
                 } else {
-                    (wire.into_bytes(), Some(Err(false)), false)
+                    (wire.into_bytes(), Some(Expect::Forged), false)
                 }
             }
             Payload::MalformedReset { tail } => ([MAGIC, &[*tail, b'?'][..]].concat(), None, true),
@@ -299,11 +383,17 @@ impl Sim {
         let decision = self
             .table
             .on_client_datagram(client, &bytes, self.now, &self.tokens);
+        let mut closed: Vec<Closed> = Vec::new();
+        let mut wake = Vec::new();
+        self.table.take_effects(&mut closed, &mut wake);
         let fail = |why: &str| {
             Err(format!(
                 "{payload:?} from {client} (session {had:?}): {why}, got {decision:?}"
             ))
         };
+        if !wake.is_empty() {
+            return fail("one worker has nobody to wake");
+        }
         if is_reset
             && matches!(
                 decision,
@@ -316,114 +406,211 @@ impl Sim {
         {
             return fail("a reset datagram was forwarded");
         }
+        // The side closes the model expects (checked against `closed` at the end).
+        let mut expect_closed: Vec<(SocketAddr, Option<CloseReason>)> = Vec::new();
         if bytes.is_empty() {
             return match decision {
-                Decision::Drop(DropReason::Empty) => Ok(()),
+                Decision::Drop(DropReason::Empty) if closed.is_empty() => Ok(()),
                 _ => fail("an empty datagram must be dropped"),
             };
         }
         if malformed {
             return match decision {
-                Decision::Drop(DropReason::MalformedReset) => Ok(()),
-                Decision::Drop(DropReason::Draining) if had.is_none() && self.draining => Ok(()),
+                Decision::Drop(DropReason::MalformedReset) if closed.is_empty() => Ok(()),
+                Decision::Drop(DropReason::Draining)
+                    if had.is_none() && self.draining && closed.is_empty() =>
+                {
+                    Ok(())
+                }
                 _ => fail("malformed resets are dropped"),
             };
         }
         match had {
             Some(mut s) => {
                 match (redeems, decision) {
-                    (Some(Ok(t)), Decision::Keep) if t == s.target => {}
-                    (Some(Ok(t)), Decision::Reset { id, binding, .. }) if t != s.target => {
-                        let (_, now_to, socket) =
-                            self.table.describe(id).ok_or("reset lost the session")?;
-                        if now_to.addr != target_addr(t) || socket != binding.socket {
-                            return fail("reset to the wrong target or socket");
+                    (Some(Expect::Redeems(t, key)), d) => {
+                        match d {
+                            Decision::Keep if t == s.target => {}
+                            Decision::Reset { id, binding, .. } if t != s.target => {
+                                let (_, now_to, socket) =
+                                    self.table.describe(id).ok_or("reset lost the session")?;
+                                if now_to.addr != target_addr(t) || socket != binding.socket {
+                                    return fail("reset to the wrong target or socket");
+                                }
+                                s.target = t;
+                            }
+                            _ => return fail("a redeemed token keeps or resets a live session"),
                         }
-                        s.target = t;
+                        if let Some(other) = self.holder(key).filter(|c| *c != client) {
+                            self.model.remove(&other);
+                            expect_closed.push((other, Some(CloseReason::Moved)));
+                        }
+                        s.token = Some(key);
+                        s.last = self.now;
                     }
-                    (
-                        Some(Err(_)),
-                        Decision::Drop(DropReason::InvalidToken | DropReason::ExpiredToken),
-                    ) if is_reset => {}
-                    (None | Some(Err(_)), Decision::Forward { to, .. })
-                        if !is_reset && to == target_addr(s.target) => {}
+                    (Some(e), Decision::Drop(reason)) if is_reset && e.drops_as(reason) => {}
+                    (_, Decision::Forward { to, .. })
+                        if !is_reset && to == target_addr(s.target) =>
+                    {
+                        s.last = self.now;
+                    }
                     _ => return fail("wrong decision for a live session"),
-                }
-                if matches!(
-                    decision,
-                    Decision::Keep | Decision::Reset { .. } | Decision::Forward { .. }
-                ) {
-                    s.last = self.now;
                 }
                 self.model.insert(client, s);
             }
             None => {
                 let full = self.model.len() >= self.cap;
+                let ip_full = self.sessions_of(client.ip()) >= PER_IP;
                 let default = self.default_endpoint && !is_reset;
-                if self.draining && decision != Decision::Drop(DropReason::Draining) {
-                    return fail("a newcomer while draining is refused as draining");
+                let yieldable = self.model.values().any(Modelled::yields);
+                if self.draining {
+                    return match decision {
+                        Decision::Drop(DropReason::Draining) if closed.is_empty() => Ok(()),
+                        _ => fail("a newcomer while draining is refused as draining"),
+                    };
                 }
-                let expected_target = match (redeems, decision) {
-                    (_, Decision::Drop(DropReason::Draining)) if self.draining => None,
-                    (Some(Ok(_)), Decision::Drop(DropReason::SessionCap)) if full => None,
+                let opened: Option<Modelled> = match (redeems, decision) {
+                    (Some(Expect::Redeems(_, key)), Decision::Moved { id, from }) => {
+                        if self.holder(key) != Some(from) {
+                            return fail("moved a session that does not hold the token");
+                        }
+                        let (c, _, _) = self.table.describe(id).ok_or("moved session missing")?;
+                        if c != client {
+                            return fail("the moved session is not the newcomer's");
+                        }
+                        let m = self.model.remove(&from).ok_or("no model session to move")?;
+                        Some(m)
+                    }
+                    (Some(Expect::Redeems(..)), Decision::Drop(DropReason::ClientIpCap))
+                        if ip_full =>
+                    {
+                        None
+                    }
+                    (Some(Expect::Redeems(..)), Decision::Drop(DropReason::SessionCap))
+                        if full && !yieldable && !ip_full =>
+                    {
+                        None
+                    }
                     (
-                        Some(Ok(t)),
+                        Some(Expect::Redeems(t, key)),
                         Decision::Open {
+                            id,
                             forward: None,
                             redeemed: true,
                             ..
                         },
-                    ) if !full => Some(t),
+                    ) if !ip_full => {
+                        if self.holder(key).is_some() {
+                            return fail("a second session for one token");
+                        }
+                        if full {
+                            // Exactly one yielding session gave its place.
+                            let [victim] = closed.as_slice() else {
+                                return fail("a full table opened without one session yielding");
+                            };
+                            let m = self
+                                .model
+                                .remove(&victim.client)
+                                .ok_or("yielded a session the model does not have")?;
+                            let want = if m.default {
+                                CloseReason::YieldedDefault
+                            } else {
+                                CloseReason::YieldedUnanswered
+                            };
+                            if !m.yields() || victim.reason != want {
+                                return fail("the wrong session yielded");
+                            }
+                            expect_closed.push((victim.client, None));
+                        }
+                        self.check_opened(id, client, t)?;
+                        Some(self.fresh(t, Some(key), false))
+                    }
+                    (Some(e), Decision::Drop(reason)) if !default && e.drops_as(reason) => None,
                     (
-                        Some(Err(_)),
-                        Decision::Drop(DropReason::InvalidToken | DropReason::ExpiredToken),
-                    ) if !default => None,
+                        None | Some(Expect::Expired | Expect::Wrong | Expect::Forged),
+                        Decision::Drop(DropReason::ClientIpCap),
+                    ) if default && ip_full => None,
                     (
-                        None | Some(Err(_)),
+                        None | Some(Expect::Expired | Expect::Wrong | Expect::Forged),
+                        Decision::Drop(DropReason::SessionCap),
+                    ) if default && full && !ip_full => None,
+                    (
+                        None | Some(Expect::Expired | Expect::Wrong | Expect::Forged),
                         Decision::Open {
+                            id,
                             forward: Some(to),
                             redeemed: false,
                             ..
                         },
-                    ) if default && !full => {
-                        Some(target_of(to).ok_or("default endpoint sent outside its targets")?)
-                    }
-                    (None | Some(Err(_)), Decision::Drop(DropReason::SessionCap))
-                        if default && full =>
-                    {
-                        None
+                    ) if default && !full && !ip_full => {
+                        let t = target_of(to).ok_or("default endpoint sent outside its targets")?;
+                        self.check_opened(id, client, t)?;
+                        Some(self.fresh(t, None, true))
                     }
                     (None, Decision::Drop(DropReason::NoSession)) if !default => None,
                     _ => return fail("wrong decision for a newcomer"),
                 };
-                if self.draining && expected_target.is_some() {
-                    return fail("a session opened while draining");
-                }
-                if let Some(t) = expected_target {
-                    let Decision::Open { id, .. } = decision else {
-                        return fail("opened without an id");
-                    };
-                    let (c, to, _) = self.table.describe(id).ok_or("opened session missing")?;
-                    if c != client || to.addr != target_addr(t) {
-                        return fail("opened the wrong session");
-                    }
-                    self.model.insert(
-                        client,
-                        Modelled {
-                            target: t,
-                            last: self.now,
-                            timeout: self.table.rules().session_timeout,
-                        },
-                    );
+                if let Some(m) = opened {
+                    self.model.insert(client, m);
                 }
             }
+        }
+        let got: Vec<(SocketAddr, CloseReason)> =
+            closed.iter().map(|c| (c.client, c.reason)).collect();
+        let matches = got.len() == expect_closed.len()
+            && got
+                .iter()
+                .zip(&expect_closed)
+                .all(|((c, r), (ec, er))| c == ec && er.is_none_or(|er| er == *r));
+        if !matches {
+            return fail(&format!(
+                "closed on the side {got:?}, expected {expect_closed:?}"
+            ));
         }
         Ok(())
     }
 
-    /// The model's view of redeeming issued token for `t` that expires at `expires`.
-    fn expected_redeem(&self, t: u8, expires: Instant) -> Result<u8, bool> {
-        if self.now < expires { Ok(t) } else { Err(true) }
+    /// The model's view of redeeming `issued` from `client` now.
+    fn expected_redeem(&self, issued: &Issued, client: SocketAddr) -> Expect {
+        if self.now >= issued.expires {
+            Expect::Expired
+        } else if issued.ip != client.ip() {
+            Expect::Wrong
+        } else {
+            Expect::Redeems(issued.target, issued.id.0)
+        }
+    }
+
+    /// The client whose modelled session holds token `key`.
+    fn holder(&self, key: u128) -> Option<SocketAddr> {
+        self.model
+            .iter()
+            .find(|(_, m)| m.token == Some(key))
+            .map(|(c, _)| *c)
+    }
+
+    fn sessions_of(&self, ip: std::net::IpAddr) -> usize {
+        self.model.keys().filter(|c| c.ip() == ip).count()
+    }
+
+    fn fresh(&self, target: u8, token: Option<u128>, default: bool) -> Modelled {
+        Modelled {
+            target,
+            last: self.now,
+            created: self.now,
+            timeout: self.table.rules().session_timeout,
+            token,
+            default,
+            answered: false,
+        }
+    }
+
+    fn check_opened(&self, id: super::SessionId, client: SocketAddr, t: u8) -> Result<(), String> {
+        let (c, to, _) = self.table.describe(id).ok_or("opened session missing")?;
+        if c != client || to.addr != target_addr(t) {
+            return Err(format!("opened the wrong session for {client}"));
+        }
+        Ok(())
     }
 
     fn target_sends(&mut self, slot: u8, t: u8, len: u16) -> Result<(), String> {
@@ -451,6 +638,7 @@ impl Sim {
             ([c], Decision::Deliver { client }) if *c == client => {
                 if let Some(m) = self.model.get_mut(c) {
                     m.last = self.now;
+                    m.answered = true;
                 }
                 Ok(())
             }
@@ -468,16 +656,24 @@ impl Sim {
                 .model
                 .remove(&closed.client)
                 .ok_or_else(|| format!("expired {} which has no session", closed.client))?;
-            if m.last + m.timeout > self.now {
+            if m.deadline() > self.now {
                 return Err(format!("closed {} while active", closed.client));
             }
+            let unanswered = !m.answered && m.created + UNANSWERED < m.last + m.timeout;
+            let want = if unanswered {
+                CloseReason::Unanswered
+            } else {
+                CloseReason::Idle
+            };
+            if closed.reason != want {
+                return Err(format!(
+                    "{} closed as {:?}, not {want:?}",
+                    closed.client, closed.reason
+                ));
+            }
         }
-        if let Some((c, _)) = self
-            .model
-            .iter()
-            .find(|(_, m)| m.last + m.timeout <= self.now)
-        {
-            return Err(format!("{c} idle past its timeout survived expire"));
+        if let Some((c, _)) = self.model.iter().find(|(_, m)| m.deadline() <= self.now) {
+            return Err(format!("{c} past its deadline survived expire"));
         }
         Ok(())
     }
@@ -494,6 +690,23 @@ impl Sim {
         }
         if n > self.cap {
             return Err(format!("{n} sessions over a cap of {}", self.cap));
+        }
+        for host in 0..8u8 {
+            let ip = std::net::IpAddr::from([10, 0, 0, host]);
+            let modelled = self.sessions_of(ip);
+            if modelled > PER_IP || self.ledger.sessions_of_ip(ip) != modelled {
+                return Err(format!(
+                    "{ip}: {modelled} sessions, ledger {}",
+                    self.ledger.sessions_of_ip(ip)
+                ));
+            }
+        }
+        let tokens = self.model.values().filter(|m| m.token.is_some()).count();
+        if self.ledger.claimed() != tokens {
+            return Err(format!(
+                "{tokens} token sessions, ledger claims {}",
+                self.ledger.claimed()
+            ));
         }
         if self.table.open_sockets() > n {
             return Err("more sockets than sessions".into());

@@ -1,6 +1,7 @@
 use super::sim::{Op, Payload, Sim};
 use super::*;
-use crate::token::TokenStore;
+use crate::protocol::datagram::TokenShape;
+use crate::token::{Binding, Policy, TokenStore};
 use proptest::prelude::*;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -9,8 +10,12 @@ const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 fn rules(timeout: Duration, cap: usize) -> Rules {
     Rules {
         magic: MAGIC.to_vec(),
+        shape: TokenShape::Uuid,
         session_timeout: timeout,
         max_sessions: cap,
+        max_per_client_ip: 100_000,
+        // Most tests here are about idle timeouts; unanswered ones have their own.
+        unanswered_timeout: Duration::from_secs(100_000),
         default_route: None,
     }
 }
@@ -41,6 +46,15 @@ fn establish(t: &mut SessionTable, c: u16, tp: u16, now: Instant) -> SessionId {
     t.open(client(c), target(tp), now).unwrap().0
 }
 
+/// The session's target replies once (the session is answered from now on).
+fn answer(t: &mut SessionTable, id: SessionId, now: Instant) {
+    let (client, target, socket) = t.describe(id).map(|(c, t, s)| (c, t.addr, s)).unwrap();
+    assert_eq!(
+        t.on_target_datagram(socket, target, 1, now),
+        Decision::Deliver { client }
+    );
+}
+
 /// Sends `datagram` from client `c` through the table's one decision function.
 fn send(
     t: &mut SessionTable,
@@ -52,9 +66,17 @@ fn send(
     t.on_client_datagram(client(c), datagram, now, tokens)
 }
 
+const POLICY: Policy = Policy {
+    ttl: Duration::from_secs(30),
+    resume: Duration::from_secs(30),
+    single_use: false,
+    binding: Binding::Ip,
+};
+
+/// A token for target port `tp`, issued to the clients' IP.
 fn token_for(tokens: &TokenStore, tp: u16, now: Instant) -> Vec<u8> {
     tokens
-        .issue(target(tp), now, Duration::from_secs(30), false)
+        .issue(target(tp), client(0).ip(), now, POLICY)
         .to_wire()
         .into_bytes()
 }
@@ -215,8 +237,10 @@ fn cap_and_drain_refuse_newcomers_not_existing_sessions() {
     let (mut t, l) = table(2);
     let tokens = TokenStore::new(100);
     let now = Instant::now();
-    establish(&mut t, 1, 9001, now);
-    establish(&mut t, 2, 9001, now);
+    for c in [1, 2] {
+        let id = establish(&mut t, c, 9001, now);
+        answer(&mut t, id, now);
+    }
     let token = token_for(&tokens, 9001, now);
     assert_eq!(
         send(&mut t, &tokens, 3, &token, now),
@@ -382,6 +406,210 @@ fn default_endpoint_is_admitted_before_it_is_picked() {
     sim.finish().unwrap();
 }
 
+#[test]
+fn one_session_per_token_a_second_address_moves_it() {
+    let (mut t, l) = table(10);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    let token = token_for(&tokens, 9001, now);
+    let Decision::Open { id, binding, .. } = send(&mut t, &tokens, 1, &token, now) else {
+        panic!("opens")
+    };
+    // The same token from another port of the same IP (a NAT rebinding, or a forger).
+    assert_eq!(
+        send(&mut t, &tokens, 2, &token, now),
+        Decision::Moved {
+            id,
+            from: client(1)
+        }
+    );
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.lookup(&client(2)), Some(id));
+    assert_eq!(t.lookup(&client(1)), None);
+    // Same upstream socket and target: the game server sees the same peer.
+    assert_eq!(
+        t.on_target_datagram(binding.socket, target(9001).addr, 3, now),
+        Decision::Deliver { client: client(2) }
+    );
+    // A spray from many ports still holds one session.
+    for port in 3..200 {
+        send(&mut t, &tokens, port, &[MAGIC, &token[..]].concat(), now);
+    }
+    assert_eq!((t.len(), l.active(), l.claimed()), (1, 1, 1));
+    t.check_invariants();
+}
+
+#[test]
+fn a_token_bound_to_another_ip_is_refused_and_counted_as_such() {
+    let (mut t, _l) = table(10);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    let token = token_for(&tokens, 9001, now);
+    let forger = SocketAddr::from(([10, 9, 9, 9], 4000));
+    for d in [token.clone(), [MAGIC, &token[..]].concat()] {
+        assert_eq!(
+            t.on_client_datagram(forger, &d, now, &tokens),
+            Decision::Drop(DropReason::WrongClient)
+        );
+    }
+    assert!(t.is_empty());
+}
+
+#[test]
+fn per_ip_cap_refuses_that_ips_newcomers_only() {
+    let (mut t, l) = table(100);
+    let mut r = rules(TIMEOUT, 100);
+    r.max_per_client_ip = 2;
+    t.set_rules(r);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    for c in [1, 2] {
+        let token = token_for(&tokens, 9001, now);
+        assert!(matches!(
+            send(&mut t, &tokens, c, &token, now),
+            Decision::Open { .. }
+        ));
+    }
+    let token = token_for(&tokens, 9001, now);
+    assert_eq!(
+        send(&mut t, &tokens, 3, &token, now),
+        Decision::Drop(DropReason::ClientIpCap)
+    );
+    assert_eq!(DropReason::ClientIpCap.refusal(), Some(Refusal::ClientIp));
+    assert_eq!(l.sessions_of_ip(client(1).ip()), 2);
+    // Another IP is unaffected.
+    let other = SocketAddr::from(([10, 0, 0, 2], 1));
+    let tokens_other = tokens
+        .issue(target(9001), other.ip(), now, POLICY)
+        .to_wire();
+    assert!(matches!(
+        t.on_client_datagram(other, tokens_other.as_bytes(), now, &tokens),
+        Decision::Open { .. }
+    ));
+}
+
+#[test]
+fn a_full_table_makes_room_for_a_token_from_default_or_unanswered_sessions_only() {
+    let (mut t, l) = table(3);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    // One answered token session, one unanswered token session, one answered default-endpoint session.
+    let answered = establish(&mut t, 1, 9001, now);
+    answer(&mut t, answered, now);
+    let _unanswered = establish(&mut t, 2, 9001, now);
+    assert_eq!(l.active(), 3 - 1);
+    let mut sim_like = t.ledger().try_admit_ip(client(3).ip(), usize::MAX);
+    assert!(sim_like.is_ok());
+    sim_like = t.ledger().try_admit(3);
+    assert!(sim_like.is_ok());
+    let (default, _) = t.insert_admitted(client(3), target(9002), Origin::DefaultEndpoint, now);
+    answer(&mut t, default, now);
+    let mut closed = Vec::new();
+    let mut wake = Vec::new();
+    // First newcomer: the unanswered token session (the oldest that may yield) goes.
+    let token = token_for(&tokens, 9001, now);
+    assert!(matches!(
+        send(&mut t, &tokens, 4, &token, now),
+        Decision::Open { .. }
+    ));
+    t.take_effects(&mut closed, &mut wake);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(
+        (closed[0].client, closed[0].reason),
+        (client(2), CloseReason::YieldedUnanswered)
+    );
+    // Second: the answered default-endpoint session goes.
+    let token = token_for(&tokens, 9001, now);
+    let t4 = t.lookup(&client(4)).unwrap();
+    answer(&mut t, t4, now);
+    assert!(matches!(
+        send(&mut t, &tokens, 5, &token, now),
+        Decision::Open { .. }
+    ));
+    closed.clear();
+    t.take_effects(&mut closed, &mut wake);
+    assert_eq!(
+        (closed[0].client, closed[0].reason),
+        (client(3), CloseReason::YieldedDefault)
+    );
+    // Third: only answered token sessions are left, so the newcomer is refused.
+    let t5 = t.lookup(&client(5)).unwrap();
+    answer(&mut t, t5, now);
+    let token = token_for(&tokens, 9001, now);
+    assert_eq!(
+        send(&mut t, &tokens, 6, &token, now),
+        Decision::Drop(DropReason::SessionCap)
+    );
+    assert!(!t.has_effects());
+    assert_eq!(t.len(), 3);
+    assert!(wake.is_empty());
+    t.check_invariants();
+}
+
+#[test]
+fn a_session_its_target_never_answers_closes_after_the_unanswered_timeout() {
+    let (mut t, _l) = table(10);
+    let mut r = rules(TIMEOUT, 10);
+    r.unanswered_timeout = Duration::from_secs(5);
+    t.set_rules(r);
+    let t0 = Instant::now();
+    let silent = establish(&mut t, 1, 9001, t0);
+    let heard = establish(&mut t, 2, 9001, t0);
+    answer(&mut t, heard, t0 + Duration::from_secs(1));
+    assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    let mut out = Vec::new();
+    t.expire(t0 + Duration::from_secs(5), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(t.describe(silent), None);
+    assert_eq!(
+        (out[0].client, out[0].reason),
+        (client(1), CloseReason::Unanswered)
+    );
+    // The answered one lives to its idle timeout.
+    out.clear();
+    t.expire(t0 + TIMEOUT, &mut out);
+    assert!(out.is_empty());
+    t.expire(t0 + Duration::from_secs(1) + TIMEOUT, &mut out);
+    assert_eq!(out[0].reason, CloseReason::Idle);
+}
+
+#[test]
+fn a_token_redeemed_on_another_worker_displaces_its_session_here() {
+    let ledger = Arc::new(Ledger::new());
+    let mut w0 = SessionTable::for_worker(rules(TIMEOUT, 10), Arc::clone(&ledger), 0);
+    let mut w1 = SessionTable::for_worker(rules(TIMEOUT, 10), Arc::clone(&ledger), 1);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    let token = token_for(&tokens, 9001, now);
+    assert!(matches!(
+        w0.on_client_datagram(client(1), &token, now, &tokens),
+        Decision::Open { .. }
+    ));
+    // The kernel hashed the new port to worker 1.
+    assert!(matches!(
+        w1.on_client_datagram(client(2), &token, now, &tokens),
+        Decision::Open { .. }
+    ));
+    let (mut closed, mut wake) = (Vec::new(), Vec::new());
+    w1.take_effects(&mut closed, &mut wake);
+    assert_eq!(wake, [0], "worker 0 is woken");
+    assert!(closed.is_empty());
+    w0.close_displaced(now, &mut closed);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(
+        (closed[0].client, closed[0].reason),
+        (client(1), CloseReason::Moved)
+    );
+    assert_eq!(
+        (w0.len(), w1.len(), ledger.active(), ledger.claimed()),
+        (0, 1, 1, 1)
+    );
+    // Nothing is displaced twice.
+    closed.clear();
+    w0.close_displaced(now, &mut closed);
+    assert!(closed.is_empty());
+}
+
 fn payload() -> impl Strategy<Value = Payload> {
     prop_oneof![
         4 => (0u16..2000).prop_map(|len| Payload::Data { len }),
@@ -395,11 +623,13 @@ fn payload() -> impl Strategy<Value = Payload> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (0u8..8).prop_map(|target| Op::Issue { target }),
+        3 => (0u8..8, 0u8..40).prop_map(|(target, client)| Op::Issue { target, client }),
         8 => (0u8..40, payload()).prop_map(|(client, payload)| Op::FromClient { client, payload }),
         2 => (0u8..12, 0u8..8, any::<u16>()).prop_map(|(slot, target, len)| Op::FromTarget { slot, target, len }),
         1 => (0u8..40).prop_map(|client| Op::SocketFailed { client }),
-        3 => (0u32..200_000).prop_map(|millis| Op::Advance { millis }),
+        // Mostly short steps (tokens live 30 s, unanswered sessions 5 s), sometimes long ones.
+        3 => (0u32..8_000).prop_map(|millis| Op::Advance { millis }),
+        1 => (0u32..200_000).prop_map(|millis| Op::Advance { millis }),
         2 => Just(Op::Expire),
         1 => any::<u8>().prop_map(|seconds| Op::SetTimeout { seconds }),
     ]

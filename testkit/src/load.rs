@@ -31,7 +31,7 @@ use mio::{Events, Interest, Poll, Token};
 use tokio::time::Instant;
 
 use crate::child::{ChildDirector, TempDir};
-use crate::client::query_token;
+use crate::client::{QueryConnection, query_token};
 use crate::echo::EchoServer;
 use crate::rng::Rng;
 use crate::wait::{eventually, pause};
@@ -96,6 +96,10 @@ pub struct LoadgenArgs {
     /// Sessions per soak wave (this process holds one socket per session of a wave).
     #[arg(long, default_value_t = 10_000)]
     pub wave: usize,
+    /// Extra YAML for the measured directors' config, e.g.
+    /// `$'tokenFormat: sealed\ntokenKeysFile: /tmp/keys'` (a literal `\n` also separates lines).
+    #[arg(long, default_value = "")]
+    pub director_yaml: String,
 }
 
 /// Results of one measured phase.
@@ -148,15 +152,34 @@ pub fn spawn_director(
         ));
     }
     let extra = format!(
-        "dataWorkers: {}\nbusyPollMicros: {}\nmaxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\n",
-        args.workers, args.busy_poll_micros
+        "dataWorkers: {}\nbusyPollMicros: {}\nmaxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000, maxTokens: {}}}\n",
+        args.workers,
+        args.busy_poll_micros,
+        max_sessions.max(1_000_000)
+    );
+    // Load clients come from 127.0.0.1 (and, for scale and soak, from 127.0.0.2.. while the
+    // queries leave from 127.0.0.1): lift the per-IP cap and the client binding; the memory
+    // runs hold sessions to targets that never reply: no unanswered timeout. A director
+    // built before those keys existed refuses them, so it is tried without them too
+    // (`--also-director`).
+    let with_cap = format!(
+        "{extra}maxSessionsPerClientIp: {max_sessions}\ntokenClientBinding: none\nunansweredTimeoutSeconds: 86400\n{}\n",
+        args.director_yaml.replace("\\n", "\n")
     );
     ChildDirector::spawn_yaml(
         exe,
         TempDir::new("loadgen")?,
-        &yaml::director(&extra, &[mapping]),
+        &yaml::director(&with_cap, &[mapping.clone()]),
         &[],
     )
+    .or_else(|_| {
+        ChildDirector::spawn_yaml(
+            exe,
+            TempDir::new("loadgen")?,
+            &yaml::director(&extra, &[mapping]),
+            &[],
+        )
+    })
 }
 
 /// The director binary to measure: `--director`, else `udp-director` beside this executable.
@@ -183,7 +206,7 @@ const HEADER: usize = 16;
 pub fn drive(
     name: &str,
     dest: SocketAddr,
-    hello: Option<&[u8]>,
+    hello: Option<&[String]>,
     clients: usize,
     size: usize,
     seconds: f64,
@@ -201,8 +224,9 @@ pub fn drive(
         let mut receiver = mio::net::UdpSocket::from_std(socket.try_clone()?);
         poll.registry()
             .register(&mut receiver, Token(i), Interest::READABLE)?;
-        if let Some(h) = hello {
-            socket.send_to(h, dest)?;
+        // Client i sends token i (a token holds one session).
+        if let Some(h) = hello.and_then(|h| h.get(i % h.len().max(1))) {
+            socket.send_to(h.as_bytes(), dest)?;
         }
         senders.push(socket);
         receivers.push(receiver);
@@ -424,9 +448,12 @@ pub fn run(args: &LoadgenArgs) -> io::Result<()> {
             spawn_director(other, &[backend.addr], args, 1_000_000)?,
         ));
     }
+    // A token per client per round (a token holds one session), pipelined on one connection.
+    let rounds_needed = args.repeat.max(1);
     let mut tokens = Vec::new();
     for (_, d) in &directors {
-        tokens.push(query_token(d.query, r#"{"resourceType":"echo"}"#)?.token);
+        let mut conn = QueryConnection::connect(d.query)?;
+        tokens.push(conn.tokens(r#"{"resourceType":"echo"}"#, args.clients * rounds_needed)?);
     }
     let mode = if args.rate > 0 {
         format!("fixed rate {} datagrams/s", args.rate)
@@ -446,7 +473,7 @@ pub fn run(args: &LoadgenArgs) -> io::Result<()> {
             .map(|p| format!(", also {}", p.display()))
             .unwrap_or_default()
     );
-    let phase = |name: &str, dest: SocketAddr, hello: Option<&[u8]>| {
+    let phase = |name: &str, dest: SocketAddr, hello: Option<&[String]>| {
         drive(
             name,
             dest,
@@ -458,10 +485,11 @@ pub fn run(args: &LoadgenArgs) -> io::Result<()> {
         )
     };
     let mut rounds: Vec<Vec<PhaseResult>> = Vec::new();
-    for _ in 0..args.repeat.max(1) {
+    for r in 0..rounds_needed {
         let mut round = vec![phase("direct", backend.addr, None)?];
-        for ((name, d), token) in directors.iter().zip(&tokens) {
-            round.push(phase(name, d.data, Some(token.as_bytes()))?);
+        let mine = r * args.clients..(r + 1) * args.clients;
+        for ((name, d), tokens) in directors.iter().zip(&tokens) {
+            round.push(phase(name, d.data, Some(&tokens[mine.clone()]))?);
         }
         if let Some(raw) = args.raw_proxy {
             round.push(phase("raw-proxy", raw, None)?);
@@ -540,13 +568,19 @@ fn dropped_total(director: &ChildDirector) -> f64 {
         .sum("udp_director_datagrams_dropped_total")
 }
 
-fn token_per_target(director: &ChildDirector, targets: usize) -> io::Result<Vec<String>> {
-    (0..targets)
-        .map(|i| {
-            let q = format!(r#"{{"resourceType":"echo","labelSelector":{{"target":"t{i:05}"}}}}"#);
-            query_token(director.query, &q).map(|a| a.token)
-        })
-        .collect()
+/// `n` tokens spread round-robin over the `targets` targets (token `j` for target
+/// `j % targets`), queried on one pipelined connection.
+fn tokens_spread(director: &ChildDirector, targets: usize, n: usize) -> io::Result<Vec<String>> {
+    let targets = targets.max(1);
+    let mut conn = QueryConnection::connect(director.query)?;
+    let mut per_target = Vec::with_capacity(targets);
+    for i in 0..targets {
+        let q = format!(r#"{{"resourceType":"echo","labelSelector":{{"target":"t{i:05}"}}}}"#);
+        per_target.push(conn.tokens(&q, n.div_ceil(targets))?);
+    }
+    Ok((0..n)
+        .map(|j| per_target[j % targets][j / targets].clone())
+        .collect())
 }
 
 /// Sink targets: bound sockets nobody reads (sessions need no traffic to exist).
@@ -565,15 +599,15 @@ fn idle_memory(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         .map(|t| t.local_addr())
         .collect::<Result<_, _>>()?;
     let director = spawn_director(exe, &addrs, args, n + 100)?;
-    // Tokens for every target (leastSessions spreads them), then a warm-up session.
-    let tokens = token_per_target(&director, addrs.len())?;
-    pause(Duration::from_millis(300));
     let before = director.rss_kib();
+    // One query per session, as clients do: outstanding tokens are part of the cost.
+    let tokens = tokens_spread(&director, addrs.len(), n)?;
+    pause(Duration::from_millis(300));
     let fds_before = director.open_fds();
     let mut clients = Vec::with_capacity(n);
-    for i in 0..n {
+    for (i, token) in tokens.iter().enumerate() {
         let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        s.send_to(tokens[i % tokens.len()].as_bytes(), director.data)?;
+        s.send_to(token.as_bytes(), director.data)?;
         clients.push(s);
         if i % 500 == 499 {
             pause(Duration::from_millis(5));
@@ -610,15 +644,15 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         .collect::<Result<_, _>>()?;
     let addrs: Vec<SocketAddr> = echo.iter().map(|e| e.addr).collect();
     let director = spawn_director(exe, &addrs, args, n + 1000)?;
-    let tokens = token_per_target(&director, addrs.len())?;
-    let started = Instant::now();
     let rss_before = director.rss_kib();
+    let tokens = tokens_spread(&director, addrs.len(), n + addrs.len())?;
+    let started = Instant::now();
     let (mut sent, mut host, mut port) = (0usize, 2u8, 20_000u16);
     let deadline = Instant::now() + Duration::from_secs(120);
     while sent < n && Instant::now() < deadline {
         let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)), port);
         if let Ok(s) = UdpSocket::bind(src) {
-            let _ = s.send_to(tokens[sent % tokens.len()].as_bytes(), director.data);
+            let _ = s.send_to(tokens[sent].as_bytes(), director.data);
             sent += 1;
             if sent % 2000 == 0 {
                 // Pace so the director's receive buffer never overflows.
@@ -641,7 +675,7 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     let fds = director.open_fds();
     // A sample of fresh clients still gets round trips through every target.
     let mut ok = 0usize;
-    for (i, token) in tokens.iter().enumerate().take(addrs.len()) {
+    for (i, token) in tokens[n..].iter().enumerate() {
         let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
         s.send_to(token.as_bytes(), director.data)?;
@@ -782,10 +816,11 @@ fn soak(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     let (mut opened, mut waves) = (0usize, 0usize);
     let mut trims = 0.0;
     while opened < n && Instant::now() < deadline {
-        let token = query_token(director.query, r#"{"resourceType":"echo"}"#)?.token;
         let size = wave.min(n - opened);
+        let tokens =
+            QueryConnection::connect(director.query)?.tokens(r#"{"resourceType":"echo"}"#, size)?;
         let mut clients = Vec::with_capacity(size);
-        for i in 0..size {
+        for (i, token) in tokens.iter().enumerate() {
             let s = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2 + (waves % 200) as u8), 0))?;
             s.send_to(token.as_bytes(), director.data)?;
             s.send_to(b"x", director.data)?;

@@ -1,0 +1,199 @@
+//! Where sealed-token keys come from at run time (SPEC §7): the key file, polled by path
+//! (a mounted Secret is updated by the kubelet through a symlink swap, which an inode watch
+//! would miss) and applied once two reads agree, or a Secret's key `token-keys` watched
+//! through the API. A changed text is parsed whole; an invalid one is rejected, logged and
+//! counted, and the keys in force stay.
+//!
+//! Owns watching key sources. Must not parse keys (`token::keys` does) or touch sessions.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::reload::Live;
+use crate::resolve::kube::{Connect, make_client};
+use crate::token::Tokens;
+
+/// The Secret key that holds the key text.
+pub(crate) const SECRET_KEY: &str = "token-keys";
+/// How often the key file is read (a change applies within two polls: < 2 s).
+pub(crate) const KEY_FILE_POLL: Duration = Duration::from_millis(500);
+
+/// Applies a new key text, or keeps the keys in force; logs and counts either way.
+fn apply(tokens: &Tokens, metrics: &Metrics, source: &str, text: &str) {
+    let Some(ring) = tokens.key_ring() else {
+        return;
+    };
+    match ring.replace(text) {
+        Ok(set) => {
+            metrics
+                .token_key_reloads
+                .get_or_create(&[("result", "applied")])
+                .inc();
+            metrics.token_keys.set(set.ids().len() as i64);
+            tracing::info!(%source, keys = ?set.ids(), "token keys reloaded: the first seals, all open");
+        }
+        Err(e) => {
+            metrics
+                .token_key_reloads
+                .get_or_create(&[("result", "rejected")])
+                .inc();
+            tracing::warn!(%source, error = %e, "token keys rejected; the keys in force stay");
+        }
+    }
+}
+
+/// Reads the key file every [`KEY_FILE_POLL`] and applies a changed content once two reads
+/// agree. An unreadable file (mid-swap, deleted) keeps the keys in force.
+pub(crate) async fn watch_file(
+    tokens: Arc<Tokens>,
+    metrics: Arc<Metrics>,
+    path: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let source = format!("file {}", path.display());
+    if let Some(ring) = tokens.key_ring() {
+        metrics.token_keys.set(ring.load().ids().len() as i64);
+    }
+    // The text read at start is in force.
+    let mut applied = tokio::fs::read(&path).await.ok();
+    let mut previous = applied.clone();
+    let mut unreadable = false;
+    let mut tick = tokio::time::interval(KEY_FILE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) => {
+                if !unreadable {
+                    tracing::warn!(%source, error = %e, "cannot read the token key file; the keys in force stay");
+                }
+                unreadable = true;
+                continue;
+            }
+        };
+        unreadable = false;
+        if previous.as_ref() == Some(&bytes) && applied.as_ref() != Some(&bytes) {
+            apply(&tokens, &metrics, &source, &String::from_utf8_lossy(&bytes));
+            applied = Some(bytes.clone());
+        }
+        previous = Some(bytes);
+    }
+}
+
+/// The key text of a Secret (its `token-keys` data, or `stringData` as some tools leave it).
+fn secret_text(secret: &Secret) -> Option<String> {
+    if let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(SECRET_KEY)) {
+        return Some(String::from_utf8_lossy(&bytes.0).into_owned());
+    }
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(SECRET_KEY))
+        .cloned()
+}
+
+/// Reads the Secret's key text once at start, retrying for up to 30 s.
+pub(crate) async fn fetch_secret(
+    connect: &Connect,
+    namespace: &str,
+    name: &str,
+) -> Result<String, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let client = make_client(connect).await?;
+            let api: Api<Secret> = Api::namespaced(client, namespace);
+            let secret = api
+                .get(name)
+                .await
+                .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?;
+            secret_text(&secret)
+                .ok_or_else(|| format!("Secret {namespace}/{name} has no key {SECRET_KEY}"))
+        };
+        match attempt.await {
+            Ok(text) => return Ok(text),
+            Err(e) if e.contains("has no key") => return Err(e),
+            Err(e) if tokio::time::Instant::now() + delay >= deadline => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the token key Secret yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Watches one Secret (by field selector, so RBAC can limit it by `resourceNames`) and
+/// applies its key text whenever it changes. A deleted Secret or a missing key keeps the
+/// keys in force.
+pub(crate) async fn watch_secret(
+    tokens: Arc<Tokens>,
+    live: Arc<Live>,
+    namespace: String,
+    name: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let source = format!("Secret {namespace}/{name} (key {SECRET_KEY})");
+    let metrics = Arc::clone(&live.metrics);
+    if let Some(ring) = tokens.key_ring() {
+        metrics.token_keys.set(ring.load().ids().len() as i64);
+    }
+    let client = tokio::select! {
+        c = live.watchers.client() => c,
+        _ = shutdown.changed() => return,
+    };
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(api, config).default_backoff().applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    let mut last: Option<String> = None;
+    let mut failing = false;
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            _ = shutdown.changed() => return,
+        };
+        let Some(item) = item else { return };
+        let secret = match item {
+            Ok(s) => s,
+            Err(e) => {
+                metrics.kube_watch_errors.inc();
+                if !failing {
+                    tracing::warn!(%source, error = %e, "token key watch failing; the keys in force stay");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        failing = false;
+        let text = secret_text(&secret);
+        if text == last {
+            continue;
+        }
+        match &text {
+            // The first event repeats what was fetched at start (applied again, harmless).
+            Some(t) => apply(&tokens, &metrics, &source, t),
+            None => {
+                metrics
+                    .token_key_reloads
+                    .get_or_create(&[("result", "rejected")])
+                    .inc();
+                tracing::warn!(%source, "the Secret has no {SECRET_KEY} key; the keys in force stay");
+            }
+        }
+        last = text;
+    }
+}
