@@ -1,4 +1,5 @@
-//! A game client's three phases against a running director.
+//! A game client's loop on the client library (`udp-director-client`): query, open, play,
+//! keep the session alive with the resume rule, and move to another server.
 //!
 //!     cargo run --release -- --config config.example.yaml          # terminal 1 (director)
 //!     cargo run --release --example echo_servers                   # terminal 2 (game servers)
@@ -7,12 +8,12 @@
 //! Arguments (all optional): QUERY_ADDR DATA_ADDR RESOURCE_TYPE, default
 //! 127.0.0.1:9000 127.0.0.1:7777 echo.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use testkit::query_token;
+use tokio::time::Instant;
 
-const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
+use udp_director_client::{Query, Session};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -21,32 +22,46 @@ fn main() -> anyhow::Result<()> {
     let kind = args.next().unwrap_or_else(|| "echo".to_string());
 
     // 1. QUERY: one JSON line over TCP, one answer line back.
-    let request = format!(r#"{{"resourceType":"{kind}"}}"#);
-    let first = query_token(query, &request)?;
+    let first = Query::new(&kind).send(query)?;
     println!(
-        "QUERY   -> token {} for {}/{}",
-        first.token, first.target.namespace, first.target.name
+        "QUERY   -> token {} for {}/{} (resume window {:?} s)",
+        first.token, first.target.namespace, first.target.name, first.resume_seconds
     );
 
-    // 2. CONNECT: the token is the first datagram; everything after it is proxied.
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
-    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-    socket.send_to(first.token.as_bytes(), data)?;
-    socket.send_to(b"hello from the client", data)?;
+    // 2. OPEN and play: the token is the first datagram; everything after it is proxied.
+    let mut session = Session::open(data, &first)?;
     let mut buf = [0u8; 65_536];
-    let (n, _) = socket.recv_from(&mut buf)?;
-    println!("CONNECT -> reply {:?}", String::from_utf8_lossy(&buf[..n]));
-
-    // 3. RESET: a new token behind the magic bytes moves the session; same socket.
-    let second = query_token(query, &request)?;
-    socket.send_to(&[MAGIC, second.token.as_bytes()].concat(), data)?;
-    socket.send_to(b"hello after reset", data)?;
-    let (n, _) = socket.recv_from(&mut buf)?;
+    let mut heard = 0;
+    let started = Instant::now();
+    for frame in 0..20u32 {
+        session.send(format!("input {frame}").as_bytes())?;
+        if let Some(n) = session.recv_timeout(&mut buf, Duration::from_millis(50))? {
+            heard += 1;
+            if frame == 0 {
+                println!("PLAY    -> reply {:?}", String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+        // The resume rule: after 500 ms of silence (a replica lost, a rehash) and every 5 s,
+        // [magic][token] re-opens or keeps the session. Nothing to do but call it.
+        session.tick()?;
+    }
     println!(
-        "RESET   -> now {}/{}, reply {:?}",
-        second.target.namespace,
-        second.target.name,
-        String::from_utf8_lossy(&buf[..n])
+        "PLAY    -> {heard}/20 frames answered in {:?}, {} resumes",
+        started.elapsed(),
+        session.resumes()
     );
+
+    // 3. SWITCH: a new token behind the magic bytes moves the session; same socket.
+    let second = Query::new(&kind).send(query)?;
+    session.switch(&second)?;
+    session.send(b"hello after the switch")?;
+    if let Some(n) = session.recv_timeout(&mut buf, Duration::from_secs(2))? {
+        println!(
+            "SWITCH  -> now {}/{}, reply {:?}",
+            second.target.namespace,
+            second.target.name,
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
     Ok(())
 }

@@ -166,6 +166,12 @@ impl ChildDirector {
         }
     }
 
+    /// SIGKILL (a crash, an OOM kill, a node lost): no drain, nothing flushed. Reaps it.
+    pub fn kill_9(&mut self) -> io::Result<()> {
+        self.child.kill()?;
+        self.child.wait().map(|_| ())
+    }
+
     /// Its exit status once it has exited within `within`.
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let mut status = None;

@@ -47,53 +47,6 @@ pub fn query_token(addr: SocketAddr, request: &str) -> io::Result<Answer> {
         .map_err(|_| io::Error::other(format!("query failed: {}", line.trim())))
 }
 
-/// One query connection kept open for many queries (SPEC §2: one answer per line, in
-/// order), for tools that need thousands of tokens.
-pub struct QueryConnection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl QueryConnection {
-    pub fn connect(addr: SocketAddr) -> io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            writer: stream.try_clone()?,
-            reader: BufReader::new(stream),
-        })
-    }
-
-    /// Sends one query and reads its answer.
-    pub fn token(&mut self, request: &str) -> io::Result<Answer> {
-        self.writer.write_all(request.trim_end().as_bytes())?;
-        self.writer.write_all(b"\n")?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        serde_json::from_str(&line)
-            .map_err(|_| io::Error::other(format!("query failed: {}", line.trim())))
-    }
-
-    /// `n` tokens for one request, pipelined in batches of 256 lines.
-    pub fn tokens(&mut self, request: &str, n: usize) -> io::Result<Vec<String>> {
-        let mut out = Vec::with_capacity(n);
-        let line = format!("{}\n", request.trim_end());
-        while out.len() < n {
-            let batch = (n - out.len()).min(256);
-            self.writer.write_all(line.repeat(batch).as_bytes())?;
-            for _ in 0..batch {
-                let mut answer = String::new();
-                self.reader.read_line(&mut answer)?;
-                let a: Answer = serde_json::from_str(&answer)
-                    .map_err(|_| io::Error::other(format!("query failed: {}", answer.trim())))?;
-                out.push(a.token);
-            }
-        }
-        Ok(out)
-    }
-}
-
 /// Plain HTTP/1.1 GET (for the admin server): `(status, body)`.
 pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;

@@ -31,11 +31,12 @@ use mio::{Events, Interest, Poll, Token};
 use tokio::time::Instant;
 
 use crate::child::{ChildDirector, TempDir};
-use crate::client::{QueryConnection, query_token};
+use crate::client::query_token;
 use crate::echo::EchoServer;
 use crate::rng::Rng;
 use crate::wait::{eventually, pause};
 use crate::yaml;
+use udp_director_client::{Queries, Query};
 
 /// `loadgen` arguments.
 #[derive(Debug, Clone, clap::Parser)]
@@ -452,8 +453,9 @@ pub fn run(args: &LoadgenArgs) -> io::Result<()> {
     let rounds_needed = args.repeat.max(1);
     let mut tokens = Vec::new();
     for (_, d) in &directors {
-        let mut conn = QueryConnection::connect(d.query)?;
-        tokens.push(conn.tokens(r#"{"resourceType":"echo"}"#, args.clients * rounds_needed)?);
+        let mut conn = Queries::connect(d.query)?;
+        let grants = conn.ask_many(&Query::new("echo"), args.clients * rounds_needed)?;
+        tokens.push(grants.into_iter().map(|g| g.token).collect::<Vec<_>>());
     }
     let mode = if args.rate > 0 {
         format!("fixed rate {} datagrams/s", args.rate)
@@ -572,11 +574,12 @@ fn dropped_total(director: &ChildDirector) -> f64 {
 /// `j % targets`), queried on one pipelined connection.
 fn tokens_spread(director: &ChildDirector, targets: usize, n: usize) -> io::Result<Vec<String>> {
     let targets = targets.max(1);
-    let mut conn = QueryConnection::connect(director.query)?;
+    let mut conn = Queries::connect(director.query)?;
     let mut per_target = Vec::with_capacity(targets);
     for i in 0..targets {
-        let q = format!(r#"{{"resourceType":"echo","labelSelector":{{"target":"t{i:05}"}}}}"#);
-        per_target.push(conn.tokens(&q, n.div_ceil(targets))?);
+        let q = Query::new("echo").label("target", &format!("t{i:05}"));
+        let grants = conn.ask_many(&q, n.div_ceil(targets))?;
+        per_target.push(grants.into_iter().map(|g| g.token).collect::<Vec<_>>());
     }
     Ok((0..n)
         .map(|j| per_target[j % targets][j / targets].clone())
@@ -817,8 +820,11 @@ fn soak(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     let mut trims = 0.0;
     while opened < n && Instant::now() < deadline {
         let size = wave.min(n - opened);
-        let tokens =
-            QueryConnection::connect(director.query)?.tokens(r#"{"resourceType":"echo"}"#, size)?;
+        let tokens: Vec<String> = Queries::connect(director.query)?
+            .ask_many(&Query::new("echo"), size)?
+            .into_iter()
+            .map(|g| g.token)
+            .collect();
         let mut clients = Vec::with_capacity(size);
         for (i, token) in tokens.iter().enumerate() {
             let s = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2 + (waves % 200) as u8), 0))?;

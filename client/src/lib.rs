@@ -1,0 +1,539 @@
+//! Client library for udp-director (SPEC §2, §3, §7): ask for a server, open a UDP session
+//! with the token, and keep it alive across replica losses and load-balancer rehashes.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use udp_director_client::{Query, Session};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let query = "127.0.0.1:9000".parse().unwrap();
+//! let data = "127.0.0.1:7777".parse().unwrap();
+//! let grant = Query::new("echo").label("zone", "a").send(query)?;
+//! let mut session = Session::open(data, &grant)?;
+//! let mut buf = [0u8; 1500];
+//! loop {
+//!     session.send(b"player input")?;
+//!     if let Some(n) = session.recv_timeout(&mut buf, Duration::from_millis(16))? {
+//!         let _state = &buf[..n]; // the game server's reply
+//!     }
+//!     session.tick()?; // the resume rule: re-sends [magic][token] after silence and as a keepalive
+//!     if session.needs_query() {
+//!         break; // the token can no longer re-open the session: query again
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The resume rule ([`Resume`]): when nothing has been heard from the director for
+//! `silence` (default 500 ms), and then every `silence` while it stays quiet, the session
+//! sends `[magic][token]`; it also sends it every `keepalive` (default 5 s, below every cloud
+//! load balancer's UDP idle timeout). On a live session that datagram changes nothing and is
+//! not forwarded; on a replica that has never seen the client it re-opens the session
+//! (sealed tokens, within `resumeSeconds`). That is how a client survives a replica loss.
+//!
+//! Owns the client side of the wire protocols. Must not depend on the director's code.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The default reset magic (`controlPacketMagicBytes: FFFFFFFF5245534554`).
+pub const DEFAULT_MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
+
+/// A query (SPEC §2), built field by field and sent as one JSON line.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Query {
+    resource_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
+    label_selector: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
+    annotation_selector: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_query: Option<StatusQuery>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusQuery {
+    json_path: String,
+    expected_values: Vec<String>,
+}
+
+fn as_map<S: serde::Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
+}
+
+impl Query {
+    /// A query for `resource_type` (a key of the director's `resourceQueryMapping`).
+    pub fn new(resource_type: &str) -> Self {
+        Self {
+            resource_type: resource_type.to_string(),
+            ..Self::default()
+        }
+    }
+
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.to_string());
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.label_selector.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.annotation_selector.push((key.into(), value.into()));
+        self
+    }
+
+    /// Matches when the JSONPath's value is one of `expected` (e.g. `status.state`, `Ready`).
+    pub fn status(mut self, json_path: &str, expected: &[&str]) -> Self {
+        self.status_query = Some(StatusQuery {
+            json_path: json_path.into(),
+            expected_values: expected.iter().map(|s| s.to_string()).collect(),
+        });
+        self
+    }
+
+    /// The request line, without its newline.
+    pub fn to_line(&self) -> String {
+        // Strings and maps of strings always serialize.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Sends the query on a fresh connection and reads its answer.
+    pub fn send(&self, query_addr: SocketAddr) -> Result<Grant, QueryError> {
+        Queries::connect(query_addr)?.ask(self)
+    }
+}
+
+/// A successful answer: the token and what it opens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    pub token: String,
+    pub ttl_seconds: u64,
+    /// Sealed tokens: how long `[magic][token]` re-opens the session on any replica.
+    #[serde(default)]
+    pub resume_seconds: Option<u64>,
+    pub target: GrantTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct GrantTarget {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// Why a query gave no token.
+#[derive(Debug)]
+pub enum QueryError {
+    /// The connection failed.
+    Io(io::Error),
+    /// The director answered with an error (SPEC §2 codes: `no_match`, `rate_limited`, ...).
+    Refused { code: String, message: String },
+    /// The answer was not a SPEC §2 answer.
+    Garbled(String),
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueryError::Io(e) => write!(f, "query connection failed: {e}"),
+            QueryError::Refused { code, message } => write!(f, "{code}: {message}"),
+            QueryError::Garbled(line) => write!(f, "not a query answer: {line:?}"),
+        }
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+impl From<io::Error> for QueryError {
+    fn from(e: io::Error) -> Self {
+        QueryError::Io(e)
+    }
+}
+
+impl From<QueryError> for io::Error {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// Reads one answer line.
+pub fn parse_answer(line: &str) -> Result<Grant, QueryError> {
+    #[derive(Deserialize)]
+    struct Failure {
+        error: FailureBody,
+    }
+    #[derive(Deserialize)]
+    struct FailureBody {
+        code: String,
+        message: String,
+    }
+    if let Ok(grant) = serde_json::from_str::<Grant>(line) {
+        return Ok(grant);
+    }
+    match serde_json::from_str::<Failure>(line) {
+        Ok(f) => Err(QueryError::Refused {
+            code: f.error.code,
+            message: f.error.message,
+        }),
+        Err(_) => Err(QueryError::Garbled(line.trim().to_string())),
+    }
+}
+
+/// A query connection kept open for several queries (one answer per line, in order).
+pub struct Queries {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Queries {
+    pub fn connect(query_addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&query_addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    pub fn ask(&mut self, query: &Query) -> Result<Grant, QueryError> {
+        self.ask_line(&query.to_line())
+    }
+
+    /// Sends one raw request line and reads its answer.
+    pub fn ask_line(&mut self, line: &str) -> Result<Grant, QueryError> {
+        self.writer.write_all(line.trim_end().as_bytes())?;
+        self.writer.write_all(b"\n")?;
+        self.read_answer()
+    }
+
+    /// `n` answers to one query, pipelined in batches of 256 lines.
+    pub fn ask_many(&mut self, query: &Query, n: usize) -> Result<Vec<Grant>, QueryError> {
+        let line = format!("{}\n", query.to_line());
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let batch = (n - out.len()).min(256);
+            self.writer.write_all(line.repeat(batch).as_bytes())?;
+            for _ in 0..batch {
+                out.push(self.read_answer()?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_answer(&mut self) -> Result<Grant, QueryError> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(QueryError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        parse_answer(&line)
+    }
+}
+
+/// When a session sends `[magic][token]` on its own (the resume rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Nothing heard for this long: send it (and again every `silence` while quiet).
+    pub silence: Duration,
+    /// Send it at least this often, heard or not (keeps NAT and load-balancer flows and the
+    /// session alive; keep it below the path's UDP idle timeout).
+    pub keepalive: Duration,
+}
+
+impl Default for Resume {
+    fn default() -> Self {
+        Self {
+            silence: Duration::from_millis(500),
+            keepalive: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Resume {
+    /// Whether to send `[magic][token]` now: `since_heard` since the last datagram from the
+    /// director, `since_sent` since the last one this rule sent.
+    pub fn due(&self, since_heard: Duration, since_sent: Duration) -> bool {
+        (since_heard >= self.silence && since_sent >= self.silence) || since_sent >= self.keepalive
+    }
+}
+
+/// One UDP session through the director.
+pub struct Session {
+    socket: UdpSocket,
+    data: SocketAddr,
+    token: String,
+    magic: Vec<u8>,
+    resume: Resume,
+    /// When the token was granted, and how long it may re-open a session.
+    granted: Instant,
+    reopen_for: Duration,
+    last_heard: Instant,
+    last_resume: Instant,
+    resumes: u64,
+}
+
+impl Session {
+    /// Opens a session to the director's data port `data` with `grant`, from a fresh socket,
+    /// with the default magic and resume rule.
+    pub fn open(data: SocketAddr, grant: &Grant) -> io::Result<Self> {
+        let local: SocketAddr = if data.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        Self::open_on(
+            UdpSocket::bind(local)?,
+            data,
+            grant,
+            DEFAULT_MAGIC,
+            Resume::default(),
+        )
+    }
+
+    /// Opens a session from `socket` (bound by the caller) with `magic` and `resume`.
+    pub fn open_on(
+        socket: UdpSocket,
+        data: SocketAddr,
+        grant: &Grant,
+        magic: &[u8],
+        resume: Resume,
+    ) -> io::Result<Self> {
+        let now = Instant::now();
+        let session = Self {
+            socket,
+            data,
+            token: grant.token.clone(),
+            magic: magic.to_vec(),
+            resume,
+            granted: now,
+            reopen_for: reopen_window(grant),
+            last_heard: now,
+            last_resume: now,
+            resumes: 0,
+        };
+        session.socket.send_to(grant.token.as_bytes(), data)?;
+        Ok(session)
+    }
+
+    /// Sends one game datagram.
+    pub fn send(&self, payload: &[u8]) -> io::Result<()> {
+        self.socket.send_to(payload, self.data).map(|_| ())
+    }
+
+    /// Waits up to `timeout` for a datagram from the director; `None` when none came.
+    /// Datagrams from anyone else are ignored.
+    pub fn recv_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.socket.set_read_timeout(Some(left))?;
+            match self.socket.recv_from(buf) {
+                Ok((n, from)) if from == self.data => {
+                    self.last_heard = Instant::now();
+                    return Ok(Some(n));
+                }
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Applies the resume rule; true when it sent `[magic][token]`. Call it every frame.
+    pub fn tick(&mut self) -> io::Result<bool> {
+        let now = Instant::now();
+        if !self
+            .resume
+            .due(now - self.last_heard, now - self.last_resume)
+        {
+            return Ok(false);
+        }
+        self.send_reset()?;
+        self.last_resume = now;
+        self.resumes += 1;
+        Ok(true)
+    }
+
+    /// Moves the session to the target of a new grant (same socket).
+    pub fn switch(&mut self, grant: &Grant) -> io::Result<()> {
+        self.token = grant.token.clone();
+        self.granted = Instant::now();
+        self.reopen_for = reopen_window(grant);
+        self.send_reset()
+    }
+
+    fn send_reset(&self) -> io::Result<()> {
+        let datagram = [self.magic.as_slice(), self.token.as_bytes()].concat();
+        self.socket.send_to(&datagram, self.data).map(|_| ())
+    }
+
+    /// The token can no longer re-open the session: query again and [`Session::switch`].
+    pub fn needs_query(&self) -> bool {
+        self.granted.elapsed() >= self.reopen_for
+    }
+
+    /// Times the resume rule sent `[magic][token]`.
+    pub fn resumes(&self) -> u64 {
+        self.resumes
+    }
+
+    /// How long since the director was last heard.
+    pub fn silent_for(&self) -> Duration {
+        self.last_heard.elapsed()
+    }
+
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+/// How long a grant may re-open a session: the resume window (sealed) or the TTL (uuid).
+fn reopen_window(grant: &Grant) -> Duration {
+    Duration::from_secs(
+        grant
+            .resume_seconds
+            .unwrap_or(grant.ttl_seconds)
+            .max(grant.ttl_seconds),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_serialize_as_the_spec_request() {
+        let line = Query::new("gameserver")
+            .namespace("game-servers")
+            .label("agones.dev/fleet", "m-tutorial")
+            .annotation("status", "accepting")
+            .status("status.state", &["Ready", "Allocated"])
+            .to_line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "resourceType": "gameserver",
+                "namespace": "game-servers",
+                "labelSelector": {"agones.dev/fleet": "m-tutorial"},
+                "annotationSelector": {"status": "accepting"},
+                "statusQuery": {"jsonPath": "status.state", "expectedValues": ["Ready", "Allocated"]}
+            })
+        );
+        assert_eq!(Query::new("echo").to_line(), r#"{"resourceType":"echo"}"#);
+    }
+
+    #[test]
+    fn answers_and_errors_are_read() {
+        let ok = parse_answer(
+            r#"{"token":"t","ttlSeconds":30,"resumeSeconds":600,"target":{"namespace":"n","name":"a"}}"#,
+        )
+        .unwrap();
+        assert_eq!((ok.ttl_seconds, ok.resume_seconds), (30, Some(600)));
+        assert_eq!(reopen_window(&ok), Duration::from_secs(600));
+        match parse_answer(r#"{"error":{"code":"no_match","message":"none"}}"#) {
+            Err(QueryError::Refused { code, .. }) => assert_eq!(code, "no_match"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_answer("nope"), Err(QueryError::Garbled(_))));
+    }
+
+    #[test]
+    fn the_resume_rule_fires_after_silence_and_as_a_keepalive() {
+        let r = Resume::default();
+        let ms = Duration::from_millis;
+        assert!(!r.due(ms(100), ms(100)), "heard recently");
+        assert!(r.due(ms(500), ms(500)), "500 ms of silence");
+        assert!(
+            !r.due(ms(900), ms(200)),
+            "sent 200 ms ago: wait for the next 500 ms"
+        );
+        assert!(r.due(ms(1_000), ms(500)), "still silent: again");
+        assert!(!r.due(ms(10), ms(4_999)), "heard, keepalive not due");
+        assert!(r.due(ms(10), ms(5_000)), "keepalive");
+    }
+
+    #[test]
+    fn a_session_sends_its_token_then_resumes_when_the_director_is_silent() {
+        let director = UdpSocket::bind("127.0.0.1:0").unwrap();
+        director
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let grant = parse_answer(
+            r#"{"token":"tok","ttlSeconds":30,"target":{"namespace":"n","name":"a"}}"#,
+        )
+        .unwrap();
+        let resume = Resume {
+            silence: Duration::from_millis(30),
+            keepalive: Duration::from_secs(60),
+        };
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut s = Session::open_on(
+            socket,
+            director.local_addr().unwrap(),
+            &grant,
+            DEFAULT_MAGIC,
+            resume,
+        )
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = director.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"tok");
+        // A reply from the director counts as heard; a stranger's does not.
+        director.send_to(b"hi", from).unwrap();
+        assert_eq!(
+            s.recv_timeout(&mut buf, Duration::from_secs(2)).unwrap(),
+            Some(2)
+        );
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(b"x", from).unwrap();
+        assert_eq!(
+            s.recv_timeout(&mut buf, Duration::from_millis(50)).unwrap(),
+            None
+        );
+        assert!(s.silent_for() >= Duration::from_millis(30));
+        assert!(s.tick().unwrap(), "silent: resume");
+        let (n, _) = director.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], [DEFAULT_MAGIC, b"tok"].concat().as_slice());
+        assert!(!s.tick().unwrap(), "not again at once");
+        assert_eq!(s.resumes(), 1);
+        assert!(!s.needs_query());
+    }
+}
