@@ -1,10 +1,13 @@
 # udp-director developer targets. `make test` is the README's test command and what CI runs.
 CARGO ?= cargo
 
-.PHONY: test demo run lint fmt bench release loadgen soak guess fuzz fuzz-check docker clean
+.PHONY: test test-deps demo run lint fmt bench release loadgen soak guess floods fuzz fuzz-check docker clean
 
-test:            ## unit, property and loopback end-to-end tests (the daemon and testkit)
+test: test-deps  ## unit, property and loopback end-to-end tests (daemon, client library, testkit)
 	$(CARGO) test --locked --workspace --all-targets
+
+test-deps:       ## real Helm for the chart tests: Helm 4's Go SDK from PyPI (no helm binary)
+	@python3 -c 'import helm_python' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check helm-python-sdk
 
 demo:            ## the whole client path on one machine, no Kubernetes
 	$(CARGO) run --release --example demo
@@ -19,8 +22,9 @@ lint:            ## what CI checks besides tests
 fmt:
 	$(CARGO) fmt --all
 
-bench:           ## criterion micro-benchmarks of the per-datagram decisions
+bench:           ## criterion micro-benchmarks: per-datagram decisions, sealing and opening tokens
 	$(CARGO) bench --bench datapath
+	$(CARGO) bench --bench tokens
 
 release:         ## the director and the load tool, optimised (target/release/{udp-director,loadgen})
 	$(CARGO) build --release --locked --bin udp-director -p udp-director

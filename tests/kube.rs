@@ -488,3 +488,95 @@ async fn memory_of_ten_thousand_cached_gameservers_in_the_director_process() {
         (after - before) * 1024 / 10_000
     );
 }
+
+fn key_secret(text: &str) -> Value {
+    use base64::Engine;
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "token-keys", "namespace": "udp"},
+        "data": {"token-keys": base64::engine::general_purpose::STANDARD.encode(text)}})
+}
+
+fn key_line(id: &str, byte: u8) -> String {
+    use base64::Engine;
+    format!(
+        "{id} {}\n",
+        base64::engine::general_purpose::STANDARD.encode([byte; 32])
+    )
+}
+
+/// `--token-keys-secret` (here `tokenKeysSecret`): the keys are fetched from the Secret at
+/// start and its changes applied through the watch; an invalid text is rejected whole and
+/// counted, and a key removed from the Secret stops opening its tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_token_keys_come_from_a_watched_secret() {
+    let fake = FakeKube::start().await;
+    fake.apply("secrets", key_secret(&key_line("k1", 1)));
+    let backend = Backend::new();
+    let yaml = testkit::yaml::director(
+        "tokenFormat: sealed\ntokenKeysSecret: udp/token-keys\n",
+        &[testkit::yaml::echo_mapping(&[backend.addr])],
+    );
+    let env = start(&yaml, Arc::clone(&fake)).await;
+    let d = &env.director;
+    let (query, data, admin) = (d.query_addr, d.data_addr, d.admin_addr);
+    let reloads = move |result: &str| {
+        metric(
+            admin,
+            &format!("udp_director_token_key_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    let first = blocking(move || token_for(query, r#"{"resourceType":"echo"}"#)).await;
+    assert!(
+        first.len() <= 128 && first.len() != 36,
+        "a sealed token: {first}"
+    );
+    let b = Arc::new(backend);
+    let open = {
+        let b = Arc::clone(&b);
+        move |datagram: Vec<u8>| {
+            let b = Arc::clone(&b);
+            async move {
+                blocking(move || {
+                    let c = Client::new(data);
+                    c.send(&datagram);
+                    c.send(b"ping");
+                    b.recv().is_some_and(|(got, _)| got == b"ping")
+                })
+                .await
+            }
+        }
+    };
+    let magic = b"\xff\xff\xff\xffRESET".to_vec();
+    assert!(open(first.clone().into_bytes()).await);
+    let watched = reloads("applied");
+
+    // Rotation, step 1: a new key first, the old one kept.
+    fake.apply(
+        "secrets",
+        key_secret(&format!("{}{}", key_line("k2", 2), key_line("k1", 1))),
+    );
+    assert!(wait(Duration::from_secs(10), || reloads("applied") > watched).await);
+    let second = blocking(move || token_for(query, r#"{"resourceType":"echo"}"#)).await;
+    assert!(open([magic.clone(), first.clone().into_bytes()].concat()).await);
+
+    // An invalid Secret is rejected whole; the keys in force stay.
+    fake.apply("secrets", key_secret("nonsense"));
+    assert!(wait(Duration::from_secs(10), || reloads("rejected") >= 1.0).await);
+    assert!(open([magic.clone(), second.clone().into_bytes()].concat()).await);
+
+    // Step 2: the old key removed.
+    let before = reloads("applied");
+    fake.apply("secrets", key_secret(&key_line("k2", 2)));
+    assert!(wait(Duration::from_secs(10), || reloads("applied") > before).await);
+    assert!(open([magic.clone(), second.into_bytes()].concat()).await);
+    assert!(!open([magic, first.into_bytes()].concat()).await);
+    assert!(
+        wait(Duration::from_secs(3), || metric(
+            admin,
+            "udp_director_tokens_rejected_total{reason=\"unknown_key\"}"
+        ) >= 1.0)
+        .await
+    );
+    assert_eq!(metric(admin, "udp_director_token_keys"), 1.0);
+    env.director.stop().await;
+}

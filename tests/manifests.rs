@@ -3,9 +3,8 @@
 //! renders is loaded through its k8s-openapi type and must serialize back unchanged (so a
 //! misspelt field, which serde would silently drop, or a wrong type fails).
 //!
-//! The chart is rendered with `helm template` when a `helm` binary is on PATH, otherwise with
-//! the subset renderer in `common/helm_lite.rs` (no helm can be installed from this machine's
-//! package registries).
+//! The chart is rendered and linted by real Helm: Helm 4's Go SDK through `helm-python-sdk`
+//! (`tests/helm.py`, the code of `helm template` and `helm lint`; `.ci/run` installs it).
 
 mod common;
 
@@ -131,6 +130,10 @@ fn typed(doc: &Value) -> Result<(), String> {
         "Service" => roundtrip::<Service>(doc),
         "Deployment" => roundtrip::<Deployment>(doc),
         "PodDisruptionBudget" => roundtrip::<PodDisruptionBudget>(doc),
+        "Secret" => roundtrip::<k8s_openapi::api::core::v1::Secret>(doc),
+        "HorizontalPodAutoscaler" => {
+            roundtrip::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(doc)
+        }
         "Role" => roundtrip::<Role>(doc),
         "RoleBinding" => roundtrip::<RoleBinding>(doc),
         "ClusterRole" => roundtrip::<ClusterRole>(doc),
@@ -352,43 +355,57 @@ fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/helm/udp-director")
 }
 
-/// Renders the chart with `helm` if installed, else with the subset renderer.
-fn render_chart(set: &[(&str, Value)]) -> Vec<Value> {
-    let helm = std::process::Command::new("helm").arg("version").output();
-    if helm.is_ok_and(|o| o.status.success()) {
-        let mut cmd = std::process::Command::new("helm");
-        cmd.args(["template", "udp-director"])
-            .arg(chart_dir())
-            .args(["--namespace", "udp-director"]);
-        for (k, v) in set {
-            cmd.arg("--set-json").arg(format!("{k}={v}"));
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        return serde_yaml::Deserializer::from_str(&text)
-            .map(|d| as_json(&serde::Deserialize::deserialize(d).unwrap()))
-            .filter(|v: &Value| !v.is_null())
-            .collect();
-    }
-    let mut chart = common::helm_lite::Chart::load(&chart_dir()).unwrap();
+/// Runs `tests/helm.py` (real Helm through helm-python-sdk): `mode` render or lint, with
+/// `set` as dotted keys.
+fn helm(mode: &str, set: &[(&str, Value)]) -> Value {
+    let mut values = serde_json::json!({});
     for (k, v) in set {
-        let mut slot = &mut chart.values;
+        let mut slot = &mut values;
         for part in k.split('.') {
             slot = &mut slot[part];
         }
         *slot = v.clone();
     }
-    chart
-        .render("udp-director", "udp-director")
-        .unwrap()
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect()
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(mode)
+        .arg(chart_dir())
+        .arg(values.to_string())
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answer: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        out.status.code() != Some(3),
+        "{} (.ci/run installs it)",
+        answer["error"]
+    );
+    answer
+}
+
+/// Renders the chart with real Helm; `Err` carries Helm's message (e.g. a `fail`).
+fn try_render_chart(set: &[(&str, Value)]) -> Result<Vec<Value>, String> {
+    let answer = helm("render", set);
+    if let Some(e) = answer["error"].as_str() {
+        return Err(e.to_string());
+    }
+    let mut objects = Vec::new();
+    let manifests = answer["manifests"].as_object().unwrap();
+    for (_, text) in manifests {
+        for doc in serde_yaml::Deserializer::from_str(text.as_str().unwrap()) {
+            let v = as_json(&serde::Deserialize::deserialize(doc).unwrap());
+            if !v.is_null() {
+                objects.push(v);
+            }
+        }
+    }
+    Ok(objects)
+}
+
+fn render_chart(set: &[(&str, Value)]) -> Vec<Value> {
+    try_render_chart(set).unwrap_or_else(|e| panic!("helm render: {e}"))
 }
 
 #[test]
@@ -493,5 +510,137 @@ fn chart_values_drive_the_output() {
             .iter()
             .all(|p| p["name"] != "admin"),
         "the admin port stays off the public Service"
+    );
+}
+
+/// The key text the chart's Secret holds, checked by the director's own parser.
+fn chart_keys(objects: &[Value]) -> Option<String> {
+    use base64::Engine;
+    let secret = objects.iter().find(|o| o["kind"] == "Secret")?;
+    let b64 = secret["data"]["token-keys"].as_str()?;
+    let text =
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()?;
+    Some(text)
+}
+
+#[test]
+fn chart_runs_several_replicas_with_sealed_tokens_and_a_kept_key_secret() {
+    let objects = render_chart(&[]);
+    let d = the_deployment(&objects);
+    assert_eq!(d.spec.replicas, Some(2));
+    let pod = d.spec.template.spec.as_ref().unwrap();
+    let spread = pod.topology_spread_constraints.as_ref().unwrap();
+    assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+    assert_eq!(spread[0].when_unsatisfiable, "DoNotSchedule");
+    // The Secret: one random key the director parses, kept across upgrades and uninstalls.
+    let secret = objects.iter().find(|o| o["kind"] == "Secret").unwrap();
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let keys = chart_keys(&objects).unwrap();
+    let set = udp_director::token::KeySet::parse(&keys).unwrap_or_else(|e| panic!("{e}: {keys:?}"));
+    assert_eq!(set.ids().len(), 1);
+    assert_ne!(
+        chart_keys(&render_chart(&[])),
+        Some(keys),
+        "each install draws its own key"
+    );
+    // The config names that Secret; the RBAC reads that one Secret only.
+    let cm = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    let config = ValidConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        config.token_format,
+        udp_director::config::TokenFormat::Sealed
+    );
+    let name = secret["metadata"]["name"].as_str().unwrap();
+    assert_eq!(
+        config.token_keys_secret.as_deref(),
+        Some(format!("udp-director/{name}").as_str())
+    );
+    let secret_rules: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Role")
+        .flat_map(|o| o["rules"].as_array().unwrap())
+        .filter(|r| r["resources"][0] == "secrets")
+        .collect();
+    assert_eq!(secret_rules.len(), 1);
+    assert_eq!(secret_rules[0]["resourceNames"], serde_json::json!([name]));
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["kind"] != "HorizontalPodAutoscaler")
+    );
+    let pdb = objects
+        .iter()
+        .find(|o| o["kind"] == "PodDisruptionBudget")
+        .unwrap();
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    // Real `helm lint --strict`: no errors, no warnings.
+    let lint = helm("lint", &[]);
+    let messages = lint["lint"]["messages"].as_array().unwrap();
+    assert!(
+        messages.iter().all(|m| m["severity"].as_i64() < Some(2)),
+        "{messages:?}"
+    );
+    assert_eq!(lint["lint"]["errors"], serde_json::json!([]));
+}
+
+#[test]
+fn chart_refuses_several_replicas_with_uuid_tokens() {
+    let uuid = ("tokens.format", serde_json::json!("uuid"));
+    let e = try_render_chart(std::slice::from_ref(&uuid)).unwrap_err();
+    assert!(e.contains("tokens.format: sealed"), "{e}");
+    let e = try_render_chart(&[
+        uuid.clone(),
+        ("replicas", serde_json::json!(1)),
+        ("autoscaling.enabled", serde_json::json!(true)),
+    ])
+    .unwrap_err();
+    assert!(e.contains("maxReplicas"), "{e}");
+    assert!(try_render_chart(&[("tokens.format", serde_json::json!("fast"))]).is_err());
+    // One replica with uuid tokens: no Secret, no Secret access.
+    let objects = render_chart(&[uuid, ("replicas", serde_json::json!(1))]);
+    assert!(objects.iter().all(|o| o["kind"] != "Secret"));
+    assert!(
+        !serde_json::to_string(&objects)
+            .unwrap()
+            .contains("\"secrets\"")
+    );
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+}
+
+#[test]
+fn chart_autoscales_and_uses_an_existing_key_secret_on_request() {
+    let objects = render_chart(&[
+        ("autoscaling.enabled", serde_json::json!(true)),
+        (
+            "tokens.keys.existingSecret",
+            serde_json::json!("studio-keys"),
+        ),
+    ]);
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+    let hpa = objects
+        .iter()
+        .find(|o| o["kind"] == "HorizontalPodAutoscaler")
+        .unwrap();
+    assert_eq!(hpa["spec"]["minReplicas"], 2);
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    let d = the_deployment(&objects);
+    assert_eq!(d.spec.replicas, None, "the HPA owns the count");
+    assert!(
+        objects.iter().all(|o| o["kind"] != "Secret"),
+        "the studio's own Secret is used"
+    );
+    let cm = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    assert!(
+        cm["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("tokenKeysSecret: udp-director/studio-keys")
     );
 }

@@ -298,9 +298,9 @@ impl Worker {
                 id,
                 binding,
                 forward,
-                ..
+                redeemed,
             } => {
-                if self.bind_socket(id, binding, None, now)
+                if self.bind_socket(id, binding, None, redeemed, now)
                     && let Some(to) = forward
                 {
                     self.send_to_target(binding.socket, to, datagram);
@@ -311,7 +311,7 @@ impl Worker {
                 binding,
                 released,
             } => {
-                self.bind_socket(id, binding, released, now);
+                self.bind_socket(id, binding, released, false, now);
             }
             Decision::Keep | Decision::Moved { .. } | Decision::Drop(_) => {}
         }
@@ -337,13 +337,17 @@ impl Worker {
 
     /// Makes the sockets match a new binding: closes the released slot (unless it is the
     /// new one, whose socket is then kept rather than cycled) and opens the new slot's socket
-    /// when it is the slot's first session. If that fails (e.g. EMFILE) the session is
-    /// closed as `upstream_error`; false then.
+    /// when it is the slot's first session. If that fails (e.g. EMFILE) a token session
+    /// (`token`) gets the socket of a session that may yield (SPEC §3: a default-endpoint or
+    /// unanswered session gives way to a token, whether the table or the descriptors are
+    /// full); otherwise, or if none frees one, the session is closed as `upstream_error`;
+    /// false then.
     fn bind_socket(
         &mut self,
         id: SessionId,
         binding: Binding,
         released: Option<SocketId>,
+        token: bool,
         now: Instant,
     ) -> bool {
         if let Some(old) = released
@@ -354,11 +358,16 @@ impl Worker {
         if !binding.open_socket || released == Some(binding.socket) {
             return true;
         }
-        let registry = self.poll.registry();
-        match self
-            .upstreams
-            .open(binding.socket, registry, &self.shared.upstreams)
-        {
+        let mut opened =
+            self.upstreams
+                .open(binding.socket, self.poll.registry(), &self.shared.upstreams);
+        if opened.is_err() && token && self.table.yield_a_socket(id, 16, now) {
+            self.side_effects();
+            opened =
+                self.upstreams
+                    .open(binding.socket, self.poll.registry(), &self.shared.upstreams);
+        }
+        match opened {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(worker = self.index, error = %e, "cannot open upstream socket");

@@ -805,6 +805,53 @@ impl SessionTable {
         false
     }
 
+    /// The shell could not open the upstream socket of token session `keep` (descriptors
+    /// exhausted): closes sessions that may yield (never `keep`), oldest first, until one
+    /// frees a socket, at most `tries` of them. True when one did. The closed sessions wait
+    /// in [`SessionTable::take_effects`].
+    pub fn yield_a_socket(&mut self, keep: SessionId, tries: usize, now: Instant) -> bool {
+        let mut skipped = Vec::new();
+        let mut freed = false;
+        for _ in 0..tries {
+            let Some((id, generation)) = self.yielders.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.slots.get(id as usize) else {
+                continue;
+            };
+            let Some(s) = slot
+                .session
+                .as_ref()
+                .filter(|_| slot.generation == generation)
+            else {
+                continue;
+            };
+            if id == keep {
+                skipped.push((id, generation));
+                continue;
+            }
+            if !s.yields() {
+                continue;
+            }
+            let reason = if s.origin == Origin::DefaultEndpoint {
+                CloseReason::YieldedDefault
+            } else {
+                CloseReason::YieldedUnanswered
+            };
+            if let Some(closed) = self.close(id, reason, now) {
+                freed = closed.released.is_some();
+                self.closed.push(closed);
+                if freed {
+                    break;
+                }
+            }
+        }
+        for entry in skipped.into_iter().rev() {
+            self.yielders.push_front(entry);
+        }
+        freed
+    }
+
     /// Keeps the yielders queue within a small multiple of the live sessions.
     fn compact_yielders(&mut self) {
         if self.yielders.len() > 2 * self.by_client.len() + 64 {

@@ -20,6 +20,7 @@
 pub mod child;
 pub mod client;
 pub mod echo;
+pub mod forge;
 pub mod load;
 pub mod rng;
 pub mod scrape;

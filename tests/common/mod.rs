@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
-pub mod helm_lite;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;

@@ -17,3 +17,20 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
+
+{{/* The Secret holding the sealed-token keys. */}}
+{{- define "udp-director.keysSecret" -}}
+{{- default (printf "%s-token-keys" (include "udp-director.fullname" .)) .Values.tokens.keys.existingSecret -}}
+{{- end }}
+
+{{/* Refuses settings that cannot work. */}}
+{{- define "udp-director.validate" -}}
+{{- $replicas := .Values.replicas | int -}}
+{{- if .Values.autoscaling.enabled }}{{ $replicas = .Values.autoscaling.maxReplicas | int }}{{ end -}}
+{{- if and (gt $replicas 1) (ne .Values.tokens.format "sealed") -}}
+{{- fail (printf "replicas (or autoscaling.maxReplicas) = %d needs tokens.format: sealed: uuid tokens live in one replica's memory, so a query answered by one pod cannot be redeemed on another" $replicas) -}}
+{{- end -}}
+{{- if not (has .Values.tokens.format (list "sealed" "uuid")) -}}
+{{- fail (printf "tokens.format must be sealed or uuid, not %q" .Values.tokens.format) -}}
+{{- end -}}
+{{- end }}
