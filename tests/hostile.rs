@@ -442,8 +442,29 @@ fn out_of_file_descriptors_refuses_new_sessions_and_keeps_old_ones() {
         established as f64,
         "refused sessions leave nothing behind"
     );
+    // A player with a token still gets in: the oldest default-endpoint session gives up its
+    // socket (SPEC §3: they yield to token sessions whether the table or the descriptors
+    // are full).
+    let token = testkit::query_token(d.query, r#"{"resourceType":"echo"}"#)
+        .unwrap()
+        .token;
+    let player = bound_socket();
+    player
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    player.send_to(token.as_bytes(), d.data).unwrap();
+    player.send_to(b"player", d.data).unwrap();
+    assert_eq!(
+        player.recv(&mut buf).ok(),
+        Some(6),
+        "the token newcomer is answered"
+    );
+    assert!(eventually(Duration::from_secs(2), || d.metric(
+        "udp_director_sessions_closed_total{reason=\"yielded_default_endpoint\"}"
+    ) >= 1.0));
+    assert_eq!(d.metric("udp_director_sessions_active"), established as f64);
     println!(
-        "EMFILE: {established} sessions at 64 fds; 20 newcomers refused; all old sessions answered"
+        "EMFILE: {established} sessions at 64 fds; 20 newcomers refused; all old sessions answered; a token newcomer took a default-endpoint session's socket"
     );
 }
 

@@ -76,6 +76,12 @@ pub struct LoadgenArgs {
     /// Instead of throughput: open this many idle sessions and report memory per session.
     #[arg(long)]
     pub idle_sessions: Option<usize>,
+    /// Instead of datagram throughput: queries answered per second from the cache over
+    /// `--query-connections` connections (pipelined), for this many seconds per director.
+    #[arg(long)]
+    pub query_seconds: Option<f64>,
+    #[arg(long, default_value_t = 64)]
+    pub query_connections: usize,
     /// Instead of throughput: open this many concurrent sessions over `--targets` targets.
     #[arg(long)]
     pub scale_sessions: Option<usize>,
@@ -428,6 +434,9 @@ pub fn run(args: &LoadgenArgs) -> io::Result<()> {
     }
     if let Some(n) = args.idle_sessions {
         return idle_memory(args, exe, n);
+    }
+    if let Some(seconds) = args.query_seconds {
+        return query_throughput(args, exe, seconds);
     }
     if let Some(raw) = args.raw_proxy
         && !raw.ip().is_loopback()
@@ -900,6 +909,79 @@ fn soak(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
 /// A sub-millisecond sleep for the fixed-rate sender (nanosleep; ~50 µs timer slack).
 fn precise_sleep(d: Duration) {
     pause(d);
+}
+
+/// Queries answered per second by each director (`--director`, `--also-director`), in
+/// interleaved rounds: `--query-connections` connections, each keeping 32 queries in flight.
+fn query_throughput(args: &LoadgenArgs, exe: &Path, seconds: f64) -> io::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let backend = EchoServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), b"")?;
+    let mut directors = vec![(
+        "director",
+        spawn_director(exe, &[backend.addr], args, 1_000)?,
+    )];
+    if let Some(other) = &args.also_director {
+        directors.push(("also", spawn_director(other, &[backend.addr], args, 1_000)?));
+    }
+    let line = format!("{}\n", Query::new("echo").to_line()).repeat(32);
+    let mut results: Vec<(String, Vec<f64>)> = directors
+        .iter()
+        .map(|(n, _)| (n.to_string(), Vec::new()))
+        .collect();
+    for _ in 0..args.repeat.max(1) {
+        for (i, (_, d)) in directors.iter().enumerate() {
+            let until = Instant::now() + Duration::from_secs_f64(seconds);
+            let threads: Vec<_> = (0..args.query_connections.max(1))
+                .map(|_| {
+                    let (addr, line) = (d.query, line.clone());
+                    std::thread::spawn(move || -> io::Result<u64> {
+                        let stream = std::net::TcpStream::connect(addr)?;
+                        stream.set_nodelay(true)?;
+                        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        let mut writer = stream.try_clone()?;
+                        let mut reader = BufReader::new(stream);
+                        let (mut ok, mut answer) = (0u64, String::new());
+                        while Instant::now() < until {
+                            writer.write_all(line.as_bytes())?;
+                            for _ in 0..32 {
+                                answer.clear();
+                                reader.read_line(&mut answer)?;
+                                ok += u64::from(answer.starts_with("{\"token\""));
+                            }
+                        }
+                        Ok(ok)
+                    })
+                })
+                .collect();
+            let mut ok = 0u64;
+            for t in threads {
+                ok += t
+                    .join()
+                    .map_err(|_| io::Error::other("a query thread panicked"))??;
+            }
+            results[i].1.push(ok as f64 / seconds);
+        }
+    }
+    println!(
+        "queries answered from the cache: {} connections x 32 in flight, {seconds}s per round, {} rounds (median)",
+        args.query_connections,
+        args.repeat.max(1)
+    );
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<(String, f64)> = results
+        .iter_mut()
+        .map(|(n, v)| (n.clone(), median(v)))
+        .collect();
+    for (name, qps) in &medians {
+        println!("{name:<10} {qps:>10.0} queries/s");
+    }
+    if let [(_, a), (_, b)] = medians.as_slice() {
+        println!("director vs also: x{:.2}", a / b.max(1e-9));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
