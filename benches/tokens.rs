@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the token formats (no sockets): issuing and redeeming a `uuid` token
 //! through the in-memory store, and sealing and opening a `sealed` token (AES-256-GCM through
-//! ring, base64url), as the query server and the data plane call them.
+//! ring, base64url), as the query server and the data plane call them. First it prints the
+//! resident memory 100 000 outstanding uuid tokens add (sealed tokens add none).
 //!
 //!     cargo bench --bench tokens
 
@@ -16,8 +17,39 @@ use udp_director::token::{Binding, KeySet, Policy, SealedTokens, TokenStore, Use
 
 const KEYS: &str = "bench AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n";
 
+/// Resident set size of this process, KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 fn bench(c: &mut Criterion) {
     let now = Instant::now();
+    {
+        let store = TokenStore::new(1_000_000);
+        let target = Arc::new(Target::new("m", "n", "x", ([10, 0, 0, 1], 7654).into()));
+        let policy = Policy {
+            ttl: Duration::from_secs(30),
+            resume: Duration::from_secs(30),
+            single_use: false,
+            binding: Binding::Ip,
+        };
+        let client = IpAddr::from([203, 0, 113, 7]);
+        let before = rss_kib();
+        for _ in 0..100_000 {
+            store.issue(Arc::clone(&target), client, now, policy);
+        }
+        println!(
+            "uuid store: {} B of RSS per outstanding token (100 000 tokens)",
+            (rss_kib().saturating_sub(before)) * 1024 / 100_000
+        );
+    }
     let client: IpAddr = "203.0.113.7"
         .parse()
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));

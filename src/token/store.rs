@@ -1,9 +1,9 @@
 //! The `uuid` token format: 36-byte UUID v4 tokens naming grants held in this process's
 //! memory, shared by the query server (issue) and every data-plane worker (redeem).
 //!
-//! Lean by construction (an outstanding token is one map entry and one queue entry, about
-//! 130 bytes): grants live in a sharded map; a FIFO of `(expiry, token)` in issue order
-//! reclaims expired grants and, past `limits.maxTokens`, evicts the oldest. Expiry itself is
+//! Lean by construction: an outstanding token is one packed 48-byte map entry (key and a
+//! 32-byte grant) and a 16-byte key in an issue-order FIFO, which reclaims expired grants
+//! and, past `limits.maxTokens`, evicts the oldest. Expiry itself is
 //! decided against the `now` the caller passes (the FIFO only frees memory), so a TTL
 //! changed by a reload never cuts older tokens short.
 //!
@@ -42,22 +42,47 @@ impl TokenId {
     }
 }
 
+/// One grant, packed: 32 bytes (the target is shared by every token for it).
 #[derive(Debug)]
 struct Entry {
     target: Arc<Target>,
-    expires_at: Instant,
-    /// `tokenClientBinding: ip`: the querying client's address (/64 for IPv6).
-    client: Option<ClientNet>,
-    /// Issued under `singleUseTokens`: the first redeem removes it.
-    single_use: bool,
+    /// Milliseconds after the store's epoch.
+    expires_ms: u64,
+    /// The querying client's IPv4 address or IPv6 /64 (`flags` says which), when bound.
+    client: u64,
+    flags: u8,
+}
+
+const BOUND_V4: u8 = 1;
+const BOUND_V6: u8 = 2;
+const SINGLE_USE: u8 = 4;
+
+fn pack(net: ClientNet) -> (u64, u8) {
+    match net {
+        ClientNet::V4(ip) => (u64::from(u32::from_be_bytes(ip)), BOUND_V4),
+        ClientNet::V6Prefix(p) => (u64::from_be_bytes(p), BOUND_V6),
+    }
+}
+
+impl Entry {
+    fn admits(&self, client: IpAddr) -> bool {
+        if self.flags & (BOUND_V4 | BOUND_V6) == 0 {
+            return true;
+        }
+        let (bits, kind) = pack(ClientNet::of(client));
+        kind == self.flags & (BOUND_V4 | BOUND_V6) && bits == self.client
+    }
 }
 
 /// Issued uuid tokens, bounded in number.
 pub struct TokenStore {
     grants: DashMap<u128, Entry, foldhash::fast::RandomState>,
-    /// Issue order, for reclaiming and evicting. May hold keys already gone from `grants`.
-    order: Mutex<VecDeque<(Instant, u128)>>,
+    /// Tokens in issue order, for reclaiming and evicting. May hold keys already gone from
+    /// `grants` (redeemed single-use tokens).
+    order: Mutex<VecDeque<u128>>,
     capacity: usize,
+    /// Expiries are kept as milliseconds after this.
+    epoch: Instant,
 }
 
 impl TokenStore {
@@ -67,7 +92,12 @@ impl TokenStore {
             grants: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             order: Mutex::new(VecDeque::new()),
             capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
+            epoch: Instant::now(),
         }
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Issues a fresh token for `target` to the client at `client`, valid until
@@ -80,27 +110,36 @@ impl TokenStore {
         policy: Policy,
     ) -> TokenId {
         let id = TokenId::new_random();
-        let expires_at = now + policy.ttl;
+        let (client, mut flags) = match policy.binding {
+            Binding::Ip => pack(ClientNet::of(client)),
+            Binding::None => (0, 0),
+        };
+        if policy.single_use {
+            flags |= SINGLE_USE;
+        }
         self.grants.insert(
             id.0,
             Entry {
                 target,
-                expires_at,
-                client: (policy.binding == Binding::Ip).then(|| ClientNet::of(client)),
-                single_use: policy.single_use,
+                expires_ms: self.ms(now + policy.ttl),
+                client,
+                flags,
             },
         );
         let mut order = lock(&self.order);
-        order.push_back((expires_at, id.0));
+        order.push_back(id.0);
         self.reclaim(&mut order, now);
         id
     }
 
-    /// Drops expired grants at the front of the issue order and evicts the oldest past the
-    /// capacity.
-    fn reclaim(&self, order: &mut VecDeque<(Instant, u128)>, now: Instant) {
-        while let Some(&(expires_at, key)) = order.front() {
-            if expires_at <= now || order.len() > self.capacity {
+    /// Drops expired (or already removed) grants at the front of the issue order and evicts
+    /// the oldest past the capacity.
+    fn reclaim(&self, order: &mut VecDeque<u128>, now: Instant) {
+        let now_ms = self.ms(now);
+        while let Some(&key) = order.front() {
+            let over = order.len() > self.capacity;
+            let done = self.grants.get(&key).is_none_or(|e| e.expires_ms <= now_ms);
+            if over || done {
                 order.pop_front();
                 self.grants.remove(&key);
             } else {
@@ -124,15 +163,15 @@ impl TokenStore {
     pub fn redeem(&self, id: TokenId, client: IpAddr, now: Instant) -> Result<Grant, Rejection> {
         let (target, single_use) = {
             let entry = self.grants.get(&id.0).ok_or(Rejection::Unknown)?;
-            if now >= entry.expires_at {
+            if self.ms(now) >= entry.expires_ms {
                 drop(entry);
                 self.grants.remove(&id.0);
                 return Err(Rejection::Expired);
             }
-            if entry.client.is_some_and(|c| c != ClientNet::of(client)) {
+            if !entry.admits(client) {
                 return Err(Rejection::WrongClient);
             }
-            (Arc::clone(&entry.target), entry.single_use)
+            (Arc::clone(&entry.target), entry.flags & SINGLE_USE != 0)
         };
         if single_use && self.grants.remove(&id.0).is_none() {
             return Err(Rejection::Unknown);
@@ -277,6 +316,12 @@ mod tests {
             },
         );
         assert!(store.redeem(free, other, now).is_ok(), "binding none");
+    }
+
+    #[test]
+    fn a_grant_stays_packed() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert!(std::mem::size_of::<(u128, Entry)>() <= 48);
     }
 
     #[test]
