@@ -514,3 +514,38 @@ fn a_sealed_config_without_usable_keys_does_not_start() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("token keys"), "{err}");
 }
+
+#[test]
+fn without_reuse_port_a_second_process_on_the_data_port_does_not_start() {
+    let echo = EchoServer::start("127.0.0.1:0".parse().unwrap(), b"").unwrap();
+    let yaml = yaml::director("", &[yaml::echo_mapping(&[echo.addr])]);
+    let first =
+        ChildDirector::spawn_yaml(Path::new(BIN), TempDir::new("alone").unwrap(), &yaml, &[])
+            .unwrap();
+    let dir = TempDir::new("second").unwrap();
+    let config = dir.path.join("config.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    // Bounded by `timeout` in case it wrongly starts and keeps running.
+    let out = std::process::Command::new("timeout")
+        .arg("10")
+        .arg(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-port")
+        .arg(first.data.port().to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("data") && err.contains("reusePort"), "{err}");
+    // The first one is untouched.
+    assert!(opens(
+        first.data,
+        Query::new("echo")
+            .send(first.query)
+            .unwrap()
+            .token
+            .as_bytes(),
+        Duration::from_secs(3)
+    ));
+}
