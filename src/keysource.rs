@@ -17,7 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::reload::Live;
+use crate::reload::{Live, Polled, StableFile};
 use crate::resolve::kube::{Connect, make_client};
 use crate::token::Tokens;
 
@@ -63,9 +63,8 @@ pub(crate) async fn watch_file(
         metrics.token_keys.set(ring.load().ids().len() as i64);
     }
     // The text read at start is in force.
-    let mut applied = tokio::fs::read(&path).await.ok();
-    let mut previous = applied.clone();
-    let mut unreadable = false;
+    let in_force = tokio::fs::read(&path).await.ok();
+    let mut file = StableFile::new(path, in_force);
     let mut tick = tokio::time::interval(KEY_FILE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -73,22 +72,15 @@ pub(crate) async fn watch_file(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) => {
-                if !unreadable {
-                    tracing::warn!(%source, error = %e, "cannot read the token key file; the keys in force stay");
-                }
-                unreadable = true;
-                continue;
+        match file.poll().await {
+            Polled::Unchanged => {}
+            Polled::Unreadable(e) => {
+                tracing::warn!(%source, error = %e, "cannot read the token key file; the keys in force stay");
             }
-        };
-        unreadable = false;
-        if previous.as_ref() == Some(&bytes) && applied.as_ref() != Some(&bytes) {
-            apply(&tokens, &metrics, &source, &String::from_utf8_lossy(&bytes));
-            applied = Some(bytes.clone());
+            Polled::Changed(bytes) => {
+                apply(&tokens, &metrics, &source, &String::from_utf8_lossy(&bytes));
+            }
         }
-        previous = Some(bytes);
     }
 }
 

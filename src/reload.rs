@@ -191,13 +191,66 @@ pub async fn refresh_default_route(live: Arc<Live>, mut shutdown: watch::Receive
     }
 }
 
+/// A file polled by path (a mounted ConfigMap or Secret is swapped by the kubelet through a
+/// symlink, which an inode watch would miss): [`StableFile::poll`] hands out a content once
+/// two reads in a row agree (a half-written file is never applied) and it differs from the
+/// last one handed out.
+pub(crate) struct StableFile {
+    path: PathBuf,
+    applied: Option<Vec<u8>>,
+    previous: Option<Vec<u8>>,
+    unreadable: bool,
+}
+
+/// What one poll of a [`StableFile`] found.
+pub(crate) enum Polled {
+    Unchanged,
+    Changed(Vec<u8>),
+    /// The file cannot be read (reported once until it can be read again).
+    Unreadable(std::io::Error),
+}
+
+impl StableFile {
+    /// `in_force`: the content already applied (not handed out again).
+    pub(crate) fn new(path: PathBuf, in_force: Option<Vec<u8>>) -> Self {
+        Self {
+            path,
+            previous: in_force.clone(),
+            applied: in_force,
+            unreadable: false,
+        }
+    }
+
+    pub(crate) async fn poll(&mut self) -> Polled {
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(b) => b,
+            Err(e) => {
+                let first = !self.unreadable;
+                self.unreadable = true;
+                return if first {
+                    Polled::Unreadable(e)
+                } else {
+                    Polled::Unchanged
+                };
+            }
+        };
+        self.unreadable = false;
+        let stable = self.previous.as_ref() == Some(&bytes);
+        self.previous = Some(bytes.clone());
+        if stable && self.applied.as_ref() != Some(&bytes) {
+            self.applied = Some(bytes.clone());
+            Polled::Changed(bytes)
+        } else {
+            Polled::Unchanged
+        }
+    }
+}
+
 /// Reads the config file every [`FILE_POLL`] and applies a changed content once two reads
 /// agree. Unreadable files (mid-swap, deleted) keep the running config.
 pub async fn watch_file(live: Arc<Live>, path: PathBuf, mut shutdown: watch::Receiver<bool>) {
     let source = ConfigSource::File(path.clone());
-    let mut applied: Option<Vec<u8>> = None;
-    let mut previous: Option<Vec<u8>> = None;
-    let mut unreadable = false;
+    let mut file = StableFile::new(path, None);
     let mut tick = tokio::time::interval(FILE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -205,20 +258,12 @@ pub async fn watch_file(live: Arc<Live>, path: PathBuf, mut shutdown: watch::Rec
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) => {
-                if !unreadable {
-                    tracing::warn!(%source, error = %e, "cannot read the config file; the running config stays in force");
-                }
-                unreadable = true;
-                continue;
+        match file.poll().await {
+            Polled::Unchanged => {}
+            Polled::Unreadable(e) => {
+                tracing::warn!(%source, error = %e, "cannot read the config file; the running config stays in force");
             }
-        };
-        unreadable = false;
-        let stable = previous.as_ref() == Some(&bytes);
-        if stable && applied.as_ref() != Some(&bytes) {
-            match std::str::from_utf8(&bytes) {
+            Polled::Changed(bytes) => match std::str::from_utf8(&bytes) {
                 Ok(text) => {
                     live.apply_text(text, &source);
                 }
@@ -226,10 +271,8 @@ pub async fn watch_file(live: Arc<Live>, path: PathBuf, mut shutdown: watch::Rec
                     live.count("rejected");
                     tracing::warn!(%source, error = %e, "config file is not UTF-8; the running config stays in force");
                 }
-            }
-            applied = Some(bytes.clone());
+            },
         }
-        previous = Some(bytes);
     }
 }
 

@@ -776,33 +776,46 @@ impl SessionTable {
     }
 
     /// Closes the oldest session that may yield its place (opened by the default endpoint,
-    /// or never answered). False when none may.
-    fn yield_one(&mut self, now: Instant) -> bool {
+    /// or never answered), never `keep`; pushes it to the side effects and returns it.
+    /// `None` when none may.
+    fn close_oldest_yielder(&mut self, keep: Option<SessionId>, now: Instant) -> Option<&Closed> {
+        let mut kept = None;
+        let mut found = None;
         while let Some((id, generation)) = self.yielders.pop_front() {
-            let Some(slot) = self.slots.get(id as usize) else {
-                continue;
-            };
-            let Some(s) = slot
-                .session
-                .as_ref()
-                .filter(|_| slot.generation == generation)
+            let Some(s) = self
+                .slots
+                .get(id as usize)
+                .filter(|slot| slot.generation == generation)
+                .and_then(|slot| slot.session.as_ref())
             else {
-                continue;
+                continue; // closed since it was queued
             };
+            if Some(id) == keep {
+                kept = Some((id, generation));
+                continue;
+            }
             if !s.yields() {
-                continue;
+                continue; // answered since: it no longer yields
             }
-            let reason = if s.origin == Origin::DefaultEndpoint {
-                CloseReason::YieldedDefault
-            } else {
-                CloseReason::YieldedUnanswered
-            };
-            if let Some(closed) = self.close(id, reason, now) {
-                self.closed.push(closed);
-                return true;
-            }
+            found = Some((id, s.origin));
+            break;
         }
-        false
+        if let Some(entry) = kept {
+            self.yielders.push_front(entry);
+        }
+        let (id, origin) = found?;
+        let reason = match origin {
+            Origin::DefaultEndpoint => CloseReason::YieldedDefault,
+            Origin::Token => CloseReason::YieldedUnanswered,
+        };
+        let closed = self.close(id, reason, now)?;
+        self.closed.push(closed);
+        self.closed.last()
+    }
+
+    /// A token newcomer finds the table full: the oldest yielding session gives its place.
+    fn yield_one(&mut self, now: Instant) -> bool {
+        self.close_oldest_yielder(None, now).is_some()
     }
 
     /// The shell could not open the upstream socket of token session `keep` (descriptors
@@ -810,46 +823,10 @@ impl SessionTable {
     /// frees a socket, at most `tries` of them. True when one did. The closed sessions wait
     /// in [`SessionTable::take_effects`].
     pub fn yield_a_socket(&mut self, keep: SessionId, tries: usize, now: Instant) -> bool {
-        let mut skipped = Vec::new();
-        let mut freed = false;
-        for _ in 0..tries {
-            let Some((id, generation)) = self.yielders.pop_front() else {
-                break;
-            };
-            let Some(slot) = self.slots.get(id as usize) else {
-                continue;
-            };
-            let Some(s) = slot
-                .session
-                .as_ref()
-                .filter(|_| slot.generation == generation)
-            else {
-                continue;
-            };
-            if id == keep {
-                skipped.push((id, generation));
-                continue;
-            }
-            if !s.yields() {
-                continue;
-            }
-            let reason = if s.origin == Origin::DefaultEndpoint {
-                CloseReason::YieldedDefault
-            } else {
-                CloseReason::YieldedUnanswered
-            };
-            if let Some(closed) = self.close(id, reason, now) {
-                freed = closed.released.is_some();
-                self.closed.push(closed);
-                if freed {
-                    break;
-                }
-            }
-        }
-        for entry in skipped.into_iter().rev() {
-            self.yielders.push_front(entry);
-        }
-        freed
+        (0..tries).any(|_| {
+            self.close_oldest_yielder(Some(keep), now)
+                .is_some_and(|c| c.released.is_some())
+        })
     }
 
     /// Keeps the yielders queue within a small multiple of the live sessions.

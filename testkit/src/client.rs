@@ -1,33 +1,13 @@
 //! A blocking client of the director's query protocol and a plain HTTP GET for its admin
-//! server. Answers are parsed from the wire here, independently of the daemon's own types.
+//! server. Answers are read by the client library (`udp-director-client`), independently of
+//! the daemon's own types.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use serde::Deserialize;
-
-/// A successful query answer (SPEC §2).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Answer {
-    pub token: String,
-    pub ttl_seconds: u64,
-    /// Sealed tokens: how long `[magic][token]` re-opens the session on any replica.
-    #[serde(default)]
-    pub resume_seconds: Option<u64>,
-    pub target: AnswerTarget,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct AnswerTarget {
-    pub namespace: String,
-    pub name: String,
-    #[serde(default)]
-    pub address: Option<String>,
-    #[serde(default)]
-    pub port: Option<u16>,
-}
+/// A successful query answer (SPEC §2), as the client library reads it.
+pub use udp_director_client::{Grant as Answer, GrantTarget as AnswerTarget};
 
 /// Sends one query line on a fresh connection and reads one answer line (5 s timeouts).
 pub fn query_raw(addr: SocketAddr, request: &str) -> io::Result<String> {
@@ -43,8 +23,8 @@ pub fn query_raw(addr: SocketAddr, request: &str) -> io::Result<String> {
 /// Queries for a token; an error answer becomes an `io::Error` carrying its text.
 pub fn query_token(addr: SocketAddr, request: &str) -> io::Result<Answer> {
     let line = query_raw(addr, request)?;
-    serde_json::from_str(&line)
-        .map_err(|_| io::Error::other(format!("query failed: {}", line.trim())))
+    udp_director_client::parse_answer(&line)
+        .map_err(|e| io::Error::other(format!("query failed: {e}: {}", line.trim())))
 }
 
 /// Plain HTTP/1.1 GET (for the admin server): `(status, body)`.
