@@ -7,7 +7,8 @@ test: test-deps  ## unit, property and loopback end-to-end tests (daemon, client
 	$(CARGO) test --locked --workspace --all-targets
 
 test-deps:       ## real Helm for the chart tests: Helm 4's Go SDK from PyPI (no helm binary)
-	@python3 -c 'import helm_python' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check helm-python-sdk
+	@python3 -c 'import helm_python' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check helm-python-sdk \
+	  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages helm-python-sdk
 
 demo:            ## the whole client path on one machine, no Kubernetes
 	$(CARGO) run --release --example demo
