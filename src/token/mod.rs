@@ -236,6 +236,47 @@ impl WallClock {
     }
 }
 
+/// One shared [`Target`] per address and names: the resolver builds a fresh one per query,
+/// and every outstanding token and session would otherwise keep its own copy of the names.
+pub struct Interner {
+    targets: moka::sync::Cache<SocketAddr, Arc<Target>>,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Self {
+            targets: moka::sync::Cache::new(65_536),
+        }
+    }
+}
+
+impl Interner {
+    /// The shared target equal to `mapping`/`namespace`/`name` at `addr`.
+    pub fn get(&self, mapping: &str, namespace: &str, name: &str, addr: SocketAddr) -> Arc<Target> {
+        if let Some(t) = self.targets.get(&addr)
+            && t.mapping == mapping
+            && t.namespace == namespace
+            && t.name == name
+        {
+            return t;
+        }
+        let t = Arc::new(Target::new(mapping, namespace, name, addr));
+        self.targets.insert(addr, Arc::clone(&t));
+        t
+    }
+
+    /// `target`, or the shared one equal to it.
+    pub fn share(&self, target: Arc<Target>) -> Arc<Target> {
+        match self.targets.get(&target.addr) {
+            Some(t) if *t == *target => t,
+            _ => {
+                self.targets.insert(target.addr, Arc::clone(&target));
+                target
+            }
+        }
+    }
+}
+
 /// A target's address as sealed tokens and the stores compare it.
 pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())

@@ -82,7 +82,7 @@ pub struct SealedTokens {
     replay: Cache<u128, Duration>,
     /// One shared target per address, so sessions opened from sealed tokens do not each
     /// carry their own copy of the names.
-    targets: Cache<SocketAddr, Arc<Target>>,
+    targets: super::Interner,
 }
 
 struct ReplayExpiry;
@@ -110,7 +110,7 @@ impl SealedTokens {
                 .max_capacity(replay_capacity)
                 .expire_after(ReplayExpiry)
                 .build(),
-            targets: Cache::new(65_536),
+            targets: super::Interner::default(),
         }
     }
 
@@ -194,16 +194,8 @@ impl SealedTokens {
     }
 
     fn target(&self, c: &Contents) -> Arc<Target> {
-        if let Some(t) = self.targets.get(&c.target)
-            && t.mapping == c.mapping
-            && t.namespace == c.namespace
-            && t.name == c.name
-        {
-            return t;
-        }
-        let t = Arc::new(Target::new(&c.mapping, &c.namespace, &c.name, c.target));
-        self.targets.insert(c.target, Arc::clone(&t));
-        t
+        self.targets
+            .get(&c.mapping, &c.namespace, &c.name, c.target)
     }
 }
 

@@ -83,6 +83,8 @@ pub struct TokenStore {
     capacity: usize,
     /// Expiries are kept as milliseconds after this.
     epoch: Instant,
+    /// Tokens for one target share one `Target` (the resolver makes one per query).
+    targets: super::Interner,
 }
 
 impl TokenStore {
@@ -93,6 +95,7 @@ impl TokenStore {
             order: Mutex::new(VecDeque::new()),
             capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
             epoch: Instant::now(),
+            targets: super::Interner::default(),
         }
     }
 
@@ -120,7 +123,7 @@ impl TokenStore {
         self.grants.insert(
             id.0,
             Entry {
-                target,
+                target: self.targets.share(target),
                 expires_ms: self.ms(now + policy.ttl),
                 client,
                 flags,
@@ -316,6 +319,32 @@ mod tests {
             },
         );
         assert!(store.redeem(free, other, now).is_ok(), "binding none");
+    }
+
+    #[test]
+    fn tokens_for_one_target_share_one_target() {
+        let store = TokenStore::new(100);
+        let now = Instant::now();
+        // The resolver hands out a fresh Arc per query.
+        let a = store.issue(target(), HERE, now, policy(30, false));
+        let b = store.issue(target(), HERE, now, policy(30, false));
+        let (ga, gb) = (
+            store.redeem(a, HERE, now).unwrap(),
+            store.redeem(b, HERE, now).unwrap(),
+        );
+        assert!(Arc::ptr_eq(&ga.target, &gb.target));
+        let renamed = Arc::new(Target::new(
+            "echo",
+            "default",
+            "z",
+            "127.0.0.1:9001".parse().unwrap(),
+        ));
+        let c = store.issue(renamed, HERE, now, policy(30, false));
+        assert_eq!(
+            store.redeem(c, HERE, now).unwrap().target.name,
+            "z",
+            "names are never mixed up"
+        );
     }
 
     #[test]
