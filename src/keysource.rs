@@ -10,14 +10,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::reload::{Live, Polled, StableFile};
+use crate::reload::{Live, Polled, StableFile, watch_named_text};
 use crate::resolve::kube::{Connect, make_client};
 use crate::token::Tokens;
 
@@ -147,36 +145,15 @@ pub(crate) async fn watch_secret(
         c = live.watchers.client() => c,
         _ = shutdown.changed() => return,
     };
-    let api: Api<Secret> = Api::namespaced(client, &namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher(api, config).default_backoff().applied_objects();
-    let mut stream = std::pin::pin!(stream);
-    let mut last: Option<String> = None;
-    let mut failing = false;
-    loop {
-        let item = tokio::select! {
-            item = stream.next() => item,
-            _ = shutdown.changed() => return,
-        };
-        let Some(item) = item else { return };
-        let secret = match item {
-            Ok(s) => s,
-            Err(e) => {
-                metrics.kube_watch_errors.inc();
-                if !failing {
-                    tracing::warn!(%source, error = %e, "token key watch failing; the keys in force stay");
-                }
-                failing = true;
-                continue;
-            }
-        };
-        failing = false;
-        let text = secret_text(&secret);
-        if text == last {
-            continue;
-        }
-        match &text {
-            // The first event repeats what was fetched at start (applied again, harmless).
+    watch_named_text(
+        Api::<Secret>::namespaced(client, &namespace),
+        &name,
+        &source,
+        &metrics.kube_watch_errors,
+        shutdown,
+        secret_text,
+        // The first event repeats what was fetched at start (applied again, harmless).
+        |text| match text {
             Some(t) => apply(&tokens, &metrics, &source, t),
             None => {
                 metrics
@@ -185,7 +162,7 @@ pub(crate) async fn watch_secret(
                     .inc();
                 tracing::warn!(%source, "the Secret has no {SECRET_KEY} key; the keys in force stay");
             }
-        }
-        last = text;
-    }
+        },
+    )
+    .await;
 }

@@ -293,7 +293,42 @@ pub async fn watch_configmap(
         c = live.watchers.client() => c,
         _ = shutdown.changed() => return,
     };
-    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let what = source.to_string();
+    watch_named_text(
+        Api::<ConfigMap>::namespaced(client, &namespace),
+        &name,
+        &what,
+        &live.metrics.kube_watch_errors,
+        shutdown,
+        |cm: &ConfigMap| cm.data.as_ref().and_then(|d| d.get(CONFIGMAP_KEY)).cloned(),
+        |text| match text {
+            Some(t) => {
+                live.apply_text(t, &source);
+            }
+            None => {
+                live.count("rejected");
+                tracing::warn!(%source, "the ConfigMap has no {CONFIGMAP_KEY} key; the running config stays in force");
+            }
+        },
+    )
+    .await;
+}
+
+/// Watches one object by name (a `metadata.name` field selector, so RBAC can limit it by
+/// `resourceNames`) and hands `on_change` the text `text_of` reads from it each time that
+/// text changes (`None`: the object lacks it). Watch errors are counted and logged once per
+/// outage; what is in force stays meanwhile. Returns at shutdown.
+pub(crate) async fn watch_named_text<K>(
+    api: Api<K>,
+    name: &str,
+    what: &str,
+    errors: &prometheus_client::metrics::counter::Counter,
+    mut shutdown: watch::Receiver<bool>,
+    text_of: impl Fn(&K) -> Option<String>,
+    mut on_change: impl FnMut(Option<&str>),
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + fmt::Debug + Send + 'static,
+{
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let stream = watcher(api, config).default_backoff().applied_objects();
     let mut stream = std::pin::pin!(stream);
@@ -305,32 +340,23 @@ pub async fn watch_configmap(
             _ = shutdown.changed() => return,
         };
         let Some(item) = item else { return };
-        let cm = match item {
-            Ok(cm) => cm,
+        let object = match item {
+            Ok(object) => object,
             Err(e) => {
-                live.metrics.kube_watch_errors.inc();
+                errors.inc();
                 if !failing {
-                    tracing::warn!(%source, error = %e, "config watch failing; the running config stays in force");
+                    tracing::warn!(source = %what, error = %e, "watch failing; what is in force stays");
                 }
                 failing = true;
                 continue;
             }
         };
         failing = false;
-        let text = cm.data.as_ref().and_then(|d| d.get(CONFIGMAP_KEY)).cloned();
-        if text == last {
-            continue;
+        let text = text_of(&object);
+        if text != last {
+            on_change(text.as_deref());
+            last = text;
         }
-        match &text {
-            Some(t) => {
-                live.apply_text(t, &source);
-            }
-            None => {
-                live.count("rejected");
-                tracing::warn!(%source, "the ConfigMap has no {CONFIGMAP_KEY} key; the running config stays in force");
-            }
-        }
-        last = text;
     }
 }
 
