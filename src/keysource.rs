@@ -63,14 +63,8 @@ pub(crate) async fn watch_file(
     // The text read at start is in force.
     let in_force = tokio::fs::read(&path).await.ok();
     let mut file = StableFile::new(path, in_force);
-    let mut tick = tokio::time::interval(KEY_FILE_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        match file.poll().await {
+    while let Some(found) = file.next(KEY_FILE_POLL, &mut shutdown).await {
+        match found {
             Polled::Unchanged => {}
             Polled::Unreadable(e) => {
                 tracing::warn!(%source, error = %e, "cannot read the token key file; the keys in force stay");

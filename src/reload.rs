@@ -221,6 +221,28 @@ impl StableFile {
         }
     }
 
+    /// Polls every `every` until something other than [`Polled::Unchanged`] turns up;
+    /// `None` at shutdown.
+    pub(crate) async fn next(
+        &mut self,
+        every: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Polled> {
+        // Reads stay `every` apart, also across calls (two agreeing reads mean a settled file).
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return None,
+            }
+            match self.poll().await {
+                Polled::Unchanged => {}
+                found => return Some(found),
+            }
+        }
+    }
+
     pub(crate) async fn poll(&mut self) -> Polled {
         let bytes = match tokio::fs::read(&self.path).await {
             Ok(b) => b,
@@ -251,14 +273,8 @@ impl StableFile {
 pub async fn watch_file(live: Arc<Live>, path: PathBuf, mut shutdown: watch::Receiver<bool>) {
     let source = ConfigSource::File(path.clone());
     let mut file = StableFile::new(path, None);
-    let mut tick = tokio::time::interval(FILE_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        match file.poll().await {
+    while let Some(found) = file.next(FILE_POLL, &mut shutdown).await {
+        match found {
             Polled::Unchanged => {}
             Polled::Unreadable(e) => {
                 tracing::warn!(%source, error = %e, "cannot read the config file; the running config stays in force");

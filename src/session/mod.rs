@@ -729,6 +729,12 @@ impl SessionTable {
         let Some(s) = self.session_mut(id) else {
             return;
         };
+        // A keepalive `[magic][token]` on the session holding it: nothing to record (and no
+        // write to the shared ledger every few seconds per session). If another worker has
+        // displaced it meanwhile, the displacement stands; it is not taken back.
+        if s.token == Some(key) {
+            return;
+        }
         let previous_key = s.token.replace(key);
         if let Some(old) = previous_key.filter(|old| *old != key) {
             self.ledger.unclaim(old, owner);
