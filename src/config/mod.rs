@@ -256,6 +256,10 @@ pub struct Mapping {
     /// Overrides the global `loadBalancing` for this mapping.
     #[serde(default)]
     pub load_balancing: Option<LoadBalancing>,
+    /// Kubernetes mappings: JSONPaths of fields the cache keeps besides labels, annotations,
+    /// `status` and what the address paths read (for status queries on e.g. `spec.*`).
+    #[serde(default)]
+    pub cache_fields: Vec<String>,
 }
 
 /// A static endpoint behaves exactly like a Kubernetes object: labels, annotations and
@@ -606,6 +610,12 @@ fn validate_mapping(
         }
         (None, true) => ValidSource::Kube(validate_kube(name, mapping)?),
         (Some(endpoints), false) => {
+            if !mapping.cache_fields.is_empty() {
+                return Err(invalid(
+                    key("cacheFields"),
+                    "only applies to Kubernetes mappings (a static endpoint keeps everything)",
+                ));
+            }
             validate_static(name, mapping, endpoints)?;
             let mut endpoints = endpoints.clone();
             // Deterministic order for `first`, round-robin and tie-breaking.
@@ -738,7 +748,14 @@ fn validate_kube(name: &str, m: &Mapping) -> Result<KubeSource, ConfigError> {
             }
         }
     };
+    let cache_fields = m
+        .cache_fields
+        .iter()
+        .enumerate()
+        .map(|(i, p)| compile(&format!("cacheFields[{i}]"), p))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(KubeSource {
+        cache_fields,
         group: m.group.clone().unwrap_or_default(),
         kind: m.kind.clone().unwrap_or_else(|| resource.clone()),
         version,

@@ -185,3 +185,20 @@ fn empty_document_is_all_defaults_but_needs_a_mapping() {
     let e = err("");
     assert!(e.contains("resourceQueryMapping"), "{e}");
 }
+
+#[test]
+fn cache_fields_are_jsonpaths_of_kubernetes_mappings() {
+    let kube = "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    addressPath: status.address\n    portName: default\n";
+    let c = ValidConfig::from_yaml(&format!(
+        "{kube}    cacheFields: [status.lists.players, \"spec.template.metadata\"]\n"
+    ))
+    .unwrap();
+    let ValidSource::Kube(k) = &c.mappings["gs"].source else {
+        panic!("a Kubernetes mapping");
+    };
+    assert_eq!(k.cache_fields.len(), 2);
+    let e = err(&format!("{kube}    cacheFields: [\"$[\"]\n"));
+    assert!(e.contains("resourceQueryMapping.gs.cacheFields[0]"), "{e}");
+    let e = err(&format!("{MINIMAL}    cacheFields: [status.x]\n"));
+    assert!(e.contains("only applies to Kubernetes mappings"), "{e}");
+}

@@ -69,6 +69,8 @@ pub struct KubeSource {
     /// For logs; defaults to `resource`.
     pub kind: String,
     pub address: Addressing,
+    /// `cacheFields`: more of each object the cache keeps.
+    pub cache_fields: Vec<CompiledPath>,
 }
 
 #[derive(Debug, Clone)]

@@ -17,7 +17,9 @@ use crate::protocol::query::{JsonPathError, normalize_json_path};
 pub enum CompiledPath {
     /// `$.a.b.c` with plain keys, walked key by key (no parsing, no allocation).
     Keys(Vec<String>),
-    Query(Arc<JpQuery>),
+    /// A parsed query and its leading plain keys (`status.ports` of
+    /// `status.ports[?(@.name=="x")].port`; empty when it starts with a wildcard or bracket).
+    Query(Arc<JpQuery>, Vec<String>),
 }
 
 impl CompiledPath {
@@ -34,8 +36,9 @@ impl CompiledPath {
         if let Some(rest) = plain {
             return Ok(Self::Keys(rest.split('.').map(str::to_string).collect()));
         }
+        let prefix = plain_prefix(&rooted);
         parse_json_path(&rooted)
-            .map(|q| Self::Query(Arc::new(q)))
+            .map(|q| Self::Query(Arc::new(q), prefix))
             .map_err(|e| JsonPathError {
                 path: path.to_string(),
                 reason: e.to_string(),
@@ -50,11 +53,43 @@ impl CompiledPath {
                 .try_fold(object, |v, k| v.get(k))
                 .into_iter()
                 .collect(),
-            Self::Query(q) => js_path_process(q, object)
+            Self::Query(q, _) => js_path_process(q, object)
                 .map(|refs| refs.into_iter().map(|r| r.val()).collect())
                 .unwrap_or_default(),
         }
     }
+}
+
+impl CompiledPath {
+    /// The plain keys every value the path selects lies under: the whole path when it is
+    /// plain, else the keys before its first index, filter, wildcard or recursive descent.
+    /// Empty when the path can reach anywhere (`$..x`, `$[*]`).
+    pub fn prefix(&self) -> &[String] {
+        match self {
+            Self::Keys(keys) => keys,
+            Self::Query(_, prefix) => prefix,
+        }
+    }
+}
+
+/// The leading plain keys of a rooted path (`$.a.b[0].c` → `a`, `b`).
+fn plain_prefix(rooted: &str) -> Vec<String> {
+    let Some(rest) = rooted.strip_prefix("$.") else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for segment in rest.split('.') {
+        let plain_len = segment
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .unwrap_or(segment.len());
+        if plain_len > 0 {
+            keys.push(segment[..plain_len].to_string());
+        }
+        if plain_len < segment.len() || segment.is_empty() {
+            break;
+        }
+    }
+    keys
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ fn plain_paths_become_pointers_and_others_queries() {
     ));
     assert!(matches!(
         CompiledPath::compile("status.ports[0].port").unwrap(),
-        CompiledPath::Query(_)
+        CompiledPath::Query(..)
     ));
     assert!(CompiledPath::compile("$[").is_err());
 }
@@ -33,4 +33,21 @@ fn both_forms_select_the_same_values() {
     assert_eq!(v("status.ports[?(@.name=='default')].port"), [json!(7654)]);
     assert!(v("status.missing").is_empty());
     assert!(v("status.missing[0]").is_empty());
+}
+
+#[test]
+fn prefixes_are_the_leading_plain_keys() {
+    let prefix = |p: &str| CompiledPath::compile(p).unwrap().prefix().to_vec();
+    assert_eq!(prefix("status.state"), ["status", "state"]);
+    assert_eq!(
+        prefix("status.ports[?(@.name=='default')].port"),
+        ["status", "ports"]
+    );
+    assert_eq!(prefix("$.spec.containers[0].ports"), ["spec", "containers"]);
+    assert_eq!(prefix("status.*.x"), ["status"]);
+    assert!(
+        prefix("$..state").is_empty(),
+        "recursive descent reaches anywhere"
+    );
+    assert!(prefix("$['status']['state']").is_empty());
 }

@@ -1,36 +1,98 @@
 //! Kubernetes resource sources: watch-driven in-memory caches (kube-rs watcher + reflector)
 //! for any resource through `DynamicObject` + `ApiResource`, so a CRD needs no Rust type.
 //!
-//! One watcher per distinct (resource, namespace, fixed label selector), with kube's default
-//! backoff; `managedFields` are dropped before caching and the object's metadata is copied
-//! into its JSON so status queries and address paths see the whole object. Objects that do
-//! not deserialize are held as `DeserializeGuard` errors and skipped, so one malformed object
-//! cannot stop a stream. Queries read the caches; nothing here is called per query except
-//! [`Watched::objects`] and the pure extraction functions.
+//! One watcher per distinct (resource, namespace, fixed label selector, what is kept), with
+//! kube's default backoff. Caches are lean (SPEC §4): each object is reduced to an [`Object`]
+//! before the reflector stores it: name, namespace, labels and annotations (no other
+//! metadata), the target address read once by the mapping's rule, and in compact form
+//! ([`super::lean`]) only the fields [`Keep`] names: `status`'s scalars, what the mapping's
+//! paths reach and its `cacheFields`. Queries read the caches; nothing here is called per query except
+//! [`Watched::snapshot`] / [`Watched::objects`] and the pure lookups.
 //!
 //! Owns the watch caches and address extraction. Must not choose targets or touch sessions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use kube::core::{ApiResource, DeserializeGuard, DynamicObject, GroupVersionKind};
-use kube::runtime::reflector::{self, Store};
+use futures::{StreamExt, TryStreamExt};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, Lookup, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
+use super::lean::{LabelSet, Lean, Pairs, Strings};
 use crate::protocol::jsonpath::CompiledPath;
 use crate::resolve::select::value_text;
 use crate::sync::lock;
 
-/// A cached object: the object or why it did not deserialize.
-pub type Cached = DeserializeGuard<DynamicObject>;
+/// What the API sends. No `DeserializeGuard`: a `DynamicObject` fails to decode only when
+/// its metadata does, which fails the guard's fallback too, and the guard would buffer and
+/// copy every object once more while decoding.
+pub type Received = DynamicObject;
+
+/// A cached object, reduced to what routing reads.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub name: Box<str>,
+    pub namespace: Option<Arc<str>>,
+    pub labels: Pairs,
+    pub annotations: Pairs,
+    /// Direct addressing: the target read by the mapping's `addressPath` and port rule when
+    /// the object was cached (`None`: not scheduled yet, no such port, or service-based).
+    pub addr: Option<SocketAddr>,
+    /// The kept fields ([`Keep`]), compact.
+    pub data: Lean,
+}
+
+/// The reflector keys objects by name and namespace; the resource is the cache's, so no
+/// per-object copy of it (`DynamicType = ()`), and no resourceVersion or uid is kept.
+impl Lookup for Object {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn name(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(std::borrow::Cow::Borrowed(&self.name))
+    }
+    fn namespace(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.namespace.as_deref().map(std::borrow::Cow::Borrowed)
+    }
+    fn resource_version(&self) -> Option<std::borrow::Cow<'_, str>> {
+        None
+    }
+    fn uid(&self) -> Option<std::borrow::Cow<'_, str>> {
+        None
+    }
+}
+
+impl Object {
+    /// A `metadata.*` view for a status query that reads metadata.
+    pub fn metadata_view(&self) -> Value {
+        json!({"metadata": {
+            "name": &*self.name,
+            "namespace": self.namespace.as_deref(),
+            "labels": self.labels.to_value(),
+            "annotations": self.annotations.to_value(),
+        }})
+    }
+}
 
 /// How to reach the API server.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +107,7 @@ pub enum Connect {
 /// One cache and whether it has completed its first full list.
 #[derive(Clone)]
 pub struct Watched {
-    store: Store<Cached>,
+    store: Store<Object>,
     synced: Arc<AtomicBool>,
     /// Bumped by the watch task after every event it applied.
     generation: Arc<AtomicU64>,
@@ -61,21 +123,19 @@ type Built = (u64, Arc<Snapshot>);
 /// next change. Built lazily by the first query after a change: O(objects) once, instead of
 /// a full scan on every query.
 pub struct Snapshot {
-    objects: Vec<Arc<Cached>>,
+    objects: Vec<Arc<Object>>,
     by_label: HashMap<(String, String), Vec<u32>>,
 }
 
 impl Snapshot {
-    fn build(objects: Vec<Arc<Cached>>) -> Self {
+    fn build(objects: Vec<Arc<Object>>) -> Self {
         let mut by_label: HashMap<(String, String), Vec<u32>> = HashMap::new();
         for (i, o) in objects.iter().enumerate() {
-            if let Ok(o) = &o.0 {
-                for (k, v) in o.metadata.labels.iter().flatten() {
-                    by_label
-                        .entry((k.clone(), v.clone()))
-                        .or_default()
-                        .push(i as u32);
-                }
+            for (k, v) in o.labels.iter() {
+                by_label
+                    .entry((k.to_string(), v.to_string()))
+                    .or_default()
+                    .push(i as u32);
             }
         }
         Self { objects, by_label }
@@ -86,7 +146,7 @@ impl Snapshot {
     pub fn candidates<'a>(
         &'a self,
         selector: &BTreeMap<String, String>,
-    ) -> Box<dyn Iterator<Item = &'a Arc<Cached>> + 'a> {
+    ) -> Box<dyn Iterator<Item = &'a Arc<Object>> + 'a> {
         let mut shortest: Option<&Vec<u32>> = None;
         for (k, v) in selector {
             match self.by_label.get(&(k.clone(), v.clone())) {
@@ -118,7 +178,7 @@ impl Watched {
     }
 
     /// Every cached object (cheap: `Arc` clones).
-    pub fn objects(&self) -> Vec<Arc<Cached>> {
+    pub fn objects(&self) -> Vec<Arc<Object>> {
         self.store.state()
     }
 
@@ -161,6 +221,8 @@ pub struct Watchers {
     pub skipped: prometheus_client::metrics::counter::Counter,
     client: Arc<OnceCell<Client>>,
     started: Mutex<HashMap<String, Watched>>,
+    /// Keys and short strings shared by every cached object.
+    strings: Arc<Strings>,
 }
 
 impl Watchers {
@@ -176,6 +238,7 @@ impl Watchers {
             skipped,
             client: Arc::new(OnceCell::new()),
             started: Mutex::new(HashMap::new()),
+            strings: Arc::new(Strings::default()),
         }
     }
 
@@ -187,16 +250,22 @@ impl Watchers {
     /// The cache for `resource` in `namespace` filtered by `labels` (a Kubernetes label
     /// selector string, may be empty), starting its watcher on first use. Must be called
     /// inside a tokio runtime.
-    pub fn watch(&self, resource: &ApiResource, namespace: &str, labels: &str) -> Watched {
+    pub fn watch(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        labels: &str,
+        keep: &Keep,
+    ) -> Watched {
         let key = format!(
-            "{}/{}/{}|{namespace}|{labels}",
+            "{}/{}/{}|{namespace}|{labels}|{keep:?}",
             resource.group, resource.version, resource.plural
         );
         let mut started = lock(&self.started);
         if let Some(w) = started.get(&key) {
             return w.clone();
         }
-        let writer = reflector::store::Writer::new(resource.clone());
+        let writer = reflector::store::Writer::new(());
         let store = writer.as_reader();
         let what = format!(
             "{} in {namespace}{}",
@@ -223,6 +292,8 @@ impl Watchers {
             synced: Arc::clone(&watched.synced),
             generation: Arc::clone(&watched.generation),
             errors: self.errors.clone(),
+            keep: keep.clone(),
+            strings: Arc::clone(&self.strings),
             what,
         };
         tokio::spawn(task.run(writer));
@@ -240,21 +311,26 @@ struct WatchTask {
     synced: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
     errors: prometheus_client::metrics::counter::Counter,
+    keep: Keep,
+    strings: Arc<Strings>,
     what: String,
 }
 
 impl WatchTask {
-    async fn run(self, writer: reflector::store::Writer<Cached>) {
+    async fn run(self, writer: reflector::store::Writer<Object>) {
         let client = self.client_with_retry().await;
-        let api: Api<Cached> = Api::namespaced_with(client, &self.namespace, &self.resource);
-        let mut config = watcher::Config::default();
+        let api: Api<Received> = Api::namespaced_with(client, &self.namespace, &self.resource);
+        // Pages of 100: a relist decodes one page at a time, and fewer objects decoded at once
+        // leave the lean ones packed more densely once the page is freed.
+        let mut config = watcher::Config::default().page_size(100);
         if !self.labels.is_empty() {
             config = config.labels(&self.labels);
         }
+        let (keep, strings) = (self.keep.clone(), Arc::clone(&self.strings));
         let stream = watcher(api, config)
             .default_backoff()
-            .modify(prepare)
-            .reflect(writer);
+            .map_ok(move |event| lean_event(event, &keep, &strings));
+        let stream = reflector::reflector(writer, stream);
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
         while let Some(event) = stream.next().await {
@@ -264,6 +340,9 @@ impl WatchTask {
             }
             match event {
                 Ok(watcher::Event::InitDone) => {
+                    // A (re)list decoded every page of the collection whole; what the lean
+                    // objects did not keep is free now: hand it back to the kernel.
+                    tokio::task::spawn_blocking(crate::memory::release_free_memory);
                     if !self.synced.swap(true, Ordering::AcqRel) {
                         tracing::info!(cache = %self.what, "resource cache synced");
                     } else if failing {
@@ -327,24 +406,189 @@ pub async fn make_client(connect: &Connect) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| e.to_string())
 }
 
-/// Drops `managedFields` and kubectl's last-applied copy of the object (often most of its
-/// size, never useful for routing), and copies metadata into the object's JSON (`data`), so
-/// JSONPath sees `metadata.*` as well as `spec`/`status`.
-fn prepare(obj: &mut Cached) {
-    if let Ok(o) = &mut obj.0 {
-        o.metadata.managed_fields = None;
-        if let Some(a) = &mut o.metadata.annotations {
-            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+/// What a cache keeps of each object besides its name, namespace, labels and annotations,
+/// and how it reads the target address: computed from a mapping (SPEC §4, "cached objects
+/// keep only what routing reads").
+///
+/// Kept: every non-null scalar directly under `status` (`state`, `address`, `podIP`, `phase`, …),
+/// the subtrees the mapping's `addressPath`/`portPath` reach, `status.ports` for `portName`,
+/// and the mapping's `cacheFields`. A status query on anything else (`status.lists`, `spec.*`
+/// unless listed in `cacheFields`) sees nothing there and does not match; `metadata.*` is
+/// answered from the kept name, namespace, labels and annotations.
+#[derive(Debug, Clone, Default)]
+pub struct Keep {
+    /// Key paths kept whole, none under another.
+    paths: BTreeSet<Vec<String>>,
+    /// The scalars directly under `status`.
+    status_scalars: bool,
+    /// The whole object: some path can reach anywhere (`$..x`).
+    everything: bool,
+    /// Direct addressing: how the target address is read when an object is cached.
+    address: Option<(CompiledPath, PortRule)>,
+}
+
+impl Keep {
+    /// Direct addressing by `address` and `port`, keeping what `extra` paths reach.
+    pub fn direct<'a>(
+        address: &CompiledPath,
+        port: &PortRule,
+        extra: impl IntoIterator<Item = &'a CompiledPath>,
+    ) -> Self {
+        let mut keep = Self::with(extra);
+        keep.add_path(address);
+        match port {
+            PortRule::Path(p) => keep.add_path(p),
+            PortRule::Name(_) => keep.add(vec!["status".to_string(), "ports".to_string()]),
+            PortRule::Fixed(_) => {}
         }
-        let meta = json!({
-            "name": o.metadata.name,
-            "namespace": o.metadata.namespace,
-            "labels": o.metadata.labels,
-            "annotations": o.metadata.annotations,
-        });
-        if let Value::Object(map) = &mut o.data {
-            map.insert("metadata".to_string(), meta);
+        keep.address = Some((address.clone(), port.clone()));
+        keep
+    }
+
+    /// `status`'s scalars and what `paths` reach (service-based addressing reads labels only).
+    pub fn with<'a>(paths: impl IntoIterator<Item = &'a CompiledPath>) -> Self {
+        let mut keep = Self {
+            status_scalars: true,
+            ..Self::default()
+        };
+        for path in paths {
+            keep.add_path(path);
         }
+        keep
+    }
+
+    /// What a Service cache keeps: its ClusterIP and ports.
+    pub fn services() -> Self {
+        let mut keep = Self::default();
+        keep.add(vec!["spec".to_string(), "clusterIP".to_string()]);
+        keep.add(vec!["spec".to_string(), "ports".to_string()]);
+        keep
+    }
+
+    fn add_path(&mut self, path: &CompiledPath) {
+        match path.prefix() {
+            [] => self.everything = true,
+            // Answered from the kept metadata.
+            [first, ..] if first == "metadata" => {}
+            prefix => self.add(prefix.to_vec()),
+        }
+    }
+
+    fn add(&mut self, path: Vec<String>) {
+        if self.paths.iter().any(|p| path.starts_with(p)) {
+            return;
+        }
+        self.paths.retain(|p| !p.starts_with(&path));
+        self.paths.insert(path);
+    }
+
+    /// The kept part of `data` (moved out of it, not copied).
+    fn prune(&self, data: &mut Value) -> Value {
+        if self.everything {
+            return std::mem::take(data);
+        }
+        let mut out = serde_json::Map::new();
+        if self.status_scalars
+            && let Some(Value::Object(status)) = data.get("status")
+        {
+            let scalars: serde_json::Map<String, Value> = status
+                .iter()
+                // A null matches nothing, like an absent field: not kept.
+                .filter(|(_, v)| !(v.is_object() || v.is_array() || v.is_null()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            out.insert("status".to_string(), Value::Object(scalars));
+        }
+        for path in &self.paths {
+            let pointer: String = path.iter().map(|k| format!("/{}", escape(k))).collect();
+            if let Some(value) = data.pointer_mut(&pointer).map(Value::take) {
+                put(&mut out, path, value);
+            }
+        }
+        Value::Object(out)
+    }
+}
+
+/// A key as a JSON pointer segment.
+fn escape(key: &str) -> Cow<'_, str> {
+    if key.contains(['~', '/']) {
+        Cow::Owned(key.replace('~', "~0").replace('/', "~1"))
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+/// Inserts `value` at `path` under `map`, creating objects on the way (over a scalar kept
+/// from `status` when a deeper path under it is kept too).
+fn put(map: &mut serde_json::Map<String, Value>, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            map.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let next = map
+                .entry(first.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if !next.is_object() {
+                *next = Value::Object(serde_json::Map::new());
+            }
+            if let Value::Object(inner) = next {
+                put(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Reduces every object of a watch event to its lean form.
+fn lean_event(
+    event: watcher::Event<Received>,
+    keep: &Keep,
+    strings: &Strings,
+) -> watcher::Event<Object> {
+    let lean = |o: Received| lean_object(o, keep, strings);
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(lean(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(lean(o)),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(lean(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+/// The lean form of one received object: the address read from the whole object first, then
+/// only what `keep` names. kubectl's last-applied copy is never kept.
+pub fn lean_object(received: Received, keep: &Keep, strings: &Strings) -> Object {
+    let DynamicObject { metadata, data, .. } = received;
+    let mut data = data;
+    let mut annotations = metadata.annotations.unwrap_or_default();
+    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    let labels = metadata.labels.unwrap_or_default();
+    let addr = keep.address.as_ref().and_then(|(path, port)| {
+        let reads_metadata = |p: &CompiledPath| p.prefix().first().is_some_and(|k| k == "metadata");
+        let port_reads_metadata = matches!(port, PortRule::Path(p) if reads_metadata(p));
+        if reads_metadata(path) || port_reads_metadata {
+            let mut view = data.clone();
+            if let Value::Object(map) = &mut view {
+                map.insert(
+                    "metadata".to_string(),
+                    json!({"name": metadata.name, "namespace": metadata.namespace,
+                        "labels": labels, "annotations": annotations}),
+                );
+            }
+            direct_address(&view, path, port)
+        } else {
+            direct_address(&data, path, port)
+        }
+    });
+    let kept = keep.prune(&mut data);
+    Object {
+        name: metadata.name.unwrap_or_default().into(),
+        namespace: metadata.namespace.as_deref().map(|n| strings.get(n)),
+        labels: Pairs::from_map(labels, strings),
+        annotations: Pairs::from_map(annotations, strings),
+        addr,
+        data: Lean::from_value(kept, strings),
     }
 }
 
@@ -410,29 +654,28 @@ fn named_port(object: &Value, name: &str) -> Option<u16> {
 /// Service-based addressing: the Service whose `label` equals the object's, its ClusterIP and
 /// the port named `port_name`.
 pub fn service_address(
-    object_labels: &BTreeMap<String, String>,
+    object_labels: &dyn LabelSet,
     label: &str,
     port_name: &str,
-    services: &[Arc<Cached>],
+    services: &[Arc<Object>],
 ) -> Option<SocketAddr> {
-    let wanted = object_labels.get(label)?;
+    let wanted = object_labels.label(label)?;
     services.iter().find_map(|svc| {
-        let svc = svc.0.as_ref().ok()?;
-        if svc.metadata.labels.as_ref()?.get(label) != Some(wanted) {
+        if svc.labels.label(label) != Some(wanted) {
             return None;
         }
         let ip: IpAddr = svc
             .data
-            .pointer("/spec/clusterIP")?
+            .walk(&["spec", "clusterIP"])?
             .as_str()?
             .parse()
             .ok()?;
         let port = svc
             .data
-            .pointer("/spec/ports")?
+            .walk(&["spec", "ports"])?
             .as_array()?
             .iter()
-            .find(|p| p.get("name").and_then(Value::as_str) == Some(port_name))?
+            .find(|p| p.get("name").and_then(Lean::as_str) == Some(port_name))?
             .get("port")?
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())?;

@@ -40,14 +40,20 @@ fn agones_gameserver_address() {
     );
 }
 
+fn received(v: Value) -> Received {
+    serde_json::from_value(v).unwrap()
+}
+
 #[test]
 fn snapshot_candidates_use_the_shortest_posting_list() {
-    let obj = |name: &str, labels: Value| -> Arc<Cached> {
-        Arc::new(
-            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": "n", "labels": labels}}))
-            .unwrap(),
-        )
+    let strings = Strings::default();
+    let obj = |name: &str, labels: Value| -> Arc<Object> {
+        Arc::new(lean_object(
+            received(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "n", "labels": labels}})),
+            &Keep::with([]),
+            &strings,
+        ))
     };
     let snap = Snapshot::build(vec![
         obj("a", json!({"fleet": "f", "map": "x"})),
@@ -59,15 +65,95 @@ fn snapshot_candidates_use_the_shortest_posting_list() {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        snap.candidates(&sel)
-            .map(|o| o.0.as_ref().unwrap().metadata.name.clone().unwrap())
-            .collect()
+        snap.candidates(&sel).map(|o| o.name.to_string()).collect()
     };
     assert_eq!(names(&[]).len(), 3);
     assert_eq!(names(&[("map", "y")]), ["b"]);
     // A superset is fine (callers re-check every term); a missing value means nothing.
     assert!(names(&[("fleet", "f"), ("map", "x")]).contains(&"a".to_string()));
     assert!(names(&[("fleet", "nope")]).is_empty());
+}
+
+/// A GameServer as Agones writes it, with its pod template.
+fn agones_gameserver() -> Value {
+    json!({"apiVersion": "agones.dev/v1", "kind": "GameServer",
+        "metadata": {"name": "gs-1", "namespace": "g", "uid": "u-1", "resourceVersion": "7",
+            "labels": {"agones.dev/fleet": "f1"},
+            "annotations": {"agones.dev/sdk-version": "1.44.0",
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"huge\": true}"},
+            "ownerReferences": [{"apiVersion": "agones.dev/v1", "kind": "GameServerSet", "name": "f1-x", "uid": "u-0"}],
+            "managedFields": [{"manager": "agones"}]},
+        "spec": {"ports": [{"name": "default", "containerPort": 7654}], "players": {"initialCapacity": 4},
+            "template": {"spec": {"containers": [{"name": "game", "image": "game:1", "env": [{"name": "A", "value": "B"}]}]}}},
+        "status": {"state": "Ready", "address": "10.0.0.7", "nodeName": "node-a", "reservedUntil": null,
+            "ports": [{"name": "default", "port": 7654}],
+            "addresses": [{"type": "InternalIP", "address": "10.0.0.7"}],
+            "lists": {"players": {"capacity": 10, "values": []}}}})
+}
+
+#[test]
+fn a_lean_object_keeps_what_routing_reads_and_nothing_else() {
+    let strings = Strings::default();
+    let keep = Keep::direct(&cp("status.address"), &PortRule::Name("default".into()), []);
+    let o = lean_object(received(agones_gameserver()), &keep, &strings);
+    assert_eq!(o.addr, Some("10.0.0.7:7654".parse().unwrap()));
+    assert_eq!((&*o.name, o.namespace.as_deref()), ("gs-1", Some("g")));
+    assert_eq!(o.labels.label("agones.dev/fleet"), Some("f1"));
+    assert_eq!(
+        o.annotations.label("agones.dev/sdk-version"),
+        Some("1.44.0")
+    );
+    assert_eq!(
+        o.annotations
+            .label("kubectl.kubernetes.io/last-applied-configuration"),
+        None
+    );
+    assert_eq!(
+        o.data.to_value(),
+        json!({"status": {"state": "Ready", "address": "10.0.0.7", "nodeName": "node-a",
+            "ports": [{"name": "default", "port": 7654}]}}),
+        "non-null status scalars and the ports portName reads; no spec, no lists, no addresses"
+    );
+    // cacheFields keeps more, and a path that can reach anywhere keeps everything.
+    let keep = Keep::direct(
+        &cp("status.address"),
+        &PortRule::Fixed(7),
+        [&cp("status.lists.players"), &cp("spec.players")],
+    );
+    let o = lean_object(received(agones_gameserver()), &keep, &strings);
+    assert_eq!(
+        o.data
+            .walk(&["status", "lists", "players", "capacity"])
+            .and_then(Lean::as_u64),
+        Some(10)
+    );
+    assert_eq!(
+        o.data
+            .walk(&["spec", "players", "initialCapacity"])
+            .and_then(Lean::as_u64),
+        Some(4)
+    );
+    assert!(o.data.walk(&["spec", "template"]).is_none());
+    assert_eq!(o.addr, Some("10.0.0.7:7".parse().unwrap()));
+    let everything = Keep::direct(
+        &cp("status.address"),
+        &PortRule::Fixed(7),
+        [&cp("$..image")],
+    );
+    let o = lean_object(received(agones_gameserver()), &everything, &strings);
+    assert!(o.data.walk(&["spec", "template"]).is_some());
+}
+
+#[test]
+fn an_address_path_into_metadata_is_read_before_pruning() {
+    let keep = Keep::direct(&cp("metadata.annotations.ip"), &PortRule::Fixed(9), []);
+    let o = lean_object(
+        received(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n", "annotations": {"ip": "10.1.1.1"}}})),
+        &keep,
+        &Strings::default(),
+    );
+    assert_eq!(o.addr, Some("10.1.1.1:9".parse().unwrap()));
 }
 
 #[test]
@@ -84,19 +170,27 @@ fn pod_container_port_by_name() {
 
 #[test]
 fn service_by_label_and_port_name() {
-    let svc: Cached = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+    let svc = lean_object(
+        received(json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "gs-1", "namespace": "g", "labels": {"gs": "gs-1"}},
-            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "game", "port": 7777}]}}))
-    .unwrap();
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "game", "port": 7777}],
+                "selector": {"app": "x"}}})),
+        &Keep::services(),
+        &Strings::default(),
+    );
+    assert!(
+        svc.data.walk(&["spec", "selector"]).is_none(),
+        "only the ClusterIP and ports"
+    );
     let services = vec![Arc::new(svc)];
-    let labels = [("gs".to_string(), "gs-1".to_string())].into();
+    let labels: BTreeMap<String, String> = [("gs".to_string(), "gs-1".to_string())].into();
     assert_eq!(
         service_address(&labels, "gs", "game", &services),
         Some("10.96.0.10:7777".parse().unwrap())
     );
     assert_eq!(service_address(&labels, "gs", "other", &services), None);
     assert_eq!(
-        service_address(&Default::default(), "gs", "game", &services),
+        service_address(&BTreeMap::new(), "gs", "game", &services),
         None
     );
 }

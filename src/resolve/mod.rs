@@ -5,6 +5,7 @@
 //! [`SessionCounts`], which the data plane's ledger implements.
 
 pub mod kube;
+pub mod lean;
 pub mod route;
 pub mod select;
 
@@ -15,7 +16,7 @@ use std::sync::atomic::AtomicUsize;
 
 use serde_json::{Value, json};
 
-use crate::config::{self, Addressing, LoadBalancing, ValidConfig, ValidMapping, ValidSource};
+use crate::config::{Addressing, LoadBalancing, ValidConfig, ValidMapping, ValidSource};
 use crate::protocol::jsonpath::CompiledPath;
 use crate::protocol::query::{ErrorCode, QueryError, QueryRequest};
 
@@ -105,10 +106,8 @@ enum Source {
 }
 
 enum AddressRule {
-    Direct {
-        path: CompiledPath,
-        port: config::PortRule,
-    },
+    /// Read when each object is cached ([`kube::Object::addr`]).
+    Direct,
     /// Per-namespace Service caches.
     Service {
         label: String,
@@ -122,8 +121,8 @@ struct Match<'a> {
     namespace: &'a str,
     name: &'a str,
     addr: SocketAddr,
-    labels: &'a BTreeMap<String, String>,
-    annotations: &'a BTreeMap<String, String>,
+    labels: &'a dyn lean::LabelSet,
+    annotations: &'a dyn lean::LabelSet,
 }
 
 struct CompiledMapping {
@@ -188,7 +187,7 @@ impl Resolver {
             if let Source::Kube { caches, address } = &m.source {
                 let services = match address {
                     AddressRule::Service { services, .. } => Some(services.values()),
-                    AddressRule::Direct { .. } => None,
+                    AddressRule::Direct => None,
                 };
                 for w in caches.values().chain(services.into_iter().flatten()) {
                     if !w.synced() {
@@ -211,7 +210,7 @@ impl Resolver {
                     Source::Kube { caches, address } => {
                         let services = match address {
                             AddressRule::Service { services, .. } => Some(services.values()),
-                            AddressRule::Direct { .. } => None,
+                            AddressRule::Direct => None,
                         };
                         (
                             caches.values().map(|c| c.len()).sum(),
@@ -295,7 +294,7 @@ impl Resolver {
                     Some(caches.values()),
                     match address {
                         AddressRule::Service { services, .. } => Some(services.values()),
-                        AddressRule::Direct { .. } => None,
+                        AddressRule::Direct => None,
                     },
                 ),
             };
@@ -344,20 +343,31 @@ impl Resolver {
             )),
             None => None,
         };
-        let client_filters = |labels: &BTreeMap<String, String>,
-                              annotations: &BTreeMap<String, String>,
-                              object: &Value| {
+        let selectors_match = |labels: &dyn lean::LabelSet, annotations: &dyn lean::LabelSet| {
             selector_matches(&mapping.fixed_labels, labels)
                 && selector_matches(&req.label_selector, labels)
                 && selector_matches(&req.annotation_selector, annotations)
+        };
+        let client_filters = |labels: &BTreeMap<String, String>,
+                              annotations: &BTreeMap<String, String>,
+                              object: &Value| {
+            selectors_match(labels, annotations)
                 && match &status {
                     Some((path, q)) => status_matches(object, path, q.expected()),
                     None => true,
                 }
         };
+        // A cached object's status query: on its kept fields, or (`metadata.*`) on a view of
+        // its kept metadata.
+        let cached_status_matches = |o: &kube::Object| match &status {
+            None => true,
+            Some((path, q)) if path.prefix().first().is_some_and(|k| k == "metadata") => {
+                status_matches(&o.metadata_view(), path, q.expected())
+            }
+            Some((path, q)) => o.data.path_matches(path, q.expected()),
+        };
         let objects;
         let service_objects;
-        let empty = BTreeMap::new();
         let matches: Vec<Match<'_>> = match &mapping.source {
             Source::Static(candidates) => candidates
                 .iter()
@@ -399,31 +409,20 @@ impl Resolver {
                         }
                         None => Vec::new(),
                     },
-                    AddressRule::Direct { .. } => Vec::new(),
+                    AddressRule::Direct => Vec::new(),
                 };
                 objects
                     .candidates(&req.label_selector)
-                    .filter_map(|o| o.0.as_ref().ok())
-                    .filter(|o| {
-                        client_filters(
-                            o.metadata.labels.as_ref().unwrap_or(&empty),
-                            o.metadata.annotations.as_ref().unwrap_or(&empty),
-                            &o.data,
-                        )
-                    })
+                    .filter(|o| selectors_match(&o.labels, &o.annotations))
+                    .filter(|o| cached_status_matches(o))
                     .filter_map(|o| {
                         let addr = match address {
-                            AddressRule::Direct { path, port } => {
-                                kube::direct_address(&o.data, path, port)
-                            }
+                            AddressRule::Direct => o.addr,
                             AddressRule::Service {
                                 label, port_name, ..
-                            } => kube::service_address(
-                                o.metadata.labels.as_ref().unwrap_or(&empty),
-                                label,
-                                port_name,
-                                &service_objects,
-                            ),
+                            } => {
+                                kube::service_address(&o.labels, label, port_name, &service_objects)
+                            }
                         };
                         let Some(addr) = addr else {
                             // Matches but cannot be reached (not scheduled yet, no such port).
@@ -431,11 +430,11 @@ impl Resolver {
                             return None;
                         };
                         Some(Match {
-                            namespace: o.metadata.namespace.as_deref().unwrap_or(namespace),
-                            name: o.metadata.name.as_deref()?,
+                            namespace: o.namespace.as_deref().unwrap_or(namespace),
+                            name: &o.name,
                             addr,
-                            labels: o.metadata.labels.as_ref().unwrap_or(&empty),
-                            annotations: o.metadata.annotations.as_ref().unwrap_or(&empty),
+                            labels: &o.labels,
+                            annotations: &o.annotations,
                         })
                     })
                     .collect()
@@ -460,8 +459,8 @@ fn no_match(mapping: &CompiledMapping, namespace: &str, nothing_matched: bool) -
 /// `(current, max)` for `labelArithmetic`, read from a match's labels or annotations.
 fn capacity_of(
     lb: &LoadBalancing,
-    labels: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
+    labels: &dyn lean::LabelSet,
+    annotations: &dyn lean::LabelSet,
 ) -> Option<(u64, u64)> {
     match lb {
         LoadBalancing::LabelArithmetic {
@@ -487,10 +486,16 @@ fn compile(m: &ValidMapping, watchers: &kube::Watchers) -> CompiledMapping {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(",");
+            let keep = match &k.address {
+                Addressing::Direct { path, port } => {
+                    kube::Keep::direct(path, port, &k.cache_fields)
+                }
+                Addressing::Service { .. } => kube::Keep::with(&k.cache_fields),
+            };
             let caches = m
                 .allowed
                 .iter()
-                .map(|ns| (ns.clone(), watchers.watch(&api, ns, &labels)))
+                .map(|ns| (ns.clone(), watchers.watch(&api, ns, &labels, &keep)))
                 .collect();
             let address = match &k.address {
                 Addressing::Service { label, port_name } => AddressRule::Service {
@@ -499,13 +504,13 @@ fn compile(m: &ValidMapping, watchers: &kube::Watchers) -> CompiledMapping {
                     services: m
                         .allowed
                         .iter()
-                        .map(|ns| (ns.clone(), watchers.watch(&kube::services(), ns, "")))
+                        .map(|ns| {
+                            let keep = kube::Keep::services();
+                            (ns.clone(), watchers.watch(&kube::services(), ns, "", &keep))
+                        })
                         .collect(),
                 },
-                Addressing::Direct { path, port } => AddressRule::Direct {
-                    path: path.clone(),
-                    port: port.clone(),
-                },
+                Addressing::Direct { .. } => AddressRule::Direct,
             };
             Source::Kube { caches, address }
         }

@@ -7,17 +7,15 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::lean::LabelSet;
 use crate::config::LoadBalancing;
 use crate::protocol::jsonpath::CompiledPath;
 
 /// True when every `key: value` pair is present in `have`.
-pub fn selector_matches(
-    selector: &BTreeMap<String, String>,
-    have: &BTreeMap<String, String>,
-) -> bool {
+pub fn selector_matches(selector: &BTreeMap<String, String>, have: &dyn LabelSet) -> bool {
     selector
         .iter()
-        .all(|(k, v)| have.get(k).is_some_and(|h| h == v))
+        .all(|(k, v)| have.label(k).is_some_and(|h| h == v))
 }
 
 /// True when a value `path` selects equals one of
@@ -140,14 +138,10 @@ pub fn choose_among<K: Ord>(
 }
 
 /// Parses a label/annotation value as a non-negative integer.
-pub fn label_number(
-    labels: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
-    key: &str,
-) -> Option<u64> {
+pub fn label_number(labels: &dyn LabelSet, annotations: &dyn LabelSet, key: &str) -> Option<u64> {
     labels
-        .get(key)
-        .or_else(|| annotations.get(key))
+        .label(key)
+        .or_else(|| annotations.label(key))
         .and_then(|v| v.trim().parse().ok())
 }
 

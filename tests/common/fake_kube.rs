@@ -3,7 +3,7 @@
 //!
 //! Supports `GET /api/v1/namespaces/{ns}/{plural}` and
 //! `GET /apis/{group}/{version}/namespaces/{ns}/{plural}`, as a LIST (`…List` JSON with
-//! `metadata.resourceVersion`) or, with `watch=true`, a chunked stream of
+//! `metadata.resourceVersion`, paginated by `limit`/`continue`) or, with `watch=true`, a chunked stream of
 //! `{"type":…,"object":…}` lines: ADDED/MODIFIED/DELETED after the requested
 //! resourceVersion, BOOKMARKs every 500 ms, and a 410 `ERROR` event when the requested
 //! version has been compacted away. `labelSelector` equality terms and `fieldSelector`
@@ -310,16 +310,32 @@ async fn handle(
     if !is_watch {
         let mut s = fake.store.lock().unwrap();
         *s.lists.entry(coll.clone()).or_default() += 1;
-        let items: Vec<Value> = s
+        // Paginated as the API server does: `limit` items from the `continue` token on (here
+        // the index of the next item), `metadata.continue` while more remain.
+        let limit: usize = q
+            .get("limit")
+            .and_then(|v| v.parse().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        let skip: usize = q.get("continue").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut matching = s
             .objects
             .iter()
             .filter(|((c, n, _), o)| *c == coll && *n == ns && selector_matches(&selector, o))
+            .skip(skip);
+        let items: Vec<Value> = matching
+            .by_ref()
+            .take(limit)
             .map(|(_, o)| o.clone())
             .collect();
+        let mut metadata = json!({"resourceVersion": s.rv.to_string()});
+        if matching.next().is_some() {
+            metadata["continue"] = json!((skip + items.len()).to_string());
+        }
         let body = json!({
             "apiVersion": api_version,
             "kind": "List",
-            "metadata": {"resourceVersion": s.rv.to_string()},
+            "metadata": metadata,
             "items": items,
         });
         return (
