@@ -21,8 +21,10 @@ fn main() -> anyhow::Result<()> {
     let data: SocketAddr = args.next().as_deref().unwrap_or("127.0.0.1:7777").parse()?;
     let kind = args.next().unwrap_or_else(|| "echo".to_string());
 
-    // 1. QUERY: one JSON line over TCP, one answer line back.
-    let first = Query::new(&kind).send(query)?;
+    // 1. QUERY: one JSON line over TCP, one answer line back. The player id goes to the
+    //    game server in the PROXY v2 header when the mapping has `proxyProtocol: v2` (and
+    //    into the Agones players list when it allocates).
+    let first = Query::new(&kind).player_id("player-1").send(query)?;
     println!(
         "QUERY   -> token {} for {}/{} (resume window {:?} s)",
         first.token, first.target.namespace, first.target.name, first.resume_seconds

@@ -25,7 +25,7 @@ use crate::protocol::query::{
     ErrorCode, QueryError, TargetRef, TokenAnswer, parse_request, render,
 };
 use crate::session::Ledger;
-use crate::token::Tokens;
+use crate::token::{IssueError, Tokens};
 
 /// What the query server needs; shared by every connection.
 pub(crate) struct QueryContext {
@@ -128,9 +128,14 @@ impl QueryContext {
         let issued = self
             .tokens
             .issue(resolved.target, peer, now, config.token_policy)
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot issue a token");
-                QueryError::new(ErrorCode::Internal, "cannot issue a token right now")
+            .map_err(|e| match e {
+                IssueError::PlayerIdTooLong { .. } => {
+                    QueryError::new(ErrorCode::BadRequest, e.to_string())
+                }
+                _ => {
+                    tracing::error!(error = %e, "cannot issue a token");
+                    QueryError::new(ErrorCode::Internal, "cannot issue a token right now")
+                }
             })?;
         self.metrics.tokens_issued.inc();
         Ok(TokenAnswer {

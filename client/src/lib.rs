@@ -55,6 +55,8 @@ pub struct Query {
     annotation_selector: Vec<(String, String)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status_query: Option<StatusQuery>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    player_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +105,14 @@ impl Query {
             json_path: json_path.into(),
             expected_values: expected.iter().map(|s| s.to_string()).collect(),
         });
+        self
+    }
+
+    /// The player's id (1..=36 bytes of `A-Z a-z 0-9 . _ : @ -`): added to the Agones players
+    /// list when the mapping allocates, and passed to the game server in the PROXY v2 header
+    /// when the mapping has `proxyProtocol: v2`.
+    pub fn player_id(mut self, id: &str) -> Self {
+        self.player_id = Some(id.to_string());
         self
     }
 
@@ -445,6 +455,7 @@ mod tests {
             .label("agones.dev/fleet", "m-tutorial")
             .annotation("status", "accepting")
             .status("status.state", &["Ready", "Allocated"])
+            .player_id("p-42")
             .to_line();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(
@@ -454,7 +465,8 @@ mod tests {
                 "namespace": "game-servers",
                 "labelSelector": {"agones.dev/fleet": "m-tutorial"},
                 "annotationSelector": {"status": "accepting"},
-                "statusQuery": {"jsonPath": "status.state", "expectedValues": ["Ready", "Allocated"]}
+                "statusQuery": {"jsonPath": "status.state", "expectedValues": ["Ready", "Allocated"]},
+                "playerId": "p-42"
             })
         );
         assert_eq!(Query::new("echo").to_line(), r#"{"resourceType":"echo"}"#);

@@ -256,10 +256,21 @@ pub struct Mapping {
     /// Overrides the global `loadBalancing` for this mapping.
     #[serde(default)]
     pub load_balancing: Option<LoadBalancing>,
+    /// `v2`: every datagram to this mapping's targets starts with a PROXY protocol v2 header
+    /// carrying the client's address (and the query's `playerId`). Off by default.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// Kubernetes mappings: JSONPaths of fields the cache keeps besides labels, annotations,
     /// `status` and what the address paths read (for status queries on e.g. `spec.*`).
     #[serde(default)]
     pub cache_fields: Vec<String>,
+}
+
+/// `proxyProtocol` versions.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    #[serde(rename = "v2")]
+    V2,
 }
 
 /// A static endpoint behaves exactly like a Kubernetes object: labels, annotations and
@@ -649,6 +660,7 @@ fn validate_mapping(
         allowed: allowed_namespaces(mapping),
         fixed_labels: mapping.label_selector.clone(),
         expose_address: mapping.expose_target_address,
+        proxy_protocol: mapping.proxy_protocol == Some(ProxyProtocol::V2),
         load_balancing: mapping
             .load_balancing
             .clone()

@@ -47,6 +47,8 @@ pub struct ValidMapping {
     /// ANDed with every client's selector.
     pub fixed_labels: BTreeMap<String, String>,
     pub expose_address: bool,
+    /// `proxyProtocol: v2`: datagrams to this mapping's targets carry a PROXY v2 header.
+    pub proxy_protocol: bool,
     /// The mapping's own, or the global one.
     pub load_balancing: LoadBalancing,
     pub source: ValidSource,

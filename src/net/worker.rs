@@ -81,6 +81,10 @@ pub(crate) struct Worker {
     last_datagram: Instant,
     /// The last `/sessions` request answered.
     sampled: u64,
+    /// The data socket's address (the destination PROXY v2 headers name).
+    local: SocketAddr,
+    /// A datagram with its PROXY v2 header in front (`proxyProtocol: v2`).
+    proxied: Vec<u8>,
 }
 
 impl Worker {
@@ -92,6 +96,9 @@ impl Worker {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let local = socket.local_addr()?.as_socket().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "data socket has no IP address")
+        })?;
         let mut data = UdpSocket::from_std(socket.into());
         poll.registry()
             .register(&mut data, DATA, Interest::READABLE)?;
@@ -121,6 +128,8 @@ impl Worker {
             again: Vec::new(),
             last_datagram: now,
             sampled: 0,
+            local,
+            proxied: Vec::new(),
         })
     }
 
@@ -284,7 +293,16 @@ impl Worker {
     fn carry_out(&mut self, decision: Decision, datagram: &[u8], now: Instant) {
         self.counts.decided(&decision);
         match decision {
-            Decision::Forward { socket, to } => self.send_to_target(socket, to, datagram),
+            Decision::Forward {
+                socket,
+                to,
+                header: None,
+            } => self.send_to_target(socket, to, datagram),
+            Decision::Forward {
+                socket,
+                to,
+                header: Some(id),
+            } => self.send_with_header(id, socket, to, datagram),
             Decision::Deliver { client } => match self.data.send_to(datagram, client) {
                 Ok(_) => {
                     self.counts.datagrams_to_client += 1;
@@ -303,7 +321,11 @@ impl Worker {
                 if self.bind_socket(id, binding, None, redeemed, now)
                     && let Some(to) = forward
                 {
-                    self.send_to_target(binding.socket, to, datagram);
+                    if self.table.describe(id).is_some_and(|(_, t, _)| t.proxy) {
+                        self.send_with_header(id, binding.socket, to, datagram);
+                    } else {
+                        self.send_to_target(binding.socket, to, datagram);
+                    }
                 }
             }
             Decision::Reset {
@@ -383,6 +405,40 @@ impl Worker {
 
     fn send_to_target(&mut self, socket: SocketId, to: SocketAddr, datagram: &[u8]) {
         let sent = self.upstreams.send(socket, datagram, to);
+        self.counts
+            .dropped_n(DropReason::UpstreamError, sent.reports);
+        match sent.result {
+            Ok(()) => {
+                self.counts.datagrams_to_target += 1;
+                self.counts.bytes_to_target += datagram.len() as u64;
+            }
+            Err(reason) => self.counts.dropped(reason),
+        }
+    }
+
+    /// Sends `datagram` behind session `id`'s PROXY v2 header (client address, this data
+    /// socket's address, the player id). The bytes counted are the client's, not the header's.
+    fn send_with_header(
+        &mut self,
+        id: SessionId,
+        socket: SocketId,
+        to: SocketAddr,
+        datagram: &[u8],
+    ) {
+        let Some((client, target, _)) = self.table.describe(id) else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.proxied);
+        out.clear();
+        crate::protocol::proxy::write_header(
+            &mut out,
+            client,
+            self.local,
+            target.player.as_deref(),
+        );
+        out.extend_from_slice(datagram);
+        let sent = self.upstreams.send(socket, &out, to);
+        self.proxied = out;
         self.counts
             .dropped_n(DropReason::UpstreamError, sent.reports);
         match sent.result {

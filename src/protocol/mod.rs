@@ -1,7 +1,8 @@
 //! Wire formats, pure and allocation-conscious: the query JSON, the JSONPaths it carries
-//! (compiled once), and the datagram codec. Owns parsing and encoding only; must not know
+//! (compiled once), the datagram codec and PROXY v2 headers. Owns parsing and encoding only; must not know
 //! how a query is resolved or what a session is.
 
 pub mod datagram;
 pub mod jsonpath;
+pub mod proxy;
 pub mod query;

@@ -23,6 +23,27 @@ pub struct QueryRequest {
     pub annotation_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_query: Option<StatusQuery>,
+    /// The player's id: added to the Agones players list on allocation and sent to the game
+    /// server in the PROXY v2 header (`proxyProtocol: v2`). 1..=[`PLAYER_ID_MAX`] bytes of
+    /// `[A-Za-z0-9._:@-]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub player_id: Option<String>,
+}
+
+/// Longest `playerId` (a UUID's length fits).
+pub const PLAYER_ID_MAX: usize = 36;
+
+/// Why a `playerId` is unusable, or `None` when it is fine.
+pub fn player_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() || id.len() > PLAYER_ID_MAX {
+        return Some(format!(
+            "`playerId` must be 1..={PLAYER_ID_MAX} bytes, found {}",
+            id.len()
+        ));
+    }
+    id.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-')))
+        .map(|c| format!("`playerId` may contain only A-Z a-z 0-9 . _ : @ -, found {c:?}"))
 }
 
 /// A JSONPath into the resource and the values that count as a match.
@@ -211,6 +232,9 @@ pub fn parse_request(line: &[u8]) -> Result<QueryRequest, QueryError> {
             ErrorCode::BadRequest,
             "`resourceType` must not be empty",
         ));
+    }
+    if let Some(problem) = request.player_id.as_deref().and_then(player_id_problem) {
+        return Err(QueryError::new(ErrorCode::BadRequest, problem));
     }
     if let Some(status) = &request.status_query {
         normalize_json_path(&status.json_path)

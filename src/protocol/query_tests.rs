@@ -96,3 +96,24 @@ fn answers_render_as_one_line() {
     assert_eq!(exposed.address.as_deref(), Some("10.0.0.1"));
     assert_eq!(exposed.port, Some(7654));
 }
+
+#[test]
+fn player_ids_are_checked_for_length_and_characters() {
+    let ok = parse_request(br#"{"resourceType":"gs","playerId":"p-42@eu:a_b.c"}"#).unwrap();
+    assert_eq!(ok.player_id.as_deref(), Some("p-42@eu:a_b.c"));
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let line = format!(r#"{{"resourceType":"gs","playerId":"{uuid}"}}"#);
+    assert!(parse_request(line.as_bytes()).is_ok(), "a UUID fits");
+    for bad in [
+        r#""""#.to_string(),
+        format!(r#""{}""#, "x".repeat(PLAYER_ID_MAX + 1)),
+        r#""a b""#.to_string(),
+        r#""<script>""#.to_string(),
+        r#""é""#.to_string(),
+        "42".to_string(),
+    ] {
+        let line = format!(r#"{{"resourceType":"gs","playerId":{bad}}}"#);
+        let e = parse_request(line.as_bytes()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest, "{bad}: {}", e.message);
+    }
+}

@@ -32,6 +32,10 @@ pub struct Target {
     pub namespace: String,
     pub name: String,
     pub addr: SocketAddr,
+    /// `proxyProtocol: v2`: every datagram towards the target starts with a PROXY v2 header.
+    pub proxy: bool,
+    /// The query's `playerId` (sent in the PROXY v2 header).
+    pub player: Option<Box<str>>,
 }
 
 impl Target {
@@ -42,7 +46,19 @@ impl Target {
             name: name.to_string(),
             // v4-mapped v6 addresses are stored as v4 so the data plane compares like with like.
             addr: SocketAddr::new(addr.ip().to_canonical(), addr.port()),
+            proxy: false,
+            player: None,
         }
+    }
+
+    pub fn with_proxy(mut self, proxy: bool) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
+    pub fn with_player(mut self, player: Option<&str>) -> Self {
+        self.player = player.map(Box::from);
+        self
     }
 }
 
@@ -131,6 +147,8 @@ struct CompiledMapping {
     allowed: BTreeSet<String>,
     fixed_labels: BTreeMap<String, String>,
     expose_address: bool,
+    /// `proxyProtocol: v2`.
+    proxy: bool,
     load_balancing: LoadBalancing,
     round_robin: AtomicUsize,
     source: Source,
@@ -251,12 +269,11 @@ impl Resolver {
             .and_then(|i| matches.get(i))
             .ok_or_else(|| no_match(mapping, namespace, matches.is_empty()))?;
             Ok(Resolved {
-                target: Arc::new(Target::new(
-                    &mapping.name,
-                    chosen.namespace,
-                    chosen.name,
-                    chosen.addr,
-                )),
+                target: Arc::new(
+                    Target::new(&mapping.name, chosen.namespace, chosen.name, chosen.addr)
+                        .with_proxy(mapping.proxy)
+                        .with_player(req.player_id.as_deref()),
+                ),
                 expose_address: mapping.expose_address,
             })
         })?
@@ -537,6 +554,7 @@ fn compile(m: &ValidMapping, watchers: &kube::Watchers) -> CompiledMapping {
         default_namespace: m.default_namespace.clone(),
         fixed_labels: m.fixed_labels.clone(),
         expose_address: m.expose_address,
+        proxy: m.proxy_protocol,
         load_balancing: m.load_balancing.clone(),
         round_robin: AtomicUsize::new(0),
         source,

@@ -71,7 +71,10 @@ impl DefaultRoute {
                 matches
                     .iter()
                     .map(|m| Pick {
-                        target: Arc::new(Target::new(&mapping.name, m.namespace, m.name, m.addr)),
+                        target: Arc::new(
+                            Target::new(&mapping.name, m.namespace, m.name, m.addr)
+                                .with_proxy(mapping.proxy),
+                        ),
                         capacity: capacity_of(&mapping.load_balancing, m.labels, m.annotations),
                     })
                     .collect()

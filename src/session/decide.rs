@@ -78,10 +78,12 @@ pub struct Rules {
 /// decision only says where they go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Send the datagram to `to` from upstream socket `socket`.
+    /// Send the datagram to `to` from upstream socket `socket`; with `header`, prefixed by
+    /// the PROXY v2 header of that session (its target's mapping has `proxyProtocol: v2`).
     Forward {
         socket: SocketId,
         to: SocketAddr,
+        header: Option<SessionId>,
     },
     /// Send the datagram to `client` from the data socket.
     Deliver {
@@ -89,7 +91,8 @@ pub enum Decision {
     },
     /// A session was opened: open `binding.socket` first when `binding.open_socket`, then
     /// send the datagram to `forward` when set (a default-endpoint session's first datagram
-    /// is game traffic; a token is never forwarded).
+    /// is game traffic; a token is never forwarded), with the session's PROXY v2 header when
+    /// its target wants one.
     Open {
         id: SessionId,
         binding: Binding,
@@ -276,7 +279,7 @@ impl SessionTable {
         };
         let (id, binding) = self.insert_admitted(client, target, Origin::DefaultEndpoint, now);
         match self.forward_from_client(id, len, now) {
-            Some((_, to)) => Decision::Open {
+            Some((_, to, _)) => Decision::Open {
                 id,
                 binding,
                 forward: Some(to),
@@ -289,7 +292,11 @@ impl SessionTable {
     #[inline]
     fn forward(&mut self, id: SessionId, len: usize, now: Instant) -> Decision {
         match self.forward_from_client(id, len, now) {
-            Some((socket, to)) => Decision::Forward { socket, to },
+            Some((socket, to, proxy)) => Decision::Forward {
+                socket,
+                to,
+                header: proxy.then_some(id),
+            },
             None => Decision::Drop(DropReason::NoSession),
         }
     }

@@ -421,12 +421,12 @@ impl SessionTable {
         id: SessionId,
         len: usize,
         now: Instant,
-    ) -> Option<(SocketId, SocketAddr)> {
+    ) -> Option<(SocketId, SocketAddr, bool)> {
         let s = self.session_mut(id)?;
         s.last_seen = now;
         s.stats.datagrams_to_target += 1;
         s.stats.bytes_to_target += len as u64;
-        Some((s.socket, s.target.addr))
+        Some((s.socket, s.target.addr, s.target.proxy))
     }
 
     /// Records a datagram that arrived on upstream socket `socket` from `from` and returns

@@ -106,7 +106,8 @@ fn a_token_opens_a_session_and_data_flows_both_ways() {
         send(&mut t, &tokens, 1, b"game", now),
         Decision::Forward {
             socket: binding.socket,
-            to: target(9001).addr
+            to: target(9001).addr,
+            header: None,
         }
     );
     assert_eq!(

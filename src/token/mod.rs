@@ -122,6 +122,10 @@ pub enum IssueError {
     NoKey,
     #[error("the system random generator failed")]
     Random,
+    #[error(
+        "`playerId` of {len} bytes does not fit a sealed token for this target and client (at most {max})"
+    )]
+    PlayerIdTooLong { len: usize, max: usize },
 }
 
 /// The tokens of one process, in the format it was started with.
@@ -251,22 +255,34 @@ impl Default for Interner {
 }
 
 impl Interner {
-    /// The shared target equal to `mapping`/`namespace`/`name` at `addr`.
-    pub fn get(&self, mapping: &str, namespace: &str, name: &str, addr: SocketAddr) -> Arc<Target> {
+    /// The shared target equal to `mapping`/`namespace`/`name` at `addr` (no player).
+    pub fn get(
+        &self,
+        mapping: &str,
+        namespace: &str,
+        name: &str,
+        addr: SocketAddr,
+        proxy: bool,
+    ) -> Arc<Target> {
         if let Some(t) = self.targets.get(&addr)
             && t.mapping == mapping
             && t.namespace == namespace
             && t.name == name
+            && t.proxy == proxy
+            && t.player.is_none()
         {
             return t;
         }
-        let t = Arc::new(Target::new(mapping, namespace, name, addr));
+        let t = Arc::new(Target::new(mapping, namespace, name, addr).with_proxy(proxy));
         self.targets.insert(addr, Arc::clone(&t));
         t
     }
 
-    /// `target`, or the shared one equal to it.
+    /// `target`, or the shared one equal to it. A player's target is never shared.
     pub fn share(&self, target: Arc<Target>) -> Arc<Target> {
+        if target.player.is_some() {
+            return target;
+        }
         match self.targets.get(&target.addr) {
             Some(t) if *t == *target => t,
             _ => {

@@ -9,8 +9,14 @@
 //!                   ^ additional authenticated data: version and fingerprint
 //! plaintext:
 //! [flags][issued: 6, Unix ms][ttl: 4, ms][resume: 4, s][target ip: 4|16][target port: 2]
-//! [client: 4 (IPv4) | 8 (IPv6 /64), when bound][mapping len][mapping][namespace len][namespace][name]
+//! [client: 4 (IPv4) | 8 (IPv6 /64), when bound][player len][player id, when there is one]
+//! [mapping len][mapping][namespace len][namespace][name]
 //! ```
+//!
+//! Flags: target is IPv6, bound, bound to an IPv6 /64, single use, PROXY v2 towards the
+//! target (the mapping's `proxyProtocol`), a player id follows. The player id is what the game
+//! server is told (PROXY v2 TLV), so it is never cut: a query whose `playerId` does not fit
+//! ([`player_room`]) is refused.
 //!
 //! At most [`MAX_WIRE`] = 128 printable bytes: the names get what the fixed fields leave
 //! (38 bytes with IPv4 target and client, 22 with IPv6), the longest cut first (names are
@@ -53,6 +59,8 @@ const TARGET_V6: u8 = 1;
 const BOUND: u8 = 2;
 const BOUND_V6: u8 = 4;
 const SINGLE_USE: u8 = 8;
+const PROXY_V2: u8 = 16;
+const PLAYER: u8 = 32;
 
 /// Is `b` a character of the wire form?
 pub fn is_wire_byte(b: u8) -> bool {
@@ -68,9 +76,28 @@ pub struct Contents {
     pub single_use: bool,
     pub target: SocketAddr,
     pub client: Option<ClientNet>,
+    /// Datagrams to the target carry a PROXY v2 header.
+    pub proxy: bool,
+    pub player: Option<String>,
     pub mapping: String,
     pub namespace: String,
     pub name: String,
+}
+
+/// The longest player id a token for `target` bound to `client` can carry (the names then
+/// get nothing; they are display-only).
+pub fn player_room(target: SocketAddr, client: Option<ClientNet>) -> usize {
+    let ip = if super::canonical(target).is_ipv6() {
+        16
+    } else {
+        4
+    };
+    let bound = match client {
+        None => 0,
+        Some(ClientNet::V4(_)) => 4,
+        Some(ClientNet::V6Prefix(_)) => 8,
+    };
+    MAX_PLAIN.saturating_sub(FIXED + ip + 2 + bound + 1 + 2)
 }
 
 /// Seals and opens tokens with the keys in force.
@@ -146,10 +173,21 @@ impl SealedTokens {
             single_use: policy.single_use,
             target: target.addr,
             client: (policy.binding == Binding::Ip).then(|| ClientNet::of(client)),
+            proxy: target.proxy,
+            player: target.player.as_deref().map(str::to_string),
             mapping: target.mapping.clone(),
             namespace: target.namespace.clone(),
             name: target.name.clone(),
         };
+        if let Some(player) = &contents.player {
+            let max = player_room(contents.target, contents.client);
+            if player.len() > max {
+                return Err(IssueError::PlayerIdTooLong {
+                    len: player.len(),
+                    max,
+                });
+            }
+        }
         Ok(seal(&self.keys.load(), nonce, &contents))
     }
 
@@ -194,8 +232,17 @@ impl SealedTokens {
     }
 
     fn target(&self, c: &Contents) -> Arc<Target> {
-        self.targets
-            .get(&c.mapping, &c.namespace, &c.name, c.target)
+        match &c.player {
+            // A player's target is its own (the interner shares targets between players).
+            Some(player) => Arc::new(
+                Target::new(&c.mapping, &c.namespace, &c.name, c.target)
+                    .with_proxy(c.proxy)
+                    .with_player(Some(player)),
+            ),
+            None => self
+                .targets
+                .get(&c.mapping, &c.namespace, &c.name, c.target, c.proxy),
+        }
     }
 }
 
@@ -231,6 +278,17 @@ pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
     if c.single_use {
         flags |= SINGLE_USE;
     }
+    if c.proxy {
+        flags |= PROXY_V2;
+    }
+    // `issue` has checked it fits; a longer one (a bug) is cut rather than overflow the token.
+    let player = c
+        .player
+        .as_deref()
+        .map(|p| cut(p, player_room(target, c.client)));
+    if player.is_some() {
+        flags |= PLAYER;
+    }
     plain.push(flags);
     plain.extend_from_slice(&c.issued_ms.to_be_bytes()[2..]);
     plain.extend_from_slice(&c.ttl_ms.to_be_bytes());
@@ -242,8 +300,12 @@ pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
         Some(ClientNet::V6Prefix(p)) => plain.extend_from_slice(&p),
         None => {}
     }
+    if let Some(player) = player {
+        plain.push(player.len() as u8);
+        plain.extend_from_slice(player.as_bytes());
+    }
     // The names get what is left; the longest is cut first, a byte at a time.
-    let budget = MAX_PLAIN - plain.len() - 2;
+    let budget = MAX_PLAIN.saturating_sub(plain.len() + 2);
     let mut lens = [c.mapping.len(), c.namespace.len(), c.name.len()];
     lens[0] = lens[0].min(255);
     lens[1] = lens[1].min(255);
@@ -343,6 +405,12 @@ fn parse(p: &[u8]) -> Option<Contents> {
         (true, true) => Some(ClientNet::V6Prefix(take(8)?.try_into().ok()?)),
     };
     let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_string);
+    let player = if flags & PLAYER != 0 {
+        let n = usize::from(*take(1)?.first()?);
+        Some(text(take(n)?)?)
+    } else {
+        None
+    };
     let n = usize::from(*take(1)?.first()?);
     let mapping = text(take(n)?)?;
     let n = usize::from(*take(1)?.first()?);
@@ -355,6 +423,8 @@ fn parse(p: &[u8]) -> Option<Contents> {
         single_use: flags & SINGLE_USE != 0,
         target: SocketAddr::new(ip, port),
         client,
+        proxy: flags & PROXY_V2 != 0,
+        player,
         mapping,
         namespace,
         name,

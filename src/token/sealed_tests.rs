@@ -15,6 +15,8 @@ fn contents(target: &str, client: Option<IpAddr>, names: (&str, &str, &str)) -> 
         single_use: false,
         target: target.parse().unwrap(),
         client: client.map(ClientNet::of),
+        proxy: false,
+        player: None,
         mapping: names.0.into(),
         namespace: names.1.into(),
         name: names.2.into(),
@@ -198,6 +200,7 @@ proptest! {
         a in any::<[u8; 4]>(), port in any::<u16>(), v6 in any::<bool>(), b6 in any::<[u8; 16]>(),
         bound in any::<Option<bool>>(), issued in 0u64..(1 << 48), ttl in any::<u32>(), resume in any::<u32>(),
         mapping in "[a-z0-9-]{0,40}", ns in "[a-z0-9-]{0,63}", name in "[a-z0-9-]{0,80}",
+        proxy in any::<bool>(), player in proptest::option::of("[A-Za-z0-9._:@-]{1,36}"),
     ) {
         let k = keys("a", 7);
         let ip = if v6 { IpAddr::V6(Ipv6Addr::from(b6)) } else { IpAddr::V4(Ipv4Addr::from(a)) };
@@ -205,13 +208,57 @@ proptest! {
         let c = Contents {
             issued_ms: issued, ttl_ms: ttl, resume_s: resume, single_use: port % 2 == 0,
             target: SocketAddr::new(ip, port), client: client.map(ClientNet::of),
+            proxy, player: player.clone(),
             mapping: mapping.clone(), namespace: ns.clone(), name: name.clone(),
         };
+        let room = player_room(c.target, c.client);
+        prop_assume!(player.as_ref().is_none_or(|p| p.len() <= room));
         let wire = seal(&k, [4; NONCE_LEN], &c);
         prop_assert!(wire.len() <= MAX_WIRE);
         let (_, back) = open(&k, wire.as_bytes()).unwrap();
         prop_assert_eq!(back.target, super::super::canonical(c.target));
         prop_assert_eq!((back.issued_ms, back.ttl_ms, back.resume_s, back.client), (issued, ttl, resume, c.client));
         prop_assert!(mapping.starts_with(&back.mapping) && ns.starts_with(&back.namespace) && name.starts_with(&back.name));
+        prop_assert_eq!((back.proxy, back.player), (proxy, player), "the player id is never cut");
     }
+}
+
+#[test]
+fn a_player_id_rides_in_the_token_and_one_that_does_not_fit_is_refused() {
+    let k = keys("a", 7);
+    let me: IpAddr = "10.0.0.1".parse().unwrap();
+    let t0 = Instant::now();
+    let tokens = SealedTokens::new(k, WallClock::fixed(t0, 1_800_000_000_000), 1000);
+    let uuid = "6f1c2a8e-5b7d-4c1e-9a3f-2d8e7b6c5a41";
+    let target = Target::new(
+        "gameserver",
+        "game-servers",
+        "gs-with-a-rather-long-name-x7k2p-abcde",
+        "10.0.0.7:7654".parse().unwrap(),
+    )
+    .with_proxy(true)
+    .with_player(Some(uuid));
+    let wire = tokens
+        .issue(&target, me, t0, policy(Binding::Ip, false))
+        .unwrap();
+    assert!(wire.len() <= MAX_WIRE);
+    let g = tokens.open(wire.as_bytes(), me, Use::Open, t0).unwrap();
+    assert_eq!(g.target.player.as_deref(), Some(uuid));
+    assert!(g.target.proxy);
+    assert_eq!(
+        player_room("10.0.0.7:1".parse().unwrap(), Some(ClientNet::of(me))),
+        37,
+        "a UUID fits with IPv4"
+    );
+    // An IPv6 target and client leave less room than a UUID needs.
+    let v6: IpAddr = "2001:db8::1".parse().unwrap();
+    let target =
+        Target::new("m", "n", "x", "[2001:db8::7]:7654".parse().unwrap()).with_player(Some(uuid));
+    let e = tokens
+        .issue(&target, v6, t0, policy(Binding::Ip, false))
+        .unwrap_err();
+    assert!(
+        matches!(e, IssueError::PlayerIdTooLong { len: 36, max: 21 }),
+        "{e}"
+    );
 }

@@ -107,6 +107,11 @@ pub struct LoadgenArgs {
     /// `$'tokenFormat: sealed\ntokenKeysFile: /tmp/keys'` (a literal `\n` also separates lines).
     #[arg(long, default_value = "")]
     pub director_yaml: String,
+    /// Throughput: the director under test sends PROXY v2 headers to its target
+    /// (`proxyProtocol: v2`), the `--also-director` does not, and the echo backend reads the
+    /// header off before echoing: the cost of the header, same run.
+    #[arg(long)]
+    pub proxy_protocol: bool,
 }
 
 /// Results of one measured phase.
@@ -149,8 +154,21 @@ pub fn spawn_director(
     args: &LoadgenArgs,
     max_sessions: usize,
 ) -> io::Result<ChildDirector> {
-    let mut mapping =
-        String::from("  echo:\n    loadBalancing: {type: leastSessions}\n    static:\n");
+    spawn_director_with(exe, targets, args, max_sessions, false)
+}
+
+/// [`spawn_director`], with `proxyProtocol: v2` on the mapping when `proxy` is set.
+pub fn spawn_director_with(
+    exe: &Path,
+    targets: &[SocketAddr],
+    args: &LoadgenArgs,
+    max_sessions: usize,
+    proxy: bool,
+) -> io::Result<ChildDirector> {
+    let mut mapping = format!(
+        "  echo:\n{}    loadBalancing: {{type: leastSessions}}\n    static:\n",
+        if proxy { "    proxyProtocol: v2\n" } else { "" }
+    );
     for (i, t) in targets.iter().enumerate() {
         mapping.push_str(&format!(
             "      - {{name: t{i:05}, address: \"{}\", port: {}, labels: {{target: t{i:05}}}}}\n",
@@ -443,14 +461,15 @@ pub fn run(args: &LoadgenArgs) -> io::Result<()> {
     {
         return Err(io::Error::other("--raw-proxy must be a loopback address"));
     }
-    let backend = EchoServer::start(
+    let backend = EchoServer::start_with(
         SocketAddr::from((Ipv4Addr::LOCALHOST, args.backend_port)),
         b"",
+        args.proxy_protocol,
     )?;
     // Every round opens fresh client sockets, so earlier rounds' sessions are still live.
     let mut directors = vec![(
         "director",
-        spawn_director(exe, &[backend.addr], args, 1_000_000)?,
+        spawn_director_with(exe, &[backend.addr], args, 1_000_000, args.proxy_protocol)?,
     )];
     if let Some(other) = &args.also_director {
         directors.push((
