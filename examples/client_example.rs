@@ -5,8 +5,8 @@
 //!     cargo run --release --example echo_servers                   # terminal 2 (game servers)
 //!     cargo run --release --example client_example                 # terminal 3
 //!
-//! Arguments (all optional): QUERY_ADDR DATA_ADDR RESOURCE_TYPE, default
-//! 127.0.0.1:9000 127.0.0.1:7777 echo.
+//! Arguments (all optional): QUERY_ADDR DATA_ADDR RESOURCE_TYPE [SECOND_DATA_ADDR], default
+//! 127.0.0.1:9000 127.0.0.1:7777 echo (a second data port only with `dataPorts`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +20,8 @@ fn main() -> anyhow::Result<()> {
     let query: SocketAddr = args.next().as_deref().unwrap_or("127.0.0.1:9000").parse()?;
     let data: SocketAddr = args.next().as_deref().unwrap_or("127.0.0.1:7777").parse()?;
     let kind = args.next().unwrap_or_else(|| "echo".to_string());
+    // With `dataPorts`, a second data port (e.g. voice on 127.0.0.1:7778).
+    let voice: Option<SocketAddr> = args.next().map(|a| a.parse()).transpose()?;
 
     // 1. QUERY: one JSON line over TCP, one answer line back. The player id goes to the
     //    game server in the PROXY v2 header when the mapping has `proxyProtocol: v2` (and
@@ -52,6 +54,19 @@ fn main() -> anyhow::Result<()> {
         started.elapsed(),
         session.resumes()
     );
+
+    // 2b. A second data port (`dataPorts`): the same token opens a session there too, to
+    //     the same server's matching port (voice next to game).
+    if let Some(voice) = voice {
+        let mut voice_session = Session::open(voice, &first)?;
+        voice_session.send(b"voice frame")?;
+        let reply = voice_session.recv_timeout(&mut buf, Duration::from_secs(2))?;
+        println!(
+            "VOICE   -> {} on the same server: {:?}",
+            voice,
+            reply.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        );
+    }
 
     // 3. SWITCH: a new token behind the magic bytes moves the session; same socket.
     let second = Query::new(&kind).send(query)?;

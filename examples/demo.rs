@@ -29,9 +29,10 @@ async fn main() -> anyhow::Result<()> {
         .flatten()
     {
         let prefix = format!("{} says: ", ep.name);
-        let server = EchoServer::start(SocketAddr::new(ep.address, ep.port), prefix.as_bytes())
+        let port = ep.port.unwrap_or(0);
+        let server = EchoServer::start(SocketAddr::new(ep.address, port), prefix.as_bytes())
             .or_else(|_| EchoServer::start(SocketAddr::new(ep.address, 0), prefix.as_bytes()))?;
-        ep.port = server.addr.port();
+        ep.port = Some(server.addr.port());
         println!("game server  {} on udp://{}", ep.name, server.addr);
         servers.push(server);
     }

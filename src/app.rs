@@ -46,7 +46,10 @@ pub enum StartError {
 /// A running director.
 pub struct Running {
     pub query_addr: SocketAddr,
+    /// The main data port (the first of `dataPorts`).
     pub data_addr: SocketAddr,
+    /// Every data port, in `dataPorts` order.
+    pub data_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub ledger: Arc<Ledger>,
     pub tokens: Arc<Tokens>,
@@ -87,6 +90,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         metrics.targets_skipped.clone(),
     ));
     let (query_at, data_at, admin_at) = (config.query_addr, config.data_addr, config.admin_addr);
+    let data_ats: Vec<SocketAddr> = config.data_ports.iter().map(|d| d.addr).collect();
     let (workers, buffer_bytes) = (config.data_workers, config.socket_buffer_bytes);
     let mappings = config.mappings.len();
     let settings = Arc::new(Settings::new(Generation::build(config, &watchers, None)));
@@ -105,7 +109,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         n => n,
     };
     let data = DataPlane::start(
-        data_at,
+        &data_ats,
         workers,
         buffer_bytes,
         reuse_port,
@@ -197,10 +201,16 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         None => {}
     }
     readiness.listening.store(true, Ordering::SeqCst);
-    let data_addr = data.local_addr();
+    let data_addrs = data.local_addrs().to_vec();
+    let data_addr = data_addrs.first().copied().unwrap_or(data_at);
     tracing::info!(
         query = %query_addr,
         data = %data_addr,
+        data_ports = %data_addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         admin = %admin_addr,
         workers,
         mappings,
@@ -211,6 +221,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     Ok(Running {
         query_addr,
         data_addr,
+        data_addrs,
         admin_addr,
         ledger,
         tokens,

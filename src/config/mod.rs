@@ -18,7 +18,10 @@ use crate::protocol::query::QueryRequest;
 pub mod reload;
 mod valid;
 
-pub use valid::{Addressing, KubeSource, PortRule, ValidConfig, ValidMapping, ValidSource};
+pub use valid::{
+    Addressing, KubeSource, PortRule, TargetPort, ValidConfig, ValidDataPort, ValidMapping,
+    ValidSource,
+};
 
 /// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,10 @@ pub struct Config {
     /// UDP data port; 0 asks the OS for a free port.
     #[serde(default = "defaults::data_port")]
     pub data_port: u16,
+    /// Several data ports (SPEC §3): one token opens a session on each, towards the same
+    /// target object's matching port. Replaces `dataPort` when set.
+    #[serde(default)]
+    pub data_ports: Option<Vec<DataPortEntry>>,
     /// Admin HTTP port; 0 asks the OS for a free port.
     #[serde(default = "defaults::admin_port")]
     pub admin_port: u16,
@@ -266,6 +273,32 @@ pub struct Mapping {
     pub cache_fields: Vec<String>,
 }
 
+/// One entry of `dataPorts`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataPortEntry {
+    /// The port the director listens on (0: OS-assigned).
+    pub port: u16,
+    /// The target's port of this name: Agones `status.ports[].name`, a pod's
+    /// `containerPorts[].name`, a Service's port name, a static endpoint's `ports[].name`.
+    #[serde(default)]
+    pub target_port_name: Option<String>,
+    /// A fixed target port instead.
+    #[serde(default)]
+    pub target_port: Option<u16>,
+    /// `UDP` (the default).
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// A static endpoint's named port (`ports: [{name: voice, port: 9002}]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+}
+
 /// `proxyProtocol` versions.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ProxyProtocol {
@@ -283,7 +316,12 @@ pub struct StaticEndpoint {
     #[serde(default)]
     pub namespace: Option<String>,
     pub address: IpAddr,
-    pub port: u16,
+    /// The port of every data port (and of any the endpoint does not name in `ports`).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Named ports, for `dataPorts` entries with `targetPortName`.
+    #[serde(default)]
+    pub ports: Vec<NamedPort>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -361,6 +399,9 @@ mod defaults {
         4 * 1024 * 1024
     }
 }
+
+/// Most entries of `dataPorts` (a token carries a port for each).
+pub const MAX_DATA_PORTS: usize = 4;
 
 /// Longest reset magic (`controlPacketMagicBytes`) accepted (SPEC §5: 1..=32 bytes).
 pub const MAX_MAGIC_LEN: usize = 32;
@@ -496,6 +537,7 @@ impl Config {
             }
         }
         let addr = |port| SocketAddr::new(self.bind_address, port);
+        let data_ports = self.data_ports()?;
         let token_policy = crate::token::Policy {
             ttl: Duration::from_secs(self.token_ttl_seconds),
             resume: Duration::from_secs(self.token_resume_seconds),
@@ -515,7 +557,8 @@ impl Config {
             drain: Duration::from_secs(self.drain_seconds),
             busy_poll: Duration::from_micros(self.busy_poll_micros),
             query_addr: addr(self.query_port),
-            data_addr: addr(self.data_port),
+            data_addr: data_ports.first().map_or(addr(self.data_port), |d| d.addr),
+            data_ports,
             admin_addr: addr(self.admin_port),
             mappings,
             raw: self,
@@ -524,6 +567,79 @@ impl Config {
 }
 
 impl Config {
+    /// `dataPorts`, or the one-port form (`dataPort`, the mapping's own port rule).
+    fn data_ports(&self) -> Result<Vec<ValidDataPort>, ConfigError> {
+        let addr = |port| SocketAddr::new(self.bind_address, port);
+        let Some(entries) = &self.data_ports else {
+            return Ok(vec![ValidDataPort {
+                addr: addr(self.data_port),
+                target: TargetPort::Mapping,
+            }]);
+        };
+        if entries.is_empty() {
+            return Err(invalid(
+                "dataPorts",
+                "must list at least one port (or use `dataPort`)",
+            ));
+        }
+        if self.data_port != defaults::data_port() && self.data_port != entries[0].port {
+            return Err(invalid(
+                "dataPort",
+                "set either `dataPort` or `dataPorts`, not both (the first of `dataPorts` is the main data port)",
+            ));
+        }
+        if entries.len() > MAX_DATA_PORTS {
+            return Err(invalid(
+                "dataPorts",
+                format!("at most {MAX_DATA_PORTS} ports"),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let key = |field: &str| format!("dataPorts[{i}].{field}");
+            if let Some(protocol) = &e.protocol
+                && !protocol.eq_ignore_ascii_case("udp")
+            {
+                return Err(invalid(
+                    key("protocol"),
+                    format!("{protocol:?} is not supported; data ports are `UDP`"),
+                ));
+            }
+            if e.port != 0 && !seen.insert(e.port) {
+                return Err(invalid(key("port"), format!("{} is listed twice", e.port)));
+            }
+            let target = match (&e.target_port_name, e.target_port) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        key("targetPortName"),
+                        "give `targetPortName` or `targetPort`, not both",
+                    ));
+                }
+                (Some(name), None) if name.is_empty() => {
+                    return Err(invalid(key("targetPortName"), "must not be empty"));
+                }
+                (Some(name), None) => TargetPort::Name(name.clone()),
+                (None, Some(0)) => {
+                    return Err(invalid(key("targetPort"), "must be 1..=65535, found 0"));
+                }
+                (None, Some(p)) => TargetPort::Fixed(p),
+                (None, None) if i == 0 => TargetPort::Mapping,
+                (None, None) => {
+                    return Err(invalid(
+                        key("targetPortName"),
+                        "a second data port needs `targetPortName` (e.g. `voice`) or `targetPort`",
+                    ));
+                }
+            };
+            out.push(ValidDataPort {
+                addr: addr(e.port),
+                target,
+            });
+        }
+        Ok(out)
+    }
+
     /// The sealed-token key source, checked against `tokenFormat`.
     fn key_source(&self) -> Result<Option<KeySource>, ConfigError> {
         let secret = match &self.token_keys_secret {
@@ -794,8 +910,30 @@ fn validate_static(
         if ep.name.is_empty() {
             return Err(invalid(key("name"), "must not be empty"));
         }
-        if ep.port == 0 {
-            return Err(invalid(key("port"), "must be 1..=65535, found 0"));
+        match (ep.port, ep.ports.is_empty()) {
+            (Some(0), _) => return Err(invalid(key("port"), "must be 1..=65535, found 0")),
+            (None, true) => {
+                return Err(invalid(
+                    key("port"),
+                    "is required (or `ports: [{name: default, port: 9001}]`)",
+                ));
+            }
+            _ => {}
+        }
+        let mut names = BTreeSet::new();
+        for (j, p) in ep.ports.iter().enumerate() {
+            if p.port == 0 {
+                return Err(invalid(
+                    key(&format!("ports[{j}].port")),
+                    "must be 1..=65535, found 0",
+                ));
+            }
+            if p.name.is_empty() || !names.insert(p.name.as_str()) {
+                return Err(invalid(
+                    key(&format!("ports[{j}].name")),
+                    format!("must be a non-empty name used once, found {:?}", p.name),
+                ));
+            }
         }
         if ep.address.is_unspecified() || ep.address.is_multicast() {
             return Err(invalid(

@@ -44,6 +44,13 @@ impl Overrides {
             drain_seconds,
             data_workers
         );
+        // `--data-port` moves the main data port, also in the several-port form.
+        if let (Some(port), Some(first)) = (
+            self.data_port,
+            config.data_ports.as_mut().and_then(|d| d.first_mut()),
+        ) {
+            first.port = port;
+        }
         if let Some(secret) = &self.token_keys_secret {
             config.token_keys_secret = Some(secret.clone());
         }
@@ -61,10 +68,11 @@ impl Overrides {
 
 /// Keys a running process cannot change: sockets are bound and sized, threads started and
 /// the token store sized at start. A reload that changes them is applied without them.
-pub const RESTART_ONLY: [&str; 11] = [
+pub const RESTART_ONLY: [&str; 12] = [
     "bindAddress",
     "queryPort",
     "dataPort",
+    "dataPorts",
     "adminPort",
     "dataWorkers",
     "socketBufferBytes",
@@ -102,6 +110,7 @@ pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
     keep!("bindAddress", bind_address);
     keep!("queryPort", query_port);
     keep!("dataPort", data_port);
+    keep!("dataPorts", data_ports);
     keep!("adminPort", admin_port);
     keep!("dataWorkers", data_workers);
     keep!("socketBufferBytes", socket_buffer_bytes);
@@ -178,6 +187,12 @@ mod tests {
         p.bind_address = "127.0.0.2".parse().unwrap();
         p.query_port = 1;
         p.data_port = 2;
+        p.data_ports = Some(vec![crate::config::DataPortEntry {
+            port: 2,
+            target_port_name: None,
+            target_port: None,
+            protocol: None,
+        }]);
         p.admin_port = 3;
         p.data_workers = 4;
         p.socket_buffer_bytes = 5;

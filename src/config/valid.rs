@@ -31,9 +31,30 @@ pub struct ValidConfig {
     pub drain: Duration,
     pub busy_poll: Duration,
     pub query_addr: SocketAddr,
+    /// The main data port's address (the first of `data_ports`).
     pub data_addr: SocketAddr,
+    /// Every data port, in order; one token opens a session on each.
+    pub data_ports: Vec<ValidDataPort>,
     pub admin_addr: SocketAddr,
     pub mappings: BTreeMap<String, ValidMapping>,
+}
+
+/// A data port and which port of the target its sessions go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidDataPort {
+    pub addr: SocketAddr,
+    pub target: TargetPort,
+}
+
+/// A data port's target port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    /// The mapping's own port rule (`portName`/`portPath`/`port`, the Service port, a static
+    /// endpoint's `port`): the one-port form and a first entry without a target port.
+    Mapping,
+    /// The target's port of this name.
+    Name(String),
+    Fixed(u16),
 }
 
 /// One `resourceQueryMapping` entry, resolved against the config's defaults.

@@ -132,38 +132,45 @@ impl DataShared {
 
 /// The running data plane.
 pub(crate) struct DataPlane {
-    local_addr: SocketAddr,
+    /// One per data port, in `dataPorts` order.
+    local_addrs: Vec<SocketAddr>,
     shared: Arc<DataShared>,
     workers: Vec<(JoinHandle<()>, Arc<mio::Waker>)>,
 }
 
 impl DataPlane {
-    /// Binds `workers` sockets to `addr` (port 0: one OS-chosen port shared by all) and
-    /// starts a thread for each. The workers' sockets always form one SO_REUSEPORT group;
-    /// without `reuse_port` the port must be free first, so a second process cannot join
-    /// the group by accident and take a share of the clients.
+    /// For each data port: binds `workers` sockets to its address (port 0: one OS-chosen
+    /// port shared by them) and starts a thread for each. The workers' sockets of a port
+    /// always form one SO_REUSEPORT group; without `reuse_port` the port must be free first,
+    /// so a second process cannot join the group by accident and take a share of the
+    /// clients. Workers are numbered across ports (the ledger's owners name them).
     pub(crate) fn start(
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         workers: usize,
         buffer_bytes: usize,
         reuse_port: bool,
         shared: Arc<DataShared>,
     ) -> io::Result<Self> {
         let workers = workers.max(1);
-        if !reuse_port && addr.port() != 0 {
-            ensure_free(addr)?;
+        let mut local_addrs = Vec::with_capacity(addrs.len());
+        let mut sockets = Vec::with_capacity(addrs.len() * workers);
+        for (port, addr) in addrs.iter().enumerate() {
+            if !reuse_port && addr.port() != 0 {
+                ensure_free(*addr)?;
+            }
+            let first = bind_reuseport(*addr, buffer_bytes)?;
+            let local_addr = first.local_addr()?.as_socket().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "data socket has no IP address")
+            })?;
+            sockets.push((port, first));
+            for _ in 1..workers {
+                sockets.push((port, bind_reuseport(local_addr, buffer_bytes)?));
+            }
+            local_addrs.push(local_addr);
         }
-        let first = bind_reuseport(addr, buffer_bytes)?;
-        let local_addr = first.local_addr()?.as_socket().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "data socket has no IP address")
-        })?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            sockets.push(bind_reuseport(local_addr, buffer_bytes)?);
-        }
-        let mut handles = Vec::with_capacity(workers);
-        for (i, socket) in sockets.into_iter().enumerate() {
-            let worker = worker::Worker::new(i, socket, buffer_bytes, Arc::clone(&shared))?;
+        let mut handles = Vec::with_capacity(sockets.len());
+        for (i, (port, socket)) in sockets.into_iter().enumerate() {
+            let worker = worker::Worker::new(i, port, socket, buffer_bytes, Arc::clone(&shared))?;
             let waker = worker.waker();
             let handle = std::thread::Builder::new()
                 .name(format!("data-{i}"))
@@ -174,14 +181,15 @@ impl DataPlane {
             .wakers
             .set(handles.iter().map(|(_, w)| Arc::clone(w)).collect());
         Ok(Self {
-            local_addr,
+            local_addrs,
             shared,
             workers: handles,
         })
     }
 
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// Every data port's address, in `dataPorts` order.
+    pub(crate) fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// Stops new sessions; live sessions keep flowing.

@@ -85,11 +85,65 @@ pub(crate) struct Worker {
     local: SocketAddr,
     /// A datagram with its PROXY v2 header in front (`proxyProtocol: v2`).
     proxied: Vec<u8>,
+    /// The tokens as this worker's data port redeems them.
+    tokens: PortTokens,
+}
+
+/// The tokens as data port `index` (of `dataPorts`) redeems them: each grant's target is the
+/// same object at this port's target port, and its key is this port's own (a token holds
+/// one session per data port). Port 0 passes grants through unchanged.
+struct PortTokens {
+    tokens: Arc<crate::token::Tokens>,
+    index: usize,
+    /// One shared target per address on this port (sessions keep an `Arc` each).
+    shared: std::cell::RefCell<std::collections::HashMap<SocketAddr, Arc<crate::resolve::Target>>>,
+}
+
+impl PortTokens {
+    const SHARED_MAX: usize = 65_536;
+}
+
+impl crate::session::Redeem for PortTokens {
+    fn redeem(
+        &self,
+        token: &[u8],
+        client: std::net::IpAddr,
+        how: crate::token::Use,
+        now: Instant,
+    ) -> Result<crate::token::Grant, crate::token::Rejection> {
+        let grant = self.tokens.redeem(token, client, how, now)?;
+        if self.index == 0 {
+            return Ok(grant);
+        }
+        let target = grant
+            .target
+            .on_data_port(self.index)
+            .ok_or(crate::token::Rejection::Unknown)?;
+        let mut shared = self.shared.borrow_mut();
+        let target = match shared.get(&target.addr) {
+            Some(t) if **t == target => Arc::clone(t),
+            _ => {
+                if shared.len() >= Self::SHARED_MAX {
+                    shared.clear();
+                }
+                let t = Arc::new(target);
+                if t.player.is_none() {
+                    shared.insert(t.addr, Arc::clone(&t));
+                }
+                t
+            }
+        };
+        Ok(crate::token::Grant {
+            key: grant.key ^ self.index as u128,
+            target,
+        })
+    }
 }
 
 impl Worker {
     pub(crate) fn new(
         index: usize,
+        port: usize,
         socket: Socket,
         buffer_bytes: usize,
         shared: Arc<DataShared>,
@@ -104,6 +158,11 @@ impl Worker {
             .register(&mut data, DATA, Interest::READABLE)?;
         let settings = shared.settings.load();
         let now = Instant::now();
+        let tokens = PortTokens {
+            tokens: Arc::clone(&shared.tokens),
+            index: port,
+            shared: Default::default(),
+        };
         Ok(Self {
             index,
             poll,
@@ -130,6 +189,7 @@ impl Worker {
             sampled: 0,
             local,
             proxied: Vec::new(),
+            tokens,
         })
     }
 
@@ -262,12 +322,10 @@ impl Worker {
                 let first = chunks.next().unwrap_or_default();
                 for datagram in std::iter::once(first).chain(chunks) {
                     let decision = match from {
-                        None => self.table.on_client_datagram(
-                            meta.addr,
-                            datagram,
-                            now,
-                            self.shared.tokens.as_ref(),
-                        ),
+                        None => {
+                            self.table
+                                .on_client_datagram(meta.addr, datagram, now, &self.tokens)
+                        }
                         Some(socket) => {
                             self.table
                                 .on_target_datagram(socket, meta.addr, datagram.len(), now)

@@ -47,6 +47,8 @@ pub struct Object {
     /// Direct addressing: the target read by the mapping's `addressPath` and port rule when
     /// the object was cached (`None`: not scheduled yet, no such port, or service-based).
     pub addr: Option<SocketAddr>,
+    /// The ports of the data ports after the first (`dataPorts`), read with `addr`.
+    pub extra_ports: Box<[u16]>,
     /// The kept fields ([`Keep`]), compact.
     pub data: Lean,
 }
@@ -423,25 +425,29 @@ pub struct Keep {
     status_scalars: bool,
     /// The whole object: some path can reach anywhere (`$..x`).
     everything: bool,
-    /// Direct addressing: how the target address is read when an object is cached.
-    address: Option<(CompiledPath, PortRule)>,
+    /// Direct addressing: how the target address is read when an object is cached, with a
+    /// port rule per data port.
+    address: Option<(CompiledPath, Vec<PortRule>)>,
 }
 
 impl Keep {
-    /// Direct addressing by `address` and `port`, keeping what `extra` paths reach.
+    /// Direct addressing by `address` and a port rule per data port, keeping what `extra`
+    /// paths reach.
     pub fn direct<'a>(
         address: &CompiledPath,
-        port: &PortRule,
+        ports: &[PortRule],
         extra: impl IntoIterator<Item = &'a CompiledPath>,
     ) -> Self {
         let mut keep = Self::with(extra);
         keep.add_path(address);
-        match port {
-            PortRule::Path(p) => keep.add_path(p),
-            PortRule::Name(_) => keep.add(vec!["status".to_string(), "ports".to_string()]),
-            PortRule::Fixed(_) => {}
+        for port in ports {
+            match port {
+                PortRule::Path(p) => keep.add_path(p),
+                PortRule::Name(_) => keep.add(vec!["status".to_string(), "ports".to_string()]),
+                PortRule::Fixed(_) => {}
+            }
         }
-        keep.address = Some((address.clone(), port.clone()));
+        keep.address = Some((address.clone(), ports.to_vec()));
         keep
     }
 
@@ -564,23 +570,40 @@ pub fn lean_object(received: Received, keep: &Keep, strings: &Strings) -> Object
     let mut annotations = metadata.annotations.unwrap_or_default();
     annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     let labels = metadata.labels.unwrap_or_default();
-    let addr = keep.address.as_ref().and_then(|(path, port)| {
+    let addrs = keep.address.as_ref().and_then(|(path, ports)| {
         let reads_metadata = |p: &CompiledPath| p.prefix().first().is_some_and(|k| k == "metadata");
-        let port_reads_metadata = matches!(port, PortRule::Path(p) if reads_metadata(p));
-        if reads_metadata(path) || port_reads_metadata {
-            let mut view = data.clone();
-            if let Value::Object(map) = &mut view {
+        let port_reads_metadata = ports
+            .iter()
+            .any(|port| matches!(port, PortRule::Path(p) if reads_metadata(p)));
+        let view;
+        let object = if reads_metadata(path) || port_reads_metadata {
+            let mut v = data.clone();
+            if let Value::Object(map) = &mut v {
                 map.insert(
                     "metadata".to_string(),
                     json!({"name": metadata.name, "namespace": metadata.namespace,
                         "labels": labels, "annotations": annotations}),
                 );
             }
-            direct_address(&view, path, port)
+            view = v;
+            &view
         } else {
-            direct_address(&data, path, port)
-        }
+            &data
+        };
+        // Every data port's port, or none: a target must serve them all.
+        let all: Option<Vec<SocketAddr>> = ports
+            .iter()
+            .map(|port| direct_address(object, path, port))
+            .collect();
+        all
     });
+    let (addr, extra_ports) = match addrs.as_deref() {
+        Some([first, rest @ ..]) => (
+            Some(*first),
+            rest.iter().map(SocketAddr::port).collect::<Box<[u16]>>(),
+        ),
+        _ => (None, Box::default()),
+    };
     let kept = keep.prune(&mut data);
     Object {
         name: metadata.name.unwrap_or_default().into(),
@@ -588,6 +611,7 @@ pub fn lean_object(received: Received, keep: &Keep, strings: &Strings) -> Object
         labels: Pairs::from_map(labels, strings),
         annotations: Pairs::from_map(annotations, strings),
         addr,
+        extra_ports,
         data: Lean::from_value(kept, strings),
     }
 }
@@ -651,14 +675,17 @@ fn named_port(object: &Value, name: &str) -> Option<u16> {
         .find_map(|c| c.get("ports").and_then(|l| by_name(l, "containerPort")))
 }
 
-/// Service-based addressing: the Service whose `label` equals the object's, its ClusterIP and
-/// the port named `port_name`.
-pub fn service_address(
+/// Service-based addressing: the Service whose `label` equals the object's, its ClusterIP,
+/// the port of each data port (`Mapping`: the port named `port_name`; a name: that Service
+/// port; fixed: as is). The first is the target address, the rest its extra ports.
+pub fn service_ports(
     object_labels: &dyn LabelSet,
     label: &str,
     port_name: &str,
+    ports: &[crate::config::TargetPort],
     services: &[Arc<Object>],
-) -> Option<SocketAddr> {
+) -> Option<(SocketAddr, Vec<u16>)> {
+    use crate::config::TargetPort;
     let wanted = object_labels.label(label)?;
     services.iter().find_map(|svc| {
         if svc.labels.label(label) != Some(wanted) {
@@ -670,17 +697,45 @@ pub fn service_address(
             .as_str()?
             .parse()
             .ok()?;
-        let port = svc
-            .data
-            .walk(&["spec", "ports"])?
-            .as_array()?
+        let named = |name: &str| {
+            svc.data
+                .walk(&["spec", "ports"])?
+                .as_array()?
+                .iter()
+                .find(|p| p.get("name").and_then(Lean::as_str) == Some(name))?
+                .get("port")?
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+        };
+        let numbers: Option<Vec<u16>> = ports
             .iter()
-            .find(|p| p.get("name").and_then(Lean::as_str) == Some(port_name))?
-            .get("port")?
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())?;
-        Some(SocketAddr::new(ip.to_canonical(), port))
+            .map(|t| match t {
+                TargetPort::Mapping => named(port_name),
+                TargetPort::Name(n) => named(n),
+                TargetPort::Fixed(p) => Some(*p),
+            })
+            .collect();
+        let numbers = numbers?;
+        let (first, rest) = numbers.split_first()?;
+        Some((SocketAddr::new(ip.to_canonical(), *first), rest.to_vec()))
     })
+}
+
+/// [`service_ports`] for the one-port form.
+pub fn service_address(
+    object_labels: &dyn LabelSet,
+    label: &str,
+    port_name: &str,
+    services: &[Arc<Object>],
+) -> Option<SocketAddr> {
+    service_ports(
+        object_labels,
+        label,
+        port_name,
+        &[crate::config::TargetPort::Mapping],
+        services,
+    )
+    .map(|(addr, _)| addr)
 }
 
 #[cfg(test)]

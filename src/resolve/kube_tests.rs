@@ -94,7 +94,11 @@ fn agones_gameserver() -> Value {
 #[test]
 fn a_lean_object_keeps_what_routing_reads_and_nothing_else() {
     let strings = Strings::default();
-    let keep = Keep::direct(&cp("status.address"), &PortRule::Name("default".into()), []);
+    let keep = Keep::direct(
+        &cp("status.address"),
+        &[PortRule::Name("default".into())],
+        [],
+    );
     let o = lean_object(received(agones_gameserver()), &keep, &strings);
     assert_eq!(o.addr, Some("10.0.0.7:7654".parse().unwrap()));
     assert_eq!((&*o.name, o.namespace.as_deref()), ("gs-1", Some("g")));
@@ -117,7 +121,7 @@ fn a_lean_object_keeps_what_routing_reads_and_nothing_else() {
     // cacheFields keeps more, and a path that can reach anywhere keeps everything.
     let keep = Keep::direct(
         &cp("status.address"),
-        &PortRule::Fixed(7),
+        &[PortRule::Fixed(7)],
         [&cp("status.lists.players"), &cp("spec.players")],
     );
     let o = lean_object(received(agones_gameserver()), &keep, &strings);
@@ -137,7 +141,7 @@ fn a_lean_object_keeps_what_routing_reads_and_nothing_else() {
     assert_eq!(o.addr, Some("10.0.0.7:7".parse().unwrap()));
     let everything = Keep::direct(
         &cp("status.address"),
-        &PortRule::Fixed(7),
+        &[PortRule::Fixed(7)],
         [&cp("$..image")],
     );
     let o = lean_object(received(agones_gameserver()), &everything, &strings);
@@ -146,7 +150,7 @@ fn a_lean_object_keeps_what_routing_reads_and_nothing_else() {
 
 #[test]
 fn an_address_path_into_metadata_is_read_before_pruning() {
-    let keep = Keep::direct(&cp("metadata.annotations.ip"), &PortRule::Fixed(9), []);
+    let keep = Keep::direct(&cp("metadata.annotations.ip"), &[PortRule::Fixed(9)], []);
     let o = lean_object(
         received(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "namespace": "n", "annotations": {"ip": "10.1.1.1"}}})),
@@ -193,4 +197,35 @@ fn service_by_label_and_port_name() {
         service_address(&BTreeMap::new(), "gs", "game", &services),
         None
     );
+}
+
+#[test]
+fn every_data_port_is_read_when_an_object_is_cached() {
+    let strings = Strings::default();
+    let gs = json!({"apiVersion": "agones.dev/v1", "kind": "GameServer",
+        "metadata": {"name": "gs-1", "namespace": "g"},
+        "status": {"state": "Ready", "address": "10.0.0.7",
+            "ports": [{"name": "default", "port": 7654}, {"name": "voice", "port": 7655}]}});
+    let rules = [
+        PortRule::Name("default".into()),
+        PortRule::Name("voice".into()),
+    ];
+    let o = lean_object(
+        received(gs.clone()),
+        &Keep::direct(&cp("status.address"), &rules, []),
+        &strings,
+    );
+    assert_eq!(o.addr, Some("10.0.0.7:7654".parse().unwrap()));
+    assert_eq!(&*o.extra_ports, [7655]);
+    // A server without every data port's port cannot take the token: no address.
+    let rules = [
+        PortRule::Name("default".into()),
+        PortRule::Name("chat".into()),
+    ];
+    let o = lean_object(
+        received(gs),
+        &Keep::direct(&cp("status.address"), &rules, []),
+        &strings,
+    );
+    assert_eq!(o.addr, None);
 }

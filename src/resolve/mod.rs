@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicUsize;
 
 use serde_json::{Value, json};
 
-use crate::config::{Addressing, LoadBalancing, ValidConfig, ValidMapping, ValidSource};
+use crate::config::{self, Addressing, LoadBalancing, ValidConfig, ValidMapping, ValidSource};
 use crate::protocol::jsonpath::CompiledPath;
 use crate::protocol::query::{ErrorCode, QueryError, QueryRequest};
 
@@ -36,6 +36,8 @@ pub struct Target {
     pub proxy: bool,
     /// The query's `playerId` (sent in the PROXY v2 header).
     pub player: Option<Box<str>>,
+    /// `dataPorts` after the first: the target's port for each (same IP as `addr`).
+    pub extra_ports: Box<[u16]>,
 }
 
 impl Target {
@@ -48,7 +50,25 @@ impl Target {
             addr: SocketAddr::new(addr.ip().to_canonical(), addr.port()),
             proxy: false,
             player: None,
+            extra_ports: Box::new([]),
         }
+    }
+
+    pub fn with_extra_ports(mut self, ports: &[u16]) -> Self {
+        self.extra_ports = ports.into();
+        self
+    }
+
+    /// This target as data port `index` sees it: the same object at that port's address.
+    /// `None` when it has no port for it (a token issued under other `dataPorts`).
+    pub fn on_data_port(&self, index: usize) -> Option<Target> {
+        if index == 0 {
+            return Some(self.clone());
+        }
+        let port = *self.extra_ports.get(index - 1)?;
+        let mut t = self.clone();
+        t.addr = SocketAddr::new(self.addr.ip(), port);
+        Some(t)
     }
 
     pub fn with_proxy(mut self, proxy: bool) -> Self {
@@ -77,7 +97,9 @@ pub struct Candidate {
     pub annotations: BTreeMap<String, String>,
     /// The whole object as JSON, for status queries.
     pub object: Value,
-    pub addr: SocketAddr,
+    /// `None` when the endpoint has no port for some data port (never matched).
+    pub addr: Option<SocketAddr>,
+    pub extra_ports: Vec<u16>,
 }
 
 impl Candidate {
@@ -87,7 +109,8 @@ impl Candidate {
         labels: BTreeMap<String, String>,
         annotations: BTreeMap<String, String>,
         status: Value,
-        addr: SocketAddr,
+        addr: Option<SocketAddr>,
+        extra_ports: Vec<u16>,
     ) -> Self {
         let object = json!({
             "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},
@@ -100,6 +123,7 @@ impl Candidate {
             annotations,
             object,
             addr,
+            extra_ports,
         }
     }
 }
@@ -128,6 +152,8 @@ enum AddressRule {
     Service {
         label: String,
         port_name: String,
+        /// Every data port's target port (`Mapping`: `port_name`).
+        ports: Vec<config::TargetPort>,
         services: BTreeMap<String, kube::Watched>,
     },
 }
@@ -137,6 +163,8 @@ struct Match<'a> {
     namespace: &'a str,
     name: &'a str,
     addr: SocketAddr,
+    /// The ports of the data ports after the first.
+    extra_ports: std::borrow::Cow<'a, [u16]>,
     labels: &'a dyn lean::LabelSet,
     annotations: &'a dyn lean::LabelSet,
 }
@@ -185,7 +213,7 @@ impl Resolver {
         let mappings = config
             .mappings
             .iter()
-            .map(|(name, m)| (name.clone(), compile(m, watchers)))
+            .map(|(name, m)| (name.clone(), compile(m, &config.data_ports, watchers)))
             .collect();
         Self {
             mappings,
@@ -271,6 +299,7 @@ impl Resolver {
             Ok(Resolved {
                 target: Arc::new(
                     Target::new(&mapping.name, chosen.namespace, chosen.name, chosen.addr)
+                        .with_extra_ports(&chosen.extra_ports)
                         .with_proxy(mapping.proxy)
                         .with_player(req.player_id.as_deref()),
                 ),
@@ -390,10 +419,12 @@ impl Resolver {
                 .iter()
                 .filter(|c| c.namespace == namespace)
                 .filter(|c| client_filters(&c.labels, &c.annotations, &c.object))
-                .map(|c| Match {
+                .filter_map(|c| Some((c, c.addr?)))
+                .map(|(c, addr)| Match {
                     namespace: &c.namespace,
                     name: &c.name,
-                    addr: c.addr,
+                    addr,
+                    extra_ports: std::borrow::Cow::Borrowed(&c.extra_ports),
                     labels: &c.labels,
                     annotations: &c.annotations,
                 })
@@ -433,13 +464,25 @@ impl Resolver {
                     .filter(|o| selectors_match(&o.labels, &o.annotations))
                     .filter(|o| cached_status_matches(o))
                     .filter_map(|o| {
-                        let addr = match address {
-                            AddressRule::Direct => o.addr,
-                            AddressRule::Service {
-                                label, port_name, ..
-                            } => {
-                                kube::service_address(&o.labels, label, port_name, &service_objects)
+                        let (addr, extra_ports) = match address {
+                            AddressRule::Direct => {
+                                (o.addr, std::borrow::Cow::Borrowed(&o.extra_ports[..]))
                             }
+                            AddressRule::Service {
+                                label,
+                                port_name,
+                                ports,
+                                ..
+                            } => match kube::service_ports(
+                                &o.labels,
+                                label,
+                                port_name,
+                                ports,
+                                &service_objects,
+                            ) {
+                                Some((addr, ports)) => (Some(addr), std::borrow::Cow::Owned(ports)),
+                                None => (None, std::borrow::Cow::Owned(Vec::new())),
+                            },
                         };
                         let Some(addr) = addr else {
                             // Matches but cannot be reached (not scheduled yet, no such port).
@@ -450,6 +493,7 @@ impl Resolver {
                             namespace: o.namespace.as_deref().unwrap_or(namespace),
                             name: &o.name,
                             addr,
+                            extra_ports,
                             labels: &o.labels,
                             annotations: &o.annotations,
                         })
@@ -492,7 +536,35 @@ fn capacity_of(
     }
 }
 
-fn compile(m: &ValidMapping, watchers: &kube::Watchers) -> CompiledMapping {
+/// A data port's target port as a kube port rule, given the mapping's own.
+fn port_rule(target: &config::TargetPort, own: &config::PortRule) -> config::PortRule {
+    match target {
+        config::TargetPort::Mapping => own.clone(),
+        config::TargetPort::Name(n) => config::PortRule::Name(n.clone()),
+        config::TargetPort::Fixed(p) => config::PortRule::Fixed(*p),
+    }
+}
+
+/// A static endpoint's port for a data port: `ports` by name (or `default`, or the first,
+/// for the mapping's own rule), else `port`.
+fn static_port(ep: &config::StaticEndpoint, target: &config::TargetPort) -> Option<u16> {
+    let named = |name: &str| ep.ports.iter().find(|p| p.name == name).map(|p| p.port);
+    match target {
+        config::TargetPort::Fixed(p) => Some(*p),
+        config::TargetPort::Name(n) => named(n).or(ep.port),
+        config::TargetPort::Mapping => ep
+            .port
+            .or_else(|| named("default"))
+            .or_else(|| ep.ports.first().map(|p| p.port)),
+    }
+}
+
+fn compile(
+    m: &ValidMapping,
+    data_ports: &[config::ValidDataPort],
+    watchers: &kube::Watchers,
+) -> CompiledMapping {
+    let targets: Vec<config::TargetPort> = data_ports.iter().map(|d| d.target.clone()).collect();
     let source = match &m.source {
         ValidSource::Kube(k) => {
             let api = kube::api_resource(&k.group, &k.version, &k.resource, &k.kind);
@@ -505,7 +577,9 @@ fn compile(m: &ValidMapping, watchers: &kube::Watchers) -> CompiledMapping {
                 .join(",");
             let keep = match &k.address {
                 Addressing::Direct { path, port } => {
-                    kube::Keep::direct(path, port, &k.cache_fields)
+                    let rules: Vec<config::PortRule> =
+                        targets.iter().map(|t| port_rule(t, port)).collect();
+                    kube::Keep::direct(path, &rules, &k.cache_fields)
                 }
                 Addressing::Service { .. } => kube::Keep::with(&k.cache_fields),
             };
@@ -518,6 +592,7 @@ fn compile(m: &ValidMapping, watchers: &kube::Watchers) -> CompiledMapping {
                 Addressing::Service { label, port_name } => AddressRule::Service {
                     label: label.clone(),
                     port_name: port_name.clone(),
+                    ports: targets.clone(),
                     services: m
                         .allowed
                         .iter()
@@ -536,13 +611,22 @@ fn compile(m: &ValidMapping, watchers: &kube::Watchers) -> CompiledMapping {
             endpoints
                 .iter()
                 .map(|ep| {
+                    let ports: Option<Vec<u16>> =
+                        targets.iter().map(|t| static_port(ep, t)).collect();
+                    let (addr, extra) = match ports.as_deref() {
+                        Some([first, rest @ ..]) => {
+                            (Some(SocketAddr::new(ep.address, *first)), rest.to_vec())
+                        }
+                        _ => (None, Vec::new()),
+                    };
                     Candidate::from_parts(
                         ep.namespace.as_deref().unwrap_or(&m.default_namespace),
                         &ep.name,
                         ep.labels.clone(),
                         ep.annotations.clone(),
                         ep.status.clone(),
-                        SocketAddr::new(ep.address, ep.port),
+                        addr,
+                        extra,
                     )
                 })
                 .collect(),

@@ -73,6 +73,7 @@ impl DefaultRoute {
                     .map(|m| Pick {
                         target: Arc::new(
                             Target::new(&mapping.name, m.namespace, m.name, m.addr)
+                                .with_extra_ports(&m.extra_ports)
                                 .with_proxy(mapping.proxy),
                         ),
                         capacity: capacity_of(&mapping.load_balancing, m.labels, m.annotations),

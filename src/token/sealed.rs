@@ -9,12 +9,13 @@
 //!                   ^ additional authenticated data: version and fingerprint
 //! plaintext:
 //! [flags][issued: 6, Unix ms][ttl: 4, ms][resume: 4, s][target ip: 4|16][target port: 2]
-//! [client: 4 (IPv4) | 8 (IPv6 /64), when bound][player len][player id, when there is one]
+//! [client: 4 (IPv4) | 8 (IPv6 /64), when bound][n][n ports: 2 each, with several data ports]
+//! [player len][player id, when there is one]
 //! [mapping len][mapping][namespace len][namespace][name]
 //! ```
 //!
 //! Flags: target is IPv6, bound, bound to an IPv6 /64, single use, PROXY v2 towards the
-//! target (the mapping's `proxyProtocol`), a player id follows. The player id is what the game
+//! target (the mapping's `proxyProtocol`), a player id follows, extra data ports follow. The player id is what the game
 //! server is told (PROXY v2 TLV), so it is never cut: a query whose `playerId` does not fit
 //! ([`player_room`]) is refused.
 //!
@@ -61,6 +62,7 @@ const BOUND_V6: u8 = 4;
 const SINGLE_USE: u8 = 8;
 const PROXY_V2: u8 = 16;
 const PLAYER: u8 = 32;
+const EXTRA_PORTS: u8 = 64;
 
 /// Is `b` a character of the wire form?
 pub fn is_wire_byte(b: u8) -> bool {
@@ -79,6 +81,8 @@ pub struct Contents {
     /// Datagrams to the target carry a PROXY v2 header.
     pub proxy: bool,
     pub player: Option<String>,
+    /// The target's ports on the data ports after the first (`dataPorts`).
+    pub extra_ports: Vec<u16>,
     pub mapping: String,
     pub namespace: String,
     pub name: String,
@@ -86,7 +90,7 @@ pub struct Contents {
 
 /// The longest player id a token for `target` bound to `client` can carry (the names then
 /// get nothing; they are display-only).
-pub fn player_room(target: SocketAddr, client: Option<ClientNet>) -> usize {
+pub fn player_room(target: SocketAddr, client: Option<ClientNet>, extra_ports: usize) -> usize {
     let ip = if super::canonical(target).is_ipv6() {
         16
     } else {
@@ -97,7 +101,12 @@ pub fn player_room(target: SocketAddr, client: Option<ClientNet>) -> usize {
         Some(ClientNet::V4(_)) => 4,
         Some(ClientNet::V6Prefix(_)) => 8,
     };
-    MAX_PLAIN.saturating_sub(FIXED + ip + 2 + bound + 1 + 2)
+    let ports = if extra_ports == 0 {
+        0
+    } else {
+        1 + 2 * extra_ports
+    };
+    MAX_PLAIN.saturating_sub(FIXED + ip + 2 + bound + ports + 1 + 2)
 }
 
 /// Seals and opens tokens with the keys in force.
@@ -175,12 +184,13 @@ impl SealedTokens {
             client: (policy.binding == Binding::Ip).then(|| ClientNet::of(client)),
             proxy: target.proxy,
             player: target.player.as_deref().map(str::to_string),
+            extra_ports: target.extra_ports.to_vec(),
             mapping: target.mapping.clone(),
             namespace: target.namespace.clone(),
             name: target.name.clone(),
         };
         if let Some(player) = &contents.player {
-            let max = player_room(contents.target, contents.client);
+            let max = player_room(contents.target, contents.client, contents.extra_ports.len());
             if player.len() > max {
                 return Err(IssueError::PlayerIdTooLong {
                     len: player.len(),
@@ -237,11 +247,14 @@ impl SealedTokens {
             Some(player) => Arc::new(
                 Target::new(&c.mapping, &c.namespace, &c.name, c.target)
                     .with_proxy(c.proxy)
+                    .with_extra_ports(&c.extra_ports)
                     .with_player(Some(player)),
             ),
-            None => self
-                .targets
-                .get(&c.mapping, &c.namespace, &c.name, c.target, c.proxy),
+            None => self.targets.share(Arc::new(
+                Target::new(&c.mapping, &c.namespace, &c.name, c.target)
+                    .with_proxy(c.proxy)
+                    .with_extra_ports(&c.extra_ports),
+            )),
         }
     }
 }
@@ -285,7 +298,12 @@ pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
     let player = c
         .player
         .as_deref()
-        .map(|p| cut(p, player_room(target, c.client)));
+        .map(|p| cut(p, player_room(target, c.client, c.extra_ports.len())));
+    // `dataPorts` is at most 4 entries (validated), so this never cuts.
+    let extra_ports = &c.extra_ports[..c.extra_ports.len().min(8)];
+    if !extra_ports.is_empty() {
+        flags |= EXTRA_PORTS;
+    }
     if player.is_some() {
         flags |= PLAYER;
     }
@@ -299,6 +317,12 @@ pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
         Some(ClientNet::V4(ip)) => plain.extend_from_slice(&ip),
         Some(ClientNet::V6Prefix(p)) => plain.extend_from_slice(&p),
         None => {}
+    }
+    if !extra_ports.is_empty() {
+        plain.push(extra_ports.len() as u8);
+        for p in extra_ports {
+            plain.extend_from_slice(&p.to_be_bytes());
+        }
     }
     if let Some(player) = player {
         plain.push(player.len() as u8);
@@ -405,6 +429,13 @@ fn parse(p: &[u8]) -> Option<Contents> {
         (true, true) => Some(ClientNet::V6Prefix(take(8)?.try_into().ok()?)),
     };
     let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_string);
+    let mut extra_ports = Vec::new();
+    if flags & EXTRA_PORTS != 0 {
+        let n = usize::from(*take(1)?.first()?);
+        for _ in 0..n {
+            extra_ports.push(u16::from_be_bytes(take(2)?.try_into().ok()?));
+        }
+    }
     let player = if flags & PLAYER != 0 {
         let n = usize::from(*take(1)?.first()?);
         Some(text(take(n)?)?)
@@ -425,6 +456,7 @@ fn parse(p: &[u8]) -> Option<Contents> {
         client,
         proxy: flags & PROXY_V2 != 0,
         player,
+        extra_ports,
         mapping,
         namespace,
         name,

@@ -17,6 +17,7 @@ fn contents(target: &str, client: Option<IpAddr>, names: (&str, &str, &str)) -> 
         client: client.map(ClientNet::of),
         proxy: false,
         player: None,
+        extra_ports: Vec::new(),
         mapping: names.0.into(),
         namespace: names.1.into(),
         name: names.2.into(),
@@ -201,6 +202,7 @@ proptest! {
         bound in any::<Option<bool>>(), issued in 0u64..(1 << 48), ttl in any::<u32>(), resume in any::<u32>(),
         mapping in "[a-z0-9-]{0,40}", ns in "[a-z0-9-]{0,63}", name in "[a-z0-9-]{0,80}",
         proxy in any::<bool>(), player in proptest::option::of("[A-Za-z0-9._:@-]{1,36}"),
+        extra_ports in proptest::collection::vec(1u16.., 0..=3),
     ) {
         let k = keys("a", 7);
         let ip = if v6 { IpAddr::V6(Ipv6Addr::from(b6)) } else { IpAddr::V4(Ipv4Addr::from(a)) };
@@ -208,10 +210,10 @@ proptest! {
         let c = Contents {
             issued_ms: issued, ttl_ms: ttl, resume_s: resume, single_use: port % 2 == 0,
             target: SocketAddr::new(ip, port), client: client.map(ClientNet::of),
-            proxy, player: player.clone(),
+            proxy, player: player.clone(), extra_ports: extra_ports.clone(),
             mapping: mapping.clone(), namespace: ns.clone(), name: name.clone(),
         };
-        let room = player_room(c.target, c.client);
+        let room = player_room(c.target, c.client, c.extra_ports.len());
         prop_assume!(player.as_ref().is_none_or(|p| p.len() <= room));
         let wire = seal(&k, [4; NONCE_LEN], &c);
         prop_assert!(wire.len() <= MAX_WIRE);
@@ -220,6 +222,7 @@ proptest! {
         prop_assert_eq!((back.issued_ms, back.ttl_ms, back.resume_s, back.client), (issued, ttl, resume, c.client));
         prop_assert!(mapping.starts_with(&back.mapping) && ns.starts_with(&back.namespace) && name.starts_with(&back.name));
         prop_assert_eq!((back.proxy, back.player), (proxy, player), "the player id is never cut");
+        prop_assert_eq!(back.extra_ports, extra_ports);
     }
 }
 
@@ -246,7 +249,7 @@ fn a_player_id_rides_in_the_token_and_one_that_does_not_fit_is_refused() {
     assert_eq!(g.target.player.as_deref(), Some(uuid));
     assert!(g.target.proxy);
     assert_eq!(
-        player_room("10.0.0.7:1".parse().unwrap(), Some(ClientNet::of(me))),
+        player_room("10.0.0.7:1".parse().unwrap(), Some(ClientNet::of(me)), 0),
         37,
         "a UUID fits with IPv4"
     );
