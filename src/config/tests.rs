@@ -202,3 +202,33 @@ fn cache_fields_are_jsonpaths_of_kubernetes_mappings() {
     let e = err(&format!("{MINIMAL}    cacheFields: [status.x]\n"));
     assert!(e.contains("only applies to Kubernetes mappings"), "{e}");
 }
+
+#[test]
+fn data_ports_decode_and_the_command_line_moves_the_first() {
+    let text = format!(
+        "dataPorts:\n  - {{port: 7777, targetPortName: default}}\n  - {{port: 7778, targetPort: 9002}}\n{MINIMAL}"
+    );
+    let c = ValidConfig::from_yaml(&text).unwrap();
+    assert_eq!(c.data_ports.len(), 2);
+    assert_eq!(c.data_addr.port(), 7777);
+    assert_eq!(c.data_ports[0].target, TargetPort::Name("default".into()));
+    assert_eq!(c.data_ports[1].target, TargetPort::Fixed(9002));
+    let mut raw = Config::parse(&text).unwrap();
+    reload::Overrides {
+        data_port: Some(7000),
+        ..Default::default()
+    }
+    .apply(&mut raw);
+    let c = raw.validate().unwrap();
+    assert_eq!(
+        c.data_ports
+            .iter()
+            .map(|d| d.addr.port())
+            .collect::<Vec<_>>(),
+        [7000, 7778]
+    );
+    // The one-port form: the mapping's own port rule.
+    let c = ValidConfig::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.data_ports.len(), 1);
+    assert_eq!(c.data_ports[0].target, TargetPort::Mapping);
+}
