@@ -463,12 +463,17 @@ impl Worker {
 
     fn send_to_target(&mut self, socket: SocketId, to: SocketAddr, datagram: &[u8]) {
         let sent = self.upstreams.send(socket, datagram, to);
+        self.count_sent(sent, datagram.len());
+    }
+
+    /// Counts a send towards a target of a client payload of `len` bytes.
+    fn count_sent(&mut self, sent: super::upstream::Sent, len: usize) {
         self.counts
             .dropped_n(DropReason::UpstreamError, sent.reports);
         match sent.result {
             Ok(()) => {
                 self.counts.datagrams_to_target += 1;
-                self.counts.bytes_to_target += datagram.len() as u64;
+                self.counts.bytes_to_target += len as u64;
             }
             Err(reason) => self.counts.dropped(reason),
         }
@@ -497,15 +502,7 @@ impl Worker {
         out.extend_from_slice(datagram);
         let sent = self.upstreams.send(socket, &out, to);
         self.proxied = out;
-        self.counts
-            .dropped_n(DropReason::UpstreamError, sent.reports);
-        match sent.result {
-            Ok(()) => {
-                self.counts.datagrams_to_target += 1;
-                self.counts.bytes_to_target += datagram.len() as u64;
-            }
-            Err(reason) => self.counts.dropped(reason),
-        }
+        self.count_sent(sent, datagram.len());
     }
 
     /// Reads the ICMP reports queued on an upstream socket and counts them (at least
