@@ -176,14 +176,27 @@ pub fn config_agrees(raw: &Config, valid: &ValidConfig) -> Result<(), String> {
     {
         return fail("durations");
     }
-    let ports = [
+    // `dataPorts`, when given, names the data ports (its first is the main one).
+    let data_ports: Vec<u16> = match &raw.data_ports {
+        Some(entries) => entries.iter().map(|e| e.port).collect(),
+        None => vec![raw.data_port],
+    };
+    let mut ports = vec![
         (valid.query_addr, raw.query_port),
-        (valid.data_addr, raw.data_port),
         (valid.admin_addr, raw.admin_port),
     ];
-    if ports
-        .iter()
-        .any(|(a, p)| a.ip() != raw.bind_address || a.port() != *p)
+    ports.extend(
+        valid
+            .data_ports
+            .iter()
+            .map(|d| d.addr)
+            .zip(data_ports.iter().copied()),
+    );
+    if valid.data_ports.len() != data_ports.len()
+        || valid.data_ports.first().map(|d| d.addr) != Some(valid.data_addr)
+        || ports
+            .iter()
+            .any(|(a, p)| a.ip() != raw.bind_address || a.port() != *p)
     {
         return fail("listener addresses");
     }
@@ -275,8 +288,9 @@ mod tests {
             keys in prop::collection::vec((prop::sample::select(vec![
                 "tokenTTLSeconds", "sessionTimeoutSeconds", "maxSessions", "drainSeconds",
                 "controlPacketMagicBytes", "singleUseTokens", "dataWorkers", "queryPort",
-                "busyPollMicros", "accessLog", "bogusKey"]),
-                prop::sample::select(vec!["0", "1", "30", "-1", "true", "\"FFFF\"", "\"zz\"", "[]", "{}", "99999999999"])), 0..6)) {
+                "busyPollMicros", "accessLog", "dataPort", "dataPorts", "bogusKey"]),
+                prop::sample::select(vec!["0", "1", "30", "-1", "true", "\"FFFF\"", "\"zz\"", "[]", "{}", "99999999999",
+                    "[{port: 7000}]", "[{port: 0}, {port: 0, targetPortName: voice}]", "[{port: 1, targetPort: 0}]"])), 0..6)) {
             let mut text = String::new();
             for (k, v) in keys { text.push_str(&format!("{k}: {v}\n")); }
             text.push_str("resourceQueryMapping:\n  e:\n    static: [{name: a, address: 127.0.0.1, port: 9}]\n");
