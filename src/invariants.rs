@@ -274,12 +274,14 @@ mod tests {
             rt in "[a-z]{0,8}", ns in proptest::option::of("[a-z-]{0,8}"),
             labels in prop::collection::btree_map("[a-z./]{1,6}", "[a-zA-Z0-9]{0,6}", 0..3),
             path in "(status|metadata)\\.[a-z]{1,6}|\\$\\.[a-z]{1,4}\\[0\\]|[a-z\\[\\]?@=.]{0,10}",
-            expected in proptest::option::of("[A-Za-z]{0,6}"), extra in any::<bool>()) {
+            expected in proptest::option::of("[A-Za-z]{0,6}"), extra in any::<bool>(),
+            player in proptest::option::of("[ -~é]{0,40}")) {
             let mut v = serde_json::json!({"resourceType": rt, "labelSelector": labels,
                 "statusQuery": {"jsonPath": path}});
             if let Some(ns) = ns { v["namespace"] = serde_json::json!(ns); }
             if let Some(e) = expected { v["statusQuery"]["expectedValue"] = serde_json::json!(e); }
             if extra { v["surprise"] = serde_json::json!(1); }
+            if let Some(p) = player { v["playerId"] = serde_json::json!(p); }
             prop_assert_eq!(query_line(v.to_string().as_bytes()), Ok(()));
         }
 
