@@ -173,3 +173,19 @@ async fn sealed_tokens_carry_every_data_port() {
     issuer.stop().await;
     other.stop().await;
 }
+
+#[test]
+fn a_static_endpoint_without_a_data_ports_port_is_a_config_error() {
+    let yaml = testkit::yaml::director(
+        "dataPorts:\n  - {port: 0, targetPortName: default}\n  - {port: 0, targetPortName: voice}\n",
+        &["  game:\n    static:\n      - {name: gs-0, address: 127.0.0.1, ports: [{name: default, port: 9001}]}\n".to_string()],
+    );
+    let e = ValidConfig::from_yaml(&yaml).unwrap_err().to_string();
+    assert!(
+        e.contains("resourceQueryMapping.game.static[0].ports") && e.contains("`voice`"),
+        "{e}"
+    );
+    // `port:` serves every data port.
+    ValidConfig::from_yaml(&yaml.replace("ports: [{name: default, port: 9001}]", "port: 9001"))
+        .unwrap();
+}

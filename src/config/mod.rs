@@ -538,6 +538,24 @@ impl Config {
         }
         let addr = |port| SocketAddr::new(self.bind_address, port);
         let data_ports = self.data_ports()?;
+        // A static endpoint that cannot serve every data port would never match: say so.
+        for (name, m) in &self.resource_query_mapping {
+            for (i, ep) in m.static_endpoints.iter().flatten().enumerate() {
+                for (j, d) in data_ports.iter().enumerate() {
+                    if let TargetPort::Name(port) = &d.target
+                        && ep.port.is_none()
+                        && !ep.ports.iter().any(|p| p.name == *port)
+                    {
+                        return Err(invalid(
+                            format!("resourceQueryMapping.{name}.static[{i}].ports"),
+                            format!(
+                                "has no port named `{port}` for dataPorts[{j}]: add it to `ports` or set `port`"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         let token_policy = crate::token::Policy {
             ttl: Duration::from_secs(self.token_ttl_seconds),
             resume: Duration::from_secs(self.token_resume_seconds),

@@ -255,25 +255,31 @@ impl Default for Interner {
 }
 
 impl Interner {
-    /// The shared target equal to `mapping`/`namespace`/`name` at `addr` (no player).
+    /// The shared target equal to `mapping`/`namespace`/`name` at `addr` with `proxy` and
+    /// `extra_ports` (no player), built only when none is shared yet: opening a sealed token
+    /// allocates nothing for a target seen before.
     pub fn get(
         &self,
-        mapping: &str,
-        namespace: &str,
-        name: &str,
+        (mapping, namespace, name): (&str, &str, &str),
         addr: SocketAddr,
         proxy: bool,
+        extra_ports: &[u16],
     ) -> Arc<Target> {
         if let Some(t) = self.targets.get(&addr)
             && t.mapping == mapping
             && t.namespace == namespace
             && t.name == name
             && t.proxy == proxy
+            && *t.extra_ports == *extra_ports
             && t.player.is_none()
         {
             return t;
         }
-        let t = Arc::new(Target::new(mapping, namespace, name, addr).with_proxy(proxy));
+        let t = Arc::new(
+            Target::new(mapping, namespace, name, addr)
+                .with_proxy(proxy)
+                .with_extra_ports(extra_ports),
+        );
         self.targets.insert(addr, Arc::clone(&t));
         t
     }

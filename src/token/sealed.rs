@@ -250,11 +250,12 @@ impl SealedTokens {
                     .with_extra_ports(&c.extra_ports)
                     .with_player(Some(player)),
             ),
-            None => self.targets.share(Arc::new(
-                Target::new(&c.mapping, &c.namespace, &c.name, c.target)
-                    .with_proxy(c.proxy)
-                    .with_extra_ports(&c.extra_ports),
-            )),
+            None => self.targets.get(
+                (&c.mapping, &c.namespace, &c.name),
+                c.target,
+                c.proxy,
+                &c.extra_ports,
+            ),
         }
     }
 }
