@@ -13,6 +13,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::resolve::allocate::AllocationResult;
+
 /// One label, static key and value.
 pub(crate) type Label = [(&'static str, &'static str); 1];
 /// `mapping` label: a name from the operator's config (bounded by the config, never by clients).
@@ -38,6 +40,9 @@ pub struct Metrics {
     pub queries: Family<Label, Counter>,
     pub query_duration: Histogram,
     pub query_connections: Gauge,
+    /// `allocations_total{result}`, indexed by [`AllocationResult::index`].
+    pub allocations: [Counter; AllocationResult::COUNT],
+    pub allocation_duration: Histogram,
     pub config_reloads: Family<Label, Counter>,
     pub config_restart_required: Gauge,
     pub mapping_objects: Family<MappingLabel, Gauge>,
@@ -62,6 +67,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("udp_director");
+        let allocations = Family::<Label, Counter>::default();
         let m = Self {
             sessions_active: Gauge::default(),
             sessions_created: Counter::default(),
@@ -83,6 +89,14 @@ impl Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 15),
             ),
             query_connections: Gauge::default(),
+            // Handles into the registered family, one per result (all present from the start).
+            allocations: std::array::from_fn(|i| {
+                Self::counter(&allocations, "result", AllocationResult::ALL[i].as_str())
+            }),
+            // 1 ms .. ~4 s
+            allocation_duration: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13),
+            ),
             config_reloads: Family::default(),
             config_restart_required: Gauge::default(),
             mapping_objects: Family::default(),
@@ -229,6 +243,16 @@ impl Metrics {
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register(
+            "allocations",
+            "Agones allocations, by result (allocated, unallocated, contention, unusable, error, timeout, overloaded)",
+            allocations,
+        );
+        registry.register(
+            "allocation_duration_seconds",
+            "Time from asking Agones for a GameServer to its answer (or the 2 s timeout)",
+            m.allocation_duration.clone(),
         );
         // Make every label value appear from the start so dashboards and alerts see zeros.
         for code in crate::protocol::query::ErrorCode::ALL {

@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 use crate::protocol::query::{
     ErrorCode, QueryError, TargetRef, TokenAnswer, parse_request, render,
 };
+use crate::resolve::Resolved;
+use crate::resolve::allocate::{Allocation, AllocationResult};
 use crate::session::Ledger;
 use crate::token::{IssueError, Tokens};
 
@@ -78,10 +80,10 @@ impl QueryContext {
     }
 
     /// Answers one request line from `peer`.
-    pub(crate) fn answer(&self, line: &[u8], peer: IpAddr) -> Vec<u8> {
+    pub(crate) async fn answer(&self, line: &[u8], peer: IpAddr) -> Vec<u8> {
         let started = Instant::now();
         let generation = self.settings.load();
-        let result = self.resolve_line(line, peer, started, &generation);
+        let result = self.resolve_line(line, peer, started, &generation).await;
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.code.as_str(),
@@ -96,7 +98,7 @@ impl QueryContext {
         render(&result)
     }
 
-    fn resolve_line(
+    async fn resolve_line(
         &self,
         line: &[u8],
         peer: IpAddr,
@@ -120,9 +122,12 @@ impl QueryContext {
             ));
         }
         let request = parse_request(line)?;
-        let resolved = generation
-            .resolver
-            .resolve(&request, self.ledger.as_ref())?;
+        let resolved = match generation.resolver.allocation(&request)? {
+            Some(allocation) => self.allocate(allocation).await?,
+            None => generation
+                .resolver
+                .resolve(&request, self.ledger.as_ref())?,
+        };
         let target = Arc::clone(&resolved.target);
         let config = &generation.config;
         let issued = self
@@ -148,6 +153,19 @@ impl QueryContext {
                 resolved.expose_address.then_some(target.addr),
             ),
         })
+    }
+
+    /// Runs one Agones allocation and counts how it ended.
+    async fn allocate(&self, allocation: Allocation) -> Result<Resolved, QueryError> {
+        let started = Instant::now();
+        let (result, resolved) = allocation.run().await;
+        self.metrics.allocations[result.index()].inc();
+        if result != AllocationResult::Overloaded {
+            self.metrics
+                .allocation_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        resolved
     }
 
     /// Forgets rate-limit state of sources that have been quiet (bounded memory).
@@ -226,7 +244,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &QueryContext, lim
                 return;
             }
             if !line.trim_ascii().is_empty() {
-                let answer = ctx.answer(line, peer.ip());
+                let answer = ctx.answer(line, peer.ip()).await;
                 if !write_answer(&mut stream, &answer, Instant::now() + idle).await {
                     return;
                 }
@@ -245,7 +263,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &QueryContext, lim
                 // Half-close: a last request without a newline is still answered.
                 let line = trim_cr(&buf);
                 if !line.trim_ascii().is_empty() {
-                    let answer = ctx.answer(line, peer.ip());
+                    let answer = ctx.answer(line, peer.ip()).await;
                     let _ = write_answer(&mut stream, &answer, Instant::now() + idle).await;
                 }
                 let _ = stream.shutdown().await;

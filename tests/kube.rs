@@ -6,12 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_kube::FakeKube;
+use common::fake_kube::{Env, FakeKube, ready, start, wait};
 use common::*;
 use serde_json::{Value, json};
-use udp_director::app::{self, Running, StartOptions};
-use udp_director::config::ValidConfig;
-use udp_director::resolve::kube::Connect;
 
 const AGONES: &str = "agones.dev/v1";
 
@@ -65,46 +62,6 @@ fn realistic_gameserver(name: &str, state: &str, port: u16) -> Value {
 const GS_CONFIG: &str = "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\nresourceQueryMapping:\n  gameserver:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    kind: GameServer\n    namespace: game-servers\n    labelSelector: {agones.dev/fleet: f1}\n    addressPath: status.address\n    portName: default\n";
 
 const READY: &str = r#"{"resourceType":"gameserver","statusQuery":{"jsonPath":"status.state","expectedValue":"Ready"}}"#;
-
-struct Env {
-    director: Running,
-    _dir: testkit::TempDir,
-}
-
-async fn start(yaml: &str, fake: Arc<FakeKube>) -> Env {
-    // The test keeps its own handle on `fake`; the director only needs its kubeconfig.
-    let dir = testkit::TempDir::new("kube-test").unwrap();
-    let kubeconfig = fake.kubeconfig(&dir.path);
-    let config = ValidConfig::from_yaml(yaml).unwrap();
-    let director = app::start_with(
-        config,
-        StartOptions {
-            kube: Connect::Kubeconfig(kubeconfig),
-            ..StartOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    Env {
-        director,
-        _dir: dir,
-    }
-}
-
-fn ready(d: &Running) -> bool {
-    http_get(d.admin_addr, "/readyz").0 == 200
-}
-
-async fn wait(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
 
 /// A fake API server holding one Ready GameServer `gs-1`, and a director synced to it.
 async fn ready_with_gs1() -> (Arc<FakeKube>, Env) {

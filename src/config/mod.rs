@@ -19,8 +19,8 @@ pub mod reload;
 mod valid;
 
 pub use valid::{
-    Addressing, KubeSource, PortRule, TargetPort, ValidConfig, ValidDataPort, ValidMapping,
-    ValidSource,
+    Addressing, KubeSource, PortRule, TargetPort, ValidAllocate, ValidConfig, ValidDataPort,
+    ValidMapping, ValidSource,
 };
 
 /// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
@@ -271,7 +271,56 @@ pub struct Mapping {
     /// `status` and what the address paths read (for status queries on e.g. `spec.*`).
     #[serde(default)]
     pub cache_fields: Vec<String>,
+    /// Agones mappings: allocate a GameServer per query (a `GameServerAllocation`) instead of
+    /// picking one from the cache.
+    #[serde(default)]
+    pub allocate: Option<Allocate>,
 }
+
+/// `allocate:` on an Agones GameServer mapping (SPEC §4, "Agones allocation").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Allocate {
+    /// How Agones picks among the candidates (its default: `Packed`).
+    #[serde(default)]
+    pub scheduling: Scheduling,
+    /// First an `Allocated` server with room in `playersList`, then a `Ready` one.
+    #[serde(default)]
+    pub prefer_allocated: bool,
+    /// The Agones List holding player ids: a server needs one free slot in it, and the
+    /// query's `playerId` is added to it on allocation.
+    #[serde(default)]
+    pub players_list: Option<String>,
+    /// Labels and annotations Agones puts on the allocated GameServer.
+    #[serde(default)]
+    pub metadata: AllocationMetadata,
+    /// Allocations this director runs at once for the mapping; past it, `unavailable`.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+}
+
+/// Agones `scheduling` of a `GameServerAllocation`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum Scheduling {
+    /// Fill the busiest nodes and servers first (fewer nodes, cheaper scale-down).
+    #[default]
+    Packed,
+    /// Spread players over servers and nodes.
+    Distributed,
+}
+
+/// Labels and annotations applied on allocation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationMetadata {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Default of `allocate.maxInFlight`.
+pub const ALLOCATIONS_IN_FLIGHT: usize = 64;
 
 /// One entry of `dataPorts`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -527,6 +576,15 @@ impl Config {
                     "defaultEndpoint.namespace",
                     format!(
                         "`{ns}` is not allowed by mapping `{}`",
+                        default.resource_type
+                    ),
+                ));
+            }
+            if mapping.allocate.is_some() {
+                return Err(invalid(
+                    "defaultEndpoint.resourceType",
+                    format!(
+                        "`{}` allocates GameServers; a default endpoint would allocate one per tokenless datagram — point it at a mapping that picks from a cache",
                         default.resource_type
                     ),
                 ));
@@ -795,11 +853,116 @@ fn validate_mapping(
         fixed_labels: mapping.label_selector.clone(),
         expose_address: mapping.expose_target_address,
         proxy_protocol: mapping.proxy_protocol == Some(ProxyProtocol::V2),
+        allocate: match &mapping.allocate {
+            Some(a) => Some(validate_allocate(name, mapping, a, &source)?),
+            None => None,
+        },
         load_balancing: mapping
             .load_balancing
             .clone()
             .unwrap_or_else(|| global_lb.clone()),
         source,
+    })
+}
+
+/// `allocate:` only makes sense on Agones GameServers addressed the way an allocation answers
+/// (`status.address` and a port by name or a fixed one), and replaces cache-side choices.
+fn validate_allocate(
+    name: &str,
+    m: &Mapping,
+    a: &Allocate,
+    source: &ValidSource,
+) -> Result<ValidAllocate, ConfigError> {
+    let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
+    let ValidSource::Kube(k) = source else {
+        return Err(invalid(
+            key("allocate"),
+            "only applies to Agones GameServer mappings, not `static` endpoints",
+        ));
+    };
+    if k.group != "agones.dev" || k.resource != "gameservers" {
+        return Err(invalid(
+            key("allocate"),
+            format!(
+                "allocates Agones GameServers: needs `group: agones.dev` and `resource: gameservers`, found `{}`/`{}`",
+                k.group, k.resource
+            ),
+        ));
+    }
+    match &k.address {
+        Addressing::Direct { path, port } => {
+            if !matches!(path, CompiledPath::Keys(keys) if keys == &["status", "address"]) {
+                return Err(invalid(
+                    key("addressPath"),
+                    format!(
+                        "an allocation answers with `status.address`; use `addressPath: status.address`, found `{}`",
+                        m.address_path.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            if matches!(port, PortRule::Path(_)) {
+                return Err(invalid(
+                    key("portPath"),
+                    "an allocation answers with `status.ports`; use `portName` (or a fixed `port`)",
+                ));
+            }
+        }
+        Addressing::Service { .. } => {
+            return Err(invalid(
+                key("serviceSelectorLabel"),
+                "an allocation answers with the GameServer's own address; use `addressPath: status.address` + `portName`",
+            ));
+        }
+    }
+    if m.load_balancing.is_some() {
+        return Err(invalid(
+            key("loadBalancing"),
+            "Agones chooses the server of an allocation; use `allocate.scheduling` (Packed | Distributed)",
+        ));
+    }
+    if !m.cache_fields.is_empty() {
+        return Err(invalid(
+            key("cacheFields"),
+            "an allocating mapping keeps no cache (Agones is asked on every query)",
+        ));
+    }
+    if let Some(list) = &a.players_list
+        && (list.is_empty() || list.len() > 63)
+    {
+        return Err(invalid(
+            key("allocate.playersList"),
+            "must be the name of an Agones List (1..=63 characters), e.g. `players`",
+        ));
+    }
+    if a.prefer_allocated && a.players_list.is_none() {
+        return Err(invalid(
+            key("allocate.preferAllocated"),
+            "needs `playersList`: without a list an Allocated server has no notion of room",
+        ));
+    }
+    for (what, map) in [
+        ("labels", &a.metadata.labels),
+        ("annotations", &a.metadata.annotations),
+    ] {
+        if let Some(k) = map.keys().find(|k| k.is_empty()) {
+            return Err(invalid(
+                key(&format!("allocate.metadata.{what}")),
+                format!("keys must not be empty, found {k:?}"),
+            ));
+        }
+    }
+    if a.max_in_flight == Some(0) {
+        return Err(invalid(
+            key("allocate.maxInFlight"),
+            "must be at least 1 (omit it for the default)",
+        ));
+    }
+    Ok(ValidAllocate {
+        scheduling: a.scheduling,
+        prefer_allocated: a.prefer_allocated,
+        players_list: a.players_list.clone(),
+        metadata: a.metadata.clone(),
+        max_in_flight: a.max_in_flight.unwrap_or(ALLOCATIONS_IN_FLIGHT),
     })
 }
 

@@ -232,3 +232,84 @@ fn data_ports_decode_and_the_command_line_moves_the_first() {
     assert_eq!(c.data_ports.len(), 1);
     assert_eq!(c.data_ports[0].target, TargetPort::Mapping);
 }
+
+const ALLOCATING: &str = "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    namespace: game-servers\n    addressPath: status.address\n    portName: default\n";
+
+#[test]
+fn allocate_decodes_with_agones_defaults() {
+    let c = ValidConfig::from_yaml(&format!("{ALLOCATING}    allocate: {{}}\n")).unwrap();
+    let a = c.mappings["gs"].allocate.clone().unwrap();
+    assert_eq!(a.scheduling, Scheduling::Packed);
+    assert!(!a.prefer_allocated);
+    assert_eq!(a.players_list, None);
+    assert_eq!(a.max_in_flight, ALLOCATIONS_IN_FLIGHT);
+    let c = ValidConfig::from_yaml(&format!(
+        "{ALLOCATING}    allocate:\n      scheduling: Distributed\n      preferAllocated: true\n      playersList: players\n      maxInFlight: 3\n      metadata: {{labels: {{by: director}}, annotations: {{a: b}}}}\n"
+    ))
+    .unwrap();
+    let a = c.mappings["gs"].allocate.clone().unwrap();
+    assert_eq!(a.scheduling, Scheduling::Distributed);
+    assert!(a.prefer_allocated);
+    assert_eq!(a.players_list.as_deref(), Some("players"));
+    assert_eq!(a.max_in_flight, 3);
+    assert_eq!(a.metadata.labels["by"], "director");
+    assert!(
+        ValidConfig::from_yaml(MINIMAL).unwrap().mappings["echo"]
+            .allocate
+            .is_none()
+    );
+}
+
+#[test]
+fn allocate_refuses_what_an_allocation_cannot_answer() {
+    let with = |extra: &str| err(&format!("{ALLOCATING}{extra}"));
+    let e = err(
+        "resourceQueryMapping:\n  s:\n    static: [{name: a, address: 127.0.0.1, port: 9}]\n    allocate: {}\n",
+    );
+    assert!(
+        e.contains("resourceQueryMapping.s.allocate") && e.contains("static"),
+        "{e}"
+    );
+    let e = err(&(ALLOCATING
+        .replace("resource: gameservers", "resource: pods")
+        .replace("    group: agones.dev\n", "")
+        + "    allocate: {}\n"));
+    assert!(e.contains("agones.dev"), "{e}");
+    let e = err(&(ALLOCATING.replace("status.address", "status.podIP") + "    allocate: {}\n"));
+    assert!(
+        e.contains("addressPath") && e.contains("status.address"),
+        "{e}"
+    );
+    let e = err(
+        &(ALLOCATING.replace("portName: default", "portPath: status.ports[0].port")
+            + "    allocate: {}\n"),
+    );
+    assert!(e.contains("portPath"), "{e}");
+    let e = with("    allocate: {}\n    loadBalancing: {type: first}\n");
+    assert!(
+        e.contains("loadBalancing") && e.contains("scheduling"),
+        "{e}"
+    );
+    let e = with("    allocate: {}\n    cacheFields: [spec.x]\n");
+    assert!(e.contains("cacheFields"), "{e}");
+    let e = with("    allocate: {preferAllocated: true}\n");
+    assert!(
+        e.contains("preferAllocated") && e.contains("playersList"),
+        "{e}"
+    );
+    let e = with("    allocate: {playersList: ''}\n");
+    assert!(e.contains("playersList"), "{e}");
+    let e = with("    allocate: {maxInFlight: 0}\n");
+    assert!(e.contains("maxInFlight"), "{e}");
+    let e = with("    allocate: {scheduling: Random}\n");
+    assert!(e.contains("scheduling") || e.contains("Random"), "{e}");
+    let e = with("    allocate: {metadata: {labels: {'': x}}}\n");
+    assert!(e.contains("allocate.metadata.labels"), "{e}");
+    let e = with("    allocate: {playerList: players}\n");
+    assert!(e.contains("playerList"), "{e}");
+    let e = with("    allocate: {}\ndefaultEndpoint: {resourceType: gs}\n");
+    assert!(
+        e.contains("defaultEndpoint") && e.contains("allocates"),
+        "{e}"
+    );
+}

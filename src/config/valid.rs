@@ -11,7 +11,7 @@ use std::ops::Deref;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Config, ConfigError, LoadBalancing, StaticEndpoint};
+use super::{AllocationMetadata, Config, ConfigError, LoadBalancing, Scheduling, StaticEndpoint};
 use crate::protocol::jsonpath::CompiledPath;
 
 /// A validated config: the document as written (read through `Deref`, e.g. for `/config` and
@@ -73,6 +73,18 @@ pub struct ValidMapping {
     /// The mapping's own, or the global one.
     pub load_balancing: LoadBalancing,
     pub source: ValidSource,
+    /// `allocate:`: queries allocate an Agones GameServer instead of picking from a cache.
+    pub allocate: Option<ValidAllocate>,
+}
+
+/// A validated `allocate:` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidAllocate {
+    pub scheduling: Scheduling,
+    pub prefer_allocated: bool,
+    pub players_list: Option<String>,
+    pub metadata: AllocationMetadata,
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -244,6 +244,14 @@ impl Watchers {
         }
     }
 
+    /// The shared client as a handle that tries once per use (for requests with a deadline).
+    pub fn client_cell(&self) -> ClientCell {
+        ClientCell {
+            cell: Arc::clone(&self.client),
+            connect: self.connect.clone(),
+        }
+    }
+
     /// The shared client, created on first use; retries with backoff until it can be built.
     pub async fn client(&self) -> Client {
         client_with_retry(&self.client, &self.connect, "config watch").await
@@ -372,6 +380,24 @@ impl WatchTask {
 
     async fn client_with_retry(&self) -> Client {
         client_with_retry(&self.client, &self.connect, &self.what).await
+    }
+}
+
+/// The watchers' client, for one-off requests: created on first use, one attempt per call.
+#[derive(Clone)]
+pub struct ClientCell {
+    cell: Arc<OnceCell<Client>>,
+    connect: Connect,
+}
+
+impl ClientCell {
+    pub async fn get(&self) -> Result<Client, String> {
+        let connect = self.connect.clone();
+        self.cell
+            .get_or_try_init(|| async move { make_client(&connect).await })
+            .await
+            .cloned()
+            .map_err(|e| format!("no Kubernetes client: {e}"))
     }
 }
 

@@ -4,6 +4,7 @@
 //! It does not issue tokens and does not touch sockets. Live session counts come in through
 //! [`SessionCounts`], which the data plane's ledger implements.
 
+pub mod allocate;
 pub mod kube;
 pub mod lean;
 pub mod route;
@@ -138,6 +139,14 @@ pub struct Resolved {
 
 enum Source {
     Static(Vec<Candidate>),
+    /// `allocate:`: every query asks Agones; nothing is cached.
+    Allocate {
+        spec: config::ValidAllocate,
+        /// Every data port's port rule.
+        ports: Vec<config::PortRule>,
+        in_flight: Arc<tokio::sync::Semaphore>,
+        client: kube::ClientCell,
+    },
     Kube {
         /// One cache per allowed namespace.
         caches: BTreeMap<String, kube::Watched>,
@@ -253,6 +262,7 @@ impl Resolver {
             .map(|(name, m)| {
                 let (objects, synced) = match &m.source {
                     Source::Static(c) => (c.len(), true),
+                    Source::Allocate { .. } => (0, true),
                     Source::Kube { caches, address } => {
                         let services = match address {
                             AddressRule::Service { services, .. } => Some(services.values()),
@@ -335,7 +345,7 @@ impl Resolver {
     fn watched(&self) -> impl Iterator<Item = &kube::Watched> {
         self.mappings.values().flat_map(|m| {
             let (caches, services) = match &m.source {
-                Source::Static(_) => (None, None),
+                Source::Static(_) | Source::Allocate { .. } => (None, None),
                 Source::Kube { caches, address } => (
                     Some(caches.values()),
                     match address {
@@ -353,11 +363,11 @@ impl Resolver {
 
     /// Applies the query's mapping, namespace, selectors and status query and hands the
     /// matches (borrowed from the cache snapshot) to `f`.
-    fn with_matches<R>(
-        &self,
-        req: &QueryRequest,
-        f: impl FnOnce(&CompiledMapping, &str, &[Match<'_>]) -> R,
-    ) -> Result<R, QueryError> {
+    /// The query's mapping and namespace, or `unknown_resource_type` / `forbidden_namespace`.
+    fn mapping_for<'a>(
+        &'a self,
+        req: &'a QueryRequest,
+    ) -> Result<(&'a CompiledMapping, &'a str), QueryError> {
         let mapping = self.mappings.get(&req.resource_type).ok_or_else(|| {
             QueryError::new(
                 ErrorCode::UnknownResourceType,
@@ -381,6 +391,45 @@ impl Resolver {
                 ),
             ));
         }
+        Ok((mapping, namespace))
+    }
+
+    /// For a query on an allocating mapping, the allocation to run (the query server awaits
+    /// it); `None` for every other mapping (use [`Resolver::resolve`]).
+    pub fn allocation(
+        &self,
+        req: &QueryRequest,
+    ) -> Result<Option<allocate::Allocation>, QueryError> {
+        let (mapping, namespace) = self.mapping_for(req)?;
+        let Source::Allocate {
+            spec,
+            ports,
+            in_flight,
+            client,
+        } = &mapping.source
+        else {
+            return Ok(None);
+        };
+        Ok(Some(allocate::Allocation {
+            client: client.clone(),
+            namespace: namespace.to_string(),
+            body: allocate::request(spec, &mapping.fixed_labels, req)?,
+            ports: ports.clone(),
+            in_flight: Arc::clone(in_flight),
+            limit: spec.max_in_flight,
+            mapping: mapping.name.clone(),
+            proxy: mapping.proxy,
+            player: req.player_id.clone(),
+            expose_address: mapping.expose_address,
+        }))
+    }
+
+    fn with_matches<R>(
+        &self,
+        req: &QueryRequest,
+        f: impl FnOnce(&CompiledMapping, &str, &[Match<'_>]) -> R,
+    ) -> Result<R, QueryError> {
+        let (mapping, namespace) = self.mapping_for(req)?;
         let status = match &req.status_query {
             Some(q) => Some((
                 CompiledPath::compile(&q.json_path)
@@ -415,6 +464,15 @@ impl Resolver {
         let objects;
         let service_objects;
         let matches: Vec<Match<'_>> = match &mapping.source {
+            Source::Allocate { .. } => {
+                return Err(QueryError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "resourceType `{}` allocates; it has no cache to pick from",
+                        mapping.name
+                    ),
+                ));
+            }
             Source::Static(candidates) => candidates
                 .iter()
                 .filter(|c| c.namespace == namespace)
@@ -565,8 +623,21 @@ fn compile(
     watchers: &kube::Watchers,
 ) -> CompiledMapping {
     let targets: Vec<config::TargetPort> = data_ports.iter().map(|d| d.target.clone()).collect();
-    let source = match &m.source {
-        ValidSource::Kube(k) => {
+    let source = match (&m.source, &m.allocate) {
+        (ValidSource::Kube(k), Some(spec)) => {
+            let own = match &k.address {
+                Addressing::Direct { port, .. } => port.clone(),
+                // Validation allows only direct addressing with `allocate`.
+                Addressing::Service { port_name, .. } => config::PortRule::Name(port_name.clone()),
+            };
+            Source::Allocate {
+                spec: spec.clone(),
+                ports: targets.iter().map(|t| port_rule(t, &own)).collect(),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(spec.max_in_flight)),
+                client: watchers.client_cell(),
+            }
+        }
+        (ValidSource::Kube(k), None) => {
             let api = kube::api_resource(&k.group, &k.version, &k.resource, &k.kind);
             // The fixed selector is applied by the API server too: less to cache.
             let labels = m
@@ -607,7 +678,7 @@ fn compile(
             Source::Kube { caches, address }
         }
         // Validation sorted them by namespace/name: the order `first`, round-robin and ties use.
-        ValidSource::Static(endpoints) => Source::Static(
+        (ValidSource::Static(endpoints), _) => Source::Static(
             endpoints
                 .iter()
                 .map(|ep| {

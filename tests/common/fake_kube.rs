@@ -8,7 +8,9 @@
 //! resourceVersion, BOOKMARKs every 500 ms, and a 410 `ERROR` event when the requested
 //! version has been compacted away. `labelSelector` equality terms and `fieldSelector`
 //! `metadata.name`/`metadata.namespace` terms are honoured; `…/{plural}/{name}` is a GET of one
-//! object (404 `Status` when absent).
+//! object (404 `Status` when absent). `POST …/allocation.agones.dev/v1/namespaces/{ns}/
+//! gameserverallocations` allocates a stored GameServer the way Agones does (see
+//! [`allocation`]).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -37,6 +39,10 @@ struct Store {
     watches: HashMap<String, usize>,
     /// Answer every request with junk (see [`FakeKube::set_garbage`]).
     garbage: bool,
+    /// Allocation requests received, and how the fake answers them.
+    allocations: usize,
+    allocation_delay: Duration,
+    allocation_failure: Option<u16>,
 }
 
 pub struct FakeKube {
@@ -169,6 +175,39 @@ impl FakeKube {
         self.epoch.send_modify(|_| {});
     }
 
+    /// Allocation requests received so far.
+    pub fn allocations(&self) -> usize {
+        self.store.lock().unwrap().allocations
+    }
+
+    /// Holds every allocation answer back this long (a slow or black-holed API server).
+    pub fn set_allocation_delay(&self, delay: Duration) {
+        self.store.lock().unwrap().allocation_delay = delay;
+    }
+
+    /// Answers allocations with this HTTP status and a `Status` body (`None`: allocate).
+    pub fn set_allocation_failure(&self, code: Option<u16>) {
+        self.store.lock().unwrap().allocation_failure = code;
+    }
+
+    /// The stored object, if any.
+    pub fn get(
+        &self,
+        api_version: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let s = self.store.lock().unwrap();
+        s.objects
+            .get(&(
+                collection(api_version, plural),
+                namespace.to_string(),
+                name.to_string(),
+            ))
+            .cloned()
+    }
+
     /// LIST requests served for a collection.
     pub fn lists(&self, api_version: &str, plural: &str) -> usize {
         let s = self.store.lock().unwrap();
@@ -252,12 +291,24 @@ fn parse_path(path: &str) -> Option<(String, String, String, String, Option<Stri
 
 async fn handle(
     State(fake): State<Arc<FakeKube>>,
+    method: Method,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
     let Some((coll, ns, api_version, plural, single)) = parse_path(uri.path()) else {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     };
+    if method == Method::POST {
+        if api_version != ALLOCATION_API || plural != "gameserverallocations" || single.is_some() {
+            return status(
+                405,
+                "MethodNotAllowed",
+                "the fake API server only creates GameServerAllocations",
+            );
+        }
+        return allocation(&fake, &ns, &body).await;
+    }
     if fake.store.lock().unwrap().garbage {
         let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
         return if watch {
@@ -429,4 +480,203 @@ async fn handle(
 /// `send_modify(|_| {})` wakes without changing the epoch; a real cut changes it.
 fn is_cut(epoch: &watch::Receiver<u64>, start: u64) -> bool {
     *epoch.borrow() != start
+}
+
+use udp_director::app::{self, Running, StartOptions};
+use udp_director::config::ValidConfig;
+use udp_director::resolve::kube::Connect;
+
+/// A director started on a config against a fake API server (through its kubeconfig).
+pub struct Env {
+    pub director: Running,
+    _dir: testkit::TempDir,
+}
+
+pub async fn start(yaml: &str, fake: Arc<FakeKube>) -> Env {
+    // The test keeps its own handle on `fake`; the director only needs its kubeconfig.
+    let dir = testkit::TempDir::new("kube-test").unwrap();
+    let kubeconfig = fake.kubeconfig(&dir.path);
+    let config = ValidConfig::from_yaml(yaml).unwrap();
+    let director = app::start_with(
+        config,
+        StartOptions {
+            kube: Connect::Kubeconfig(kubeconfig),
+            ..StartOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    Env {
+        director,
+        _dir: dir,
+    }
+}
+
+pub fn ready(d: &Running) -> bool {
+    super::http_get(d.admin_addr, "/readyz").0 == 200
+}
+
+pub async fn wait(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+const ALLOCATION_API: &str = "allocation.agones.dev/v1";
+const AGONES_API: &str = "agones.dev/v1";
+
+/// A Kubernetes `Status` error answer.
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap(),
+        [("content-type", "application/json")],
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": reason, "code": code, "message": message})
+        .to_string(),
+    )
+        .into_response()
+}
+
+/// `POST …/gameserverallocations` with Agones' semantics: the selectors are tried in order;
+/// a GameServer matches one when its labels include `matchLabels`, its `status.state` is the
+/// selector's `gameServerState` (default `Ready`) and every `lists` selector holds
+/// (`minAvailable`/`maxAvailable` on `capacity - len(values)`, `containsValue`). Among the
+/// matches `Packed` takes the fullest (least available in the first list selector), then the
+/// first by name; `Distributed` the emptiest. The winner becomes `Allocated`, gets the
+/// allocation's `metadata` and list `addValues` (up to capacity, no duplicates), and its
+/// MODIFIED event goes to watchers. Everything happens under the store's lock, so concurrent
+/// allocations never choose one server or one list slot twice. No match: `UnAllocated`.
+async fn allocation(fake: &Arc<FakeKube>, ns: &str, body: &[u8]) -> Response {
+    let (delay, failure) = {
+        let mut s = fake.store.lock().unwrap();
+        s.allocations += 1;
+        (s.allocation_delay, s.allocation_failure)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(code) = failure {
+        return status(code, "InternalError", "the allocator is down");
+    }
+    let Ok(mut gsa) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest", "the body is not JSON");
+    };
+    if gsa["apiVersion"] != ALLOCATION_API || gsa["kind"] != "GameServerAllocation" {
+        return status(400, "BadRequest", "not a GameServerAllocation");
+    }
+    let spec = gsa["spec"].clone();
+    let mut s = fake.store.lock().unwrap();
+    let coll = collection(AGONES_API, "gameservers");
+    let empty = vec![json!({})];
+    let selectors = spec["selectors"].as_array().unwrap_or(&empty);
+    let distributed = spec["scheduling"] == "Distributed";
+    let chosen = selectors.iter().find_map(|sel| {
+        let state = sel["gameServerState"].as_str().unwrap_or("Ready");
+        let lists = sel["lists"].as_object().cloned().unwrap_or_default();
+        let available = |gs: &Value, list: &str| -> Option<i64> {
+            let l = &gs["status"]["lists"][list];
+            let capacity = l["capacity"].as_i64()?;
+            Some(capacity - l["values"].as_array().map_or(0, |v| v.len() as i64))
+        };
+        let matching = s
+            .objects
+            .iter()
+            .filter(|((c, n, _), _)| *c == coll && n == ns)
+            .map(|(k, gs)| (k.2.clone(), gs))
+            .filter(|(_, gs)| gs["metadata"]["deletionTimestamp"].is_null())
+            .filter(|(_, gs)| gs["status"]["state"] == state)
+            .filter(|(_, gs)| {
+                sel["matchLabels"]
+                    .as_object()
+                    .is_none_or(|m| m.iter().all(|(k, v)| gs["metadata"]["labels"][k] == *v))
+            })
+            .filter(|(_, gs)| {
+                lists.iter().all(|(name, ls)| {
+                    let Some(free) = available(gs, name) else {
+                        return false;
+                    };
+                    let min = ls["minAvailable"].as_i64().unwrap_or(0);
+                    let max = ls["maxAvailable"]
+                        .as_i64()
+                        .filter(|m| *m > 0)
+                        .unwrap_or(i64::MAX);
+                    let contains = ls["containsValue"].as_str().is_none_or(|v| {
+                        gs["status"]["lists"][name]["values"]
+                            .as_array()
+                            .is_some_and(|vs| vs.iter().any(|x| x == v))
+                    });
+                    free >= min && free <= max && contains
+                })
+            });
+        let first_list = lists.keys().next().cloned();
+        let rank = |gs: &Value| {
+            let free = first_list
+                .as_deref()
+                .and_then(|l| available(gs, l))
+                .unwrap_or(0);
+            if distributed { -free } else { free }
+        };
+        // `min_by_key` keeps the first of equals: name order breaks ties.
+        matching
+            .min_by_key(|(_, gs)| rank(gs))
+            .map(|(name, _)| name)
+    });
+    let Some(name) = chosen else {
+        gsa["status"] = json!({"state": "UnAllocated"});
+        return (
+            StatusCode::CREATED,
+            [("content-type", "application/json")],
+            gsa.to_string(),
+        )
+            .into_response();
+    };
+    let key = (coll.clone(), ns.to_string(), name.clone());
+    let mut gs = s.objects[&key].clone();
+    gs["status"]["state"] = json!("Allocated");
+    for part in ["labels", "annotations"] {
+        if let Some(m) = spec["metadata"][part].as_object() {
+            for (k, v) in m {
+                gs["metadata"][part][k] = v.clone();
+            }
+        }
+    }
+    if let Some(actions) = spec["lists"].as_object() {
+        for (list, action) in actions {
+            let l = &mut gs["status"]["lists"][list];
+            let capacity = l["capacity"].as_u64().unwrap_or(0) as usize;
+            if !l["values"].is_array() {
+                l["values"] = json!([]);
+            }
+            let values = l["values"].as_array_mut().unwrap();
+            for v in action["addValues"].as_array().into_iter().flatten() {
+                if values.len() < capacity && !values.contains(v) {
+                    values.push(v.clone());
+                }
+            }
+        }
+    }
+    s.rv += 1;
+    let rv = s.rv;
+    gs["metadata"]["resourceVersion"] = json!(rv.to_string());
+    s.objects.insert(key.clone(), gs.clone());
+    s.log.push((rv, key.0, key.1, "MODIFIED", gs.clone()));
+    drop(s);
+    fake.cut_nothing();
+    gsa["metadata"]["namespace"] = json!(ns);
+    gsa["status"] = json!({"state": "Allocated", "gameServerName": name,
+        "ports": gs["status"]["ports"], "address": gs["status"]["address"],
+        "addresses": gs["status"]["addresses"], "nodeName": gs["status"]["nodeName"],
+        "source": "local", "metadata": {"labels": gs["metadata"]["labels"],
+            "annotations": gs["metadata"]["annotations"]}});
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        gsa.to_string(),
+    )
+        .into_response()
 }
