@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -87,24 +88,79 @@ fn service_keeps_client_addresses_and_exposes_both_protocols() {
     );
 }
 
-#[test]
-fn rbac_is_read_only() {
+/// The one write permission the director may hold: creating Agones allocations.
+fn is_allocation_grant(rule: &Value) -> bool {
+    rule == &serde_json::json!({"apiGroups": ["allocation.agones.dev"],
+        "resources": ["gameserverallocations"], "verbs": ["create"]})
+}
+
+/// Every Role/ClusterRole rule among `objects` with its object's namespace: read-only verbs,
+/// or exactly the allocation grant. Returns the namespaces holding the allocation grant.
+fn check_rbac_rules(what: &str, objects: &[Value]) -> Vec<String> {
+    let mut allocating = Vec::new();
     let mut rules = 0;
-    for (path, doc) in manifests() {
-        if doc["kind"] == "Role" || doc["kind"] == "ClusterRole" {
-            for rule in doc["rules"].as_sequence().unwrap() {
+    for o in objects {
+        if o["kind"] == "Role" || o["kind"] == "ClusterRole" {
+            for r in o["rules"].as_array().unwrap() {
                 rules += 1;
-                for verb in rule["verbs"].as_sequence().unwrap() {
-                    let verb = verb.as_str().unwrap();
+                if is_allocation_grant(r) {
+                    assert_eq!(
+                        o["kind"], "Role",
+                        "{what}: the allocation grant is namespaced"
+                    );
+                    allocating.push(o["metadata"]["namespace"].as_str().unwrap().to_string());
+                    continue;
+                }
+                for v in r["verbs"].as_array().unwrap() {
                     assert!(
-                        ["get", "list", "watch"].contains(&verb),
-                        "{path}: verb {verb}"
+                        ["get", "list", "watch"].contains(&v.as_str().unwrap()),
+                        "{what}: verb {v} in {r}"
                     );
                 }
             }
         }
     }
-    assert!(rules >= 2);
+    assert!(rules >= 2, "{what}");
+    allocating
+}
+
+/// The namespaces of mappings with `allocate:` in every embedded config of `objects`.
+fn allocating_namespaces(objects: &[Value]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "ConfigMap")
+        .filter_map(|o| o["data"]["config.yaml"].as_str())
+        .flat_map(|text| {
+            let config = ValidConfig::from_yaml(text).unwrap();
+            config
+                .mappings
+                .values()
+                .filter(|m| m.allocate.is_some())
+                .map(|m| m.default_namespace.clone())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn rbac_is_read_only_but_for_allocations_where_a_mapping_allocates() {
+    let all = manifests();
+    let objects: Vec<Value> = all.iter().map(|(_, d)| as_json(d)).collect();
+    let granted: BTreeSet<String> = check_rbac_rules("k8s/", &objects).into_iter().collect();
+    // The grant lives in its own file, applied only with an allocating config, and covers
+    // exactly the namespaces such mappings allocate in.
+    for (path, doc) in &all {
+        let rules = doc["rules"].as_sequence().map(|r| r.len()).unwrap_or(0);
+        let grants = (0..rules)
+            .filter(|i| is_allocation_grant(&as_json(&doc["rules"][*i])))
+            .count();
+        assert!(
+            grants == 0 || path.ends_with("rbac-agones-allocation.yaml"),
+            "{path}"
+        );
+    }
+    assert_eq!(granted, allocating_namespaces(&objects));
+    assert!(!granted.is_empty(), "the Agones example allocates");
 }
 
 /// Loads `doc` as `T` and requires it to serialize back to the same JSON.
@@ -311,18 +367,7 @@ fn check_config_rbac(what: &str, objects: &[Value], deployment: &Deployment) {
         .unwrap_or_else(|| panic!("{what}: ConfigMap {ns}/{name}"));
     ValidConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap())
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-    for o in objects {
-        if o["kind"] == "Role" || o["kind"] == "ClusterRole" {
-            for r in o["rules"].as_array().unwrap() {
-                for v in r["verbs"].as_array().unwrap() {
-                    assert!(
-                        ["get", "list", "watch"].contains(&v.as_str().unwrap()),
-                        "{what}: {v}"
-                    );
-                }
-            }
-        }
-    }
+    check_rbac_rules(what, objects);
 }
 
 /// The one Deployment among `objects`, typed.
@@ -510,6 +555,69 @@ fn chart_values_drive_the_output() {
             .iter()
             .all(|p| p["name"] != "admin"),
         "the admin port stays off the public Service"
+    );
+}
+
+#[test]
+fn chart_grants_allocation_only_when_a_mapping_allocates_and_exposes_every_data_port() {
+    let objects = render_chart(&[]);
+    assert!(check_rbac_rules("chart", &objects).is_empty());
+    let mapping = serde_json::json!({"group": "agones.dev", "version": "v1",
+        "resource": "gameservers", "namespace": "game-servers", "addressPath": "status.address",
+        "portName": "default", "allocate": {"playersList": "players", "preferAllocated": true}});
+    let objects = render_chart(&[
+        ("config.resourceQueryMapping.match", mapping),
+        (
+            "config.dataPorts",
+            serde_json::json!([{"port": 7777}, {"port": 7778, "targetPortName": "voice"}]),
+        ),
+    ]);
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+    assert_eq!(check_rbac_rules("chart", &objects), ["game-servers"]);
+    assert_eq!(
+        allocating_namespaces(&objects),
+        BTreeSet::from(["game-servers".to_string()])
+    );
+    let cm = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    let config = ValidConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(config.data_ports.len(), 2);
+    let udp = |ports: &Value, key: &str| -> Vec<(String, u64)> {
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["protocol"] == "UDP")
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p[key].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let want = vec![("data".to_string(), 7777), ("data-1".to_string(), 7778)];
+    let public = objects
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["spec"]["type"] == "LoadBalancer")
+        .unwrap();
+    assert_eq!(udp(&public["spec"]["ports"], "port"), want);
+    assert!(
+        public["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["protocol"] == "UDP")
+            .all(|p| p["targetPort"] == p["name"])
+    );
+    let d = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    assert_eq!(
+        udp(
+            &d["spec"]["template"]["spec"]["containers"][0]["ports"],
+            "containerPort"
+        ),
+        want
     );
 }
 

@@ -23,6 +23,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-token-keys" (include "udp-director.fullname" .)) .Values.tokens.keys.existingSecret -}}
 {{- end }}
 
+{{/* Non-empty when a mapping under config.resourceQueryMapping has `allocate:` (Agones
+allocation needs `create` on gameserverallocations). */}}
+{{- define "udp-director.allocates" -}}
+{{- range $name, $m := .Values.config.resourceQueryMapping }}
+{{- if and (kindIs "map" $m) (hasKey $m "allocate") }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The port name of data port number `.` (0: data, then data-1, data-2, …). */}}
+{{- define "udp-director.dataPortName" -}}
+{{- if eq (int .) 0 }}data{{ else }}data-{{ . }}{{ end -}}
+{{- end }}
+
 {{/* Refuses settings that cannot work. */}}
 {{- define "udp-director.validate" -}}
 {{- $replicas := .Values.replicas | int -}}
