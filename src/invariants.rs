@@ -221,6 +221,28 @@ pub fn config_agrees(raw: &Config, valid: &ValidConfig) -> Result<(), String> {
         if endpoints != decoded {
             return fail(&format!("mapping {name}'s source"));
         }
+        // `allocate:` decodes as written (the in-flight default filled in), only on Agones
+        // GameServers, never with a list-less preferAllocated.
+        let allocate_agrees = match (&m.allocate, &v.allocate) {
+            (None, None) => true,
+            (Some(a), Some(d)) => {
+                d.scheduling == a.scheduling
+                    && d.prefer_allocated == a.prefer_allocated
+                    && d.players_list == a.players_list
+                    && d.metadata == a.metadata
+                    && d.max_in_flight
+                        == a.max_in_flight
+                            .unwrap_or(crate::config::ALLOCATIONS_IN_FLIGHT)
+                    && d.max_in_flight > 0
+                    && (!d.prefer_allocated || d.players_list.is_some())
+                    && matches!(&v.source, ValidSource::Kube(k)
+                        if k.group == "agones.dev" && k.resource == "gameservers")
+            }
+            _ => false,
+        };
+        if !allocate_agrees {
+            return fail(&format!("mapping {name}'s allocate"));
+        }
     }
     if let Some(d) = &raw.default_endpoint
         && !valid.mappings.contains_key(&d.resource_type)
@@ -300,6 +322,20 @@ mod tests {
         }
 
         #[test]
+        fn config_loader_holds_for_allocate_soup(
+            keys in prop::collection::vec((prop::sample::select(vec![
+                "scheduling", "preferAllocated", "playersList", "maxInFlight", "metadata", "bogus"]),
+                prop::sample::select(vec!["0", "1", "true", "false", "Packed", "Distributed", "Random",
+                    "players", "\"\"", "[]", "{}", "{labels: {a: b}}", "{labels: {'': b}}", "-3"])), 0..5),
+            resource in prop::sample::select(vec!["gameservers", "pods"]),
+            port in prop::sample::select(vec!["portName: default", "port: 7654", "portPath: status.ports[0].port"])) {
+            let mut text = format!("resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: {resource}\n    addressPath: status.address\n    {port}\n    allocate:\n");
+            text.push_str("      maxInFlight: 2\n");
+            for (k, v) in keys { text.push_str(&format!("      {k}: {v}\n")); }
+            prop_assert_eq!(config_text(&text), Ok(()));
+        }
+
+        #[test]
         fn config_loader_holds_for_any_text(text in "\\PC{0,120}") {
             prop_assert_eq!(config_text(&text), Ok(()));
         }
@@ -338,6 +374,27 @@ mod tests {
         let mut tampered = valid.clone();
         tampered.session_timeout += std::time::Duration::from_millis(1);
         assert!(config_agrees(valid.raw(), &tampered).is_err());
+        // An allocate block decoded wrong, or lost, is caught too.
+        let allocating = ValidConfig::from_yaml(
+            "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    addressPath: status.address\n    portName: default\n    allocate: {playersList: players}\n",
+        )
+        .unwrap();
+        assert_eq!(config_agrees(allocating.raw(), &allocating), Ok(()));
+        for tamper in [
+            |a: &mut crate::config::ValidAllocate| a.max_in_flight += 1,
+            |a: &mut crate::config::ValidAllocate| a.players_list = None,
+            |a: &mut crate::config::ValidAllocate| {
+                a.scheduling = crate::config::Scheduling::Distributed
+            },
+        ] {
+            let mut tampered = allocating.clone();
+            let m = tampered.mappings.get_mut("gs").unwrap();
+            tamper(m.allocate.as_mut().unwrap());
+            assert!(config_agrees(allocating.raw(), &tampered).is_err());
+        }
+        let mut tampered = allocating.clone();
+        tampered.mappings.get_mut("gs").unwrap().allocate = None;
+        assert!(config_agrees(allocating.raw(), &tampered).is_err());
     }
 
     /// The datagram oracle is independent of the codec and agrees on the byte vectors.
