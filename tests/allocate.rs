@@ -30,6 +30,26 @@ fn gameserver(name: &str, state: &str, port: u16, capacity: u64) -> Value {
     gs
 }
 
+/// A fake API server holding `n` Ready GameServers `gs-000`, `gs-001`, … on ports 7000 + i.
+async fn fleet(n: u16, capacity: u64) -> Arc<FakeKube> {
+    let fake = FakeKube::start().await;
+    for i in 0..n {
+        fake.apply(
+            "gameservers",
+            gameserver(&format!("gs-{i:03}"), "Ready", 7000 + i, capacity),
+        );
+    }
+    fake
+}
+
+/// `udp_director_allocations_total{result}` on the director's admin port.
+fn allocations(admin: std::net::SocketAddr, result: &str) -> f64 {
+    metric(
+        admin,
+        &format!("udp_director_allocations_total{{result=\"{result}\"}}"),
+    )
+}
+
 /// A director whose mapping `gs` allocates with `allocate` (a YAML flow mapping), plus a
 /// cache-picking mapping `cached` over the same GameServers.
 async fn director(fake: &Arc<FakeKube>, allocate: &str) -> Env {
@@ -100,14 +120,8 @@ fn state_of(fake: &FakeKube, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_queries_never_get_one_slot_twice() {
-    let fake = FakeKube::start().await;
     // 16 servers × 4 player slots = 64 slots for 80 players asking at once.
-    for i in 0..16 {
-        fake.apply(
-            "gameservers",
-            gameserver(&format!("gs-{i:02}"), "Ready", 7000 + i, 4),
-        );
-    }
+    let fake = fleet(16, 4).await;
     // Room for all 80 in flight at once (the default limit, 64, would turn some away).
     let env = director(
         &fake,
@@ -141,20 +155,8 @@ async fn concurrent_queries_never_get_one_slot_twice() {
         assert_eq!(&listed, got, "{name}");
         assert_eq!(state_of(&fake, name), "Allocated");
     }
-    assert_eq!(
-        metric(
-            env.director.admin_addr,
-            "udp_director_allocations_total{result=\"allocated\"}"
-        ),
-        64.0
-    );
-    assert_eq!(
-        metric(
-            env.director.admin_addr,
-            "udp_director_allocations_total{result=\"unallocated\"}"
-        ),
-        16.0
-    );
+    assert_eq!(allocations(env.director.admin_addr, "allocated"), 64.0);
+    assert_eq!(allocations(env.director.admin_addr, "unallocated"), 16.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -245,22 +247,11 @@ async fn the_players_list_fills_to_capacity_then_the_next_server_is_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_api_outage_answers_unavailable_fast_and_slowness_within_the_timeout() {
-    let fake = FakeKube::start().await;
-    for i in 0..4 {
-        fake.apply(
-            "gameservers",
-            gameserver(&format!("gs-{i}"), "Ready", 7000 + i, 0),
-        );
-    }
+    let fake = fleet(4, 0).await;
     let env = director(&fake, "{maxInFlight: 1}").await;
     let addr = env.director.query_addr;
     let admin = env.director.admin_addr;
-    let result = |r: &str| {
-        metric(
-            admin,
-            &format!("udp_director_allocations_total{{result=\"{r}\"}}"),
-        )
-    };
+    let result = |r: &str| allocations(admin, r);
     // The API answers errors (RBAC denied, allocator broken): unavailable at once.
     for code_ in [403, 500] {
         fake.set_allocation_failure(Some(code_));
@@ -348,13 +339,7 @@ async fn an_api_outage_answers_unavailable_fast_and_slowness_within_the_timeout(
 /// every query got its own server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn allocation_latency_at_64_concurrent_queries() {
-    let fake = FakeKube::start().await;
-    for i in 0..320 {
-        fake.apply(
-            "gameservers",
-            gameserver(&format!("gs-{i:03}"), "Ready", 7000 + i, 0),
-        );
-    }
+    let fake = fleet(320, 0).await;
     let env = director(&fake, "{maxInFlight: 64}").await;
     let mut latencies = Vec::new();
     let mut names = BTreeSet::new();
