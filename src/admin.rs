@@ -87,7 +87,15 @@ pub(crate) async fn serve(
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
     let live = &s.live;
     let m = &live.metrics;
-    m.sessions_active.set(live.data.ledger.active() as i64);
+    let active = live.data.ledger.active() as i64;
+    m.sessions_active.set(active);
+    let tcp = m.tcp_sessions_active.get();
+    m.sessions_by_protocol
+        .get_or_create(&[("protocol", "tcp")])
+        .set(tcp);
+    m.sessions_by_protocol
+        .get_or_create(&[("protocol", "udp")])
+        .set((active - tcp).max(0));
     m.tokens_active
         .set(i64::try_from(live.data.tokens.len()).unwrap_or(i64::MAX));
     let status = live.settings.load().resolver.mapping_status();

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Readiness};
 use crate::config::ValidConfig;
 use crate::config::reload::Overrides;
-use crate::config::{KeySource, TokenFormat};
+use crate::config::{KeySource, Protocol, TokenFormat};
 use crate::live::{Generation, Settings};
 use crate::metrics::Metrics;
 use crate::net::{DataPlane, DataShared, FdBudget};
@@ -90,7 +90,25 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         metrics.targets_skipped.clone(),
     ));
     let (query_at, data_at, admin_at) = (config.query_addr, config.data_addr, config.admin_addr);
-    let data_ats: Vec<SocketAddr> = config.data_ports.iter().map(|d| d.addr).collect();
+    // UDP data ports go to the data plane's workers, TCP ones to listeners on the runtime;
+    // both keep their position in `dataPorts` (the token's port for them).
+    let data_ports: Vec<(usize, SocketAddr, Protocol)> = config
+        .data_ports
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (i, d.addr, d.protocol))
+        .collect();
+    let udp_ats: Vec<(usize, SocketAddr)> = data_ports
+        .iter()
+        .filter(|d| d.2 == Protocol::Udp)
+        .map(|d| (d.0, d.1))
+        .collect();
+    let mut tcp_listeners = Vec::new();
+    for &(i, addr, protocol) in &data_ports {
+        if protocol == Protocol::Tcp {
+            tcp_listeners.push((i, bind_stream("TCP data", addr, config.reuse_port)?));
+        }
+    }
     let (workers, buffer_bytes) = (config.data_workers, config.socket_buffer_bytes);
     let mappings = config.mappings.len();
     let settings = Arc::new(Settings::new(Generation::build(config, &watchers, None)));
@@ -109,7 +127,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         n => n,
     };
     let data = DataPlane::start(
-        &data_ats,
+        &udp_ats,
         workers,
         buffer_bytes,
         reuse_port,
@@ -161,6 +179,19 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
             shutdown_rx.clone(),
         )),
     ];
+    let mut tcp_addrs = Vec::with_capacity(tcp_listeners.len());
+    for (index, listener) in tcp_listeners {
+        tcp_addrs.push(local(&listener, "TCP data", data_at)?);
+        let port = Arc::new(crate::net::tcp::TcpPort::new(
+            index,
+            Arc::clone(&data_shared),
+        ));
+        tasks.push(tokio::spawn(crate::net::tcp::serve(
+            listener,
+            port,
+            shutdown_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(reload::refresh_default_route(
         Arc::clone(&live),
         shutdown_rx.clone(),
@@ -201,7 +232,16 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         None => {}
     }
     readiness.listening.store(true, Ordering::SeqCst);
-    let data_addrs = data.local_addrs().to_vec();
+    // Every data port's address in `dataPorts` order.
+    let mut udp_addrs = data.local_addrs().iter();
+    let mut tcp_addrs = tcp_addrs.into_iter();
+    let data_addrs: Vec<SocketAddr> = data_ports
+        .iter()
+        .filter_map(|d| match d.2 {
+            Protocol::Udp => udp_addrs.next().copied(),
+            Protocol::Tcp => tcp_addrs.next(),
+        })
+        .collect();
     let data_addr = data_addrs.first().copied().unwrap_or(data_at);
     tracing::info!(
         query = %query_addr,
@@ -279,6 +319,15 @@ async fn make_tokens(
 
 /// The query listener; with `reusePort` it joins the port's SO_REUSEPORT group.
 fn bind_query(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, StartError> {
+    bind_stream("query", addr, reuse_port)
+}
+
+/// A TCP listener (query or TCP data port); with `reusePort` in the port's SO_REUSEPORT group.
+fn bind_stream(
+    what: &'static str,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<TcpListener, StartError> {
     let bind = || -> std::io::Result<TcpListener> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -297,11 +346,7 @@ fn bind_query(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, StartEr
         socket.listen(1024)?;
         TcpListener::from_std(socket.into())
     };
-    bind().map_err(|source| StartError::Bind {
-        what: "query",
-        addr,
-        source,
-    })
+    bind().map_err(|source| StartError::Bind { what, addr, source })
 }
 
 async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -14,9 +14,12 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::resolve::allocate::AllocationResult;
+use crate::session::{TcpClose, TcpRefusal};
 
 /// One label, static key and value.
 pub(crate) type Label = [(&'static str, &'static str); 1];
+/// Two labels, static keys and values.
+pub(crate) type Label2 = [(&'static str, &'static str); 2];
 /// `mapping` label: a name from the operator's config (bounded by the config, never by clients).
 pub(crate) type MappingLabel = [(&'static str, String); 1];
 
@@ -43,6 +46,15 @@ pub struct Metrics {
     /// `allocations_total{result}`, indexed by [`AllocationResult::index`].
     pub allocations: [Counter; AllocationResult::COUNT],
     pub allocation_duration: Histogram,
+    /// TCP data ports (`protocol="tcp"` families; UDP sessions are `sessions_*`).
+    pub tcp_sessions_active: Gauge,
+    pub tcp_sessions_created: Counter,
+    pub tcp_sessions_closed: [Counter; TcpClose::COUNT],
+    pub tcp_refused: [Counter; TcpRefusal::COUNT],
+    pub tcp_bytes_to_target: Counter,
+    pub tcp_bytes_to_client: Counter,
+    /// `sessions_by_protocol{protocol}`: live sessions per data-port protocol.
+    pub sessions_by_protocol: Family<Label, Gauge>,
     pub config_reloads: Family<Label, Counter>,
     pub config_restart_required: Gauge,
     pub mapping_objects: Family<MappingLabel, Gauge>,
@@ -68,6 +80,10 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("udp_director");
         let allocations = Family::<Label, Counter>::default();
+        let tcp_created = Family::<Label, Counter>::default();
+        let tcp_closed = Family::<Label2, Counter>::default();
+        let tcp_refused = Family::<Label2, Counter>::default();
+        let tcp_bytes = Family::<Label2, Counter>::default();
         let m = Self {
             sessions_active: Gauge::default(),
             sessions_created: Counter::default(),
@@ -89,6 +105,17 @@ impl Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 15),
             ),
             query_connections: Gauge::default(),
+            tcp_sessions_active: Gauge::default(),
+            tcp_sessions_created: Metrics::counter(&tcp_created, "protocol", "tcp"),
+            tcp_sessions_closed: std::array::from_fn(|i| {
+                tcp_counter(&tcp_closed, "reason", TcpClose::ALL[i].as_str())
+            }),
+            tcp_refused: std::array::from_fn(|i| {
+                tcp_counter(&tcp_refused, "reason", TcpRefusal::ALL[i].as_str())
+            }),
+            tcp_bytes_to_target: tcp_counter(&tcp_bytes, "direction", TO_TARGET),
+            tcp_bytes_to_client: tcp_counter(&tcp_bytes, "direction", TO_CLIENT),
+            sessions_by_protocol: Family::default(),
             // Handles into the registered family, one per result (all present from the start).
             allocations: std::array::from_fn(|i| {
                 Self::counter(&allocations, "result", AllocationResult::ALL[i].as_str())
@@ -254,6 +281,34 @@ impl Metrics {
             "Time from asking Agones for a GameServer to its answer (or the 2 s timeout)",
             m.allocation_duration.clone(),
         );
+        registry.register(
+            "tcp_sessions_created",
+            "Relayed TCP data sessions opened by a token line",
+            tcp_created,
+        );
+        registry.register(
+            "tcp_sessions_closed",
+            "Relayed TCP data sessions ended, by reason (closed, idle, replaced, drained, error)",
+            tcp_closed,
+        );
+        registry.register(
+            "tcp_refused",
+            "TCP data connections closed before relaying, by reason (no byte was sent to them)",
+            tcp_refused,
+        );
+        registry.register(
+            "tcp_bytes",
+            "Bytes relayed on TCP data ports, by direction",
+            tcp_bytes,
+        );
+        registry.register(
+            "sessions_by_protocol",
+            "Live sessions per data-port protocol (udp, tcp); their sum is sessions_active",
+            m.sessions_by_protocol.clone(),
+        );
+        for p in ["udp", "tcp"] {
+            let _ = m.sessions_by_protocol.get_or_create(&[("protocol", p)]);
+        }
         // Make every label value appear from the start so dashboards and alerts see zeros.
         for code in crate::protocol::query::ErrorCode::ALL {
             let _ = m.queries.get_or_create(&[("result", code.as_str())]);
@@ -304,6 +359,18 @@ impl Metrics {
     ) -> Counter {
         family.get_or_create(&[(key, value)]).clone()
     }
+}
+
+/// A handle for `{protocol="tcp", key=value}` (a function, so the family's lock guard ends
+/// here and not at the end of a long expression holding several).
+fn tcp_counter(
+    family: &Family<Label2, Counter>,
+    key: &'static str,
+    value: &'static str,
+) -> Counter {
+    family
+        .get_or_create(&[("protocol", "tcp"), (key, value)])
+        .clone()
 }
 
 /// `direction` label values.

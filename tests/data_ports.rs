@@ -143,6 +143,26 @@ fn data_ports_are_validated() {
     assert!(e.contains("listed twice"), "{e}");
     let e = err("dataPorts:\n  - {port: 0, protocol: SCTP}\n");
     assert!(e.contains("dataPorts[0].protocol"), "{e}");
+    let e = err("dataPorts:\n  - {port: 0, protocol: TCP}\n");
+    assert!(
+        e.contains("dataPorts[0].protocol") && e.contains("main UDP port"),
+        "{e}"
+    );
+    let e = err(
+        "dataPorts:\n  - {port: 0}\n  - {port: 7000, protocol: TCP, targetPort: 9}\n  - {port: 7000, protocol: tcp, targetPort: 9}\n",
+    );
+    assert!(
+        e.contains("dataPorts[2].port") && e.contains("twice"),
+        "{e}"
+    );
+    // The same number as UDP and as TCP is two ports.
+    assert!(
+        ValidConfig::from_yaml(&testkit::yaml::director(
+            "dataPorts:\n  - {port: 0}\n  - {port: 7000, targetPort: 9}\n  - {port: 7000, protocol: TCP, targetPort: 9}\n",
+            &[testkit::yaml::echo_mapping(&["127.0.0.1:9".parse().unwrap()])],
+        ))
+        .is_ok()
+    );
     let e = err("dataPorts: []\n");
     assert!(e.contains("at least one"), "{e}");
     let e = err("dataPorts:\n  - {port: 0, targetPortName: a, targetPort: 1}\n");

@@ -434,6 +434,20 @@ impl Session {
     }
 }
 
+/// Opens a relayed TCP connection on a `protocol: TCP` data port (SPEC §3, "TCP data ports"):
+/// connects to `data`, writes the grant's token line, and returns the stream, from then on
+/// connected to the game server. A rejected token shows as the director closing the stream
+/// without a byte (a read returning 0 or an error); a grant opens at most one live TCP
+/// connection per port (a newer one replaces it).
+pub fn open_tcp(data: SocketAddr, grant: &Grant, timeout: Duration) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect_timeout(&data, timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(format!("{}\n", grant.token).as_bytes())?;
+    stream.set_write_timeout(None)?;
+    Ok(stream)
+}
+
 /// How long a grant may re-open a session: the resume window (sealed) or the TTL (uuid).
 fn reopen_window(grant: &Grant) -> Duration {
     Duration::from_secs(

@@ -19,8 +19,8 @@ pub mod reload;
 mod valid;
 
 pub use valid::{
-    Addressing, KubeSource, PortRule, TargetPort, ValidAllocate, ValidConfig, ValidDataPort,
-    ValidMapping, ValidSource,
+    Addressing, KubeSource, PortRule, Protocol, TargetPort, ValidAllocate, ValidConfig,
+    ValidDataPort, ValidMapping, ValidSource,
 };
 
 /// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
@@ -335,7 +335,7 @@ pub struct DataPortEntry {
     /// A fixed target port instead.
     #[serde(default)]
     pub target_port: Option<u16>,
-    /// `UDP` (the default).
+    /// `UDP` (the default) or `TCP` (a relayed connection opened by the token line).
     #[serde(default)]
     pub protocol: Option<String>,
 }
@@ -650,6 +650,7 @@ impl Config {
             return Ok(vec![ValidDataPort {
                 addr: addr(self.data_port),
                 target: TargetPort::Mapping,
+                protocol: Protocol::Udp,
             }]);
         };
         if entries.is_empty() {
@@ -674,16 +675,45 @@ impl Config {
         let mut out = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             let key = |field: &str| format!("dataPorts[{i}].{field}");
-            if let Some(protocol) = &e.protocol
-                && !protocol.eq_ignore_ascii_case("udp")
-            {
+            let protocol = match e.protocol.as_deref() {
+                None => Protocol::Udp,
+                Some(p) if p.eq_ignore_ascii_case("udp") => Protocol::Udp,
+                Some(p) if p.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
+                Some(p) => {
+                    return Err(invalid(
+                        key("protocol"),
+                        format!("{p:?} is not a data port protocol; use `UDP` or `TCP`"),
+                    ));
+                }
+            };
+            if i == 0 && protocol == Protocol::Tcp {
                 return Err(invalid(
                     key("protocol"),
-                    format!("{protocol:?} is not supported; data ports are `UDP`"),
+                    "the first data port is the main UDP port (resets, the default endpoint); list TCP ports after it",
                 ));
             }
-            if e.port != 0 && !seen.insert(e.port) {
-                return Err(invalid(key("port"), format!("{} is listed twice", e.port)));
+            if e.port != 0 && !seen.insert((protocol, e.port)) {
+                return Err(invalid(
+                    key("port"),
+                    format!("{} {} is listed twice", protocol.as_str(), e.port),
+                ));
+            }
+            if protocol == Protocol::Tcp
+                && e.port != 0
+                && (e.port == self.query_port || e.port == self.admin_port)
+            {
+                return Err(invalid(
+                    key("port"),
+                    format!(
+                        "TCP {} is already the {} port",
+                        e.port,
+                        if e.port == self.query_port {
+                            "query"
+                        } else {
+                            "admin"
+                        }
+                    ),
+                ));
             }
             let target = match (&e.target_port_name, e.target_port) {
                 (Some(_), Some(_)) => {
@@ -711,6 +741,7 @@ impl Config {
             out.push(ValidDataPort {
                 addr: addr(e.port),
                 target,
+                protocol,
             });
         }
         Ok(out)

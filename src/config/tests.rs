@@ -313,3 +313,25 @@ fn allocate_refuses_what_an_allocation_cannot_answer() {
         "{e}"
     );
 }
+
+#[test]
+fn a_tcp_data_port_may_not_take_the_query_or_admin_port() {
+    let e = err(&format!(
+        "queryPort: 7100\ndataPorts:\n  - {{port: 7777}}\n  - {{port: 7100, protocol: TCP, targetPort: 9}}\n{MINIMAL}"
+    ));
+    assert!(
+        e.contains("dataPorts[1].port") && e.contains("query port"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "dataPorts:\n  - {{port: 7777}}\n  - {{port: 8080, protocol: TCP, targetPort: 9}}\n{MINIMAL}"
+    ));
+    assert!(e.contains("admin port"), "{e}");
+    // UDP may share a number with a TCP listener.
+    let c = ValidConfig::from_yaml(&format!(
+        "dataPorts:\n  - {{port: 9000}}\n  - {{port: 7777, protocol: TCP, targetPort: 9}}\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.data_ports[1].protocol, Protocol::Tcp);
+    assert_eq!(c.data_ports[0].protocol, Protocol::Udp);
+}

@@ -44,6 +44,25 @@ pub struct ValidConfig {
 pub struct ValidDataPort {
     pub addr: SocketAddr,
     pub target: TargetPort,
+    pub protocol: Protocol,
+}
+
+/// A data port's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Udp,
+    /// A TCP connection whose first line is the token, then relayed to the target.
+    Tcp,
+}
+
+impl Protocol {
+    /// The metric label value and the config spelling (lowercase).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        }
+    }
 }
 
 /// A data port's target port.

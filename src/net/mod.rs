@@ -10,6 +10,7 @@
 //! datagram means: that is `session`'s.
 
 mod counters;
+pub(crate) mod tcp;
 mod upstream;
 mod worker;
 
@@ -145,7 +146,7 @@ impl DataPlane {
     /// so a second process cannot join the group by accident and take a share of the
     /// clients. Workers are numbered across ports (the ledger's owners name them).
     pub(crate) fn start(
-        addrs: &[SocketAddr],
+        addrs: &[(usize, SocketAddr)],
         workers: usize,
         buffer_bytes: usize,
         reuse_port: bool,
@@ -154,7 +155,7 @@ impl DataPlane {
         let workers = workers.max(1);
         let mut local_addrs = Vec::with_capacity(addrs.len());
         let mut sockets = Vec::with_capacity(addrs.len() * workers);
-        for (port, addr) in addrs.iter().enumerate() {
+        for &(port, ref addr) in addrs {
             if !reuse_port && addr.port() != 0 {
                 ensure_free(*addr)?;
             }
@@ -187,7 +188,7 @@ impl DataPlane {
         })
     }
 
-    /// Every data port's address, in `dataPorts` order.
+    /// Every UDP data port's address, in `dataPorts` order.
     pub(crate) fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
     }

@@ -129,6 +129,45 @@ closed_labels! {
     }
 }
 
+closed_labels! {
+    /// Why a TCP data connection was closed before relaying. A label value of
+    /// `udp_director_tcp_refused_total`.
+    pub enum TcpRefusal {
+        /// Never issued, evicted, used, altered, or not a token at all.
+        InvalidToken => "invalid_token",
+        ExpiredToken => "expired_token",
+        UnknownKey => "unknown_key",
+        WrongClient => "wrong_client",
+        /// No complete token line within 5 s (slowloris included).
+        LateToken => "late_token",
+        /// A line too long for a token, or an empty one, or the client closed first.
+        BadLine => "bad_line",
+        SessionCap => "session_cap",
+        ClientIpCap => "client_ip_cap",
+        Draining => "draining",
+        /// The target refused the connection or reset it.
+        TargetRefused => "target_refused",
+        /// The target did not accept within 2 s.
+        TargetTimeout => "target_timeout",
+    }
+}
+
+closed_labels! {
+    /// Why a relayed TCP session ended. A label value of `udp_director_tcp_sessions_closed_total`.
+    pub enum TcpClose {
+        /// Both sides closed their direction.
+        Closed => "closed",
+        /// No byte either way for `sessionTimeoutSeconds`.
+        Idle => "idle",
+        /// A newer connection with the same token took over.
+        Replaced => "replaced",
+        /// The director shut down after its drain.
+        Drained => "drained",
+        /// A read or write failed (reset by either side).
+        Error => "error",
+    }
+}
+
 impl DropReason {
     /// The refusal this drop counts as, for `sessions_refused_total`.
     pub const fn refusal(self) -> Option<Refusal> {

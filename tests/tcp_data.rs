@@ -1,0 +1,408 @@
+//! TCP data ports end to end (SPEC §3, "TCP data ports"): the token line opens a relayed
+//! connection to the token's target on the entry's port; the same token opens the UDP
+//! session. Real listeners on 127.0.0.1, real sockets.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, timeout};
+use udp_director::app::Running;
+use udp_director::config::ValidConfig;
+
+/// One game server: a UDP `default` port (`udp`) and a TCP `chat` port (`tcp`).
+fn config(udp: &Backend, tcp: u16, extra: &str) -> ValidConfig {
+    let mapping = format!(
+        "  game:\n    static:\n      - {{name: gs-0, address: 127.0.0.1, ports: [{{name: default, port: {}}}, {{name: chat, port: {tcp}}}]}}\n",
+        udp.addr.port()
+    );
+    let yaml = testkit::yaml::director(
+        &format!(
+            "limits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\ndataPorts:\n  - {{port: 0, targetPortName: default}}\n  - {{port: 0, protocol: TCP, targetPortName: chat}}\n{extra}"
+        ),
+        &[mapping],
+    );
+    ValidConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+fn token(d: &Running) -> String {
+    token_for(d.query_addr, r#"{"resourceType":"game"}"#)
+}
+
+fn tcp_port(d: &Running) -> SocketAddr {
+    d.data_addrs[1]
+}
+
+/// Connects and sends `token` + `\n` + `then`.
+async fn open(d: &Running, token: &str, then: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(tcp_port(d)).await.unwrap();
+    let mut line = format!("{token}\n").into_bytes();
+    line.extend_from_slice(then);
+    s.write_all(&line).await.unwrap();
+    s
+}
+
+/// Reads until EOF (or an error, e.g. a reset), within 10 s; what arrived.
+async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the connection ends");
+    out
+}
+
+fn refused(d: &Running, reason: &str) -> f64 {
+    metric(
+        d.admin_addr,
+        &format!("udp_director_tcp_refused_total{{protocol=\"tcp\",reason=\"{reason}\"}}"),
+    )
+}
+
+fn closed(d: &Running, reason: &str) -> f64 {
+    metric(
+        d.admin_addr,
+        &format!("udp_director_tcp_sessions_closed_total{{protocol=\"tcp\",reason=\"{reason}\"}}"),
+    )
+}
+
+async fn poll(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_line_opens_a_relay_and_never_reaches_the_server() {
+    let udp = Backend::new();
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let d = start(config(&udp, server.local_addr().unwrap().port(), "")).await;
+    let token = token(&d);
+    let mut client = open(&d, &token, b"hello").await;
+    let (mut upstream, _) = server.accept().await.unwrap();
+    let mut got = [0u8; 5];
+    upstream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"hello", "the token line is not forwarded");
+    upstream.write_all(b"world").await.unwrap();
+    let mut back = [0u8; 5];
+    client.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"world");
+    // The same token opens the UDP session to the same server.
+    let game = Client::new(d.data_addr);
+    establish(&game, &token, &udp);
+    assert_eq!(
+        metric(
+            d.admin_addr,
+            "udp_director_sessions_by_protocol{protocol=\"tcp\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            d.admin_addr,
+            "udp_director_sessions_by_protocol{protocol=\"udp\"}"
+        ),
+        1.0
+    );
+    // Both directions must end for the session to close.
+    drop(client);
+    assert_eq!(read_to_end(&mut upstream).await, b"");
+    drop(upstream);
+    assert!(poll(Duration::from_secs(5), || closed(&d, "closed") == 1.0).await);
+    assert!(poll(Duration::from_secs(5), || d.ledger.active() == 1).await);
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[0] ^ seed)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_mib_each_way_arrive_intact_and_half_closes_pass_both_ways() {
+    const SIZE: usize = 16 << 20;
+    let udp = Backend::new();
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let d = start(config(&udp, server.local_addr().unwrap().port(), "")).await;
+    // Client first closes its side: the server still answers in full after seeing the EOF.
+    let client = open(&d, &token(&d), b"").await;
+    let (upstream, _) = server.accept().await.unwrap();
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    let up = pattern(1, SIZE);
+    let down = pattern(2, SIZE);
+    let send_up = tokio::spawn({
+        let up = up.clone();
+        async move {
+            cw.write_all(&up).await.unwrap();
+            cw.shutdown().await.unwrap();
+            cw
+        }
+    });
+    let server_side = tokio::spawn({
+        let down = down.clone();
+        async move {
+            let mut got = Vec::with_capacity(SIZE);
+            ur.read_to_end(&mut got).await.unwrap();
+            // The client's half-close arrived; this direction is still open.
+            uw.write_all(&down).await.unwrap();
+            uw.shutdown().await.unwrap();
+            got
+        }
+    });
+    let mut got_down = Vec::with_capacity(SIZE);
+    timeout(Duration::from_secs(60), cr.read_to_end(&mut got_down))
+        .await
+        .unwrap()
+        .unwrap();
+    let _cw = send_up.await.unwrap();
+    let got_up = server_side.await.unwrap();
+    assert!(
+        got_up == up,
+        "client → server intact ({} bytes)",
+        got_up.len()
+    );
+    assert!(
+        got_down == down,
+        "server → client intact ({} bytes)",
+        got_down.len()
+    );
+
+    // The server closes first: the client still sends after seeing the EOF.
+    let mut client = open(&d, &token(&d), b"").await;
+    let (mut upstream, _) = server.accept().await.unwrap();
+    upstream.shutdown().await.unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
+    client.write_all(b"after").await.unwrap();
+    let mut got = [0u8; 5];
+    upstream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"after");
+    drop(client);
+    assert_eq!(read_to_end(&mut upstream).await, b"");
+    drop(upstream);
+    assert!(poll(Duration::from_secs(5), || closed(&d, "closed") == 2.0).await);
+    assert!(
+        metric(
+            d.admin_addr,
+            "udp_director_tcp_bytes_total{protocol=\"tcp\",direction=\"client_to_target\"}"
+        ) >= SIZE as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_and_slow_lines_are_closed_without_a_byte_and_counted() {
+    let udp = Backend::new();
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let d = start(config(
+        &udp,
+        server.local_addr().unwrap().port(),
+        "tokenTTLSeconds: 1\n",
+    ))
+    .await;
+    // Not a token; a line too long to be one; a token from another client IP is covered by
+    // the UDP suite (same redeem path).
+    let mut s = open(&d, "550e8400-e29b-41d4-a716-446655440000", b"x").await;
+    assert_eq!(read_to_end(&mut s).await, b"");
+    let mut s = TcpStream::connect(tcp_port(&d)).await.unwrap();
+    let _ = s.write_all(&[b'a'; 200]).await;
+    assert_eq!(read_to_end(&mut s).await, b"");
+    // Expired: issued, then older than tokenTTLSeconds.
+    let stale = token(&d);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut s = open(&d, &stale, b"x").await;
+    assert_eq!(read_to_end(&mut s).await, b"");
+    // Slowloris: one byte a second never completes the line; cut at 5 s.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(tcp_port(&d)).await.unwrap();
+    let mut cut = false;
+    for _ in 0..10 {
+        if s.write_all(b"5").await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut b = [0u8; 1];
+        match timeout(Duration::from_secs(1), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+            Ok(Ok(_)) => panic!("a byte was sent"),
+            Err(_) => {}
+        }
+    }
+    assert!(cut, "the slow line was cut");
+    assert!(
+        started.elapsed() >= Duration::from_millis(4500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        poll(Duration::from_secs(5), || {
+            // The store may already have swept the expired token: then it is unknown.
+            refused(&d, "invalid_token") + refused(&d, "expired_token") == 2.0
+                && refused(&d, "bad_line") == 1.0
+                && refused(&d, "late_token") == 1.0
+        })
+        .await
+    );
+    // Nothing reached the game server.
+    assert!(
+        timeout(Duration::from_millis(50), server.accept())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_or_black_holed_target_closes_the_client() {
+    let udp = Backend::new();
+    // Refusing: nothing listens on the port.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_port = gone.local_addr().unwrap().port();
+    drop(gone);
+    let d = start(config(&udp, gone_port, "")).await;
+    let mut s = open(&d, &token(&d), b"x").await;
+    assert_eq!(read_to_end(&mut s).await, b"");
+    assert!(
+        poll(Duration::from_secs(5), || refused(&d, "target_refused")
+            == 1.0)
+        .await
+    );
+
+    // Black-holed: a listener that never accepts, its backlog full, drops the SYNs.
+    let hole = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    hole.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    hole.listen(0).unwrap();
+    let hole_addr = hole.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(c)) = timeout(Duration::from_millis(200), TcpStream::connect(hole_addr)).await
+        {
+            fillers.push(c);
+        }
+    }
+    let d = start(config(&udp, hole_addr.port(), "")).await;
+    let started = Instant::now();
+    let mut s = open(&d, &token(&d), b"x").await;
+    assert_eq!(read_to_end(&mut s).await, b"");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        poll(Duration::from_secs(5), || refused(&d, "target_timeout")
+            == 1.0)
+        .await
+    );
+}
+
+/// An echo server for every accepted connection.
+async fn echo_server() -> SocketAddr {
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = server.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_connections_at_once_each_reach_the_server() {
+    let udp = Backend::new();
+    let echo = echo_server().await;
+    let d = start(config(&udp, echo.port(), "maxSessionsPerClientIp: 2000\n")).await;
+    let query_addr = d.query_addr;
+    let tokens: Vec<String> = tokio::task::spawn_blocking(move || {
+        (0..1000)
+            .map(|_| token_for(query_addr, r#"{"resourceType":"game"}"#))
+            .collect()
+    })
+    .await
+    .unwrap();
+    let mut conns = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        conns.push((i, open(&d, t, format!("n{i:04}").as_bytes()).await));
+    }
+    for (i, c) in &mut conns {
+        let mut got = [0u8; 5];
+        timeout(Duration::from_secs(20), c.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, *format!("n{i:04}").as_bytes());
+    }
+    assert_eq!(d.ledger.active(), 1000);
+    drop(conns);
+    assert!(poll(Duration::from_secs(10), || d.ledger.active() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_rules_apply_replaced_capped_idle_and_drained() {
+    let udp = Backend::new();
+    let echo = echo_server().await;
+    let d = start(config(
+        &udp,
+        echo.port(),
+        "maxSessions: 2\nsessionTimeoutSeconds: 1\n",
+    ))
+    .await;
+    // A newer connection with the same token replaces the older one.
+    let t = token(&d);
+    let mut first = open(&d, &t, b"a").await;
+    let mut b = [0u8; 1];
+    first.read_exact(&mut b).await.unwrap();
+    let mut second = open(&d, &t, b"b").await;
+    second.read_exact(&mut b).await.unwrap();
+    assert_eq!(read_to_end(&mut first).await, b"");
+    assert!(poll(Duration::from_secs(5), || closed(&d, "replaced") == 1.0).await);
+    // The cap (2) counts TCP sessions: one more fits, the next is refused.
+    let mut third = open(&d, &token(&d), b"c").await;
+    third.read_exact(&mut b).await.unwrap();
+    let mut fourth = open(&d, &token(&d), b"d").await;
+    assert_eq!(read_to_end(&mut fourth).await, b"");
+    assert_eq!(refused(&d, "session_cap"), 1.0);
+    // Idle: nothing either way for 1 s closes both.
+    assert_eq!(read_to_end(&mut second).await, b"");
+    assert_eq!(read_to_end(&mut third).await, b"");
+    assert!(poll(Duration::from_secs(5), || closed(&d, "idle") == 2.0).await);
+    assert!(poll(Duration::from_secs(5), || d.ledger.active() == 0).await);
+
+    // Drain: the listener closes, a live connection keeps relaying until stop.
+    let mut live = open(&d, &token(&d), b"e").await;
+    live.read_exact(&mut b).await.unwrap();
+    d.begin_drain();
+    assert!(
+        poll(Duration::from_secs(5), || {
+            std::net::TcpStream::connect_timeout(&tcp_port(&d), Duration::from_millis(200)).is_err()
+        })
+        .await,
+        "no new TCP data connections while draining"
+    );
+    live.write_all(b"f").await.unwrap();
+    live.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"f");
+    d.stop().await;
+    assert_eq!(read_to_end(&mut live).await, b"");
+}
