@@ -569,7 +569,8 @@ fn chart_grants_allocation_only_when_a_mapping_allocates_and_exposes_every_data_
         ("config.resourceQueryMapping.match", mapping),
         (
             "config.dataPorts",
-            serde_json::json!([{"port": 7777}, {"port": 7778, "targetPortName": "voice"}]),
+            serde_json::json!([{"port": 7777}, {"port": 7778, "targetPortName": "voice"},
+                {"port": 7780, "protocol": "TCP", "targetPortName": "chat"}]),
         ),
     ]);
     for o in &objects {
@@ -582,7 +583,7 @@ fn chart_grants_allocation_only_when_a_mapping_allocates_and_exposes_every_data_
     );
     let cm = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
     let config = ValidConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
-    assert_eq!(config.data_ports.len(), 2);
+    assert_eq!(config.data_ports.len(), 3);
     let udp = |ports: &Value, key: &str| -> Vec<(String, u64)> {
         ports
             .as_array()
@@ -603,6 +604,18 @@ fn chart_grants_allocation_only_when_a_mapping_allocates_and_exposes_every_data_
         .find(|o| o["kind"] == "Service" && o["spec"]["type"] == "LoadBalancer")
         .unwrap();
     assert_eq!(udp(&public["spec"]["ports"], "port"), want);
+    assert!(
+        public["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "data-2"
+                && p["port"] == 7780
+                && p["protocol"] == "TCP"
+                && p["targetPort"] == "data-2"),
+        "{}",
+        public["spec"]["ports"]
+    );
     assert!(
         public["spec"]["ports"]
             .as_array()
