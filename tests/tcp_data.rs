@@ -406,3 +406,32 @@ async fn sessions_rules_apply_replaced_capped_idle_and_drained() {
     d.stop().await;
     assert_eq!(read_to_end(&mut live).await, b"");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_ip_holds_at_most_its_share_of_tcp_and_udp_sessions() {
+    let udp = Backend::new();
+    let echo = echo_server().await;
+    let d = start(config(&udp, echo.port(), "maxSessionsPerClientIp: 2\n")).await;
+    // A UDP session and a TCP one fill 127.0.0.1's share of 2.
+    let t = token(&d);
+    let game = Client::new(d.data_addr);
+    establish(&game, &t, &udp);
+    let mut chat = open(&d, &t, b"a").await;
+    let mut b = [0u8; 1];
+    chat.read_exact(&mut b).await.unwrap();
+    let mut third = open(&d, &token(&d), b"b").await;
+    assert_eq!(read_to_end(&mut third).await, b"");
+    assert_eq!(refused(&d, "client_ip_cap"), 1.0);
+    // Closing one gives the place back.
+    drop(chat);
+    assert!(
+        poll(Duration::from_secs(5), || d
+            .ledger
+            .sessions_of_ip("127.0.0.1".parse().unwrap())
+            == 1)
+        .await
+    );
+    let mut again = open(&d, &token(&d), b"c").await;
+    again.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"c");
+}

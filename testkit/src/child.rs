@@ -22,6 +22,8 @@ pub struct ChildDirector {
     child: Child,
     pub query: SocketAddr,
     pub data: SocketAddr,
+    /// Every data port (UDP and TCP) in `dataPorts` order.
+    pub data_ports: Vec<SocketAddr>,
     pub admin: SocketAddr,
     /// JSON log lines printed after the start-up line.
     pub logs: mpsc::Receiver<String>,
@@ -83,6 +85,7 @@ impl ChildDirector {
             child,
             query: unbound,
             data: unbound,
+            data_ports: Vec::new(),
             admin: unbound,
             logs: rx,
             _dir: dir,
@@ -116,6 +119,12 @@ impl ChildDirector {
                 };
                 this.query = addr("query")?;
                 this.data = addr("data")?;
+                this.data_ports = v["data_ports"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|a| a.parse().ok())
+                    .collect();
                 this.admin = addr("admin")?;
                 return Ok(this);
             }
