@@ -20,9 +20,15 @@ fn config(udp: &Backend, tcp: u16, extra: &str) -> ValidConfig {
         "  game:\n    static:\n      - {{name: gs-0, address: 127.0.0.1, ports: [{{name: default, port: {}}}, {{name: chat, port: {tcp}}}]}}\n",
         udp.addr.port()
     );
+    // Queries unthrottled, unless the test sets its own limits.
+    let limits = if extra.contains("limits:") {
+        ""
+    } else {
+        "limits: {queryRatePerSecond: 100000, queryBurst: 100000}\n"
+    };
     let yaml = testkit::yaml::director(
         &format!(
-            "limits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\ndataPorts:\n  - {{port: 0, targetPortName: default}}\n  - {{port: 0, protocol: TCP, targetPortName: chat}}\n{extra}"
+            "{limits}dataPorts:\n  - {{port: 0, targetPortName: default}}\n  - {{port: 0, protocol: TCP, targetPortName: chat}}\n{extra}"
         ),
         &[mapping],
     );
@@ -434,4 +440,37 @@ async fn one_client_ip_holds_at_most_its_share_of_tcp_and_udp_sessions() {
     let mut again = open(&d, &token(&d), b"c").await;
     again.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_still_sending_their_line_are_bounded() {
+    let udp = Backend::new();
+    let echo = echo_server().await;
+    let d = start(config(
+        &udp,
+        echo.port(),
+        "limits: {maxQueryConnections: 2}\n",
+    ))
+    .await;
+    // Two silent connections take the places for lines in progress; a third is closed at
+    // once (not after 5 s), counted.
+    let _a = TcpStream::connect(tcp_port(&d)).await.unwrap();
+    let _b = TcpStream::connect(tcp_port(&d)).await.unwrap();
+    assert!(poll(Duration::from_secs(5), || refused(&d, "pending_cap") == 0.0).await);
+    let started = Instant::now();
+    let mut c = TcpStream::connect(tcp_port(&d)).await.unwrap();
+    assert_eq!(read_to_end(&mut c).await, b"");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused(&d, "pending_cap"), 1.0);
+    // Once a line completes, its place is free again.
+    drop(_a);
+    assert!(poll(Duration::from_secs(5), || refused(&d, "bad_line") == 1.0).await);
+    let mut ok = open(&d, &token(&d), b"z").await;
+    let mut b = [0u8; 1];
+    ok.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"z");
 }

@@ -16,7 +16,7 @@
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -90,6 +90,8 @@ pub(crate) struct TcpPort {
     /// The live connection of each token on this port, and how to end it.
     owners: DashMap<TokenKey, (u64, Arc<Notify>)>,
     next_id: AtomicU64,
+    /// Connections still sending their token line (held under `limits.maxQueryConnections`).
+    pending: Arc<AtomicUsize>,
 }
 
 impl TcpPort {
@@ -99,6 +101,7 @@ impl TcpPort {
             shared,
             owners: DashMap::new(),
             next_id: AtomicU64::new(0),
+            pending: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -133,9 +136,41 @@ pub(crate) async fn serve(
             refuse(&port.shared.metrics, TcpRefusal::Draining);
             continue;
         }
+        // Lines still arriving are bounded, so a slowloris flood cannot take every descriptor.
+        let cap = port
+            .shared
+            .settings
+            .load()
+            .query
+            .limits
+            .max_query_connections;
+        let Some(waiting) = Pending::take(&port.pending, cap) else {
+            refuse(&port.shared.metrics, TcpRefusal::PendingCap);
+            continue;
+        };
         let port = Arc::clone(&port);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { connection(stream, peer, &port, shutdown).await });
+        tokio::spawn(async move { connection(stream, peer, &port, waiting, shutdown).await });
+    }
+}
+
+/// A place among the connections still sending their token line.
+struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    fn take(count: &Arc<AtomicUsize>, cap: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(count)))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -148,6 +183,7 @@ async fn connection(
     mut client: TcpStream,
     peer: SocketAddr,
     port: &TcpPort,
+    waiting: Pending,
     shutdown: watch::Receiver<bool>,
 ) {
     let metrics = &port.shared.metrics;
@@ -169,6 +205,7 @@ async fn connection(
             Ok(Ok(n)) => head.extend_from_slice(&chunk[..n]),
         }
     };
+    drop(waiting);
     let now = Instant::now();
     let grant = match port
         .shared

@@ -142,6 +142,8 @@ closed_labels! {
         LateToken => "late_token",
         /// A line too long for a token, or an empty one, or the client closed first.
         BadLine => "bad_line",
+        /// `limits.maxQueryConnections` connections on this port were still sending their line.
+        PendingCap => "pending_cap",
         SessionCap => "session_cap",
         ClientIpCap => "client_ip_cap",
         Draining => "draining",
