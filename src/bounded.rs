@@ -1,6 +1,7 @@
 //! A counter with a limit, shared between threads: places are taken while fewer than the
 //! limit are in use and given back later. Live sessions under the cap (`session::Ledger`)
-//! and the upstream socket budget (`net::DataShared`) are both this.
+//! and the upstream socket budget (`net::DataShared`) are both this; [`Place`] holds one for
+//! as long as it lives.
 //!
 //! Owns one counter and its limit. Must not know what it counts.
 
@@ -53,6 +54,26 @@ impl Bounded {
     /// Applies to future takes; places already taken stay taken.
     pub fn set_limit(&self, limit: usize) {
         self.limit.store(limit, Ordering::Relaxed);
+    }
+}
+
+/// One place taken from a shared [`Bounded`], given back when dropped (connections admitted
+/// under a limit: query connections, TCP token lines in progress).
+#[derive(Debug)]
+pub(crate) struct Place(std::sync::Arc<Bounded>);
+
+impl Place {
+    /// A place in `bounded` while fewer than `limit` are used.
+    pub(crate) fn within(bounded: &std::sync::Arc<Bounded>, limit: usize) -> Option<Self> {
+        bounded
+            .try_take_within(limit)
+            .then(|| Self(std::sync::Arc::clone(bounded)))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.give_back();
     }
 }
 

@@ -11,13 +11,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
+use crate::bounded::{Bounded, Place};
 use crate::config::Limits;
 use crate::live::{Generation, Settings};
 use crate::metrics::Metrics;
@@ -37,16 +37,7 @@ pub(crate) struct QueryContext {
     pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
     /// Open connections, held under `maxQueryConnections` at accept.
-    open: Arc<AtomicUsize>,
-}
-
-/// One admitted connection; gives its place back when dropped.
-struct Admitted(Arc<AtomicUsize>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    open: Arc<Bounded>,
 }
 
 impl QueryContext {
@@ -57,7 +48,7 @@ impl QueryContext {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            open: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(Bounded::new(usize::MAX)),
             settings,
             tokens,
             ledger,
@@ -70,13 +61,8 @@ impl QueryContext {
         self.settings.load().query.limits.clone()
     }
 
-    fn admit(&self, max: usize) -> Option<Admitted> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Admitted(Arc::clone(&self.open)))
+    fn admit(&self, max: usize) -> Option<Place> {
+        Place::within(&self.open, max)
     }
 
     /// Answers one request line from `peer`.

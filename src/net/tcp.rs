@@ -16,7 +16,7 @@
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -26,6 +26,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::DataShared;
+use crate::bounded::{Bounded, Place};
 use crate::metrics::Metrics;
 use crate::resolve::Target;
 use crate::session::{Redeem, TcpClose, TcpRefusal};
@@ -91,7 +92,7 @@ pub(crate) struct TcpPort {
     owners: DashMap<TokenKey, (u64, Arc<Notify>)>,
     next_id: AtomicU64,
     /// Connections still sending their token line (held under `limits.maxQueryConnections`).
-    pending: Arc<AtomicUsize>,
+    pending: Arc<Bounded>,
 }
 
 impl TcpPort {
@@ -101,7 +102,7 @@ impl TcpPort {
             shared,
             owners: DashMap::new(),
             next_id: AtomicU64::new(0),
-            pending: Arc::new(AtomicUsize::new(0)),
+            pending: Arc::new(Bounded::new(usize::MAX)),
         }
     }
 }
@@ -144,33 +145,13 @@ pub(crate) async fn serve(
             .query
             .limits
             .max_query_connections;
-        let Some(waiting) = Pending::take(&port.pending, cap) else {
+        let Some(waiting) = Place::within(&port.pending, cap) else {
             refuse(&port.shared.metrics, TcpRefusal::PendingCap);
             continue;
         };
         let port = Arc::clone(&port);
         let shutdown = shutdown.clone();
         tokio::spawn(async move { connection(stream, peer, &port, waiting, shutdown).await });
-    }
-}
-
-/// A place among the connections still sending their token line.
-struct Pending(Arc<AtomicUsize>);
-
-impl Pending {
-    fn take(count: &Arc<AtomicUsize>, cap: usize) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(Arc::clone(count)))
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -183,7 +164,7 @@ async fn connection(
     mut client: TcpStream,
     peer: SocketAddr,
     port: &TcpPort,
-    waiting: Pending,
+    waiting: Place,
     shutdown: watch::Receiver<bool>,
 ) {
     let metrics = &port.shared.metrics;
@@ -228,7 +209,7 @@ async fn connection(
     };
     let generation = port.shared.settings.load();
     let config = &generation.config;
-    let Some(_place) = Place::admit(
+    let Some(_seat) = Seat::admit(
         &port.shared.ledger,
         peer.ip(),
         config.max_sessions,
@@ -270,12 +251,12 @@ async fn connection(
 }
 
 /// A place in the session ledger (and the client IP's share), given back when dropped.
-struct Place<'a> {
+struct Seat<'a> {
     ledger: &'a crate::session::Ledger,
     ip: IpAddr,
 }
 
-impl<'a> Place<'a> {
+impl<'a> Seat<'a> {
     fn admit(
         ledger: &'a crate::session::Ledger,
         ip: IpAddr,
@@ -297,7 +278,7 @@ impl<'a> Place<'a> {
     }
 }
 
-impl Drop for Place<'_> {
+impl Drop for Seat<'_> {
     fn drop(&mut self) {
         self.ledger.release();
         self.ledger.release_ip(self.ip);
