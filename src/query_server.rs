@@ -171,14 +171,9 @@ pub(crate) async fn serve(
     let mut prune = tokio::time::interval(Duration::from_secs(60));
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "query accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            accepted = crate::net::accept_or_back_off(&listener, "query") => match accepted {
+                Some(pair) => pair,
+                None => continue,
             },
             _ = prune.tick() => { ctx.prune_rate_limits(); continue; }
             _ = shutdown.changed() => return,

@@ -11,6 +11,22 @@
 
 mod counters;
 pub(crate) mod tcp;
+
+/// One `accept`; on an error (EMFILE and friends) logs it and backs off 50 ms instead of
+/// spinning, then yields `None`. Shared by the query server and the TCP data ports.
+pub(crate) async fn accept_or_back_off(
+    listener: &tokio::net::TcpListener,
+    what: &'static str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener.accept().await {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            tracing::warn!(error = %e, listener = what, "accept failed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
 mod upstream;
 mod worker;
 

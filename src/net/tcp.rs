@@ -117,13 +117,9 @@ pub(crate) async fn serve(
     let mut drain_check = tokio::time::interval(Duration::from_millis(100));
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TCP data accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            accepted = super::accept_or_back_off(&listener, "TCP data") => match accepted {
+                Some(pair) => pair,
+                None => continue,
             },
             _ = drain_check.tick() => {
                 if port.shared.ledger.draining() {
