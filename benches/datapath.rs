@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::time::Instant;
-use udp_director::protocol::datagram::{TokenShape, classify};
-use udp_director::resolve::Target;
+use udp_director::model::{Target, TokenFormat};
+use udp_director::protocol::datagram::classify;
 use udp_director::session::{Ledger, Rules, SessionTable};
 use udp_director::token::TokenStore;
 
@@ -21,7 +21,7 @@ const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u32, SocketAddr)>) {
     let rules = Rules {
         magic: MAGIC.to_vec(),
-        shape: TokenShape::Uuid,
+        format: TokenFormat::Uuid,
         session_timeout: Duration::from_secs(300),
         max_sessions: usize::MAX,
         max_per_client_ip: usize::MAX,
@@ -45,8 +45,8 @@ fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u3
     for i in 0..sessions {
         let client = SocketAddr::from(([127, 0, (i >> 16) as u8, (i >> 8) as u8], i as u16));
         let target = Arc::clone(&targets[i as usize % targets.len()]);
-        if let Ok((_, binding)) = t.open(client, Arc::clone(&target), now) {
-            replies.push((binding.socket.index, target.addr));
+        if let Ok((_, leg)) = t.open(client, Arc::clone(&target), now) {
+            replies.push((leg.socket.index, target.addr));
         }
         clients.push(client);
     }
@@ -83,11 +83,11 @@ fn bench(c: &mut Criterion) {
     }
     let game = vec![0x42u8; 512];
     c.bench_function("classify/game_512B", |b| {
-        b.iter(|| classify(black_box(&game), MAGIC, TokenShape::Uuid))
+        b.iter(|| classify(black_box(&game), MAGIC, TokenFormat::Uuid))
     });
     let token = b"550e8400-e29b-41d4-a716-446655440000";
     c.bench_function("classify/token", |b| {
-        b.iter(|| classify(black_box(token), MAGIC, TokenShape::Uuid))
+        b.iter(|| classify(black_box(token), MAGIC, TokenFormat::Uuid))
     });
 }
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::time::Instant;
-use udp_director::resolve::Target;
-use udp_director::token::{Binding, KeySet, Policy, SealedTokens, TokenStore, Use, WallClock};
+use udp_director::model::{ClientBinding, Policy, Target, Use};
+use udp_director::token::{KeySet, SealedTokens, TokenStore, WallClock};
 
 const KEYS: &str = "bench AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n";
 
@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
             ttl: Duration::from_secs(30),
             resume: Duration::from_secs(30),
             single_use: false,
-            binding: Binding::Ip,
+            binding: ClientBinding::Ip,
         };
         let client = IpAddr::from([203, 0, 113, 7]);
         let before = rss_kib();
@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
         ttl: Duration::from_secs(30),
         resume: Duration::from_secs(600),
         single_use: false,
-        binding: Binding::Ip,
+        binding: ClientBinding::Ip,
     };
     let Ok(keys) = KeySet::parse(KEYS) else {
         return;

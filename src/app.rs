@@ -196,7 +196,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         Arc::clone(&live),
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(crate::memory::trim_after_bursts(
+    tasks.push(tokio::spawn(crate::shell::housekeeping::trim_after_bursts(
         Arc::clone(&ledger),
         Arc::clone(&tokens),
         Arc::clone(&metrics),

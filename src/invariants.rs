@@ -6,9 +6,10 @@
 //! Owns the properties. Must not be called by the running director.
 
 use crate::config::{Config, ValidConfig, ValidSource};
-use crate::protocol::datagram::{Datagram, TokenShape, classify, parse_token};
-use crate::protocol::query::{ErrorCode, parse_request};
-use crate::token::TokenId;
+use crate::model::ErrorCode;
+use crate::model::{TokenFormat, TokenId};
+use crate::protocol::datagram::{Datagram, classify, parse_token};
+use crate::protocol::query::parse_request;
 
 /// The classifier agrees with an independent reading of SPEC §3: a datagram starting with
 /// the magic is a reset (well-formed when a token follows) and never data; otherwise it is a
@@ -26,7 +27,7 @@ pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
     };
     let expected = oracle_token(rest);
     let id = |t: &[u8]| TokenId::from_wire(t);
-    let uuid = classify(datagram, magic, TokenShape::Uuid);
+    let uuid = classify(datagram, magic, TokenFormat::Uuid);
     let ok = match uuid {
         Datagram::Reset(t) => prefixed && expected.is_some() && id(t) == expected,
         Datagram::MalformedReset => prefixed && expected.is_none(),
@@ -44,7 +45,7 @@ pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
         ));
     }
     let sealed_expected = oracle_sealed(rest);
-    let sealed = classify(datagram, magic, TokenShape::Sealed);
+    let sealed = classify(datagram, magic, TokenFormat::Sealed);
     let ok = match sealed {
         Datagram::Reset(t) => prefixed && sealed_expected == Some(t),
         Datagram::MalformedReset => prefixed && sealed_expected.is_none(),

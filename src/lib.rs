@@ -20,19 +20,18 @@
 
 pub(crate) mod admin;
 pub mod app;
-pub(crate) mod bounded;
 pub mod config;
 pub mod invariants;
 pub(crate) mod keysource;
-mod labels;
 pub(crate) mod live;
-pub mod memory;
 pub(crate) mod metrics;
+pub mod model;
 pub(crate) mod net;
 pub mod protocol;
 pub(crate) mod query_server;
 pub mod reload;
 pub mod resolve;
 pub mod session;
-mod sync;
+pub(crate) mod shell;
 pub mod token;
+pub mod util;

@@ -19,7 +19,6 @@ use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{Limits, ValidConfig};
-use crate::protocol::datagram::TokenShape;
 use crate::resolve::Resolver;
 use crate::resolve::kube::Watchers;
 use crate::session::Rules;
@@ -55,10 +54,7 @@ impl Generation {
             .map(Arc::new);
         let rules = Rules {
             magic: config.magic.clone(),
-            shape: match config.token_format {
-                crate::config::TokenFormat::Uuid => TokenShape::Uuid,
-                crate::config::TokenFormat::Sealed => TokenShape::Sealed,
-            },
+            format: config.token_format,
             session_timeout: config.session_timeout,
             max_sessions: config.max_sessions,
             max_per_client_ip: config.max_sessions_per_client_ip,

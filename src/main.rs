@@ -92,8 +92,8 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The director's allocator settings, before any thread exists (see udp_director::memory).
-    let allocator = udp_director::memory::tune_allocator();
+    // The director's allocator settings, before any thread exists (see udp_director::util::memory).
+    let allocator = udp_director::util::memory::tune_allocator();
     init_logging(cli.log_format);
     tracing::debug!(?allocator, "allocator settings");
     match run(cli) {

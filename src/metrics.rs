@@ -13,8 +13,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::resolve::allocate::AllocationResult;
-use crate::session::{TcpClose, TcpRefusal};
+use crate::model::{
+    AllocationResult, CloseReason, DropReason, ErrorCode, Protocol, Refusal, Rejection, TcpClose,
+    TcpRefusal,
+};
 
 /// One label, static key and value.
 pub(crate) type Label = [(&'static str, &'static str); 1];
@@ -306,25 +308,30 @@ impl Metrics {
             "Live sessions per data-port protocol (udp, tcp); their sum is sessions_active",
             m.sessions_by_protocol.clone(),
         );
-        for p in ["udp", "tcp"] {
-            let _ = m.sessions_by_protocol.get_or_create(&[("protocol", p)]);
+        for p in Protocol::ALL {
+            let _ = m
+                .sessions_by_protocol
+                .get_or_create(&[("protocol", p.as_str())]);
+        }
+        for r in Rejection::ALL {
+            let _ = m.tokens_rejected.get_or_create(&[("reason", r.as_str())]);
         }
         // Make every label value appear from the start so dashboards and alerts see zeros.
-        for code in crate::protocol::query::ErrorCode::ALL {
+        for code in ErrorCode::ALL {
             let _ = m.queries.get_or_create(&[("result", code.as_str())]);
         }
         let _ = m.queries.get_or_create(&[("result", "ok")]);
-        for reason in crate::session::CloseReason::ALL {
+        for reason in CloseReason::ALL {
             let _ = m
                 .sessions_closed
                 .get_or_create(&[("reason", reason.as_str())]);
         }
-        for reason in crate::session::Refusal::ALL {
+        for reason in Refusal::ALL {
             let _ = m
                 .sessions_refused
                 .get_or_create(&[("reason", reason.as_str())]);
         }
-        for reason in crate::session::DropReason::ALL {
+        for reason in DropReason::ALL {
             let _ = m.drops.get_or_create(&[("reason", reason.as_str())]);
         }
         for dir in [TO_TARGET, TO_CLIENT] {

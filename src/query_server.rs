@@ -17,17 +17,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
-use crate::bounded::{Bounded, Place};
 use crate::config::Limits;
 use crate::live::{Generation, Settings};
 use crate::metrics::Metrics;
-use crate::protocol::query::{
-    ErrorCode, QueryError, TargetRef, TokenAnswer, parse_request, render,
-};
+use crate::model::AllocationResult;
+use crate::model::ErrorCode;
+use crate::protocol::query::{QueryError, TargetRef, TokenAnswer, parse_request, render};
 use crate::resolve::Resolved;
-use crate::resolve::allocate::{Allocation, AllocationResult};
+use crate::resolve::allocate::Allocation;
 use crate::session::Ledger;
 use crate::token::{IssueError, Tokens};
+use crate::util::bounded::{Bounded, Place};
 
 /// What the query server needs; shared by every connection.
 pub(crate) struct QueryContext {

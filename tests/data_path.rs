@@ -251,7 +251,7 @@ async fn single_use_tokens_redeem_once() {
     assert!(eventually(Duration::from_secs(2), || {
         metric(
             d.admin_addr,
-            "udp_director_tokens_rejected_total{reason=\"unknown\"}",
+            "udp_director_tokens_rejected_total{reason=\"invalid_token\"}",
         ) == 1.0
             && metric(
                 d.admin_addr,

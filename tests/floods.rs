@@ -295,7 +295,7 @@ async fn forged_game_data_with_a_default_endpoint_cannot_keep_token_newcomers_ou
     let admin = d.admin_addr;
     let per_ip = metric(
         admin,
-        "udp_director_sessions_refused_total{reason=\"client_ip\"}",
+        "udp_director_sessions_refused_total{reason=\"client_ip_cap\"}",
     );
     assert!(
         per_ip >= 1_000.0,

@@ -175,7 +175,7 @@ fn a_hundred_thousand_guessed_tokens_create_nothing_and_log_nothing() {
         },
     );
     let elapsed = started.elapsed();
-    let rejected = d.metric("udp_director_tokens_rejected_total{reason=\"unknown\"}");
+    let rejected = d.metric("udp_director_tokens_rejected_total{reason=\"invalid_token\"}");
     println!(
         "token guessing: {attempts} attempts in {elapsed:?}, {rejected} rejected as unknown, 0 sessions"
     );
@@ -259,7 +259,10 @@ async fn a_saturated_session_cap_refuses_newcomers_while_live_sessions_flow() {
             }
             let refused = f64::from(round + 1) * 2_700.0;
             eventually(Duration::from_secs(5), || {
-                metric(admin, "udp_director_sessions_refused_total{reason=\"cap\"}") >= refused
+                metric(
+                    admin,
+                    "udp_director_sessions_refused_total{reason=\"session_cap\"}",
+                ) >= refused
             });
         }
         // The token store under a flood of queries: bounded by maxTokens.
@@ -280,7 +283,10 @@ async fn a_saturated_session_cap_refuses_newcomers_while_live_sessions_flow() {
     .unwrap();
     let (sent, lost, tokens_held) = report;
     let active = metric(admin, "udp_director_sessions_active");
-    let refused = metric(admin, "udp_director_sessions_refused_total{reason=\"cap\"}");
+    let refused = metric(
+        admin,
+        "udp_director_sessions_refused_total{reason=\"session_cap\"}",
+    );
     println!(
         "cap flood: live session {sent} round trips, {lost} lost; {active} active (cap 300), {refused} refusals; {tokens_held} tokens held (cap 100)"
     );

@@ -429,7 +429,7 @@ fn keys_rotate_in_two_steps_and_every_bad_token_is_refused_and_counted() {
             late.send_to(expiring.as_bytes(), data).unwrap();
             sum(
                 &all,
-                "udp_director_tokens_rejected_total{reason=\"expired\"}",
+                "udp_director_tokens_rejected_total{reason=\"expired_token\"}",
             ) >= 1.0
         }),
         "an expired bare token is refused"
@@ -443,10 +443,10 @@ fn keys_rotate_in_two_steps_and_every_bad_token_is_refused_and_counted() {
         )
     };
     assert!(eventually(Duration::from_secs(3), || {
-        rejected("unknown") >= 1.0
+        rejected("invalid_token") >= 1.0
             && rejected("unknown_key") >= 2.0
             && rejected("wrong_client") >= 1.0
-            && rejected("expired") >= 1.0
+            && rejected("expired_token") >= 1.0
     }));
     println!(
         "refused: unknown {} (flipped byte), unknown_key {} (removed key, another key), wrong_client {}, expired {}",
@@ -456,7 +456,7 @@ fn keys_rotate_in_two_steps_and_every_bad_token_is_refused_and_counted() {
         rejected("expired")
     );
     assert_eq!(
-        stranger.metric("udp_director_tokens_rejected_total{reason=\"unknown\"}"),
+        stranger.metric("udp_director_tokens_rejected_total{reason=\"invalid_token\"}"),
         0.0
     );
 }

@@ -18,9 +18,10 @@ use crate::protocol::query::QueryRequest;
 pub mod reload;
 mod valid;
 
+pub use crate::model::{ClientBinding, Protocol, TokenFormat};
 pub use valid::{
-    Addressing, KubeSource, PortRule, Protocol, TargetPort, ValidAllocate, ValidConfig,
-    ValidDataPort, ValidMapping, ValidSource,
+    Addressing, KubeSource, PortRule, TargetPort, ValidAllocate, ValidConfig, ValidDataPort,
+    ValidMapping, ValidSource,
 };
 
 /// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
@@ -132,24 +133,6 @@ pub struct Config {
     pub access_log: bool,
     #[serde(default)]
     pub resource_query_mapping: BTreeMap<String, Mapping>,
-}
-
-/// `tokenFormat`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenFormat {
-    #[default]
-    Uuid,
-    Sealed,
-}
-
-/// `tokenClientBinding`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientBinding {
-    #[default]
-    Ip,
-    None,
 }
 
 /// Where sealed-token keys come from.
@@ -614,14 +597,11 @@ impl Config {
                 }
             }
         }
-        let token_policy = crate::token::Policy {
+        let token_policy = crate::model::Policy {
             ttl: Duration::from_secs(self.token_ttl_seconds),
             resume: Duration::from_secs(self.token_resume_seconds),
             single_use: self.single_use_tokens,
-            binding: match self.token_client_binding {
-                ClientBinding::Ip => crate::token::Binding::Ip,
-                ClientBinding::None => crate::token::Binding::None,
-            },
+            binding: self.token_client_binding,
         };
         Ok(ValidConfig {
             magic,

@@ -11,6 +11,8 @@ use std::ops::Deref;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::model::Protocol;
+
 use super::{AllocationMetadata, Config, ConfigError, LoadBalancing, Scheduling, StaticEndpoint};
 use crate::protocol::jsonpath::CompiledPath;
 
@@ -22,7 +24,7 @@ pub struct ValidConfig {
     /// `controlPacketMagicBytes`, decoded: 1..=32 bytes.
     pub magic: Vec<u8>,
     /// TTL, resume window, single use and client binding of tokens issued from now on.
-    pub token_policy: crate::token::Policy,
+    pub token_policy: crate::model::Policy,
     /// Sealed tokens: where the keys come from (always set with `tokenFormat: sealed`).
     pub key_source: Option<super::KeySource>,
     pub unanswered_timeout: Duration,
@@ -45,24 +47,6 @@ pub struct ValidDataPort {
     pub addr: SocketAddr,
     pub target: TargetPort,
     pub protocol: Protocol,
-}
-
-/// A data port's transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Udp,
-    /// A TCP connection whose first line is the token, then relayed to the target.
-    Tcp,
-}
-
-impl Protocol {
-    /// The metric label value and the config spelling (lowercase).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Udp => "udp",
-            Protocol::Tcp => "tcp",
-        }
-    }
 }
 
 /// A data port's target port.

@@ -14,7 +14,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use crate::metrics::{self, Metrics};
-use crate::session::{CloseReason, Decision, DropReason, Refusal};
+use crate::model::{CloseReason, DropReason, Refusal, Rejection};
+use crate::session::Decision;
 
 /// How often a worker adds its counts to the shared metrics.
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -84,10 +85,7 @@ pub(super) struct Flusher {
     bytes_to_client: Counter,
     closed: Vec<Counter>,
     drops: Vec<Counter>,
-    rejected_unknown: Counter,
-    rejected_expired: Counter,
-    rejected_unknown_key: Counter,
-    rejected_wrong_client: Counter,
+    rejected: Vec<Counter>,
     refused: Vec<Counter>,
     /// Upstream sockets this worker last added to the shared gauge.
     sockets_reported: i64,
@@ -112,10 +110,10 @@ impl Flusher {
                 .iter()
                 .map(|r| Metrics::counter(&m.drops, "reason", r.as_str()))
                 .collect(),
-            rejected_unknown: Metrics::counter(&m.tokens_rejected, "reason", "unknown"),
-            rejected_expired: Metrics::counter(&m.tokens_rejected, "reason", "expired"),
-            rejected_unknown_key: Metrics::counter(&m.tokens_rejected, "reason", "unknown_key"),
-            rejected_wrong_client: Metrics::counter(&m.tokens_rejected, "reason", "wrong_client"),
+            rejected: Rejection::ALL
+                .iter()
+                .map(|r| Metrics::counter(&m.tokens_rejected, "reason", r.as_str()))
+                .collect(),
             refused: Refusal::ALL
                 .iter()
                 .map(|r| Metrics::counter(&m.sessions_refused, "reason", r.as_str()))
@@ -145,17 +143,12 @@ impl Flusher {
             handle.inc_by(n);
         }
         let dropped = |r: DropReason| c.drops[r.index()];
-        self.rejected_unknown
-            .inc_by(dropped(DropReason::InvalidToken));
-        self.rejected_expired
-            .inc_by(dropped(DropReason::ExpiredToken));
-        self.rejected_unknown_key
-            .inc_by(dropped(DropReason::UnknownKey));
-        self.rejected_wrong_client
-            .inc_by(dropped(DropReason::WrongClient));
         for reason in DropReason::ALL {
             if let Some(refusal) = reason.refusal() {
                 self.refused[refusal.index()].inc_by(dropped(*reason));
+            }
+            if let Some(rejection) = reason.rejection() {
+                self.rejected[rejection.index()].inc_by(dropped(*reason));
             }
         }
         m.upstream_sockets
@@ -202,9 +195,9 @@ mod tests {
         f.flush(c, 0, &m, now);
         let text = m.encode();
         for line in [
-            "udp_director_tokens_rejected_total{reason=\"unknown\"} 1",
-            "udp_director_tokens_rejected_total{reason=\"expired\"} 1",
-            "udp_director_sessions_refused_total{reason=\"cap\"} 1",
+            "udp_director_tokens_rejected_total{reason=\"invalid_token\"} 1",
+            "udp_director_tokens_rejected_total{reason=\"expired_token\"} 1",
+            "udp_director_sessions_refused_total{reason=\"session_cap\"} 1",
             "udp_director_sessions_refused_total{reason=\"draining\"} 1",
             "udp_director_datagrams_dropped_total{reason=\"upstream_error\"} 1",
             "udp_director_datagrams_dropped_total{reason=\"malformed_control\"} 0",

@@ -39,12 +39,12 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::bounded::Bounded;
 use crate::live::Settings;
 use crate::metrics::Metrics;
 use crate::session::{Ledger, SessionView};
-use crate::sync::lock;
 use crate::token::Tokens;
+use crate::util::bounded::Bounded;
+use crate::util::sync::lock;
 
 /// `/sessions` asks every worker for a sample of its table through this board: the admin
 /// task bumps `requested` and wakes the workers; each posts its answer tagged with the

@@ -26,18 +26,17 @@ use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::DataShared;
-use crate::bounded::{Bounded, Place};
 use crate::metrics::Metrics;
-use crate::resolve::Target;
-use crate::session::{Redeem, TcpClose, TcpRefusal};
-use crate::token::{Rejection, TokenKey, Use};
+use crate::model::{Target, TcpClose, TcpRefusal, TokenKey, Use};
+use crate::token::Redeem;
+use crate::util::bounded::{Bounded, Place};
 
 /// How long a client has to send its whole token line.
 pub(crate) const TOKEN_LINE_DEADLINE: Duration = Duration::from_secs(5);
 /// How long connecting to the target may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest token line: the longest token (sealed) and `\r\n`.
-pub(crate) const MAX_LINE: usize = crate::token::sealed::MAX_WIRE + 2;
+pub(crate) const MAX_LINE: usize = crate::protocol::token_wire::MAX_TOKEN + 2;
 /// The relay's read size per direction while bytes flow.
 const CHUNK: usize = 64 * 1024;
 
@@ -191,13 +190,7 @@ async fn connection(
     {
         Ok(g) => g,
         Err(r) => {
-            let why = match r {
-                Rejection::Unknown => TcpRefusal::InvalidToken,
-                Rejection::Expired => TcpRefusal::ExpiredToken,
-                Rejection::UnknownKey => TcpRefusal::UnknownKey,
-                Rejection::WrongClient => TcpRefusal::WrongClient,
-            };
-            return refuse(metrics, why);
+            return refuse(metrics, TcpRefusal::from(r));
         }
     };
     let Some(target) = grant.target.on_data_port(port.index) else {
@@ -259,12 +252,7 @@ impl<'a> Seat<'a> {
         cap: usize,
         per_ip: usize,
     ) -> Result<Self, TcpRefusal> {
-        use crate::session::Refusal;
-        let refusal = |r: Refusal| match r {
-            Refusal::Draining => TcpRefusal::Draining,
-            Refusal::ClientIp => TcpRefusal::ClientIpCap,
-            Refusal::Cap => TcpRefusal::SessionCap,
-        };
+        let refusal = TcpRefusal::from;
         ledger.try_admit_ip(ip, per_ip).map_err(refusal)?;
         if let Err(r) = ledger.try_admit(cap) {
             ledger.release_ip(ip);

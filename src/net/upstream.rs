@@ -13,8 +13,8 @@ use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::set_buffers;
-use crate::bounded::Bounded;
 use crate::session::{DropReason, SocketId, floor};
+use crate::util::bounded::Bounded;
 
 /// Tokens below this are the worker's own (data socket, waker).
 const FIRST_UPSTREAM: usize = 2;

@@ -27,8 +27,9 @@ use super::upstream::{Upstreams, send_error, slot_of, token_of};
 use super::{DataShared, SAMPLE_MAX, WorkerSample};
 use crate::live::Generation;
 use crate::session::{
-    Binding, CloseReason, Closed, Decision, DropReason, SessionId, SessionTable, SocketId, floor,
+    CloseReason, Closed, Decision, DropReason, Leg, SessionId, SessionTable, SocketId, floor,
 };
+use crate::token::PortTokens;
 
 const DATA: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -89,57 +90,6 @@ pub(crate) struct Worker {
     tokens: PortTokens,
 }
 
-/// The tokens as data port `index` (of `dataPorts`) redeems them: each grant's target is the
-/// same object at this port's target port, and its key is this port's own (a token holds
-/// one session per data port). Port 0 passes grants through unchanged.
-struct PortTokens {
-    tokens: Arc<crate::token::Tokens>,
-    index: usize,
-    /// One shared target per address on this port (sessions keep an `Arc` each).
-    shared: std::cell::RefCell<std::collections::HashMap<SocketAddr, Arc<crate::resolve::Target>>>,
-}
-
-impl PortTokens {
-    const SHARED_MAX: usize = 65_536;
-}
-
-impl crate::session::Redeem for PortTokens {
-    fn redeem(
-        &self,
-        token: &[u8],
-        client: std::net::IpAddr,
-        how: crate::token::Use,
-        now: Instant,
-    ) -> Result<crate::token::Grant, crate::token::Rejection> {
-        let grant = self.tokens.redeem(token, client, how, now)?;
-        if self.index == 0 {
-            return Ok(grant);
-        }
-        let target = grant
-            .target
-            .on_data_port(self.index)
-            .ok_or(crate::token::Rejection::Unknown)?;
-        let mut shared = self.shared.borrow_mut();
-        let target = match shared.get(&target.addr) {
-            Some(t) if **t == target => Arc::clone(t),
-            _ => {
-                if shared.len() >= Self::SHARED_MAX {
-                    shared.clear();
-                }
-                let t = Arc::new(target);
-                if t.player.is_none() {
-                    shared.insert(t.addr, Arc::clone(&t));
-                }
-                t
-            }
-        };
-        Ok(crate::token::Grant {
-            key: grant.key ^ self.index as u128,
-            target,
-        })
-    }
-}
-
 impl Worker {
     pub(crate) fn new(
         index: usize,
@@ -158,11 +108,7 @@ impl Worker {
             .register(&mut data, DATA, Interest::READABLE)?;
         let settings = shared.settings.load();
         let now = Instant::now();
-        let tokens = PortTokens {
-            tokens: Arc::clone(&shared.tokens),
-            index: port,
-            shared: Default::default(),
-        };
+        let tokens = PortTokens::new(Arc::clone(&shared.tokens), port);
         Ok(Self {
             index,
             poll,
@@ -372,26 +318,22 @@ impl Worker {
             },
             Decision::Open {
                 id,
-                binding,
+                leg,
                 forward,
                 redeemed,
             } => {
-                if self.bind_socket(id, binding, None, redeemed, now)
+                if self.bind_socket(id, leg, None, redeemed, now)
                     && let Some(to) = forward
                 {
                     if self.table.describe(id).is_some_and(|(_, t, _)| t.proxy) {
-                        self.send_with_header(id, binding.socket, to, datagram);
+                        self.send_with_header(id, leg.socket, to, datagram);
                     } else {
-                        self.send_to_target(binding.socket, to, datagram);
+                        self.send_to_target(leg.socket, to, datagram);
                     }
                 }
             }
-            Decision::Reset {
-                id,
-                binding,
-                released,
-            } => {
-                self.bind_socket(id, binding, released, false, now);
+            Decision::Reset { id, leg, released } => {
+                self.bind_socket(id, leg, released, false, now);
             }
             Decision::Keep | Decision::Moved { .. } | Decision::Drop(_) => {}
         }
@@ -415,7 +357,7 @@ impl Worker {
         }
     }
 
-    /// Makes the sockets match a new binding: closes the released slot (unless it is the
+    /// Makes the sockets match a new leg: closes the released slot (unless it is the
     /// new one, whose socket is then kept rather than cycled) and opens the new slot's socket
     /// when it is the slot's first session. If that fails (e.g. EMFILE) a token session
     /// (`token`) gets the socket of a session that may yield (SPEC §3: a default-endpoint or
@@ -425,27 +367,27 @@ impl Worker {
     fn bind_socket(
         &mut self,
         id: SessionId,
-        binding: Binding,
+        leg: Leg,
         released: Option<SocketId>,
         token: bool,
         now: Instant,
     ) -> bool {
         if let Some(old) = released
-            && old != binding.socket
+            && old != leg.socket
         {
             self.close_socket(old);
         }
-        if !binding.open_socket || released == Some(binding.socket) {
+        if !leg.open_socket || released == Some(leg.socket) {
             return true;
         }
         let mut opened =
             self.upstreams
-                .open(binding.socket, self.poll.registry(), &self.shared.upstreams);
+                .open(leg.socket, self.poll.registry(), &self.shared.upstreams);
         if opened.is_err() && token && self.table.yield_a_socket(id, 16, now) {
             self.side_effects();
-            opened =
-                self.upstreams
-                    .open(binding.socket, self.poll.registry(), &self.shared.upstreams);
+            opened = self
+                .upstreams
+                .open(leg.socket, self.poll.registry(), &self.shared.upstreams);
         }
         match opened {
             Ok(()) => true,

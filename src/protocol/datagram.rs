@@ -9,59 +9,49 @@
 //! [magic: 1..=32 bytes, default FF FF FF FF 'R' 'E' 'S' 'E' 'T'][token]
 //! ```
 //!
-//! A token has the shape of the configured `tokenFormat` ([`TokenShape`]): a hyphenated UUID
-//! (36 bytes) or a sealed token (base64url, `sealed::MIN_WIRE..=MAX_WIRE` bytes).
+//! A token has the shape of the configured `tokenFormat` ([`token_of`]): a hyphenated UUID
+//! (36 bytes) or a sealed token (base64url, `token_wire::MIN_WIRE..=MAX_WIRE` bytes).
 //!
 //! Whitespace around the token is ignored (`echo $TOKEN | nc -u` appends a newline).
 //!
 //! Owns the datagram layout. Must not redeem tokens or know about sessions.
 
-use crate::token::TokenId;
-use crate::token::sealed::{MAX_WIRE, MIN_WIRE, is_wire_byte};
+use super::token_wire::{MAX_WIRE, MIN_WIRE, UUID_LEN, is_wire_byte};
+use crate::model::{TokenFormat, TokenId};
 
 /// Length of a hyphenated UUID: 32 hex digits + 4 hyphens.
-pub const TOKEN_LEN: usize = 36;
+pub const TOKEN_LEN: usize = UUID_LEN;
 
 /// Longest run of surrounding whitespace we look through on each side; a longer datagram
 /// is game traffic without further inspection.
 pub const MAX_PADDING: usize = 8;
 
-/// The shape tokens of the configured format have on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenShape {
-    /// 36-byte hyphenated UUID.
-    Uuid,
-    /// A sealed token: base64url characters.
-    Sealed,
-}
-
-impl TokenShape {
-    /// The token inside `bytes` (surrounding whitespace trimmed), if `bytes` has this shape.
-    #[inline]
-    pub fn token(self, bytes: &[u8]) -> Option<&[u8]> {
-        let (min, max) = match self {
-            TokenShape::Uuid => (TOKEN_LEN, TOKEN_LEN),
-            TokenShape::Sealed => (MIN_WIRE, MAX_WIRE),
-        };
-        // Cheap length gate first: almost all game traffic fails here.
-        if bytes.len() < min || bytes.len() > max + 2 * MAX_PADDING {
-            return None;
-        }
-        let trimmed = bytes.trim_ascii();
-        if trimmed.len() < min || trimmed.len() > max {
-            return None;
-        }
-        // At most MAX_PADDING bytes of whitespace on each side, not 2 × MAX_PADDING on one.
-        let leading = bytes.len() - bytes.trim_ascii_start().len();
-        if leading > MAX_PADDING || bytes.len() - leading - trimmed.len() > MAX_PADDING {
-            return None;
-        }
-        let ok = match self {
-            TokenShape::Uuid => uuid::Uuid::try_parse_ascii(trimmed).is_ok(),
-            TokenShape::Sealed => trimmed.iter().all(|b| is_wire_byte(*b)),
-        };
-        ok.then_some(trimmed)
+/// The token inside `bytes` (surrounding whitespace trimmed), if `bytes` has the shape of
+/// `format`'s tokens.
+#[inline]
+pub fn token_of(format: TokenFormat, bytes: &[u8]) -> Option<&[u8]> {
+    let (min, max) = match format {
+        TokenFormat::Uuid => (TOKEN_LEN, TOKEN_LEN),
+        TokenFormat::Sealed => (MIN_WIRE, MAX_WIRE),
+    };
+    // Cheap length gate first: almost all game traffic fails here.
+    if bytes.len() < min || bytes.len() > max + 2 * MAX_PADDING {
+        return None;
     }
+    let trimmed = bytes.trim_ascii();
+    if trimmed.len() < min || trimmed.len() > max {
+        return None;
+    }
+    // At most MAX_PADDING bytes of whitespace on each side, not 2 × MAX_PADDING on one.
+    let leading = bytes.len() - bytes.trim_ascii_start().len();
+    if leading > MAX_PADDING || bytes.len() - leading - trimmed.len() > MAX_PADDING {
+        return None;
+    }
+    let ok = match format {
+        TokenFormat::Uuid => uuid::Uuid::try_parse_ascii(trimmed).is_ok(),
+        TokenFormat::Sealed => trimmed.iter().all(|b| is_wire_byte(*b)),
+    };
+    ok.then_some(trimmed)
 }
 
 /// What a datagram is, before anyone looks the token up.
@@ -79,14 +69,14 @@ pub enum Datagram<'a> {
 
 /// Classifies a datagram. `magic` must be non-empty (the config guarantees it).
 #[inline]
-pub fn classify<'a>(datagram: &'a [u8], magic: &[u8], shape: TokenShape) -> Datagram<'a> {
+pub fn classify<'a>(datagram: &'a [u8], magic: &[u8], format: TokenFormat) -> Datagram<'a> {
     if !magic.is_empty() && datagram.starts_with(magic) {
-        return match shape.token(&datagram[magic.len()..]) {
+        return match token_of(format, &datagram[magic.len()..]) {
             Some(token) => Datagram::Reset(token),
             None => Datagram::MalformedReset,
         };
     }
-    match shape.token(datagram) {
+    match token_of(format, datagram) {
         Some(token) => Datagram::Token(token),
         None => Datagram::Data,
     }
@@ -95,7 +85,7 @@ pub fn classify<'a>(datagram: &'a [u8], magic: &[u8], shape: TokenShape) -> Data
 /// Parses a hyphenated UUID token with optional surrounding ASCII whitespace.
 #[inline]
 pub fn parse_token(bytes: &[u8]) -> Option<TokenId> {
-    TokenShape::Uuid.token(bytes).and_then(TokenId::from_wire)
+    token_of(TokenFormat::Uuid, bytes).and_then(TokenId::from_wire)
 }
 
 #[cfg(test)]
@@ -105,7 +95,7 @@ mod tests {
     const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
     const TOKEN: &[u8; 36] = b"550e8400-e29b-41d4-a716-446655440000";
 
-    const U: TokenShape = TokenShape::Uuid;
+    const U: TokenFormat = TokenFormat::Uuid;
 
     fn id() -> &'static [u8] {
         TOKEN
@@ -121,7 +111,7 @@ mod tests {
 
     #[test]
     fn sealed_shape_is_base64url_of_the_sealed_lengths() {
-        let s = TokenShape::Sealed;
+        let s = TokenFormat::Sealed;
         let token = vec![b'A'; MIN_WIRE];
         assert_eq!(classify(&token, MAGIC, s), Datagram::Token(&token));
         let long = vec![b'-'; MAX_WIRE];

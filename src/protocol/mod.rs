@@ -6,3 +6,4 @@ pub mod datagram;
 pub mod jsonpath;
 pub mod proxy;
 pub mod query;
+pub mod token_wire;

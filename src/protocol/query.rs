@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::model::ErrorCode;
+
 /// A client's request, exactly as SPEC §2 describes it. Unknown fields are rejected by name.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -101,46 +103,6 @@ fn scalar_texts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
         .map(scalar_text)
         .collect::<Result<_, _>>()
         .map_err(serde::de::Error::custom)
-}
-
-/// The error codes of SPEC §2. The wire spelling is the snake_case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    BadRequest,
-    TooLarge,
-    UnknownResourceType,
-    ForbiddenNamespace,
-    NoMatch,
-    Unavailable,
-    RateLimited,
-    Internal,
-}
-
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
-        ErrorCode::BadRequest,
-        ErrorCode::TooLarge,
-        ErrorCode::UnknownResourceType,
-        ErrorCode::ForbiddenNamespace,
-        ErrorCode::NoMatch,
-        ErrorCode::Unavailable,
-        ErrorCode::RateLimited,
-        ErrorCode::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::UnknownResourceType => "unknown_resource_type",
-            ErrorCode::ForbiddenNamespace => "forbidden_namespace",
-            ErrorCode::NoMatch => "no_match",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Internal => "internal",
-        }
-    }
 }
 
 /// An error answer: a code a program can branch on and a message a person can read.

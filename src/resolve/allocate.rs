@@ -18,9 +18,11 @@ use kube::api::{Api, PostParams};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::{Resolved, Target, kube::ClientCell};
+use super::{Resolved, kube::ClientCell};
 use crate::config::{PortRule, Scheduling, ValidAllocate};
-use crate::protocol::query::{ErrorCode, QueryError, QueryRequest};
+use crate::model::ErrorCode;
+use crate::model::{AllocationResult, Target};
+use crate::protocol::query::{QueryError, QueryRequest};
 
 /// How long one allocation may take, client creation included (SPEC §4).
 pub const ALLOCATION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -169,26 +171,6 @@ impl kube::Resource for GameServerAllocation {
     }
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
-    }
-}
-
-crate::labels::closed_labels! {
-    /// How an allocation ended. A label value of `udp_director_allocations_total`.
-    pub enum AllocationResult {
-        /// Agones allocated a server and the director read its address.
-        Allocated => "allocated",
-        /// No server matched or had room (`no_match`).
-        Unallocated => "unallocated",
-        /// Agones answered `Contention` (`unavailable`, retry).
-        Contention => "contention",
-        /// A server was allocated but had no usable address or named port.
-        Unusable => "unusable",
-        /// The API answered an error or could not be reached.
-        Error => "error",
-        /// No answer within 2 s.
-        Timeout => "timeout",
-        /// `maxInFlight` allocations were already running.
-        Overloaded => "overloaded",
     }
 }
 

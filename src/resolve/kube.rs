@@ -30,7 +30,7 @@ use tokio::sync::OnceCell;
 use super::lean::{LabelSet, Lean, Pairs, Strings};
 use crate::protocol::jsonpath::CompiledPath;
 use crate::resolve::select::value_text;
-use crate::sync::lock;
+use crate::util::sync::lock;
 
 /// What the API sends. No `DeserializeGuard`: a `DynamicObject` fails to decode only when
 /// its metadata does, which fails the guard's fallback too, and the guard would buffer and
@@ -352,7 +352,7 @@ impl WatchTask {
                 Ok(watcher::Event::InitDone) => {
                     // A (re)list decoded every page of the collection whole; what the lean
                     // objects did not keep is free now: hand it back to the kernel.
-                    tokio::task::spawn_blocking(crate::memory::release_free_memory);
+                    tokio::task::spawn_blocking(crate::util::memory::release_free_memory);
                     if !self.synced.swap(true, Ordering::AcqRel) {
                         tracing::info!(cache = %self.what, "resource cache synced");
                     } else if failing {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Number, Value};
 
 use crate::protocol::jsonpath::CompiledPath;
-use crate::sync::lock;
+use crate::util::sync::lock;
 
 /// A JSON value stored compactly (24 bytes inline, children in exactly-sized slices).
 #[derive(Debug, Clone, PartialEq)]

@@ -18,70 +18,13 @@ use std::sync::atomic::AtomicUsize;
 use serde_json::{Value, json};
 
 use crate::config::{self, Addressing, LoadBalancing, ValidConfig, ValidMapping, ValidSource};
+use crate::model::{ErrorCode, Target};
 use crate::protocol::jsonpath::CompiledPath;
-use crate::protocol::query::{ErrorCode, QueryError, QueryRequest};
+use crate::protocol::query::{QueryError, QueryRequest};
 
 pub use route::DefaultRoute;
 use route::RouteState;
 use select::{choose_among, selector_matches, status_matches};
-
-/// Where a session goes. Shared by tokens and sessions; identity for counting is `addr`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The `resourceQueryMapping` key it was resolved through.
-    pub mapping: String,
-    pub namespace: String,
-    pub name: String,
-    pub addr: SocketAddr,
-    /// `proxyProtocol: v2`: every datagram towards the target starts with a PROXY v2 header.
-    pub proxy: bool,
-    /// The query's `playerId` (sent in the PROXY v2 header).
-    pub player: Option<Box<str>>,
-    /// `dataPorts` after the first: the target's port for each (same IP as `addr`).
-    pub extra_ports: Box<[u16]>,
-}
-
-impl Target {
-    pub fn new(mapping: &str, namespace: &str, name: &str, addr: SocketAddr) -> Self {
-        Self {
-            mapping: mapping.to_string(),
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            // v4-mapped v6 addresses are stored as v4 so the data plane compares like with like.
-            addr: SocketAddr::new(addr.ip().to_canonical(), addr.port()),
-            proxy: false,
-            player: None,
-            extra_ports: Box::new([]),
-        }
-    }
-
-    pub fn with_extra_ports(mut self, ports: &[u16]) -> Self {
-        self.extra_ports = ports.into();
-        self
-    }
-
-    /// This target as data port `index` sees it: the same object at that port's address.
-    /// `None` when it has no port for it (a token issued under other `dataPorts`).
-    pub fn on_data_port(&self, index: usize) -> Option<Target> {
-        if index == 0 {
-            return Some(self.clone());
-        }
-        let port = *self.extra_ports.get(index - 1)?;
-        let mut t = self.clone();
-        t.addr = SocketAddr::new(self.addr.ip(), port);
-        Some(t)
-    }
-
-    pub fn with_proxy(mut self, proxy: bool) -> Self {
-        self.proxy = proxy;
-        self
-    }
-
-    pub fn with_player(mut self, player: Option<&str>) -> Self {
-        self.player = player.map(Box::from);
-        self
-    }
-}
 
 /// Live sessions per target address, as the data plane counts them.
 pub trait SessionCounts {

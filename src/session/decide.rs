@@ -30,36 +30,25 @@
 //!
 //! Owns every decision about a datagram. Must not do I/O, resolve queries, read the clock or log.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Binding, DropReason, Origin, SessionId, SessionTable, SocketId};
-use crate::protocol::datagram::{Datagram, TokenShape, classify};
+use super::{DropReason, Leg, Origin, SessionId, SessionTable, SocketId};
+use crate::model::{Grant, TokenFormat, Use};
+use crate::protocol::datagram::{Datagram, classify};
 use crate::resolve::DefaultRoute;
-use crate::token::{Grant, Rejection, Use};
-
-/// Turns a token into its key and target. The token stores implement it; the table calls it
-/// only for datagrams that carry a token, with the sending client's IP (client binding).
-pub trait Redeem {
-    fn redeem(
-        &self,
-        token: &[u8],
-        client: IpAddr,
-        how: Use,
-        now: Instant,
-    ) -> Result<Grant, Rejection>;
-}
+use crate::token::Redeem;
 
 /// What the table judges datagrams by; replaced whole on reload ([`SessionTable::set_rules`]).
 #[derive(Debug, Clone)]
 pub struct Rules {
     /// The reset magic (`controlPacketMagicBytes`), 1..=32 bytes.
     pub magic: Vec<u8>,
-    /// What tokens of the configured `tokenFormat` look like.
-    pub shape: TokenShape,
+    /// The configured `tokenFormat` (what its tokens look like).
+    pub format: TokenFormat,
     /// Idle timeout given to sessions opened from now on.
     pub session_timeout: Duration,
     /// `maxSessions`: newcomers past it are refused, but for a token newcomer, for which a
@@ -89,22 +78,22 @@ pub enum Decision {
     Deliver {
         client: SocketAddr,
     },
-    /// A session was opened: open `binding.socket` first when `binding.open_socket`, then
+    /// A session was opened: open `leg.socket` first when `leg.open_socket`, then
     /// send the datagram to `forward` when set (a default-endpoint session's first datagram
     /// is game traffic; a token is never forwarded), with the session's PROXY v2 header when
     /// its target wants one.
     Open {
         id: SessionId,
-        binding: Binding,
+        leg: Leg,
         forward: Option<SocketAddr>,
         /// Opened by a token (counted as redeemed) rather than by the default endpoint.
         redeemed: bool,
     },
-    /// A token moved the session to another target: open `binding.socket` when
-    /// `binding.open_socket`, close `released` unless it is `binding.socket`.
+    /// A token moved the session to another target: open `leg.socket` when
+    /// `leg.open_socket`, close `released` unless it is `leg.socket`.
     Reset {
         id: SessionId,
-        binding: Binding,
+        leg: Leg,
         released: Option<SocketId>,
     },
     /// A token for the session's own target (a retransmission or keepalive): nothing
@@ -117,17 +106,6 @@ pub enum Decision {
         from: SocketAddr,
     },
     Drop(DropReason),
-}
-
-impl From<Rejection> for DropReason {
-    fn from(r: Rejection) -> Self {
-        match r {
-            Rejection::Unknown => DropReason::InvalidToken,
-            Rejection::UnknownKey => DropReason::UnknownKey,
-            Rejection::Expired => DropReason::ExpiredToken,
-            Rejection::WrongClient => DropReason::WrongClient,
-        }
-    }
 }
 
 impl SessionTable {
@@ -144,7 +122,7 @@ impl SessionTable {
         if datagram.is_empty() {
             return Decision::Drop(DropReason::Empty);
         }
-        let kind = classify(datagram, &self.rules.magic, self.rules.shape);
+        let kind = classify(datagram, &self.rules.magic, self.rules.format);
         match self.lookup(&client) {
             Some(id) => self.judge_live(id, client, kind, datagram.len(), now, tokens),
             None => self.judge_newcomer(client, kind, datagram.len(), now, tokens),
@@ -235,7 +213,7 @@ impl SessionTable {
             return Decision::Drop(refusal.into());
         }
         let admitted = match self.ledger.try_admit(self.rules.max_sessions) {
-            Err(super::Refusal::Cap) if self.yield_one(now) => {
+            Err(super::Refusal::SessionCap) if self.yield_one(now) => {
                 self.ledger.try_admit(self.rules.max_sessions)
             }
             other => other,
@@ -244,11 +222,11 @@ impl SessionTable {
             self.ledger.release_ip(client.ip());
             return Decision::Drop(refusal.into());
         }
-        let (id, binding) = self.insert_admitted(client, grant.target, Origin::Token, now);
+        let (id, leg) = self.insert_admitted(client, grant.target, Origin::Token, now);
         self.claim(id, grant.key, now);
         Decision::Open {
             id,
-            binding,
+            leg,
             forward: None,
             redeemed: true,
         }
@@ -277,11 +255,11 @@ impl SessionTable {
             self.ledger.release_ip(client.ip());
             return Decision::Drop(DropReason::NoDefaultTarget);
         };
-        let (id, binding) = self.insert_admitted(client, target, Origin::DefaultEndpoint, now);
+        let (id, leg) = self.insert_admitted(client, target, Origin::DefaultEndpoint, now);
         match self.forward_from_client(id, len, now) {
             Some((_, to, _)) => Decision::Open {
                 id,
-                binding,
+                leg,
                 forward: Some(to),
                 redeemed: false,
             },
@@ -306,7 +284,7 @@ impl SessionTable {
         match self.reset(id, grant.target, now) {
             Some(rebound) => Decision::Reset {
                 id,
-                binding: rebound.binding,
+                leg: rebound.leg,
                 released: rebound.released,
             },
             None => Decision::Keep,

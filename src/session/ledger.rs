@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use dashmap::DashMap;
 
 use super::{Refusal, SessionId};
-use crate::bounded::Bounded;
+use crate::model::{ClientNet, TokenKey};
 use crate::resolve::SessionCounts;
-use crate::sync::lock;
-use crate::token::{ClientNet, TokenKey};
+use crate::util::bounded::Bounded;
+use crate::util::sync::lock;
 
 /// A session somewhere in this process: its worker, slab index and slot generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl Ledger {
             if empty {
                 self.per_ip.remove_if(&ClientNet::of(ip), |_, n| *n == 0);
             }
-            return Err(Refusal::ClientIp);
+            return Err(Refusal::ClientIpCap);
         }
         *count += 1;
         Ok(())
@@ -152,7 +152,7 @@ impl Ledger {
         if self.sessions.try_take_within(cap) {
             Ok(())
         } else {
-            Err(Refusal::Cap)
+            Err(Refusal::SessionCap)
         }
     }
 
@@ -209,13 +209,13 @@ mod tests {
         let l = Ledger::new();
         assert_eq!(l.try_admit(2), Ok(()));
         assert_eq!(l.try_admit(2), Ok(()));
-        assert_eq!(l.try_admit(2), Err(Refusal::Cap));
+        assert_eq!(l.try_admit(2), Err(Refusal::SessionCap));
         l.release();
         assert_eq!(l.try_admit(2), Ok(()));
         assert_eq!(l.active(), 2);
         assert_eq!(
             l.try_admit(1),
-            Err(Refusal::Cap),
+            Err(Refusal::SessionCap),
             "a lowered cap refuses newcomers"
         );
         l.begin_drain();
@@ -230,14 +230,18 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(l.try_admit_ip(a, 2), Ok(()));
         assert_eq!(l.try_admit_ip(a, 2), Ok(()));
-        assert_eq!(l.try_admit_ip(a, 2), Err(Refusal::ClientIp));
+        assert_eq!(l.try_admit_ip(a, 2), Err(Refusal::ClientIpCap));
         assert_eq!(l.try_admit_ip(b, 2), Ok(()));
         l.release_ip(a);
         assert_eq!(l.try_admit_ip(a, 2), Ok(()));
         let v6a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
         let v6b: IpAddr = "2001:db8:0:1::2".parse().unwrap();
         assert_eq!(l.try_admit_ip(v6a, 1), Ok(()));
-        assert_eq!(l.try_admit_ip(v6b, 1), Err(Refusal::ClientIp), "same /64");
+        assert_eq!(
+            l.try_admit_ip(v6b, 1),
+            Err(Refusal::ClientIpCap),
+            "same /64"
+        );
         for ip in [a, a, b, v6a] {
             l.release_ip(ip);
         }

@@ -33,10 +33,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::labels::closed_labels;
-use crate::resolve::Target;
-use crate::token::TokenKey;
-pub use decide::{Decision, Redeem, Rules};
+pub use crate::model::{CloseReason, DropReason, Refusal};
+use crate::model::{Target, TokenKey};
+pub use decide::{Decision, Rules};
 pub use ledger::{Displaced, Ledger, Owner};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -51,147 +50,6 @@ pub struct SocketId {
     pub index: u32,
 }
 
-closed_labels! {
-    /// Why a session ended. A label value of `udp_director_sessions_closed_total`.
-    pub enum CloseReason {
-        /// No datagram either way for the session timeout.
-        Idle => "idle",
-        /// The director shut down.
-        Drained => "drained",
-        /// The upstream socket could not be opened or failed.
-        UpstreamError => "upstream_error",
-        /// No reply from the target within `unansweredTimeoutSeconds`.
-        Unanswered => "unanswered",
-        /// Its token opened a session for another address (a NAT rebinding seen on
-        /// another worker, or a forger: one session per token).
-        Moved => "moved",
-        /// Yielded its place in a full table to a token newcomer: opened by the default
-        /// endpoint.
-        YieldedDefault => "yielded_default_endpoint",
-        /// Yielded its place in a full table to a token newcomer: never answered.
-        YieldedUnanswered => "yielded_unanswered",
-    }
-}
-
-closed_labels! {
-    /// Why a datagram was not delivered. A label value of
-    /// `udp_director_datagrams_dropped_total`. The table decides the first ten; the shell
-    /// reports the I/O failures after them.
-    pub enum DropReason {
-        Empty => "empty",
-        /// Not a token, not from a session, and no default endpoint.
-        NoSession => "no_session",
-        /// A token (bare or in a reset) that was never issued, was evicted or already used,
-        /// or (sealed) was altered.
-        InvalidToken => "invalid_token",
-        ExpiredToken => "expired_token",
-        /// A sealed token whose key this replica does not hold.
-        UnknownKey => "unknown_key",
-        /// A token issued to another client IP (`tokenClientBinding: ip`).
-        WrongClient => "wrong_client",
-        /// Starts with the reset magic but no token follows (label kept from the wire
-        /// contract, where the reset datagram is called the control datagram).
-        MalformedReset => "malformed_control",
-        /// `maxSessions` reached.
-        SessionCap => "session_cap",
-        /// `maxSessionsPerClientIp` reached for the sender's IP.
-        ClientIpCap => "client_ip_cap",
-        /// Shutting down: no new sessions.
-        Draining => "draining",
-        /// The default endpoint's query matches nothing (or nothing has room).
-        NoDefaultTarget => "no_default_target",
-        /// Arrived on an upstream socket from something that is not a bound target.
-        UnknownSource => "unknown_source",
-        /// An upstream socket could not be opened (e.g. EMFILE).
-        UpstreamSocket => "upstream_socket",
-        /// Sending towards a target failed.
-        SendToTarget => "send_to_target",
-        /// Sending towards a client failed.
-        SendToClient => "send_to_client",
-        /// A receive call failed.
-        RecvError => "recv_error",
-        /// Larger than the path towards its destination takes (`EMSGSIZE`).
-        Oversize => "oversize",
-        /// An upstream socket reported an error (e.g. ICMP port unreachable from a target).
-        UpstreamError => "upstream_error",
-    }
-}
-
-closed_labels! {
-    /// Why a newcomer got no session. A label value of `udp_director_sessions_refused_total`.
-    pub enum Refusal {
-        /// `maxSessions` reached.
-        Cap => "cap",
-        /// `maxSessionsPerClientIp` reached.
-        ClientIp => "client_ip",
-        /// Shutting down.
-        Draining => "draining",
-    }
-}
-
-closed_labels! {
-    /// Why a TCP data connection was closed before relaying. A label value of
-    /// `udp_director_tcp_refused_total`.
-    pub enum TcpRefusal {
-        /// Never issued, evicted, used, altered, or not a token at all.
-        InvalidToken => "invalid_token",
-        ExpiredToken => "expired_token",
-        UnknownKey => "unknown_key",
-        WrongClient => "wrong_client",
-        /// No complete token line within 5 s (slowloris included).
-        LateToken => "late_token",
-        /// A line too long for a token, or an empty one, or the client closed first.
-        BadLine => "bad_line",
-        /// `limits.maxQueryConnections` connections on this port were still sending their line.
-        PendingCap => "pending_cap",
-        SessionCap => "session_cap",
-        ClientIpCap => "client_ip_cap",
-        Draining => "draining",
-        /// The target refused the connection or reset it.
-        TargetRefused => "target_refused",
-        /// The target did not accept within 2 s.
-        TargetTimeout => "target_timeout",
-    }
-}
-
-closed_labels! {
-    /// Why a relayed TCP session ended. A label value of `udp_director_tcp_sessions_closed_total`.
-    pub enum TcpClose {
-        /// Both sides closed their direction.
-        Closed => "closed",
-        /// No byte either way for `sessionTimeoutSeconds`.
-        Idle => "idle",
-        /// A newer connection with the same token took over.
-        Replaced => "replaced",
-        /// The director shut down after its drain.
-        Drained => "drained",
-        /// A read or write failed (reset by either side).
-        Error => "error",
-    }
-}
-
-impl DropReason {
-    /// The refusal this drop counts as, for `sessions_refused_total`.
-    pub const fn refusal(self) -> Option<Refusal> {
-        match self {
-            DropReason::SessionCap => Some(Refusal::Cap),
-            DropReason::ClientIpCap => Some(Refusal::ClientIp),
-            DropReason::Draining => Some(Refusal::Draining),
-            _ => None,
-        }
-    }
-}
-
-impl From<Refusal> for DropReason {
-    fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::Cap => DropReason::SessionCap,
-            Refusal::ClientIp => DropReason::ClientIpCap,
-            Refusal::Draining => DropReason::Draining,
-        }
-    }
-}
-
 /// Datagram and byte counts of one session. `to_target` is client → target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -203,7 +61,7 @@ pub struct FlowStats {
 
 /// Where a session now sends, and whether the shell must open that socket first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Binding {
+pub struct Leg {
     pub socket: SocketId,
     /// The slot carried no session before: the shell opens a socket for it.
     pub open_socket: bool,
@@ -211,8 +69,8 @@ pub struct Binding {
 
 /// A session moved to another target by a reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResetBinding {
-    pub binding: Binding,
+pub struct ResetLeg {
+    pub leg: Leg,
     /// The old slot carries no session any more: the shell closes its socket.
     pub released: Option<SocketId>,
 }
@@ -423,7 +281,7 @@ impl SessionTable {
     }
 
     /// Replaces the rules for datagrams judged from now on (a reload). Live sessions keep
-    /// their target, binding and timeout.
+    /// their target, leg and timeout.
     pub fn set_rules(&mut self, rules: Rules) {
         self.rules = rules;
     }
@@ -499,7 +357,7 @@ impl SessionTable {
         client: SocketAddr,
         target: Arc<Target>,
         now: Instant,
-    ) -> Result<(SessionId, Binding), Refusal> {
+    ) -> Result<(SessionId, Leg), Refusal> {
         debug_assert!(self.lookup(&client).is_none(), "open is for newcomers");
         self.ledger
             .try_admit_ip(client.ip(), self.rules.max_per_client_ip)?;
@@ -518,7 +376,7 @@ impl SessionTable {
         target: Arc<Target>,
         origin: Origin,
         now: Instant,
-    ) -> (SessionId, Binding) {
+    ) -> (SessionId, Leg) {
         let id = self.free.pop().unwrap_or_else(|| {
             self.slots.push(Slot {
                 generation: 0,
@@ -526,14 +384,14 @@ impl SessionTable {
             });
             (self.slots.len() - 1) as SessionId
         });
-        let binding = self.bind(target.addr, id);
+        let leg = self.bind(target.addr, id);
         self.ledger.target_added(target.addr);
         let (timeout, unanswered) = (self.rules.session_timeout, self.rules.unanswered_timeout);
         let slot = &mut self.slots[id as usize];
         let session = Session {
             client,
             target,
-            socket: binding.socket,
+            socket: leg.socket,
             last_seen: now,
             created: now,
             timeout,
@@ -551,13 +409,13 @@ impl SessionTable {
         self.by_client.insert(client, id);
         self.compact_yielders();
         self.debug_check();
-        (id, binding)
+        (id, leg)
     }
 
-    /// Moves a live session to `target`: the old binding is released at once, so nothing
+    /// Moves a live session to `target`: the old leg is released at once, so nothing
     /// from the old target is delivered afterwards. `None` when the session already goes to
     /// that address (a retransmitted token: nothing changes but the newer target identity).
-    fn reset(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> Option<ResetBinding> {
+    fn reset(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> Option<ResetLeg> {
         let s = self.session_mut(id)?;
         s.last_seen = now;
         if s.target.addr == target.addr {
@@ -567,14 +425,14 @@ impl SessionTable {
         let (old_socket, old_target) = (s.socket, s.target.addr);
         let released = self.unbind(old_socket, old_target);
         self.ledger.target_removed(old_target);
-        let binding = self.bind(target.addr, id);
+        let leg = self.bind(target.addr, id);
         self.ledger.target_added(target.addr);
         if let Some(s) = self.session_mut(id) {
-            s.socket = binding.socket;
+            s.socket = leg.socket;
             s.target = target;
         }
         self.debug_check();
-        Some(ResetBinding { binding, released })
+        Some(ResetLeg { leg, released })
     }
 
     /// Closes one session (the shell calls this when it could not open its socket).
@@ -713,7 +571,7 @@ impl SessionTable {
     }
 
     /// Takes the lowest socket slot not yet carrying a session to `target`.
-    fn bind(&mut self, target: SocketAddr, id: SessionId) -> Binding {
+    fn bind(&mut self, target: SocketAddr, id: SessionId) -> Leg {
         let v6 = target.is_ipv6();
         let usage = self.targets.entry(target).or_default();
         let index = usage.first_free();
@@ -727,7 +585,7 @@ impl SessionTable {
         carried[index as usize] += 1;
         let socket = SocketId { v6, index };
         self.bound.insert((socket, target), id);
-        Binding {
+        Leg {
             socket,
             open_socket,
         }
@@ -1005,7 +863,7 @@ impl SessionTable {
                     .get(s.index as usize)
                     .is_some_and(|n| *n > 0)
             }),
-            "every binding's slot is counted"
+            "every leg's slot is counted"
         );
         // Exactly one timer entry per live session.
         let mut armed: FastMap<SessionId, u32> = FastMap::default();

@@ -24,9 +24,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{CloseReason, Closed, Decision, DropReason, Ledger, Rules, SessionTable, SocketId};
-use crate::protocol::datagram::TokenShape;
-use crate::resolve::{SessionCounts, Target};
-use crate::token::{Binding, Policy, TokenId, TokenStore};
+use crate::model::Target;
+use crate::model::{ClientBinding, Policy, TokenFormat, TokenId};
+use crate::resolve::SessionCounts;
+use crate::token::TokenStore;
 
 /// Targets the simulation knows: 0..6 on 127.0.0.1, 6..8 on ::1.
 pub const TARGETS: u8 = 8;
@@ -237,7 +238,7 @@ impl Sim {
         };
         let rules = Rules {
             magic: MAGIC.to_vec(),
-            shape: TokenShape::Uuid,
+            format: TokenFormat::Uuid,
             session_timeout: Duration::from_secs(60),
             max_sessions: cap,
             max_per_client_ip: PER_IP,
@@ -270,7 +271,7 @@ impl Sim {
                     ttl: TOKEN_TTL,
                     resume: TOKEN_TTL,
                     single_use: false,
-                    binding: Binding::Ip,
+                    binding: ClientBinding::Ip,
                 };
                 let id = self.tokens.issue(target(*t), ip, self.now, policy);
                 self.issued.push(Issued {
@@ -431,10 +432,10 @@ impl Sim {
                     (Some(Expect::Redeems(t, key)), d) => {
                         match d {
                             Decision::Keep if t == s.target => {}
-                            Decision::Reset { id, binding, .. } if t != s.target => {
+                            Decision::Reset { id, leg, .. } if t != s.target => {
                                 let (_, now_to, socket) =
                                     self.table.describe(id).ok_or("reset lost the session")?;
-                                if now_to.addr != target_addr(t) || socket != binding.socket {
+                                if now_to.addr != target_addr(t) || socket != leg.socket {
                                     return fail("reset to the wrong target or socket");
                                 }
                                 s.target = t;

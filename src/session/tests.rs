@@ -1,7 +1,7 @@
 use super::sim::{Op, Payload, Sim};
 use super::*;
-use crate::protocol::datagram::TokenShape;
-use crate::token::{Binding, Policy, TokenStore};
+use crate::model::{ClientBinding, Policy, TokenFormat};
+use crate::token::TokenStore;
 use proptest::prelude::*;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -10,7 +10,7 @@ const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
 fn rules(timeout: Duration, cap: usize) -> Rules {
     Rules {
         magic: MAGIC.to_vec(),
-        shape: TokenShape::Uuid,
+        format: TokenFormat::Uuid,
         session_timeout: timeout,
         max_sessions: cap,
         max_per_client_ip: 100_000,
@@ -70,7 +70,7 @@ const POLICY: Policy = Policy {
     ttl: Duration::from_secs(30),
     resume: Duration::from_secs(30),
     single_use: false,
-    binding: Binding::Ip,
+    binding: ClientBinding::Ip,
 };
 
 /// A token for target port `tp`, issued to the clients' IP.
@@ -93,30 +93,30 @@ fn a_token_opens_a_session_and_data_flows_both_ways() {
     let token = token_for(&tokens, 9001, now);
     let Decision::Open {
         id,
-        binding,
+        leg,
         forward: None,
         redeemed: true,
     } = send(&mut t, &tokens, 1, &token, now)
     else {
         panic!("a token opens a session and is not forwarded")
     };
-    assert!(binding.open_socket);
+    assert!(leg.open_socket);
     assert_eq!(t.lookup(&client(1)), Some(id));
     assert_eq!(
         send(&mut t, &tokens, 1, b"game", now),
         Decision::Forward {
-            socket: binding.socket,
+            socket: leg.socket,
             to: target(9001).addr,
             header: None,
         }
     );
     assert_eq!(
-        t.on_target_datagram(binding.socket, target(9001).addr, 5, now),
+        t.on_target_datagram(leg.socket, target(9001).addr, 5, now),
         Decision::Deliver { client: client(1) }
     );
     // A stranger on the same socket is not delivered.
     assert_eq!(
-        t.on_target_datagram(binding.socket, target(9009).addr, 5, now),
+        t.on_target_datagram(leg.socket, target(9009).addr, 5, now),
         Decision::Drop(DropReason::UnknownSource)
     );
     // The retransmitted token changes nothing and is not forwarded.
@@ -155,21 +155,21 @@ fn reset_moves_the_session_and_releases_the_old_binding() {
     let reset = reset_for(&tokens, 9002, now);
     let Decision::Reset {
         id: moved,
-        binding,
+        leg,
         released,
     } = send(&mut t, &tokens, 1, &reset, now)
     else {
         panic!("a valid reset moves the session")
     };
     assert_eq!((moved, released), (id, Some(old)));
-    assert!(binding.open_socket);
+    assert!(leg.open_socket);
     // Old target can no longer reach the client; the new one can.
     assert_eq!(
         t.on_target_datagram(old, target(9001).addr, 1, now),
         Decision::Drop(DropReason::UnknownSource)
     );
     assert_eq!(
-        t.on_target_datagram(binding.socket, target(9002).addr, 1, now),
+        t.on_target_datagram(leg.socket, target(9002).addr, 1, now),
         Decision::Deliver { client: client(1) }
     );
     assert_eq!(l.sessions_to(&target(9001).addr), 0);
@@ -249,7 +249,7 @@ fn cap_and_drain_refuse_newcomers_not_existing_sessions() {
     );
     assert_eq!(
         t.open(client(3), target(9001), now).unwrap_err(),
-        Refusal::Cap
+        Refusal::SessionCap
     );
     // Existing sessions may still move.
     let reset = reset_for(&tokens, 9002, now);
@@ -413,7 +413,7 @@ fn one_session_per_token_a_second_address_moves_it() {
     let tokens = TokenStore::new(100);
     let now = Instant::now();
     let token = token_for(&tokens, 9001, now);
-    let Decision::Open { id, binding, .. } = send(&mut t, &tokens, 1, &token, now) else {
+    let Decision::Open { id, leg, .. } = send(&mut t, &tokens, 1, &token, now) else {
         panic!("opens")
     };
     // The same token from another port of the same IP (a NAT rebinding, or a forger).
@@ -429,7 +429,7 @@ fn one_session_per_token_a_second_address_moves_it() {
     assert_eq!(t.lookup(&client(1)), None);
     // Same upstream socket and target: the game server sees the same peer.
     assert_eq!(
-        t.on_target_datagram(binding.socket, target(9001).addr, 3, now),
+        t.on_target_datagram(leg.socket, target(9001).addr, 3, now),
         Decision::Deliver { client: client(2) }
     );
     // A spray from many ports still holds one session.
@@ -476,7 +476,10 @@ fn per_ip_cap_refuses_that_ips_newcomers_only() {
         send(&mut t, &tokens, 3, &token, now),
         Decision::Drop(DropReason::ClientIpCap)
     );
-    assert_eq!(DropReason::ClientIpCap.refusal(), Some(Refusal::ClientIp));
+    assert_eq!(
+        DropReason::ClientIpCap.refusal(),
+        Some(Refusal::ClientIpCap)
+    );
     assert_eq!(l.sessions_of_ip(client(1).ip()), 2);
     // Another IP is unaffected.
     let other = SocketAddr::from(([10, 0, 0, 2], 1));

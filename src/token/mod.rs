@@ -15,96 +15,32 @@
 //! (the session table does) or resolve targets.
 
 pub mod keys;
+mod ports;
 pub mod sealed;
 pub mod store;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::resolve::Target;
+use crate::model::{Grant, Policy, Rejection, Target, TokenFormat, Use};
 pub use keys::{KeyError, KeyRing, KeySet};
+pub use ports::PortTokens;
 pub use sealed::SealedTokens;
-pub use store::{TokenId, TokenStore};
+pub use store::TokenStore;
 
-/// A token's identity inside the data plane: the UUID's bits, or a sealed token's nonce.
-/// One live session per key per worker (SPEC §3).
-pub type TokenKey = u128;
-
-/// `tokenFormat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Uuid,
-    Sealed,
-}
-
-/// `tokenClientBinding`: whose datagrams may redeem a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Binding {
-    /// Only the IP address that sent the query (for IPv6 its /64).
-    Ip,
-    /// Any address (clients whose query and datagrams leave from different addresses).
-    None,
-}
-
-/// The rules a token is issued under (from the live settings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    pub ttl: Duration,
-    /// Sealed tokens: how long after issue `[magic][token]` re-opens a session.
-    pub resume: Duration,
-    pub single_use: bool,
-    pub binding: Binding,
-}
-
-/// The address a client binding compares: an IPv4 address, or the /64 of an IPv6 one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClientNet {
-    V4([u8; 4]),
-    V6Prefix([u8; 8]),
-}
-
-impl ClientNet {
-    pub fn of(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => ClientNet::V4(v4.octets()),
-            IpAddr::V6(v6) => {
-                let mut prefix = [0; 8];
-                prefix.copy_from_slice(&v6.octets()[..8]);
-                ClientNet::V6Prefix(prefix)
-            }
-        }
-    }
-}
-
-/// Why a token did not redeem. Counted, never shown to the sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// Never issued, evicted, already used under `singleUseTokens`, or (sealed) altered.
-    Unknown,
-    /// Sealed with a key this replica does not hold (removed by rotation, or another key).
-    UnknownKey,
-    Expired,
-    /// Issued to another client IP (`tokenClientBinding: ip`).
-    WrongClient,
-}
-
-/// A redeemed token: its key and its target.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    pub key: TokenKey,
-    pub target: Arc<Target>,
-}
-
-/// How a token reached the data plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Use {
-    /// A bare token: opens within `tokenTTLSeconds`.
-    Open,
-    /// `[magic][token]`: re-opens (sealed: within `tokenResumeSeconds`) or moves a session.
-    Resume,
+/// Turns a token into its key and target. The token stores implement it; the session table
+/// calls it only for datagrams that carry a token, with the sending client's IP (client
+/// binding).
+pub trait Redeem {
+    fn redeem(
+        &self,
+        token: &[u8],
+        client: IpAddr,
+        how: Use,
+        now: Instant,
+    ) -> Result<Grant, Rejection>;
 }
 
 /// What the query answer says about an issued token.
@@ -135,10 +71,10 @@ pub enum Tokens {
 }
 
 impl Tokens {
-    pub fn format(&self) -> Format {
+    pub fn format(&self) -> TokenFormat {
         match self {
-            Tokens::Uuid(_) => Format::Uuid,
-            Tokens::Sealed(_) => Format::Sealed,
+            Tokens::Uuid(_) => TokenFormat::Uuid,
+            Tokens::Sealed(_) => TokenFormat::Sealed,
         }
     }
 
@@ -191,7 +127,7 @@ impl Tokens {
     }
 }
 
-impl crate::session::Redeem for Tokens {
+impl Redeem for Tokens {
     fn redeem(
         &self,
         token: &[u8],
@@ -238,68 +174,4 @@ impl WallClock {
                 .saturating_sub(self.at.duration_since(now).as_millis() as u64)
         }
     }
-}
-
-/// One shared [`Target`] per address and names: the resolver builds a fresh one per query,
-/// and every outstanding token and session would otherwise keep its own copy of the names.
-pub struct Interner {
-    targets: moka::sync::Cache<SocketAddr, Arc<Target>>,
-}
-
-impl Default for Interner {
-    fn default() -> Self {
-        Self {
-            targets: moka::sync::Cache::new(65_536),
-        }
-    }
-}
-
-impl Interner {
-    /// The shared target equal to `mapping`/`namespace`/`name` at `addr` with `proxy` and
-    /// `extra_ports` (no player), built only when none is shared yet: opening a sealed token
-    /// allocates nothing for a target seen before.
-    pub fn get(
-        &self,
-        (mapping, namespace, name): (&str, &str, &str),
-        addr: SocketAddr,
-        proxy: bool,
-        extra_ports: &[u16],
-    ) -> Arc<Target> {
-        if let Some(t) = self.targets.get(&addr)
-            && t.mapping == mapping
-            && t.namespace == namespace
-            && t.name == name
-            && t.proxy == proxy
-            && *t.extra_ports == *extra_ports
-            && t.player.is_none()
-        {
-            return t;
-        }
-        let t = Arc::new(
-            Target::new(mapping, namespace, name, addr)
-                .with_proxy(proxy)
-                .with_extra_ports(extra_ports),
-        );
-        self.targets.insert(addr, Arc::clone(&t));
-        t
-    }
-
-    /// `target`, or the shared one equal to it. A player's target is never shared.
-    pub fn share(&self, target: Arc<Target>) -> Arc<Target> {
-        if target.player.is_some() {
-            return target;
-        }
-        match self.targets.get(&target.addr) {
-            Some(t) if *t == *target => t,
-            _ => {
-                self.targets.insert(target.addr, Arc::clone(&target));
-                target
-            }
-        }
-    }
-}
-
-/// A target's address as sealed tokens and the stores compare it.
-pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

@@ -40,14 +40,12 @@ use ring::rand::SecureRandom;
 use tokio::time::Instant;
 
 use super::keys::{KeyRing, KeySet};
-use super::{Binding, ClientNet, Grant, IssueError, Policy, Rejection, Use, WallClock};
-use crate::resolve::Target;
+use super::{IssueError, WallClock};
+use crate::model::{
+    ClientBinding, ClientNet, Grant, Interner, Policy, Rejection, Target, Use, canonical,
+};
+pub use crate::protocol::token_wire::{MAX_WIRE, MIN_WIRE, is_wire_byte};
 
-/// Longest wire form.
-pub const MAX_WIRE: usize = 128;
-/// Shortest wire form: header, nonce, tag and the smallest plaintext (IPv4 target, unbound,
-/// empty names).
-pub const MIN_WIRE: usize = (HEADER + NONCE_LEN + TAG + FIXED + 4 + 2 + 2) * 4 / 3;
 const VERSION: u8 = 1;
 const HEADER: usize = 3;
 const TAG: usize = 16;
@@ -64,10 +62,10 @@ const PROXY_V2: u8 = 16;
 const PLAYER: u8 = 32;
 const EXTRA_PORTS: u8 = 64;
 
-/// Is `b` a character of the wire form?
-pub fn is_wire_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
-}
+// The wire shape the datagram codec knows (`protocol::token_wire`) is this layout's: the
+// shortest token is header, nonce, tag and the smallest plaintext (IPv4 target and port,
+// unbound, empty names: two length bytes), base64url without padding.
+const _: () = assert!(MIN_WIRE == (HEADER + NONCE_LEN + TAG + FIXED + 4 + 2 + 2) * 4 / 3);
 
 /// What a sealed token says, once opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,11 +89,7 @@ pub struct Contents {
 /// The longest player id a token for `target` bound to `client` can carry (the names then
 /// get nothing; they are display-only).
 pub fn player_room(target: SocketAddr, client: Option<ClientNet>, extra_ports: usize) -> usize {
-    let ip = if super::canonical(target).is_ipv6() {
-        16
-    } else {
-        4
-    };
+    let ip = if canonical(target).is_ipv6() { 16 } else { 4 };
     let bound = match client {
         None => 0,
         Some(ClientNet::V4(_)) => 4,
@@ -118,7 +112,7 @@ pub struct SealedTokens {
     replay: Cache<u128, Duration>,
     /// One shared target per address, so sessions opened from sealed tokens do not each
     /// carry their own copy of the names.
-    targets: super::Interner,
+    targets: Interner,
 }
 
 struct ReplayExpiry;
@@ -146,7 +140,7 @@ impl SealedTokens {
                 .max_capacity(replay_capacity)
                 .expire_after(ReplayExpiry)
                 .build(),
-            targets: super::Interner::default(),
+            targets: Interner::default(),
         }
     }
 
@@ -181,7 +175,7 @@ impl SealedTokens {
             resume_s: u32::try_from(policy.resume.as_secs()).unwrap_or(u32::MAX),
             single_use: policy.single_use,
             target: target.addr,
-            client: (policy.binding == Binding::Ip).then(|| ClientNet::of(client)),
+            client: (policy.binding == ClientBinding::Ip).then(|| ClientNet::of(client)),
             proxy: target.proxy,
             player: target.player.as_deref().map(str::to_string),
             extra_ports: target.extra_ports.to_vec(),
@@ -232,7 +226,7 @@ impl SealedTokens {
                 |_| false,
             );
             if !fresh {
-                return Err(Rejection::Unknown);
+                return Err(Rejection::Invalid);
             }
         }
         Ok(Grant {
@@ -278,7 +272,7 @@ fn cut(s: &str, len: usize) -> &str {
 
 /// Seals `c` with the set's sealing key and `nonce`.
 pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
-    let target = super::canonical(c.target);
+    let target = canonical(c.target);
     let mut plain = Vec::with_capacity(MAX_PLAIN);
     let mut flags = 0;
     if target.is_ipv6() {
@@ -375,14 +369,14 @@ pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
 pub fn open(keys: &KeySet, wire: &[u8]) -> Result<(u128, Contents), Rejection> {
     let wire = wire.trim_ascii();
     if wire.len() < MIN_WIRE || wire.len() > MAX_WIRE {
-        return Err(Rejection::Unknown);
+        return Err(Rejection::Invalid);
     }
     let mut raw = [0u8; MAX_RAW + 2];
     let len = URL_SAFE_NO_PAD
         .decode_slice(wire, &mut raw)
-        .map_err(|_| Rejection::Unknown)?;
+        .map_err(|_| Rejection::Invalid)?;
     if len < HEADER + NONCE_LEN + TAG + FIXED || raw[0] != VERSION {
-        return Err(Rejection::Unknown);
+        return Err(Rejection::Invalid);
     }
     let key = keys
         .by_fingerprint([raw[1], raw[2]])
@@ -397,8 +391,8 @@ pub fn open(keys: &KeySet, wire: &[u8]) -> Result<(u128, Contents), Rejection> {
             Aad::from(header),
             &mut raw[HEADER + NONCE_LEN..len],
         )
-        .map_err(|_| Rejection::Unknown)?;
-    let contents = parse(plain).ok_or(Rejection::Unknown)?;
+        .map_err(|_| Rejection::Invalid)?;
+    let contents = parse(plain).ok_or(Rejection::Invalid)?;
     let mut id = [0u8; 16];
     id[..NONCE_LEN].copy_from_slice(&nonce);
     Ok((u128::from_be_bytes(id), contents))

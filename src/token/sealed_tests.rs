@@ -2,6 +2,7 @@ use proptest::prelude::*;
 
 use super::super::keys::tests::line;
 use super::*;
+use crate::model::canonical;
 
 fn keys(id: &str, byte: u8) -> KeySet {
     KeySet::parse(&line(id, byte)).unwrap()
@@ -24,7 +25,7 @@ fn contents(target: &str, client: Option<IpAddr>, names: (&str, &str, &str)) -> 
     }
 }
 
-fn policy(binding: Binding, single_use: bool) -> Policy {
+fn policy(binding: ClientBinding, single_use: bool) -> Policy {
     Policy {
         ttl: Duration::from_secs(30),
         resume: Duration::from_secs(600),
@@ -119,9 +120,9 @@ fn every_flipped_byte_and_another_key_are_refused() {
     assert_eq!(open(&other, &wire).unwrap_err(), Rejection::UnknownKey);
     // Same id, different key material: the fingerprint matches, authentication fails.
     let impostor = keys("a", 9);
-    assert_eq!(open(&impostor, &wire).unwrap_err(), Rejection::Unknown);
-    assert_eq!(open(&k, b"").unwrap_err(), Rejection::Unknown);
-    assert_eq!(open(&k, &[b'A'; 200]).unwrap_err(), Rejection::Unknown);
+    assert_eq!(open(&impostor, &wire).unwrap_err(), Rejection::Invalid);
+    assert_eq!(open(&k, b"").unwrap_err(), Rejection::Invalid);
+    assert_eq!(open(&k, &[b'A'; 200]).unwrap_err(), Rejection::Invalid);
 }
 
 #[test]
@@ -153,7 +154,7 @@ async fn ttl_resume_window_binding_and_single_use() {
     let target = Target::new("m", "ns", "gs", "10.1.2.3:7654".parse().unwrap());
     let me: IpAddr = "10.0.0.1".parse().unwrap();
     let wire = tokens
-        .issue(&target, me, t0, policy(Binding::Ip, false))
+        .issue(&target, me, t0, policy(ClientBinding::Ip, false))
         .unwrap();
     let w = wire.as_bytes();
     let g = tokens.open(w, me, Use::Open, t0).unwrap();
@@ -178,16 +179,16 @@ async fn ttl_resume_window_binding_and_single_use() {
         Rejection::WrongClient
     );
     let free = tokens
-        .issue(&target, me, t0, policy(Binding::None, false))
+        .issue(&target, me, t0, policy(ClientBinding::None, false))
         .unwrap();
     assert!(tokens.open(free.as_bytes(), other, Use::Open, t0).is_ok());
     let once = tokens
-        .issue(&target, me, t0, policy(Binding::Ip, true))
+        .issue(&target, me, t0, policy(ClientBinding::Ip, true))
         .unwrap();
     assert!(tokens.open(once.as_bytes(), me, Use::Open, t0).is_ok());
     assert_eq!(
         tokens.open(once.as_bytes(), me, Use::Open, t0).unwrap_err(),
-        Rejection::Unknown
+        Rejection::Invalid
     );
     // Two tokens for one target share one Target.
     let g2 = tokens.open(free.as_bytes(), me, Use::Open, t0).unwrap();
@@ -218,7 +219,7 @@ proptest! {
         let wire = seal(&k, [4; NONCE_LEN], &c);
         prop_assert!(wire.len() <= MAX_WIRE);
         let (_, back) = open(&k, wire.as_bytes()).unwrap();
-        prop_assert_eq!(back.target, super::super::canonical(c.target));
+        prop_assert_eq!(back.target, canonical(c.target));
         prop_assert_eq!((back.issued_ms, back.ttl_ms, back.resume_s, back.client), (issued, ttl, resume, c.client));
         prop_assert!(mapping.starts_with(&back.mapping) && ns.starts_with(&back.namespace) && name.starts_with(&back.name));
         prop_assert_eq!((back.proxy, back.player), (proxy, player), "the player id is never cut");
@@ -242,7 +243,7 @@ fn a_player_id_rides_in_the_token_and_one_that_does_not_fit_is_refused() {
     .with_proxy(true)
     .with_player(Some(uuid));
     let wire = tokens
-        .issue(&target, me, t0, policy(Binding::Ip, false))
+        .issue(&target, me, t0, policy(ClientBinding::Ip, false))
         .unwrap();
     assert!(wire.len() <= MAX_WIRE);
     let g = tokens.open(wire.as_bytes(), me, Use::Open, t0).unwrap();
@@ -258,7 +259,7 @@ fn a_player_id_rides_in_the_token_and_one_that_does_not_fit_is_refused() {
     let target =
         Target::new("m", "n", "x", "[2001:db8::7]:7654".parse().unwrap()).with_player(Some(uuid));
     let e = tokens
-        .issue(&target, v6, t0, policy(Binding::Ip, false))
+        .issue(&target, v6, t0, policy(ClientBinding::Ip, false))
         .unwrap_err();
     assert!(
         matches!(e, IssueError::PlayerIdTooLong { len: 36, max: 21 }),

@@ -16,31 +16,11 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::{Binding, ClientNet, Grant, Policy, Rejection};
-use crate::resolve::Target;
-use crate::sync::lock;
-
-/// A token as the data plane sees it: the UUID's 128 bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenId(pub u128);
-
-impl TokenId {
-    pub fn new_random() -> Self {
-        Self(uuid::Uuid::new_v4().as_u128())
-    }
-
-    /// The 36-byte hyphenated wire form.
-    pub fn to_wire(self) -> String {
-        uuid::Uuid::from_u128(self.0).hyphenated().to_string()
-    }
-
-    /// Parses the wire form (the codec has already checked its shape and trimmed it).
-    pub fn from_wire(bytes: &[u8]) -> Option<Self> {
-        uuid::Uuid::try_parse_ascii(bytes.trim_ascii())
-            .ok()
-            .map(|u| Self(u.as_u128()))
-    }
-}
+use super::Redeem;
+use crate::model::{
+    ClientBinding, ClientNet, Grant, Interner, Policy, Rejection, Target, TokenId, Use,
+};
+use crate::util::sync::lock;
 
 /// One grant, packed: 32 bytes (the target is shared by every token for it).
 #[derive(Debug)]
@@ -84,7 +64,7 @@ pub struct TokenStore {
     /// Expiries are kept as milliseconds after this.
     epoch: Instant,
     /// Tokens for one target share one `Target` (the resolver makes one per query).
-    targets: super::Interner,
+    targets: Interner,
 }
 
 impl TokenStore {
@@ -95,7 +75,7 @@ impl TokenStore {
             order: Mutex::new(VecDeque::new()),
             capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
             epoch: Instant::now(),
-            targets: super::Interner::default(),
+            targets: Interner::default(),
         }
     }
 
@@ -114,8 +94,8 @@ impl TokenStore {
     ) -> TokenId {
         let id = TokenId::new_random();
         let (client, mut flags) = match policy.binding {
-            Binding::Ip => pack(ClientNet::of(client)),
-            Binding::None => (0, 0),
+            ClientBinding::Ip => pack(ClientNet::of(client)),
+            ClientBinding::None => (0, 0),
         };
         if policy.single_use {
             flags |= SINGLE_USE;
@@ -165,7 +145,7 @@ impl TokenStore {
     /// successful redeem; of two racing redeems only the one whose removal took it wins.
     pub fn redeem(&self, id: TokenId, client: IpAddr, now: Instant) -> Result<Grant, Rejection> {
         let (target, single_use) = {
-            let entry = self.grants.get(&id.0).ok_or(Rejection::Unknown)?;
+            let entry = self.grants.get(&id.0).ok_or(Rejection::Invalid)?;
             if self.ms(now) >= entry.expires_ms {
                 drop(entry);
                 self.grants.remove(&id.0);
@@ -177,7 +157,7 @@ impl TokenStore {
             (Arc::clone(&entry.target), entry.flags & SINGLE_USE != 0)
         };
         if single_use && self.grants.remove(&id.0).is_none() {
-            return Err(Rejection::Unknown);
+            return Err(Rejection::Invalid);
         }
         Ok(Grant { key: id.0, target })
     }
@@ -189,7 +169,7 @@ impl TokenStore {
         client: IpAddr,
         now: Instant,
     ) -> Result<Grant, Rejection> {
-        let id = TokenId::from_wire(wire).ok_or(Rejection::Unknown)?;
+        let id = TokenId::from_wire(wire).ok_or(Rejection::Invalid)?;
         self.redeem(id, client, now)
     }
 
@@ -203,12 +183,12 @@ impl TokenStore {
     }
 }
 
-impl crate::session::Redeem for TokenStore {
+impl Redeem for TokenStore {
     fn redeem(
         &self,
         token: &[u8],
         client: IpAddr,
-        _how: super::Use,
+        _how: Use,
         now: Instant,
     ) -> Result<Grant, Rejection> {
         self.redeem_wire(token, client, now)

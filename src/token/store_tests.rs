@@ -18,7 +18,7 @@ fn policy(ttl: u64, single_use: bool) -> Policy {
         ttl: Duration::from_secs(ttl),
         resume: Duration::from_secs(600),
         single_use,
-        binding: Binding::Ip,
+        binding: ClientBinding::Ip,
     }
 }
 
@@ -43,7 +43,7 @@ fn single_use_tokens_redeem_once() {
     let now = Instant::now();
     let id = store.issue(target(), HERE, now, policy(30, true));
     assert!(store.redeem(id, HERE, now).is_ok());
-    assert_eq!(store.redeem(id, HERE, now).unwrap_err(), Rejection::Unknown);
+    assert_eq!(store.redeem(id, HERE, now).unwrap_err(), Rejection::Invalid);
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn each_token_keeps_the_ttl_and_rule_it_was_issued_under() {
     assert!(store.redeem(once, HERE, t0).is_ok());
     assert_eq!(
         store.redeem(once, HERE, t0).unwrap_err(),
-        Rejection::Unknown
+        Rejection::Invalid
     );
 }
 
@@ -95,7 +95,7 @@ fn a_bound_token_redeems_only_from_its_clients_address() {
         HERE,
         now,
         Policy {
-            binding: Binding::None,
+            binding: ClientBinding::None,
             ..policy(30, false)
         },
     );
@@ -139,7 +139,7 @@ fn unknown_tokens_are_rejected() {
     let store = TokenStore::new(100);
     assert_eq!(
         store.redeem(TokenId(42), HERE, Instant::now()).unwrap_err(),
-        Rejection::Unknown
+        Rejection::Invalid
     );
 }
 
@@ -155,7 +155,7 @@ fn capacity_is_bounded_and_the_oldest_go_first() {
     assert_eq!(store.len(), 50);
     assert_eq!(
         store.redeem(first, HERE, now).unwrap_err(),
-        Rejection::Unknown
+        Rejection::Invalid
     );
     assert!(store.redeem(last, HERE, now).is_ok());
 }
@@ -191,9 +191,9 @@ fn wire_form_round_trips_through_the_codec() {
     let id = TokenId::new_random();
     let wire = id.to_wire();
     assert_eq!(wire.len(), 36);
-    let shape = crate::protocol::datagram::TokenShape::Uuid;
     assert_eq!(
-        shape.token(wire.as_bytes()).and_then(TokenId::from_wire),
+        crate::protocol::datagram::token_of(crate::model::TokenFormat::Uuid, wire.as_bytes())
+            .and_then(TokenId::from_wire),
         Some(id)
     );
 }

@@ -16,7 +16,7 @@ macro_rules! closed_labels {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         $vis enum $name {
             $( $(#[$vmeta])* $variant, )+
         }

@@ -5,7 +5,7 @@
 //! A director that once held 10 000 sessions would stay at that high-water mark for the rest
 //! of its life. [`TrimPolicy`] (pure, time as an argument) decides when the load has fallen
 //! far enough to be worth a `malloc_trim(0)`, which gives every whole free page back to the
-//! kernel; [`trim_after_bursts`] is the task that asks it once a second.
+//! kernel; the shell's housekeeping task asks it once a second.
 //!
 //! The trim walks every arena under its lock, so it runs on a blocking thread and never more
 //! often than [`TrimPolicy::MIN_INTERVAL`]. The data path does not allocate per datagram, so
@@ -16,17 +16,12 @@
 //! a fixed 128 KiB mmap threshold (a burst's large tables are mapped and unmapped whole
 //! instead of raising the threshold and landing in the heap for good). `make soak` measures it.
 //!
-//! Owns allocator tuning and trimming. Must not run on a data thread.
+//! Owns allocator tuning and the trim decision. Must not import anything of the crate, nor
+//! trim on a data thread.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
-
-use crate::metrics::Metrics;
-use crate::session::Ledger;
-use crate::token::Tokens;
 
 /// When to trim: the load (live sessions plus outstanding tokens) has fallen to at most half
 /// of its peak since the last trim, by at least [`TrimPolicy::MIN_DROP`], and the last trim
@@ -147,34 +142,6 @@ fn glibc_trim() -> bool {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn glibc_trim() -> bool {
     false
-}
-
-/// Checks the load once a second and trims when [`TrimPolicy`] says so, until shutdown.
-pub async fn trim_after_bursts(
-    ledger: Arc<Ledger>,
-    tokens: Arc<Tokens>,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut policy = TrimPolicy::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        tokens.sweep(Instant::now());
-        let load = ledger.active() + usize::try_from(tokens.len()).unwrap_or(usize::MAX);
-        if !policy.observe(load, Instant::now()) {
-            continue;
-        }
-        let returned = tokio::task::spawn_blocking(release_free_memory)
-            .await
-            .unwrap_or(false);
-        metrics.memory_trims.inc();
-        tracing::debug!(load, returned, "returned free memory to the kernel");
-    }
 }
 
 #[cfg(test)]

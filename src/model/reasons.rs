@@ -1,0 +1,309 @@
+//! Every closed set of reasons and results the director counts, with the maps between them
+//! side by side: one refusal vocabulary. A token that does not redeem is a [`Rejection`]; a
+//! newcomer the ledger turns away is a [`Refusal`]; what happens to a datagram is a
+//! [`DropReason`], to a TCP data connection a [`TcpRefusal`]. A rejection or refusal reaches
+//! operators under one label value in every family that counts it (the tests below hold the
+//! maps to that).
+//!
+//! Owns the label sets. Must not import anything of the crate.
+
+use super::labels::closed_labels;
+
+closed_labels! {
+    /// Why a token did not redeem. Counted (`tokens_rejected_total{reason}`), never shown
+    /// to the sender.
+    pub enum Rejection {
+        /// Never issued, evicted, already used under `singleUseTokens`, (sealed) altered, or
+        /// not a token of this director at all.
+        Invalid => "invalid_token",
+        Expired => "expired_token",
+        /// Sealed with a key this replica does not hold (removed by rotation, or another key).
+        UnknownKey => "unknown_key",
+        /// Issued to another client IP (`tokenClientBinding: ip`).
+        WrongClient => "wrong_client",
+    }
+}
+
+closed_labels! {
+    /// Why the ledger turned a newcomer away (`sessions_refused_total{reason}`).
+    pub enum Refusal {
+        /// `maxSessions` reached.
+        SessionCap => "session_cap",
+        /// `maxSessionsPerClientIp` reached for the newcomer's IP (IPv6: its /64).
+        ClientIpCap => "client_ip_cap",
+        /// Shutting down: no new sessions.
+        Draining => "draining",
+    }
+}
+
+closed_labels! {
+    /// Why a session ended. A label value of `udp_director_sessions_closed_total`.
+    pub enum CloseReason {
+        /// No datagram either way for the session timeout.
+        Idle => "idle",
+        /// The director shut down.
+        Drained => "drained",
+        /// The upstream socket could not be opened or failed.
+        UpstreamError => "upstream_error",
+        /// No reply from the target within `unansweredTimeoutSeconds`.
+        Unanswered => "unanswered",
+        /// Its token opened a session for another address (a NAT rebinding seen on
+        /// another worker, or a forger: one session per token).
+        Moved => "moved",
+        /// Yielded its place in a full table to a token newcomer: opened by the default
+        /// endpoint.
+        YieldedDefault => "yielded_default_endpoint",
+        /// Yielded its place in a full table to a token newcomer: never answered.
+        YieldedUnanswered => "yielded_unanswered",
+    }
+}
+
+closed_labels! {
+    /// Why a datagram was not delivered. A label value of
+    /// `udp_director_datagrams_dropped_total`. The session table decides the first eleven;
+    /// the shell reports the I/O failures after them.
+    pub enum DropReason {
+        Empty => "empty",
+        /// Not a token, not from a session, and no default endpoint.
+        NoSession => "no_session",
+        /// [`Rejection::Invalid`].
+        InvalidToken => "invalid_token",
+        /// [`Rejection::Expired`].
+        ExpiredToken => "expired_token",
+        /// [`Rejection::UnknownKey`].
+        UnknownKey => "unknown_key",
+        /// [`Rejection::WrongClient`].
+        WrongClient => "wrong_client",
+        /// Starts with the control magic but no token follows (label kept from the wire
+        /// contract, where it is called the control datagram).
+        MalformedReset => "malformed_control",
+        /// [`Refusal::SessionCap`].
+        SessionCap => "session_cap",
+        /// [`Refusal::ClientIpCap`].
+        ClientIpCap => "client_ip_cap",
+        /// [`Refusal::Draining`].
+        Draining => "draining",
+        /// The default endpoint's query matches nothing (or nothing has room).
+        NoDefaultTarget => "no_default_target",
+        /// Arrived on an upstream socket from something that is not a bound target.
+        UnknownSource => "unknown_source",
+        /// An upstream socket could not be opened (e.g. EMFILE).
+        UpstreamSocket => "upstream_socket",
+        /// Sending towards a target failed.
+        SendToTarget => "send_to_target",
+        /// Sending towards a client failed.
+        SendToClient => "send_to_client",
+        /// A receive call failed.
+        RecvError => "recv_error",
+        /// Larger than the path towards its destination takes (`EMSGSIZE`).
+        Oversize => "oversize",
+        /// An upstream socket reported an error (e.g. ICMP port unreachable from a target).
+        UpstreamError => "upstream_error",
+    }
+}
+
+closed_labels! {
+    /// Why a TCP data connection was closed before relaying. A label value of
+    /// `udp_director_tcp_refused_total`.
+    pub enum TcpRefusal {
+        /// [`Rejection::Invalid`] (or a line that is not a token at all).
+        InvalidToken => "invalid_token",
+        /// [`Rejection::Expired`].
+        ExpiredToken => "expired_token",
+        /// [`Rejection::UnknownKey`].
+        UnknownKey => "unknown_key",
+        /// [`Rejection::WrongClient`].
+        WrongClient => "wrong_client",
+        /// No complete token line within 5 s (slowloris included).
+        LateToken => "late_token",
+        /// A line too long for a token, or an empty one, or the client closed first.
+        BadLine => "bad_line",
+        /// Too many connections on this port were still sending their line.
+        PendingCap => "pending_cap",
+        /// [`Refusal::SessionCap`].
+        SessionCap => "session_cap",
+        /// [`Refusal::ClientIpCap`].
+        ClientIpCap => "client_ip_cap",
+        /// [`Refusal::Draining`].
+        Draining => "draining",
+        /// The target refused the connection or reset it.
+        TargetRefused => "target_refused",
+        /// The target did not accept within 2 s.
+        TargetTimeout => "target_timeout",
+    }
+}
+
+closed_labels! {
+    /// Why a relayed TCP session ended. A label value of `udp_director_tcp_sessions_closed_total`.
+    pub enum TcpClose {
+        /// Both sides closed their direction.
+        Closed => "closed",
+        /// No byte either way for `sessionTimeoutSeconds`.
+        Idle => "idle",
+        /// A newer connection with the same token took over.
+        Replaced => "replaced",
+        /// The director shut down after its drain.
+        Drained => "drained",
+        /// A read or write failed (reset by either side).
+        Error => "error",
+    }
+}
+
+closed_labels! {
+    /// How an allocation ended. A label value of `udp_director_allocations_total`.
+    pub enum AllocationResult {
+        /// Agones allocated a server and the director read its address.
+        Allocated => "allocated",
+        /// No server matched or had room (`no_match`).
+        Unallocated => "unallocated",
+        /// Agones answered `Contention` (`unavailable`, retry).
+        Contention => "contention",
+        /// A server was allocated but had no usable address or named port.
+        Unusable => "unusable",
+        /// The API answered an error or could not be reached.
+        Error => "error",
+        /// No answer within 2 s.
+        Timeout => "timeout",
+        /// `maxInFlight` allocations were already running.
+        Overloaded => "overloaded",
+    }
+}
+
+closed_labels! {
+    /// The error codes of SPEC §2 (the wire spelling is the label), also the `result` label
+    /// of `udp_director_queries_total` besides `ok`.
+    pub enum ErrorCode {
+        BadRequest => "bad_request",
+        TooLarge => "too_large",
+        UnknownResourceType => "unknown_resource_type",
+        ForbiddenNamespace => "forbidden_namespace",
+        NoMatch => "no_match",
+        Unavailable => "unavailable",
+        RateLimited => "rate_limited",
+        Internal => "internal",
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+closed_labels! {
+    /// A data port's transport (`dataPorts[].protocol`, the `protocol` label).
+    pub enum Protocol {
+        Udp => "udp",
+        /// A TCP connection whose first line is the token, then relayed to the target.
+        Tcp => "tcp",
+    }
+}
+
+impl From<Rejection> for DropReason {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Invalid => DropReason::InvalidToken,
+            Rejection::Expired => DropReason::ExpiredToken,
+            Rejection::UnknownKey => DropReason::UnknownKey,
+            Rejection::WrongClient => DropReason::WrongClient,
+        }
+    }
+}
+
+impl From<Refusal> for DropReason {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::SessionCap => DropReason::SessionCap,
+            Refusal::ClientIpCap => DropReason::ClientIpCap,
+            Refusal::Draining => DropReason::Draining,
+        }
+    }
+}
+
+impl From<Rejection> for TcpRefusal {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Invalid => TcpRefusal::InvalidToken,
+            Rejection::Expired => TcpRefusal::ExpiredToken,
+            Rejection::UnknownKey => TcpRefusal::UnknownKey,
+            Rejection::WrongClient => TcpRefusal::WrongClient,
+        }
+    }
+}
+
+impl From<Refusal> for TcpRefusal {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::SessionCap => TcpRefusal::SessionCap,
+            Refusal::ClientIpCap => TcpRefusal::ClientIpCap,
+            Refusal::Draining => TcpRefusal::Draining,
+        }
+    }
+}
+
+impl DropReason {
+    /// The rejection this drop is, for `tokens_rejected_total`.
+    pub const fn rejection(self) -> Option<Rejection> {
+        match self {
+            DropReason::InvalidToken => Some(Rejection::Invalid),
+            DropReason::ExpiredToken => Some(Rejection::Expired),
+            DropReason::UnknownKey => Some(Rejection::UnknownKey),
+            DropReason::WrongClient => Some(Rejection::WrongClient),
+            _ => None,
+        }
+    }
+
+    /// The refusal this drop is, for `sessions_refused_total`.
+    pub const fn refusal(self) -> Option<Refusal> {
+        match self {
+            DropReason::SessionCap => Some(Refusal::SessionCap),
+            DropReason::ClientIpCap => Some(Refusal::ClientIpCap),
+            DropReason::Draining => Some(Refusal::Draining),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejection_has_one_label_in_every_family() {
+        for r in Rejection::ALL {
+            let drop = DropReason::from(*r);
+            assert_eq!(drop.as_str(), r.as_str());
+            assert_eq!(drop.rejection(), Some(*r));
+            assert_eq!(TcpRefusal::from(*r).as_str(), r.as_str());
+        }
+    }
+
+    #[test]
+    fn a_refusal_has_one_label_in_every_family() {
+        for r in Refusal::ALL {
+            let drop = DropReason::from(*r);
+            assert_eq!(drop.as_str(), r.as_str());
+            assert_eq!(drop.refusal(), Some(*r));
+            assert_eq!(TcpRefusal::from(*r).as_str(), r.as_str());
+        }
+        let mapped = DropReason::ALL
+            .iter()
+            .filter(|d| d.refusal().is_some() || d.rejection().is_some())
+            .count();
+        assert_eq!(
+            mapped,
+            Refusal::COUNT + Rejection::COUNT,
+            "no drop maps twice"
+        );
+    }
+
+    #[test]
+    fn error_codes_serialize_as_their_label() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_string(code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
+        }
+    }
+}

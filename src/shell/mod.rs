@@ -1,0 +1,7 @@
+//! The shell wing: every socket, thread, task and watch of the director. It decides nothing:
+//! it turns bytes and events into inputs for the core (`session`, `resolve`, `token`) and
+//! carries out what the core says.
+//!
+//! Owns I/O. Must not make a decision a pure module could make and test without sockets.
+
+pub(crate) mod housekeeping;
