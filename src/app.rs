@@ -14,27 +14,23 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, Readiness};
-use crate::config::ValidConfig;
 use crate::config::reload::Overrides;
-use crate::config::{KeySource, Protocol, TokenFormat};
-use crate::live::{Generation, Settings};
+use crate::config::{KeySource, Protocol, TokenFormat, ValidConfig};
 use crate::metrics::Metrics;
-use crate::net::{DataPlane, DataShared, FdBudget};
-use crate::query_server::{self, QueryContext};
-use crate::reload::{self, ConfigSource, Live};
+use crate::resolve::kube::Watchers;
 use crate::session::Ledger;
+use crate::settings::{Generation, Settings};
+use crate::shell::admin::{self, Readiness};
+use crate::shell::listen::{BindError, bind_stream, local};
+use crate::shell::query::{self as query_server, QueryContext};
+use crate::shell::reload::{self, ConfigSource, Live};
+use crate::shell::udp::{DataPlane, DataShared, FdBudget};
 use crate::token::{KeySet, SealedTokens, TokenStore, Tokens, WallClock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot bind the {what} listener on {addr}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// The sealed-token keys could not be loaded at start.
     #[error("cannot load the token keys from {source_name}: {problem}")]
     Keys {
@@ -64,7 +60,7 @@ pub struct Running {
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
     /// How Kubernetes-backed mappings reach the API server (unused by static configs).
-    pub kube: crate::resolve::kube::Connect,
+    pub kube: crate::k8s::Connect,
     /// Command-line values re-applied to every reloaded document.
     pub overrides: Overrides,
     /// Watch this source and apply its changes live (`None`: no hot reload).
@@ -76,173 +72,109 @@ pub async fn start(config: ValidConfig) -> Result<Running, StartError> {
     start_with(config, StartOptions::default()).await
 }
 
+/// The TCP listeners, bound before anything starts serving.
+struct Listeners {
+    query: TcpListener,
+    admin: TcpListener,
+    /// TCP data ports: their position in `dataPorts` and listener.
+    tcp_data: Vec<(usize, TcpListener)>,
+}
+
+impl Listeners {
+    fn bind(config: &ValidConfig) -> Result<Self, BindError> {
+        let mut tcp_data = Vec::new();
+        for (i, d) in config.data_ports.iter().enumerate() {
+            if d.protocol == Protocol::Tcp {
+                tcp_data.push((i, bind_stream("TCP data", d.addr, config.reuse_port)?));
+            }
+        }
+        Ok(Self {
+            query: bind_stream("query", config.query_addr, config.reuse_port)?,
+            admin: bind_stream("admin", config.admin_addr, false)?,
+            tcp_data,
+        })
+    }
+}
+
 /// Binds every listener and starts serving. Returns once all are bound; Kubernetes caches
 /// sync in the background (`/readyz` says when).
 pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let ledger = Arc::new(Ledger::new());
-    let key_source = config.key_source.clone();
     let tokens = Arc::new(make_tokens(&config, &options.kube).await?);
-    let reuse_port = config.reuse_port;
-    let watchers = Arc::new(crate::resolve::kube::Watchers::new(
-        options.kube,
+    let watchers = Arc::new(Watchers::new(
+        options.kube.clone(),
         metrics.kube_watch_errors.clone(),
         metrics.targets_skipped.clone(),
     ));
-    let (query_at, data_at, admin_at) = (config.query_addr, config.data_addr, config.admin_addr);
-    // UDP data ports go to the data plane's workers, TCP ones to listeners on the runtime;
-    // both keep their position in `dataPorts` (the token's port for them).
-    let data_ports: Vec<(usize, SocketAddr, Protocol)> = config
-        .data_ports
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (i, d.addr, d.protocol))
-        .collect();
-    let udp_ats: Vec<(usize, SocketAddr)> = data_ports
-        .iter()
-        .filter(|d| d.2 == Protocol::Udp)
-        .map(|d| (d.0, d.1))
-        .collect();
-    let mut tcp_listeners = Vec::new();
-    for &(i, addr, protocol) in &data_ports {
-        if protocol == Protocol::Tcp {
-            tcp_listeners.push((i, bind_stream("TCP data", addr, config.reuse_port)?));
-        }
-    }
-    let (workers, buffer_bytes) = (config.data_workers, config.socket_buffer_bytes);
-    let mappings = config.mappings.len();
+    let listeners = Listeners::bind(&config)?;
+    let (data_ports, key_source) = (config.data_ports.clone(), config.key_source.clone());
+    let (workers, buffer_bytes, reuse_port) = (
+        worker_count(config.data_workers),
+        config.socket_buffer_bytes,
+        config.reuse_port,
+    );
+    let (query_at, admin_at, mappings) =
+        (config.query_addr, config.admin_addr, config.mappings.len());
     let settings = Arc::new(Settings::new(Generation::build(config, &watchers, None)));
-    let (shutdown, shutdown_rx) = watch::channel(false);
-
-    let query_listener = bind_query(query_at, reuse_port)?;
-    let admin_listener = bind_tcp("admin", admin_at).await?;
-    let data_shared = Arc::new(DataShared::new(
+    let shared = Arc::new(DataShared::new(
         Arc::clone(&tokens),
         Arc::clone(&ledger),
         Arc::clone(&settings),
         Arc::clone(&metrics),
     ));
-    let workers = match workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    // UDP data ports go to the data plane's workers, TCP ones to listeners on the runtime;
+    // both keep their position in `dataPorts` (the token's port for them).
+    let udp_ats: Vec<(usize, SocketAddr)> = data_ports
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.protocol == Protocol::Udp)
+        .map(|(i, d)| (i, d.addr))
+        .collect();
     let data = DataPlane::start(
         &udp_ats,
         workers,
         buffer_bytes,
         reuse_port,
-        Arc::clone(&data_shared),
+        Arc::clone(&shared),
     )
-    .map_err(|source| StartError::Bind {
+    .map_err(|source| BindError {
         what: "data",
-        addr: data_at,
+        addr: data_ports.first().map_or(query_at, |d| d.addr),
         source,
     })?;
-
     let fds = FdBudget::take();
-    data_shared.upstreams.set_limit(fds.upstream());
-    let local = |l: &TcpListener, what, addr| {
-        l.local_addr()
-            .map_err(|source| StartError::Bind { what, addr, source })
-    };
-    let query_addr = local(&query_listener, "query", query_at)?;
-    let admin_addr = local(&admin_listener, "admin", admin_at)?;
-
-    let query = Arc::new(QueryContext::new(
+    shared.upstreams.set_limit(fds.upstream());
+    let query_addr = local(&listeners.query, "query", query_at)?;
+    let admin_addr = local(&listeners.admin, "admin", admin_at)?;
+    let live = Arc::new(Live::new(
         Arc::clone(&settings),
-        Arc::clone(&tokens),
-        Arc::clone(&ledger),
+        options.overrides,
+        watchers,
+        Arc::clone(&shared),
         Arc::clone(&metrics),
     ));
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let readiness = Arc::new(Readiness {
         listening: AtomicBool::new(false),
         ledger: Arc::clone(&ledger),
-        settings: Arc::clone(&settings),
-    });
-    let live = Arc::new(Live::new(
         settings,
-        options.overrides,
-        watchers,
-        Arc::clone(&data_shared),
-        Arc::clone(&metrics),
+    });
+    let mut tcp_addrs = Vec::with_capacity(listeners.tcp_data.len());
+    for (_, l) in &listeners.tcp_data {
+        tcp_addrs.push(local(l, "TCP data", query_at)?);
+    }
+    let mut tasks = serve(listeners, &live, &readiness, &shared, &shutdown_rx);
+    tasks.extend(background(
+        &live,
+        &tokens,
+        key_source,
+        options.reload,
+        shutdown_rx,
     ));
-    let mut tasks = vec![
-        tokio::spawn(query_server::serve(
-            query_listener,
-            query,
-            shutdown_rx.clone(),
-        )),
-        tokio::spawn(admin::serve(
-            admin_listener,
-            Arc::clone(&live),
-            Arc::clone(&readiness),
-            shutdown_rx.clone(),
-        )),
-    ];
-    let mut tcp_addrs = Vec::with_capacity(tcp_listeners.len());
-    for (index, listener) in tcp_listeners {
-        tcp_addrs.push(local(&listener, "TCP data", data_at)?);
-        let port = Arc::new(crate::net::tcp::TcpPort::new(
-            index,
-            Arc::clone(&data_shared),
-        ));
-        tasks.push(tokio::spawn(crate::net::tcp::serve(
-            listener,
-            port,
-            shutdown_rx.clone(),
-        )));
-    }
-    tasks.push(tokio::spawn(reload::refresh_default_route(
-        Arc::clone(&live),
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(crate::shell::housekeeping::trim_after_bursts(
-        Arc::clone(&ledger),
-        Arc::clone(&tokens),
-        Arc::clone(&metrics),
-        shutdown_rx.clone(),
-    )));
-    match key_source {
-        Some(KeySource::File(path)) => tasks.push(tokio::spawn(crate::keysource::watch_file(
-            Arc::clone(&tokens),
-            Arc::clone(&metrics),
-            path,
-            shutdown_rx.clone(),
-        ))),
-        Some(KeySource::Secret { namespace, name }) => {
-            tasks.push(tokio::spawn(crate::keysource::watch_secret(
-                Arc::clone(&tokens),
-                Arc::clone(&live),
-                namespace,
-                name,
-                shutdown_rx.clone(),
-            )))
-        }
-        None => {}
-    }
-    match options.reload {
-        Some(ConfigSource::File(path)) => tasks.push(tokio::spawn(reload::watch_file(
-            Arc::clone(&live),
-            path,
-            shutdown_rx,
-        ))),
-        Some(ConfigSource::ConfigMap { namespace, name }) => tasks.push(tokio::spawn(
-            reload::watch_configmap(Arc::clone(&live), namespace, name, shutdown_rx),
-        )),
-        None => {}
-    }
     readiness.listening.store(true, Ordering::SeqCst);
-    // Every data port's address in `dataPorts` order.
-    let mut udp_addrs = data.local_addrs().iter();
-    let mut tcp_addrs = tcp_addrs.into_iter();
-    let data_addrs: Vec<SocketAddr> = data_ports
-        .iter()
-        .filter_map(|d| match d.2 {
-            Protocol::Udp => udp_addrs.next().copied(),
-            Protocol::Tcp => tcp_addrs.next(),
-        })
-        .collect();
-    let data_addr = data_addrs.first().copied().unwrap_or(data_at);
+    let data_addrs = in_port_order(&data_ports, data.local_addrs(), &tcp_addrs);
+    let data_addr = data_addrs.first().copied().unwrap_or(query_at);
     tracing::info!(
         query = %query_addr,
         data = %data_addr,
@@ -272,11 +204,125 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     })
 }
 
+/// `dataWorkers`, with 0 meaning one per core.
+fn worker_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// Every data port's address in `dataPorts` order, from the UDP and TCP addresses bound.
+fn in_port_order(
+    ports: &[crate::config::ValidDataPort],
+    udp: &[SocketAddr],
+    tcp: &[SocketAddr],
+) -> Vec<SocketAddr> {
+    let (mut udp, mut tcp) = (udp.iter().copied(), tcp.iter().copied());
+    ports
+        .iter()
+        .filter_map(|d| match d.protocol {
+            Protocol::Udp => udp.next(),
+            Protocol::Tcp => tcp.next(),
+        })
+        .collect()
+}
+
+/// The serving tasks: query server, admin server, one accept loop per TCP data port.
+fn serve(
+    listeners: Listeners,
+    live: &Arc<Live>,
+    readiness: &Arc<Readiness>,
+    shared: &Arc<DataShared>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let query = Arc::new(QueryContext::new(
+        Arc::clone(&live.settings),
+        Arc::clone(&shared.tokens),
+        Arc::clone(&shared.ledger),
+        Arc::clone(&live.metrics),
+    ));
+    let mut tasks = vec![
+        tokio::spawn(query_server::serve(
+            listeners.query,
+            query,
+            shutdown.clone(),
+        )),
+        tokio::spawn(admin::serve(
+            listeners.admin,
+            Arc::clone(live),
+            Arc::clone(readiness),
+            shutdown.clone(),
+        )),
+    ];
+    for (index, listener) in listeners.tcp_data {
+        let port = Arc::new(crate::shell::tcp::TcpPort::new(index, Arc::clone(shared)));
+        tasks.push(tokio::spawn(crate::shell::tcp::serve(
+            listener,
+            port,
+            shutdown.clone(),
+        )));
+    }
+    tasks
+}
+
+/// The background tasks: default-route refresh, housekeeping, key and config watches.
+fn background(
+    live: &Arc<Live>,
+    tokens: &Arc<Tokens>,
+    key_source: Option<KeySource>,
+    reload_from: Option<ConfigSource>,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![
+        tokio::spawn(reload::refresh_default_route(
+            Arc::clone(live),
+            shutdown.clone(),
+        )),
+        tokio::spawn(crate::shell::housekeeping::trim_after_bursts(
+            Arc::clone(&live.data.ledger),
+            Arc::clone(tokens),
+            Arc::clone(&live.metrics),
+            shutdown.clone(),
+        )),
+    ];
+    match key_source {
+        Some(KeySource::File(path)) => tasks.push(tokio::spawn(crate::shell::keys::watch_file(
+            Arc::clone(tokens),
+            Arc::clone(&live.metrics),
+            path,
+            shutdown.clone(),
+        ))),
+        Some(KeySource::Secret { namespace, name }) => {
+            tasks.push(tokio::spawn(crate::shell::keys::watch_secret(
+                Arc::clone(tokens),
+                Arc::clone(live),
+                namespace,
+                name,
+                shutdown.clone(),
+            )))
+        }
+        None => {}
+    }
+    match reload_from {
+        Some(ConfigSource::File(path)) => tasks.push(tokio::spawn(reload::watch_file(
+            Arc::clone(live),
+            path,
+            shutdown,
+        ))),
+        Some(ConfigSource::ConfigMap { namespace, name }) => tasks.push(tokio::spawn(
+            reload::watch_configmap(Arc::clone(live), namespace, name, shutdown),
+        )),
+        None => {}
+    }
+    tasks
+}
+
 /// The token store of the configured format; sealed keys are read (file) or fetched (Secret)
 /// now, so a director with unusable keys does not start.
 async fn make_tokens(
     config: &ValidConfig,
-    kube: &crate::resolve::kube::Connect,
+    kube: &crate::k8s::Connect,
 ) -> Result<Tokens, StartError> {
     let now = tokio::time::Instant::now();
     match (config.token_format, &config.key_source) {
@@ -296,9 +342,11 @@ async fn make_tokens(
                 KeySource::Secret { namespace, name } => (
                     format!(
                         "Secret {namespace}/{name} (key {})",
-                        crate::keysource::SECRET_KEY
+                        crate::shell::keys::SECRET_KEY
                     ),
-                    crate::keysource::fetch_secret(kube, namespace, name).await,
+                    crate::shell::keys::fetch_secret(kube, namespace, name)
+                        .await
+                        .map_err(|e| e.to_string()),
                 ),
             };
             let keys = text
@@ -315,44 +363,6 @@ async fn make_tokens(
             )))
         }
     }
-}
-
-/// The query listener; with `reusePort` it joins the port's SO_REUSEPORT group.
-fn bind_query(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, StartError> {
-    bind_stream("query", addr, reuse_port)
-}
-
-/// A TCP listener (query or TCP data port); with `reusePort` in the port's SO_REUSEPORT group.
-fn bind_stream(
-    what: &'static str,
-    addr: SocketAddr,
-    reuse_port: bool,
-) -> Result<TcpListener, StartError> {
-    let bind = || -> std::io::Result<TcpListener> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        if reuse_port {
-            socket.set_reuse_port(true)?;
-        }
-        if addr.is_ipv6() {
-            let _ = socket.set_only_v6(false);
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        TcpListener::from_std(socket.into())
-    };
-    bind().map_err(|source| StartError::Bind { what, addr, source })
-}
-
-async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
 }
 
 impl Running {

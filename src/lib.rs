@@ -18,20 +18,18 @@
 // targets and the binary use.
 #![warn(unreachable_pub)]
 
-pub(crate) mod admin;
 pub mod app;
 pub mod config;
+// Test oracles: the property tests and the fuzz targets use them; the director never does.
+#[cfg(any(test, feature = "sim"))]
 pub mod invariants;
-pub(crate) mod keysource;
-pub(crate) mod live;
+pub mod k8s;
 pub(crate) mod metrics;
 pub mod model;
-pub(crate) mod net;
 pub mod protocol;
-pub(crate) mod query_server;
-pub mod reload;
 pub mod resolve;
 pub mod session;
-pub(crate) mod shell;
+pub(crate) mod settings;
+pub mod shell;
 pub mod token;
 pub mod util;

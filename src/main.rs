@@ -18,8 +18,8 @@ use tracing_subscriber::EnvFilter;
 
 use udp_director::app::StartOptions;
 use udp_director::config::reload::Overrides;
-use udp_director::reload::{self, ConfigSource};
-use udp_director::resolve::kube::Connect;
+use udp_director::k8s::Connect;
+use udp_director::shell::reload::{self, ConfigSource};
 
 /// Kubernetes-native UDP session director for game servers.
 ///

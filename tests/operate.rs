@@ -21,8 +21,8 @@ use testkit::yaml::static_mapping;
 use testkit::{ChildDirector, Pacer, TempDir};
 use udp_director::app::{self, StartOptions};
 use udp_director::config::ValidConfig;
-use udp_director::reload::ConfigSource;
-use udp_director::resolve::kube::Connect;
+use udp_director::k8s::Connect;
+use udp_director::shell::reload::ConfigSource;
 
 const BIN: &str = env!("CARGO_BIN_EXE_udp-director");
 

@@ -92,6 +92,20 @@ fn plain_prefix(rooted: &str) -> Vec<String> {
     keys
 }
 
+/// The text a JSON scalar compares by: strings as themselves, numbers and booleans as written.
+pub fn value_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
+        Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b {
+            "true"
+        } else {
+            "false"
+        })),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 #[path = "jsonpath_tests.rs"]
 mod tests;

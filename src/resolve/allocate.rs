@@ -18,8 +18,9 @@ use kube::api::{Api, PostParams};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::{Resolved, kube::ClientCell};
+use super::Resolved;
 use crate::config::{PortRule, Scheduling, ValidAllocate};
+use crate::k8s::ClientCell;
 use crate::model::ErrorCode;
 use crate::model::{AllocationResult, Target};
 use crate::protocol::query::{QueryError, QueryRequest};
@@ -384,7 +385,7 @@ impl Allocation {
             );
         };
         let call = async {
-            let client = self.client.get().await?;
+            let client = self.client.get().await.map_err(|e| e.to_string())?;
             Api::<GameServerAllocation>::namespaced(client, &self.namespace)
                 .create(&PostParams::default(), &self.body)
                 .await

@@ -14,10 +14,8 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -25,11 +23,11 @@ use kube::runtime::reflector::{self, Lookup, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
 
 use super::lean::{LabelSet, Lean, Pairs, Strings};
+use crate::k8s::{ClientCell, Connect};
 use crate::protocol::jsonpath::CompiledPath;
-use crate::resolve::select::value_text;
+use crate::protocol::jsonpath::value_text;
 use crate::util::sync::lock;
 
 /// What the API sends. No `DeserializeGuard`: a `DynamicObject` fails to decode only when
@@ -94,16 +92,6 @@ impl Object {
             "annotations": self.annotations.to_value(),
         }})
     }
-}
-
-/// How to reach the API server.
-#[derive(Debug, Clone, Default)]
-pub enum Connect {
-    /// In-cluster config or `KUBECONFIG` / `~/.kube/config` (kube's inference).
-    #[default]
-    Infer,
-    /// A specific kubeconfig file.
-    Kubeconfig(PathBuf),
 }
 
 /// One cache and whether it has completed its first full list.
@@ -217,11 +205,10 @@ impl Watched {
 
 /// Starts and shares watchers; lives as long as the process.
 pub struct Watchers {
-    connect: Connect,
     /// Watch-stream errors (outages), and matches skipped for lack of an address.
     pub errors: prometheus_client::metrics::counter::Counter,
     pub skipped: prometheus_client::metrics::counter::Counter,
-    client: Arc<OnceCell<Client>>,
+    client: ClientCell,
     started: Mutex<HashMap<String, Watched>>,
     /// Keys and short strings shared by every cached object.
     strings: Arc<Strings>,
@@ -235,10 +222,9 @@ impl Watchers {
         skipped: prometheus_client::metrics::counter::Counter,
     ) -> Self {
         Self {
-            connect,
             errors,
             skipped,
-            client: Arc::new(OnceCell::new()),
+            client: ClientCell::new(connect),
             started: Mutex::new(HashMap::new()),
             strings: Arc::new(Strings::default()),
         }
@@ -246,15 +232,12 @@ impl Watchers {
 
     /// The shared client as a handle that tries once per use (for requests with a deadline).
     pub fn client_cell(&self) -> ClientCell {
-        ClientCell {
-            cell: Arc::clone(&self.client),
-            connect: self.connect.clone(),
-        }
+        self.client.clone()
     }
 
     /// The shared client, created on first use; retries with backoff until it can be built.
     pub async fn client(&self) -> Client {
-        client_with_retry(&self.client, &self.connect, "config watch").await
+        self.client.get_or_wait("config watch").await
     }
 
     /// The cache for `resource` in `namespace` filtered by `labels` (a Kubernetes label
@@ -294,8 +277,7 @@ impl Watchers {
             what: what.clone(),
         };
         let task = WatchTask {
-            connect: self.connect.clone(),
-            client: Arc::clone(&self.client),
+            client: self.client.clone(),
             resource: resource.clone(),
             namespace: namespace.to_string(),
             labels: labels.to_string(),
@@ -313,8 +295,7 @@ impl Watchers {
 }
 
 struct WatchTask {
-    connect: Connect,
-    client: Arc<OnceCell<Client>>,
+    client: ClientCell,
     resource: ApiResource,
     namespace: String,
     labels: String,
@@ -328,7 +309,7 @@ struct WatchTask {
 
 impl WatchTask {
     async fn run(self, writer: reflector::store::Writer<Object>) {
-        let client = self.client_with_retry().await;
+        let client = self.client.get_or_wait(&self.what).await;
         let api: Api<Received> = Api::namespaced_with(client, &self.namespace, &self.resource);
         // Pages of 100: a relist decodes one page at a time, and fewer objects decoded at once
         // leave the lean ones packed more densely once the page is freed.
@@ -377,61 +358,6 @@ impl WatchTask {
             }
         }
     }
-
-    async fn client_with_retry(&self) -> Client {
-        client_with_retry(&self.client, &self.connect, &self.what).await
-    }
-}
-
-/// The watchers' client, for one-off requests: created on first use, one attempt per call.
-#[derive(Clone)]
-pub struct ClientCell {
-    cell: Arc<OnceCell<Client>>,
-    connect: Connect,
-}
-
-impl ClientCell {
-    pub async fn get(&self) -> Result<Client, String> {
-        let connect = self.connect.clone();
-        self.cell
-            .get_or_try_init(|| async move { make_client(&connect).await })
-            .await
-            .cloned()
-            .map_err(|e| format!("no Kubernetes client: {e}"))
-    }
-}
-
-async fn client_with_retry(cell: &OnceCell<Client>, connect: &Connect, what: &str) -> Client {
-    let mut delay = Duration::from_millis(250);
-    loop {
-        let connect = connect.clone();
-        match cell
-            .get_or_try_init(|| async move { make_client(&connect).await })
-            .await
-        {
-            Ok(client) => return client.clone(),
-            Err(e) => {
-                tracing::warn!(cache = %what, error = %e, "no Kubernetes client yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-/// A client for `connect` (kubeconfig file, in-cluster config or `KUBECONFIG`).
-pub async fn make_client(connect: &Connect) -> Result<Client, String> {
-    let config = match connect {
-        Connect::Infer => kube::Config::infer().await.map_err(|e| e.to_string())?,
-        Connect::Kubeconfig(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))?
-        }
-    };
-    Client::try_from(config).map_err(|e| e.to_string())
 }
 
 /// What a cache keeps of each object besides its name, namespace, labels and annotations,

@@ -164,7 +164,7 @@ impl Lean {
         }
     }
 
-    /// The text a scalar compares by (as `select::value_text` for a `Value`).
+    /// The text a scalar compares by (as `jsonpath::value_text` for a `Value`).
     pub fn text(&self) -> Option<Cow<'_, str>> {
         match self {
             Lean::String(s) => Some(Cow::Borrowed(s)),
@@ -195,7 +195,7 @@ impl Lean {
                 }
                 path.values(&value)
                     .into_iter()
-                    .any(|v| super::select::value_text(v).is_some_and(hit))
+                    .any(|v| crate::protocol::jsonpath::value_text(v).is_some_and(hit))
             }
         }
     }

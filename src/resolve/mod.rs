@@ -88,7 +88,7 @@ enum Source {
         /// Every data port's port rule.
         ports: Vec<config::PortRule>,
         in_flight: Arc<tokio::sync::Semaphore>,
-        client: kube::ClientCell,
+        client: crate::k8s::ClientCell,
     },
     Kube {
         /// One cache per allowed namespace.
@@ -155,7 +155,11 @@ impl Resolver {
     pub fn from_config(config: &ValidConfig) -> Self {
         Self::new(
             config,
-            &kube::Watchers::new(kube::Connect::Infer, Default::default(), Default::default()),
+            &kube::Watchers::new(
+                crate::k8s::Connect::Infer,
+                Default::default(),
+                Default::default(),
+            ),
         )
     }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::lean::LabelSet;
 use crate::config::LoadBalancing;
-use crate::protocol::jsonpath::CompiledPath;
+use crate::protocol::jsonpath::{CompiledPath, value_text};
 
 /// True when every `key: value` pair is present in `have`.
 pub fn selector_matches(selector: &BTreeMap<String, String>, have: &dyn LabelSet) -> bool {
@@ -28,20 +28,6 @@ pub fn status_matches<'a>(
     path.values(object)
         .iter()
         .any(|v| value_text(v).is_some_and(|t| expected.clone().any(|e| e == t)))
-}
-
-/// The text a JSON scalar compares by: strings as themselves, numbers and booleans as written.
-pub fn value_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
-    match v {
-        Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
-        Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
-        Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b {
-            "true"
-        } else {
-            "false"
-        })),
-        _ => None,
-    }
 }
 
 /// Inputs to a load-balancing choice that are not in the candidates themselves.

@@ -219,7 +219,7 @@ impl Sim {
             }
             let config = crate::config::ValidConfig::from_yaml(&yaml).map_err(|e| e.to_string())?;
             let watchers = crate::resolve::kube::Watchers::new(
-                crate::resolve::kube::Connect::Infer,
+                crate::k8s::Connect::Infer,
                 Default::default(),
                 Default::default(),
             );

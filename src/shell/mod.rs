@@ -4,4 +4,11 @@
 //!
 //! Owns I/O. Must not make a decision a pure module could make and test without sockets.
 
+pub(crate) mod admin;
 pub(crate) mod housekeeping;
+pub(crate) mod keys;
+pub(crate) mod listen;
+pub(crate) mod query;
+pub mod reload;
+pub(crate) mod tcp;
+pub(crate) mod udp;

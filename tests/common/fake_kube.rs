@@ -484,7 +484,7 @@ fn is_cut(epoch: &watch::Receiver<u64>, start: u64) -> bool {
 
 use udp_director::app::{self, Running, StartOptions};
 use udp_director::config::ValidConfig;
-use udp_director::resolve::kube::Connect;
+use udp_director::k8s::Connect;
 
 /// A director started on a config against a fake API server (through its kubeconfig).
 pub struct Env {

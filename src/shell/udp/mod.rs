@@ -10,23 +10,6 @@
 //! datagram means: that is `session`'s.
 
 mod counters;
-pub(crate) mod tcp;
-
-/// One `accept`; on an error (EMFILE and friends) logs it and backs off 50 ms instead of
-/// spinning, then yields `None`. Shared by the query server and the TCP data ports.
-pub(crate) async fn accept_or_back_off(
-    listener: &tokio::net::TcpListener,
-    what: &'static str,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    match listener.accept().await {
-        Ok(pair) => Some(pair),
-        Err(e) => {
-            tracing::warn!(error = %e, listener = what, "accept failed");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            None
-        }
-    }
-}
 mod upstream;
 mod worker;
 
@@ -39,9 +22,9 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::live::Settings;
 use crate::metrics::Metrics;
 use crate::session::{Ledger, SessionView};
+use crate::settings::Settings;
 use crate::token::Tokens;
 use crate::util::bounded::Bounded;
 use crate::util::sync::lock;

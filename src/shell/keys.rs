@@ -14,9 +14,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use tokio::sync::watch;
 
+use crate::k8s::watch_named_text;
+use crate::k8s::{self, Connect, KubeError};
 use crate::metrics::Metrics;
-use crate::reload::{Live, Polled, StableFile, watch_named_text};
-use crate::resolve::kube::{Connect, make_client};
+use crate::shell::reload::{Live, Polled, StableFile};
 use crate::token::Tokens;
 
 /// The Secret key that holds the key text.
@@ -93,31 +94,8 @@ pub(crate) async fn fetch_secret(
     connect: &Connect,
     namespace: &str,
     name: &str,
-) -> Result<String, String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let attempt = async {
-            let client = make_client(connect).await?;
-            let api: Api<Secret> = Api::namespaced(client, namespace);
-            let secret = api
-                .get(name)
-                .await
-                .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?;
-            secret_text(&secret)
-                .ok_or_else(|| format!("Secret {namespace}/{name} has no key {SECRET_KEY}"))
-        };
-        match attempt.await {
-            Ok(text) => return Ok(text),
-            Err(e) if e.contains("has no key") => return Err(e),
-            Err(e) if tokio::time::Instant::now() + delay >= deadline => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the token key Secret yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+) -> Result<String, KubeError> {
+    k8s::fetch_text(connect, namespace, name, SECRET_KEY, secret_text).await
 }
 
 /// Watches one Secret (by field selector, so RBAC can limit it by `resourceNames`) and

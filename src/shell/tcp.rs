@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::DataShared;
+use super::udp::DataShared;
 use crate::metrics::Metrics;
 use crate::model::{Target, TcpClose, TcpRefusal, TokenKey, Use};
 use crate::token::Redeem;
@@ -116,7 +116,7 @@ pub(crate) async fn serve(
     let mut drain_check = tokio::time::interval(Duration::from_millis(100));
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = super::accept_or_back_off(&listener, "TCP data") => match accepted {
+            accepted = super::listen::accept_or_back_off(&listener, "TCP data") => match accepted {
                 Some(pair) => pair,
                 None => continue,
             },

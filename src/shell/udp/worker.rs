@@ -25,10 +25,10 @@ use tokio::time::Instant;
 use super::counters::{Counts, FLUSH_EVERY, Flusher};
 use super::upstream::{Upstreams, send_error, slot_of, token_of};
 use super::{DataShared, SAMPLE_MAX, WorkerSample};
-use crate::live::Generation;
 use crate::session::{
     CloseReason, Closed, Decision, DropReason, Leg, SessionId, SessionTable, SocketId, floor,
 };
+use crate::settings::Generation;
 use crate::token::PortTokens;
 
 const DATA: Token = Token(0);

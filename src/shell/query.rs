@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 use crate::config::Limits;
-use crate::live::{Generation, Settings};
 use crate::metrics::Metrics;
 use crate::model::AllocationResult;
 use crate::model::ErrorCode;
@@ -26,6 +25,7 @@ use crate::protocol::query::{QueryError, TargetRef, TokenAnswer, parse_request, 
 use crate::resolve::Resolved;
 use crate::resolve::allocate::Allocation;
 use crate::session::Ledger;
+use crate::settings::{Generation, Settings};
 use crate::token::{IssueError, Tokens};
 use crate::util::bounded::{Bounded, Place};
 
@@ -171,7 +171,7 @@ pub(crate) async fn serve(
     let mut prune = tokio::time::interval(Duration::from_secs(60));
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = crate::net::accept_or_back_off(&listener, "query") => match accepted {
+            accepted = super::listen::accept_or_back_off(&listener, "query") => match accepted {
                 Some(pair) => pair,
                 None => continue,
             },

@@ -22,9 +22,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::reload::redacted_json;
-use crate::live::Settings;
-use crate::reload::Live;
 use crate::session::Ledger;
+use crate::settings::Settings;
+use crate::shell::reload::Live;
 
 /// Readiness inputs. Liveness does not depend on any of them.
 pub(crate) struct Readiness {

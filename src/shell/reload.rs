@@ -16,18 +16,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+
 use tokio::sync::watch;
 
 use crate::config::ConfigError;
 use crate::config::reload::{Overrides, reconcile};
-use crate::live::{Generation, Settings};
+use crate::k8s::{self, Connect, KubeError, watch_named_text};
 use crate::metrics::Metrics;
-use crate::net::DataShared;
-use crate::resolve::kube::{Connect, Watchers, make_client};
+use crate::resolve::kube::Watchers;
+use crate::settings::{Generation, Settings};
+use crate::shell::udp::DataShared;
 
 /// The key of the watched ConfigMap that holds the YAML document.
 pub const CONFIGMAP_KEY: &str = "config.yaml";
@@ -330,101 +330,15 @@ pub async fn watch_configmap(
     .await;
 }
 
-/// Watches one object by name (a `metadata.name` field selector, so RBAC can limit it by
-/// `resourceNames`) and hands `on_change` the text `text_of` reads from it each time that
-/// text changes (`None`: the object lacks it). Watch errors are counted and logged once per
-/// outage; what is in force stays meanwhile. Returns at shutdown.
-pub(crate) async fn watch_named_text<K>(
-    api: Api<K>,
-    name: &str,
-    what: &str,
-    errors: &prometheus_client::metrics::counter::Counter,
-    mut shutdown: watch::Receiver<bool>,
-    text_of: impl Fn(&K) -> Option<String>,
-    mut on_change: impl FnMut(Option<&str>),
-) where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + fmt::Debug + Send + 'static,
-{
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher(api, config).default_backoff().applied_objects();
-    let mut stream = std::pin::pin!(stream);
-    let mut last: Option<String> = None;
-    let mut failing = false;
-    loop {
-        let item = tokio::select! {
-            item = stream.next() => item,
-            _ = shutdown.changed() => return,
-        };
-        let Some(item) = item else { return };
-        let object = match item {
-            Ok(object) => object,
-            Err(e) => {
-                errors.inc();
-                if !failing {
-                    tracing::warn!(source = %what, error = %e, "watch failing; what is in force stays");
-                }
-                failing = true;
-                continue;
-            }
-        };
-        failing = false;
-        let text = text_of(&object);
-        if text != last {
-            on_change(text.as_deref());
-            last = text;
-        }
-    }
-}
-
-/// Why the ConfigMap could not be read at start.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("cannot reach the Kubernetes API: {0}")]
-    Client(String),
-    #[error("cannot read ConfigMap {namespace}/{name}: {error}")]
-    Get {
-        namespace: String,
-        name: String,
-        error: String,
-    },
-    #[error("ConfigMap {namespace}/{name} has no key {CONFIGMAP_KEY}")]
-    NoKey { namespace: String, name: String },
-}
-
 /// Reads the ConfigMap's `config.yaml` once at start, retrying for up to 30 s (an API server
 /// restarting alongside the director), then failing with the last error.
 pub async fn fetch_configmap(
     connect: &Connect,
     namespace: &str,
     name: &str,
-) -> Result<String, FetchError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let attempt = async {
-            let client = make_client(connect).await.map_err(FetchError::Client)?;
-            let api: Api<ConfigMap> = Api::namespaced(client, namespace);
-            let cm = api.get(name).await.map_err(|e| FetchError::Get {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                error: e.to_string(),
-            })?;
-            cm.data
-                .and_then(|mut d| d.remove(CONFIGMAP_KEY))
-                .ok_or_else(|| FetchError::NoKey {
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                })
-        };
-        match attempt.await {
-            Ok(text) => return Ok(text),
-            Err(e @ FetchError::NoKey { .. }) => return Err(e),
-            Err(e) if tokio::time::Instant::now() + delay >= deadline => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the config ConfigMap yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+) -> Result<String, KubeError> {
+    k8s::fetch_text(connect, namespace, name, CONFIGMAP_KEY, |cm: &ConfigMap| {
+        cm.data.as_ref().and_then(|d| d.get(CONFIGMAP_KEY)).cloned()
+    })
+    .await
 }
