@@ -6,4 +6,5 @@ pub mod datagram;
 pub mod jsonpath;
 pub mod proxy;
 pub mod query;
+pub mod tcp_line;
 pub mod token_wire;

@@ -21,9 +21,10 @@
 //! | newcomer | data, no default endpoint | `Drop(NoSession)` |
 //!
 //! A bare token redeems within its TTL, `[magic][token]` within its resume window (sealed
-//! tokens, `tokenResumeSeconds`). Closes the table decided on the side (a session that
-//! yielded its place, one whose token moved away) wait in [`SessionTable::take_effects`],
-//! with the workers to wake for sessions displaced elsewhere.
+//! tokens, `tokenResumeSeconds`). Each verdict is queued as an [`Output::Datagram`] after
+//! what it did on the side (a session that yielded its place or whose token moved away
+//! closed, a socket opened or closed, a worker holding a displaced session to wake), all in
+//! the one queue the shell drains.
 //!
 //! A datagram from a target is `Deliver`ed to the client bound to that (socket, target) pair,
 //! or dropped (`UnknownSource`).
@@ -36,8 +37,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{DropReason, Leg, Origin, SessionId, SessionTable, SocketId};
-use crate::model::{Grant, TokenFormat, Use};
+use super::{Decision, DropReason, Origin, Output, SessionId, SessionTable, SocketId};
+use crate::model::{Grant, Refusal, TokenFormat, Use};
 use crate::protocol::datagram::{Datagram, classify};
 use crate::resolve::DefaultRoute;
 use crate::token::Redeem;
@@ -63,56 +64,53 @@ pub struct Rules {
     pub default_route: Option<Arc<DefaultRoute>>,
 }
 
-/// What the shell does with one datagram. The datagram's bytes stay with the shell; a
-/// decision only says where they go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Send the datagram to `to` from upstream socket `socket`; with `header`, prefixed by
-    /// the PROXY v2 header of that session (its target's mapping has `proxyProtocol: v2`).
-    Forward {
-        socket: SocketId,
-        to: SocketAddr,
-        header: Option<SessionId>,
-    },
-    /// Send the datagram to `client` from the data socket.
-    Deliver {
-        client: SocketAddr,
-    },
-    /// A session was opened: open `leg.socket` first when `leg.open_socket`, then
-    /// send the datagram to `forward` when set (a default-endpoint session's first datagram
-    /// is game traffic; a token is never forwarded), with the session's PROXY v2 header when
-    /// its target wants one.
-    Open {
-        id: SessionId,
-        leg: Leg,
-        forward: Option<SocketAddr>,
-        /// Opened by a token (counted as redeemed) rather than by the default endpoint.
-        redeemed: bool,
-    },
-    /// A token moved the session to another target: open `leg.socket` when
-    /// `leg.open_socket`, close `released` unless it is `leg.socket`.
-    Reset {
-        id: SessionId,
-        leg: Leg,
-        released: Option<SocketId>,
-    },
-    /// A token for the session's own target (a retransmission or keepalive): nothing
-    /// changes and nothing is forwarded.
-    Keep,
-    /// The token's session on this worker now belongs to this client (it was `from`): same
-    /// target, same upstream socket, nothing forwarded.
-    Moved {
-        id: SessionId,
-        from: SocketAddr,
-    },
-    Drop(DropReason),
-}
-
 impl SessionTable {
-    /// Judges one datagram from `client` on the data port. See the module documentation for
-    /// the whole table of outcomes.
+    /// Input: one datagram from `client` on the data port; `handle` is the shell's name for
+    /// it in its batch. Queues the verdict ([`Output::Datagram`]) after whatever it closed or
+    /// opened on the side. See the module documentation for the whole table of outcomes.
     #[inline]
     pub fn on_client_datagram(
+        &mut self,
+        handle: u32,
+        client: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        tokens: &dyn Redeem,
+    ) {
+        let decision = self.judge_client(client, datagram, now, tokens);
+        self.out.push(Output::Datagram {
+            datagram: handle,
+            decision,
+        });
+    }
+
+    /// Input: one datagram of `len` bytes that arrived on upstream socket `socket` from
+    /// `from`; queues its verdict.
+    #[inline]
+    pub fn on_target_datagram(
+        &mut self,
+        handle: u32,
+        socket: SocketId,
+        from: SocketAddr,
+        len: usize,
+        now: Instant,
+    ) {
+        let decision = if len == 0 {
+            Decision::Drop(DropReason::Empty)
+        } else {
+            match self.forward_from_target(socket, &from, len, now) {
+                Some(client) => Decision::Deliver { client },
+                None => Decision::Drop(DropReason::UnknownSource),
+            }
+        };
+        self.out.push(Output::Datagram {
+            datagram: handle,
+            decision,
+        });
+    }
+
+    #[inline]
+    fn judge_client(
         &mut self,
         client: SocketAddr,
         datagram: &[u8],
@@ -126,24 +124,6 @@ impl SessionTable {
         match self.lookup(&client) {
             Some(id) => self.judge_live(id, client, kind, datagram.len(), now, tokens),
             None => self.judge_newcomer(client, kind, datagram.len(), now, tokens),
-        }
-    }
-
-    /// Judges one datagram that arrived on upstream socket `socket` from `from`.
-    #[inline]
-    pub fn on_target_datagram(
-        &mut self,
-        socket: SocketId,
-        from: SocketAddr,
-        len: usize,
-        now: Instant,
-    ) -> Decision {
-        if len == 0 {
-            return Decision::Drop(DropReason::Empty);
-        }
-        match self.forward_from_target(socket, &from, len, now) {
-            Some(client) => Decision::Deliver { client },
-            None => Decision::Drop(DropReason::UnknownSource),
         }
     }
 
@@ -206,28 +186,23 @@ impl SessionTable {
         if let Some(moved) = self.move_local(grant.key, client) {
             return moved;
         }
-        if let Err(refusal) = self
-            .ledger
-            .try_admit_ip(client.ip(), self.rules.max_per_client_ip)
-        {
-            return Decision::Drop(refusal.into());
-        }
-        let admitted = match self.ledger.try_admit(self.rules.max_sessions) {
-            Err(super::Refusal::SessionCap) if self.yield_one(now) => {
-                self.ledger.try_admit(self.rules.max_sessions)
+        let (cap, per_ip) = (self.rules.max_sessions, self.rules.max_per_client_ip);
+        let ledger = Arc::clone(&self.ledger);
+        let seat = match ledger.admit(client.ip(), cap, per_ip) {
+            Err(Refusal::SessionCap) if self.yield_one(now) => {
+                ledger.admit(client.ip(), cap, per_ip)
             }
             other => other,
         };
-        if let Err(refusal) = admitted {
-            self.ledger.release_ip(client.ip());
-            return Decision::Drop(refusal.into());
+        match seat {
+            Ok(seat) => seat.keep(),
+            Err(refusal) => return Decision::Drop(refusal.into()),
         }
-        let (id, leg) = self.insert_admitted(client, grant.target, Origin::Token, now);
+        let id = self.insert_admitted(client, grant.target, Origin::Token, now);
         self.claim(id, grant.key, now);
         Decision::Open {
             id,
-            leg,
-            forward: None,
+            first: None,
             redeemed: true,
         }
     }
@@ -239,28 +214,25 @@ impl SessionTable {
         let Some(route) = self.rules.default_route.clone() else {
             return Decision::Drop(DropReason::NoSession);
         };
-        if let Err(refusal) = self
-            .ledger
-            .try_admit_ip(client.ip(), self.rules.max_per_client_ip)
-        {
-            return Decision::Drop(refusal.into());
-        }
-        if let Err(refusal) = self.ledger.try_admit(self.rules.max_sessions) {
-            self.ledger.release_ip(client.ip());
-            return Decision::Drop(refusal.into());
-        }
+        let ledger = Arc::clone(&self.ledger);
+        let seat = match ledger.admit(
+            client.ip(),
+            self.rules.max_sessions,
+            self.rules.max_per_client_ip,
+        ) {
+            Ok(seat) => seat,
+            Err(refusal) => return Decision::Drop(refusal.into()),
+        };
         let random = self.next_random();
         let Some(target) = route.pick(self.ledger.as_ref(), random) else {
-            self.ledger.release();
-            self.ledger.release_ip(client.ip());
-            return Decision::Drop(DropReason::NoDefaultTarget);
+            return Decision::Drop(DropReason::NoDefaultTarget); // the seat is given back
         };
-        let (id, leg) = self.insert_admitted(client, target, Origin::DefaultEndpoint, now);
+        seat.keep();
+        let id = self.insert_admitted(client, target, Origin::DefaultEndpoint, now);
         match self.forward_from_client(id, len, now) {
-            Some((_, to, _)) => Decision::Open {
+            Some(first) => Decision::Open {
                 id,
-                leg,
-                forward: Some(to),
+                first: Some(first),
                 redeemed: false,
             },
             None => Decision::Drop(DropReason::NoSession),
@@ -270,24 +242,17 @@ impl SessionTable {
     #[inline]
     fn forward(&mut self, id: SessionId, len: usize, now: Instant) -> Decision {
         match self.forward_from_client(id, len, now) {
-            Some((socket, to, proxy)) => Decision::Forward {
-                socket,
-                to,
-                header: proxy.then_some(id),
-            },
+            Some(to) => Decision::Forward(to),
             None => Decision::Drop(DropReason::NoSession),
         }
     }
 
     fn reset_to(&mut self, id: SessionId, grant: Grant, now: Instant) -> Decision {
         self.claim(id, grant.key, now);
-        match self.reset(id, grant.target, now) {
-            Some(rebound) => Decision::Reset {
-                id,
-                leg: rebound.leg,
-                released: rebound.released,
-            },
-            None => Decision::Keep,
+        if self.reset(id, grant.target, now) {
+            Decision::Reset { id }
+        } else {
+            Decision::Keep
         }
     }
 }

@@ -68,24 +68,57 @@ impl Ledger {
         }
     }
 
-    /// Takes one of `cap` places of a client IP (IPv6: its /64).
-    pub fn try_admit_ip(&self, ip: IpAddr, cap: usize) -> Result<(), Refusal> {
-        let mut count = self.per_ip.entry(ClientNet::of(ip)).or_insert(0);
-        if *count >= cap {
-            let empty = *count == 0;
-            drop(count);
-            if empty {
-                self.per_ip.remove_if(&ClientNet::of(ip), |_, n| *n == 0);
-            }
-            return Err(Refusal::ClientIpCap);
+    /// Admits one newcomer from `ip`, or says why not: draining first (a draining director
+    /// refuses newcomers whatever the count), then the IP's share (`per_ip`; IPv6: its /64),
+    /// then the cap. The one admission of every session, UDP or TCP, token or default
+    /// endpoint: the [`Seat`] gives both places back when dropped, unless the caller
+    /// [`Seat::keep`]s it for a session it then ends with [`Ledger::leave`].
+    pub fn admit(&self, ip: IpAddr, cap: usize, per_ip: usize) -> Result<Seat<'_>, Refusal> {
+        if self.draining() {
+            return Err(Refusal::Draining);
         }
-        *count += 1;
-        Ok(())
+        let net = ClientNet::of(ip);
+        {
+            let mut count = self.per_ip.entry(net).or_insert(0);
+            if *count >= per_ip {
+                let empty = *count == 0;
+                drop(count);
+                if empty {
+                    self.per_ip.remove_if(&net, |_, n| *n == 0);
+                }
+                return Err(Refusal::ClientIpCap);
+            }
+            *count += 1;
+        }
+        if !self.sessions.try_take_within(cap) {
+            self.release_net(net);
+            return Err(Refusal::SessionCap);
+        }
+        Ok(Seat {
+            ledger: self,
+            net,
+            kept: false,
+        })
     }
 
-    /// Gives back a place taken by [`Ledger::try_admit_ip`].
-    pub fn release_ip(&self, ip: IpAddr) {
-        if let dashmap::Entry::Occupied(mut e) = self.per_ip.entry(ClientNet::of(ip)) {
+    /// Gives back the places of a session admitted with a kept [`Seat`].
+    pub fn leave(&self, ip: IpAddr) {
+        self.sessions.give_back();
+        self.release_net(ClientNet::of(ip));
+    }
+
+    /// A session that moved from one client IP to another takes the new IP's share with it
+    /// (a move is never refused: the token's holder is one session wherever it is).
+    pub fn move_ip(&self, from: IpAddr, to: IpAddr) {
+        let (from, to) = (ClientNet::of(from), ClientNet::of(to));
+        if from != to {
+            self.release_net(from);
+            *self.per_ip.entry(to).or_insert(0) += 1;
+        }
+    }
+
+    fn release_net(&self, net: ClientNet) {
+        if let dashmap::Entry::Occupied(mut e) = self.per_ip.entry(net) {
             if *e.get() <= 1 {
                 e.remove();
             } else {
@@ -143,19 +176,6 @@ impl Ledger {
             .fetch_sub(before - all.len(), Ordering::Release);
     }
 
-    /// Takes one place under the cap, or says why not (draining first: a draining director
-    /// refuses newcomers whatever the count).
-    pub fn try_admit(&self, cap: usize) -> Result<(), Refusal> {
-        if self.draining() {
-            return Err(Refusal::Draining);
-        }
-        if self.sessions.try_take_within(cap) {
-            Ok(())
-        } else {
-            Err(Refusal::SessionCap)
-        }
-    }
-
     /// From now on no new sessions (and no new tokens: the query server reads this too).
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -163,11 +183,6 @@ impl Ledger {
 
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Gives back a place taken by [`Ledger::try_admit`].
-    pub fn release(&self) {
-        self.sessions.give_back();
     }
 
     pub fn active(&self) -> usize {
@@ -194,6 +209,32 @@ impl Ledger {
     }
 }
 
+/// A newcomer's places under the cap and its IP's share, given back when dropped (a refusal
+/// further on, a TCP connection that ends) unless kept for a session of the table.
+#[derive(Debug)]
+#[must_use = "a seat is given back when dropped"]
+pub struct Seat<'a> {
+    ledger: &'a Ledger,
+    net: ClientNet,
+    kept: bool,
+}
+
+impl Seat<'_> {
+    /// The session holds its places from now on; [`Ledger::leave`] gives them back.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.ledger.sessions.give_back();
+            self.ledger.release_net(self.net);
+        }
+    }
+}
+
 impl SessionCounts for Ledger {
     fn sessions_to(&self, addr: &SocketAddr) -> usize {
         self.per_target.get(addr).map(|c| *c).unwrap_or(0)
@@ -204,23 +245,31 @@ impl SessionCounts for Ledger {
 mod tests {
     use super::*;
 
+    const ANY_IP: usize = usize::MAX;
+
     #[test]
-    fn admission_respects_the_cap() {
+    fn admission_respects_the_cap_and_gives_back_what_is_not_kept() {
         let l = Ledger::new();
-        assert_eq!(l.try_admit(2), Ok(()));
-        assert_eq!(l.try_admit(2), Ok(()));
-        assert_eq!(l.try_admit(2), Err(Refusal::SessionCap));
-        l.release();
-        assert_eq!(l.try_admit(2), Ok(()));
-        assert_eq!(l.active(), 2);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        l.admit(ip, 2, ANY_IP).unwrap().keep();
+        {
+            let _held = l.admit(ip, 2, ANY_IP).unwrap();
+            assert_eq!(l.admit(ip, 2, ANY_IP).unwrap_err(), Refusal::SessionCap);
+            assert_eq!(l.active(), 2);
+        }
+        assert_eq!(l.active(), 1, "a dropped seat gives its place back");
+        l.admit(ip, 2, ANY_IP).unwrap().keep();
         assert_eq!(
-            l.try_admit(1),
-            Err(Refusal::SessionCap),
+            l.admit(ip, 1, ANY_IP).unwrap_err(),
+            Refusal::SessionCap,
             "a lowered cap refuses newcomers"
         );
         l.begin_drain();
-        assert_eq!(l.try_admit(10), Err(Refusal::Draining));
+        assert_eq!(l.admit(ip, 10, ANY_IP).unwrap_err(), Refusal::Draining);
         assert_eq!(l.active(), 2, "a refusal takes no place");
+        l.leave(ip);
+        l.leave(ip);
+        assert_eq!((l.active(), l.sessions_of_ip(ip)), (0, 0));
     }
 
     #[test]
@@ -228,22 +277,25 @@ mod tests {
         let l = Ledger::new();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(l.try_admit_ip(a, 2), Ok(()));
-        assert_eq!(l.try_admit_ip(a, 2), Ok(()));
-        assert_eq!(l.try_admit_ip(a, 2), Err(Refusal::ClientIpCap));
-        assert_eq!(l.try_admit_ip(b, 2), Ok(()));
-        l.release_ip(a);
-        assert_eq!(l.try_admit_ip(a, 2), Ok(()));
+        l.admit(a, 10, 2).unwrap().keep();
+        l.admit(a, 10, 2).unwrap().keep();
+        assert_eq!(l.admit(a, 10, 2).unwrap_err(), Refusal::ClientIpCap);
+        assert_eq!(l.active(), 2, "an IP refusal takes no place under the cap");
+        l.admit(b, 10, 2).unwrap().keep();
+        l.leave(a);
+        l.admit(a, 10, 2).unwrap().keep();
         let v6a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
         let v6b: IpAddr = "2001:db8:0:1::2".parse().unwrap();
-        assert_eq!(l.try_admit_ip(v6a, 1), Ok(()));
+        l.admit(v6a, 10, 1).unwrap().keep();
         assert_eq!(
-            l.try_admit_ip(v6b, 1),
-            Err(Refusal::ClientIpCap),
+            l.admit(v6b, 10, 1).unwrap_err(),
+            Refusal::ClientIpCap,
             "same /64"
         );
-        for ip in [a, a, b, v6a] {
-            l.release_ip(ip);
+        l.move_ip(a, v6b);
+        assert_eq!((l.sessions_of_ip(a), l.sessions_of_ip(v6a)), (1, 2));
+        for ip in [a, b, v6a, v6a] {
+            l.leave(ip);
         }
         assert_eq!(l.sessions_of_ip(a) + l.sessions_of_ip(b), 0);
         assert!(l.per_ip.is_empty(), "no empty entries left");

@@ -1,13 +1,22 @@
 //! The session table: a pure state machine over client addresses, targets and upstream
 //! socket slots, and the one place every data-plane decision is made.
 //!
-//! [`SessionTable::on_client_datagram`] and [`SessionTable::on_target_datagram`] (in
-//! `decide.rs`) judge one datagram each and return a [`Decision`]: forward, deliver, open or
-//! reset a session, keep it, or drop with a [`DropReason`]. The shell (`net::worker`) only
-//! receives, calls one of them, and carries out what it says. The table takes `now` from its
-//! caller, redeems tokens through the [`Redeem`] it is handed, admits sessions through its
-//! [`Ledger`], and never reads the clock, opens a socket, resolves a query or logs.
-//! See `Docs/SessionLifecycle.md`.
+//! Inputs: [`SessionTable::on_client_datagram`] and [`SessionTable::on_target_datagram`] (in
+//! `decide.rs`, one per datagram, with the shell's handle for it), the clock ([`expire`]),
+//! other workers' displacements ([`close_displaced`]), a socket the shell could not open
+//! ([`on_socket_failed`], sozu's `abort_flow`) and shutdown ([`close_all`]). Outputs: one
+//! queue of [`Output`]s ([`take_outputs`]) the shell drains once per batch, in order: the
+//! verdict on each datagram, sockets to open and close, sessions that ended, workers to wake.
+//! The table takes `now` from its caller, redeems tokens through the [`Redeem`] it is
+//! handed, admits sessions through its [`Ledger`], and never reads the clock, opens a socket,
+//! resolves a query or logs. See `Docs/SessionLifecycle.md`.
+//!
+//! [`expire`]: SessionTable::expire
+//! [`close_displaced`]: SessionTable::close_displaced
+//! [`on_socket_failed`]: SessionTable::on_socket_failed
+//! [`close_all`]: SessionTable::close_all
+//! [`take_outputs`]: SessionTable::take_outputs
+//! [`Redeem`]: crate::token::Redeem
 //!
 //! Upstream sockets are shared: socket slot `i` of a family carries at most one session per
 //! target, so a target still sees every client on its own source port, while sessions bound
@@ -19,11 +28,14 @@
 //! the real deadline is recomputed and the entry re-armed if the session was refreshed. Slot
 //! generations make entries of closed sessions stale, so a stale deadline never closes a
 //! session that reuses the slot.
+//!
+//! Owns sessions and every decision about them. Must not do I/O, read the clock or log.
 
 mod decide;
 pub mod ledger;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod tcp;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -35,8 +47,8 @@ use tokio::time::Instant;
 
 pub use crate::model::{CloseReason, DropReason, Refusal};
 use crate::model::{Target, TokenKey};
-pub use decide::{Decision, Rules};
-pub use ledger::{Displaced, Ledger, Owner};
+pub use decide::Rules;
+pub use ledger::{Displaced, Ledger, Owner, Seat};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -59,30 +71,75 @@ pub struct FlowStats {
     pub bytes_to_client: u64,
 }
 
-/// Where a session now sends, and whether the shell must open that socket first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Leg {
+/// A datagram the shell sends towards a target: from upstream socket `socket` to `to`, after
+/// the session's PROXY v2 header when its mapping wants one (rendered once at open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToTarget {
     pub socket: SocketId,
-    /// The slot carried no session before: the shell opens a socket for it.
-    pub open_socket: bool,
+    pub to: SocketAddr,
+    pub header: Option<Arc<[u8]>>,
 }
 
-/// A session moved to another target by a reset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResetLeg {
-    pub leg: Leg,
-    /// The old slot carries no session any more: the shell closes its socket.
-    pub released: Option<SocketId>,
+/// The verdict on one datagram. The datagram's bytes stay with the shell; a decision only
+/// says where they go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the datagram towards the session's target.
+    Forward(ToTarget),
+    /// Send the datagram to `client` from the data socket.
+    Deliver {
+        client: SocketAddr,
+    },
+    /// A session was opened (its socket, if new, is an [`Output::OpenSocket`] before this);
+    /// `first` is where the datagram goes when it is game traffic (a default-endpoint
+    /// session's first datagram; a token is never forwarded).
+    Open {
+        id: SessionId,
+        first: Option<ToTarget>,
+        /// Opened by a token (counted as redeemed) rather than by the default endpoint.
+        redeemed: bool,
+    },
+    /// A token moved the session to another target (sockets follow as outputs).
+    Reset {
+        id: SessionId,
+    },
+    /// A token for the session's own target (a retransmission or keepalive): nothing
+    /// changes and nothing is forwarded.
+    Keep,
+    /// The token's session on this worker now belongs to this client (it was `from`): same
+    /// target, same upstream socket, nothing forwarded.
+    Moved {
+        id: SessionId,
+        from: SocketAddr,
+    },
+    Drop(DropReason),
 }
 
-/// A session that ended, with what the shell needs to clean up and report.
-#[derive(Debug, Clone)]
+/// What the shell does, in the order the table queued it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// The verdict on datagram `datagram` (the shell's handle for it in its batch).
+    Datagram { datagram: u32, decision: Decision },
+    /// Open the upstream socket of slot `socket`: session `session` is its first. A failure
+    /// comes back as [`SessionTable::on_socket_failed`].
+    OpenSocket {
+        socket: SocketId,
+        session: SessionId,
+    },
+    /// Close the upstream socket of slot `socket`: it carries no session any more.
+    CloseSocket(SocketId),
+    /// A session ended: count and log it.
+    Closed(Closed),
+    /// Wake worker `n`: it holds a session displaced by a decision here.
+    Wake(u16),
+}
+
+/// A session that ended, with what the shell reports.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Closed {
     pub client: SocketAddr,
     pub target: Arc<Target>,
     pub reason: CloseReason,
-    /// The slot carries no session any more: the shell closes its socket.
-    pub released: Option<SocketId>,
     pub stats: FlowStats,
     pub duration: Duration,
 }
@@ -120,6 +177,9 @@ struct Session {
     /// Its target has sent at least one datagram back.
     answered: bool,
     stats: FlowStats,
+    /// The PROXY v2 header in front of every datagram to its target (`proxyProtocol: v2`),
+    /// rendered when the session opens, moves or resets.
+    header: Option<Arc<[u8]>>,
 }
 
 impl Session {
@@ -220,10 +280,12 @@ pub struct SessionTable {
     /// Sessions that may yield to a token newcomer, oldest first (lazily cleaned: entries
     /// of closed or answered sessions are skipped when reached).
     yielders: VecDeque<(SessionId, u32)>,
-    /// Sessions closed as a side effect of a decision, for the shell to clean up.
-    closed: Vec<Closed>,
-    /// Workers holding a session displaced by this table's last decisions, to wake.
-    wake: Vec<u16>,
+    /// What the shell must do, in order (see [`Output`]).
+    out: Vec<Output>,
+    /// The data socket's address (the destination PROXY v2 headers name).
+    local: SocketAddr,
+    /// The last session whose socket could not be opened (a second failure closes it).
+    failed: Option<(SessionId, u32)>,
 }
 
 /// Bytes each per-session structure starts with and returns to when the table empties.
@@ -240,13 +302,16 @@ pub const fn floor<T>() -> usize {
 }
 
 impl SessionTable {
-    /// An empty table admitting sessions through `ledger` and judging datagrams by `rules`.
+    /// An empty table admitting sessions through `ledger` and judging datagrams by `rules`,
+    /// for a data socket that is not bound (tests, benchmarks: PROXY v2 headers name
+    /// `0.0.0.0:0` as the destination).
     pub fn new(rules: Rules, ledger: Arc<Ledger>) -> Self {
-        Self::for_worker(rules, ledger, 0)
+        Self::for_worker(rules, ledger, 0, SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// The table of worker `worker` (its sessions' owner in the ledger).
-    pub fn for_worker(rules: Rules, ledger: Arc<Ledger>, worker: u16) -> Self {
+    /// The table of worker `worker` (its sessions' owner in the ledger), whose data socket is
+    /// bound to `local`.
+    pub fn for_worker(rules: Rules, ledger: Arc<Ledger>, worker: u16, local: SocketAddr) -> Self {
         use std::hash::BuildHasher;
         let hasher = foldhash::fast::RandomState::default;
         Self {
@@ -275,8 +340,9 @@ impl SessionTable {
             rng: hasher().hash_one(0u8) | 1,
             worker,
             yielders: VecDeque::with_capacity(floor::<(SessionId, u32)>()),
-            closed: Vec::new(),
-            wake: Vec::new(),
+            out: Vec::with_capacity(floor::<Output>()),
+            local,
+            failed: None,
         }
     }
 
@@ -315,17 +381,16 @@ impl SessionTable {
 
     /// Records a client datagram on a live session and says where to send it.
     #[inline]
-    fn forward_from_client(
-        &mut self,
-        id: SessionId,
-        len: usize,
-        now: Instant,
-    ) -> Option<(SocketId, SocketAddr, bool)> {
+    fn forward_from_client(&mut self, id: SessionId, len: usize, now: Instant) -> Option<ToTarget> {
         let s = self.session_mut(id)?;
         s.last_seen = now;
         s.stats.datagrams_to_target += 1;
         s.stats.bytes_to_target += len as u64;
-        Some((s.socket, s.target.addr, s.target.proxy))
+        Some(ToTarget {
+            socket: s.socket,
+            to: s.target.addr,
+            header: s.header.clone(),
+        })
     }
 
     /// Records a datagram that arrived on upstream socket `socket` from `from` and returns
@@ -351,20 +416,21 @@ impl SessionTable {
     /// Opens a token session (holding no token) for a client without one, admitted by the
     /// ledger (per-IP cap, cap, draining). Callers that judge datagrams go through
     /// [`SessionTable::on_client_datagram`]; this is public for benchmarks and tests that
-    /// need a table of a given shape.
+    /// need a table of a given shape (its outputs wait in the queue).
     pub fn open(
         &mut self,
         client: SocketAddr,
         target: Arc<Target>,
         now: Instant,
-    ) -> Result<(SessionId, Leg), Refusal> {
+    ) -> Result<SessionId, Refusal> {
         debug_assert!(self.lookup(&client).is_none(), "open is for newcomers");
         self.ledger
-            .try_admit_ip(client.ip(), self.rules.max_per_client_ip)?;
-        if let Err(r) = self.ledger.try_admit(self.rules.max_sessions) {
-            self.ledger.release_ip(client.ip());
-            return Err(r);
-        }
+            .admit(
+                client.ip(),
+                self.rules.max_sessions,
+                self.rules.max_per_client_ip,
+            )?
+            .keep();
         Ok(self.insert_admitted(client, target, Origin::Token, now))
     }
 
@@ -376,7 +442,7 @@ impl SessionTable {
         target: Arc<Target>,
         origin: Origin,
         now: Instant,
-    ) -> (SessionId, Leg) {
+    ) -> SessionId {
         let id = self.free.pop().unwrap_or_else(|| {
             self.slots.push(Slot {
                 generation: 0,
@@ -384,14 +450,15 @@ impl SessionTable {
             });
             (self.slots.len() - 1) as SessionId
         });
-        let leg = self.bind(target.addr, id);
+        let socket = self.bind(target.addr, id);
         self.ledger.target_added(target.addr);
         let (timeout, unanswered) = (self.rules.session_timeout, self.rules.unanswered_timeout);
+        let header = self.header(client, &target);
         let slot = &mut self.slots[id as usize];
         let session = Session {
             client,
             target,
-            socket: leg.socket,
+            socket,
             last_seen: now,
             created: now,
             timeout,
@@ -400,6 +467,7 @@ impl SessionTable {
             origin,
             answered: false,
             stats: FlowStats::default(),
+            header,
         };
         let (at, _) = session.deadline();
         slot.session = Some(session);
@@ -409,44 +477,67 @@ impl SessionTable {
         self.by_client.insert(client, id);
         self.compact_yielders();
         self.debug_check();
-        (id, leg)
+        id
     }
 
-    /// Moves a live session to `target`: the old leg is released at once, so nothing
-    /// from the old target is delivered afterwards. `None` when the session already goes to
-    /// that address (a retransmitted token: nothing changes but the newer target identity).
-    fn reset(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> Option<ResetLeg> {
-        let s = self.session_mut(id)?;
+    /// The PROXY v2 header of a session from `client` to `target`, when its mapping wants one.
+    fn header(&self, client: SocketAddr, target: &Target) -> Option<Arc<[u8]>> {
+        target.proxy.then(|| {
+            let mut out = Vec::with_capacity(64);
+            crate::protocol::proxy::write_header(
+                &mut out,
+                client,
+                self.local,
+                target.player.as_deref(),
+            );
+            Arc::from(out)
+        })
+    }
+
+    /// Moves a live session to `target`: the new slot is bound before the old one is let
+    /// go (a slot that carries on is not cycled), and nothing from the old target is
+    /// delivered afterwards. False when the session already goes to that address (a
+    /// retransmitted token: nothing changes but the newer target identity).
+    fn reset(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> bool {
+        let Some(s) = self.session_mut(id) else {
+            return false;
+        };
         s.last_seen = now;
         if s.target.addr == target.addr {
             s.target = target;
-            return None;
+            return false;
         }
-        let (old_socket, old_target) = (s.socket, s.target.addr);
-        let released = self.unbind(old_socket, old_target);
-        self.ledger.target_removed(old_target);
-        let leg = self.bind(target.addr, id);
+        let (old_socket, old_target, client) = (s.socket, s.target.addr, s.client);
+        let socket = self.bind(target.addr, id);
         self.ledger.target_added(target.addr);
+        self.unbind(old_socket, old_target);
+        self.ledger.target_removed(old_target);
+        let header = self.header(client, &target);
         if let Some(s) = self.session_mut(id) {
-            s.socket = leg.socket;
+            s.socket = socket;
             s.target = target;
+            s.header = header;
         }
         self.debug_check();
-        Some(ResetLeg { leg, released })
+        true
     }
 
-    /// Closes one session (the shell calls this when it could not open its socket).
-    pub fn close(&mut self, id: SessionId, reason: CloseReason, now: Instant) -> Option<Closed> {
-        let slot = self.slots.get_mut(id as usize)?;
-        let s = slot.session.take()?;
+    /// Closes one session, queueing its [`Output::Closed`] (and the socket it leaves empty).
+    /// False when there is no such session.
+    fn close(&mut self, id: SessionId, reason: CloseReason, now: Instant) -> bool {
+        let Some(slot) = self.slots.get_mut(id as usize) else {
+            return false;
+        };
+        let Some(s) = slot.session.take() else {
+            return false;
+        };
         let generation = slot.generation;
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id);
         self.by_client.remove(&s.client);
-        let released = self.unbind(s.socket, s.target.addr);
+        self.unbind(s.socket, s.target.addr);
         self.ledger.target_removed(s.target.addr);
-        self.ledger.release();
-        self.ledger.release_ip(s.client.ip());
+        self.ledger.leave(s.client.ip());
         if let Some(key) = s.token {
             self.ledger.unclaim(
                 key,
@@ -457,16 +548,15 @@ impl SessionTable {
                 },
             );
         }
-        let closed = Closed {
+        self.out.push(Output::Closed(Closed {
             client: s.client,
             target: s.target,
             reason,
-            released,
             stats: s.stats,
             duration: now.saturating_duration_since(s.created),
-        };
+        }));
         self.debug_check();
-        Some(closed)
+        true
     }
 
     /// When [`SessionTable::expire`] next has work to do. Changes when a session is created
@@ -477,8 +567,9 @@ impl SessionTable {
         self.timers.peek().map(|Reverse(t)| t.at)
     }
 
-    /// Closes every session idle for its whole timeout at `now`, appending them to `out`.
-    pub fn expire(&mut self, now: Instant, out: &mut Vec<Closed>) {
+    /// Closes every session idle for its whole timeout at `now` (or never answered within
+    /// `unansweredTimeoutSeconds`).
+    pub fn expire(&mut self, now: Instant) {
         while let Some(Reverse(t)) = self.timers.peek().copied() {
             if t.at > now {
                 break;
@@ -496,8 +587,8 @@ impl SessionTable {
             let (deadline, reason) = s.deadline();
             if deadline > now {
                 self.timers.push(Reverse(Timer { at: deadline, ..t }));
-            } else if let Some(closed) = self.close(t.id, reason, now) {
-                out.push(closed);
+            } else {
+                self.close(t.id, reason, now);
             }
         }
         self.release_memory_if_empty();
@@ -510,13 +601,10 @@ impl SessionTable {
     fn release_memory_if_empty(&mut self) {
         if self.by_client.is_empty() && self.slots.capacity() > floor::<Slot>() {
             let (rules, ledger, rng) = (self.rules.clone(), Arc::clone(&self.ledger), self.rng);
-            let effects = (
-                std::mem::take(&mut self.closed),
-                std::mem::take(&mut self.wake),
-            );
-            *self = Self::for_worker(rules, ledger, self.worker);
+            let out = std::mem::take(&mut self.out);
+            *self = Self::for_worker(rules, ledger, self.worker, self.local);
             self.rng = rng;
-            (self.closed, self.wake) = effects;
+            self.out = out;
         }
     }
 
@@ -530,12 +618,10 @@ impl SessionTable {
     }
 
     /// Closes every session (shutdown).
-    pub fn close_all(&mut self, reason: CloseReason, now: Instant, out: &mut Vec<Closed>) {
+    pub fn close_all(&mut self, reason: CloseReason, now: Instant) {
         let ids: Vec<SessionId> = self.by_client.values().copied().collect();
         for id in ids {
-            if let Some(c) = self.close(id, reason, now) {
-                out.push(c);
-            }
+            self.close(id, reason, now);
         }
         self.timers.clear();
         self.release_memory_if_empty();
@@ -570,8 +656,9 @@ impl SessionTable {
         self.slots.get_mut(id as usize)?.session.as_mut()
     }
 
-    /// Takes the lowest socket slot not yet carrying a session to `target`.
-    fn bind(&mut self, target: SocketAddr, id: SessionId) -> Leg {
+    /// Takes the lowest socket slot not yet carrying a session to `target`; the slot's
+    /// first session queues its [`Output::OpenSocket`].
+    fn bind(&mut self, target: SocketAddr, id: SessionId) -> SocketId {
         let v6 = target.is_ipv6();
         let usage = self.targets.entry(target).or_default();
         let index = usage.first_free();
@@ -581,23 +668,32 @@ impl SessionTable {
         if carried.len() <= index as usize {
             carried.resize(index as usize + 1, 0);
         }
-        let open_socket = carried[index as usize] == 0;
+        let first = carried[index as usize] == 0;
         carried[index as usize] += 1;
         let socket = SocketId { v6, index };
         self.bound.insert((socket, target), id);
-        Leg {
-            socket,
-            open_socket,
+        if first {
+            self.out.push(Output::OpenSocket {
+                socket,
+                session: id,
+            });
         }
+        socket
     }
 
-    /// Frees a session's slot; returns the socket if it now carries nothing.
-    fn unbind(&mut self, socket: SocketId, target: SocketAddr) -> Option<SocketId> {
-        self.bound.remove(&(socket, target))?;
+    /// Frees a session's slot; a slot left empty queues its [`Output::CloseSocket`].
+    fn unbind(&mut self, socket: SocketId, target: SocketAddr) {
+        if self.bound.remove(&(socket, target)).is_none() {
+            return;
+        }
         let carried = &mut self.carried[socket.v6 as usize];
-        let count = carried.get_mut(socket.index as usize)?;
+        let Some(count) = carried.get_mut(socket.index as usize) else {
+            return;
+        };
         *count = count.saturating_sub(1);
-        let released = (*count == 0).then_some(socket);
+        if *count == 0 {
+            self.out.push(Output::CloseSocket(socket));
+        }
         while carried.last() == Some(&0) {
             carried.pop();
         }
@@ -608,7 +704,6 @@ impl SessionTable {
                 self.targets.remove(&target);
             }
         }
-        released
     }
 
     /// This table's owner record for session `id`.
@@ -640,17 +735,14 @@ impl SessionTable {
         }
         match self.ledger.claim(key, owner) {
             Some(prev) if prev.worker == self.worker => {
-                if self.slots.get(prev.id as usize).map(|s| s.generation) == Some(prev.generation)
-                    && let Some(closed) = self.close(prev.id, CloseReason::Moved, now)
-                {
-                    self.closed.push(closed);
+                let live = self.slots.get(prev.id as usize).map(|s| s.generation);
+                if live == Some(prev.generation) {
+                    self.close(prev.id, CloseReason::Moved, now);
                 }
             }
             Some(prev) => {
                 self.ledger.displace(Displaced { key, owner: prev });
-                if !self.wake.contains(&prev.worker) {
-                    self.wake.push(prev.worker);
-                }
+                self.out.push(Output::Wake(prev.worker));
             }
             None => {}
         }
@@ -669,21 +761,21 @@ impl SessionTable {
             return None;
         }
         let from = std::mem::replace(&mut s.client, client);
+        let target = Arc::clone(&s.target);
         self.by_client.remove(&from);
         self.by_client.insert(client, prev.id);
-        if from.ip() != client.ip() {
-            self.ledger.release_ip(from.ip());
-            // A move is never refused: the token's holder is one session wherever it is.
-            let _ = self.ledger.try_admit_ip(client.ip(), usize::MAX);
+        self.ledger.move_ip(from.ip(), client.ip());
+        let header = self.header(client, &target);
+        if let Some(s) = self.session_mut(prev.id) {
+            s.header = header;
         }
         self.debug_check();
         Some(Decision::Moved { id: prev.id, from })
     }
 
     /// Closes the oldest session that may yield its place (opened by the default endpoint,
-    /// or never answered), never `keep`; pushes it to the side effects and returns it.
-    /// `None` when none may.
-    fn close_oldest_yielder(&mut self, keep: Option<SessionId>, now: Instant) -> Option<&Closed> {
+    /// or never answered), never `keep`. True when one did.
+    fn close_oldest_yielder(&mut self, keep: Option<SessionId>, now: Instant) -> bool {
         let mut kept = None;
         let mut found = None;
         while let Some((id, generation)) = self.yielders.pop_front() {
@@ -708,30 +800,56 @@ impl SessionTable {
         if let Some(entry) = kept {
             self.yielders.push_front(entry);
         }
-        let (id, origin) = found?;
+        let Some((id, origin)) = found else {
+            return false;
+        };
         let reason = match origin {
             Origin::DefaultEndpoint => CloseReason::YieldedDefault,
             Origin::Token => CloseReason::YieldedUnanswered,
         };
-        let closed = self.close(id, reason, now)?;
-        self.closed.push(closed);
-        self.closed.last()
+        self.close(id, reason, now)
     }
 
     /// A token newcomer finds the table full: the oldest yielding session gives its place.
     fn yield_one(&mut self, now: Instant) -> bool {
-        self.close_oldest_yielder(None, now).is_some()
+        self.close_oldest_yielder(None, now)
     }
 
-    /// The shell could not open the upstream socket of token session `keep` (descriptors
-    /// exhausted): closes sessions that may yield (never `keep`), oldest first, until one
-    /// frees a socket, at most `tries` of them. True when one did. The closed sessions wait
-    /// in [`SessionTable::take_effects`].
-    pub fn yield_a_socket(&mut self, keep: SessionId, tries: usize, now: Instant) -> bool {
-        (0..tries).any(|_| {
-            self.close_oldest_yielder(Some(keep), now)
-                .is_some_and(|c| c.released.is_some())
-        })
+    /// Input: the shell could not open the socket of slot `socket` for session `id` (the
+    /// descriptors are exhausted). A token session gets the socket of a session that may
+    /// yield (SPEC §3: a default-endpoint or unanswered session gives way to a token, whether
+    /// the table or the descriptors are full): yielders close, oldest first, until one leaves
+    /// a socket empty (at most 16), and the open is asked again. Otherwise, or on a second
+    /// failure for the same session, the session closes as `upstream_error`.
+    pub fn on_socket_failed(&mut self, socket: SocketId, id: SessionId, now: Instant) {
+        let Some(origin) = self.session(id).map(|s| s.origin) else {
+            return;
+        };
+        let generation = self
+            .slots
+            .get(id as usize)
+            .map_or(0, |slot| slot.generation);
+        let again = self.failed == Some((id, generation));
+        self.failed = Some((id, generation));
+        if origin == Origin::Token && !again {
+            for _ in 0..16 {
+                let before = self.out.len();
+                if !self.close_oldest_yielder(Some(id), now) {
+                    break;
+                }
+                let freed = self.out[before..]
+                    .iter()
+                    .any(|o| matches!(o, Output::CloseSocket(_)));
+                if freed {
+                    self.out.push(Output::OpenSocket {
+                        socket,
+                        session: id,
+                    });
+                    return;
+                }
+            }
+        }
+        self.close(id, CloseReason::UpstreamError, now);
     }
 
     /// Keeps the yielders queue within a small multiple of the live sessions.
@@ -747,22 +865,20 @@ impl SessionTable {
         }
     }
 
-    /// True when a decision closed sessions on the side or displaced some elsewhere.
+    /// True when outputs wait for the shell.
     #[inline]
-    pub fn has_effects(&self) -> bool {
-        !self.closed.is_empty() || !self.wake.is_empty()
+    pub fn has_outputs(&self) -> bool {
+        !self.out.is_empty()
     }
 
-    /// Hands the shell what decisions did on the side: sessions closed here (to clean up and
-    /// log) and workers to wake (they hold a displaced session).
-    pub fn take_effects(&mut self, closed: &mut Vec<Closed>, wake: &mut Vec<u16>) {
-        closed.append(&mut self.closed);
-        wake.append(&mut self.wake);
+    /// Hands the shell every output queued since the last call, in order.
+    pub fn take_outputs(&mut self, out: &mut impl Extend<Output>) {
+        out.extend(self.out.drain(..));
     }
 
     /// Closes the sessions other workers displaced from this one (their tokens now open a
-    /// session there), appending them to `out`.
-    pub fn close_displaced(&mut self, now: Instant, out: &mut Vec<Closed>) {
+    /// session there).
+    pub fn close_displaced(&mut self, now: Instant) {
         let mut displaced = Vec::new();
         self.ledger.take_displaced(self.worker, &mut displaced);
         for d in displaced {
@@ -770,8 +886,8 @@ impl SessionTable {
                 && self
                     .session(d.owner.id)
                     .is_some_and(|s| s.token == Some(d.key));
-            if still && let Some(closed) = self.close(d.owner.id, CloseReason::Moved, now) {
-                out.push(closed);
+            if still {
+                self.close(d.owner.id, CloseReason::Moved, now);
             }
         }
     }
@@ -877,6 +993,61 @@ impl SessionTable {
         for (id, _) in &live {
             assert_eq!(armed.get(id).copied(), Some(1), "one timer per session");
         }
+    }
+}
+
+/// Direct answers for the tests and the simulation, which judge one datagram at a time.
+#[cfg(any(test, feature = "sim"))]
+impl SessionTable {
+    /// Judges one client datagram and returns its verdict, leaving what it did on the side
+    /// queued.
+    pub fn decide_client(
+        &mut self,
+        client: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        tokens: &dyn crate::token::Redeem,
+    ) -> Decision {
+        self.on_client_datagram(u32::MAX, client, datagram, now, tokens);
+        self.pop_decision()
+    }
+
+    /// Judges one datagram from a target and returns its verdict.
+    pub fn decide_target(
+        &mut self,
+        socket: SocketId,
+        from: SocketAddr,
+        len: usize,
+        now: Instant,
+    ) -> Decision {
+        self.on_target_datagram(u32::MAX, socket, from, len, now);
+        self.pop_decision()
+    }
+
+    fn pop_decision(&mut self) -> Decision {
+        match self.out.pop() {
+            Some(Output::Datagram { decision, .. }) => decision,
+            other => panic!("the verdict is queued last, found {other:?}"),
+        }
+    }
+
+    /// Takes the queued sessions that ended and workers to wake (socket outputs are dropped:
+    /// the table's own counts say which sockets are open).
+    pub fn take_effects(&mut self, closed: &mut Vec<Closed>, wake: &mut Vec<u16>) {
+        for output in self.out.drain(..) {
+            match output {
+                Output::Closed(c) => closed.push(c),
+                Output::Wake(w) => wake.push(w),
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes the queued sessions that ended.
+    pub fn take_closed(&mut self) -> Vec<Closed> {
+        let mut closed = Vec::new();
+        self.take_effects(&mut closed, &mut Vec::new());
+        closed
     }
 }
 

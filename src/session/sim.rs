@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{CloseReason, Closed, Decision, DropReason, Ledger, Rules, SessionTable, SocketId};
+use super::{
+    CloseReason, Closed, Decision, DropReason, Ledger, Rules, SessionTable, SocketId, ToTarget,
+};
 use crate::model::Target;
 use crate::model::{ClientBinding, Policy, TokenFormat, TokenId};
 use crate::resolve::SessionCounts;
@@ -292,14 +294,7 @@ impl Sim {
             Op::SocketFailed { client } => {
                 let addr = client_addr(*client);
                 if let Some(id) = self.table.lookup(&addr) {
-                    let closed = self
-                        .table
-                        .close(id, super::CloseReason::UpstreamError, self.now)
-                        .ok_or("a looked-up session did not close")?;
-                    if closed.client != addr {
-                        return Err(format!("closed {} instead of {addr}", closed.client));
-                    }
-                    self.model.remove(&addr);
+                    self.socket_failed(addr, id)?;
                 }
             }
             Op::Advance { millis } => self.now += Duration::from_millis(u64::from(*millis)),
@@ -383,7 +378,7 @@ impl Sim {
         let had = self.model.get(&client).copied();
         let decision = self
             .table
-            .on_client_datagram(client, &bytes, self.now, &self.tokens);
+            .decide_client(client, &bytes, self.now, &self.tokens);
         let mut closed: Vec<Closed> = Vec::new();
         let mut wake = Vec::new();
         self.table.take_effects(&mut closed, &mut wake);
@@ -398,11 +393,7 @@ impl Sim {
         if is_reset
             && matches!(
                 decision,
-                Decision::Forward { .. }
-                    | Decision::Open {
-                        forward: Some(_),
-                        ..
-                    }
+                Decision::Forward(_) | Decision::Open { first: Some(_), .. }
             )
         {
             return fail("a reset datagram was forwarded");
@@ -428,15 +419,15 @@ impl Sim {
         }
         match had {
             Some(mut s) => {
-                match (redeems, decision) {
+                match (redeems, decision.clone()) {
                     (Some(Expect::Redeems(t, key)), d) => {
                         match d {
                             Decision::Keep if t == s.target => {}
-                            Decision::Reset { id, leg, .. } if t != s.target => {
-                                let (_, now_to, socket) =
+                            Decision::Reset { id } if t != s.target => {
+                                let (_, now_to, _) =
                                     self.table.describe(id).ok_or("reset lost the session")?;
-                                if now_to.addr != target_addr(t) || socket != leg.socket {
-                                    return fail("reset to the wrong target or socket");
+                                if now_to.addr != target_addr(t) {
+                                    return fail("reset to the wrong target");
                                 }
                                 s.target = t;
                             }
@@ -450,7 +441,7 @@ impl Sim {
                         s.last = self.now;
                     }
                     (Some(e), Decision::Drop(reason)) if is_reset && e.drops_as(reason) => {}
-                    (_, Decision::Forward { to, .. })
+                    (_, Decision::Forward(ToTarget { to, .. }))
                         if !is_reset && to == target_addr(s.target) =>
                     {
                         s.last = self.now;
@@ -470,7 +461,7 @@ impl Sim {
                         _ => fail("a newcomer while draining is refused as draining"),
                     };
                 }
-                let opened: Option<Modelled> = match (redeems, decision) {
+                let opened: Option<Modelled> = match (redeems, decision.clone()) {
                     (Some(Expect::Redeems(_, key)), Decision::Moved { id, from }) => {
                         if self.holder(key) != Some(from) {
                             return fail("moved a session that does not hold the token");
@@ -496,9 +487,8 @@ impl Sim {
                         Some(Expect::Redeems(t, key)),
                         Decision::Open {
                             id,
-                            forward: None,
+                            first: None,
                             redeemed: true,
-                            ..
                         },
                     ) if !ip_full => {
                         if self.holder(key).is_some() {
@@ -539,9 +529,8 @@ impl Sim {
                         None | Some(Expect::Expired | Expect::Wrong | Expect::Forged),
                         Decision::Open {
                             id,
-                            forward: Some(to),
+                            first: Some(ToTarget { to, .. }),
                             redeemed: false,
-                            ..
                         },
                     ) if default && !full && !ip_full => {
                         let t = target_of(to).ok_or("default endpoint sent outside its targets")?;
@@ -633,8 +622,8 @@ impl Sim {
                 (s == socket).then_some(*c)
             })
             .collect();
-        let decision = self.table.on_target_datagram(socket, from, len, self.now);
-        match (bound.as_slice(), decision) {
+        let decision = self.table.decide_target(socket, from, len, self.now);
+        match (bound.as_slice(), decision.clone()) {
             ([], Decision::Drop(DropReason::UnknownSource)) => Ok(()),
             ([c], Decision::Deliver { client }) if *c == client => {
                 if let Some(m) = self.model.get_mut(c) {
@@ -649,9 +638,41 @@ impl Sim {
         }
     }
 
+    /// The shell could not open a session's socket: a token session may take a yielding
+    /// session's socket once; the second failure closes it (`upstream_error`).
+    fn socket_failed(&mut self, addr: SocketAddr, id: super::SessionId) -> Result<(), String> {
+        let (_, _, socket) = self.table.describe(id).ok_or("no description")?;
+        self.table.on_socket_failed(socket, id, self.now);
+        self.table.on_socket_failed(socket, id, self.now);
+        let closed = self.table.take_closed();
+        if !closed
+            .iter()
+            .any(|c| c.client == addr && c.reason == CloseReason::UpstreamError)
+        {
+            return Err(format!("{addr}'s socket failed twice but it did not close"));
+        }
+        for c in &closed {
+            let m = self
+                .model
+                .remove(&c.client)
+                .ok_or_else(|| format!("closed {} which has no session", c.client))?;
+            let yielded = matches!(
+                c.reason,
+                CloseReason::YieldedDefault | CloseReason::YieldedUnanswered
+            );
+            if c.client != addr && !(yielded && m.yields()) {
+                return Err(format!(
+                    "{} closed as {:?} for {addr}'s socket",
+                    c.client, c.reason
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn expire(&mut self) -> Result<(), String> {
-        let mut out = Vec::new();
-        self.table.expire(self.now, &mut out);
+        self.table.expire(self.now);
+        let out = self.table.take_closed();
         for closed in &out {
             let m = self
                 .model

@@ -43,14 +43,27 @@ fn client(port: u16) -> SocketAddr {
 }
 
 fn establish(t: &mut SessionTable, c: u16, tp: u16, now: Instant) -> SessionId {
-    t.open(client(c), target(tp), now).unwrap().0
+    t.open(client(c), target(tp), now).unwrap()
+}
+
+/// The upstream socket slot a session is bound on.
+fn socket_of(t: &SessionTable, id: SessionId) -> SocketId {
+    t.describe(id).unwrap().2
+}
+
+/// The socket outputs queued since the last look (opens and closes, in order).
+fn socket_outputs(t: &mut SessionTable) -> Vec<Output> {
+    let mut out = Vec::new();
+    t.take_outputs(&mut out);
+    out.retain(|o| matches!(o, Output::OpenSocket { .. } | Output::CloseSocket(_)));
+    out
 }
 
 /// The session's target replies once (the session is answered from now on).
 fn answer(t: &mut SessionTable, id: SessionId, now: Instant) {
     let (client, target, socket) = t.describe(id).map(|(c, t, s)| (c, t.addr, s)).unwrap();
     assert_eq!(
-        t.on_target_datagram(socket, target, 1, now),
+        t.decide_target(socket, target, 1, now),
         Decision::Deliver { client }
     );
 }
@@ -63,7 +76,7 @@ fn send(
     datagram: &[u8],
     now: Instant,
 ) -> Decision {
-    t.on_client_datagram(client(c), datagram, now, tokens)
+    t.decide_client(client(c), datagram, now, tokens)
 }
 
 const POLICY: Policy = Policy {
@@ -93,30 +106,36 @@ fn a_token_opens_a_session_and_data_flows_both_ways() {
     let token = token_for(&tokens, 9001, now);
     let Decision::Open {
         id,
-        leg,
-        forward: None,
+        first: None,
         redeemed: true,
     } = send(&mut t, &tokens, 1, &token, now)
     else {
         panic!("a token opens a session and is not forwarded")
     };
-    assert!(leg.open_socket);
+    let socket = socket_of(&t, id);
+    assert_eq!(
+        socket_outputs(&mut t),
+        [Output::OpenSocket {
+            socket,
+            session: id
+        }]
+    );
     assert_eq!(t.lookup(&client(1)), Some(id));
     assert_eq!(
         send(&mut t, &tokens, 1, b"game", now),
-        Decision::Forward {
-            socket: leg.socket,
+        Decision::Forward(ToTarget {
+            socket,
             to: target(9001).addr,
             header: None,
-        }
+        })
     );
     assert_eq!(
-        t.on_target_datagram(leg.socket, target(9001).addr, 5, now),
+        t.decide_target(socket, target(9001).addr, 5, now),
         Decision::Deliver { client: client(1) }
     );
     // A stranger on the same socket is not delivered.
     assert_eq!(
-        t.on_target_datagram(leg.socket, target(9009).addr, 5, now),
+        t.decide_target(socket, target(9009).addr, 5, now),
         Decision::Drop(DropReason::UnknownSource)
     );
     // The retransmitted token changes nothing and is not forwarded.
@@ -135,12 +154,18 @@ fn sockets_are_shared_across_targets_never_within_one() {
     let mut sockets = Vec::new();
     for c in 0..6u16 {
         let tp = if c % 2 == 0 { 9001 } else { 9002 };
-        sockets.push(t.open(client(c), target(tp), now).unwrap().1);
+        let id = t.open(client(c), target(tp), now).unwrap();
+        sockets.push(socket_of(&t, id));
     }
     assert_eq!(t.open_sockets(), 3);
-    assert!(sockets[0].open_socket && !sockets[1].open_socket);
-    assert_eq!(sockets[0].socket, sockets[1].socket);
-    assert_ne!(sockets[0].socket, sockets[2].socket);
+    let opened: Vec<Output> = socket_outputs(&mut t);
+    assert_eq!(
+        opened.len(),
+        3,
+        "one open per slot, by its first session: {opened:?}"
+    );
+    assert_eq!(sockets[0], sockets[1]);
+    assert_ne!(sockets[0], sockets[2]);
 }
 
 #[test]
@@ -149,27 +174,24 @@ fn reset_moves_the_session_and_releases_the_old_binding() {
     let tokens = TokenStore::new(100);
     let now = Instant::now();
     let id = establish(&mut t, 1, 9001, now);
-    let Decision::Forward { socket: old, .. } = send(&mut t, &tokens, 1, b"x", now) else {
-        panic!()
-    };
+    let old = socket_of(&t, id);
     let reset = reset_for(&tokens, 9002, now);
-    let Decision::Reset {
-        id: moved,
-        leg,
-        released,
-    } = send(&mut t, &tokens, 1, &reset, now)
-    else {
+    socket_outputs(&mut t);
+    let Decision::Reset { id: moved } = send(&mut t, &tokens, 1, &reset, now) else {
         panic!("a valid reset moves the session")
     };
-    assert_eq!((moved, released), (id, Some(old)));
-    assert!(leg.open_socket);
+    assert_eq!(moved, id);
+    let new = socket_of(&t, id);
+    // Slot 0 carries on (bound to the new target before the old one is let go): not cycled.
+    assert_eq!(new, old);
+    assert_eq!(socket_outputs(&mut t), []);
     // Old target can no longer reach the client; the new one can.
     assert_eq!(
-        t.on_target_datagram(old, target(9001).addr, 1, now),
+        t.decide_target(old, target(9001).addr, 1, now),
         Decision::Drop(DropReason::UnknownSource)
     );
     assert_eq!(
-        t.on_target_datagram(leg.socket, target(9002).addr, 1, now),
+        t.decide_target(new, target(9002).addr, 1, now),
         Decision::Deliver { client: client(1) }
     );
     assert_eq!(l.sessions_to(&target(9001).addr), 0);
@@ -203,7 +225,7 @@ fn bad_resets_change_nothing_and_token_lookalikes_are_game_traffic() {
     // A bare token-shaped datagram that redeems nothing is forwarded as game traffic.
     assert!(matches!(
         send(&mut t, &tokens, 1, forged, t0),
-        Decision::Forward { to, .. } if to == target(9001).addr
+        Decision::Forward(ToTarget { to, .. }) if to == target(9001).addr
     ));
     assert_eq!(
         send(&mut t, &tokens, 1, b"", t0),
@@ -265,7 +287,7 @@ fn cap_and_drain_refuse_newcomers_not_existing_sessions() {
     );
     assert!(matches!(
         send(&mut t, &tokens, 2, b"still here", now),
-        Decision::Forward { .. }
+        Decision::Forward(_)
     ));
     assert_eq!(t.len(), 2);
 }
@@ -280,19 +302,24 @@ fn idle_sessions_expire_at_their_deadline_and_activity_defers_it() {
     assert_eq!(t.poll_timeout(), Some(t0 + TIMEOUT));
     // Client 1 talks at t0+100s; client 2 stays silent.
     send(&mut t, &tokens, 1, b"x", t0 + Duration::from_secs(100));
-    let mut out = Vec::new();
-    t.expire(t0 + TIMEOUT - Duration::from_millis(1), &mut out);
-    assert!(out.is_empty());
-    t.expire(t0 + TIMEOUT, &mut out);
+    t.expire(t0 + TIMEOUT - Duration::from_millis(1));
+    assert!(t.take_closed().is_empty());
+    t.expire(t0 + TIMEOUT);
+    let out = t.take_closed();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].client, client(2));
     assert_eq!(out[0].reason, CloseReason::Idle);
     // The refreshed session's entry was re-armed at its real deadline.
     assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(400)));
-    out.clear();
-    t.expire(t0 + Duration::from_secs(400), &mut out);
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].released.map(|s| s.index), Some(0));
+    socket_outputs(&mut t);
+    t.expire(t0 + Duration::from_secs(400));
+    assert_eq!(
+        socket_outputs(&mut t),
+        [Output::CloseSocket(SocketId {
+            v6: false,
+            index: 0
+        })]
+    );
     assert!(t.is_empty());
     assert_eq!(l.active(), 0);
     assert_eq!(t.open_sockets(), 0);
@@ -303,17 +330,18 @@ fn a_stale_deadline_never_closes_a_reused_slot() {
     let (mut t, _l) = table(10);
     let t0 = Instant::now();
     let a = establish(&mut t, 1, 9001, t0);
-    t.close(a, CloseReason::UpstreamError, t0).unwrap();
+    let socket = socket_of(&t, a);
+    t.on_socket_failed(socket, a, t0); // nothing may yield: it closes
+    assert_eq!(t.take_closed()[0].reason, CloseReason::UpstreamError);
     // Slot reused 200 s later by a new session.
     let t1 = t0 + Duration::from_secs(200);
     let b = establish(&mut t, 2, 9001, t1);
     assert_eq!(a, b);
-    let mut out = Vec::new();
-    t.expire(t0 + TIMEOUT, &mut out); // the old entry comes due
-    assert!(out.is_empty());
+    t.expire(t0 + TIMEOUT); // the old entry comes due
+    assert!(t.take_closed().is_empty());
     assert_eq!(t.lookup(&client(2)), Some(b));
-    t.expire(t1 + TIMEOUT, &mut out);
-    assert_eq!(out.len(), 1);
+    t.expire(t1 + TIMEOUT);
+    assert_eq!(t.take_closed().len(), 1);
 }
 
 #[test]
@@ -323,10 +351,9 @@ fn new_timeout_applies_to_new_sessions_only() {
     establish(&mut t, 1, 9001, t0);
     t.set_rules(rules(Duration::from_secs(5), 10));
     establish(&mut t, 2, 9001, t0);
-    let mut out = Vec::new();
-    t.expire(t0 + Duration::from_secs(5), &mut out);
+    t.expire(t0 + Duration::from_secs(5));
     assert_eq!(
-        out.iter().map(|c| c.client).collect::<Vec<_>>(),
+        t.take_closed().iter().map(|c| c.client).collect::<Vec<_>>(),
         [client(2)]
     );
 }
@@ -361,9 +388,8 @@ fn an_emptied_table_gives_its_peak_memory_back_and_stays_usable() {
         t.open(addr, target(9001), t0).unwrap();
     }
     assert!(t.capacity_hint() > 100_000);
-    let mut out = Vec::new();
-    t.expire(t0 + TIMEOUT, &mut out);
-    assert_eq!(out.len(), 5_000);
+    t.expire(t0 + TIMEOUT);
+    assert_eq!(t.take_closed().len(), 5_000);
     assert_eq!(t.capacity_hint(), empty, "peak memory released");
     t.check_invariants();
     establish(&mut t, 1, 9001, t0 + TIMEOUT);
@@ -378,9 +404,8 @@ fn close_all_empties_everything() {
     for c in 0..20 {
         establish(&mut t, c, 9000 + (c % 3), t0);
     }
-    let mut out = Vec::new();
-    t.close_all(CloseReason::Drained, t0, &mut out);
-    assert_eq!(out.len(), 20);
+    t.close_all(CloseReason::Drained, t0);
+    assert_eq!(t.take_closed().len(), 20);
     assert!(t.is_empty());
     assert_eq!(t.open_sockets(), 0);
     assert_eq!(l.active(), 0);
@@ -413,9 +438,10 @@ fn one_session_per_token_a_second_address_moves_it() {
     let tokens = TokenStore::new(100);
     let now = Instant::now();
     let token = token_for(&tokens, 9001, now);
-    let Decision::Open { id, leg, .. } = send(&mut t, &tokens, 1, &token, now) else {
+    let Decision::Open { id, .. } = send(&mut t, &tokens, 1, &token, now) else {
         panic!("opens")
     };
+    let socket = socket_of(&t, id);
     // The same token from another port of the same IP (a NAT rebinding, or a forger).
     assert_eq!(
         send(&mut t, &tokens, 2, &token, now),
@@ -429,7 +455,7 @@ fn one_session_per_token_a_second_address_moves_it() {
     assert_eq!(t.lookup(&client(1)), None);
     // Same upstream socket and target: the game server sees the same peer.
     assert_eq!(
-        t.on_target_datagram(leg.socket, target(9001).addr, 3, now),
+        t.decide_target(socket, target(9001).addr, 3, now),
         Decision::Deliver { client: client(2) }
     );
     // A spray from many ports still holds one session.
@@ -449,7 +475,7 @@ fn a_token_bound_to_another_ip_is_refused_and_counted_as_such() {
     let forger = SocketAddr::from(([10, 9, 9, 9], 4000));
     for d in [token.clone(), [MAGIC, &token[..]].concat()] {
         assert_eq!(
-            t.on_client_datagram(forger, &d, now, &tokens),
+            t.decide_client(forger, &d, now, &tokens),
             Decision::Drop(DropReason::WrongClient)
         );
     }
@@ -487,7 +513,7 @@ fn per_ip_cap_refuses_that_ips_newcomers_only() {
         .issue(target(9001), other.ip(), now, POLICY)
         .to_wire();
     assert!(matches!(
-        t.on_client_datagram(other, tokens_other.as_bytes(), now, &tokens),
+        t.decide_client(other, tokens_other.as_bytes(), now, &tokens),
         Decision::Open { .. }
     ));
 }
@@ -502,11 +528,11 @@ fn a_full_table_makes_room_for_a_token_from_default_or_unanswered_sessions_only(
     answer(&mut t, answered, now);
     let _unanswered = establish(&mut t, 2, 9001, now);
     assert_eq!(l.active(), 3 - 1);
-    let mut sim_like = t.ledger().try_admit_ip(client(3).ip(), usize::MAX);
-    assert!(sim_like.is_ok());
-    sim_like = t.ledger().try_admit(3);
-    assert!(sim_like.is_ok());
-    let (default, _) = t.insert_admitted(client(3), target(9002), Origin::DefaultEndpoint, now);
+    t.ledger()
+        .admit(client(3).ip(), 3, usize::MAX)
+        .unwrap()
+        .keep();
+    let default = t.insert_admitted(client(3), target(9002), Origin::DefaultEndpoint, now);
     answer(&mut t, default, now);
     let mut closed = Vec::new();
     let mut wake = Vec::new();
@@ -544,7 +570,7 @@ fn a_full_table_makes_room_for_a_token_from_default_or_unanswered_sessions_only(
         send(&mut t, &tokens, 6, &token, now),
         Decision::Drop(DropReason::SessionCap)
     );
-    assert!(!t.has_effects());
+    assert!(t.take_closed().is_empty());
     assert_eq!(t.len(), 3);
     assert!(wake.is_empty());
     t.check_invariants();
@@ -561,8 +587,8 @@ fn a_session_its_target_never_answers_closes_after_the_unanswered_timeout() {
     let heard = establish(&mut t, 2, 9001, t0);
     answer(&mut t, heard, t0 + Duration::from_secs(1));
     assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(5)));
-    let mut out = Vec::new();
-    t.expire(t0 + Duration::from_secs(5), &mut out);
+    t.expire(t0 + Duration::from_secs(5));
+    let out = t.take_closed();
     assert_eq!(out.len(), 1);
     assert_eq!(t.describe(silent), None);
     assert_eq!(
@@ -570,35 +596,36 @@ fn a_session_its_target_never_answers_closes_after_the_unanswered_timeout() {
         (client(1), CloseReason::Unanswered)
     );
     // The answered one lives to its idle timeout.
-    out.clear();
-    t.expire(t0 + TIMEOUT, &mut out);
-    assert!(out.is_empty());
-    t.expire(t0 + Duration::from_secs(1) + TIMEOUT, &mut out);
-    assert_eq!(out[0].reason, CloseReason::Idle);
+    t.expire(t0 + TIMEOUT);
+    assert!(t.take_closed().is_empty());
+    t.expire(t0 + Duration::from_secs(1) + TIMEOUT);
+    assert_eq!(t.take_closed()[0].reason, CloseReason::Idle);
 }
 
 #[test]
 fn a_token_redeemed_on_another_worker_displaces_its_session_here() {
     let ledger = Arc::new(Ledger::new());
-    let mut w0 = SessionTable::for_worker(rules(TIMEOUT, 10), Arc::clone(&ledger), 0);
-    let mut w1 = SessionTable::for_worker(rules(TIMEOUT, 10), Arc::clone(&ledger), 1);
+    let local = SocketAddr::from(([127, 0, 0, 1], 7777));
+    let mut w0 = SessionTable::for_worker(rules(TIMEOUT, 10), Arc::clone(&ledger), 0, local);
+    let mut w1 = SessionTable::for_worker(rules(TIMEOUT, 10), Arc::clone(&ledger), 1, local);
     let tokens = TokenStore::new(100);
     let now = Instant::now();
     let token = token_for(&tokens, 9001, now);
     assert!(matches!(
-        w0.on_client_datagram(client(1), &token, now, &tokens),
+        w0.decide_client(client(1), &token, now, &tokens),
         Decision::Open { .. }
     ));
     // The kernel hashed the new port to worker 1.
     assert!(matches!(
-        w1.on_client_datagram(client(2), &token, now, &tokens),
+        w1.decide_client(client(2), &token, now, &tokens),
         Decision::Open { .. }
     ));
     let (mut closed, mut wake) = (Vec::new(), Vec::new());
     w1.take_effects(&mut closed, &mut wake);
     assert_eq!(wake, [0], "worker 0 is woken");
     assert!(closed.is_empty());
-    w0.close_displaced(now, &mut closed);
+    w0.close_displaced(now);
+    w0.take_effects(&mut closed, &mut wake);
     assert_eq!(closed.len(), 1);
     assert_eq!(
         (closed[0].client, closed[0].reason),
@@ -609,9 +636,8 @@ fn a_token_redeemed_on_another_worker_displaces_its_session_here() {
         (0, 1, 1, 1)
     );
     // Nothing is displaced twice.
-    closed.clear();
-    w0.close_displaced(now, &mut closed);
-    assert!(closed.is_empty());
+    w0.close_displaced(now);
+    assert!(w0.take_closed().is_empty());
 }
 
 fn payload() -> impl Strategy<Value = Payload> {

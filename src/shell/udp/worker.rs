@@ -12,7 +12,6 @@
 //! decide what a datagram means, resolve queries or redeem tokens itself.
 
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,7 +25,7 @@ use super::counters::{Counts, FLUSH_EVERY, Flusher};
 use super::upstream::{Upstreams, send_error, slot_of, token_of};
 use super::{DataShared, SAMPLE_MAX, WorkerSample};
 use crate::session::{
-    CloseReason, Closed, Decision, DropReason, Leg, SessionId, SessionTable, SocketId, floor,
+    CloseReason, Closed, Decision, DropReason, Output, SessionTable, SocketId, ToTarget, floor,
 };
 use crate::settings::Generation;
 use crate::token::PortTokens;
@@ -75,15 +74,16 @@ pub(crate) struct Worker {
     udp: quinn_udp::UdpSocketState,
     counts: Counts,
     flusher: Flusher,
-    closed: Vec<Closed>,
+    /// The table's outputs being carried out.
+    outputs: std::collections::VecDeque<Output>,
+    /// Where each datagram of the batch being judged lies in `rx` (its handle is the index).
+    spans: Vec<(usize, usize)>,
     /// Sockets whose receive budget ran out: read again without waiting.
     again: Vec<Token>,
     /// When a datagram last arrived (for `busyPollMicros`).
     last_datagram: Instant,
     /// The last `/sessions` request answered.
     sampled: u64,
-    /// The data socket's address (the destination PROXY v2 headers name).
-    local: SocketAddr,
     /// A datagram with its PROXY v2 header in front (`proxyProtocol: v2`).
     proxied: Vec<u8>,
     /// The tokens as this worker's data port redeems them.
@@ -119,6 +119,7 @@ impl Worker {
                 settings.rules.clone(),
                 Arc::clone(&shared.ledger),
                 u16::try_from(index).unwrap_or(u16::MAX),
+                local,
             ),
             flusher: Flusher::new(index, &shared.metrics, now),
             shared,
@@ -129,11 +130,11 @@ impl Worker {
                 (&std::net::UdpSocket::bind("127.0.0.1:0")?).into(),
             )?,
             counts: Counts::default(),
-            closed: Vec::with_capacity(floor::<Closed>()),
+            outputs: std::collections::VecDeque::with_capacity(floor::<Output>()),
+            spans: Vec::with_capacity(BATCH),
             again: Vec::new(),
             last_datagram: now,
             sampled: 0,
-            local,
             proxied: Vec::new(),
             tokens,
         })
@@ -150,9 +151,8 @@ impl Worker {
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
                 let now = Instant::now();
-                let mut closed = std::mem::take(&mut self.closed);
-                self.table.close_all(CloseReason::Drained, now, &mut closed);
-                self.finish_closed(&mut closed);
+                self.table.close_all(CloseReason::Drained, now);
+                self.carry_out(&[], now);
                 self.flush(now);
                 return;
             }
@@ -196,13 +196,11 @@ impl Worker {
                     self.again.push(token);
                 }
             }
-            let mut closed = std::mem::take(&mut self.closed);
-            self.table.close_displaced(now, &mut closed);
-            self.table.expire(now, &mut closed);
-            self.finish_closed(&mut closed);
+            self.table.close_displaced(now);
+            self.table.expire(now);
+            self.carry_out(&[], now);
             // A mass expiry must not pin its peak in this scratch buffer.
-            closed.shrink_to(floor::<Closed>());
-            self.closed = closed;
+            self.outputs.shrink_to(floor::<Output>());
             if now.saturating_duration_since(self.flusher.last_flush) >= FLUSH_EVERY {
                 self.flush(now);
             }
@@ -258,31 +256,43 @@ impl Worker {
                 }
             };
             let rx = std::mem::take(&mut self.rx);
+            self.spans.clear();
             for i in 0..n {
                 let meta = self.metas[i];
-                let slot = &rx[i * SLOT..i * SLOT + meta.len.min(SLOT)];
+                let start = i * SLOT;
+                let len = meta.len.min(SLOT);
                 // Our sockets never enable GRO, so stride == len; split anyway if it differs.
-                // An empty datagram is one empty chunk, judged (and dropped) by the table.
+                // An empty datagram is one empty span, judged (and dropped) by the table.
                 let stride = meta.stride.clamp(1, SLOT);
-                let mut chunks = slot.chunks(stride);
-                let first = chunks.next().unwrap_or_default();
-                for datagram in std::iter::once(first).chain(chunks) {
-                    let decision = match from {
-                        None => {
-                            self.table
-                                .on_client_datagram(meta.addr, datagram, now, &self.tokens)
-                        }
-                        Some(socket) => {
-                            self.table
-                                .on_target_datagram(socket, meta.addr, datagram.len(), now)
-                        }
-                    };
-                    if self.table.has_effects() {
-                        self.side_effects();
+                let mut at = start;
+                loop {
+                    let end = (at + stride).min(start + len);
+                    let handle = self.spans.len() as u32;
+                    self.spans.push((at, end));
+                    let datagram = &rx[at..end];
+                    match from {
+                        None => self.table.on_client_datagram(
+                            handle,
+                            meta.addr,
+                            datagram,
+                            now,
+                            &self.tokens,
+                        ),
+                        Some(socket) => self.table.on_target_datagram(
+                            handle,
+                            socket,
+                            meta.addr,
+                            datagram.len(),
+                            now,
+                        ),
                     }
-                    self.carry_out(decision, datagram, now);
+                    at = end;
+                    if at >= start + len {
+                        break;
+                    }
                 }
             }
+            self.carry_out(&rx, now);
             self.rx = rx;
             self.last_datagram = now;
             if n < BATCH {
@@ -292,21 +302,62 @@ impl Worker {
         true
     }
 
-    /// Does what the table decided for `datagram`.
+    /// Carries out everything the table has queued, in order; `rx` holds the datagrams of the
+    /// batch just judged (empty when none was). A socket that cannot be opened goes back to
+    /// the table as an input, and what the table answers is carried out next, before the rest
+    /// (a retried open comes before the datagrams that need its socket).
+    fn carry_out(&mut self, rx: &[u8], now: Instant) {
+        let mut queue = std::mem::take(&mut self.outputs);
+        self.table.take_outputs(&mut queue);
+        while let Some(output) = queue.pop_front() {
+            match output {
+                Output::Datagram { datagram, decision } => {
+                    let bytes = self
+                        .spans
+                        .get(datagram as usize)
+                        .and_then(|&(a, b)| rx.get(a..b))
+                        .unwrap_or_default();
+                    self.carry_out_decision(decision, bytes);
+                }
+                Output::OpenSocket { socket, session } => {
+                    let opened =
+                        self.upstreams
+                            .open(socket, self.poll.registry(), &self.shared.upstreams);
+                    if let Err(e) = opened {
+                        tracing::debug!(worker = self.index, error = %e, "cannot open upstream socket");
+                        self.counts.dropped(DropReason::UpstreamSocket);
+                        self.table.on_socket_failed(socket, session, now);
+                        // Rare (descriptors exhausted): a small vector is fine here.
+                        let mut answered = Vec::new();
+                        self.table.take_outputs(&mut answered);
+                        for first in answered.into_iter().rev() {
+                            queue.push_front(first);
+                        }
+                    }
+                }
+                Output::CloseSocket(socket) => self.close_socket(socket),
+                Output::Closed(closed) => self.finish_closed(&closed),
+                Output::Wake(worker) => {
+                    if let Some(waker) = self
+                        .shared
+                        .wakers
+                        .get()
+                        .and_then(|w| w.get(usize::from(worker)))
+                    {
+                        let _ = waker.wake();
+                    }
+                }
+            }
+        }
+        self.outputs = queue;
+    }
+
+    /// Does what the table decided for one datagram.
     #[inline]
-    fn carry_out(&mut self, decision: Decision, datagram: &[u8], now: Instant) {
+    fn carry_out_decision(&mut self, decision: Decision, datagram: &[u8]) {
         self.counts.decided(&decision);
         match decision {
-            Decision::Forward {
-                socket,
-                to,
-                header: None,
-            } => self.send_to_target(socket, to, datagram),
-            Decision::Forward {
-                socket,
-                to,
-                header: Some(id),
-            } => self.send_with_header(id, socket, to, datagram),
+            Decision::Forward(to) => self.send_to_target(&to, datagram),
             Decision::Deliver { client } => match self.data.send_to(datagram, client) {
                 Ok(_) => {
                     self.counts.datagrams_to_client += 1;
@@ -316,95 +367,35 @@ impl Worker {
                     .counts
                     .dropped(send_error(&e, DropReason::SendToClient)),
             },
+            // A socket that failed to open was counted then (`upstream_socket`).
             Decision::Open {
-                id,
-                leg,
-                forward,
-                redeemed,
-            } => {
-                if self.bind_socket(id, leg, None, redeemed, now)
-                    && let Some(to) = forward
-                {
-                    if self.table.describe(id).is_some_and(|(_, t, _)| t.proxy) {
-                        self.send_with_header(id, leg.socket, to, datagram);
-                    } else {
-                        self.send_to_target(leg.socket, to, datagram);
-                    }
-                }
+                first: Some(first), ..
+            } if self.upstreams.get(first.socket).is_some() => {
+                self.send_to_target(&first, datagram);
             }
-            Decision::Reset { id, leg, released } => {
-                self.bind_socket(id, leg, released, false, now);
-            }
-            Decision::Keep | Decision::Moved { .. } | Decision::Drop(_) => {}
+            Decision::Open { .. }
+            | Decision::Reset { .. }
+            | Decision::Keep
+            | Decision::Moved { .. }
+            | Decision::Drop(_) => {}
         }
     }
 
-    /// Cleans up sessions a decision closed on the side (before the decision is carried
-    /// out: a yielded session's socket slot may be the newcomer's) and wakes the workers
-    /// holding sessions it displaced.
-    fn side_effects(&mut self) {
-        let mut closed = std::mem::take(&mut self.closed);
-        let mut wake = Vec::new();
-        self.table.take_effects(&mut closed, &mut wake);
-        self.finish_closed(&mut closed);
-        self.closed = closed;
-        if let Some(wakers) = self.shared.wakers.get() {
-            for w in wake {
-                if let Some(waker) = wakers.get(usize::from(w)) {
-                    let _ = waker.wake();
-                }
+    /// Sends a client's datagram towards its target, behind the session's PROXY v2 header
+    /// when it has one. The bytes counted are the client's, not the header's.
+    fn send_to_target(&mut self, to: &ToTarget, datagram: &[u8]) {
+        let sent = match &to.header {
+            None => self.upstreams.send(to.socket, datagram, to.to),
+            Some(header) => {
+                let mut out = std::mem::take(&mut self.proxied);
+                out.clear();
+                out.extend_from_slice(header);
+                out.extend_from_slice(datagram);
+                let sent = self.upstreams.send(to.socket, &out, to.to);
+                self.proxied = out;
+                sent
             }
-        }
-    }
-
-    /// Makes the sockets match a new leg: closes the released slot (unless it is the
-    /// new one, whose socket is then kept rather than cycled) and opens the new slot's socket
-    /// when it is the slot's first session. If that fails (e.g. EMFILE) a token session
-    /// (`token`) gets the socket of a session that may yield (SPEC §3: a default-endpoint or
-    /// unanswered session gives way to a token, whether the table or the descriptors are
-    /// full); otherwise, or if none frees one, the session is closed as `upstream_error`;
-    /// false then.
-    fn bind_socket(
-        &mut self,
-        id: SessionId,
-        leg: Leg,
-        released: Option<SocketId>,
-        token: bool,
-        now: Instant,
-    ) -> bool {
-        if let Some(old) = released
-            && old != leg.socket
-        {
-            self.close_socket(old);
-        }
-        if !leg.open_socket || released == Some(leg.socket) {
-            return true;
-        }
-        let mut opened =
-            self.upstreams
-                .open(leg.socket, self.poll.registry(), &self.shared.upstreams);
-        if opened.is_err() && token && self.table.yield_a_socket(id, 16, now) {
-            self.side_effects();
-            opened = self
-                .upstreams
-                .open(leg.socket, self.poll.registry(), &self.shared.upstreams);
-        }
-        match opened {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(worker = self.index, error = %e, "cannot open upstream socket");
-                self.counts.dropped(DropReason::UpstreamSocket);
-                if let Some(c) = self.table.close(id, CloseReason::UpstreamError, now) {
-                    let mut closed = vec![c];
-                    self.finish_closed(&mut closed);
-                }
-                false
-            }
-        }
-    }
-
-    fn send_to_target(&mut self, socket: SocketId, to: SocketAddr, datagram: &[u8]) {
-        let sent = self.upstreams.send(socket, datagram, to);
+        };
         self.count_sent(sent, datagram.len());
     }
 
@@ -421,32 +412,6 @@ impl Worker {
         }
     }
 
-    /// Sends `datagram` behind session `id`'s PROXY v2 header (client address, this data
-    /// socket's address, the player id). The bytes counted are the client's, not the header's.
-    fn send_with_header(
-        &mut self,
-        id: SessionId,
-        socket: SocketId,
-        to: SocketAddr,
-        datagram: &[u8],
-    ) {
-        let Some((client, target, _)) = self.table.describe(id) else {
-            return;
-        };
-        let mut out = std::mem::take(&mut self.proxied);
-        out.clear();
-        crate::protocol::proxy::write_header(
-            &mut out,
-            client,
-            self.local,
-            target.player.as_deref(),
-        );
-        out.extend_from_slice(datagram);
-        let sent = self.upstreams.send(socket, &out, to);
-        self.proxied = out;
-        self.count_sent(sent, datagram.len());
-    }
-
     /// Reads the ICMP reports queued on an upstream socket and counts them (at least
     /// `at_least`: the error that announced them).
     fn count_icmp_reports(&mut self, id: SocketId, at_least: usize) {
@@ -460,15 +425,10 @@ impl Worker {
         self.again.retain(|t| *t != token_of(id));
     }
 
-    fn finish_closed(&mut self, closed: &mut Vec<Closed>) {
-        for c in closed.drain(..) {
-            self.counts.closed(c.reason);
-            if let Some(socket) = c.released {
-                self.close_socket(socket);
-            }
-            if self.settings.config.access_log {
-                access_log(&c);
-            }
+    fn finish_closed(&mut self, closed: &Closed) {
+        self.counts.closed(closed.reason);
+        if self.settings.config.access_log {
+            access_log(closed);
         }
     }
 
