@@ -1242,6 +1242,10 @@ fn chart_creates_the_watched_namespace_for_a_fresh_install_and_keeps_it() {
         ns[0]["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
     );
+    assert_eq!(
+        ns[0]["metadata"]["annotations"]["argocd.argoproj.io/sync-options"],
+        "Delete=false"
+    );
     let watched = find(&objects, "Role")
         .into_iter()
         .find(|r| r["metadata"]["namespace"] == "game-servers")
