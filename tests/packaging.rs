@@ -366,12 +366,32 @@ fn release_workflow_publishes_the_image_the_chart_pulls_the_chart_and_the_client
     }
     assert_eq!(needs(&wf, "chart"), ["image"]);
 
+    // One version everywhere the release's check step compares with the tag.
+    let version = env!("CARGO_PKG_VERSION");
+    let chart: serde_yaml::Value =
+        serde_yaml::from_str(&read("k8s/helm/udp-director/Chart.yaml")).unwrap();
+    assert_eq!(chart["appVersion"].as_str(), Some(version));
+    assert_eq!(chart["version"].as_str(), Some(version));
+    assert!(read("client/Cargo.toml").contains(&format!("\nversion = \"{version}\"\n")));
+    let check_script: String = check.iter().map(|s| s.1.clone()).collect();
+    for file in [
+        "Cargo.toml",
+        "client/Cargo.toml",
+        "k8s/helm/udp-director/Chart.yaml",
+        "clients/node/package.json",
+    ] {
+        assert!(
+            check_script.contains(file),
+            "the tag is checked against {file}"
+        );
+    }
+
     // The image: multi-arch, pushed to where the chart and k8s/ pull from.
     let values: serde_yaml::Value =
         serde_yaml::from_str(&read("k8s/helm/udp-director/values.yaml")).unwrap();
     assert_eq!(wf["env"]["IMAGE"], values["image"]["repository"]);
     assert!(read("k8s/deployment.yaml").contains(&format!(
-        "image: {}:",
+        "image: {}:{version}\n",
         values["image"]["repository"].as_str().unwrap()
     )));
     let image = steps(&wf, "image");
