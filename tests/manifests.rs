@@ -4,7 +4,10 @@
 //! misspelt field, which serde would silently drop, or a wrong type fails).
 //!
 //! The chart is rendered and linted by real Helm: Helm 4's Go SDK through `helm-python-sdk`
-//! (`tests/helm.py`, the code of `helm template` and `helm lint`; `.ci/run` installs it).
+//! (`tests/helm.py`, the code of `helm template` and `helm lint`, values.schema.json included;
+//! `make test-deps` installs it). The chart's two shell scripts run here with `sh` and `curl`:
+//! the key Job's against a fake API server, the `helm test` pod's against a director on
+//! loopback.
 
 mod common;
 
@@ -766,6 +769,13 @@ fn run_container_script(o: &Value, extra: &[(&str, String)]) -> (bool, String) {
         &o["spec"]
     };
     let c = &spec["containers"][0];
+    assert!(
+        std::process::Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "the chart's scripts need curl (as in their image): apt-get install curl"
+    );
     let command: Vec<&str> = c["command"]
         .as_array()
         .unwrap()
