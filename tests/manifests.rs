@@ -1650,3 +1650,64 @@ async fn chart_helm_test_queries_the_director_and_requires_readyz() {
         .unwrap();
     assert!(!ok, "{out}");
 }
+
+#[test]
+fn chart_writes_the_admin_token_file_only_when_a_secret_is_named() {
+    use serde_json::json;
+    let config_text = |objects: &[Value]| {
+        find(objects, "ConfigMap")[0]["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Default: none of the keys today's director may not know (it refuses unknown keys).
+    let objects = render_chart(&[]);
+    let text = config_text(&objects);
+    for key in ["adminTokenFile", "adminBindAddress", "fastPath"] {
+        assert!(!text.contains(key), "{key} in {text}");
+    }
+    assert!(pod_spec(&objects)["spec"]["volumes"].is_null());
+    let objects = render_chart(&[("admin.tokenSecret", json!("admin-token"))]);
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+    let config: serde_yaml::Value = serde_yaml::from_str(&config_text(&objects)).unwrap();
+    assert_eq!(config["adminTokenFile"], "/etc/udp-director/admin/token");
+    let pod = pod_spec(&objects)["spec"].clone();
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "admin-token", "secret": {"secretName": "admin-token",
+            "items": [{"key": "token", "path": "token"}]}}])
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"],
+        json!([{"name": "admin-token", "mountPath": "/etc/udp-director/admin", "readOnly": true}])
+    );
+    // NOTES.txt tells the user how to reach and check the install.
+    let notes = helm("render", &[])["manifests"]["udp-director/templates/NOTES.txt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(notes.contains("helm test udp-director"), "{notes}");
+    assert!(notes.contains("udp-director-token-keys"), "{notes}");
+    // Every switch on at once still lints clean (strict).
+    let lint = helm(
+        "lint",
+        &[
+            ("metrics.prometheusRule.enabled", json!(true)),
+            ("metrics.dashboard.enabled", json!(true)),
+            ("metrics.serviceMonitor.enabled", json!(true)),
+            ("service.split.enabled", json!(true)),
+            ("fastPath.enabled", json!(true)),
+            ("admin.tokenSecret", json!("admin-token")),
+            ("networkPolicy.kubeletCIDRs", json!(["10.0.0.0/8"])),
+            ("autoscaling.enabled", json!(true)),
+        ],
+    );
+    let messages = lint["lint"]["messages"].as_array().unwrap();
+    assert!(
+        messages.iter().all(|m| m["severity"].as_i64() < Some(2)),
+        "{messages:?}"
+    );
+    assert_eq!(lint["lint"]["errors"], json!([]));
+}
