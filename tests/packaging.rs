@@ -121,8 +121,8 @@ fn build_targets(meta: &Value, dir: &Path) -> (BTreeSet<String>, Vec<String>) {
     (targets, missing)
 }
 
-/// Replays the build stage up to `COPY . .` in a temp dir: the COPYs of single files, every
-/// RUN that is not the cargo build itself. Returns the dir.
+/// Replays the build stage up to `COPY . .` in a temp dir: the COPYs of single files and the
+/// RUN steps made only of mkdir/echo/touch/printf (the stubs). Returns the dir.
 fn replay_dependency_stage() -> testkit::TempDir {
     let (build, _) = stages();
     let dir = testkit::TempDir::new("docker-stub").unwrap();
@@ -156,7 +156,16 @@ fn replay_dependency_stage() -> testkit::TempDir {
                 assert!(i.args.contains("--locked"), "{i:?}");
                 built = true;
             }
-            "RUN" => {
+            // Only steps that write the stub layout run here; anything else (installing a
+            // package, a toolchain component) would touch this machine and cannot make a stub.
+            "RUN"
+                if i.args.split("&&").all(|c| {
+                    let c = c.trim_start();
+                    ["mkdir ", "echo ", "touch ", "printf "]
+                        .iter()
+                        .any(|p| c.starts_with(p))
+                }) =>
+            {
                 let status = Command::new("sh")
                     .arg("-c")
                     .arg(&i.args)
