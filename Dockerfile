@@ -1,23 +1,51 @@
 # syntax=docker/dockerfile:1
-# Multi-stage build: compile with the Rust toolchain, run on a minimal non-root image.
+# The udp-director image: compiled with the Rust toolchain, run as distroless' non-root user.
+# Built for linux/amd64 and linux/arm64 by .github/workflows/release.yml on every `v*` tag.
+#   docker build -t udp-director:dev .          (make docker)
+#   docker run --rm -p 9000:9000 -p 7777:7777/udp -p 8080:8080 udp-director:dev
+# tests/packaging.rs replays this file's stub step in a temp dir and loads the workspace from
+# it with `cargo metadata --offline`, so the dependency layer cannot silently stop working.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
-# The workspace names the dev-only testkit crate: its manifest (and stub sources) must be
-# there for the manifest to resolve, though the image never builds it.
+# Cargo features of the daemon to build in (e.g. `fast-path` once the daemon has it).
+ARG CARGO_FEATURES=""
+
+# Dependencies first, so a source edit does not rebuild them. Cargo needs every workspace
+# member's manifest and a file for every target they name (the daemon, its benches, the
+# client library, the testkit and its two tools) before it resolves anything.
 COPY Cargo.toml Cargo.lock ./
+COPY client/Cargo.toml client/
 COPY testkit/Cargo.toml testkit/
-RUN mkdir -p src benches testkit/src/bin && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/datapath.rs \
-    && touch testkit/src/lib.rs && echo 'fn main() {}' > testkit/src/bin/loadgen.rs \
-    && (cargo build --release --locked --bin udp-director || true)
+RUN mkdir -p src benches client/src testkit/src/bin \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/datapath.rs && echo 'fn main() {}' > benches/tokens.rs \
+    && touch client/src/lib.rs testkit/src/lib.rs \
+    && echo 'fn main() {}' > testkit/src/bin/loadgen.rs \
+    && echo 'fn main() {}' > testkit/src/bin/tcpbench.rs
+RUN cargo build --release --locked --bin udp-director --features "$CARGO_FEATURES"
+
 COPY . .
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin udp-director
+# COPY keeps the context's timestamps: make sure cargo sees the real sources as newer.
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --bin udp-director --features "$CARGO_FEATURES"
 
 FROM gcr.io/distroless/cc-debian12:nonroot
+ARG VERSION=dev
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="udp-director" \
+      org.opencontainers.image.description="Kubernetes-native UDP session director for game servers: TCP query, token, proxied UDP session" \
+      org.opencontainers.image.source="https://github.com/udp-director/udp-director" \
+      org.opencontainers.image.url="https://github.com/udp-director/udp-director" \
+      org.opencontainers.image.documentation="https://github.com/udp-director/udp-director/blob/main/Docs/Operations.md" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="udp-director" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
 COPY --from=build /src/target/release/udp-director /usr/local/bin/udp-director
-COPY config.example.yaml /etc/udp-director/config.yaml
+# Listens on all addresses (config.example.yaml binds 127.0.0.1 for local runs).
+COPY docker/config.yaml /etc/udp-director/config.yaml
+COPY LICENSE /usr/share/doc/udp-director/LICENSE
 # 65532:65532 is distroless' nonroot user; ports are unprivileged.
 USER 65532:65532
 EXPOSE 9000/tcp 7777/udp 8080/tcp

@@ -1,7 +1,7 @@
 # udp-director developer targets. `make test` is the README's test command and what CI runs.
 CARGO ?= cargo
 
-.PHONY: test test-deps demo run lint fmt bench release loadgen soak guess floods fuzz fuzz-check docker clean
+.PHONY: test test-deps deny demo run lint fmt bench release loadgen soak guess floods fuzz fuzz-check docker clean
 
 test: test-deps  ## unit, property and loopback end-to-end tests (daemon, client library, testkit)
 	$(CARGO) test --locked --workspace --all-targets
@@ -9,6 +9,9 @@ test: test-deps  ## unit, property and loopback end-to-end tests (daemon, client
 test-deps:       ## real Helm for the chart tests: Helm 4's Go SDK from PyPI (no helm binary)
 	@python3 -c 'import helm_python' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check helm-python-sdk \
 	  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages helm-python-sdk
+
+deny:            ## cargo-deny: licenses, bans, sources of every crate in Cargo.lock (installs it if missing)
+	.ci/deny
 
 demo:            ## the whole client path on one machine, no Kubernetes
 	$(CARGO) run --release --example demo

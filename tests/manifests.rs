@@ -4,7 +4,10 @@
 //! misspelt field, which serde would silently drop, or a wrong type fails).
 //!
 //! The chart is rendered and linted by real Helm: Helm 4's Go SDK through `helm-python-sdk`
-//! (`tests/helm.py`, the code of `helm template` and `helm lint`; `.ci/run` installs it).
+//! (`tests/helm.py`, the code of `helm template` and `helm lint`, values.schema.json included;
+//! `make test-deps` installs it). The chart's two shell scripts run here with `sh` and `curl`:
+//! the key Job's against a fake API server, the `helm test` pod's against a director on
+//! loopback.
 
 mod common;
 
@@ -94,13 +97,19 @@ fn is_allocation_grant(rule: &Value) -> bool {
         "resources": ["gameserverallocations"], "verbs": ["create"]})
 }
 
+/// A Helm hook (the key Job and its RBAC, the test pod): not part of the running release.
+fn is_hook(o: &Value) -> bool {
+    o["metadata"]["annotations"]["helm.sh/hook"].is_string()
+}
+
 /// Every Role/ClusterRole rule among `objects` with its object's namespace: read-only verbs,
 /// or exactly the allocation grant. Returns the namespaces holding the allocation grant.
+/// Hooks are checked on their own (`chart_creates_the_key_secret_once_in_the_cluster`).
 fn check_rbac_rules(what: &str, objects: &[Value]) -> Vec<String> {
     let mut allocating = Vec::new();
     let mut rules = 0;
     for o in objects {
-        if o["kind"] == "Role" || o["kind"] == "ClusterRole" {
+        if (o["kind"] == "Role" || o["kind"] == "ClusterRole") && !is_hook(o) {
             for r in o["rules"].as_array().unwrap() {
                 rules += 1;
                 if is_allocation_grant(r) {
@@ -194,6 +203,21 @@ fn typed(doc: &Value) -> Result<(), String> {
         "RoleBinding" => roundtrip::<RoleBinding>(doc),
         "ClusterRole" => roundtrip::<ClusterRole>(doc),
         "ClusterRoleBinding" => roundtrip::<ClusterRoleBinding>(doc),
+        "NetworkPolicy" => roundtrip::<k8s_openapi::api::networking::v1::NetworkPolicy>(doc),
+        "Job" => roundtrip::<k8s_openapi::api::batch::v1::Job>(doc),
+        "Pod" => roundtrip::<k8s_openapi::api::core::v1::Pod>(doc),
+        "PrometheusRule" if doc["apiVersion"] == "monitoring.coreos.com/v1" => {
+            let rules = doc["spec"]["groups"][0]["rules"].as_array();
+            if rules.is_some_and(|r| {
+                !r.is_empty()
+                    && r.iter()
+                        .all(|r| r["alert"].is_string() && r["expr"].is_string())
+            }) {
+                Ok(())
+            } else {
+                Err("PrometheusRule needs spec.groups[].rules[] with alert and expr".into())
+            }
+        }
         "ServiceMonitor" if doc["apiVersion"] == "monitoring.coreos.com/v1" => {
             if doc["spec"]["endpoints"][0]["port"].is_string()
                 && doc["spec"]["selector"]["matchLabels"].is_object()
@@ -331,7 +355,7 @@ fn check_config_rbac(what: &str, objects: &[Value], deployment: &Deployment) {
     let (ns, name) = target.split_once('/').unwrap();
     let grants: Vec<&Value> = objects
         .iter()
-        .filter(|o| o["kind"] == "Role")
+        .filter(|o| o["kind"] == "Role" && !is_hook(o))
         .flat_map(|o| o["rules"].as_array().unwrap())
         .filter(|r| {
             r["resources"]
@@ -438,7 +462,11 @@ fn try_render_chart(set: &[(&str, Value)]) -> Result<Vec<Value>, String> {
     }
     let mut objects = Vec::new();
     let manifests = answer["manifests"].as_object().unwrap();
-    for (_, text) in manifests {
+    // NOTES.txt is text for the user, not an object (helm template leaves it out too).
+    for (_, text) in manifests
+        .iter()
+        .filter(|(file, _)| !file.ends_with("NOTES.txt"))
+    {
         for doc in serde_yaml::Deserializer::from_str(text.as_str().unwrap()) {
             let v = as_json(&serde::Deserialize::deserialize(doc).unwrap());
             if !v.is_null() {
@@ -468,12 +496,23 @@ fn chart_default_output_loads_through_kubernetes_types() {
         "Deployment",
         "Service",
         "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Namespace",
+        "Job",
+        "Pod",
     ] {
         assert!(kinds.contains(&kind), "chart renders a {kind}: {kinds:?}");
     }
-    assert!(
-        !kinds.contains(&"ServiceMonitor"),
-        "ServiceMonitor is opt-in"
+    for kind in ["ServiceMonitor", "PrometheusRule", "Secret"] {
+        assert!(
+            !kinds.contains(&kind),
+            "{kind} is not in the default output"
+        );
+    }
+    assert_eq!(
+        objects.iter().filter(|o| o["kind"] == "ConfigMap").count(),
+        1,
+        "the dashboard is opt-in"
     );
     for o in &objects {
         typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
@@ -494,8 +533,10 @@ fn chart_default_output_loads_through_kubernetes_types() {
     let d = the_deployment(&objects);
     check_deployment("chart", &d, 10);
     check_config_rbac("chart", &objects, &d);
-    let svc = objects.iter().find(|o| o["kind"] == "Service").unwrap();
-    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    let svc = objects
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["spec"]["type"] == "LoadBalancer")
+        .unwrap();
     assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
     assert_eq!(
         d.spec.template.spec.as_ref().unwrap().containers[0]
@@ -634,18 +675,8 @@ fn chart_grants_allocation_only_when_a_mapping_allocates_and_exposes_every_data_
     );
 }
 
-/// The key text the chart's Secret holds, checked by the director's own parser.
-fn chart_keys(objects: &[Value]) -> Option<String> {
-    use base64::Engine;
-    let secret = objects.iter().find(|o| o["kind"] == "Secret")?;
-    let b64 = secret["data"]["token-keys"].as_str()?;
-    let text =
-        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()?;
-    Some(text)
-}
-
 #[test]
-fn chart_runs_several_replicas_with_sealed_tokens_and_a_kept_key_secret() {
+fn chart_runs_several_replicas_with_sealed_tokens_and_a_key_secret_it_never_renders() {
     let objects = render_chart(&[]);
     let d = the_deployment(&objects);
     assert_eq!(d.spec.replicas, Some(2));
@@ -653,35 +684,31 @@ fn chart_runs_several_replicas_with_sealed_tokens_and_a_kept_key_secret() {
     let spread = pod.topology_spread_constraints.as_ref().unwrap();
     assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
     assert_eq!(spread[0].when_unsatisfiable, "DoNotSchedule");
-    // The Secret: one random key the director parses, kept across upgrades and uninstalls.
-    let secret = objects.iter().find(|o| o["kind"] == "Secret").unwrap();
+    // No key in any rendered object: every render is the same (GitOps tools re-render on
+    // every sync), and the release history never holds a key.
+    assert!(objects.iter().all(|o| o["kind"] != "Secret"));
     assert_eq!(
-        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
-        "keep"
+        serde_json::to_string(&render_chart(&[])).unwrap(),
+        serde_json::to_string(&objects).unwrap(),
+        "rendering is deterministic"
     );
-    let keys = chart_keys(&objects).unwrap();
-    let set = udp_director::token::KeySet::parse(&keys).unwrap_or_else(|e| panic!("{e}: {keys:?}"));
-    assert_eq!(set.ids().len(), 1);
-    assert_ne!(
-        chart_keys(&render_chart(&[])),
-        Some(keys),
-        "each install draws its own key"
-    );
-    // The config names that Secret; the RBAC reads that one Secret only.
+    // The config names the Secret the hook Job creates; the RBAC reads that one Secret only.
     let cm = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
     let config = ValidConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(
         config.token_format,
         udp_director::config::TokenFormat::Sealed
     );
-    let name = secret["metadata"]["name"].as_str().unwrap();
+    let name = "udp-director-token-keys";
     assert_eq!(
         config.token_keys_secret.as_deref(),
         Some(format!("udp-director/{name}").as_str())
     );
+    let job = key_job(&objects).expect("the key Job");
+    assert_eq!(job_env(&job, "SECRET"), name);
     let secret_rules: Vec<&Value> = objects
         .iter()
-        .filter(|o| o["kind"] == "Role")
+        .filter(|o| o["kind"] == "Role" && !is_hook(o))
         .flat_map(|o| o["rules"].as_array().unwrap())
         .filter(|r| r["resources"][0] == "secrets")
         .collect();
@@ -705,6 +732,249 @@ fn chart_runs_several_replicas_with_sealed_tokens_and_a_kept_key_secret() {
         "{messages:?}"
     );
     assert_eq!(lint["lint"]["errors"], serde_json::json!([]));
+}
+
+/// The hook Job that creates the key Secret, if rendered.
+fn key_job(objects: &[Value]) -> Option<Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == "Job" && o["metadata"]["name"] == "udp-director-token-keys-init")
+        .cloned()
+}
+
+/// The value of the env var `name` of a Job's or Pod's first container.
+fn job_env(o: &Value, name: &str) -> String {
+    let spec = if o["kind"] == "Job" {
+        &o["spec"]["template"]["spec"]
+    } else {
+        &o["spec"]
+    };
+    spec["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("env {name}"))["value"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Runs a rendered Job's or Pod's `sh -euc SCRIPT` container here, with its env plus
+/// `extra`; returns (success, output).
+fn run_container_script(o: &Value, extra: &[(&str, String)]) -> (bool, String) {
+    let spec = if o["kind"] == "Job" {
+        &o["spec"]["template"]["spec"]
+    } else {
+        &o["spec"]
+    };
+    let c = &spec["containers"][0];
+    assert!(
+        std::process::Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "the chart's scripts need curl (as in their image): apt-get install curl"
+    );
+    let command: Vec<&str> = c["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(&command[..2], ["/bin/sh", "-euc"]);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-euc").arg(command[2]);
+    for e in c["env"].as_array().unwrap() {
+        cmd.env(e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A fake Kubernetes API for the key Job: answers GET of the Secret with `get_status`, and a
+/// POST with 201; records every request as (method, path, authorization, body).
+struct FakeSecretsApi {
+    addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+}
+
+/// (method, path, authorization header, body)
+type Request = (String, String, String, String);
+
+impl FakeSecretsApi {
+    fn start(get_status: u16) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut parts = line.split_whitespace();
+                let (method, path) = (
+                    parts.next().unwrap_or_default().to_string(),
+                    parts.next().unwrap_or_default().to_string(),
+                );
+                let (mut length, mut auth) = (0, String::new());
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    let (k, v) = h.split_once(':').unwrap();
+                    match k.to_ascii_lowercase().as_str() {
+                        "content-length" => length = v.trim().parse().unwrap(),
+                        "authorization" => auth = v.trim().to_string(),
+                        _ => {}
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let status = if method == "GET" { get_status } else { 201 };
+                log.lock()
+                    .unwrap()
+                    .push((method, path, auth, String::from_utf8(body).unwrap()));
+                let answer = "{}";
+                write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .unwrap();
+            }
+        });
+        Self { addr, requests }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn chart_creates_the_key_secret_once_in_the_cluster() {
+    use base64::Engine;
+    let objects = render_chart(&[]);
+    let job = key_job(&objects).unwrap();
+    // A hook before install and every upgrade (it does nothing once the Secret exists),
+    // removed once done; its RBAC exists only for the hook: read that one Secret, create.
+    let hooks: Vec<&Value> = objects.iter().filter(|o| is_hook(o)).collect();
+    for o in hooks.iter().filter(|o| o["kind"] != "Pod") {
+        let a = &o["metadata"]["annotations"];
+        assert_eq!(
+            a["helm.sh/hook"], "pre-install,pre-upgrade",
+            "{}",
+            o["kind"]
+        );
+        assert!(
+            a["helm.sh/hook-delete-policy"]
+                .as_str()
+                .unwrap()
+                .contains("hook-succeeded")
+        );
+    }
+    let role = hooks.iter().find(|o| o["kind"] == "Role").unwrap();
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["secrets"],
+             "resourceNames": ["udp-director-token-keys"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}])
+    );
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], role["metadata"]["name"]);
+    let c = &pod["containers"][0]["securityContext"];
+    assert_eq!(c["runAsNonRoot"], true);
+    assert_eq!(c["readOnlyRootFilesystem"], true);
+    assert_eq!(c["capabilities"]["drop"], serde_json::json!(["ALL"]));
+
+    // The Job's own script, against a fake API server: no Secret yet → one created with a
+    // key the director parses; run again with the Secret there → nothing written.
+    let sa = testkit::TempDir::new("sa").unwrap();
+    std::fs::write(sa.path.join("token"), "sa-token").unwrap();
+    std::fs::write(sa.path.join("namespace"), "udp-director").unwrap();
+    std::fs::write(sa.path.join("ca.crt"), "").unwrap();
+    let tmp = testkit::TempDir::new("job-tmp").unwrap();
+    let env = |api: &FakeSecretsApi| {
+        vec![
+            ("API", format!("http://{}", api.addr)),
+            ("SA", sa.path.display().to_string()),
+            ("TMPDIR", tmp.path.display().to_string()),
+        ]
+    };
+    let api = FakeSecretsApi::start(404);
+    let (ok, out) = run_container_script(&job, &env(&api));
+    assert!(ok, "{out}");
+    let requests = api.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let path = "/api/v1/namespaces/udp-director/secrets";
+    assert_eq!(
+        (requests[0].0.as_str(), requests[0].1.as_str()),
+        ("GET", format!("{path}/udp-director-token-keys").as_str())
+    );
+    assert_eq!(
+        (requests[1].0.as_str(), requests[1].1.as_str()),
+        ("POST", path)
+    );
+    assert!(requests.iter().all(|r| r.2 == "Bearer sa-token"));
+    let secret: Value = serde_json::from_str(&requests[1].3).unwrap();
+    typed(&secret).unwrap();
+    assert_eq!(secret["metadata"]["name"], "udp-director-token-keys");
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/instance"],
+        "udp-director"
+    );
+    let keys = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["token-keys"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let set = udp_director::token::KeySet::parse(&keys).unwrap_or_else(|e| panic!("{e}: {keys:?}"));
+    assert_eq!(set.ids().len(), 1);
+    // A second run draws another key (the Job never reuses one).
+    let again = FakeSecretsApi::start(404);
+    assert!(run_container_script(&job, &env(&again)).0);
+    assert_ne!(again.requests()[1].3, requests[1].3);
+
+    let existing = FakeSecretsApi::start(200);
+    let (ok, out) = run_container_script(&job, &env(&existing));
+    assert!(ok, "{out}");
+    assert_eq!(existing.requests().len(), 1, "only the GET");
+    // Anything else from the API fails the Job (Helm then stops the install).
+    let broken = FakeSecretsApi::start(403);
+    assert!(!run_container_script(&job, &env(&broken)).0);
+    assert_eq!(broken.requests().len(), 1);
+
+    // An existing Secret of the studio's, or uuid tokens: no Job.
+    assert!(
+        key_job(&render_chart(&[(
+            "tokens.keys.existingSecret",
+            serde_json::json!("studio-keys")
+        )]))
+        .is_none()
+    );
+    assert!(
+        key_job(&render_chart(&[(
+            "tokens.keys.create",
+            serde_json::json!(false)
+        )]))
+        .is_none()
+    );
 }
 
 #[test]
@@ -764,4 +1034,680 @@ fn chart_autoscales_and_uses_an_existing_key_secret_on_request() {
             .unwrap()
             .contains("tokenKeysSecret: udp-director/studio-keys")
     );
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn pod_spec(objects: &[Value]) -> Value {
+    find(objects, "Deployment")[0]["spec"]["template"].clone()
+}
+
+#[test]
+fn chart_schema_refuses_unknown_keys_and_bad_values() {
+    use serde_json::json;
+    for (key, bad) in [
+        ("tokens.fromat", json!("sealed")),
+        ("servce.type", json!("LoadBalancer")),
+        ("fastPath.enable", json!(true)),
+        ("networkPolicy.kubeletCidrs", json!([])),
+        ("tokens.format", json!("fast")),
+        ("config.queryPort", json!(70000)),
+        ("config.dataPort", json!("7777")),
+        ("service.externalTrafficPolicy", json!("local")),
+        ("service.loadBalancerSourceRanges", json!(["10.0.0.1"])),
+        ("fastPath.enabled", json!("yes")),
+        ("fastPath.interfaces", json!([])),
+        ("replicas", json!(-1)),
+        (
+            "rbac.rules",
+            json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]}]),
+        ),
+        ("extraEnv", json!([{"value": "no name"}])),
+        ("logFormat", json!("xml")),
+    ] {
+        let e = try_render_chart(&[(key, bad.clone())])
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {bad} was accepted"));
+        assert!(e.contains("schema"), "{key}: {e}");
+        let lint = helm("lint", &[(key, bad.clone())]);
+        assert_ne!(lint["lint"]["errors"], json!([]), "lint {key} = {bad}");
+    }
+    // The same keys with good values, and free-form fields, pass.
+    let objects = render_chart(&[
+        ("tokens.format", json!("uuid")),
+        ("replicas", json!(1)),
+        ("config.queryPort", json!(9100)),
+        ("service.externalTrafficPolicy", json!("Local")),
+        (
+            "service.loadBalancerSourceRanges",
+            json!(["10.0.0.0/8", "2001:db8::/32"]),
+        ),
+        ("fastPath.interfaces", json!(["eth0", "eth1"])),
+        ("extraEnv", json!([{"name": "A", "value": "1"}])),
+        ("logFormat", json!("text")),
+        ("affinity", json!({"nodeAffinity": {}})),
+        ("config.limits", json!({"maxTokens": 5})),
+    ]);
+    assert_eq!(find(&objects, "Deployment").len(), 1);
+}
+
+#[test]
+fn chart_scheduling_pod_and_service_knobs_reach_the_objects() {
+    use serde_json::json;
+    let toleration = json!({"key": "games", "operator": "Exists", "effect": "NoSchedule"});
+    let affinity = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+        {"nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["edge"]}]}]}}});
+    let objects = render_chart(&[
+        ("nodeSelector", json!({"pool": "edge"})),
+        ("tolerations", json!([toleration])),
+        ("affinity", affinity.clone()),
+        ("priorityClassName", json!("game-critical")),
+        ("podAnnotations", json!({"example.com/team": "net"})),
+        ("podLabels", json!({"team": "net"})),
+        (
+            "extraEnv",
+            json!([{"name": "UDP_DIRECTOR_X", "value": "1"}]),
+        ),
+        ("imagePullSecrets", json!([{"name": "regcred"}])),
+        (
+            "service.annotations",
+            json!({"service.beta.kubernetes.io/aws-load-balancer-type": "external"}),
+        ),
+        (
+            "service.loadBalancerSourceRanges",
+            json!(["203.0.113.0/24"]),
+        ),
+    ]);
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+    let t = pod_spec(&objects);
+    let pod = &t["spec"];
+    assert_eq!(pod["nodeSelector"], json!({"pool": "edge"}));
+    assert_eq!(pod["tolerations"], json!([toleration]));
+    assert_eq!(pod["affinity"], affinity);
+    assert_eq!(pod["priorityClassName"], "game-critical");
+    assert_eq!(pod["imagePullSecrets"], json!([{"name": "regcred"}]));
+    assert_eq!(t["metadata"]["annotations"]["example.com/team"], "net");
+    assert_eq!(t["metadata"]["annotations"]["prometheus.io/scrape"], "true");
+    assert_eq!(t["metadata"]["labels"]["team"], "net");
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "RUST_LOG"));
+    assert!(
+        env.iter()
+            .any(|e| e == &json!({"name": "UDP_DIRECTOR_X", "value": "1"}))
+    );
+    let public = find(&objects, "Service")
+        .into_iter()
+        .find(|s| s["spec"]["type"] == "LoadBalancer")
+        .unwrap();
+    assert_eq!(
+        public["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"],
+        "external"
+    );
+    assert_eq!(
+        public["spec"]["loadBalancerSourceRanges"],
+        json!(["203.0.113.0/24"])
+    );
+    // None of it by default.
+    let pod = pod_spec(&render_chart(&[]))["spec"].clone();
+    for key in [
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "priorityClassName",
+        "imagePullSecrets",
+    ] {
+        assert!(pod[key].is_null(), "{key}");
+    }
+}
+
+#[test]
+fn chart_splits_tcp_and_udp_into_two_services_sharing_an_address() {
+    use serde_json::json;
+    let shared = json!({"metallb.universe.tf/allow-shared-ip": "udp-director"});
+    let objects = render_chart(&[
+        ("service.split.enabled", json!(true)),
+        ("service.annotations", shared.clone()),
+        (
+            "service.split.udpAnnotations",
+            json!({"example.com/udp": "1"}),
+        ),
+        ("service.loadBalancerIP", json!("203.0.113.7")),
+        (
+            "config.dataPorts",
+            json!([{"port": 7777}, {"port": 7778, "targetPortName": "voice"},
+                {"port": 7780, "protocol": "TCP", "targetPortName": "chat"}]),
+        ),
+    ]);
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+    let public: Vec<&Value> = find(&objects, "Service")
+        .into_iter()
+        .filter(|s| s["spec"]["type"] == "LoadBalancer")
+        .collect();
+    let names: Vec<&str> = public
+        .iter()
+        .map(|s| s["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["udp-director-tcp", "udp-director-udp"]);
+    let ports = |s: &Value| -> Vec<(String, String)> {
+        s["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["protocol"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let pair = |n: &str, p: &str| (n.to_string(), p.to_string());
+    assert_eq!(
+        ports(public[0]),
+        [pair("query", "TCP"), pair("data-2", "TCP")]
+    );
+    assert_eq!(
+        ports(public[1]),
+        [pair("data", "UDP"), pair("data-1", "UDP")]
+    );
+    let selector = &find(&objects, "Deployment")[0]["spec"]["selector"]["matchLabels"];
+    for s in &public {
+        assert_eq!(s["spec"]["loadBalancerIP"], "203.0.113.7");
+        assert_eq!(s["spec"]["externalTrafficPolicy"], "Local");
+        assert_eq!(&s["spec"]["selector"], selector);
+        assert_eq!(
+            s["metadata"]["annotations"]["metallb.universe.tf/allow-shared-ip"],
+            "udp-director"
+        );
+    }
+    assert!(public[0]["metadata"]["annotations"]["example.com/udp"].is_null());
+    assert_eq!(public[1]["metadata"]["annotations"]["example.com/udp"], "1");
+    // The helm test queries the TCP one.
+    let test = find(&objects, "Pod")[0];
+    assert!(job_env(test, "QUERY_HOST").starts_with("udp-director-tcp."));
+    // Split needs LoadBalancer Services.
+    assert!(
+        try_render_chart(&[
+            ("service.split.enabled", json!(true)),
+            ("service.type", json!("NodePort"))
+        ])
+        .is_err()
+    );
+}
+
+#[test]
+fn chart_creates_the_watched_namespace_for_a_fresh_install_and_keeps_it() {
+    use serde_json::json;
+    let objects = render_chart(&[]);
+    let ns = find(&objects, "Namespace");
+    assert_eq!(ns.len(), 1);
+    assert_eq!(ns[0]["metadata"]["name"], "game-servers");
+    assert_eq!(
+        ns[0]["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    assert_eq!(
+        ns[0]["metadata"]["annotations"]["argocd.argoproj.io/sync-options"],
+        "Delete=false"
+    );
+    let watched = find(&objects, "Role")
+        .into_iter()
+        .find(|r| r["metadata"]["namespace"] == "game-servers")
+        .unwrap();
+    assert_eq!(watched["metadata"]["name"], "udp-director");
+    for set in [
+        ("rbac.createNamespace", json!(false)),
+        ("rbac.namespace", json!("udp-director")),
+        ("rbac.create", json!(false)),
+    ] {
+        assert!(
+            find(&render_chart(std::slice::from_ref(&set)), "Namespace").is_empty(),
+            "{set:?}"
+        );
+    }
+}
+
+/// The Deployment's restart checksum for these values.
+fn restart_checksum(set: &[(&str, Value)]) -> String {
+    pod_spec(&render_chart(set))["metadata"]["annotations"]["checksum/restart-only-config"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn chart_rolls_the_pods_when_a_restart_only_key_changes_and_only_then() {
+    use serde_json::json;
+    let base = restart_checksum(&[]);
+    assert_eq!(base.len(), 64);
+    // Every key the daemon cannot take over live (config::reload::RESTART_ONLY), changed
+    // through the values that set it.
+    for key in udp_director::config::reload::RESTART_ONLY {
+        let set: Vec<(&str, Value)> = match key {
+            "bindAddress" => vec![("config.bindAddress", json!("127.0.0.1"))],
+            "queryPort" => vec![("config.queryPort", json!(9100))],
+            "dataPort" => vec![("config.dataPort", json!(7700))],
+            "dataPorts" => vec![(
+                "config.dataPorts",
+                json!([{"port": 7777}, {"port": 7778, "targetPortName": "voice"}]),
+            )],
+            "adminPort" => vec![("config.adminPort", json!(8081))],
+            "dataWorkers" => vec![("config.dataWorkers", json!(2))],
+            "socketBufferBytes" => vec![("config.socketBufferBytes", json!(1048576))],
+            "limits.maxTokens" => vec![("config.limits", json!({"maxTokens": 5}))],
+            "tokenFormat" => vec![("tokens.format", json!("uuid")), ("replicas", json!(1))],
+            "tokenKeysFile" => vec![("config.tokenKeysFile", json!("/etc/keys/token-keys"))],
+            "tokenKeysSecret" => vec![("tokens.keys.existingSecret", json!("studio-keys"))],
+            "reusePort" => vec![("config.reusePort", json!(true))],
+            "fastPath" => vec![("fastPath.enabled", json!(true))],
+            "adminBindAddress" => vec![("config.adminBindAddress", json!("0.0.0.0"))],
+            "adminTokenFile" => vec![("admin.tokenSecret", json!("admin-token"))],
+            other => panic!("the chart's checksum does not cover the restart-only key {other}"),
+        };
+        assert_ne!(restart_checksum(&set), base, "{key} rolls the pods");
+    }
+    for key in ["fastPath", "adminBindAddress", "adminTokenFile"] {
+        let set: Vec<(&str, Value)> = match key {
+            "fastPath" => vec![("fastPath.enabled", json!(true))],
+            "adminBindAddress" => vec![("config.adminBindAddress", json!("0.0.0.0"))],
+            _ => vec![("admin.tokenSecret", json!("admin-token"))],
+        };
+        assert_ne!(restart_checksum(&set), base, "{key} rolls the pods");
+    }
+    // Keys applied live leave the pods alone (the director reloads the ConfigMap).
+    for set in [
+        ("config.tokenTTLSeconds", json!(60)),
+        ("config.sessionTimeoutSeconds", json!(120)),
+        ("config.maxSessions", json!(5000)),
+        ("rustLog", json!("debug")),
+    ] {
+        assert_eq!(
+            restart_checksum(std::slice::from_ref(&set)),
+            base,
+            "{set:?}"
+        );
+    }
+}
+
+/// The ingress rules of a NetworkPolicy as (ports, from) pairs.
+fn policy_rules(policy: &Value) -> Vec<(Vec<(u64, String)>, Value)> {
+    policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let ports = r["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["port"].as_u64().unwrap(),
+                        p["protocol"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            (ports, r["from"].clone())
+        })
+        .collect()
+}
+
+fn check_network_policy(what: &str, policy: &Value, selector: &Value) {
+    assert_eq!(
+        &policy["spec"]["podSelector"]["matchLabels"], selector,
+        "{what}"
+    );
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"]),
+        "{what}"
+    );
+    let rules = policy_rules(policy);
+    assert_eq!(rules.len(), 2, "{what}");
+    // Public ports from anywhere.
+    assert_eq!(
+        rules[0].0,
+        [(9000, "TCP".into()), (7777, "UDP".into())],
+        "{what}"
+    );
+    assert!(rules[0].1.is_null(), "{what}");
+    // The admin port from the monitoring namespace (and, in the chart, the test pod).
+    assert_eq!(rules[1].0, [(8080, "TCP".into())], "{what}");
+    let from = rules[1].1.as_array().unwrap();
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "monitoring",
+        "{what}"
+    );
+    assert!(
+        from[0]["podSelector"].is_null(),
+        "{what}: the whole namespace"
+    );
+    for f in from {
+        assert!(
+            f["namespaceSelector"].is_object()
+                || f["podSelector"].is_object()
+                || f["ipBlock"].is_object(),
+            "{what}: {f}"
+        );
+        assert_ne!(f["ipBlock"]["cidr"], "0.0.0.0/0", "{what}");
+    }
+}
+
+#[test]
+fn network_policy_admits_the_admin_port_only_from_monitoring_and_the_kubelet() {
+    use serde_json::json;
+    let all: Vec<Value> = manifests().iter().map(|(_, d)| as_json(d)).collect();
+    let d = the_deployment(&all);
+    let policy = find(&all, "NetworkPolicy");
+    assert_eq!(policy.len(), 1, "k8s/networkpolicy.yaml");
+    check_network_policy(
+        "k8s/",
+        policy[0],
+        &serde_json::to_value(&d.spec.selector.match_labels).unwrap(),
+    );
+
+    let objects = render_chart(&[]);
+    let policy = find(&objects, "NetworkPolicy")[0];
+    let selector = &find(&objects, "Deployment")[0]["spec"]["selector"]["matchLabels"];
+    check_network_policy("chart", policy, selector);
+    let from = policy_rules(policy)[1].1.clone();
+    let test = find(&objects, "Pod")[0];
+    let admitted = &from[1]["podSelector"]["matchLabels"];
+    for (k, v) in admitted.as_object().unwrap() {
+        assert_eq!(
+            &test["metadata"]["labels"][k], v,
+            "the test pod is admitted"
+        );
+    }
+    assert!(
+        from[1]["namespaceSelector"].is_null(),
+        "its own namespace only"
+    );
+    assert_eq!(from.as_array().unwrap().len(), 2);
+    // The kubelet's addresses, the scraper pods, every data port; or no policy at all.
+    let objects = render_chart(&[
+        ("networkPolicy.kubeletCIDRs", json!(["10.0.0.0/16"])),
+        (
+            "networkPolicy.monitoringPodSelector",
+            json!({"app.kubernetes.io/name": "prometheus"}),
+        ),
+        (
+            "config.dataPorts",
+            json!([{"port": 7777}, {"port": 7780, "protocol": "TCP", "targetPortName": "chat"}]),
+        ),
+    ]);
+    let policy = find(&objects, "NetworkPolicy")[0];
+    typed(policy).unwrap();
+    let rules = policy_rules(policy);
+    assert_eq!(
+        rules[0].0,
+        [
+            (9000, "TCP".into()),
+            (7777, "UDP".into()),
+            (7780, "TCP".into())
+        ]
+    );
+    let from = rules[1].1.as_array().unwrap();
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "prometheus"
+    );
+    assert_eq!(from[2]["ipBlock"]["cidr"], "10.0.0.0/16");
+    assert!(
+        find(
+            &render_chart(&[("networkPolicy.enabled", json!(false))]),
+            "NetworkPolicy"
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn chart_ships_alert_rules_and_a_grafana_dashboard_behind_switches() {
+    use serde_json::json;
+    let objects = render_chart(&[
+        ("metrics.prometheusRule.enabled", json!(true)),
+        (
+            "metrics.prometheusRule.labels",
+            json!({"release": "kube-prometheus-stack"}),
+        ),
+        ("metrics.dashboard.enabled", json!(true)),
+        ("metrics.dashboard.namespace", json!("monitoring")),
+        ("config.maxSessions", json!(5000)),
+    ]);
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+    let rule = find(&objects, "PrometheusRule")[0];
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    assert!(rules.len() >= 10);
+    let cap = rules
+        .iter()
+        .find(|r| r["alert"] == "UdpDirectorNearSessionCap")
+        .unwrap();
+    assert_eq!(cap["expr"], "udp_director_sessions_active > 0.9 * 5000");
+    let dashboard = find(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "udp-director-dashboard")
+        .unwrap();
+    assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value =
+        serde_json::from_str(dashboard["data"]["udp-director.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json["uid"], "udp-director");
+    assert!(json["panels"].as_array().unwrap().len() >= 10);
+    // Off by default.
+    let objects = render_chart(&[]);
+    assert!(find(&objects, "PrometheusRule").is_empty());
+    assert!(
+        find(&objects, "ConfigMap")
+            .iter()
+            .all(|c| c["metadata"]["name"] != "udp-director-dashboard")
+    );
+}
+
+#[test]
+fn chart_fast_path_adds_exactly_bpf_and_net_admin_and_renders_the_config() {
+    use serde_json::json;
+    let container = |objects: &[Value]| pod_spec(objects)["spec"]["containers"][0].clone();
+    let config_doc = |objects: &[Value]| -> serde_yaml::Value {
+        let cm = find(objects, "ConfigMap")
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == "udp-director-config")
+            .unwrap();
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap()
+    };
+    // Default: restricted, and no fastPath key in the config (which the director validates).
+    let objects = render_chart(&[]);
+    let sc = container(&objects)["securityContext"].clone();
+    assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert!(sc["runAsUser"].is_null());
+    assert!(config_doc(&objects).get("fastPath").is_none());
+    // Enabled: exactly CAP_BPF and CAP_NET_ADMIN on top of nothing, nothing else loosened.
+    let objects = render_chart(&[("fastPath.enabled", json!(true))]);
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+    let fast = container(&objects)["securityContext"].clone();
+    assert_eq!(
+        fast["capabilities"],
+        json!({"drop": ["ALL"], "add": ["BPF", "NET_ADMIN"]})
+    );
+    for key in ["allowPrivilegeEscalation", "privileged"] {
+        assert_eq!(fast[key], false, "{key}");
+    }
+    assert_eq!(fast["readOnlyRootFilesystem"], true);
+    assert_eq!(fast["seccompProfile"], sc["seccompProfile"]);
+    // Root inside the container: added capabilities reach a non-root process only as
+    // ambient capabilities, which Kubernetes does not set.
+    assert_eq!(fast["runAsUser"], 0);
+    assert_eq!(
+        serde_json::to_value(config_doc(&objects)["fastPath"].clone()).unwrap(),
+        json!({"enabled": true, "interfaces": ["eth0"]})
+    );
+    let objects = render_chart(&[
+        ("fastPath.enabled", json!(true)),
+        ("fastPath.interfaces", json!(["ens5"])),
+    ]);
+    assert_eq!(
+        serde_json::to_value(config_doc(&objects)["fastPath"].clone()).unwrap(),
+        json!({"enabled": true, "interfaces": ["ens5"]})
+    );
+    // Every other pod of the chart stays restricted.
+    for o in find(&objects, "Pod")
+        .into_iter()
+        .chain(find(&objects, "Job"))
+    {
+        let spec = if o["kind"] == "Job" {
+            &o["spec"]["template"]["spec"]
+        } else {
+            &o["spec"]
+        };
+        assert_eq!(
+            spec["containers"][0]["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"]})
+        );
+    }
+    let e = try_render_chart(&[
+        ("fastPath.enabled", json!(true)),
+        ("config.reusePort", json!(true)),
+    ])
+    .unwrap_err();
+    assert!(e.contains("reusePort"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_helm_test_queries_the_director_and_requires_readyz() {
+    use serde_json::json;
+    let objects = render_chart(&[]);
+    let tests: Vec<&Value> = find(&objects, "Pod");
+    assert_eq!(tests.len(), 1);
+    let pod = tests[0].clone();
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert_eq!(
+        job_env(&pod, "RESOURCE_TYPE"),
+        "gameserver",
+        "the first mapping"
+    );
+    assert_eq!(job_env(&pod, "QUERY_HOST"), "udp-director.udp-director.svc");
+    assert_eq!(
+        job_env(&pod, "ADMIN_URL"),
+        "http://udp-director-metrics.udp-director.svc:8080"
+    );
+    let metrics = find(&objects, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "udp-director-metrics")
+        .unwrap();
+    assert_eq!(metrics["spec"]["type"], "ClusterIP");
+    let named = render_chart(&[("tests.resourceType", json!("arena"))]);
+    assert_eq!(job_env(find(&named, "Pod")[0], "RESOURCE_TYPE"), "arena");
+
+    // Its script, against a director on loopback: answered and ready.
+    let b = common::Backend::new();
+    let d = common::start(common::config_for(&[&b], "")).await;
+    let env = move |query: std::net::SocketAddr, admin: std::net::SocketAddr| {
+        vec![
+            ("QUERY_HOST", query.ip().to_string()),
+            ("QUERY_PORT", query.port().to_string()),
+            ("RESOURCE_TYPE", "echo".to_string()),
+            ("ADMIN_URL", format!("http://{admin}")),
+        ]
+    };
+    let (q, a) = (d.query_addr, d.admin_addr);
+    let script = pod.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || run_container_script(&script, &env(q, a)))
+        .await
+        .unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("\"token\""), "{out}");
+    assert!(out.contains("ready"), "{out}");
+    // An unknown resource type is still an answer (the query server works).
+    let script = pod.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let mut e = env(q, a);
+        e[2].1 = "nothing".into();
+        run_container_script(&script, &e)
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("unknown_resource_type"), "{out}");
+    d.stop().await;
+    // Nothing listening: the test fails.
+    let script = pod.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || run_container_script(&script, &env(q, a)))
+        .await
+        .unwrap();
+    assert!(!ok, "{out}");
+}
+
+#[test]
+fn chart_writes_the_admin_token_file_only_when_a_secret_is_named() {
+    use serde_json::json;
+    let config_text = |objects: &[Value]| {
+        find(objects, "ConfigMap")[0]["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Default: none of the keys today's director may not know (it refuses unknown keys).
+    let objects = render_chart(&[]);
+    let text = config_text(&objects);
+    for key in ["adminTokenFile", "adminBindAddress", "fastPath"] {
+        assert!(!text.contains(key), "{key} in {text}");
+    }
+    assert!(pod_spec(&objects)["spec"]["volumes"].is_null());
+    let objects = render_chart(&[("admin.tokenSecret", json!("admin-token"))]);
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+    let config: serde_yaml::Value = serde_yaml::from_str(&config_text(&objects)).unwrap();
+    assert_eq!(config["adminTokenFile"], "/etc/udp-director/admin/token");
+    let pod = pod_spec(&objects)["spec"].clone();
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "admin-token", "secret": {"secretName": "admin-token",
+            "items": [{"key": "token", "path": "token"}]}}])
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"],
+        json!([{"name": "admin-token", "mountPath": "/etc/udp-director/admin", "readOnly": true}])
+    );
+    // NOTES.txt tells the user how to reach and check the install.
+    let notes = helm("render", &[])["manifests"]["udp-director/templates/NOTES.txt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(notes.contains("helm test udp-director"), "{notes}");
+    assert!(notes.contains("udp-director-token-keys"), "{notes}");
+    // Every switch on at once still lints clean (strict).
+    let lint = helm(
+        "lint",
+        &[
+            ("metrics.prometheusRule.enabled", json!(true)),
+            ("metrics.dashboard.enabled", json!(true)),
+            ("metrics.serviceMonitor.enabled", json!(true)),
+            ("service.split.enabled", json!(true)),
+            ("fastPath.enabled", json!(true)),
+            ("admin.tokenSecret", json!("admin-token")),
+            ("networkPolicy.kubeletCIDRs", json!(["10.0.0.0/8"])),
+            ("autoscaling.enabled", json!(true)),
+        ],
+    );
+    let messages = lint["lint"]["messages"].as_array().unwrap();
+    assert!(
+        messages.iter().all(|m| m["severity"].as_i64() < Some(2)),
+        "{messages:?}"
+    );
+    assert_eq!(lint["lint"]["errors"], json!([]));
 }
