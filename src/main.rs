@@ -148,7 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .load(&text)
         .with_context(|| format!("invalid config from {source}"))?;
     if cli.check_config {
-        print!("{}", serde_yaml::to_string(config.raw())?);
+        print!("{}", config.to_yaml()?);
         return Ok(());
     }
     let options = StartOptions {

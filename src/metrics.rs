@@ -9,7 +9,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
@@ -25,51 +25,130 @@ pub(crate) type Label2 = [(&'static str, &'static str); 2];
 /// `mapping` label: a name from the operator's config (bounded by the config, never by clients).
 pub(crate) type MappingLabel = [(&'static str, String); 1];
 
-/// Every metric of the director. Prefix `udp_director_` is added by the registry.
-pub struct Metrics {
-    registry: Registry,
-    pub sessions_active: Gauge,
-    pub sessions_created: Counter,
-    pub sessions_closed: Family<Label, Counter>,
-    pub sessions_refused: Family<Label, Counter>,
-    pub session_resets: Counter,
-    pub sessions_moved: Counter,
-    pub token_key_reloads: Family<Label, Counter>,
-    pub token_keys: Gauge,
-    pub datagrams: Family<Label, Counter>,
-    pub bytes: Family<Label, Counter>,
-    pub drops: Family<Label, Counter>,
-    pub tokens_issued: Counter,
-    pub tokens_redeemed: Counter,
-    pub tokens_rejected: Family<Label, Counter>,
-    pub queries: Family<Label, Counter>,
-    pub query_duration: Histogram,
-    pub query_connections: Gauge,
+/// Declares the metrics once: each family with its registered name, help text and (when
+/// `Default` will not do) its initial value, so a family cannot exist without being
+/// registered. The invocation below is the table of every family.
+macro_rules! families {
+    ($( $(#[$doc:meta])* $field:ident: $ty:ty = $name:literal, $help:literal $(=> $init:expr)?; )+) => {
+        /// Every metric of the director. Prefix `udp_director_` is added by the registry.
+        pub struct Metrics {
+            registry: Registry,
+            $( $(#[$doc])* pub $field: $ty, )+
+            /// Handles of the closed label sets counted on hot paths, resolved once.
+            pub hot: Hot,
+            /// Bytes of the last `/metrics` text (sizes the next one's buffer).
+            last_exposition: AtomicUsize,
+        }
+
+        impl Metrics {
+            pub fn new() -> Self {
+                let mut registry = Registry::with_prefix("udp_director");
+                $(
+                    let $field: $ty = families!(@init $($init)?);
+                    registry.register($name, $help, $field.clone());
+                )+
+                registry.register(
+                    "build",
+                    "Build information",
+                    Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+                );
+                let mut m = Self {
+                    registry,
+                    $( $field, )+
+                    hot: Hot::default(),
+                    last_exposition: AtomicUsize::new(0),
+                };
+                m.hot = Hot::resolve(&m);
+                zero_labels(&m);
+                m
+            }
+        }
+    };
+    (@init) => { Default::default() };
+    (@init $init:expr) => { $init };
+}
+
+families! {
+    sessions_active: Gauge = "sessions_active", "Live sessions, UDP and TCP (sessions_by_protocol splits them)";
+    sessions_created: Counter = "sessions_created", "UDP sessions created";
+    sessions_closed: Family<Label, Counter> = "sessions_closed", "UDP sessions closed, by reason";
+    sessions_refused: Family<Label, Counter> = "sessions_refused", "New sessions refused, by reason (session_cap: maxSessions reached; client_ip_cap: maxSessionsPerClientIp; draining: shutting down)";
+    session_resets: Counter = "session_resets", "Live sessions moved to another target by a reset (a token for another target)";
+    sessions_moved: Counter = "sessions_moved", "Sessions taken over by a new client address redeeming their token (NAT rebinding; one session per token)";
+    /// `sessions_by_protocol{protocol}`: live sessions per data-port protocol.
+    sessions_by_protocol: Family<Label, Gauge> = "sessions_by_protocol", "Live sessions per data-port protocol (udp, tcp); their sum is sessions_active";
+    datagrams: Family<Label, Counter> = "datagrams", "Datagrams proxied, by direction";
+    bytes: Family<Label, Counter> = "bytes", "Payload bytes proxied, by direction";
+    drops: Family<Label, Counter> = "datagrams_dropped", "Datagrams dropped, by reason";
+    tokens_issued: Counter = "tokens_issued", "Tokens issued";
+    tokens_redeemed: Counter = "tokens_redeemed", "Tokens redeemed by a datagram";
+    tokens_rejected: Family<Label, Counter> = "tokens_rejected", "Token datagrams rejected, by reason";
+    tokens_active: Gauge = "tokens_active", "Tokens held (issued, not yet expired or evicted)";
+    token_key_reloads: Family<Label, Counter> = "token_key_reloads", "Token key source changes, by result (rejected: the keys in force stay)";
+    token_keys: Gauge = "token_keys", "Sealed-token keys in force (the first seals, all open)";
+    queries: Family<Label, Counter> = "queries", "Queries answered, by result";
+    query_duration: Histogram = "query_duration_seconds", "Time from a complete request line to its answer"
+        => Histogram::new(exponential_buckets(0.00005, 2.0, 15)); // 50 µs .. ~0.8 s
+    query_connections: Gauge = "query_connections_active", "Open query connections";
+    allocations: Family<Label, Counter> = "allocations", "Agones allocations, by result (allocated, unallocated, contention, unusable, error, timeout, overloaded)";
+    allocation_duration: Histogram = "allocation_duration_seconds", "Time from asking Agones for a GameServer to its answer (or the 2 s timeout)"
+        => Histogram::new(exponential_buckets(0.001, 2.0, 13)); // 1 ms .. ~4 s
+    tcp_sessions_created: Family<Label, Counter> = "tcp_sessions_created", "Relayed TCP data sessions opened by a token line";
+    tcp_sessions_closed: Family<Label2, Counter> = "tcp_sessions_closed", "Relayed TCP data sessions ended, by reason (closed, idle, replaced, drained, error)";
+    tcp_refused: Family<Label2, Counter> = "tcp_refused", "TCP data connections closed before relaying, by reason (no byte was sent to them)";
+    tcp_bytes: Family<Label2, Counter> = "tcp_bytes", "Bytes relayed on TCP data ports, by direction";
+    config_reloads: Family<Label, Counter> = "config_reloads", "Config reload attempts, by result";
+    config_restart_required: Gauge = "config_restart_required", "1 when the config source changes keys that only a restart applies (ports, bind address, workers, buffers, maxTokens)";
+    mapping_objects: Family<MappingLabel, Gauge> = "mapping_objects", "Objects cached per mapping (static mappings: endpoints); mapping names come from the config";
+    mapping_synced: Family<MappingLabel, Gauge> = "mapping_synced", "1 when every cache behind the mapping has completed its first list";
+    upstream_sockets: Gauge = "upstream_sockets", "Open upstream sockets (shared by sessions bound for different targets)";
+    caches_synced: Gauge = "caches_synced", "1 when every resource source has synced at least once";
+    draining: Gauge = "draining", "1 while shutting down";
+    kube_watch_errors: Counter = "kube_watch_errors", "Errors from Kubernetes list/watch streams (API unreachable, 410 Gone, bad answers); caches keep serving";
+    targets_skipped: Counter = "targets_skipped", "Matching resources skipped because no usable address or port could be read";
+    memory_trims: Counter = "memory_trims", "Times free allocator memory was handed back to the kernel after the load fell by half";
+}
+
+/// Handles for the closed label sets counted on hot paths (indexed by the label enum's
+/// `index()`), resolved once when the metrics are built.
+#[derive(Default)]
+pub struct Hot {
     /// `allocations_total{result}`, indexed by [`AllocationResult::index`].
-    pub allocations: [Counter; AllocationResult::COUNT],
-    pub allocation_duration: Histogram,
-    /// TCP data ports (`protocol="tcp"` families; UDP sessions are `sessions_*`).
-    pub tcp_sessions_active: Gauge,
+    pub allocations: Vec<Counter>,
+    /// `tcp_sessions_created_total{protocol="tcp"}`.
     pub tcp_sessions_created: Counter,
-    pub tcp_sessions_closed: [Counter; TcpClose::COUNT],
-    pub tcp_refused: [Counter; TcpRefusal::COUNT],
+    /// The TCP share of `sessions_by_protocol`.
+    pub tcp_sessions_active: Gauge,
+    pub tcp_sessions_closed: Vec<Counter>,
+    pub tcp_refused: Vec<Counter>,
     pub tcp_bytes_to_target: Counter,
     pub tcp_bytes_to_client: Counter,
-    /// `sessions_by_protocol{protocol}`: live sessions per data-port protocol.
-    pub sessions_by_protocol: Family<Label, Gauge>,
-    pub config_reloads: Family<Label, Counter>,
-    pub config_restart_required: Gauge,
-    pub mapping_objects: Family<MappingLabel, Gauge>,
-    pub mapping_synced: Family<MappingLabel, Gauge>,
-    pub tokens_active: Gauge,
-    pub upstream_sockets: Gauge,
-    pub caches_synced: Gauge,
-    pub draining: Gauge,
-    pub kube_watch_errors: Counter,
-    pub targets_skipped: Counter,
-    pub memory_trims: Counter,
-    /// Bytes of the last `/metrics` text (sizes the next one's buffer).
-    last_exposition: AtomicUsize,
+}
+
+impl Hot {
+    fn resolve(m: &Metrics) -> Self {
+        Self {
+            allocations: AllocationResult::ALL
+                .iter()
+                .map(|r| Metrics::counter(&m.allocations, "result", r.as_str()))
+                .collect(),
+            tcp_sessions_created: Metrics::counter(&m.tcp_sessions_created, "protocol", "tcp"),
+            tcp_sessions_active: m
+                .sessions_by_protocol
+                .get_or_create(&[("protocol", Protocol::Tcp.as_str())])
+                .clone(),
+            tcp_sessions_closed: TcpClose::ALL
+                .iter()
+                .map(|r| tcp_counter(&m.tcp_sessions_closed, "reason", r.as_str()))
+                .collect(),
+            tcp_refused: TcpRefusal::ALL
+                .iter()
+                .map(|r| tcp_counter(&m.tcp_refused, "reason", r.as_str()))
+                .collect(),
+            tcp_bytes_to_target: tcp_counter(&m.tcp_bytes, "direction", TO_TARGET),
+            tcp_bytes_to_client: tcp_counter(&m.tcp_bytes, "direction", TO_CLIENT),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -79,272 +158,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("udp_director");
-        let allocations = Family::<Label, Counter>::default();
-        let tcp_created = Family::<Label, Counter>::default();
-        let tcp_closed = Family::<Label2, Counter>::default();
-        let tcp_refused = Family::<Label2, Counter>::default();
-        let tcp_bytes = Family::<Label2, Counter>::default();
-        let m = Self {
-            sessions_active: Gauge::default(),
-            sessions_created: Counter::default(),
-            sessions_closed: Family::default(),
-            sessions_refused: Family::default(),
-            session_resets: Counter::default(),
-            sessions_moved: Counter::default(),
-            token_key_reloads: Family::default(),
-            token_keys: Gauge::default(),
-            datagrams: Family::default(),
-            bytes: Family::default(),
-            drops: Family::default(),
-            tokens_issued: Counter::default(),
-            tokens_redeemed: Counter::default(),
-            tokens_rejected: Family::default(),
-            queries: Family::default(),
-            // 50 µs .. ~0.8 s
-            query_duration: Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 15),
-            ),
-            query_connections: Gauge::default(),
-            tcp_sessions_active: Gauge::default(),
-            tcp_sessions_created: Metrics::counter(&tcp_created, "protocol", "tcp"),
-            tcp_sessions_closed: std::array::from_fn(|i| {
-                tcp_counter(&tcp_closed, "reason", TcpClose::ALL[i].as_str())
-            }),
-            tcp_refused: std::array::from_fn(|i| {
-                tcp_counter(&tcp_refused, "reason", TcpRefusal::ALL[i].as_str())
-            }),
-            tcp_bytes_to_target: tcp_counter(&tcp_bytes, "direction", TO_TARGET),
-            tcp_bytes_to_client: tcp_counter(&tcp_bytes, "direction", TO_CLIENT),
-            sessions_by_protocol: Family::default(),
-            // Handles into the registered family, one per result (all present from the start).
-            allocations: std::array::from_fn(|i| {
-                Self::counter(&allocations, "result", AllocationResult::ALL[i].as_str())
-            }),
-            // 1 ms .. ~4 s
-            allocation_duration: Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13),
-            ),
-            config_reloads: Family::default(),
-            config_restart_required: Gauge::default(),
-            mapping_objects: Family::default(),
-            mapping_synced: Family::default(),
-            tokens_active: Gauge::default(),
-            upstream_sockets: Gauge::default(),
-            caches_synced: Gauge::default(),
-            draining: Gauge::default(),
-            kube_watch_errors: Counter::default(),
-            targets_skipped: Counter::default(),
-            memory_trims: Counter::default(),
-            last_exposition: AtomicUsize::new(0),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "sessions_active",
-            "Live UDP sessions",
-            m.sessions_active.clone(),
-        );
-        registry.register(
-            "sessions_created",
-            "UDP sessions created",
-            m.sessions_created.clone(),
-        );
-        registry.register(
-            "sessions_closed",
-            "UDP sessions closed, by reason",
-            m.sessions_closed.clone(),
-        );
-        registry.register(
-            "sessions_refused",
-            "New sessions refused, by reason (cap: maxSessions reached; draining: shutting down)",
-            m.sessions_refused.clone(),
-        );
-        registry.register(
-            "session_resets",
-            "Live sessions moved to another target by a reset (a token for another target)",
-            m.session_resets.clone(),
-        );
-        registry.register(
-            "datagrams",
-            "Datagrams proxied, by direction",
-            m.datagrams.clone(),
-        );
-        registry.register(
-            "bytes",
-            "Payload bytes proxied, by direction",
-            m.bytes.clone(),
-        );
-        registry.register(
-            "datagrams_dropped",
-            "Datagrams dropped, by reason",
-            m.drops.clone(),
-        );
-        registry.register("tokens_issued", "Tokens issued", m.tokens_issued.clone());
-        registry.register(
-            "tokens_redeemed",
-            "Tokens redeemed by a datagram",
-            m.tokens_redeemed.clone(),
-        );
-        registry.register(
-            "tokens_rejected",
-            "Token datagrams rejected, by reason",
-            m.tokens_rejected.clone(),
-        );
-        registry.register("queries", "Queries answered, by result", m.queries.clone());
-        registry.register(
-            "query_duration_seconds",
-            "Time from a complete request line to its answer",
-            m.query_duration.clone(),
-        );
-        registry.register(
-            "query_connections_active",
-            "Open query connections",
-            m.query_connections.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Config reload attempts, by result",
-            m.config_reloads.clone(),
-        );
-        registry.register(
-            "config_restart_required",
-            "1 when the config source changes keys that only a restart applies (ports, bind address, workers, buffers, maxTokens)",
-            m.config_restart_required.clone(),
-        );
-        registry.register(
-            "mapping_objects",
-            "Objects cached per mapping (static mappings: endpoints); mapping names come from the config",
-            m.mapping_objects.clone(),
-        );
-        registry.register(
-            "mapping_synced",
-            "1 when every cache behind the mapping has completed its first list",
-            m.mapping_synced.clone(),
-        );
-        registry.register(
-            "sessions_moved",
-            "Sessions taken over by a new client address redeeming their token (NAT rebinding; one session per token)",
-            m.sessions_moved.clone(),
-        );
-        registry.register(
-            "token_key_reloads",
-            "Token key source changes, by result (rejected: the keys in force stay)",
-            m.token_key_reloads.clone(),
-        );
-        registry.register(
-            "token_keys",
-            "Sealed-token keys in force (the first seals, all open)",
-            m.token_keys.clone(),
-        );
-        registry.register(
-            "memory_trims",
-            "Times free allocator memory was handed back to the kernel after the load fell by half",
-            m.memory_trims.clone(),
-        );
-        registry.register(
-            "tokens_active",
-            "Tokens held (issued, not yet expired or evicted)",
-            m.tokens_active.clone(),
-        );
-        registry.register(
-            "upstream_sockets",
-            "Open upstream sockets (shared by sessions bound for different targets)",
-            m.upstream_sockets.clone(),
-        );
-        registry.register(
-            "caches_synced",
-            "1 when every resource source has synced at least once",
-            m.caches_synced.clone(),
-        );
-        registry.register("draining", "1 while shutting down", m.draining.clone());
-        registry.register(
-            "kube_watch_errors",
-            "Errors from Kubernetes list/watch streams (API unreachable, 410 Gone, bad answers); caches keep serving",
-            m.kube_watch_errors.clone(),
-        );
-        registry.register(
-            "targets_skipped",
-            "Matching resources skipped because no usable address or port could be read",
-            m.targets_skipped.clone(),
-        );
-        registry.register(
-            "build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
-        registry.register(
-            "allocations",
-            "Agones allocations, by result (allocated, unallocated, contention, unusable, error, timeout, overloaded)",
-            allocations,
-        );
-        registry.register(
-            "allocation_duration_seconds",
-            "Time from asking Agones for a GameServer to its answer (or the 2 s timeout)",
-            m.allocation_duration.clone(),
-        );
-        registry.register(
-            "tcp_sessions_created",
-            "Relayed TCP data sessions opened by a token line",
-            tcp_created,
-        );
-        registry.register(
-            "tcp_sessions_closed",
-            "Relayed TCP data sessions ended, by reason (closed, idle, replaced, drained, error)",
-            tcp_closed,
-        );
-        registry.register(
-            "tcp_refused",
-            "TCP data connections closed before relaying, by reason (no byte was sent to them)",
-            tcp_refused,
-        );
-        registry.register(
-            "tcp_bytes",
-            "Bytes relayed on TCP data ports, by direction",
-            tcp_bytes,
-        );
-        registry.register(
-            "sessions_by_protocol",
-            "Live sessions per data-port protocol (udp, tcp); their sum is sessions_active",
-            m.sessions_by_protocol.clone(),
-        );
-        for p in Protocol::ALL {
-            let _ = m
-                .sessions_by_protocol
-                .get_or_create(&[("protocol", p.as_str())]);
-        }
-        for r in Rejection::ALL {
-            let _ = m.tokens_rejected.get_or_create(&[("reason", r.as_str())]);
-        }
-        // Make every label value appear from the start so dashboards and alerts see zeros.
-        for code in ErrorCode::ALL {
-            let _ = m.queries.get_or_create(&[("result", code.as_str())]);
-        }
-        let _ = m.queries.get_or_create(&[("result", "ok")]);
-        for reason in CloseReason::ALL {
-            let _ = m
-                .sessions_closed
-                .get_or_create(&[("reason", reason.as_str())]);
-        }
-        for reason in Refusal::ALL {
-            let _ = m
-                .sessions_refused
-                .get_or_create(&[("reason", reason.as_str())]);
-        }
-        for reason in DropReason::ALL {
-            let _ = m.drops.get_or_create(&[("reason", reason.as_str())]);
-        }
-        for dir in [TO_TARGET, TO_CLIENT] {
-            let _ = m.datagrams.get_or_create(&[("direction", dir)]);
-            let _ = m.bytes.get_or_create(&[("direction", dir)]);
-        }
-        for result in ["applied", "rejected"] {
-            let _ = m.config_reloads.get_or_create(&[("result", result)]);
-            let _ = m.token_key_reloads.get_or_create(&[("result", result)]);
-        }
-        Self { registry, ..m }
-    }
-
     /// Prometheus text exposition of every metric.
     ///
     /// The buffer starts at the previous exposition's size, so a scrape makes one allocation
@@ -365,6 +178,54 @@ impl Metrics {
         value: &'static str,
     ) -> Counter {
         family.get_or_create(&[(key, value)]).clone()
+    }
+}
+
+/// Makes every label value of the closed sets appear from the start, so dashboards and
+/// alerts see zeros rather than absent series.
+fn zero_labels(f: &Metrics) {
+    let touch = |family: &Family<Label, Counter>,
+                 key: &'static str,
+                 values: &mut dyn Iterator<Item = &'static str>| {
+        for v in values {
+            let _ = family.get_or_create(&[(key, v)]);
+        }
+    };
+    touch(
+        &f.queries,
+        "result",
+        &mut ErrorCode::ALL.iter().map(|c| c.as_str()).chain(["ok"]),
+    );
+    touch(
+        &f.sessions_closed,
+        "reason",
+        &mut CloseReason::ALL.iter().map(|r| r.as_str()),
+    );
+    touch(
+        &f.sessions_refused,
+        "reason",
+        &mut Refusal::ALL.iter().map(|r| r.as_str()),
+    );
+    touch(
+        &f.drops,
+        "reason",
+        &mut DropReason::ALL.iter().map(|r| r.as_str()),
+    );
+    touch(
+        &f.tokens_rejected,
+        "reason",
+        &mut Rejection::ALL.iter().map(|r| r.as_str()),
+    );
+    for family in [&f.datagrams, &f.bytes] {
+        touch(family, "direction", &mut [TO_TARGET, TO_CLIENT].into_iter());
+    }
+    for family in [&f.config_reloads, &f.token_key_reloads] {
+        touch(family, "result", &mut ["applied", "rejected"].into_iter());
+    }
+    for p in Protocol::ALL {
+        let _ = f
+            .sessions_by_protocol
+            .get_or_create(&[("protocol", p.as_str())]);
     }
 }
 

@@ -22,6 +22,7 @@ use crate::config::{Limits, ValidConfig};
 use crate::resolve::Resolver;
 use crate::resolve::kube::Watchers;
 use crate::session::Rules;
+use crate::session::tcp::TcpLimits;
 
 /// Everything a reload may change, as one value.
 pub struct Generation {
@@ -32,6 +33,8 @@ pub struct Generation {
     /// What the session tables judge datagrams by (magic, timeout, cap, default route).
     pub rules: Rules,
     pub query: QueryPolicy,
+    /// What TCP data-port token lines are admitted under.
+    pub tcp: TcpLimits,
 }
 
 /// The query server's limits and the per-source-IP rate limiter built from them.
@@ -62,12 +65,17 @@ impl Generation {
             default_route,
         };
         let query = QueryPolicy::new(config.limits.clone(), previous.map(|p| &p.query));
+        let tcp = TcpLimits {
+            max_sessions: config.max_sessions,
+            max_per_client_ip: config.max_sessions_per_client_ip,
+        };
         Self {
             number: previous.map_or(0, |p| p.number + 1),
             config,
             resolver,
             rules,
             query,
+            tcp,
         }
     }
 }

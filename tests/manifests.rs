@@ -583,7 +583,7 @@ fn chart_values_drive_the_output() {
     );
     let cm = find("ConfigMap")[0];
     let config = ValidConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
-    assert_eq!(config.query_port, 9100);
+    assert_eq!(config.query_addr.port(), 9100);
     let public = find("Service")
         .into_iter()
         .find(|s| s["spec"]["type"] == "LoadBalancer")
@@ -701,8 +701,11 @@ fn chart_runs_several_replicas_with_sealed_tokens_and_a_key_secret_it_never_rend
     );
     let name = "udp-director-token-keys";
     assert_eq!(
-        config.token_keys_secret.as_deref(),
-        Some(format!("udp-director/{name}").as_str())
+        config.key_source,
+        Some(udp_director::config::KeySource::Secret {
+            namespace: "udp-director".into(),
+            name: name.into()
+        })
     );
     let job = key_job(&objects).expect("the key Job");
     assert_eq!(job_env(&job, "SECRET"), name);

@@ -450,57 +450,8 @@ impl Config {
     /// Checks every value that serde's types cannot express and decodes them. The first
     /// problem found wins.
     pub fn validate(self) -> Result<ValidConfig, ConfigError> {
-        let magic = hex::decode(&self.control_packet_magic_bytes).map_err(|e| {
-            invalid(
-                "controlPacketMagicBytes",
-                format!(
-                    "{:?} is not hex ({e}); expected e.g. \"FFFFFFFF5245534554\"",
-                    self.control_packet_magic_bytes
-                ),
-            )
-        })?;
-        if magic.is_empty() || magic.len() > MAX_MAGIC_LEN {
-            return Err(invalid(
-                "controlPacketMagicBytes",
-                format!(
-                    "must decode to 1..={MAX_MAGIC_LEN} bytes, found {}",
-                    magic.len()
-                ),
-            ));
-        }
-        positive("tokenTTLSeconds", self.token_ttl_seconds)?;
-        positive("sessionTimeoutSeconds", self.session_timeout_seconds)?;
-        positive("maxSessions", self.max_sessions as u64)?;
-        positive("limits.queryMaxBytes", self.limits.query_max_bytes as u64)?;
-        positive(
-            "limits.queryIdleTimeoutSeconds",
-            self.limits.query_idle_timeout_seconds,
-        )?;
-        positive(
-            "limits.maxQueryConnections",
-            self.limits.max_query_connections as u64,
-        )?;
-        positive(
-            "limits.queryRatePerSecond",
-            u64::from(self.limits.query_rate_per_second),
-        )?;
-        positive("limits.queryBurst", u64::from(self.limits.query_burst))?;
-        positive("limits.maxTokens", self.limits.max_tokens)?;
-        positive(
-            "maxSessionsPerClientIp",
-            self.max_sessions_per_client_ip as u64,
-        )?;
-        positive("unansweredTimeoutSeconds", self.unanswered_timeout_seconds)?;
-        // Sealed tokens carry the TTL in milliseconds and the resume window in seconds, 32 bits each.
-        if self.token_ttl_seconds > u64::from(u32::MAX) / 1_000 {
-            return Err(invalid(
-                "tokenTTLSeconds",
-                "must be at most 4294967 (49 days)",
-            ));
-        }
-        if self.token_resume_seconds > u64::from(u32::MAX) {
-            return Err(invalid("tokenResumeSeconds", "must fit in 32 bits"));
-        }
+        let magic = self.magic()?;
+        self.check_numbers()?;
         let key_source = self.key_source()?;
         // Query and admin are both TCP; the UDP data port may share a number with either.
         if self.query_port != 0 && self.query_port == self.admin_port {
@@ -542,6 +493,106 @@ impl Config {
                 validate_mapping(name, mapping, &self.load_balancing)?,
             );
         }
+        self.check_default_endpoint()?;
+        let addr = |port| SocketAddr::new(self.bind_address, port);
+        let data_ports = self.data_ports()?;
+        self.check_static_ports(&data_ports)?;
+        let token_policy = crate::model::Policy {
+            ttl: Duration::from_secs(self.token_ttl_seconds),
+            resume: Duration::from_secs(self.token_resume_seconds),
+            single_use: self.single_use_tokens,
+            binding: self.token_client_binding,
+        };
+        Ok(ValidConfig {
+            magic,
+            token_policy,
+            key_source,
+            unanswered_timeout: Duration::from_secs(self.unanswered_timeout_seconds),
+            token_ttl: Duration::from_secs(self.token_ttl_seconds),
+            session_timeout: Duration::from_secs(self.session_timeout_seconds),
+            drain: Duration::from_secs(self.drain_seconds),
+            busy_poll: Duration::from_micros(self.busy_poll_micros),
+            query_addr: addr(self.query_port),
+            data_addr: data_ports.first().map_or(addr(self.data_port), |d| d.addr),
+            data_ports,
+            admin_addr: addr(self.admin_port),
+            mappings,
+            token_format: self.token_format,
+            limits: self.limits.clone(),
+            max_sessions: self.max_sessions,
+            max_sessions_per_client_ip: self.max_sessions_per_client_ip,
+            reuse_port: self.reuse_port,
+            data_workers: self.data_workers,
+            socket_buffer_bytes: self.socket_buffer_bytes,
+            access_log: self.access_log,
+            default_endpoint: self.default_endpoint.clone(),
+            raw: self,
+        })
+    }
+
+    /// `controlPacketMagicBytes`, decoded: hex of 1..=32 bytes.
+    fn magic(&self) -> Result<Vec<u8>, ConfigError> {
+        let magic = hex::decode(&self.control_packet_magic_bytes).map_err(|e| {
+            invalid(
+                "controlPacketMagicBytes",
+                format!(
+                    "{:?} is not hex ({e}); expected e.g. \"FFFFFFFF5245534554\"",
+                    self.control_packet_magic_bytes
+                ),
+            )
+        })?;
+        if magic.is_empty() || magic.len() > MAX_MAGIC_LEN {
+            return Err(invalid(
+                "controlPacketMagicBytes",
+                format!(
+                    "must decode to 1..={MAX_MAGIC_LEN} bytes, found {}",
+                    magic.len()
+                ),
+            ));
+        }
+        Ok(magic)
+    }
+
+    /// Counts and durations that must be positive or fit the token format.
+    fn check_numbers(&self) -> Result<(), ConfigError> {
+        positive("tokenTTLSeconds", self.token_ttl_seconds)?;
+        positive("sessionTimeoutSeconds", self.session_timeout_seconds)?;
+        positive("maxSessions", self.max_sessions as u64)?;
+        positive("limits.queryMaxBytes", self.limits.query_max_bytes as u64)?;
+        positive(
+            "limits.queryIdleTimeoutSeconds",
+            self.limits.query_idle_timeout_seconds,
+        )?;
+        positive(
+            "limits.maxQueryConnections",
+            self.limits.max_query_connections as u64,
+        )?;
+        positive(
+            "limits.queryRatePerSecond",
+            u64::from(self.limits.query_rate_per_second),
+        )?;
+        positive("limits.queryBurst", u64::from(self.limits.query_burst))?;
+        positive("limits.maxTokens", self.limits.max_tokens)?;
+        positive(
+            "maxSessionsPerClientIp",
+            self.max_sessions_per_client_ip as u64,
+        )?;
+        positive("unansweredTimeoutSeconds", self.unanswered_timeout_seconds)?;
+        // Sealed tokens carry the TTL in milliseconds and the resume window in seconds, 32 bits each.
+        if self.token_ttl_seconds > u64::from(u32::MAX) / 1_000 {
+            return Err(invalid(
+                "tokenTTLSeconds",
+                "must be at most 4294967 (49 days)",
+            ));
+        }
+        if self.token_resume_seconds > u64::from(u32::MAX) {
+            return Err(invalid("tokenResumeSeconds", "must fit in 32 bits"));
+        }
+        Ok(())
+    }
+
+    /// `defaultEndpoint` names a mapping that picks from a cache, in an allowed namespace.
+    fn check_default_endpoint(&self) -> Result<(), ConfigError> {
         if let Some(default) = &self.default_endpoint {
             let Some(mapping) = self.resource_query_mapping.get(&default.resource_type) else {
                 return Err(invalid(
@@ -577,9 +628,11 @@ impl Config {
                     .map_err(|e| invalid("defaultEndpoint.statusQuery.jsonPath", e.to_string()))?;
             }
         }
-        let addr = |port| SocketAddr::new(self.bind_address, port);
-        let data_ports = self.data_ports()?;
-        // A static endpoint that cannot serve every data port would never match: say so.
+        Ok(())
+    }
+
+    /// A static endpoint that cannot serve every data port would never match: say so.
+    fn check_static_ports(&self, data_ports: &[ValidDataPort]) -> Result<(), ConfigError> {
         for (name, m) in &self.resource_query_mapping {
             for (i, ep) in m.static_endpoints.iter().flatten().enumerate() {
                 for (j, d) in data_ports.iter().enumerate() {
@@ -597,28 +650,7 @@ impl Config {
                 }
             }
         }
-        let token_policy = crate::model::Policy {
-            ttl: Duration::from_secs(self.token_ttl_seconds),
-            resume: Duration::from_secs(self.token_resume_seconds),
-            single_use: self.single_use_tokens,
-            binding: self.token_client_binding,
-        };
-        Ok(ValidConfig {
-            magic,
-            token_policy,
-            key_source,
-            unanswered_timeout: Duration::from_secs(self.unanswered_timeout_seconds),
-            token_ttl: Duration::from_secs(self.token_ttl_seconds),
-            session_timeout: Duration::from_secs(self.session_timeout_seconds),
-            drain: Duration::from_secs(self.drain_seconds),
-            busy_poll: Duration::from_micros(self.busy_poll_micros),
-            query_addr: addr(self.query_port),
-            data_addr: data_ports.first().map_or(addr(self.data_port), |d| d.addr),
-            data_ports,
-            admin_addr: addr(self.admin_port),
-            mappings,
-            raw: self,
-        })
+        Ok(())
     }
 }
 

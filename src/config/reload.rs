@@ -129,7 +129,8 @@ pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
 
 /// The config as JSON for `/config`. The reset magic (`controlPacketMagicBytes`) is the one value clients are
 /// told privately (it lets a datagram move a session), so only its length is shown.
-pub fn redacted_json(config: &Config) -> Value {
+pub fn redacted_json(config: &ValidConfig) -> Value {
+    let config = config.raw();
     let mut value = serde_json::to_value(config).unwrap_or(Value::Null);
     if let Some(magic) = value.get_mut("controlPacketMagicBytes") {
         *magic = Value::String(format!(
@@ -215,8 +216,8 @@ mod tests {
         };
         let doc = "queryPort: 9100\ntokenTTLSeconds: 1\nresourceQueryMapping:\n  e:\n    static: [{name: a, address: 127.0.0.1, port: 9}]\n";
         let c = o.load(doc).unwrap();
-        assert_eq!(c.query_port, 0);
-        assert_eq!(c.token_ttl_seconds, 9);
+        assert_eq!(c.query_addr.port(), 0);
+        assert_eq!(c.token_ttl, std::time::Duration::from_secs(9));
         let bad = Overrides {
             max_sessions: Some(0),
             ..Overrides::default()
@@ -236,7 +237,7 @@ mod tests {
         }
         .load(clash)
         .unwrap();
-        assert_eq!(rescued.admin_port, 9100);
+        assert_eq!(rescued.raw().admin_port, 9100);
         assert_eq!(
             rescued.admin_addr.port(),
             9100,
@@ -247,7 +248,7 @@ mod tests {
     #[test]
     fn redaction_hides_the_magic_but_keeps_everything_else() {
         let c = base();
-        let v = redacted_json(&c);
+        let v = redacted_json(&c.clone().validate().unwrap());
         assert_eq!(v["controlPacketMagicBytes"], "<redacted: 9 bytes>");
         assert!(!v.to_string().contains(&c.control_packet_magic_bytes));
         assert_eq!(v["resourceQueryMapping"]["echo"]["static"][0]["port"], 9001);

@@ -9,23 +9,26 @@ fn err(yaml: &str) -> String {
 #[test]
 fn defaults_match_the_spec() {
     let c = ValidConfig::from_yaml(MINIMAL).unwrap();
-    assert_eq!(c.query_port, 9000);
-    assert_eq!(c.data_port, 7777);
-    assert_eq!(c.admin_port, 8080);
-    assert_eq!(c.token_ttl_seconds, 30);
-    assert_eq!(c.session_timeout_seconds, 300);
+    assert_eq!(c.query_addr.port(), 9000);
+    assert_eq!(c.data_addr.port(), 7777);
+    assert_eq!(c.admin_addr.port(), 8080);
+    assert_eq!(c.token_ttl, Duration::from_secs(30));
+    assert_eq!(c.session_timeout, Duration::from_secs(300));
     assert_eq!(c.max_sessions, 100_000);
-    assert_eq!(c.drain_seconds, 10);
-    assert!(!c.single_use_tokens);
+    assert_eq!(c.drain, Duration::from_secs(10));
+    assert!(!c.token_policy.single_use);
     assert_eq!(c.magic, b"\xff\xff\xff\xffRESET");
     assert_eq!(c.limits.query_max_bytes, 16384);
     assert_eq!(c.limits.query_idle_timeout_seconds, 10);
     assert_eq!(c.limits.max_query_connections, 10_000);
     assert_eq!(c.limits.query_rate_per_second, 50);
     assert_eq!(c.limits.query_burst, 100);
-    assert_eq!(c.load_balancing, LoadBalancing::LeastSessions);
-    assert_eq!(c.bind_address.to_string(), "0.0.0.0");
-    assert_eq!(c.busy_poll_micros, 25);
+    assert_eq!(
+        c.mappings["echo"].load_balancing,
+        LoadBalancing::LeastSessions
+    );
+    assert_eq!(c.query_addr.ip().to_string(), "0.0.0.0");
+    assert_eq!(c.busy_poll, Duration::from_micros(25));
     assert!(c.default_endpoint.is_none());
 }
 
@@ -33,8 +36,8 @@ fn defaults_match_the_spec() {
 fn token_ttl_accepts_both_spellings() {
     let a = ValidConfig::from_yaml(&format!("tokenTTLSeconds: 7\n{MINIMAL}")).unwrap();
     let b = ValidConfig::from_yaml(&format!("tokenTtlSeconds: 7\n{MINIMAL}")).unwrap();
-    assert_eq!(a.token_ttl_seconds, 7);
-    assert_eq!(b.token_ttl_seconds, 7);
+    assert_eq!(a.token_ttl, Duration::from_secs(7));
+    assert_eq!(b.token_ttl, Duration::from_secs(7));
 }
 
 #[test]
@@ -76,7 +79,7 @@ fn endpoint_port_zero_is_rejected_but_listener_port_zero_is_ephemeral() {
         "queryPort: 0\ndataPort: 0\nadminPort: 0\n{MINIMAL}"
     ))
     .unwrap();
-    assert_eq!(c.query_port, 0);
+    assert_eq!(c.query_addr.port(), 0);
 }
 
 #[test]

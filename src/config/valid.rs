@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,8 +15,9 @@ use crate::model::Protocol;
 use super::{AllocationMetadata, Config, ConfigError, LoadBalancing, Scheduling, StaticEndpoint};
 use crate::protocol::jsonpath::CompiledPath;
 
-/// A validated config: the document as written (read through `Deref`, e.g. for `/config` and
-/// `--check-config`) and its decoded values.
+/// A validated config: its decoded values, which is all the rest of the program reads. The
+/// document as written stays inside `config` (for `/config`, `--check-config` and deciding
+/// what a reload changed).
 #[derive(Debug, Clone)]
 pub struct ValidConfig {
     pub(super) raw: Config,
@@ -39,6 +39,20 @@ pub struct ValidConfig {
     pub data_ports: Vec<ValidDataPort>,
     pub admin_addr: SocketAddr,
     pub mappings: BTreeMap<String, ValidMapping>,
+    pub token_format: crate::model::TokenFormat,
+    /// `limits`: the query server's and the token store's.
+    pub limits: super::Limits,
+    pub max_sessions: usize,
+    pub max_sessions_per_client_ip: usize,
+    /// Join SO_REUSEPORT groups (several processes on one host share the ports).
+    pub reuse_port: bool,
+    /// Data-plane worker threads; 0 = one per core.
+    pub data_workers: usize,
+    pub socket_buffer_bytes: usize,
+    /// One access-log line per closed session.
+    pub access_log: bool,
+    /// Where tokenless newcomers go.
+    pub default_endpoint: Option<crate::protocol::query::QueryRequest>,
 }
 
 /// A data port and which port of the target its sessions go to.
@@ -147,20 +161,18 @@ impl ValidConfig {
         Self::from_yaml(&text)
     }
 
-    /// The document as written (after overrides).
-    pub fn raw(&self) -> &Config {
+    /// The document as written (after overrides), for the config module's own views and
+    /// reload decisions.
+    pub(crate) fn raw(&self) -> &Config {
         &self.raw
     }
 
-    pub fn into_raw(self) -> Config {
+    pub(crate) fn into_raw(self) -> Config {
         self.raw
     }
-}
 
-impl Deref for ValidConfig {
-    type Target = Config;
-
-    fn deref(&self) -> &Config {
-        &self.raw
+    /// The config with every default filled in, as YAML (`--check-config`).
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_yaml::to_string(&self.raw).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 }

@@ -377,39 +377,7 @@ impl Resolver {
         f: impl FnOnce(&CompiledMapping, &str, &[Match<'_>]) -> R,
     ) -> Result<R, QueryError> {
         let (mapping, namespace) = self.mapping_for(req)?;
-        let status = match &req.status_query {
-            Some(q) => Some((
-                CompiledPath::compile(&q.json_path)
-                    .map_err(|e| QueryError::new(ErrorCode::BadRequest, e.to_string()))?,
-                q,
-            )),
-            None => None,
-        };
-        let selectors_match = |labels: &dyn lean::LabelSet, annotations: &dyn lean::LabelSet| {
-            selector_matches(&mapping.fixed_labels, labels)
-                && selector_matches(&req.label_selector, labels)
-                && selector_matches(&req.annotation_selector, annotations)
-        };
-        let client_filters = |labels: &BTreeMap<String, String>,
-                              annotations: &BTreeMap<String, String>,
-                              object: &Value| {
-            selectors_match(labels, annotations)
-                && match &status {
-                    Some((path, q)) => status_matches(object, path, q.expected()),
-                    None => true,
-                }
-        };
-        // A cached object's status query: on its kept fields, or (`metadata.*`) on a view of
-        // its kept metadata.
-        let cached_status_matches = |o: &kube::Object| match &status {
-            None => true,
-            Some((path, q)) if path.prefix().first().is_some_and(|k| k == "metadata") => {
-                status_matches(&o.metadata_view(), path, q.expected())
-            }
-            Some((path, q)) => o.data.path_matches(path, q.expected()),
-        };
-        let objects;
-        let service_objects;
+        let filters = Filters::new(mapping, req)?;
         let matches: Vec<Match<'_>> = match &mapping.source {
             Source::Allocate { .. } => {
                 return Err(QueryError::new(
@@ -423,7 +391,7 @@ impl Resolver {
             Source::Static(candidates) => candidates
                 .iter()
                 .filter(|c| c.namespace == namespace)
-                .filter(|c| client_filters(&c.labels, &c.annotations, &c.object))
+                .filter(|c| filters.candidate(c))
                 .filter_map(|c| Some((c, c.addr?)))
                 .map(|(c, addr)| Match {
                     namespace: &c.namespace,
@@ -435,78 +403,149 @@ impl Resolver {
                 })
                 .collect(),
             Source::Kube { caches, address } => {
-                let cache = caches.get(namespace).ok_or_else(|| {
-                    QueryError::new(
-                        ErrorCode::Internal,
-                        format!("no cache for namespace `{namespace}`"),
-                    )
-                })?;
-                if !cache.synced() {
-                    return Err(QueryError::new(
-                        ErrorCode::Unavailable,
-                        format!(
-                            "the cache of {} has not synced with the Kubernetes API yet",
-                            cache.what
-                        ),
-                    ));
-                }
-                objects = cache.snapshot();
-                service_objects = match address {
-                    AddressRule::Service { services, .. } => match services.get(namespace) {
-                        Some(svc) if svc.synced() => svc.objects(),
-                        Some(svc) => {
-                            return Err(QueryError::new(
-                                ErrorCode::Unavailable,
-                                format!("the cache of {} has not synced yet", svc.what),
-                            ));
-                        }
-                        None => Vec::new(),
-                    },
-                    AddressRule::Direct => Vec::new(),
-                };
-                objects
-                    .candidates(&req.label_selector)
-                    .filter(|o| selectors_match(&o.labels, &o.annotations))
-                    .filter(|o| cached_status_matches(o))
-                    .filter_map(|o| {
-                        let (addr, extra_ports) = match address {
-                            AddressRule::Direct => {
-                                (o.addr, std::borrow::Cow::Borrowed(&o.extra_ports[..]))
-                            }
-                            AddressRule::Service {
-                                label,
-                                port_name,
-                                ports,
-                                ..
-                            } => match kube::service_ports(
-                                &o.labels,
-                                label,
-                                port_name,
-                                ports,
-                                &service_objects,
-                            ) {
-                                Some((addr, ports)) => (Some(addr), std::borrow::Cow::Owned(ports)),
-                                None => (None, std::borrow::Cow::Owned(Vec::new())),
-                            },
-                        };
-                        let Some(addr) = addr else {
-                            // Matches but cannot be reached (not scheduled yet, no such port).
-                            self.skipped.inc();
-                            return None;
-                        };
-                        Some(Match {
-                            namespace: o.namespace.as_deref().unwrap_or(namespace),
-                            name: &o.name,
-                            addr,
-                            extra_ports,
-                            labels: &o.labels,
-                            annotations: &o.annotations,
-                        })
-                    })
-                    .collect()
+                let (objects, services) = synced_snapshots(caches, address, namespace)?;
+                return Ok(f(
+                    mapping,
+                    namespace,
+                    &self.cached_matches(&filters, address, namespace, &objects, &services),
+                ));
             }
         };
         Ok(f(mapping, namespace, &matches))
+    }
+
+    /// The cached objects that pass the filters and have an address.
+    fn cached_matches<'a>(
+        &self,
+        filters: &Filters<'_>,
+        address: &'a AddressRule,
+        namespace: &'a str,
+        objects: &'a kube::Snapshot,
+        services: &[Arc<kube::Object>],
+    ) -> Vec<Match<'a>> {
+        objects
+            .candidates(&filters.req.label_selector)
+            .filter(|o| filters.selectors(&o.labels, &o.annotations))
+            .filter(|o| filters.cached_status(o))
+            .filter_map(|o| {
+                let (addr, extra_ports) = match address {
+                    AddressRule::Direct => (o.addr, std::borrow::Cow::Borrowed(&o.extra_ports[..])),
+                    AddressRule::Service {
+                        label,
+                        port_name,
+                        ports,
+                        ..
+                    } => match kube::service_ports(&o.labels, label, port_name, ports, services) {
+                        Some((addr, ports)) => (Some(addr), std::borrow::Cow::Owned(ports)),
+                        None => (None, std::borrow::Cow::Owned(Vec::new())),
+                    },
+                };
+                let Some(addr) = addr else {
+                    // Matches but cannot be reached (not scheduled yet, no such port).
+                    self.skipped.inc();
+                    return None;
+                };
+                Some(Match {
+                    namespace: o.namespace.as_deref().unwrap_or(namespace),
+                    name: &o.name,
+                    addr,
+                    extra_ports,
+                    labels: &o.labels,
+                    annotations: &o.annotations,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A namespace's cache snapshot and its Services (Service addressing), or `unavailable`
+/// while either has not synced.
+fn synced_snapshots(
+    caches: &BTreeMap<String, kube::Watched>,
+    address: &AddressRule,
+    namespace: &str,
+) -> Result<(Arc<kube::Snapshot>, Vec<Arc<kube::Object>>), QueryError> {
+    let cache = caches.get(namespace).ok_or_else(|| {
+        QueryError::new(
+            ErrorCode::Internal,
+            format!("no cache for namespace `{namespace}`"),
+        )
+    })?;
+    if !cache.synced() {
+        return Err(QueryError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "the cache of {} has not synced with the Kubernetes API yet",
+                cache.what
+            ),
+        ));
+    }
+    let services = match address {
+        AddressRule::Service { services, .. } => match services.get(namespace) {
+            Some(svc) if svc.synced() => svc.objects(),
+            Some(svc) => {
+                return Err(QueryError::new(
+                    ErrorCode::Unavailable,
+                    format!("the cache of {} has not synced yet", svc.what),
+                ));
+            }
+            None => Vec::new(),
+        },
+        AddressRule::Direct => Vec::new(),
+    };
+    Ok((cache.snapshot(), services))
+}
+
+/// A query's selectors and status query against a mapping, compiled once per query.
+struct Filters<'a> {
+    mapping: &'a CompiledMapping,
+    req: &'a QueryRequest,
+    status: Option<(CompiledPath, &'a crate::protocol::query::StatusQuery)>,
+}
+
+impl<'a> Filters<'a> {
+    fn new(mapping: &'a CompiledMapping, req: &'a QueryRequest) -> Result<Self, QueryError> {
+        let status = match &req.status_query {
+            Some(q) => Some((
+                CompiledPath::compile(&q.json_path)
+                    .map_err(|e| QueryError::new(ErrorCode::BadRequest, e.to_string()))?,
+                q,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            mapping,
+            req,
+            status,
+        })
+    }
+
+    /// The mapping's fixed labels and the query's label and annotation selectors.
+    fn selectors(&self, labels: &dyn lean::LabelSet, annotations: &dyn lean::LabelSet) -> bool {
+        selector_matches(&self.mapping.fixed_labels, labels)
+            && selector_matches(&self.req.label_selector, labels)
+            && selector_matches(&self.req.annotation_selector, annotations)
+    }
+
+    /// A static endpoint: selectors and the status query on its whole object.
+    fn candidate(&self, c: &Candidate) -> bool {
+        self.selectors(&c.labels, &c.annotations)
+            && match &self.status {
+                Some((path, q)) => status_matches(&c.object, path, q.expected()),
+                None => true,
+            }
+    }
+
+    /// A cached object's status query: on its kept fields, or (`metadata.*`) on a view of
+    /// its kept metadata.
+    fn cached_status(&self, o: &kube::Object) -> bool {
+        match &self.status {
+            None => true,
+            Some((path, q)) if path.prefix().first().is_some_and(|k| k == "metadata") => {
+                status_matches(&o.metadata_view(), path, q.expected())
+            }
+            Some((path, q)) => o.data.path_matches(path, q.expected()),
+        }
     }
 }
 

@@ -89,10 +89,8 @@ async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
     let m = &live.metrics;
     let active = live.data.ledger.active() as i64;
     m.sessions_active.set(active);
-    let tcp = m.tcp_sessions_active.get();
-    m.sessions_by_protocol
-        .get_or_create(&[("protocol", "tcp")])
-        .set(tcp);
+    // The relays keep the TCP share up to date; UDP is the rest of the ledger's count.
+    let tcp = m.hot.tcp_sessions_active.get();
     m.sessions_by_protocol
         .get_or_create(&[("protocol", "udp")])
         .set((active - tcp).max(0));

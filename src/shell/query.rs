@@ -145,7 +145,7 @@ impl QueryContext {
     async fn allocate(&self, allocation: Allocation) -> Result<Resolved, QueryError> {
         let started = Instant::now();
         let (result, resolved) = allocation.run().await;
-        self.metrics.allocations[result.index()].inc();
+        self.metrics.hot.allocations[result.index()].inc();
         if result != AllocationResult::Overloaded {
             self.metrics
                 .allocation_duration

@@ -26,7 +26,7 @@ use super::udp::DataShared;
 use crate::metrics::Metrics;
 use crate::model::{TcpClose, TcpRefusal};
 use crate::protocol::tcp_line::{Line, MAX_LINE, token_line};
-use crate::session::tcp::{TcpLimits, TcpOpen};
+use crate::session::tcp::TcpOpen;
 use crate::util::bounded::{Bounded, Place};
 
 /// How long a client has to send its whole token line.
@@ -100,7 +100,7 @@ pub(crate) async fn serve(
 }
 
 fn refuse(metrics: &Metrics, why: TcpRefusal) {
-    metrics.tcp_refused[why.index()].inc();
+    metrics.hot.tcp_refused[why.index()].inc();
 }
 
 /// One client connection: token line, the core's decision, connect, relay, accounting.
@@ -118,12 +118,11 @@ async fn connection(
     };
     drop(waiting);
     let generation = port.shared.settings.load();
-    let config = &generation.config;
-    let limits = TcpLimits {
-        max_sessions: config.max_sessions,
-        max_per_client_ip: config.max_sessions_per_client_ip,
-    };
-    let (idle, access) = (config.session_timeout, config.access_log);
+    let limits = generation.tcp;
+    let (idle, access) = (
+        generation.config.session_timeout,
+        generation.config.access_log,
+    );
     drop(generation);
     let open = match port.core.on_line(
         &head[token],
@@ -142,8 +141,8 @@ async fn connection(
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    metrics.tcp_sessions_created.inc();
-    metrics.tcp_sessions_active.inc();
+    metrics.hot.tcp_sessions_created.inc();
+    metrics.hot.tcp_sessions_active.inc();
     let started = Instant::now();
     let outcome = relay(
         &client,
@@ -154,10 +153,10 @@ async fn connection(
         shutdown,
     )
     .await;
-    metrics.tcp_sessions_active.dec();
-    metrics.tcp_sessions_closed[outcome.close.index()].inc();
-    metrics.tcp_bytes_to_target.inc_by(outcome.to_target);
-    metrics.tcp_bytes_to_client.inc_by(outcome.to_client);
+    metrics.hot.tcp_sessions_active.dec();
+    metrics.hot.tcp_sessions_closed[outcome.close.index()].inc();
+    metrics.hot.tcp_bytes_to_target.inc_by(outcome.to_target);
+    metrics.hot.tcp_bytes_to_client.inc_by(outcome.to_client);
     if access {
         access_log(peer, &open, &outcome, started.elapsed());
     }
