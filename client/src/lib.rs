@@ -61,6 +61,8 @@ pub struct Query {
     status_query: Option<StatusQuery>,
     #[serde(skip_serializing_if = "Option::is_none")]
     player_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ticket: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +119,14 @@ impl Query {
     /// when the mapping has `proxyProtocol: v2`.
     pub fn player_id(mut self, id: &str) -> Self {
         self.player_id = Some(id.to_string());
+        self
+    }
+
+    /// The player's ticket (SPEC §2, "Who may ask"): a JWT the studio's backend issued after
+    /// authenticating the player, passed through unread. Required by mappings with
+    /// `auth: ticket`; a missing or bad one is answered `unauthorized`.
+    pub fn ticket(mut self, jwt: &str) -> Self {
+        self.ticket = Some(jwt.to_string());
         self
     }
 
