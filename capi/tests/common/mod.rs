@@ -160,3 +160,22 @@ pub fn challenge_vector() -> [String; 4] {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Runs `cmd` like [`run`], killing it after `within` (a GDScript error leaves Godot running).
+pub fn run_within(cmd: &mut Command, within: Duration) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = testkit::eventually(within, || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(exited, "did not exit within {within:?}");
+    out
+}
