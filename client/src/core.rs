@@ -14,7 +14,7 @@
 //! | nothing heard from the game server (through the director) for `resume.silence`, and again every `silence` while quiet | `[magic][token]` to the director in use (re-opens the session on a replica that lost it); with several addresses, also a PING to it |
 //! | `resume.keepalive` since the last `[magic][token]` | `[magic][token]` (keeps NAT and load-balancer flows alive) |
 //! | several addresses and `failover_after` (3 s) with nothing heard and no PONG from the director in use | move to the next address in RTT order (wrapping) and send `[magic][token]` there |
-//! | CHALLENGE from a director address | RESPONSE with its nonce and the token, to that address (at most 4 waiting) |
+//! | CHALLENGE from a director address (after the token left) | RESPONSE with its nonce and the token, to that address (at most 4 waiting) |
 //! | PONG matching the last PING to that address | an RTT sample: (now − sent) − (director's send − receive time) |
 //! | anything else from the director in use | game data |
 //! | from any other source | dropped (never handed to the game) |
@@ -124,7 +124,8 @@ pub enum Incoming {
 pub enum Dropped {
     /// From an address that is none of the directors'.
     Stranger,
-    /// Game data from a director address not in use (before a failover, or while probing).
+    /// Game data from a director address not in use (before a failover, or while probing),
+    /// or a CHALLENGE while probing (no token has been sent yet).
     NotCurrent,
     /// A PONG that answers no PING in flight.
     UnknownPong,
@@ -325,6 +326,11 @@ impl Core {
         };
         match frames::parse(datagram, &self.cfg.magic) {
             Ok(Some(Frame::Challenge { nonce })) => {
+                // No token has left while probing: no director can have a reason to ask
+                // for proof of it, and the token goes out only to the chosen one.
+                if self.probe_until.is_some() {
+                    return Incoming::Dropped(Dropped::NotCurrent);
+                }
                 let waiting = self
                     .queue
                     .iter()

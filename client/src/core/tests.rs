@@ -152,9 +152,16 @@ fn the_nearest_director_by_rtt_gets_the_token() {
         assert_eq!(&p[..10], b"\xff\xff\xff\xffRESET\x03");
     }
     assert_ne!(pings[0].2, pings[1].2, "each PING has its own id");
-    // Game data while probing is not the game's.
+    // Game data while probing is not the game's, and no challenge is answered before the
+    // token has left.
     assert_eq!(
         c.handle_datagram(t0, a, b"x"),
+        Incoming::Dropped(Dropped::NotCurrent)
+    );
+    let mut challenge = [0u8; MAX_CONTROL_LEN];
+    let n = write_challenge(&mut challenge, DEFAULT_MAGIC, &[1; 16]);
+    assert_eq!(
+        c.handle_datagram(t0, a, &challenge[..n]),
         Incoming::Dropped(Dropped::NotCurrent)
     );
     // b answers in 20 ms, z in 30 ms having held it 25 ms (5 ms of network), a never.

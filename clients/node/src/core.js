@@ -126,6 +126,8 @@ export class Core {
     if (i < 0) return { kind: "dropped", reason: "stranger" };
     const f = frames.parse(datagram, this.magic);
     if (f && f.kind === "challenge") {
+      // No token has left while probing: nobody can have a reason to ask for proof of it.
+      if (this.probeUntil !== null) return { kind: "dropped", reason: "not_current" };
       if (this.queue.filter((p) => p.kind === "response").length >= MAX_PENDING_RESPONSES) {
         return { kind: "dropped", reason: "challenge_flood" };
       }

@@ -58,6 +58,7 @@ test("the nearest director by RTT gets the token; silence fails over to the next
   assert.ok(c.isProbing);
   const pings = drain(c, 0);
   assert.deepEqual(pings.map((p) => [p.to, p.kind, p.bytes.length]), [[A, "ping", 34], [B, "ping", 34]]);
+  assert.deepEqual(c.handleDatagram(0, A, frames.challenge(frames.DEFAULT_MAGIC, Buffer.alloc(16))), { kind: "dropped", reason: "not_current" }, "no proof before the token left");
   // B answers in 20 ms; A in 40 ms having held it 30 ms (10 ms of network): A is nearer.
   assert.deepEqual(c.handleDatagram(20, B, pongFor(pings[1].bytes)), { kind: "pong", from: B, rttMs: 20 });
   const r = c.handleDatagram(40, A, pongFor(pings[0].bytes, 30_000_000n));
