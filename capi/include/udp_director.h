@@ -5,6 +5,8 @@
  *  - strings passed in are NUL-terminated UTF-8, borrowed for the call only;
  *  - `const char *` returned by ud_grant_* point into the grant and live as long as it;
  *  - buffers passed in (datagrams, out-buffers) are the caller's, used during the call only;
+ *  - a handle is used by one thread at a time (no locking inside); different handles are
+ *    independent, and ud_last_error_message() is per thread;
  *  - errors: every fallible function returns a UdStatus; ud_last_error_message() copies the
  *    message of this thread's last failure. No Rust panic crosses this boundary: it becomes
  *    UD_STATUS_PANIC, after which the handle involved must only be freed.

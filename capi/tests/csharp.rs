@@ -1,13 +1,13 @@
 //! The C# binding (`clients/csharp/UdpDirector.cs`, P/Invoke over the C library) and its
 //! example compiled with Mono's `mcs` and run with `mono`: the whole client path against a
-//! real director (asserting what each game server saw), and a query line from the
-//! conformance vectors. `make test-deps` installs Mono (Debian's mono-mcs, mono-runtime).
+//! real director with a custom `controlPacketMagicBytes` (asserting what each game server
+//! saw), and a query line from the conformance vectors. `make test-deps` installs Mono (Debian's mono-mcs, mono-runtime).
 
 mod common;
 
 use std::process::Command;
 
-use common::{assert_script_seen, director, library_dir, root, run, vectors, GameServer};
+use common::{assert_script_seen, director_with, library_dir, root, run, vectors, GameServer};
 
 /// Compiles the binding and the example into one program (`tag`: tests run in parallel).
 fn compile(tag: &str) -> std::path::PathBuf {
@@ -34,8 +34,15 @@ fn mono(exe: &std::path::Path) -> Command {
 fn a_csharp_program_queries_plays_resets_and_resumes_through_the_director() {
     let exe = compile("play");
     let (a, b) = (GameServer::start("a:"), GameServer::start("b:"));
-    let d = director(&a, &b, "cs-play");
-    let out = run(mono(&exe).args(["play", &d.query.to_string(), &d.data.to_string()]));
+    // A custom magic: the reset only moves the session if the binding passes it through.
+    let magic = "C0FFEE01";
+    let d = director_with(
+        &format!("controlPacketMagicBytes: \"{magic}\"\n"),
+        &a,
+        &b,
+        "cs-play",
+    );
+    let out = run(mono(&exe).args(["play", &d.query.to_string(), &d.data.to_string(), magic]));
     let _ = std::fs::remove_file(&exe);
     assert!(out.status.success(), "the C# program failed");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,6 +1,6 @@
 // A game client on UdpDirector.cs: query -> token -> session -> reset -> resume.
-//   mono example.exe play QUERY_ADDR DATA_ADDR     against a director whose mapping `echo`
-//                                                   has zone=z0 and zone=z1 echo servers
+//   mono example.exe play QUERY_ADDR DATA_ADDR MAGIC_HEX   against a director with that
+//                     controlPacketMagicBytes whose mapping `echo` has zone=z0 and zone=z1 echo servers
 //   mono example.exe query-line RESOURCE TICKET EXPECTED_LINE   (conformance vectors)
 // Run by capi/tests/csharp.rs.
 using System;
@@ -27,7 +27,14 @@ static class Example
         throw new Exception("no reply starting with " + prefix + " to " + payload);
     }
 
-    static int Play(string queryAddr, string dataAddr)
+    static byte[] Unhex(string hex)
+    {
+        var b = new byte[hex.Length / 2];
+        for (var i = 0; i < b.Length; i++) b[i] = Convert.ToByte(hex.Substring(2 * i, 2), 16);
+        return b;
+    }
+
+    static int Play(string queryAddr, string dataAddr, byte[] magic)
     {
         Console.WriteLine("udp_director " + Library.Version);
         try
@@ -44,7 +51,7 @@ static class Example
 
         using (var first = new Query("echo").Label("zone", "z0").Send(queryAddr))
         using (var second = new Query("echo").Label("zone", "z1").Send(queryAddr))
-        using (var session = new Session(first, dataAddr))
+        using (var session = new Session(first, new SessionOptions { Magic = magic, SilenceMs = 300 }, dataAddr))
         {
             Console.WriteLine("token " + first.Token + " for " + first.TargetNamespace + "/" + first.TargetName + " ttl " + first.TtlSeconds);
             Console.WriteLine("reply " + Exchange(session, "cs:hello-a", "a:"));
@@ -67,7 +74,7 @@ static class Example
 
     static int Main(string[] args)
     {
-        if (args.Length == 3 && args[0] == "play") return Play(args[1], args[2]);
+        if (args.Length == 4 && args[0] == "play") return Play(args[1], args[2], Unhex(args[3]));
         if (args.Length == 4 && args[0] == "query-line")
         {
             using (var q = new Query(args[1]).Ticket(args[2]))
@@ -81,7 +88,7 @@ static class Example
                 return 0;
             }
         }
-        Console.Error.WriteLine("usage: play QUERY DATA | query-line RESOURCE TICKET LINE");
+        Console.Error.WriteLine("usage: play QUERY DATA MAGIC | query-line RESOURCE TICKET LINE");
         return 2;
     }
 }

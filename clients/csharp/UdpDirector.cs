@@ -54,6 +54,33 @@ namespace UdpDirector
         }
     }
 
+    /// <summary>How a session behaves (UdConfig); null fields keep the defaults.</summary>
+    public sealed class SessionOptions
+    {
+        /// <summary>The director's controlPacketMagicBytes (1..=32 bytes); default FF FF FF FF "RESET".</summary>
+        public byte[] Magic;
+        /// <summary>Resume after this much silence (500).</summary>
+        public uint? SilenceMs;
+        /// <summary>Resume at least this often (5000).</summary>
+        public uint? KeepaliveMs;
+        /// <summary>With several director addresses: fail over after this much silence (3000).</summary>
+        public uint? FailoverAfterMs;
+        /// <summary>With several director addresses: wait this long for PONGs (500).</summary>
+        public uint? ProbeForMs;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct NativeConfig
+    {
+        public IntPtr Magic;
+        public UIntPtr MagicLen;
+        public uint SilenceMs;
+        public uint KeepaliveMs;
+        public uint FailoverAfterMs;
+        public uint ProbeForMs;
+        public ulong Seed;
+    }
+
     /// <summary>A failed call: the status and the library's message. For a refused query
     /// (Status.Refused), Code is the director's error code (no_match, unauthorized, ...).</summary>
     public class UdpDirectorException : Exception
@@ -97,6 +124,8 @@ namespace UdpDirector
 
         // C `const char *const *` and `bool` (one byte): marshalled explicitly.
         [DllImport(Lib)] internal static extern Status ud_session_open(IntPtr[] directors, UIntPtr n, GrantHandle grant, IntPtr config, out SessionHandle session);
+        [DllImport(Lib, EntryPoint = "ud_session_open")] internal static extern Status ud_session_open_with(IntPtr[] directors, UIntPtr n, GrantHandle grant, ref NativeConfig config, out SessionHandle session);
+        [DllImport(Lib)] internal static extern Status ud_config_default(out NativeConfig config);
         [DllImport(Lib)] internal static extern void ud_session_free(IntPtr session);
         [DllImport(Lib)] internal static extern Status ud_session_send(SessionHandle session, byte[] data, UIntPtr len);
         [DllImport(Lib)] internal static extern Status ud_session_recv(SessionHandle session, byte[] buf, UIntPtr cap, uint timeoutMs, out UIntPtr len);
@@ -248,10 +277,14 @@ namespace UdpDirector
 
         /// <summary>Opens a session with the grant through the nearest of the director data
         /// addresses ("ip:port"); the grant stays yours.</summary>
-        public Session(Grant grant, params string[] directors)
+        public Session(Grant grant, params string[] directors) : this(grant, null, directors) { }
+
+        /// <summary>The same with options (a custom magic, other timings).</summary>
+        public Session(Grant grant, SessionOptions options, params string[] directors)
         {
             if (directors == null || directors.Length == 0) throw new ArgumentException("no director address");
             var ptrs = new IntPtr[directors.Length];
+            var magic = default(GCHandle);
             try
             {
                 for (var i = 0; i < directors.Length; i++)
@@ -260,10 +293,29 @@ namespace UdpDirector
                     ptrs[i] = Marshal.AllocHGlobal(bytes.Length);
                     Marshal.Copy(bytes, 0, ptrs[i], bytes.Length);
                 }
-                Native.Check(Native.ud_session_open(ptrs, (UIntPtr)ptrs.Length, grant.Handle, IntPtr.Zero, out h));
+                if (options == null)
+                {
+                    Native.Check(Native.ud_session_open(ptrs, (UIntPtr)ptrs.Length, grant.Handle, IntPtr.Zero, out h));
+                    return;
+                }
+                NativeConfig cfg;
+                Native.Check(Native.ud_config_default(out cfg));
+                if (options.Magic != null)
+                {
+                    // Pinned for the call only: the library copies the magic.
+                    magic = GCHandle.Alloc(options.Magic, GCHandleType.Pinned);
+                    cfg.Magic = magic.AddrOfPinnedObject();
+                    cfg.MagicLen = (UIntPtr)options.Magic.Length;
+                }
+                if (options.SilenceMs.HasValue) cfg.SilenceMs = options.SilenceMs.Value;
+                if (options.KeepaliveMs.HasValue) cfg.KeepaliveMs = options.KeepaliveMs.Value;
+                if (options.FailoverAfterMs.HasValue) cfg.FailoverAfterMs = options.FailoverAfterMs.Value;
+                if (options.ProbeForMs.HasValue) cfg.ProbeForMs = options.ProbeForMs.Value;
+                Native.Check(Native.ud_session_open_with(ptrs, (UIntPtr)ptrs.Length, grant.Handle, ref cfg, out h));
             }
             finally
             {
+                if (magic.IsAllocated) magic.Free();
                 foreach (var p in ptrs) if (p != IntPtr.Zero) Marshal.FreeHGlobal(p);
             }
         }

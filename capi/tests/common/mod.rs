@@ -99,7 +99,12 @@ impl Drop for GameServer {
 
 /// A director whose mapping `echo` has `a` (zone z0) and `b` (zone z1).
 pub fn director(a: &GameServer, b: &GameServer, tag: &str) -> ChildDirector {
-    let yaml = yaml::director("", &[yaml::echo_mapping(&[a.addr, b.addr])]);
+    director_with("", a, b, tag)
+}
+
+/// [`director`] with `extra` top-level config keys.
+pub fn director_with(extra: &str, a: &GameServer, b: &GameServer, tag: &str) -> ChildDirector {
+    let yaml = yaml::director(extra, &[yaml::echo_mapping(&[a.addr, b.addr])]);
     ChildDirector::spawn_yaml(
         &director_exe().unwrap(),
         TempDir::new(tag).unwrap(),
