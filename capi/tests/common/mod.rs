@@ -18,27 +18,22 @@ pub fn root() -> PathBuf {
     testkit::exe::workspace_root()
 }
 
-/// The folder holding a fresh `libudp_director.{so,a}` of the running test's profile.
+/// The folder holding a fresh `libudp_director.so` of the running test's profile.
 pub fn library_dir() -> PathBuf {
-    let test = std::env::current_exe().unwrap();
-    let dir = test.parent().unwrap().parent().unwrap().to_path_buf();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(root())
-        .args(["build", "--quiet", "-p", "udp-director-capi", "--lib"]);
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    assert!(
-        build.status().unwrap().success(),
-        "cargo build of the C library"
-    );
-    assert!(
-        dir.join("libudp_director.so").exists(),
-        "no library in {}",
-        dir.display()
-    );
+    let root = root();
+    let dir = testkit::exe::profile_dir().unwrap();
+    testkit::exe::fresh_artifact(
+        &dir.join("libudp_director.so"),
+        &[
+            root.join("capi/src"),
+            root.join("capi/Cargo.toml"),
+            root.join("client/src"),
+            root.join("client/Cargo.toml"),
+            root.join("Cargo.lock"),
+        ],
+        &["-p", "udp-director-capi", "--lib"],
+    )
+    .unwrap();
     dir
 }
 
