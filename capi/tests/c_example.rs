@@ -1,6 +1,7 @@
 //! The C example (`capi/examples/c/session.c`) compiled with the system `cc` against the
 //! checked-in header and the shared library, then run: the whole client path against a real
-//! director (asserting what each game server saw), and the core against the conformance
+//! director (asserting what each game server saw), once on the library's socket and once on
+//! the program's own socket driving the sans-IO core, and the core against the conformance
 //! vectors' challenge.
 
 mod common;
@@ -51,6 +52,20 @@ fn a_c_program_queries_plays_resets_and_resumes_through_the_director() {
     assert!(stdout.contains(&format!("remote {}", d.data)), "{stdout}");
     assert!(stdout.trim_end().ends_with("done"), "{stdout}");
     assert_script_seen(&a, &b, "c:");
+}
+
+#[test]
+fn a_c_program_drives_the_core_on_its_own_socket_through_the_director() {
+    let exe = compile("core");
+    let (a, b) = (GameServer::start("a:"), GameServer::start("b:"));
+    let d = director(&a, &b, "c-core");
+    let out = run(Command::new(&exe).args(["core", &d.query.to_string(), &d.data.to_string()]));
+    let _ = std::fs::remove_file(&exe);
+    assert!(out.status.success(), "the C program failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("reply b:core:after-resume"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("done"), "{stdout}");
+    assert_script_seen(&a, &b, "core:");
 }
 
 #[test]

@@ -1,10 +1,13 @@
 /*
- * A game client in C on libudp_director: query -> token -> session -> reset -> resume, and
- * the sans-IO core answering a challenge from the conformance vectors.
+ * A game client in C on libudp_director: query -> token -> session -> reset -> resume, with
+ * the library's socket (play) and with the game's own socket driving the sans-IO core (core),
+ * and the core answering a challenge from the conformance vectors.
  *
  *   session play QUERY_ADDR DATA_ADDR      the whole client path against a director whose
  *                                          mapping `echo` has endpoints labelled zone=z0 and
  *                                          zone=z1 (game servers echoing with a prefix)
+ *   session core QUERY_ADDR DATA_ADDR      the same on an IPv4 socket of the program's own,
+ *                                          driving ud_core_* (what an engine does)
  *   session vectors MAGIC_HEX TOKEN CHALLENGE_HEX REPLY_HEX
  *                                          the core's RESPONSE to CHALLENGE must be REPLY
  *
@@ -12,9 +15,16 @@
  *   cc -std=c11 -Wall -Wextra -Werror -I capi/include capi/examples/c/session.c \
  *      -L target/debug -ludp_director -Wl,-rpath,target/debug -o session
  */
+#define _POSIX_C_SOURCE 200809L
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "udp_director.h"
 
@@ -126,6 +136,137 @@ static int play(const char *query_addr, const char *data_addr) {
     return 0;
 }
 
+/* ---- The sans-IO core on the program's own socket (what an engine does). ---- */
+
+static uint64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static struct sockaddr_in to_sockaddr(const struct UdAddr *a) {
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(a->port);
+    memcpy(&sa.sin_addr, a->ip, 4);
+    return sa;
+}
+
+struct Game {
+    int fd;
+    struct UdCore *core;
+    unsigned resumes_sent;
+};
+
+/* Sends everything the core has waiting. */
+static int flush(struct Game *g) {
+    uint8_t buf[UD_MAX_CONTROL_LEN];
+    for (;;) {
+        struct UdTransmit t;
+        CHECK(ud_core_poll_transmit(g->core, now_us(), buf, sizeof buf, &t));
+        if (t.len == 0) return 0;
+        if (t.kind == UD_TRANSMIT_KIND_RESUME) g->resumes_sent++;
+        struct sockaddr_in to = to_sockaddr(&t.destination);
+        sendto(g->fd, buf, t.len, 0, (struct sockaddr *)&to, sizeof to);
+    }
+}
+
+/* Waits until the next deadline or `max_ms`, feeding the core what arrives and firing its
+ * timers; returns 1 with the game datagram in `out` when one came. */
+static int pump(struct Game *g, int max_ms, char *out, size_t cap) {
+    uint64_t at = 0;
+    if (ud_core_poll_timeout(g->core, &at) != UD_STATUS_OK) return -1;
+    uint64_t now = now_us();
+    int wait = at > now ? (int)((at - now) / 1000u) + 1 : 0;
+    if (wait > max_ms) wait = max_ms;
+    struct pollfd p = {.fd = g->fd, .events = POLLIN};
+    int got = 0;
+    if (poll(&p, 1, wait) > 0) {
+        struct sockaddr_in from;
+        socklen_t len = sizeof from;
+        ssize_t n = recvfrom(g->fd, out, cap - 1, 0, (struct sockaddr *)&from, &len);
+        if (n >= 0) {
+            struct UdAddr src = {.family = 4, .port = ntohs(from.sin_port)};
+            memcpy(src.ip, &from.sin_addr, 4);
+            enum UdIncoming kind;
+            if (ud_core_handle_datagram(g->core, now_us(), &src, (const uint8_t *)out, (size_t)n, &kind) != UD_STATUS_OK) return -1;
+            if (kind == UD_INCOMING_DATA) {
+                out[n] = 0;
+                got = 1;
+            }
+        }
+    }
+    if (ud_core_handle_timeout(g->core, now_us()) != UD_STATUS_OK) return -1;
+    if (flush(g)) return -1;
+    return got;
+}
+
+static int core_exchange(struct Game *g, const char *payload, const char *prefix) {
+    char buf[2048];
+    for (int i = 0; i < 50; i++) {
+        struct UdAddr remote;
+        CHECK(ud_core_remote(g->core, &remote));
+        struct sockaddr_in to = to_sockaddr(&remote);
+        sendto(g->fd, payload, strlen(payload), 0, (struct sockaddr *)&to, sizeof to);
+        uint64_t until = now_us() + 100000u;
+        while (now_us() < until) {
+            int r = pump(g, 20, buf, sizeof buf);
+            if (r < 0) return fail("pump", UD_STATUS_IO);
+            if (r == 1 && strncmp(buf, prefix, strlen(prefix)) == 0) {
+                printf("reply %s\n", buf);
+                return 0;
+            }
+        }
+    }
+    fprintf(stderr, "no reply starting with %s to %s\n", prefix, payload);
+    return 1;
+}
+
+static int own_socket(const char *query_addr, const char *data_addr) {
+    struct UdGrant *first = NULL, *second = NULL;
+    if (query(query_addr, "z0", &first)) return 1;
+    struct UdAddr director;
+    CHECK(ud_addr_parse(data_addr, &director));
+    if (director.family != 4) return fail("an IPv4 data address", UD_STATUS_INVALID_ARGUMENT);
+    struct Game g = {.fd = socket(AF_INET, SOCK_DGRAM, 0)};
+    struct sockaddr_in any = {.sin_family = AF_INET};
+    if (g.fd < 0 || bind(g.fd, (struct sockaddr *)&any, sizeof any) != 0) {
+        perror("socket");
+        return 1;
+    }
+    CHECK(ud_core_new(&director, 1, ud_grant_token(first), ud_grant_reopen_seconds(first), NULL, now_us(), &g.core));
+    if (flush(&g)) return 1; /* the token */
+    if (core_exchange(&g, "core:hello-a", "a:")) return 1;
+
+    if (query(query_addr, "z1", &second)) return 1;
+    CHECK(ud_core_switch(g.core, now_us(), ud_grant_token(second), ud_grant_reopen_seconds(second)));
+    if (flush(&g)) return 1; /* [magic][new token] */
+    if (core_exchange(&g, "core:hello-b", "b:")) return 1;
+
+    /* Quiet: the core's timer sends [magic][token]; play goes on. */
+    unsigned before = g.resumes_sent;
+    char buf[2048];
+    uint64_t until = now_us() + 3000000u;
+    while (g.resumes_sent == before && now_us() < until) {
+        if (pump(&g, 50, buf, sizeof buf) < 0) return fail("pump", UD_STATUS_IO);
+    }
+    if (g.resumes_sent == before) {
+        fprintf(stderr, "the core never resumed\n");
+        return 1;
+    }
+    if (core_exchange(&g, "core:after-resume", "b:")) return 1;
+    struct UdStats stats;
+    CHECK(ud_core_stats(g.core, &stats));
+    printf("core resumes %llu\n", (unsigned long long)stats.resumes);
+    ud_core_free(g.core);
+    ud_grant_free(first);
+    ud_grant_free(second);
+    close(g.fd);
+    printf("done\n");
+    return 0;
+}
+
 static size_t unhex(const char *hex, unsigned char *out, size_t cap) {
     size_t n = strlen(hex) / 2;
     if (n > cap) return 0;
@@ -178,8 +319,9 @@ static int vectors(const char *magic_hex, const char *token, const char *challen
 
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "play") == 0) return play(argv[2], argv[3]);
+    if (argc == 4 && strcmp(argv[1], "core") == 0) return own_socket(argv[2], argv[3]);
     if (argc == 6 && strcmp(argv[1], "vectors") == 0)
         return vectors(argv[2], argv[3], argv[4], argv[5]);
-    fprintf(stderr, "usage: %s play QUERY DATA | vectors MAGIC TOKEN CHALLENGE REPLY\n", argv[0]);
+    fprintf(stderr, "usage: %s play|core QUERY DATA | vectors MAGIC TOKEN CHALLENGE REPLY\n", argv[0]);
     return 2;
 }
