@@ -57,3 +57,21 @@ test("query, token, session, reset and resume through the director", async () =>
     s.close();
   }
 });
+
+test("a silent first address is left for the next one, which resumes the session", async () => {
+  const SILENT = process.env.UDP_DIRECTOR_SILENT;
+  assert.ok(SILENT, "UDP_DIRECTOR_SILENT is set by capi/tests/node.rs");
+  const grant = await query(QUERY, buildQuery({ resourceType: "echo", labels: { zone: "z1" } }));
+  // Neither answers PINGs today: the first address gets the token, then silence moves on.
+  const s = await Session.open([SILENT, DATA], grant, { failoverAfterMs: 1000 });
+  try {
+    assert.equal(s.remote, SILENT);
+    const failedOver = new Promise((resolve) => s.once("failover", resolve));
+    assert.equal(await exchange(s, "js:failover", "b:", 8000), "b:js:failover");
+    assert.equal(await failedOver, DATA);
+    assert.equal(s.remote, DATA);
+    assert.equal(s.stats.failovers, 1);
+  } finally {
+    s.close();
+  }
+});
