@@ -9,11 +9,18 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use testkit::TempDir;
+
 use common::{assert_script_seen, challenge_vector, director, root, run_within, GameServer};
 
-fn godot(args: &[String]) -> Command {
+/// Godot run on copies of the scripts in a temporary folder: it treats its working folder
+/// as the project and writes `logs/` there, which must not land in the repository.
+fn godot(dir: &TempDir, args: &[String]) -> Command {
+    for file in ["udp_director.gd", "play.gd"] {
+        std::fs::copy(root().join("clients/godot").join(file), dir.path.join(file)).unwrap();
+    }
     let mut cmd = Command::new("godot3-server");
-    cmd.current_dir(root().join("clients/godot"))
+    cmd.current_dir(&dir.path)
         .args(["--no-window", "-s", "play.gd"])
         .args(args);
     cmd
@@ -37,7 +44,8 @@ fn a_gdscript_client_queries_plays_resets_and_resumes_through_the_director() {
         d.data.ip().to_string(),
         d.data.port().to_string(),
     ];
-    let out = run_within(&mut godot(&args), Duration::from_secs(60));
+    let dir = TempDir::new("godot-play").unwrap();
+    let out = run_within(&mut godot(&dir, &args), Duration::from_secs(60));
     assert!(succeeded(&out), "the GDScript client failed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("refused unknown_resource_type"), "{stdout}");
@@ -55,15 +63,16 @@ fn the_gdscript_client_answers_the_vectors_challenge() {
         challenge.clone(),
         reply,
     ];
+    let dir = TempDir::new("godot-vectors").unwrap();
     assert!(succeeded(&run_within(
-        &mut godot(&ok),
+        &mut godot(&dir, &ok),
         Duration::from_secs(60)
     )));
     // A wrong expectation fails: the script really compares.
     let mut wrong = ok.clone();
     wrong[4] = challenge;
     assert!(!succeeded(&run_within(
-        &mut godot(&wrong),
+        &mut godot(&dir, &wrong),
         Duration::from_secs(60)
     )));
 }
