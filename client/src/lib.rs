@@ -39,8 +39,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// The default reset magic (`controlPacketMagicBytes: FFFFFFFF5245534554`).
-pub const DEFAULT_MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
+pub mod core;
+pub mod frames;
+
+use crate::core::{Core, Incoming};
+pub use crate::frames::DEFAULT_MAGIC;
+use crate::frames::MAX_CONTROL_LEN;
 
 /// A query (SPEC §2), built field by field and sent as one JSON line.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -57,6 +61,8 @@ pub struct Query {
     status_query: Option<StatusQuery>,
     #[serde(skip_serializing_if = "Option::is_none")]
     player_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ticket: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +119,14 @@ impl Query {
     /// when the mapping has `proxyProtocol: v2`.
     pub fn player_id(mut self, id: &str) -> Self {
         self.player_id = Some(id.to_string());
+        self
+    }
+
+    /// The player's ticket (SPEC §2, "Who may ask"): a JWT the studio's backend issued after
+    /// authenticating the player, passed through unread. Required by mappings with
+    /// `auth: ticket`; a missing or bad one is answered `unauthorized`.
+    pub fn ticket(mut self, jwt: &str) -> Self {
+        self.ticket = Some(jwt.to_string());
         self
     }
 
@@ -289,37 +303,20 @@ impl Resume {
     }
 }
 
-/// One UDP session through the director.
+/// One UDP session through the director: a socket driven by a [`core::Core`], which makes
+/// every decision (token, resume rule, challenge responses, pings, nearest director,
+/// failover); this shell only moves datagrams and reads the clock.
 pub struct Session {
     socket: UdpSocket,
-    data: SocketAddr,
-    token: String,
-    magic: Vec<u8>,
-    resume: Resume,
-    /// When the token was granted, and how long it may re-open a session.
-    granted: Instant,
-    reopen_for: Duration,
-    last_heard: Instant,
-    last_resume: Instant,
-    resumes: u64,
+    core: Core,
+    out: [u8; MAX_CONTROL_LEN],
 }
 
 impl Session {
     /// Opens a session to the director's data port `data` with `grant`, from a fresh socket,
     /// with the default magic and resume rule.
     pub fn open(data: SocketAddr, grant: &Grant) -> io::Result<Self> {
-        let local: SocketAddr = if data.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            ([0u16; 8], 0).into()
-        };
-        Self::open_on(
-            UdpSocket::bind(local)?,
-            data,
-            grant,
-            DEFAULT_MAGIC,
-            Resume::default(),
-        )
+        Self::open_any(&[data], grant, core::Config::default())
     }
 
     /// Opens a session from `socket` (bound by the caller) with `magic` and `resume`.
@@ -330,30 +327,76 @@ impl Session {
         magic: &[u8],
         resume: Resume,
     ) -> io::Result<Self> {
-        let now = Instant::now();
-        let session = Self {
-            socket,
-            data,
-            token: grant.token.clone(),
+        let cfg = core::Config {
             magic: magic.to_vec(),
             resume,
-            granted: now,
-            reopen_for: reopen_window(grant),
-            last_heard: now,
-            last_resume: now,
-            resumes: 0,
+            ..core::Config::default()
         };
-        session.socket.send_to(grant.token.as_bytes(), data)?;
+        Self::open_with(socket, &[data], grant, cfg)
+    }
+
+    /// Opens a session through the nearest of several director data addresses (regions, or
+    /// replicas with their own addresses), failing over to the next after
+    /// `cfg.failover_after` of silence. With more than one address this blocks up to
+    /// `cfg.probe_for` while the directors answer PINGs (a director that does not answer
+    /// them ranks after those that do, in the given order).
+    pub fn open_any(
+        directors: &[SocketAddr],
+        grant: &Grant,
+        cfg: core::Config,
+    ) -> io::Result<Self> {
+        let local: SocketAddr = match directors.first() {
+            Some(d) if d.is_ipv6() => ([0u16; 8], 0).into(),
+            _ => ([0, 0, 0, 0], 0).into(),
+        };
+        Self::open_with(UdpSocket::bind(local)?, directors, grant, cfg)
+    }
+
+    /// [`Session::open_any`] from `socket` (bound by the caller). A zero `cfg.seed` is
+    /// replaced by a random one.
+    pub fn open_with(
+        socket: UdpSocket,
+        directors: &[SocketAddr],
+        grant: &Grant,
+        mut cfg: core::Config,
+    ) -> io::Result<Self> {
+        if cfg.seed == 0 {
+            cfg.seed = random_seed();
+        }
+        let core = Core::new(
+            directors,
+            grant.token.as_bytes(),
+            reopen_window(grant),
+            cfg,
+            Instant::now(),
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut session = Self {
+            socket,
+            core,
+            out: [0; MAX_CONTROL_LEN],
+        };
+        session.flush()?;
+        let mut buf = [0u8; 2048];
+        while session.core.is_probing() {
+            let until = session.core.poll_timeout().unwrap_or_else(Instant::now);
+            let left = until.saturating_duration_since(Instant::now());
+            // PONGs feed the core on the way; no game data can come before the token left.
+            session.recv_timeout(&mut buf, left)?;
+            session.core.handle_timeout(Instant::now());
+            session.flush()?;
+        }
         Ok(session)
     }
 
-    /// Sends one game datagram.
+    /// Sends one game datagram to the director in use.
     pub fn send(&self, payload: &[u8]) -> io::Result<()> {
-        self.socket.send_to(payload, self.data).map(|_| ())
+        self.socket.send_to(payload, self.core.remote()).map(|_| ())
     }
 
-    /// Waits up to `timeout` for a datagram from the director; `None` when none came.
-    /// Datagrams from anyone else are ignored.
+    /// Waits up to `timeout` for game data through the director; `None` when none came.
+    /// Control frames (challenges, pongs) are handled on the way; datagrams from anyone else
+    /// are ignored.
     pub fn recv_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -363,11 +406,13 @@ impl Session {
             }
             self.socket.set_read_timeout(Some(left))?;
             match self.socket.recv_from(buf) {
-                Ok((n, from)) if from == self.data => {
-                    self.last_heard = Instant::now();
-                    return Ok(Some(n));
+                Ok((n, from)) => {
+                    let incoming = self.core.handle_datagram(Instant::now(), from, &buf[..n]);
+                    self.flush()?;
+                    if incoming == Incoming::Data {
+                        return Ok(Some(n));
+                    }
                 }
-                Ok(_) => continue,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -382,47 +427,72 @@ impl Session {
         }
     }
 
-    /// Applies the resume rule; true when it sent `[magic][token]`. Call it every frame.
+    /// Applies the timers (resume rule, failover); true when it sent `[magic][token]`. Call
+    /// it every frame.
     pub fn tick(&mut self) -> io::Result<bool> {
-        let now = Instant::now();
-        if !self
-            .resume
-            .due(now - self.last_heard, now - self.last_resume)
-        {
-            return Ok(false);
-        }
-        self.send_reset()?;
-        self.last_resume = now;
-        self.resumes += 1;
-        Ok(true)
+        let before = self.core.stats().resumes;
+        self.core.handle_timeout(Instant::now());
+        self.flush()?;
+        Ok(self.core.stats().resumes > before)
     }
 
     /// Moves the session to the target of a new grant (same socket).
     pub fn switch(&mut self, grant: &Grant) -> io::Result<()> {
-        self.token = grant.token.clone();
-        self.granted = Instant::now();
-        self.reopen_for = reopen_window(grant);
-        self.send_reset()
+        self.core
+            .switch(Instant::now(), grant.token.as_bytes(), reopen_window(grant))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        self.flush()
     }
 
-    fn send_reset(&self) -> io::Result<()> {
-        let datagram = [self.magic.as_slice(), self.token.as_bytes()].concat();
-        self.socket.send_to(&datagram, self.data).map(|_| ())
+    /// Sends everything the core has waiting. A refused send (an ICMP error left on the
+    /// socket by an earlier datagram) is the failover's business, not an error.
+    fn flush(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        while let Some(t) = self.core.poll_transmit(now, &mut self.out) {
+            match self.socket.send_to(&self.out[..t.len], t.destination) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Measures the round-trip time to every director address again (answers arrive through
+    /// [`Session::recv_timeout`] and show in [`Session::directors`]).
+    pub fn ping(&mut self) -> io::Result<()> {
+        self.core.ping(Instant::now());
+        self.flush()
     }
 
     /// The token can no longer re-open the session: query again and [`Session::switch`].
     pub fn needs_query(&self) -> bool {
-        self.granted.elapsed() >= self.reopen_for
+        self.core.needs_query(Instant::now())
     }
 
-    /// Times the resume rule sent `[magic][token]`.
+    /// Times the resume rule (and failovers) sent `[magic][token]`.
     pub fn resumes(&self) -> u64 {
-        self.resumes
+        self.core.stats().resumes
+    }
+
+    /// Counters: resumes, failovers, challenges answered, pongs, dropped datagrams.
+    pub fn stats(&self) -> core::Stats {
+        self.core.stats()
+    }
+
+    /// The director address in use.
+    pub fn remote(&self) -> SocketAddr {
+        self.core.remote()
+    }
+
+    /// The director addresses in order of preference, with their RTTs once measured.
+    pub fn directors(&self) -> Vec<(SocketAddr, Option<Duration>)> {
+        self.core.directors().collect()
     }
 
     /// How long since the director was last heard.
     pub fn silent_for(&self) -> Duration {
-        self.last_heard.elapsed()
+        self.core.silent_for(Instant::now())
     }
 
     pub fn socket(&self) -> &UdpSocket {
@@ -430,8 +500,15 @@ impl Session {
     }
 
     pub fn token(&self) -> &str {
-        &self.token
+        // The core only holds tokens that came from a `&str` (a grant's).
+        std::str::from_utf8(self.core.token()).unwrap_or_default()
     }
+}
+
+/// A seed for PING ids from std's per-process random hasher keys.
+fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(Instant::now()) | 1
 }
 
 /// Opens a relayed TCP connection on a `protocol: TCP` data port (SPEC §3, "TCP data ports"):

@@ -10,6 +10,7 @@
 //! | [`scrape`] | the one `/metrics` parser: series values and sums |
 //! | [`client`] | a blocking query client and a plain HTTP GET |
 //! | [`echo`] | a UDP echo server standing in for a game server |
+//! | [`exe`] | the director binary for tests in other crates (client, C ABI, C#, Node) |
 //! | [`yaml`] | config builders for loopback directors |
 //! | [`wait`] | deadline-bounded polling and pacing (the only sleeps) |
 //! | [`rng`] | a seeded xorshift64* generator, so failures replay |
@@ -20,6 +21,7 @@
 pub mod child;
 pub mod client;
 pub mod echo;
+pub mod exe;
 pub mod forge;
 pub mod load;
 pub mod rng;
@@ -30,6 +32,7 @@ pub mod yaml;
 pub use child::{ChildDirector, TempDir};
 pub use client::{Answer, http_get, query_raw, query_token};
 pub use echo::EchoServer;
+pub use exe::director_exe;
 pub use rng::Rng;
 pub use scrape::Scrape;
 pub use wait::{Pacer, eventually};
