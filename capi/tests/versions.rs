@@ -30,11 +30,6 @@ fn every_published_package_has_the_same_version() {
         let want = format!("#define UD_VERSION_{name} {}", parts.next().unwrap());
         assert!(header.contains(&want), "the header lacks {want}");
     }
-    let constants = format!(
-        "{}.{}.{}",
-        udp_director::UD_VERSION_MAJOR,
-        udp_director::UD_VERSION_MINOR,
-        udp_director::UD_VERSION_PATCH
-    );
-    assert_eq!(constants, capi, "capi/src/lib.rs UD_VERSION_*");
+    // The macros are cbindgen's rendering of capi/src/lib.rs's UD_VERSION_* constants
+    // (tests/header.rs holds the header to the code).
 }
