@@ -123,28 +123,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         Arc::clone(&settings),
         Arc::clone(&metrics),
     ));
-    // UDP data ports go to the data plane's workers, TCP ones to listeners on the runtime;
-    // both keep their position in `dataPorts` (the token's port for them).
-    let udp_ats: Vec<(usize, SocketAddr)> = data_ports
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| d.protocol == Protocol::Udp)
-        .map(|(i, d)| (i, d.addr))
-        .collect();
-    let data = DataPlane::start(
-        &udp_ats,
-        workers,
-        buffer_bytes,
-        reuse_port,
-        Arc::clone(&shared),
-    )
-    .map_err(|source| BindError {
-        what: "data",
-        addr: data_ports.first().map_or(query_at, |d| d.addr),
-        source,
-    })?;
-    let fds = FdBudget::take();
-    shared.upstreams.set_limit(fds.upstream());
+    let (data, fds) = start_data_plane(&data_ports, workers, buffer_bytes, reuse_port, &shared)?;
     let query_addr = local(&listeners.query, "query", query_at)?;
     let admin_addr = local(&listeners.admin, "admin", admin_at)?;
     let live = Arc::new(Live::new(
@@ -178,11 +157,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     tracing::info!(
         query = %query_addr,
         data = %data_addr,
-        data_ports = %data_addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
+        data_ports = %data_addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         admin = %admin_addr,
         workers,
         mappings,
@@ -202,6 +177,40 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         data: Some(data),
         tasks,
     })
+}
+
+/// Starts the UDP data plane: UDP data ports go to its workers (TCP ones to listeners on the
+/// runtime), each keeping its position in `dataPorts` (the token's port for it); then the
+/// upstream socket budget is what the descriptors left.
+fn start_data_plane(
+    data_ports: &[crate::config::ValidDataPort],
+    workers: usize,
+    buffer_bytes: usize,
+    reuse_port: bool,
+    shared: &Arc<DataShared>,
+) -> Result<(DataPlane, FdBudget), BindError> {
+    let udp_ats: Vec<(usize, SocketAddr)> = data_ports
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.protocol == Protocol::Udp)
+        .map(|(i, d)| (i, d.addr))
+        .collect();
+    let first = udp_ats.first().map(|(_, a)| *a);
+    let data = DataPlane::start(
+        &udp_ats,
+        workers,
+        buffer_bytes,
+        reuse_port,
+        Arc::clone(shared),
+    )
+    .map_err(|source| BindError {
+        what: "data",
+        addr: first.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+        source,
+    })?;
+    let fds = FdBudget::take();
+    shared.upstreams.set_limit(fds.upstream());
+    Ok((data, fds))
 }
 
 /// `dataWorkers`, with 0 meaning one per core.

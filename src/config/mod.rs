@@ -686,70 +686,8 @@ impl Config {
         let mut seen = BTreeSet::new();
         let mut out = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
-            let key = |field: &str| format!("dataPorts[{i}].{field}");
-            let protocol = match e.protocol.as_deref() {
-                None => Protocol::Udp,
-                Some(p) if p.eq_ignore_ascii_case("udp") => Protocol::Udp,
-                Some(p) if p.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
-                Some(p) => {
-                    return Err(invalid(
-                        key("protocol"),
-                        format!("{p:?} is not a data port protocol; use `UDP` or `TCP`"),
-                    ));
-                }
-            };
-            if i == 0 && protocol == Protocol::Tcp {
-                return Err(invalid(
-                    key("protocol"),
-                    "the first data port is the main UDP port (resets, the default endpoint); list TCP ports after it",
-                ));
-            }
-            if e.port != 0 && !seen.insert((protocol, e.port)) {
-                return Err(invalid(
-                    key("port"),
-                    format!("{} {} is listed twice", protocol.as_str(), e.port),
-                ));
-            }
-            if protocol == Protocol::Tcp
-                && e.port != 0
-                && (e.port == self.query_port || e.port == self.admin_port)
-            {
-                return Err(invalid(
-                    key("port"),
-                    format!(
-                        "TCP {} is already the {} port",
-                        e.port,
-                        if e.port == self.query_port {
-                            "query"
-                        } else {
-                            "admin"
-                        }
-                    ),
-                ));
-            }
-            let target = match (&e.target_port_name, e.target_port) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        key("targetPortName"),
-                        "give `targetPortName` or `targetPort`, not both",
-                    ));
-                }
-                (Some(name), None) if name.is_empty() => {
-                    return Err(invalid(key("targetPortName"), "must not be empty"));
-                }
-                (Some(name), None) => TargetPort::Name(name.clone()),
-                (None, Some(0)) => {
-                    return Err(invalid(key("targetPort"), "must be 1..=65535, found 0"));
-                }
-                (None, Some(p)) => TargetPort::Fixed(p),
-                (None, None) if i == 0 => TargetPort::Mapping,
-                (None, None) => {
-                    return Err(invalid(
-                        key("targetPortName"),
-                        "a second data port needs `targetPortName` (e.g. `voice`) or `targetPort`",
-                    ));
-                }
-            };
+            let protocol = self.data_port_protocol(i, e, &mut seen)?;
+            let target = data_port_target(i, e)?;
             out.push(ValidDataPort {
                 addr: addr(e.port),
                 target,
@@ -757,6 +695,58 @@ impl Config {
             });
         }
         Ok(out)
+    }
+
+    /// Entry `i`'s protocol: UDP or TCP, the first one UDP, no number twice per protocol,
+    /// and a TCP port never the query or admin port.
+    fn data_port_protocol(
+        &self,
+        i: usize,
+        e: &DataPortEntry,
+        seen: &mut BTreeSet<(Protocol, u16)>,
+    ) -> Result<Protocol, ConfigError> {
+        let key = |field: &str| format!("dataPorts[{i}].{field}");
+        let protocol = match e.protocol.as_deref() {
+            None => Protocol::Udp,
+            Some(p) if p.eq_ignore_ascii_case("udp") => Protocol::Udp,
+            Some(p) if p.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
+            Some(p) => {
+                return Err(invalid(
+                    key("protocol"),
+                    format!("{p:?} is not a data port protocol; use `UDP` or `TCP`"),
+                ));
+            }
+        };
+        if i == 0 && protocol == Protocol::Tcp {
+            return Err(invalid(
+                key("protocol"),
+                "the first data port is the main UDP port (resets, the default endpoint); list TCP ports after it",
+            ));
+        }
+        if e.port != 0 && !seen.insert((protocol, e.port)) {
+            return Err(invalid(
+                key("port"),
+                format!("{} {} is listed twice", protocol.as_str(), e.port),
+            ));
+        }
+        if protocol == Protocol::Tcp
+            && e.port != 0
+            && (e.port == self.query_port || e.port == self.admin_port)
+        {
+            return Err(invalid(
+                key("port"),
+                format!(
+                    "TCP {} is already the {} port",
+                    e.port,
+                    if e.port == self.query_port {
+                        "query"
+                    } else {
+                        "admin"
+                    }
+                ),
+            ));
+        }
+        Ok(protocol)
     }
 
     /// The sealed-token key source, checked against `tokenFormat`.
@@ -805,6 +795,35 @@ impl Config {
             _ => Ok(source),
         }
     }
+}
+
+/// Entry `i`'s target port: by name, fixed, or (the first entry only) the mapping's own.
+fn data_port_target(i: usize, e: &DataPortEntry) -> Result<TargetPort, ConfigError> {
+    let key = |field: &str| format!("dataPorts[{i}].{field}");
+    let target = match (&e.target_port_name, e.target_port) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                key("targetPortName"),
+                "give `targetPortName` or `targetPort`, not both",
+            ));
+        }
+        (Some(name), None) if name.is_empty() => {
+            return Err(invalid(key("targetPortName"), "must not be empty"));
+        }
+        (Some(name), None) => TargetPort::Name(name.clone()),
+        (None, Some(0)) => {
+            return Err(invalid(key("targetPort"), "must be 1..=65535, found 0"));
+        }
+        (None, Some(p)) => TargetPort::Fixed(p),
+        (None, None) if i == 0 => TargetPort::Mapping,
+        (None, None) => {
+            return Err(invalid(
+                key("targetPortName"),
+                "a second data port needs `targetPortName` (e.g. `voice`) or `targetPort`",
+            ));
+        }
+    };
+    Ok(target)
 }
 
 /// The namespaces a mapping lets clients ask for.
@@ -1032,6 +1051,30 @@ fn validate_kube(name: &str, m: &Mapping) -> Result<KubeSource, ConfigError> {
             "must be the lowercase plural name, e.g. `gameservers`",
         ));
     }
+    let address = kube_address(name, m)?;
+    let compile = |field: &str, path: &str| {
+        CompiledPath::compile(path).map_err(|e| invalid(key(field), e.to_string()))
+    };
+    let cache_fields = m
+        .cache_fields
+        .iter()
+        .enumerate()
+        .map(|(i, p)| compile(&format!("cacheFields[{i}]"), p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(KubeSource {
+        cache_fields,
+        group: m.group.clone().unwrap_or_default(),
+        kind: m.kind.clone().unwrap_or_else(|| resource.clone()),
+        version,
+        resource,
+        address,
+    })
+}
+
+/// How a Kubernetes mapping finds a target address: exactly one of `addressPath` with one
+/// port rule, or `serviceSelectorLabel` + `serviceTargetPortName`.
+fn kube_address(name: &str, m: &Mapping) -> Result<Addressing, ConfigError> {
+    let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
     let direct = m.address_path.is_some();
     let service = m.service_selector_label.is_some() || m.service_target_port_name.is_some();
     let compile = |field: &str, path: &str| {
@@ -1100,20 +1143,7 @@ fn validate_kube(name: &str, m: &Mapping) -> Result<KubeSource, ConfigError> {
             }
         }
     };
-    let cache_fields = m
-        .cache_fields
-        .iter()
-        .enumerate()
-        .map(|(i, p)| compile(&format!("cacheFields[{i}]"), p))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(KubeSource {
-        cache_fields,
-        group: m.group.clone().unwrap_or_default(),
-        kind: m.kind.clone().unwrap_or_else(|| resource.clone()),
-        version,
-        resource,
-        address,
-    })
+    Ok(address)
 }
 
 fn validate_static(

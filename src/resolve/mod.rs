@@ -603,6 +603,54 @@ fn static_port(ep: &config::StaticEndpoint, target: &config::TargetPort) -> Opti
     }
 }
 
+/// A Kubernetes mapping that picks from watch caches: one cache per allowed namespace
+/// (filtered by the fixed selector on the API server too), and Service caches when targets
+/// are addressed through a Service.
+fn watched_source(
+    m: &ValidMapping,
+    k: &config::KubeSource,
+    targets: &[config::TargetPort],
+    watchers: &kube::Watchers,
+) -> Source {
+    let api = kube::api_resource(&k.group, &k.version, &k.resource, &k.kind);
+    // The fixed selector is applied by the API server too: less to cache.
+    let labels = m
+        .fixed_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let keep = match &k.address {
+        Addressing::Direct { path, port } => {
+            let rules: Vec<config::PortRule> = targets.iter().map(|t| port_rule(t, port)).collect();
+            kube::Keep::direct(path, &rules, &k.cache_fields)
+        }
+        Addressing::Service { .. } => kube::Keep::with(&k.cache_fields),
+    };
+    let caches = m
+        .allowed
+        .iter()
+        .map(|ns| (ns.clone(), watchers.watch(&api, ns, &labels, &keep)))
+        .collect();
+    let address = match &k.address {
+        Addressing::Service { label, port_name } => AddressRule::Service {
+            label: label.clone(),
+            port_name: port_name.clone(),
+            ports: targets.to_vec(),
+            services: m
+                .allowed
+                .iter()
+                .map(|ns| {
+                    let keep = kube::Keep::services();
+                    (ns.clone(), watchers.watch(&kube::services(), ns, "", &keep))
+                })
+                .collect(),
+        },
+        Addressing::Direct { .. } => AddressRule::Direct,
+    };
+    Source::Kube { caches, address }
+}
+
 fn compile(
     m: &ValidMapping,
     data_ports: &[config::ValidDataPort],
@@ -623,46 +671,7 @@ fn compile(
                 client: watchers.client_cell(),
             }
         }
-        (ValidSource::Kube(k), None) => {
-            let api = kube::api_resource(&k.group, &k.version, &k.resource, &k.kind);
-            // The fixed selector is applied by the API server too: less to cache.
-            let labels = m
-                .fixed_labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let keep = match &k.address {
-                Addressing::Direct { path, port } => {
-                    let rules: Vec<config::PortRule> =
-                        targets.iter().map(|t| port_rule(t, port)).collect();
-                    kube::Keep::direct(path, &rules, &k.cache_fields)
-                }
-                Addressing::Service { .. } => kube::Keep::with(&k.cache_fields),
-            };
-            let caches = m
-                .allowed
-                .iter()
-                .map(|ns| (ns.clone(), watchers.watch(&api, ns, &labels, &keep)))
-                .collect();
-            let address = match &k.address {
-                Addressing::Service { label, port_name } => AddressRule::Service {
-                    label: label.clone(),
-                    port_name: port_name.clone(),
-                    ports: targets.clone(),
-                    services: m
-                        .allowed
-                        .iter()
-                        .map(|ns| {
-                            let keep = kube::Keep::services();
-                            (ns.clone(), watchers.watch(&kube::services(), ns, "", &keep))
-                        })
-                        .collect(),
-                },
-                Addressing::Direct { .. } => AddressRule::Direct,
-            };
-            Source::Kube { caches, address }
-        }
+        (ValidSource::Kube(k), None) => watched_source(m, k, &targets, watchers),
         // Validation sorted them by namespace/name: the order `first`, round-robin and ties use.
         (ValidSource::Static(endpoints), _) => Source::Static(
             endpoints
