@@ -13,14 +13,17 @@ ARG CARGO_FEATURES=""
 
 # Dependencies first, so a source edit does not rebuild them. Cargo needs every workspace
 # member's manifest and a file for every target they name (the daemon, its benches, the
-# client library, the testkit and its two tools) before it resolves anything.
+# client library and its bench, the C ABI, the testkit and its two tools) before it resolves
+# anything.
 COPY Cargo.toml Cargo.lock ./
 COPY client/Cargo.toml client/
+COPY capi/Cargo.toml capi/
 COPY testkit/Cargo.toml testkit/
-RUN mkdir -p src benches client/src testkit/src/bin \
+RUN mkdir -p src benches client/src client/benches capi/src testkit/src/bin \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > benches/datapath.rs && echo 'fn main() {}' > benches/tokens.rs \
-    && touch client/src/lib.rs testkit/src/lib.rs \
+    && touch client/src/lib.rs capi/src/lib.rs testkit/src/lib.rs \
+    && echo 'fn main() {}' > client/benches/core.rs \
     && echo 'fn main() {}' > testkit/src/bin/loadgen.rs \
     && echo 'fn main() {}' > testkit/src/bin/tcpbench.rs
 RUN cargo build --release --locked --bin udp-director --features "$CARGO_FEATURES"
