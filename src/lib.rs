@@ -2,12 +2,16 @@
 //!
 //! A client asks the TCP query server for a server matching a query and gets a short-lived
 //! token; its first UDP datagram to the data port carries the token and from then on its
-//! datagrams are proxied both ways. See `Docs/TechnicalReference.md` for the architecture.
+//! datagrams are proxied both ways. See `Docs/Architecture.md` for the floors and the three
+//! journeys.
 //!
-//! Data flows one way: socket (`net`) → decision (`session`, `protocol`, `resolve`, pure) →
-//! action (`net`) → socket. `app` wires the pieces; `main.rs` is the only place for `anyhow`.
+//! Data flows one way: socket (`shell`) → decision (`session`, over `token`, `resolve` and
+//! `protocol`, with time passed in) → one output queue → action (`shell`) → socket. `app`
+//! wires the pieces; `main.rs` is the only place for `anyhow`. `tests/layers.rs` holds every
+//! import to the floors.
 //!
-//! Owns the crate's public surface: what tests, benches, the fuzz targets and the binary may use.
+//! Owns the crate's public surface: what tests, benches, the fuzz targets and the binary may
+//! use. Must not hold logic of its own.
 
 // No panics on paths a client, a config or the API server can reach: errors or counted drops.
 #![cfg_attr(

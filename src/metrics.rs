@@ -1,7 +1,10 @@
 //! Metrics: one registry, every family registered once at start-up, handles passed by `Arc`.
 //! Label values are small closed enums (direction, reason, result), never client addresses,
 //! tokens or target names. The data plane does not touch these per datagram: workers count
-//! locally and add their deltas here periodically (see `net::worker`).
+//! locally and add their deltas here periodically (see `shell::udp`).
+//!
+//! Owns the families and their names. Must not import anything but the vocabulary (`model`,
+//! `util`): metrics know what is counted, never who counts it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

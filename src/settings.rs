@@ -1,6 +1,7 @@
-//! The live settings: one [`Generation`] of everything a reload may change (the validated
-//! config, the resolver built from it, the session table's rules, the query limits and
-//! their rate limiter), built whole and swapped whole through one [`Settings`] cell.
+//! The settings: the one place a validated config becomes what each layer reads. One
+//! [`Generation`] of everything a reload may change (the validated config, the resolver built
+//! from it, the session table's rules, the query limits and their rate limiter, the TCP
+//! limits), built whole and swapped whole through one [`Settings`] cell.
 //!
 //! Readers load the current generation lock-free (no poison handling anywhere) and use that
 //! one value for a whole decision, so a query or a datagram never sees half of a reload.
@@ -8,8 +9,9 @@
 //! woken. Shared *state* (live sessions in the ledger, issued tokens) is not here: a
 //! generation holds settings only.
 //!
-//! Owns building a generation from a validated config. Must not do I/O, touch sessions or
-//! decide what a reload may change (`config::reload` does).
+//! Owns building a generation from a validated config. Must not read sockets or files, touch
+//! sessions or decide what a reload may change (`config::reload` does); building a resolver
+//! may start watch tasks for new Kubernetes mappings (through `resolve::kube::Watchers`).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;

@@ -3,8 +3,8 @@
 //! overrides applied) into either a [`ValidConfig`] the rest of the program may trust, its
 //! values decoded once, or one error that names the key and says what is wrong.
 //!
-//! This module owns parsing and validation only. It does not open sockets, read the clock or
-//! know how a mapping is resolved; `resolve` builds its sources from a [`ValidMapping`].
+//! Owns parsing and validation. Must not open sockets, read the clock or know how a mapping
+//! is resolved; `resolve` builds its sources from a [`ValidMapping`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};

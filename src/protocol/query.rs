@@ -1,7 +1,7 @@
 //! The query protocol (SPEC §2): one JSON object per line in, one per line out.
 //!
 //! Pure: parsing a request line and rendering an answer. Framing, limits and timeouts belong
-//! to `query_server`; what a request resolves to belongs to `resolve`.
+//! to `shell::query`; what a request resolves to belongs to `resolve`.
 //!
 //! Owns the query wire format and error codes. Must not resolve queries or issue tokens.
 

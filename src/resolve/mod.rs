@@ -1,8 +1,11 @@
 //! Resolution: from a query to one target. Owns the compiled mappings (allowed namespaces,
 //! fixed selectors, the candidate source) and applies filters and load balancing.
 //!
-//! It does not issue tokens and does not touch sockets. Live session counts come in through
-//! [`SessionCounts`], which the data plane's ledger implements.
+//! Live session counts come in through [`SessionCounts`], which the data plane's ledger
+//! implements; Kubernetes objects through the watch caches of `kube.rs`.
+//!
+//! Owns mappings and choosing targets. Must not issue tokens, touch sockets or know about
+//! sessions.
 
 pub mod allocate;
 pub mod kube;

@@ -1,5 +1,5 @@
 //! Hot reload: watches the config source (the file, or a ConfigMap's `config.yaml`) and swaps
-//! a new settings generation in whole (`live::Generation`: config, resolver, table rules,
+//! a new settings generation in whole (`settings::Generation`: config, resolver, table rules,
 //! query limits), or rejects it whole. Live sessions are never touched: a generation applies
 //! to new queries and sessions only. What a reload may change is decided in
 //! `config::reload`. Also keeps the default endpoint's precomputed route in step with the
