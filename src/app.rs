@@ -100,7 +100,7 @@ impl Listeners {
 /// sync in the background (`/readyz` says when).
 pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let ledger = Arc::new(Ledger::new());
+    let ledger = Arc::new(Ledger::grouped(config.grouping));
     let tokens = Arc::new(make_tokens(&config, &options.kube).await?);
     let watchers = Arc::new(Watchers::new(
         options.kube.clone(),

@@ -13,7 +13,6 @@
 //! sessions or decide what a reload may change (`config::reload` does); building a resolver
 //! may start watch tasks for new Kubernetes mappings (through `resolve::kube::Watchers`).
 
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{Limits, ValidConfig};
+use crate::model::ClientNet;
 use crate::resolve::Resolver;
 use crate::resolve::kube::Watchers;
 use crate::session::Rules;
@@ -42,7 +42,8 @@ pub struct Generation {
 /// The query server's limits and the per-source-IP rate limiter built from them.
 pub struct QueryPolicy {
     pub limits: Limits,
-    pub rate: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Keyed by client network (`limits.ipv6PrefixLength`), like every per-IP limit.
+    pub rate: Arc<DefaultKeyedRateLimiter<ClientNet>>,
 }
 
 impl Generation {

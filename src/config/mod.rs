@@ -159,6 +159,9 @@ pub struct Limits {
     /// Upper bound on outstanding tokens; past it the oldest are evicted.
     #[serde(default = "defaults::max_tokens")]
     pub max_tokens: u64,
+    /// How every per-IP limit counts IPv6 clients: by their first this many bits (32..=64).
+    #[serde(default = "defaults::ipv6_prefix_length")]
+    pub ipv6_prefix_length: u8,
 }
 
 impl Default for Limits {
@@ -170,6 +173,7 @@ impl Default for Limits {
             query_rate_per_second: defaults::query_rate(),
             query_burst: defaults::query_burst(),
             max_tokens: defaults::max_tokens(),
+            ipv6_prefix_length: defaults::ipv6_prefix_length(),
         }
     }
 }
@@ -421,6 +425,9 @@ mod defaults {
     pub(super) fn max_tokens() -> u64 {
         1_000_000
     }
+    pub(super) fn ipv6_prefix_length() -> u8 {
+        64
+    }
     pub(super) fn busy_poll_micros() -> u64 {
         25
     }
@@ -526,6 +533,8 @@ impl Config {
             socket_buffer_bytes: self.socket_buffer_bytes,
             access_log: self.access_log,
             default_endpoint: self.default_endpoint.clone(),
+            grouping: crate::model::Grouping::new(self.limits.ipv6_prefix_length)
+                .unwrap_or_default(),
             raw: self,
         })
     }
@@ -555,6 +564,17 @@ impl Config {
 
     /// Counts and durations that must be positive or fit the token format.
     fn check_numbers(&self) -> Result<(), ConfigError> {
+        if crate::model::Grouping::new(self.limits.ipv6_prefix_length).is_none() {
+            return Err(invalid(
+                "limits.ipv6PrefixLength",
+                format!(
+                    "must be {}..={} (bits of an IPv6 address counted as one client), found {}",
+                    crate::model::Grouping::MIN_PREFIX,
+                    crate::model::Grouping::MAX_PREFIX,
+                    self.limits.ipv6_prefix_length
+                ),
+            ));
+        }
         positive("tokenTTLSeconds", self.token_ttl_seconds)?;
         positive("sessionTimeoutSeconds", self.session_timeout_seconds)?;
         positive("maxSessions", self.max_sessions as u64)?;

@@ -68,7 +68,7 @@ impl Overrides {
 
 /// Keys a running process cannot change: sockets are bound and sized, threads started and
 /// the token store sized at start. A reload that changes them is applied without them.
-pub const RESTART_ONLY: [&str; 12] = [
+pub const RESTART_ONLY: [&str; 13] = [
     "bindAddress",
     "queryPort",
     "dataPort",
@@ -77,6 +77,7 @@ pub const RESTART_ONLY: [&str; 12] = [
     "dataWorkers",
     "socketBufferBytes",
     "limits.maxTokens",
+    "limits.ipv6PrefixLength",
     "tokenFormat",
     "tokenKeysFile",
     "tokenKeysSecret",
@@ -115,6 +116,7 @@ pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
     keep!("dataWorkers", data_workers);
     keep!("socketBufferBytes", socket_buffer_bytes);
     keep!("limits.maxTokens", limits.max_tokens);
+    keep!("limits.ipv6PrefixLength", limits.ipv6_prefix_length);
     keep!("tokenFormat", token_format);
     keep!("tokenKeysFile", token_keys_file);
     keep!("tokenKeysSecret", token_keys_secret);
@@ -198,6 +200,7 @@ mod tests {
         p.data_workers = 4;
         p.socket_buffer_bytes = 5;
         p.limits.max_tokens = 6;
+        p.limits.ipv6_prefix_length = 48;
         p.token_format = crate::config::TokenFormat::Sealed;
         p.token_keys_file = Some("/keys".into());
         p.token_keys_secret = Some("ns/keys".into());

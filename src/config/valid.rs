@@ -53,6 +53,8 @@ pub struct ValidConfig {
     pub access_log: bool,
     /// Where tokenless newcomers go.
     pub default_endpoint: Option<crate::protocol::query::QueryRequest>,
+    /// `limits.ipv6PrefixLength`: how every per-IP limit groups IPv6 clients.
+    pub grouping: crate::model::Grouping,
 }
 
 /// A data port and which port of the target its sessions go to.

@@ -12,7 +12,7 @@ pub mod reasons;
 pub mod target;
 pub mod token;
 
-pub use net::ClientNet;
+pub use net::{ClientNet, Grouping};
 pub use reasons::{
     AllocationResult, CloseReason, DropReason, ErrorCode, Protocol, Refusal, Rejection, TcpClose,
     TcpRefusal,

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use dashmap::DashMap;
 
 use super::{Refusal, SessionId};
-use crate::model::{ClientNet, TokenKey};
+use crate::model::{ClientNet, Grouping, TokenKey};
 use crate::resolve::SessionCounts;
 use crate::util::bounded::Bounded;
 use crate::util::sync::lock;
@@ -45,6 +45,8 @@ pub struct Ledger {
     per_target: DashMap<SocketAddr, usize>,
     per_ip: DashMap<ClientNet, usize, Fast>,
     owners: DashMap<TokenKey, Owner, Fast>,
+    /// How clients are grouped into networks for the per-IP limits (restart-only).
+    grouping: Grouping,
     displaced: Mutex<Vec<Displaced>>,
     displaced_len: AtomicUsize,
 }
@@ -57,7 +59,13 @@ impl Default for Ledger {
 
 impl Ledger {
     pub fn new() -> Self {
+        Self::grouped(Grouping::DEFAULT)
+    }
+
+    /// A ledger whose per-IP limits count IPv6 clients by `grouping` (`limits.ipv6PrefixLength`).
+    pub fn grouped(grouping: Grouping) -> Self {
         Self {
+            grouping,
             sessions: Bounded::new(usize::MAX),
             draining: AtomicBool::new(false),
             per_target: DashMap::new(),
@@ -77,7 +85,7 @@ impl Ledger {
         if self.draining() {
             return Err(Refusal::Draining);
         }
-        let net = ClientNet::of(ip);
+        let net = self.net_of(ip);
         {
             let mut count = self.per_ip.entry(net).or_insert(0);
             if *count >= per_ip {
@@ -101,16 +109,22 @@ impl Ledger {
         })
     }
 
+    /// The network `ip` counts under for every per-IP limit (the one client-network notion:
+    /// sessions here, and the query server's and TCP ports' per-IP shares).
+    pub fn net_of(&self, ip: IpAddr) -> ClientNet {
+        self.grouping.net(ip)
+    }
+
     /// Gives back the places of a session admitted with a kept [`Seat`].
     pub fn leave(&self, ip: IpAddr) {
         self.sessions.give_back();
-        self.release_net(ClientNet::of(ip));
+        self.release_net(self.net_of(ip));
     }
 
     /// A session that moved from one client IP to another takes the new IP's share with it
     /// (a move is never refused: the token's holder is one session wherever it is).
     pub fn move_ip(&self, from: IpAddr, to: IpAddr) {
-        let (from, to) = (ClientNet::of(from), ClientNet::of(to));
+        let (from, to) = (self.net_of(from), self.net_of(to));
         if from != to {
             self.release_net(from);
             *self.per_ip.entry(to).or_insert(0) += 1;
@@ -129,7 +143,7 @@ impl Ledger {
 
     /// Sessions a client IP holds.
     pub fn sessions_of_ip(&self, ip: IpAddr) -> usize {
-        self.per_ip.get(&ClientNet::of(ip)).map_or(0, |n| *n)
+        self.per_ip.get(&self.net_of(ip)).map_or(0, |n| *n)
     }
 
     /// Records `owner` as the holder of `key`; returns the previous holder.

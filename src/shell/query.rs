@@ -92,7 +92,7 @@ impl QueryContext {
         generation: &Generation,
     ) -> Result<TokenAnswer, QueryError> {
         let policy = &generation.query;
-        if policy.rate.check_key(&peer).is_err() {
+        if policy.rate.check_key(&self.ledger.net_of(peer)).is_err() {
             return Err(QueryError::new(
                 ErrorCode::RateLimited,
                 format!(

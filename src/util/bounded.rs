@@ -1,6 +1,6 @@
 //! A counter with a limit, shared between threads: places are taken while fewer than the
 //! limit are in use and given back later. Live sessions under the cap (`session::Ledger`)
-//! and the upstream socket budget (`net::DataShared`) are both this; [`Place`] holds one for
+//! and the upstream socket budget (`shell::udp::DataShared`) are both this; [`Place`] holds one for
 //! as long as it lives.
 //!
 //! Owns one counter and its limit. Must not know what it counts.
