@@ -114,7 +114,7 @@ impl Tokens {
     pub fn sweep(&self, now: Instant) {
         match self {
             Tokens::Uuid(store) => store.sweep(now),
-            Tokens::Sealed(sealed) => sealed.sweep(),
+            Tokens::Sealed(sealed) => sealed.sweep(now),
         }
     }
 

@@ -30,11 +30,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use moka::sync::Cache;
+use dashmap::DashMap;
 use ring::aead::{Aad, NONCE_LEN, Nonce};
 use ring::rand::SecureRandom;
 use tokio::time::Instant;
@@ -108,26 +107,14 @@ pub struct SealedTokens {
     keys: KeyRing,
     clock: WallClock,
     random: ring::rand::SystemRandom,
-    /// `singleUseTokens`: nonces already redeemed on this replica, kept for their window.
-    replay: Cache<u128, Duration>,
+    /// `singleUseTokens`: nonces already redeemed on this replica, kept until their window
+    /// ends (Unix ms). Bounded by `limits.maxTokens`; full, it refuses (fails closed) rather
+    /// than forget a used token.
+    replay: DashMap<u128, u64, foldhash::fast::RandomState>,
+    replay_capacity: usize,
     /// One shared target per address, so sessions opened from sealed tokens do not each
     /// carry their own copy of the names.
     targets: Interner,
-}
-
-struct ReplayExpiry;
-
-impl moka::Expiry<u128, Duration> for ReplayExpiry {
-    // The trait's signature names std's Instant; we never read it.
-    #[allow(clippy::disallowed_types)]
-    fn expire_after_create(
-        &self,
-        _key: &u128,
-        window: &Duration,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(*window + Duration::from_secs(1))
-    }
 }
 
 impl SealedTokens {
@@ -136,10 +123,8 @@ impl SealedTokens {
             keys: KeyRing::new(keys),
             clock,
             random: ring::rand::SystemRandom::new(),
-            replay: Cache::builder()
-                .max_capacity(replay_capacity)
-                .expire_after(ReplayExpiry)
-                .build(),
+            replay: DashMap::with_hasher(Default::default()),
+            replay_capacity: usize::try_from(replay_capacity).unwrap_or(usize::MAX),
             targets: Interner::default(),
         }
     }
@@ -149,12 +134,29 @@ impl SealedTokens {
     }
 
     pub fn replay_len(&self) -> u64 {
-        self.replay.run_pending_tasks();
-        self.replay.entry_count()
+        self.replay.len() as u64
     }
 
-    pub fn sweep(&self) {
-        self.replay.run_pending_tasks();
+    /// Forgets used single-use tokens whose window has ended (nothing can redeem them now).
+    pub fn sweep(&self, now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        self.replay.retain(|_, until| *until > now_ms);
+    }
+
+    /// Records a single-use token's first redemption; false when it was used before, or when
+    /// the set is full even after forgetting ended windows (fail closed: a forgotten used
+    /// token could be redeemed again).
+    fn first_use(&self, key: u128, until_ms: u64, now: Instant) -> bool {
+        if self.replay.contains_key(&key) {
+            return false;
+        }
+        if self.replay.len() >= self.replay_capacity {
+            self.sweep(now);
+            if self.replay.len() >= self.replay_capacity {
+                return false;
+            }
+        }
+        self.replay.insert(key, until_ms).is_none()
     }
 
     /// Seals a token for `target` issued at `now` to the client at `client`.
@@ -216,18 +218,12 @@ impl SealedTokens {
         if c.client.is_some_and(|net| net != ClientNet::of(client)) {
             return Err(Rejection::WrongClient);
         }
-        if c.single_use {
-            let mut fresh = false;
-            self.replay.entry(key).or_insert_with_if(
-                || {
-                    fresh = true;
-                    Duration::from_millis(window_ms)
-                },
-                |_| false,
-            );
-            if !fresh {
-                return Err(Rejection::Invalid);
-            }
+        // Remembered until no use of it could redeem any more (the longer of TTL and resume).
+        let last_ms = c
+            .issued_ms
+            .saturating_add(u64::from(c.ttl_ms).max(u64::from(c.resume_s) * 1_000));
+        if c.single_use && !self.first_use(key, last_ms, now) {
+            return Err(Rejection::Invalid);
         }
         Ok(Grant {
             key,

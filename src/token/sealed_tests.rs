@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use proptest::prelude::*;
 
 use super::super::keys::tests::line;
@@ -190,10 +192,39 @@ async fn ttl_resume_window_binding_and_single_use() {
         tokens.open(once.as_bytes(), me, Use::Open, t0).unwrap_err(),
         Rejection::Invalid
     );
+    // The replay set is bounded (here by 100): full of live windows, it fails closed.
+    let small = SealedTokens::new(keys("a", 7), WallClock::fixed(t0, 1_800_000_000_000), 2);
+    let single = || {
+        small
+            .issue(&target, me, t0, policy(ClientBinding::Ip, true))
+            .unwrap()
+    };
+    let (a, b, c) = (single(), single(), single());
+    assert!(small.open(a.as_bytes(), me, Use::Open, t0).is_ok());
+    assert!(small.open(b.as_bytes(), me, Use::Open, t0).is_ok());
+    assert_eq!(
+        small.open(c.as_bytes(), me, Use::Open, t0).unwrap_err(),
+        Rejection::Invalid,
+        "a full replay set refuses rather than forget a used token"
+    );
+    assert_eq!(
+        small.open(a.as_bytes(), me, Use::Open, at(30)).unwrap_err(),
+        Rejection::Expired
+    );
+    // Once their windows (the longer of TTL and resume) have ended, room is made again.
+    let later = single_at(&small, &target, me, at(700));
+    assert!(small.open(later.as_bytes(), me, Use::Open, at(700)).is_ok());
+    assert_eq!(small.replay_len(), 1);
     // Two tokens for one target share one Target.
     let g2 = tokens.open(free.as_bytes(), me, Use::Open, t0).unwrap();
     assert!(Arc::ptr_eq(&g.target, &g2.target));
     assert_ne!(g.key, g2.key, "each token is its own key");
+}
+
+fn single_at(tokens: &SealedTokens, target: &Target, me: IpAddr, at: Instant) -> String {
+    tokens
+        .issue(target, me, at, policy(ClientBinding::Ip, true))
+        .unwrap()
 }
 
 proptest! {
