@@ -24,6 +24,7 @@ use crate::k8s::ClientCell;
 use crate::model::ErrorCode;
 use crate::model::{AllocationResult, Target};
 use crate::protocol::query::{QueryError, QueryRequest};
+use crate::util::logbudget::SharedLogBudget;
 
 /// How long one allocation may take, client creation included (SPEC §4).
 pub const ALLOCATION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -174,6 +175,11 @@ impl kube::Resource for GameServerAllocation {
         &mut self.metadata
     }
 }
+
+/// Failed allocations are counted (`allocations_total{result}`); their warnings are at most
+/// 10 per 10 s, the rest counted in the next line's `suppressed` (a failing allocator under
+/// load must not flood the log).
+static WARNINGS: SharedLogBudget = SharedLogBudget::new(10, Duration::from_secs(10));
 
 /// The `GameServerAllocation` a query asks for: the query's labels ANDed with the mapping's
 /// fixed ones; with `playersList`, a free slot in it (and the `playerId` added); with
@@ -393,7 +399,9 @@ impl Allocation {
         };
         let answer = match tokio::time::timeout(ALLOCATION_TIMEOUT, call).await {
             Err(_) => {
-                tracing::warn!(mapping = %self.mapping, namespace = %self.namespace, "allocation timed out");
+                if let Some(suppressed) = WARNINGS.allow(tokio::time::Instant::now()) {
+                    tracing::warn!(mapping = %self.mapping, namespace = %self.namespace, suppressed, "allocation timed out");
+                }
                 return (
                     AllocationResult::Timeout,
                     Err(QueryError::new(
@@ -406,7 +414,9 @@ impl Allocation {
                 );
             }
             Ok(Err(e)) => {
-                tracing::warn!(mapping = %self.mapping, namespace = %self.namespace, error = %e, "allocation failed");
+                if let Some(suppressed) = WARNINGS.allow(tokio::time::Instant::now()) {
+                    tracing::warn!(mapping = %self.mapping, namespace = %self.namespace, error = %e, suppressed, "allocation failed");
+                }
                 return (
                     AllocationResult::Error,
                     Err(QueryError::new(
@@ -433,7 +443,9 @@ impl Allocation {
             ),
             Err((result, e)) => {
                 if result == AllocationResult::Unusable {
-                    tracing::warn!(mapping = %self.mapping, error = %e.message, "allocated GameServer is unusable");
+                    if let Some(suppressed) = WARNINGS.allow(tokio::time::Instant::now()) {
+                        tracing::warn!(mapping = %self.mapping, error = %e.message, suppressed, "allocated GameServer is unusable");
+                    }
                 }
                 (result, Err(e))
             }

@@ -142,6 +142,8 @@ pub struct Closed {
     pub reason: CloseReason,
     pub stats: FlowStats,
     pub duration: Duration,
+    /// Opened by the default endpoint (its client proved nothing: its log line is budgeted).
+    pub default_endpoint: bool,
 }
 
 /// One live session as `/sessions` shows it.
@@ -554,6 +556,7 @@ impl SessionTable {
             reason,
             stats: s.stats,
             duration: now.saturating_duration_since(s.created),
+            default_endpoint: s.origin == Origin::DefaultEndpoint,
         }));
         self.debug_check();
         true

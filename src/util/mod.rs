@@ -5,5 +5,6 @@
 //! Owns nothing of the domain. Must not import anything of the crate.
 
 pub mod bounded;
+pub mod logbudget;
 pub mod memory;
 pub mod sync;

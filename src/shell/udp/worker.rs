@@ -76,6 +76,8 @@ pub(crate) struct Worker {
     flusher: Flusher,
     /// The table's outputs being carried out.
     outputs: std::collections::VecDeque<Output>,
+    /// Access-log lines of default-endpoint sessions: at most 10 per 10 s per worker.
+    default_access: crate::util::logbudget::LogBudget,
     /// Where each datagram of the batch being judged lies in `rx` (its handle is the index).
     spans: Vec<(usize, usize)>,
     /// Sockets whose receive budget ran out: read again without waiting.
@@ -132,6 +134,7 @@ impl Worker {
             counts: Counts::default(),
             outputs: std::collections::VecDeque::with_capacity(floor::<Output>()),
             spans: Vec::with_capacity(BATCH),
+            default_access: crate::util::logbudget::LogBudget::new(10, Duration::from_secs(10)),
             again: Vec::new(),
             last_datagram: now,
             sampled: 0,
@@ -336,7 +339,7 @@ impl Worker {
                     }
                 }
                 Output::CloseSocket(socket) => self.close_socket(socket),
-                Output::Closed(closed) => self.finish_closed(&closed),
+                Output::Closed(closed) => self.finish_closed(&closed, now),
                 Output::Wake(worker) => {
                     if let Some(waker) = self
                         .shared
@@ -425,10 +428,16 @@ impl Worker {
         self.again.retain(|t| *t != token_of(id));
     }
 
-    fn finish_closed(&mut self, closed: &Closed) {
+    fn finish_closed(&mut self, closed: &Closed, now: Instant) {
         self.counts.closed(closed.reason);
-        if self.settings.config.access_log {
-            access_log(closed);
+        if !self.settings.config.access_log {
+            return;
+        }
+        // Anyone can open default-endpoint sessions by the thousand: their lines are budgeted.
+        if !closed.default_endpoint {
+            access_log(closed, 0);
+        } else if let Some(suppressed) = self.default_access.allow(now) {
+            access_log(closed, suppressed);
         }
     }
 
@@ -445,7 +454,7 @@ impl Worker {
 
 /// The access log: one structured line per closed session, target `udp_director::access`
 /// (`RUST_LOG=udp_director::access=off` or `accessLog: false` silences it).
-fn access_log(c: &Closed) {
+fn access_log(c: &Closed, suppressed: u64) {
     tracing::info!(
         target: "udp_director::access",
         client = %c.client,
@@ -459,6 +468,8 @@ fn access_log(c: &Closed) {
         bytes_to_target = c.stats.bytes_to_target,
         datagrams_to_client = c.stats.datagrams_to_client,
         bytes_to_client = c.stats.bytes_to_client,
+        default_endpoint = c.default_endpoint,
+        suppressed,
         "session closed"
     );
 }
