@@ -159,6 +159,10 @@ pub struct Limits {
     /// Upper bound on outstanding tokens; past it the oldest are evicted.
     #[serde(default = "defaults::max_tokens")]
     pub max_tokens: u64,
+    /// Connections of one TCP data port still sending their token line (each client
+    /// network also holds at most `maxSessionsPerClientIp` of them).
+    #[serde(default = "defaults::max_pending_tcp_lines")]
+    pub max_pending_tcp_lines: usize,
 }
 
 impl Default for Limits {
@@ -170,6 +174,7 @@ impl Default for Limits {
             query_rate_per_second: defaults::query_rate(),
             query_burst: defaults::query_burst(),
             max_tokens: defaults::max_tokens(),
+            max_pending_tcp_lines: defaults::max_pending_tcp_lines(),
         }
     }
 }
@@ -412,6 +417,9 @@ mod defaults {
     pub(super) fn max_query_connections() -> usize {
         10_000
     }
+    pub(super) fn max_pending_tcp_lines() -> usize {
+        10_000
+    }
     pub(super) fn query_rate() -> u32 {
         50
     }
@@ -573,6 +581,10 @@ impl Config {
         )?;
         positive("limits.queryBurst", u64::from(self.limits.query_burst))?;
         positive("limits.maxTokens", self.limits.max_tokens)?;
+        positive(
+            "limits.maxPendingTcpLines",
+            self.limits.max_pending_tcp_lines as u64,
+        )?;
         positive(
             "maxSessionsPerClientIp",
             self.max_sessions_per_client_ip as u64,
