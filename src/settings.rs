@@ -71,6 +71,7 @@ impl Generation {
         let tcp = TcpLimits {
             max_sessions: config.max_sessions,
             max_per_client_ip: config.max_sessions_per_client_ip,
+            max_pending: config.limits.max_pending_tcp_lines,
         };
         Self {
             number: previous.map_or(0, |p| p.number + 1),

@@ -16,8 +16,13 @@ use udp_director::config::ValidConfig;
 
 /// One game server: a UDP `default` port (`udp`) and a TCP `chat` port (`tcp`).
 fn config(udp: &Backend, tcp: u16, extra: &str) -> ValidConfig {
+    config_on(udp, tcp, extra, "")
+}
+
+/// [`config`] with `mapping_extra` (indented keys) in the mapping.
+fn config_on(udp: &Backend, tcp: u16, extra: &str, mapping_extra: &str) -> ValidConfig {
     let mapping = format!(
-        "  game:\n    static:\n      - {{name: gs-0, address: 127.0.0.1, ports: [{{name: default, port: {}}}, {{name: chat, port: {tcp}}}]}}\n",
+        "  game:\n{mapping_extra}    static:\n      - {{name: gs-0, address: 127.0.0.1, ports: [{{name: default, port: {}}}, {{name: chat, port: {tcp}}}]}}\n",
         udp.addr.port()
     );
     // Queries unthrottled, unless the test sets its own limits.
@@ -449,7 +454,7 @@ async fn connections_still_sending_their_line_are_bounded() {
     let d = start(config(
         &udp,
         echo.port(),
-        "limits: {maxQueryConnections: 2}\n",
+        "limits: {maxPendingTcpLines: 2, queryRatePerSecond: 100000, queryBurst: 100000}\n",
     ))
     .await;
     // Two silent connections take the places for lines in progress; a third is closed at
@@ -473,4 +478,243 @@ async fn connections_still_sending_their_line_are_bounded() {
     let mut b = [0u8; 1];
     ok.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"z");
+}
+
+/// Connects from `source` (a loopback address) to `to`.
+async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_ip_cannot_take_every_pending_line() {
+    let udp = Backend::new();
+    let echo = echo_server().await;
+    let d = start(config(
+        &udp,
+        echo.port(),
+        "tokenClientBinding: none\nmaxSessionsPerClientIp: 2\nlimits: {maxPendingTcpLines: 3, queryRatePerSecond: 100000, queryBurst: 100000}\n",
+    ))
+    .await;
+    // 127.0.0.1 takes its share (2) of the lines in progress; its third is closed at once.
+    let _a = connect_from("127.0.0.1", tcp_port(&d)).await;
+    let _b = connect_from("127.0.0.1", tcp_port(&d)).await;
+    let started = Instant::now();
+    let mut c = connect_from("127.0.0.1", tcp_port(&d)).await;
+    assert_eq!(read_to_end(&mut c).await, b"");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed at once, not at the line deadline: {:?}",
+        started.elapsed()
+    );
+    assert!(poll(Duration::from_secs(5), || refused(&d, "pending_cap") == 1.0).await);
+    // Another IP still gets in, and is relayed.
+    let mut other = connect_from("127.0.0.2", tcp_port(&d)).await;
+    other
+        .write_all(format!("{}\nz", token(&d)).as_bytes())
+        .await
+        .unwrap();
+    let mut b = [0u8; 1];
+    timeout(Duration::from_secs(5), other.read_exact(&mut b))
+        .await
+        .expect("relayed")
+        .unwrap();
+    assert_eq!(&b, b"z");
+    assert_eq!(refused(&d, "pending_cap"), 1.0, "nobody else was refused");
+}
+
+/// A PROXY v2 header a client writes itself: TCP over IPv4 from 6.6.6.6:8080, player "admin".
+fn forged_header() -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x14".to_vec();
+    h.extend_from_slice(&[6, 6, 6, 6, 127, 0, 0, 1, 0x1f, 0x90, 0x1e, 0x62]);
+    h.extend_from_slice(b"\x05\x00\x05admin");
+    assert!(
+        ppp::v2::Header::try_from(&h[..]).is_ok(),
+        "a header parsers accept"
+    );
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_mapping_hears_the_directors_header_first_and_a_forged_one_after_it() {
+    use ppp::v2;
+    let udp = Backend::new();
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let d = start(config_on(
+        &udp,
+        server.local_addr().unwrap().port(),
+        "",
+        "    proxyProtocol: v2\n",
+    ))
+    .await;
+    let token = token_for(
+        d.query_addr,
+        r#"{"resourceType":"game","playerId":"player-7f3a"}"#,
+    );
+    let mut payload = forged_header();
+    payload.extend_from_slice(b"hello");
+    let mut client = open(&d, &token, &payload).await;
+    let (mut upstream, _) = server.accept().await.unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(got.len() > payload.len() && got.ends_with(b"hello")) {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout_at(deadline, upstream.read(&mut buf))
+            .await
+            .expect("the header and the payload arrive")
+            .unwrap();
+        assert!(n > 0, "the relay ended early: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // The target's parser takes the first header: the director's, naming the real client.
+    let ours = v2::Header::try_from(&got[..]).expect("a PROXY v2 header `ppp` accepts");
+    assert_eq!(ours.command, v2::Command::Proxy);
+    assert_eq!(ours.protocol, v2::Protocol::Stream);
+    let client_addr = client.local_addr().unwrap();
+    assert_eq!(
+        ours.addresses,
+        v2::Addresses::IPv4(v2::IPv4::new(
+            [127, 0, 0, 1],
+            [127, 0, 0, 1],
+            client_addr.port(),
+            tcp_port(&d).port()
+        ))
+    );
+    let player: Vec<_> = ours
+        .tlvs()
+        .map(|t| t.unwrap())
+        .filter(|t| t.kind == 0x05)
+        .map(|t| t.value.to_vec())
+        .collect();
+    assert_eq!(player, [b"player-7f3a".to_vec()]);
+    // The client's own header is payload after it, byte for byte.
+    assert_eq!(&got[ours.len()..], &payload[..]);
+    // And the client is served both ways.
+    upstream.write_all(b"world").await.unwrap();
+    let mut back = [0u8; 5];
+    client.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"world");
+    drop(client);
+    assert_eq!(read_to_end(&mut upstream).await, b"");
+    drop(upstream);
+    assert!(poll(Duration::from_secs(5), || closed(&d, "closed") == 1.0).await);
+    assert_eq!(
+        metric(
+            d.admin_addr,
+            "udp_director_tcp_bytes_total{protocol=\"tcp\",direction=\"client_to_target\"}"
+        ),
+        payload.len() as f64,
+        "the client's bytes are counted as its own, ours are not"
+    );
+}
+
+/// A TCP echo server on plain threads (the child-process test below has no runtime).
+fn std_echo() -> SocketAddr {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in server.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a relay with a fresh token on the child's TCP port and checks one echo; `None` when
+/// the director closed it instead.
+fn relay_child(d: &testkit::ChildDirector, i: usize) -> Option<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let token = testkit::query_token(d.query, r#"{"resourceType":"game"}"#)
+        .unwrap()
+        .token;
+    let mut s = std::net::TcpStream::connect(d.data_ports[1]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(format!("{token}\nn{i:04}").as_bytes()).ok()?;
+    let mut got = [0u8; 5];
+    s.read_exact(&mut got).ok()?;
+    assert_eq!(got, *format!("n{i:04}").as_bytes());
+    Some(s)
+}
+
+#[test]
+fn a_spent_descriptor_budget_refuses_tcp_newcomers_and_keeps_live_relays() {
+    use std::io::{Read, Write};
+    const BIN: &str = env!("CARGO_BIN_EXE_udp-director");
+    let echo = std_echo();
+    let udp = Backend::new();
+    let tmp = testkit::TempDir::new("tcp-fds").unwrap();
+    // The kernel's own limit, set for the director alone by a wrapper.
+    let wrapper = tmp.path.join("limited.sh");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nulimit -n 64 || exit 97\nexec {BIN} \"$@\"\n"),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .unwrap();
+    let mapping = format!(
+        "  game:\n    static:\n      - {{name: gs-0, address: 127.0.0.1, ports: [{{name: default, port: {}}}, {{name: chat, port: {}}}]}}\n",
+        udp.addr.port(),
+        echo.port()
+    );
+    let yaml = testkit::yaml::director(
+        "dataWorkers: 1\nmaxSessionsPerClientIp: 1000\nlimits: {queryRatePerSecond: 100000, queryBurst: 100000}\ndataPorts:\n  - {port: 0, targetPortName: default}\n  - {port: 0, protocol: TCP, targetPortName: chat}\n",
+        &[mapping],
+    );
+    let d = testkit::ChildDirector::spawn_yaml(&wrapper, tmp, &yaml, &[]).unwrap();
+    let descriptors = "udp_director_tcp_refused_total{protocol=\"tcp\",reason=\"descriptors\"}";
+    // Each relay takes two places of the budget: open relays until a newcomer is refused.
+    let mut live = Vec::new();
+    for i in 0..100 {
+        match relay_child(&d, i) {
+            Some(s) => live.push((i, s)),
+            None => break,
+        }
+    }
+    let established = live.len();
+    println!("TCP at 64 fds: {established} relays before the budget refused a newcomer");
+    assert!(
+        (3..40).contains(&established),
+        "the descriptor budget was reached ({established} relays)"
+    );
+    assert!(d.metric(descriptors) >= 1.0);
+    // Live relays keep flowing.
+    for (i, s) in &mut live {
+        s.write_all(format!("m{i:04}").as_bytes()).unwrap();
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("relay {i} still flows: {e}"));
+        assert_eq!(got, *format!("m{i:04}").as_bytes());
+    }
+    // Newcomers keep being refused at once (and counted); the process keeps accepting.
+    let before = d.metric(descriptors);
+    for i in 0..5 {
+        assert!(relay_child(&d, 1000 + i).is_none(), "newcomer {i} refused");
+    }
+    assert!(eventually(Duration::from_secs(2), || d.metric(descriptors)
+        >= before + 5.0));
+    assert_eq!(
+        d.metric("udp_director_sessions_by_protocol{protocol=\"tcp\"}"),
+        established as f64
+    );
+    // A relay that ends gives its places back: the next newcomer gets in.
+    drop(live.pop());
+    let mut again = None;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            again = relay_child(&d, 2000);
+            again.is_some()
+        }),
+        "a freed budget admits newcomers again"
+    );
 }

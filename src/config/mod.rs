@@ -162,6 +162,10 @@ pub struct Limits {
     /// How every per-IP limit counts IPv6 clients: by their first this many bits (32..=64).
     #[serde(default = "defaults::ipv6_prefix_length")]
     pub ipv6_prefix_length: u8,
+    /// Connections of one TCP data port still sending their token line (each client
+    /// network also holds at most `maxSessionsPerClientIp` of them).
+    #[serde(default = "defaults::max_pending_tcp_lines")]
+    pub max_pending_tcp_lines: usize,
 }
 
 impl Default for Limits {
@@ -174,6 +178,7 @@ impl Default for Limits {
             query_burst: defaults::query_burst(),
             max_tokens: defaults::max_tokens(),
             ipv6_prefix_length: defaults::ipv6_prefix_length(),
+            max_pending_tcp_lines: defaults::max_pending_tcp_lines(),
         }
     }
 }
@@ -416,6 +421,9 @@ mod defaults {
     pub(super) fn max_query_connections() -> usize {
         10_000
     }
+    pub(super) fn max_pending_tcp_lines() -> usize {
+        10_000
+    }
     pub(super) fn query_rate() -> u32 {
         50
     }
@@ -593,6 +601,10 @@ impl Config {
         )?;
         positive("limits.queryBurst", u64::from(self.limits.query_burst))?;
         positive("limits.maxTokens", self.limits.max_tokens)?;
+        positive(
+            "limits.maxPendingTcpLines",
+            self.limits.max_pending_tcp_lines as u64,
+        )?;
         positive(
             "maxSessionsPerClientIp",
             self.max_sessions_per_client_ip as u64,

@@ -21,6 +21,7 @@ fn defaults_match_the_spec() {
     assert_eq!(c.limits.query_max_bytes, 16384);
     assert_eq!(c.limits.query_idle_timeout_seconds, 10);
     assert_eq!(c.limits.max_query_connections, 10_000);
+    assert_eq!(c.limits.max_pending_tcp_lines, 10_000);
     assert_eq!(c.limits.query_rate_per_second, 50);
     assert_eq!(c.limits.query_burst, 100);
     assert_eq!(
@@ -105,6 +106,8 @@ fn zero_values_are_rejected() {
     }
     let e = err(&format!("limits: {{queryBurst: 0}}\n{MINIMAL}"));
     assert!(e.contains("limits.queryBurst"), "{e}");
+    let e = err(&format!("limits: {{maxPendingTcpLines: 0}}\n{MINIMAL}"));
+    assert!(e.contains("limits.maxPendingTcpLines"), "{e}");
 }
 
 #[test]

@@ -118,7 +118,8 @@ closed_labels! {
         LateToken => "late_token",
         /// A line too long for a token, or an empty one, or the client closed first.
         BadLine => "bad_line",
-        /// Too many connections on this port were still sending their line.
+        /// Too many connections on this port, or from the client's network
+        /// (`maxSessionsPerClientIp`), were still sending their line.
         PendingCap => "pending_cap",
         /// [`Refusal::SessionCap`].
         SessionCap => "session_cap",
@@ -130,6 +131,9 @@ closed_labels! {
         TargetRefused => "target_refused",
         /// The target did not accept within 2 s.
         TargetTimeout => "target_timeout",
+        /// The descriptor budget upstream sockets share was spent (a pending line takes one
+        /// place, a relayed connection two).
+        Descriptors => "descriptors",
     }
 }
 

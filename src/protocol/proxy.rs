@@ -1,8 +1,9 @@
 //! PROXY protocol v2 headers towards game servers (SPEC §4, `proxyProtocol: v2`): the
-//! binary header HAProxy specifies, command PROXY over `DGRAM`, source = the client's
-//! address, destination = the director's data address, and the query's `playerId` in a
-//! `PP2_TYPE_UNIQUE_ID` TLV. A header is written in front of every datagram to such a
-//! mapping's targets; replies carry none. Tested against the independent `ppp` parser.
+//! binary header HAProxy specifies, command PROXY over `DGRAM` (UDP) or `STREAM` (TCP data
+//! ports), source = the client's address, destination = the director's data address, and
+//! the query's `playerId` in a `PP2_TYPE_UNIQUE_ID` TLV. A header is written in front of
+//! every datagram to such a mapping's targets (replies carry none), and once at the start of
+//! every TCP connection to them. Tested against the independent `ppp` parser.
 //!
 //! Owns the header layout. Must not decide which datagrams get one.
 
@@ -12,20 +13,41 @@ use std::net::{IpAddr, SocketAddr};
 pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// Version 2, command PROXY.
 const VERSION_PROXY: u8 = 0x21;
-/// AF_INET / AF_INET6 with SOCK_DGRAM.
-const INET_DGRAM: u8 = 0x12;
-const INET6_DGRAM: u8 = 0x22;
+/// Address family (high nibble: 1 = AF_INET, 2 = AF_INET6) | transport (low nibble:
+/// 1 = SOCK_STREAM, 2 = SOCK_DGRAM).
+const AF_INET: u8 = 0x10;
+const AF_INET6: u8 = 0x20;
 /// `PP2_TYPE_UNIQUE_ID`: an opaque id of at most 128 bytes.
 pub const TLV_UNIQUE_ID: u8 = 0x05;
 const UNIQUE_ID_MAX: usize = 128;
 /// Longest header: IPv6 addresses and a full unique id.
 pub const MAX_HEADER: usize = 16 + 36 + 3 + UNIQUE_ID_MAX;
 
+/// What the header's transport nibble says the proxied connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `SOCK_STREAM`: a TCP data port's connection.
+    Stream = 0x1,
+    /// `SOCK_DGRAM`: a UDP datagram.
+    Datagram = 0x2,
+}
+
 /// Appends the header for a datagram from `client` received on `local` to `out`. Both are
 /// IPv4 (as such or v4-mapped) → an IPv4 header; otherwise IPv6, with IPv4 ones mapped.
 /// A `player` longer than the TLV allows is cut (the query limits it far below that).
 pub fn write_header(
     out: &mut Vec<u8>,
+    client: SocketAddr,
+    local: SocketAddr,
+    player: Option<&str>,
+) {
+    write_header_for(out, Transport::Datagram, client, local, player);
+}
+
+/// [`write_header`] for either transport: a TCP connection's header says `Stream`.
+pub fn write_header_for(
+    out: &mut Vec<u8>,
+    transport: Transport,
     client: SocketAddr,
     local: SocketAddr,
     player: Option<&str>,
@@ -37,7 +59,7 @@ pub fn write_header(
     out.push(VERSION_PROXY);
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            out.push(INET_DGRAM);
+            out.push(AF_INET | transport as u8);
             out.extend_from_slice(&((12 + tlv) as u16).to_be_bytes());
             out.extend_from_slice(&s.octets());
             out.extend_from_slice(&d.octets());
@@ -47,7 +69,7 @@ pub fn write_header(
                 IpAddr::V4(v4) => v4.to_ipv6_mapped(),
                 IpAddr::V6(v6) => v6,
             };
-            out.push(INET6_DGRAM);
+            out.push(AF_INET6 | transport as u8);
             out.extend_from_slice(&((36 + tlv) as u16).to_be_bytes());
             out.extend_from_slice(&v6(src).octets());
             out.extend_from_slice(&v6(dst).octets());
@@ -71,9 +93,16 @@ mod tests {
     use super::*;
 
     fn parse(bytes: &[u8]) -> (v2::Addresses, Vec<(u8, Vec<u8>)>, usize) {
+        parse_as(bytes, v2::Protocol::Datagram)
+    }
+
+    fn parse_as(
+        bytes: &[u8],
+        protocol: v2::Protocol,
+    ) -> (v2::Addresses, Vec<(u8, Vec<u8>)>, usize) {
         let header = v2::Header::try_from(bytes).expect("ppp parses it");
         assert_eq!(header.command, v2::Command::Proxy);
-        assert_eq!(header.protocol, v2::Protocol::Datagram);
+        assert_eq!(header.protocol, protocol);
         let tlvs = header
             .tlvs()
             .map(|t| {
@@ -141,5 +170,36 @@ mod tests {
         assert!(matches!(addresses, v2::Addresses::IPv6(a)
             if a.source_address == "198.51.100.7".parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped()));
         assert!(out.len() <= MAX_HEADER);
+    }
+
+    #[test]
+    fn stream_headers_for_tcp_connections() {
+        let mut out = Vec::new();
+        let client: SocketAddr = "203.0.113.9:51234".parse().unwrap();
+        let local: SocketAddr = "10.0.0.5:7778".parse().unwrap();
+        write_header_for(&mut out, Transport::Stream, client, local, Some("p-7"));
+        // Signature, version/command, TCP over IPv4, 12 address bytes + a 6-byte TLV.
+        assert_eq!(&out[..16], b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x12");
+        out.extend_from_slice(b"game");
+        let (addresses, tlvs, len) = parse_as(&out, v2::Protocol::Stream);
+        assert_eq!(
+            addresses,
+            v2::Addresses::IPv4(v2::IPv4::new([203, 0, 113, 9], [10, 0, 0, 5], 51234, 7778))
+        );
+        assert_eq!(tlvs, [(TLV_UNIQUE_ID, b"p-7".to_vec())]);
+        assert_eq!(&out[len..], b"game");
+        let mut out = Vec::new();
+        let v6: SocketAddr = "[2001:db8::9]:4000".parse().unwrap();
+        write_header_for(
+            &mut out,
+            Transport::Stream,
+            v6,
+            "[::1]:7778".parse().unwrap(),
+            None,
+        );
+        let (addresses, tlvs, len) = parse_as(&out, v2::Protocol::Stream);
+        assert!(matches!(addresses, v2::Addresses::IPv6(a) if a.source_port == 4000));
+        assert!(tlvs.is_empty());
+        assert_eq!((len, out[13]), (out.len(), 0x21), "TCP over IPv6");
     }
 }

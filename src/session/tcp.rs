@@ -1,18 +1,25 @@
-//! TCP data-port decisions (SPEC §3, "TCP data ports"), pure: what a token line becomes. The
-//! shell accepts, frames the line (`protocol::tcp_line`), asks [`TcpPort::on_line`], connects
-//! to the target it is given and relays; when the relay ends it hands the [`TcpOpen`] back
-//! through [`TcpPort::end`].
+//! TCP data-port decisions (SPEC §3, "TCP data ports"), pure: whether a connection may send
+//! its token line, and what the line becomes. The shell accepts, asks
+//! [`TcpPort::on_connect`] (a [`Pending`] place while the line arrives), frames the line
+//! (`protocol::tcp_line`), asks [`TcpPort::on_line`], connects to the target it is given,
+//! writes the [`TcpOpen::header`] it is given and relays; when the relay ends it hands the
+//! [`TcpOpen`] back through [`TcpPort::end`].
+//!
+//! | connection | decision |
+//! | --- | --- |
+//! | its client network (IPv4 address, IPv6 /64) holds `maxSessionsPerClientIp` pending lines, or the port `limits.maxPendingTcpLines` | refused: `pending_cap` |
+//! | otherwise | a [`Pending`] place until the line is read (or the connection ends) |
 //!
 //! | line | decision |
 //! | --- | --- |
 //! | a token that does not redeem (bare-token rules: within `tokenTTLSeconds`, client binding) | refused with its rejection (`invalid_token`, `expired_token`, `unknown_key`, `wrong_client`) |
 //! | a token with no target port for this data port | `invalid_token` |
 //! | draining, the client IP's share or the cap full | refused with the ledger's refusal |
-//! | otherwise | open: this connection holds the token on this port; one that held it is told to end (`replaced`) |
+//! | otherwise | open: this connection holds the token on this port; one that held it is told to end (`replaced`); on a `proxyProtocol: v2` target the connection starts with the director's PROXY v2 header (`STREAM`, the client's address, `playerId`), so a client's own header is only ever payload after it |
 //!
 //! Owns those decisions and the one-holder-per-token registry of the port. Must not do I/O.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,16 +28,21 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::ledger::{Ledger, Seat};
-use crate::model::{Target, TcpRefusal, TokenKey, Use};
+use crate::model::{ClientNet, Target, TcpRefusal, TokenKey, Use};
+use crate::protocol::proxy::{MAX_HEADER, Transport, write_header_for};
 use crate::token::{PortTokens, Redeem, Tokens};
+use crate::util::bounded::Bounded;
 
 /// The caps a TCP token line is admitted under (from the settings in force).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpLimits {
     /// `maxSessions`, counted with UDP sessions.
     pub max_sessions: usize,
-    /// `maxSessionsPerClientIp`, counted with UDP sessions.
+    /// `maxSessionsPerClientIp`, counted with UDP sessions; also each client network's share
+    /// of a port's pending lines.
     pub max_per_client_ip: usize,
+    /// `limits.maxPendingTcpLines`: connections of one port still sending their line.
+    pub max_pending: usize,
 }
 
 /// One TCP data port: how its tokens redeem, and which connection holds each token.
@@ -38,6 +50,42 @@ pub struct TcpPort {
     tokens: PortTokens,
     holders: DashMap<TokenKey, (u64, Arc<Notify>), foldhash::fast::RandomState>,
     next: AtomicU64,
+    pending: Arc<PendingLines>,
+}
+
+/// Connections of one port still sending their token line: in all and per client network.
+#[derive(Debug)]
+struct PendingLines {
+    all: Bounded,
+    per_net: DashMap<ClientNet, usize, foldhash::fast::RandomState>,
+}
+
+impl PendingLines {
+    fn release_net(&self, net: ClientNet) {
+        if let dashmap::Entry::Occupied(mut e) = self.per_net.entry(net) {
+            if *e.get() <= 1 {
+                e.remove();
+            } else {
+                *e.get_mut() -= 1;
+            }
+        }
+    }
+}
+
+/// A connection's place among its port's pending lines (in all and in its client network's
+/// share), given back when dropped: once its line is read, or when it is closed before.
+#[derive(Debug)]
+#[must_use = "a pending place is given back when dropped"]
+pub struct Pending {
+    lines: Arc<PendingLines>,
+    net: ClientNet,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.lines.all.give_back();
+        self.lines.release_net(self.net);
+    }
 }
 
 /// An admitted connection: where to connect, its places in the ledger (given back when it is
@@ -47,6 +95,9 @@ pub struct TcpOpen<'a> {
     pub target: Arc<Target>,
     pub seat: Seat<'a>,
     pub replaced: Arc<Notify>,
+    /// The PROXY v2 header (`STREAM`) to write to the target before any byte of the client's
+    /// (`proxyProtocol: v2` targets only).
+    pub header: Option<Vec<u8>>,
     key: TokenKey,
     id: u64,
 }
@@ -58,21 +109,72 @@ impl TcpPort {
             tokens: PortTokens::new(tokens, index),
             holders: DashMap::with_hasher(Default::default()),
             next: AtomicU64::new(0),
+            pending: Arc::new(PendingLines {
+                all: Bounded::new(usize::MAX),
+                per_net: DashMap::with_hasher(Default::default()),
+            }),
         }
     }
 
-    /// Input: the token of a complete line from `peer`. Redeems it (bare-token rules), admits
-    /// the connection under `limits` and makes it the token's one holder on this port.
+    /// Input: a connection from `peer` was accepted. It may send its line while its client
+    /// network holds fewer than `max_per_client_ip` pending lines and the port fewer than
+    /// `max_pending`; otherwise `pending_cap`, and one network cannot fill the port.
+    pub fn on_connect(&self, peer: IpAddr, limits: TcpLimits) -> Result<Pending, TcpRefusal> {
+        let net = ClientNet::of(peer);
+        {
+            let mut count = self.pending.per_net.entry(net).or_insert(0);
+            if *count >= limits.max_per_client_ip {
+                let empty = *count == 0;
+                drop(count);
+                if empty {
+                    self.pending.per_net.remove_if(&net, |_, n| *n == 0);
+                }
+                return Err(TcpRefusal::PendingCap);
+            }
+            *count += 1;
+        }
+        if !self.pending.all.try_take_within(limits.max_pending) {
+            self.pending.release_net(net);
+            return Err(TcpRefusal::PendingCap);
+        }
+        Ok(Pending {
+            lines: Arc::clone(&self.pending),
+            net,
+        })
+    }
+
+    /// Connections of this port still sending their line.
+    pub fn pending(&self) -> usize {
+        self.pending.all.used()
+    }
+
+    /// Pending lines of `ip`'s client network.
+    pub fn pending_of_ip(&self, ip: IpAddr) -> usize {
+        self.pending
+            .per_net
+            .get(&ClientNet::of(ip))
+            .map_or(0, |n| *n)
+    }
+
+    /// Input: the token of a complete line from `peer`, which connected to `local`. Redeems
+    /// it (bare-token rules), admits the connection under `limits` and makes it the token's
+    /// one holder on this port.
     pub fn on_line<'a>(
         &self,
         token: &[u8],
-        peer: IpAddr,
+        (peer, local): (SocketAddr, SocketAddr),
         ledger: &'a Ledger,
         limits: TcpLimits,
         now: Instant,
     ) -> Result<TcpOpen<'a>, TcpRefusal> {
-        let grant = self.tokens.redeem(token, peer, Use::Open, now)?;
-        let seat = ledger.admit(peer, limits.max_sessions, limits.max_per_client_ip)?;
+        let grant = self.tokens.redeem(token, peer.ip(), Use::Open, now)?;
+        let seat = ledger.admit(peer.ip(), limits.max_sessions, limits.max_per_client_ip)?;
+        let header = grant.target.proxy.then(|| {
+            let mut out = Vec::with_capacity(MAX_HEADER);
+            let player = grant.target.player.as_deref();
+            write_header_for(&mut out, Transport::Stream, peer, local, player);
+            out
+        });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let replaced = Arc::new(Notify::new());
         if let Some((_, old)) = self.holders.insert(grant.key, (id, Arc::clone(&replaced))) {
@@ -82,6 +184,7 @@ impl TcpPort {
             target: grant.target,
             seat,
             replaced,
+            header,
             key: grant.key,
             id,
         })
@@ -114,15 +217,26 @@ mod tests {
     const LIMITS: TcpLimits = TcpLimits {
         max_sessions: 4,
         max_per_client_ip: 2,
+        max_pending: 3,
     };
+    const LOCAL: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7778);
+
+    /// `ip` as a peer connected to [`LOCAL`].
+    fn from(ip: IpAddr) -> (SocketAddr, SocketAddr) {
+        (SocketAddr::new(ip, 40_000), LOCAL)
+    }
 
     fn port(tokens: usize) -> (TcpPort, Vec<String>, Instant) {
+        port_to(
+            tokens,
+            Target::new("m", "ns", "gs", SocketAddr::from(([10, 1, 0, 1], 7000))),
+        )
+    }
+
+    fn port_to(tokens: usize, target: Target) -> (TcpPort, Vec<String>, Instant) {
         let store = Tokens::Uuid(TokenStore::new(64));
         let now = Instant::now();
-        let target = Arc::new(
-            Target::new("m", "ns", "gs", SocketAddr::from(([10, 1, 0, 1], 7000)))
-                .with_extra_ports(&[7001]),
-        );
+        let target = Arc::new(target.with_extra_ports(&[7001]));
         let policy = Policy {
             ttl: Duration::from_secs(30),
             resume: Duration::from_secs(60),
@@ -147,15 +261,19 @@ mod tests {
         let ledger = Ledger::new();
         let ip = IpAddr::from([10, 0, 0, 9]);
         let first = port
-            .on_line(wires[0].as_bytes(), ip, &ledger, LIMITS, now)
+            .on_line(wires[0].as_bytes(), from(ip), &ledger, LIMITS, now)
             .unwrap();
         assert_eq!(
             first.target.addr.port(),
             7001,
             "this data port's target port"
         );
+        assert!(
+            first.header.is_none(),
+            "no PROXY header without proxyProtocol"
+        );
         let second = port
-            .on_line(wires[0].as_bytes(), ip, &ledger, LIMITS, now)
+            .on_line(wires[0].as_bytes(), from(ip), &ledger, LIMITS, now)
             .unwrap();
         // The first holder was told to end: its notification is stored.
         tokio_test_notified(&first.replaced);
@@ -183,21 +301,21 @@ mod tests {
         let ledger = Ledger::new();
         let ip = IpAddr::from([10, 0, 0, 9]);
         assert_eq!(
-            port.on_line(b"not-a-token", ip, &ledger, LIMITS, now)
+            port.on_line(b"not-a-token", from(ip), &ledger, LIMITS, now)
                 .unwrap_err(),
             TcpRefusal::InvalidToken
         );
         let late = now + Duration::from_secs(31);
         assert_eq!(
-            port.on_line(wires[0].as_bytes(), ip, &ledger, LIMITS, late)
+            port.on_line(wires[0].as_bytes(), from(ip), &ledger, LIMITS, late)
                 .unwrap_err(),
             TcpRefusal::ExpiredToken
         );
-        let a = port.on_line(wires[1].as_bytes(), ip, &ledger, LIMITS, now);
-        let b = port.on_line(wires[2].as_bytes(), ip, &ledger, LIMITS, now);
+        let a = port.on_line(wires[1].as_bytes(), from(ip), &ledger, LIMITS, now);
+        let b = port.on_line(wires[2].as_bytes(), from(ip), &ledger, LIMITS, now);
         assert!(a.is_ok() && b.is_ok());
         assert_eq!(
-            port.on_line(wires[1].as_bytes(), ip, &ledger, LIMITS, now)
+            port.on_line(wires[1].as_bytes(), from(ip), &ledger, LIMITS, now)
                 .unwrap_err(),
             TcpRefusal::from(Refusal::ClientIpCap),
             "admission comes before replacement"
@@ -206,7 +324,7 @@ mod tests {
         assert_eq!(
             port.on_line(
                 wires[1].as_bytes(),
-                IpAddr::from([10, 0, 0, 8]),
+                from(IpAddr::from([10, 0, 0, 8])),
                 &ledger,
                 LIMITS,
                 now
@@ -220,6 +338,77 @@ mod tests {
             0,
             "refusals and dropped opens hold no place"
         );
+    }
+
+    #[test]
+    fn a_proxy_target_opens_with_the_directors_stream_header() {
+        let target = Target::new("m", "ns", "gs", SocketAddr::from(([10, 1, 0, 1], 7000)))
+            .with_proxy(true)
+            .with_player(Some("p-9"));
+        let (port, wires, now) = port_to(1, target);
+        let ledger = Ledger::new();
+        let peer = from(IpAddr::from([198, 51, 100, 7]));
+        let open = port
+            .on_line(wires[0].as_bytes(), peer, &ledger, LIMITS, now)
+            .unwrap();
+        let bytes = open.header.as_deref().expect("a header");
+        let header = ppp::v2::Header::try_from(bytes).expect("ppp parses it");
+        assert_eq!(header.command, ppp::v2::Command::Proxy);
+        assert_eq!(header.protocol, ppp::v2::Protocol::Stream);
+        assert_eq!(
+            header.addresses,
+            ppp::v2::Addresses::IPv4(ppp::v2::IPv4::new(
+                [198, 51, 100, 7],
+                [127, 0, 0, 1],
+                40_000,
+                7778
+            ))
+        );
+        let tlvs: Vec<_> = header.tlvs().map(|t| t.unwrap().value.to_vec()).collect();
+        assert_eq!(tlvs, [b"p-9".to_vec()]);
+        assert_eq!(header.len(), bytes.len());
+    }
+
+    #[test]
+    fn pending_lines_hold_a_share_per_client_network_and_a_cap_in_all() {
+        let (port, _, _) = port(0);
+        let (a, b, c) = (
+            IpAddr::from([10, 0, 0, 1]),
+            IpAddr::from([10, 0, 0, 2]),
+            IpAddr::from([10, 0, 0, 3]),
+        );
+        let a1 = port.on_connect(a, LIMITS).unwrap();
+        let _a2 = port.on_connect(a, LIMITS).unwrap();
+        assert_eq!(
+            port.on_connect(a, LIMITS).unwrap_err(),
+            TcpRefusal::PendingCap,
+            "a's share (2) is full"
+        );
+        let _b1 = port.on_connect(b, LIMITS).unwrap();
+        assert_eq!(
+            port.on_connect(c, LIMITS).unwrap_err(),
+            TcpRefusal::PendingCap,
+            "the port's cap (3) is full"
+        );
+        assert_eq!((port.pending(), port.pending_of_ip(c)), (3, 0));
+        drop(a1);
+        let _c1 = port.on_connect(c, LIMITS).unwrap();
+        assert_eq!(port.pending_of_ip(a), 1);
+        drop((_a2, _b1, _c1));
+        let v6a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:0:1::2".parse().unwrap();
+        let held = [
+            port.on_connect(v6a, LIMITS).unwrap(),
+            port.on_connect(v6b, LIMITS).unwrap(),
+        ];
+        assert_eq!(
+            port.on_connect(v6b, LIMITS).unwrap_err(),
+            TcpRefusal::PendingCap,
+            "one /64 shares one share"
+        );
+        drop(held);
+        assert_eq!(port.pending(), 0);
+        assert!(port.pending.per_net.is_empty(), "no empty entries left");
     }
 
     proptest! {
@@ -237,7 +426,7 @@ mod tests {
                 if end && !live.is_empty() {
                     let (_, _, open) = live.remove(0);
                     port.end(open);
-                } else if let Ok(open) = port.on_line(wires[token].as_bytes(), ip, &ledger, LIMITS, now) {
+                } else if let Ok(open) = port.on_line(wires[token].as_bytes(), from(ip), &ledger, LIMITS, now) {
                     // The one it replaced ends as its relay would.
                     if let Some(i) = live.iter().position(|(t, _, _)| *t == token) {
                         let (_, _, old) = live.remove(i);

@@ -1,8 +1,9 @@
-//! TCP data ports (SPEC §3, "TCP data ports"), the shell: accept, read the token line within
-//! 5 s, ask the core (`session::tcp::TcpPort::on_line`), connect to the target it names and
-//! relay both ways until either side is done, the connection is idle for
-//! `sessionTimeoutSeconds`, a newer connection with the same token replaces it, or the drain
-//! ends.
+//! TCP data ports (SPEC §3, "TCP data ports"), the shell: accept (under the core's
+//! pending-line caps and the descriptor budget upstream sockets share), read the token line
+//! within 5 s, ask the core (`session::tcp::TcpPort::on_line`), connect to the target it
+//! names, write the PROXY v2 header it rendered (if any) and relay both ways until either
+//! side is done, the connection is idle for `sessionTimeoutSeconds`, a newer connection with
+//! the same token replaces it, or the drain ends.
 //!
 //! One task per connection on the tokio runtime. The relay holds no buffer while both sides
 //! are quiet: each direction waits for readability, borrows a 64 KiB buffer for the burst and
@@ -26,8 +27,7 @@ use super::udp::DataShared;
 use crate::metrics::Metrics;
 use crate::model::{TcpClose, TcpRefusal};
 use crate::protocol::tcp_line::{Line, MAX_LINE, token_line};
-use crate::session::tcp::TcpOpen;
-use crate::util::bounded::{Bounded, Place};
+use crate::session::tcp::{Pending, TcpOpen};
 
 /// How long a client has to send its whole token line.
 pub(crate) const TOKEN_LINE_DEADLINE: Duration = Duration::from_secs(5);
@@ -39,10 +39,8 @@ const CHUNK: usize = 64 * 1024;
 /// What every connection of one TCP data port shares.
 pub(crate) struct TcpPort {
     pub shared: Arc<DataShared>,
-    /// The port's decisions and token holders.
+    /// The port's decisions, pending lines and token holders.
     core: crate::session::tcp::TcpPort,
-    /// Connections still sending their token line (held under `limits.maxQueryConnections`).
-    pending: Arc<Bounded>,
 }
 
 impl TcpPort {
@@ -50,7 +48,40 @@ impl TcpPort {
         Self {
             core: crate::session::tcp::TcpPort::new(Arc::clone(&shared.tokens), index),
             shared,
-            pending: Arc::new(Bounded::new(usize::MAX)),
+        }
+    }
+}
+
+/// A connection's places in the descriptor budget upstream sockets share
+/// (`DataShared::upstreams`): one for the client's socket, one more for the target's once
+/// it connects. Given back when dropped, so a full budget refuses newcomers instead of
+/// failing `accept` for everyone.
+struct Descriptors {
+    shared: Arc<DataShared>,
+    held: usize,
+}
+
+impl Descriptors {
+    /// The client socket's place, or `None` when the budget is spent.
+    fn for_client(shared: &Arc<DataShared>) -> Option<Self> {
+        shared.upstreams.try_take().then(|| Self {
+            shared: Arc::clone(shared),
+            held: 1,
+        })
+    }
+
+    /// One more place, for the target's socket.
+    fn take_one_more(&mut self) -> bool {
+        let took = self.shared.upstreams.try_take();
+        self.held += usize::from(took);
+        took
+    }
+}
+
+impl Drop for Descriptors {
+    fn drop(&mut self) {
+        for _ in 0..self.held {
+            self.shared.upstreams.give_back();
         }
     }
 }
@@ -81,21 +112,26 @@ pub(crate) async fn serve(
             refuse(&port.shared.metrics, TcpRefusal::Draining);
             continue;
         }
-        // Lines still arriving are bounded, so a slowloris flood cannot take every descriptor.
-        let cap = port
-            .shared
-            .settings
-            .load()
-            .query
-            .limits
-            .max_query_connections;
-        let Some(waiting) = Place::within(&port.pending, cap) else {
-            refuse(&port.shared.metrics, TcpRefusal::PendingCap);
+        // Lines still arriving are bounded in all and per client network, so a slowloris
+        // flood from one network cannot take every place; their descriptors count in the
+        // budget upstream sockets share.
+        let limits = port.shared.settings.load().tcp;
+        let waiting = match port.core.on_connect(peer.ip(), limits) {
+            Ok(waiting) => waiting,
+            Err(why) => {
+                refuse(&port.shared.metrics, why);
+                continue;
+            }
+        };
+        let Some(fds) = Descriptors::for_client(&port.shared) else {
+            refuse(&port.shared.metrics, TcpRefusal::Descriptors);
             continue;
         };
         let port = Arc::clone(&port);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { connection(stream, peer, &port, waiting, shutdown).await });
+        tokio::spawn(async move {
+            connection(stream, peer, &port, (waiting, fds), shutdown).await;
+        });
     }
 }
 
@@ -108,7 +144,7 @@ async fn connection(
     mut client: TcpStream,
     peer: SocketAddr,
     port: &TcpPort,
-    waiting: Place,
+    (waiting, mut fds): (Pending, Descriptors),
     shutdown: watch::Receiver<bool>,
 ) {
     let metrics = &port.shared.metrics;
@@ -117,6 +153,10 @@ async fn connection(
         Err(why) => return refuse(metrics, why),
     };
     drop(waiting);
+    // The address the client connected to, for the PROXY header; none: it is already gone.
+    let Ok(local) = client.local_addr() else {
+        return refuse(metrics, TcpRefusal::BadLine);
+    };
     let generation = port.shared.settings.load();
     let limits = generation.tcp;
     let (idle, access) = (
@@ -126,7 +166,7 @@ async fn connection(
     drop(generation);
     let open = match port.core.on_line(
         &head[token],
-        peer.ip(),
+        (peer, local),
         &port.shared.ledger,
         limits,
         Instant::now(),
@@ -134,6 +174,9 @@ async fn connection(
         Ok(open) => open,
         Err(why) => return refuse(metrics, why),
     };
+    if !fds.take_one_more() {
+        return refuse(metrics, TcpRefusal::Descriptors);
+    }
     let upstream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(open.target.addr)).await {
         Err(_) => return refuse(metrics, TcpRefusal::TargetTimeout),
         Ok(Err(_)) => return refuse(metrics, TcpRefusal::TargetRefused),
@@ -147,7 +190,7 @@ async fn connection(
     let outcome = relay(
         &client,
         &upstream,
-        &head[rest..],
+        (open.header.as_deref().unwrap_or_default(), &head[rest..]),
         idle,
         &open.replaced,
         shutdown,
@@ -194,13 +237,13 @@ struct Outcome {
     to_client: u64,
 }
 
-/// Relays `client` ⇄ `upstream` (after sending `first`, the bytes that followed the token
-/// line) until both directions are closed, nothing moved for `idle`, `replaced` fires or the
-/// director stops.
+/// Relays `client` ⇄ `upstream` (after sending `header`, the director's PROXY v2 header if
+/// any, then `first`, the bytes that followed the token line) until both directions are
+/// closed, nothing moved for `idle`, `replaced` fires or the director stops.
 async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
-    first: &[u8],
+    (header, first): (&[u8], &[u8]),
     idle: Duration,
     replaced: &Notify,
     mut shutdown: watch::Receiver<bool>,
@@ -214,6 +257,10 @@ async fn relay(
         last: &moved,
     };
     let work = async {
+        // Ours first, before any byte of the client's: a header the client sends is payload.
+        if !header.is_empty() {
+            write_all(upstream, header).await?;
+        }
         if !first.is_empty() {
             write_all(upstream, first).await?;
             to_target.fetch_add(first.len() as u64, Ordering::Relaxed);
