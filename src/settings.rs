@@ -11,7 +11,6 @@
 //! Owns building a generation from a validated config. Must not do I/O, touch sessions or
 //! decide what a reload may change (`config::reload` does).
 
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{Limits, ValidConfig};
+use crate::model::ClientNet;
 use crate::resolve::Resolver;
 use crate::resolve::kube::Watchers;
 use crate::session::Rules;
@@ -37,10 +37,11 @@ pub struct Generation {
     pub tcp: TcpLimits,
 }
 
-/// The query server's limits and the per-source-IP rate limiter built from them.
+/// The query server's limits and the per-client-network rate limiter built from them (an
+/// IPv4 address or an IPv6 /64, like every per-IP limit).
 pub struct QueryPolicy {
     pub limits: Limits,
-    pub rate: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    pub rate: Arc<DefaultKeyedRateLimiter<ClientNet>>,
 }
 
 impl Generation {
