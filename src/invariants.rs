@@ -210,7 +210,10 @@ pub fn config_agrees(raw: &Config, valid: &ValidConfig) -> Result<(), String> {
         };
         let own_ns = m.namespace.clone().unwrap_or_else(|| "default".to_string());
         let lb = m.load_balancing.as_ref().unwrap_or(&raw.load_balancing);
-        if v.default_namespace != own_ns || !v.allowed.contains(&own_ns) || &v.load_balancing != lb
+        if v.default_namespace != own_ns
+            || !v.allowed.contains(&own_ns)
+            || &v.load_balancing != lb
+            || v.allow_regex != m.allow_regex
         {
             return fail(&format!("mapping {name}"));
         }

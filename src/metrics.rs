@@ -17,8 +17,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::model::{
-    AllocationResult, CloseReason, DropReason, ErrorCode, Protocol, Refusal, Rejection, TcpClose,
-    TcpRefusal,
+    AllocationResult, CloseReason, DropReason, ErrorCode, Protocol, QueryClose, Refusal, Rejection,
+    TcpClose, TcpRefusal,
 };
 
 /// One label, static key and value.
@@ -93,6 +93,7 @@ families! {
     query_duration: Histogram = "query_duration_seconds", "Time from a complete request line to its answer"
         => Histogram::new(exponential_buckets(0.00005, 2.0, 15)); // 50 µs .. ~0.8 s
     query_connections: Gauge = "query_connections_active", "Open query connections";
+    query_connections_closed: Family<Label, Counter> = "query_connections_closed", "Query connections closed, by reason (connection_cap, client_ip_cap: refused at accept; idle, lifetime, too_large, slow_reader, client_closed)";
     allocations: Family<Label, Counter> = "allocations", "Agones allocations, by result (allocated, unallocated, contention, unusable, error, timeout, overloaded)";
     allocation_duration: Histogram = "allocation_duration_seconds", "Time from asking Agones for a GameServer to its answer (or the 2 s timeout)"
         => Histogram::new(exponential_buckets(0.001, 2.0, 13)); // 1 ms .. ~4 s
@@ -198,6 +199,11 @@ fn zero_labels(f: &Metrics) {
         &f.queries,
         "result",
         &mut ErrorCode::ALL.iter().map(|c| c.as_str()).chain(["ok"]),
+    );
+    touch(
+        &f.query_connections_closed,
+        "reason",
+        &mut QueryClose::ALL.iter().map(|r| r.as_str()),
     );
     touch(
         &f.sessions_closed,

@@ -39,7 +39,8 @@ pub struct Generation {
     pub tcp: TcpLimits,
 }
 
-/// The query server's limits and the per-source-IP rate limiter built from them.
+/// The query server's limits and the per-client-network rate limiter built from them (an
+/// IPv4 address or an IPv6 /64, like every per-IP limit).
 pub struct QueryPolicy {
     pub limits: Limits,
     /// Keyed by client network (`limits.ipv6PrefixLength`), like every per-IP limit.

@@ -60,7 +60,7 @@ fn allocations(admin: std::net::SocketAddr, result: &str) -> f64 {
 async fn director(fake: &Arc<FakeKube>, allocate: &str) -> Env {
     let yaml = format!(
         "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\n\
-         limits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\n\
+         limits: {{queryRatePerSecond: 100000, queryBurst: 100000, maxQueryConnectionsPerIp: 1000}}\n\
          resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    \
          namespace: {NS}\n    labelSelector: {{agones.dev/fleet: f1}}\n    addressPath: status.address\n    \
          portName: default\n    exposeTargetAddress: true\n    allocate: {allocate}\n  \

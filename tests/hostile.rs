@@ -509,7 +509,8 @@ async fn a_good_client_is_answered_promptly_during_query_abuse() {
     let backend = echo();
     let yaml = yaml_for(
         backend.addr,
-        "limits: {queryIdleTimeoutSeconds: 2, queryMaxBytes: 1024, queryRatePerSecond: 100000, queryBurst: 100000}",
+        // One loopback address stands in for the many hosts of a real attack.
+        "limits: {queryIdleTimeoutSeconds: 2, queryMaxBytes: 1024, queryRatePerSecond: 100000, queryBurst: 100000, maxQueryConnectionsPerIp: 100000}",
     );
     let director = start(ValidConfig::from_yaml(&yaml).unwrap()).await;
     let (q, admin) = (director.query_addr, director.admin_addr);

@@ -156,6 +156,13 @@ pub struct Limits {
     pub query_rate_per_second: u32,
     #[serde(default = "defaults::query_burst")]
     pub query_burst: u32,
+    /// A query connection is closed this long after it was accepted (after answering a
+    /// request in progress), so no client holds a slot forever.
+    #[serde(default = "defaults::query_connection_lifetime")]
+    pub query_connection_lifetime_seconds: u64,
+    /// Query connections one client network (IPv4 address, IPv6 /64) may hold at once.
+    #[serde(default = "defaults::max_query_connections_per_ip")]
+    pub max_query_connections_per_ip: usize,
     /// Upper bound on outstanding tokens; past it the oldest are evicted.
     #[serde(default = "defaults::max_tokens")]
     pub max_tokens: u64,
@@ -176,6 +183,8 @@ impl Default for Limits {
             max_query_connections: defaults::max_query_connections(),
             query_rate_per_second: defaults::query_rate(),
             query_burst: defaults::query_burst(),
+            query_connection_lifetime_seconds: defaults::query_connection_lifetime(),
+            max_query_connections_per_ip: defaults::max_query_connections_per_ip(),
             max_tokens: defaults::max_tokens(),
             ipv6_prefix_length: defaults::ipv6_prefix_length(),
             max_pending_tcp_lines: defaults::max_pending_tcp_lines(),
@@ -252,6 +261,11 @@ pub struct Mapping {
     /// Include the target's address and port in query answers.
     #[serde(default)]
     pub expose_target_address: bool,
+    /// Let clients' `statusQuery.jsonPath` use the regex functions `match()` and `search()`.
+    /// Off by default: jsonpath-rust compiles the regex again for every value it tests, so
+    /// one such query can cost seconds of CPU over many candidates.
+    #[serde(default)]
+    pub allow_regex: bool,
     /// Overrides the global `loadBalancing` for this mapping.
     #[serde(default)]
     pub load_balancing: Option<LoadBalancing>,
@@ -430,6 +444,12 @@ mod defaults {
     pub(super) fn query_burst() -> u32 {
         100
     }
+    pub(super) fn query_connection_lifetime() -> u64 {
+        60
+    }
+    pub(super) fn max_query_connections_per_ip() -> usize {
+        16
+    }
     pub(super) fn max_tokens() -> u64 {
         1_000_000
     }
@@ -600,6 +620,14 @@ impl Config {
             u64::from(self.limits.query_rate_per_second),
         )?;
         positive("limits.queryBurst", u64::from(self.limits.query_burst))?;
+        positive(
+            "limits.queryConnectionLifetimeSeconds",
+            self.limits.query_connection_lifetime_seconds,
+        )?;
+        positive(
+            "limits.maxQueryConnectionsPerIp",
+            self.limits.max_query_connections_per_ip as u64,
+        )?;
         positive("limits.maxTokens", self.limits.max_tokens)?;
         positive(
             "limits.maxPendingTcpLines",
@@ -946,6 +974,7 @@ fn validate_mapping(
         allowed: allowed_namespaces(mapping),
         fixed_labels: mapping.label_selector.clone(),
         expose_address: mapping.expose_target_address,
+        allow_regex: mapping.allow_regex,
         proxy_protocol: mapping.proxy_protocol == Some(ProxyProtocol::V2),
         allocate: match &mapping.allocate {
             Some(a) => Some(validate_allocate(name, mapping, a, &source)?),

@@ -341,3 +341,22 @@ fn a_tcp_data_port_may_not_take_the_query_or_admin_port() {
     assert_eq!(c.data_ports[1].protocol, Protocol::Tcp);
     assert_eq!(c.data_ports[0].protocol, Protocol::Udp);
 }
+
+#[test]
+fn query_connection_limits_and_allow_regex_have_spec_defaults_and_named_errors() {
+    let c = ValidConfig::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.limits.query_connection_lifetime_seconds, 60);
+    assert_eq!(c.limits.max_query_connections_per_ip, 16);
+    assert!(!c.mappings["echo"].allow_regex);
+    let set = ValidConfig::from_yaml(
+        "limits: {queryConnectionLifetimeSeconds: 5, maxQueryConnectionsPerIp: 2}\nresourceQueryMapping:\n  echo:\n    allowRegex: true\n    static:\n      - {name: a, address: 127.0.0.1, port: 9001}\n",
+    )
+    .unwrap();
+    assert_eq!(set.limits.query_connection_lifetime_seconds, 5);
+    assert_eq!(set.limits.max_query_connections_per_ip, 2);
+    assert!(set.mappings["echo"].allow_regex);
+    for key in ["queryConnectionLifetimeSeconds", "maxQueryConnectionsPerIp"] {
+        let e = err(&format!("limits: {{{key}: 0}}\n{MINIMAL}"));
+        assert!(e.contains(&format!("limits.{key}")), "{e}");
+    }
+}

@@ -87,6 +87,8 @@ pub struct ValidMapping {
     /// ANDed with every client's selector.
     pub fixed_labels: BTreeMap<String, String>,
     pub expose_address: bool,
+    /// `allowRegex`: clients' JSONPaths may use `match()` and `search()`.
+    pub allow_regex: bool,
     /// `proxyProtocol: v2`: datagrams to this mapping's targets carry a PROXY v2 header.
     pub proxy_protocol: bool,
     /// The mapping's own, or the global one.

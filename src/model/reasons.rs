@@ -195,6 +195,28 @@ impl serde::Serialize for ErrorCode {
 }
 
 closed_labels! {
+    /// Why the query server closed a connection (`query_connections_closed_total{reason}`).
+    /// The first two are refusals at accept, answered `unavailable` before closing.
+    pub enum QueryClose {
+        /// `limits.maxQueryConnections` connections were open.
+        ConnectionCap => "connection_cap",
+        /// The client's network held `limits.maxQueryConnectionsPerIp` connections.
+        ClientIpCap => "client_ip_cap",
+        /// No query was answered within `limits.queryIdleTimeoutSeconds` (empty or partial
+        /// lines do not count).
+        Idle => "idle",
+        /// Open for `limits.queryConnectionLifetimeSeconds`.
+        Lifetime => "lifetime",
+        /// A request line over `limits.queryMaxBytes` (answered `too_large`).
+        TooLarge => "too_large",
+        /// The client did not read an answer in time.
+        SlowReader => "slow_reader",
+        /// The client closed (or reset) the connection.
+        ClientClosed => "client_closed",
+    }
+}
+
+closed_labels! {
     /// A data port's transport (`dataPorts[].protocol`, the `protocol` label).
     pub enum Protocol {
         Udp => "udp",

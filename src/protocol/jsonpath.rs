@@ -61,6 +61,21 @@ impl CompiledPath {
 }
 
 impl CompiledPath {
+    /// True when the path calls a regex function (`match()`, `search()`: the only ones
+    /// jsonpath-rust has). It compiles the regex anew for every value tested, so such a path
+    /// costs far more per candidate than any other; mappings refuse it unless `allowRegex`.
+    pub fn uses_regex(&self) -> bool {
+        match self {
+            Self::Keys(_) => false,
+            // Every `match`/`search` call renders as `match(`/`search(`; a string literal
+            // holding that text is refused too, which errs on the safe side.
+            Self::Query(q, _) => {
+                let shown = q.to_string();
+                shown.contains("match(") || shown.contains("search(")
+            }
+        }
+    }
+
     /// The plain keys every value the path selects lies under: the whole path when it is
     /// plain, else the keys before its first index, filter, wildcard or recursive descent.
     /// Empty when the path can reach anywhere (`$..x`, `$[*]`).

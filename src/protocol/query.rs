@@ -199,6 +199,8 @@ pub fn parse_request(line: &[u8]) -> Result<QueryRequest, QueryError> {
         return Err(QueryError::new(ErrorCode::BadRequest, problem));
     }
     if let Some(status) = &request.status_query {
+        check_client_path(&status.json_path)
+            .map_err(|e| QueryError::new(ErrorCode::BadRequest, e.to_string()))?;
         normalize_json_path(&status.json_path)
             .map_err(|e| QueryError::new(ErrorCode::BadRequest, e.to_string()))?;
         if status.expected().next().is_none() {
@@ -217,6 +219,110 @@ pub fn parse_request(line: &[u8]) -> Result<QueryRequest, QueryError> {
 pub struct JsonPathError {
     pub path: String,
     pub reason: String,
+}
+
+/// Longest `statusQuery.jsonPath` a client may send, in bytes. Enough for
+/// `status.ports[?(@.name=="default" && @.protocol=="UDP")].port` several times over.
+pub const CLIENT_PATH_MAX_BYTES: usize = 256;
+
+/// Deepest nesting of brackets and parentheses (outside string literals) in a client's
+/// JSONPath: `a[?(@.b[?(@.c)])]` is 4 deep. Bounds the parser's recursion and how deep
+/// filters nest.
+pub const CLIENT_PATH_MAX_DEPTH: usize = 8;
+
+/// Most commas (outside string literals) in a client's JSONPath. A union `[*,*]` repeats
+/// what it selects, so unions in a row multiply; a few commas bound that to a constant.
+pub const CLIENT_PATH_MAX_COMMAS: usize = 4;
+
+/// The bounds on a client's JSONPath (SPEC §2 "Limits"), checked before it is parsed, so
+/// that evaluating it costs at most a small multiple of the object's size per candidate:
+/// at most [`CLIENT_PATH_MAX_BYTES`] bytes, brackets and parentheses nested at most
+/// [`CLIENT_PATH_MAX_DEPTH`] deep, at most one recursive descent `..`, no `$` but the
+/// leading root (an absolute query inside a filter re-walks the whole object per node), and
+/// at most [`CLIENT_PATH_MAX_COMMAS`] commas. Regex functions are the mapping's call
+/// (`allowRegex`, see `resolve`). Operator paths in the config are not bounded.
+pub fn check_client_path(path: &str) -> Result<(), JsonPathError> {
+    let err = |reason: String| JsonPathError {
+        // Never echo a long path back whole.
+        path: path.chars().take(64).collect(),
+        reason,
+    };
+    if path.len() > CLIENT_PATH_MAX_BYTES {
+        return Err(err(format!(
+            "longer than {CLIENT_PATH_MAX_BYTES} bytes ({})",
+            path.len()
+        )));
+    }
+    let shape = PathShape::of(path);
+    if shape.depth > CLIENT_PATH_MAX_DEPTH {
+        return Err(err(format!(
+            "brackets and parentheses nest {} deep; at most {CLIENT_PATH_MAX_DEPTH} allowed",
+            shape.depth
+        )));
+    }
+    if shape.descents > 1 {
+        return Err(err(
+            "at most one recursive descent `..` is allowed".to_string()
+        ));
+    }
+    if shape.inner_roots > 0 {
+        return Err(err(
+            "`$` may only start the path; inside a filter use `@`".to_string()
+        ));
+    }
+    if shape.commas > CLIENT_PATH_MAX_COMMAS {
+        return Err(err(format!(
+            "at most {CLIENT_PATH_MAX_COMMAS} commas (unions, function arguments) allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// What bounds a path's cost, counted outside quoted strings (`'..'`, `".."`, `\` escapes).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PathShape {
+    /// The deepest nesting of `[` and `(`.
+    depth: usize,
+    /// `..` occurrences.
+    descents: usize,
+    /// `$` other than a leading one (after blanks and an optional `{`).
+    inner_roots: usize,
+    commas: usize,
+}
+
+impl PathShape {
+    fn of(path: &str) -> Self {
+        let mut shape = Self::default();
+        let mut depth = 0usize;
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        let mut prev = None;
+        let lead = path.trim_start().trim_start_matches('{').trim_start();
+        let skip = path.len() - lead.len() + usize::from(lead.starts_with('$'));
+        for (i, c) in path.char_indices() {
+            match quote {
+                Some(_) if escaped => escaped = false,
+                Some(_) if c == '\\' => escaped = true,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '\'' | '"' => quote = Some(c),
+                    '[' | '(' => {
+                        depth += 1;
+                        shape.depth = shape.depth.max(depth);
+                    }
+                    ']' | ')' => depth = depth.saturating_sub(1),
+                    // `...` counts twice: over-counting only refuses.
+                    '.' if prev == Some('.') => shape.descents += 1,
+                    '$' if i >= skip => shape.inner_roots += 1,
+                    ',' => shape.commas += 1,
+                    _ => {}
+                },
+            }
+            prev = Some(c);
+        }
+        shape
+    }
 }
 
 /// Accepts kubectl-style (`status.state`, `.status.state`, `{.status.state}`) and `$`-rooted

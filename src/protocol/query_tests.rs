@@ -117,3 +117,34 @@ fn player_ids_are_checked_for_length_and_characters() {
         assert_eq!(e.code, ErrorCode::BadRequest, "{bad}: {}", e.message);
     }
 }
+
+#[test]
+fn client_paths_are_bounded_in_length_depth_descents_roots_and_commas() {
+    for ok in [
+        "status.state",
+        "{.status.state}",
+        " $.status.ports[?(@.name==\"default\")].port",
+        "$..port",
+        "status.ports[?(@.name=='a,b,c,d,e,f' && @.x == '$..y')].port",
+        "a[?(@.b[?(@.c[?(@.d)])])]",
+    ] {
+        assert_eq!(check_client_path(ok), Ok(()), "{ok}");
+    }
+    let long = format!("status.{}", "a".repeat(CLIENT_PATH_MAX_BYTES));
+    for (bad, why) in [
+        (long.as_str(), "longer than"),
+        ("a[?(@.b[?(@.c[?(@.d[?(@.e[?(@.f)])])])])]", "nest 10 deep"),
+        ("$..a..b", "recursive descent"),
+        ("$...a", "recursive descent"),
+        ("a[?($.b == 1)]", "`$` may only start"),
+        ("a[*,*][*,*][*,*][*,*][*,*]", "commas"),
+    ] {
+        let e = check_client_path(bad).unwrap_err();
+        assert!(e.reason.contains(why), "{bad}: {}", e.reason);
+    }
+    let e = parse_request(
+        br#"{"resourceType":"gs","statusQuery":{"jsonPath":"$..a..b","expectedValue":"x"}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadRequest);
+}

@@ -130,6 +130,8 @@ struct CompiledMapping {
     allowed: BTreeSet<String>,
     fixed_labels: BTreeMap<String, String>,
     expose_address: bool,
+    /// `allowRegex`: clients' status queries may call `match()`/`search()`.
+    allow_regex: bool,
     /// `proxyProtocol: v2`.
     proxy: bool,
     load_balancing: LoadBalancing,
@@ -321,11 +323,8 @@ impl Resolver {
         let mapping = self.mappings.get(&req.resource_type).ok_or_else(|| {
             QueryError::new(
                 ErrorCode::UnknownResourceType,
-                format!(
-                    "unknown resourceType `{}` (configured: {})",
-                    req.resource_type,
-                    self.mappings.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
+                // The configured names are not listed: they are the operator's, not the client's.
+                format!("unknown resourceType `{}`", req.resource_type),
             )
         })?;
         let namespace = req
@@ -509,11 +508,20 @@ struct Filters<'a> {
 impl<'a> Filters<'a> {
     fn new(mapping: &'a CompiledMapping, req: &'a QueryRequest) -> Result<Self, QueryError> {
         let status = match &req.status_query {
-            Some(q) => Some((
-                CompiledPath::compile(&q.json_path)
-                    .map_err(|e| QueryError::new(ErrorCode::BadRequest, e.to_string()))?,
-                q,
-            )),
+            Some(q) => {
+                let path = CompiledPath::compile(&q.json_path)
+                    .map_err(|e| QueryError::new(ErrorCode::BadRequest, e.to_string()))?;
+                if path.uses_regex() && !mapping.allow_regex {
+                    return Err(QueryError::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "jsonPath may not use match() or search() on resourceType `{}` (the mapping does not set allowRegex)",
+                            mapping.name
+                        ),
+                    ));
+                }
+                Some((path, q))
+            }
             None => None,
         };
         Ok(Self {
@@ -707,6 +715,7 @@ fn compile(
         default_namespace: m.default_namespace.clone(),
         fixed_labels: m.fixed_labels.clone(),
         expose_address: m.expose_address,
+        allow_regex: m.allow_regex,
         proxy: m.proxy_protocol,
         load_balancing: m.load_balancing.clone(),
         round_robin: AtomicUsize::new(0),

@@ -109,6 +109,11 @@ impl Ledger {
         })
     }
 
+    /// How this ledger groups clients into networks (for the other per-IP limits).
+    pub fn grouping(&self) -> Grouping {
+        self.grouping
+    }
+
     /// The network `ip` counts under for every per-IP limit (the one client-network notion:
     /// sessions here, and the query server's and TCP ports' per-IP shares).
     pub fn net_of(&self, ip: IpAddr) -> ClientNet {

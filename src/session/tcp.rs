@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::ledger::{Ledger, Seat};
-use crate::model::{ClientNet, Target, TcpRefusal, TokenKey, Use};
+use crate::model::{ClientNet, Grouping, Target, TcpRefusal, TokenKey, Use};
 use crate::protocol::proxy::{MAX_HEADER, Transport, write_header_for};
 use crate::token::{PortTokens, Redeem, Tokens};
 use crate::util::bounded::Bounded;
@@ -47,6 +47,8 @@ pub struct TcpLimits {
 
 /// One TCP data port: how its tokens redeem, and which connection holds each token.
 pub struct TcpPort {
+    /// How pending lines are counted per client network (`limits.ipv6PrefixLength`).
+    grouping: Grouping,
     tokens: PortTokens,
     holders: DashMap<TokenKey, (u64, Arc<Notify>), foldhash::fast::RandomState>,
     next: AtomicU64,
@@ -104,8 +106,11 @@ pub struct TcpOpen<'a> {
 
 impl TcpPort {
     /// Data port `index` of `dataPorts` (a token's port for it).
-    pub fn new(tokens: Arc<Tokens>, index: usize) -> Self {
+    /// Data port `index` of `dataPorts`; its pending lines are counted per client network
+    /// as `grouping` says (the ledger's, so every per-IP limit agrees).
+    pub fn new(tokens: Arc<Tokens>, index: usize, grouping: Grouping) -> Self {
         Self {
+            grouping,
             tokens: PortTokens::new(tokens, index),
             holders: DashMap::with_hasher(Default::default()),
             next: AtomicU64::new(0),
@@ -120,7 +125,7 @@ impl TcpPort {
     /// network holds fewer than `max_per_client_ip` pending lines and the port fewer than
     /// `max_pending`; otherwise `pending_cap`, and one network cannot fill the port.
     pub fn on_connect(&self, peer: IpAddr, limits: TcpLimits) -> Result<Pending, TcpRefusal> {
-        let net = ClientNet::of(peer);
+        let net = self.grouping.net(peer);
         {
             let mut count = self.pending.per_net.entry(net).or_insert(0);
             if *count >= limits.max_per_client_ip {
@@ -152,7 +157,7 @@ impl TcpPort {
     pub fn pending_of_ip(&self, ip: IpAddr) -> usize {
         self.pending
             .per_net
-            .get(&ClientNet::of(ip))
+            .get(&self.grouping.net(ip))
             .map_or(0, |n| *n)
     }
 
@@ -252,7 +257,11 @@ mod tests {
                     .wire
             })
             .collect();
-        (TcpPort::new(Arc::new(store), 1), wires, now)
+        (
+            TcpPort::new(Arc::new(store), 1, Grouping::DEFAULT),
+            wires,
+            now,
+        )
     }
 
     #[test]

@@ -3,14 +3,21 @@
 //! included; a connection is closed only after its last answer, on a limit, or on a timeout.
 //!
 //! Limits: `queryMaxBytes` per line (answer `too_large`, then close), a deadline of
-//! `queryIdleTimeoutSeconds` for each request to arrive complete (bytes trickling in do not
-//! extend it, so a slow client cannot pin a connection), the same deadline for writing an
-//! answer (a client that never reads is dropped), `maxQueryConnections` concurrent
-//! connections (newcomers get `unavailable` and are closed), and a per-source-IP token bucket
-//! (`rate_limited`).
+//! `queryIdleTimeoutSeconds` for each request to arrive complete and be answered (bytes
+//! trickling in and empty lines do not extend it: only an answered query re-arms it, so a
+//! slow or chatty client cannot pin a connection), the same deadline for writing an answer
+//! (a client that never reads is dropped), `queryConnectionLifetimeSeconds` per connection
+//! (closed after the answer in progress), `maxQueryConnections` concurrent connections and
+//! `maxQueryConnectionsPerIp` of them per client network (newcomers get `unavailable` and are
+//! closed), and a per-client-network token bucket (`rate_limited`) that empty lines draw
+//! from too. Every close is counted by reason (`query_connections_closed_total`).
+//!
+//! Resolving a query against a cache is CPU work: it runs on tokio's blocking pool, never on
+//! the async workers that serve the other sockets and the probes.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,8 +26,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::model::AllocationResult;
-use crate::model::ErrorCode;
+use crate::model::{AllocationResult, ClientNet, ErrorCode, QueryClose};
 use crate::protocol::query::{QueryError, TargetRef, TokenAnswer, parse_request, render};
 use crate::resolve::Resolved;
 use crate::resolve::allocate::Allocation;
@@ -28,6 +34,7 @@ use crate::session::Ledger;
 use crate::settings::{Generation, Settings};
 use crate::token::{IssueError, Tokens};
 use crate::util::bounded::{Bounded, Place};
+use crate::util::sync::lock;
 
 /// What the query server needs; shared by every connection.
 pub(crate) struct QueryContext {
@@ -38,6 +45,50 @@ pub(crate) struct QueryContext {
     pub metrics: Arc<Metrics>,
     /// Open connections, held under `maxQueryConnections` at accept.
     open: Arc<Bounded>,
+    /// Open connections per client network, held under `maxQueryConnectionsPerIp`.
+    per_net: Arc<PerNet>,
+    /// Resolutions running on the blocking pool, at most one per core: more would only
+    /// queue for the CPU while crowding out the async workers (probes, the other sockets).
+    resolving: Arc<tokio::sync::Semaphore>,
+}
+
+/// Open query connections per client network; entries go when their last connection does.
+#[derive(Default)]
+struct PerNet {
+    open: Mutex<HashMap<ClientNet, usize>>,
+}
+
+/// One connection of a client network, given back when dropped.
+struct NetPlace {
+    nets: Arc<PerNet>,
+    net: ClientNet,
+}
+
+impl PerNet {
+    fn admit(self: &Arc<Self>, net: ClientNet, max: usize) -> Option<NetPlace> {
+        let mut open = lock(&self.open);
+        let held = open.entry(net).or_insert(0);
+        if *held >= max {
+            return None;
+        }
+        *held += 1;
+        Some(NetPlace {
+            nets: Arc::clone(self),
+            net,
+        })
+    }
+}
+
+impl Drop for NetPlace {
+    fn drop(&mut self) {
+        let mut open = lock(&self.nets.open);
+        if let Some(held) = open.get_mut(&self.net) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                open.remove(&self.net);
+            }
+        }
+    }
 }
 
 impl QueryContext {
@@ -49,6 +100,10 @@ impl QueryContext {
     ) -> Self {
         Self {
             open: Arc::new(Bounded::new(usize::MAX)),
+            per_net: Arc::default(),
+            resolving: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, usize::from),
+            )),
             settings,
             tokens,
             ledger,
@@ -65,6 +120,34 @@ impl QueryContext {
         Place::within(&self.open, max)
     }
 
+    /// An empty line from `peer`: never answered, but it draws from the client's rate limit
+    /// (counted as `rate_limited` once the bucket is empty).
+    fn empty_line(&self, peer: IpAddr) {
+        let generation = self.settings.load();
+        if generation
+            .query
+            .rate
+            .check_key(&self.ledger.net_of(peer))
+            .is_err()
+        {
+            self.count_query(ErrorCode::RateLimited.as_str());
+        }
+    }
+
+    fn count_query(&self, result: &'static str) {
+        self.metrics
+            .queries
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    fn count_close(&self, reason: QueryClose) {
+        self.metrics
+            .query_connections_closed
+            .get_or_create(&[("reason", reason.as_str())])
+            .inc();
+    }
+
     /// Answers one request line from `peer`.
     pub(crate) async fn answer(&self, line: &[u8], peer: IpAddr) -> Vec<u8> {
         let started = Instant::now();
@@ -74,10 +157,7 @@ impl QueryContext {
             Ok(_) => "ok",
             Err(e) => e.code.as_str(),
         };
-        self.metrics
-            .queries
-            .get_or_create(&[("result", label)])
-            .inc();
+        self.count_query(label);
         self.metrics
             .query_duration
             .observe(started.elapsed().as_secs_f64());
@@ -89,7 +169,7 @@ impl QueryContext {
         line: &[u8],
         peer: IpAddr,
         now: Instant,
-        generation: &Generation,
+        generation: &Arc<Generation>,
     ) -> Result<TokenAnswer, QueryError> {
         let policy = &generation.query;
         if policy.rate.check_key(&self.ledger.net_of(peer)).is_err() {
@@ -110,9 +190,21 @@ impl QueryContext {
         let request = parse_request(line)?;
         let resolved = match generation.resolver.allocation(&request)? {
             Some(allocation) => self.allocate(allocation).await?,
-            None => generation
-                .resolver
-                .resolve(&request, self.ledger.as_ref())?,
+            None => {
+                // CPU work over the candidates: on the blocking pool, off the async workers.
+                let permit = Arc::clone(&self.resolving).acquire_owned().await;
+                let generation = Arc::clone(generation);
+                let ledger = Arc::clone(&self.ledger);
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    generation.resolver.resolve(&request, ledger.as_ref())
+                })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "query resolution did not finish");
+                    QueryError::new(ErrorCode::Internal, "query resolution failed")
+                })??
+            }
         };
         let target = Arc::clone(&resolved.target);
         let config = &generation.config;
@@ -179,67 +271,104 @@ pub(crate) async fn serve(
             _ = shutdown.changed() => return,
         };
         let limits = ctx.limits();
-        let Some(place) = ctx.admit(limits.max_query_connections) else {
-            refuse_connection(&stream, &ctx, limits.max_query_connections);
+        let per_ip = limits.max_query_connections_per_ip;
+        let Some(net_place) = ctx.per_net.admit(ctx.ledger.net_of(peer.ip()), per_ip) else {
+            refuse_connection(
+                &stream,
+                &ctx,
+                QueryClose::ClientIpCap,
+                format!(
+                    "too many query connections from your address (maxQueryConnectionsPerIp {per_ip}); close one and retry"
+                ),
+            );
+            continue;
+        };
+        let max = limits.max_query_connections;
+        let Some(place) = ctx.admit(max) else {
+            refuse_connection(
+                &stream,
+                &ctx,
+                QueryClose::ConnectionCap,
+                format!("too many concurrent query connections (limit {max}); retry shortly"),
+            );
             continue;
         };
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
-            let _place = place;
+            let _places = (place, net_place);
             ctx.metrics.query_connections.inc();
-            handle(stream, peer, &ctx, &limits).await;
+            let closed = handle(stream, peer, &ctx, &limits).await;
+            ctx.count_close(closed);
             ctx.metrics.query_connections.dec();
         });
     }
 }
 
-/// Over `maxQueryConnections`: one error line written without waiting, then close.
-fn refuse_connection(stream: &TcpStream, ctx: &QueryContext, max: usize) {
-    let answer = render(&Err(QueryError::new(
-        ErrorCode::Unavailable,
-        format!("too many concurrent query connections (limit {max}); retry shortly"),
-    )));
-    ctx.metrics
-        .queries
-        .get_or_create(&[("result", ErrorCode::Unavailable.as_str())])
-        .inc();
+/// Over `maxQueryConnections` or `maxQueryConnectionsPerIp`: one `unavailable` line
+/// written without waiting, then close.
+fn refuse_connection(stream: &TcpStream, ctx: &QueryContext, why: QueryClose, message: String) {
+    let answer = render(&Err(QueryError::new(ErrorCode::Unavailable, message)));
+    ctx.count_query(ErrorCode::Unavailable.as_str());
+    ctx.count_close(why);
     // A fresh socket's send buffer is empty, so this does not block; if it fails the client
     // sees a close, which is all we can offer without spending a task on it.
     let _ = stream.try_write(&answer);
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &QueryContext, limits: &Limits) {
+/// Serves one connection until a limit, a timeout or the client ends it; why it ended.
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &QueryContext,
+    limits: &Limits,
+) -> QueryClose {
     let _ = stream.set_nodelay(true);
     let idle = Duration::from_secs(limits.query_idle_timeout_seconds);
     let max = limits.query_max_bytes;
+    let accepted = Instant::now();
+    let end_of_life = accepted + Duration::from_secs(limits.query_connection_lifetime_seconds);
     let mut buf: Vec<u8> = Vec::with_capacity(1024.min(max + 1));
     let mut chunk = vec![0u8; 4096];
-    let mut deadline = Instant::now() + idle;
+    // Re-armed only by an answered query.
+    let mut deadline = accepted + idle;
+    // `buf[..scanned]` holds no newline (the start of a line still arriving).
+    let mut scanned = 0;
     loop {
-        // Answer every complete line already buffered.
-        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-            let line = trim_cr(&buf[..end]);
+        // Answer every complete line already buffered, then drop them in one drain.
+        let mut start = 0;
+        while let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
+            let end = scanned + pos;
+            let line = trim_cr(&buf[start..end]);
+            start = end + 1;
+            scanned = start;
             if line.len() > max {
                 let _ =
                     write_answer(&mut stream, &too_large(ctx, max), Instant::now() + idle).await;
-                return;
+                return QueryClose::TooLarge;
             }
-            if !line.trim_ascii().is_empty() {
-                let answer = ctx.answer(line, peer.ip()).await;
-                if !write_answer(&mut stream, &answer, Instant::now() + idle).await {
-                    return;
-                }
+            if line.trim_ascii().is_empty() {
+                ctx.empty_line(peer.ip());
+                continue;
             }
-            buf.drain(..=end);
+            let answer = ctx.answer(line, peer.ip()).await;
+            if !write_answer(&mut stream, &answer, Instant::now() + idle).await {
+                return QueryClose::SlowReader;
+            }
             deadline = Instant::now() + idle;
+            if Instant::now() >= end_of_life {
+                return QueryClose::Lifetime;
+            }
         }
+        buf.drain(..start);
+        scanned = buf.len();
         if buf.len() > max {
             let _ = write_answer(&mut stream, &too_large(ctx, max), Instant::now() + idle).await;
-            return;
+            return QueryClose::TooLarge;
         }
-        match timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => return, // idle: the request did not arrive in time
-            Ok(Err(_)) => return,
+        match timeout_at(deadline.min(end_of_life), stream.read(&mut chunk)).await {
+            Err(_) if deadline <= end_of_life => return QueryClose::Idle,
+            Err(_) => return QueryClose::Lifetime,
+            Ok(Err(_)) => return QueryClose::ClientClosed,
             Ok(Ok(0)) => {
                 // Half-close: a last request without a newline is still answered.
                 let line = trim_cr(&buf);
@@ -248,7 +377,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &QueryContext, lim
                     let _ = write_answer(&mut stream, &answer, Instant::now() + idle).await;
                 }
                 let _ = stream.shutdown().await;
-                return;
+                return QueryClose::ClientClosed;
             }
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
@@ -256,10 +385,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &QueryContext, lim
 }
 
 fn too_large(ctx: &QueryContext, max: usize) -> Vec<u8> {
-    ctx.metrics
-        .queries
-        .get_or_create(&[("result", ErrorCode::TooLarge.as_str())])
-        .inc();
+    ctx.count_query(ErrorCode::TooLarge.as_str());
     render(&Err(QueryError::new(
         ErrorCode::TooLarge,
         format!("request line exceeds {max} bytes; closing"),

@@ -46,7 +46,11 @@ pub(crate) struct TcpPort {
 impl TcpPort {
     pub(crate) fn new(index: usize, shared: Arc<DataShared>) -> Self {
         Self {
-            core: crate::session::tcp::TcpPort::new(Arc::clone(&shared.tokens), index),
+            core: crate::session::tcp::TcpPort::new(
+                Arc::clone(&shared.tokens),
+                index,
+                shared.ledger.grouping(),
+            ),
             shared,
         }
     }

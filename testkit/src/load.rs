@@ -177,7 +177,7 @@ pub fn spawn_director_with(
         ));
     }
     let extra = format!(
-        "dataWorkers: {}\nbusyPollMicros: {}\nmaxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000, maxTokens: {}}}\n",
+        "dataWorkers: {}\nbusyPollMicros: {}\nmaxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000, maxQueryConnectionsPerIp: 100000, maxTokens: {}}}\n",
         args.workers,
         args.busy_poll_micros,
         max_sessions.max(1_000_000)
@@ -806,7 +806,7 @@ fn soak(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
         .map(|_| EchoServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), b""))
         .collect::<Result<_, _>>()?;
     let mut yaml = format!(
-        "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: {}\nsessionTimeoutSeconds: 1\nmaxSessions: {}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000}}\nresourceQueryMapping:\n  echo:\n    static:\n",
+        "bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\ndataWorkers: {}\nsessionTimeoutSeconds: 1\nmaxSessions: {}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000, maxQueryConnectionsPerIp: 100000}}\nresourceQueryMapping:\n  echo:\n    static:\n",
         args.workers,
         wave + 100
     );
