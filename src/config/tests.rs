@@ -476,3 +476,14 @@ fn admin_bind_address_defaults_to_bind_address_and_token_file_is_decoded() {
     let e = err(&format!("adminBindAddress: nowhere\n{MINIMAL}"));
     assert!(e.contains("adminBindAddress"), "{e}");
 }
+
+#[test]
+fn allocations_in_flight_have_a_maximum() {
+    let doc = |n: u64| format!("{ALLOCATING}    allocate: {{maxInFlight: {n}}}\n");
+    assert!(ValidConfig::from_yaml(&doc(MAX_ALLOCATIONS_IN_FLIGHT)).is_ok());
+    let e = err(&doc(MAX_ALLOCATIONS_IN_FLIGHT + 1));
+    assert!(
+        e.contains("`resourceQueryMapping.gs.allocate.maxInFlight`") && e.contains("at most 10000"),
+        "{e}"
+    );
+}
