@@ -21,7 +21,7 @@ use crate::resolve::kube::Watchers;
 use crate::session::Ledger;
 use crate::settings::{Generation, Settings};
 use crate::shell::admin::{self, Readiness};
-use crate::shell::listen::{BindError, bind_stream, local};
+use crate::shell::listen::{BindError, bind_std_stream, bind_stream, local, local_std};
 use crate::shell::query::{self as query_server, QueryContext};
 use crate::shell::reload::{self, ConfigSource, Live};
 use crate::shell::udp::{DataPlane, DataShared, FdBudget};
@@ -54,6 +54,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     data: Option<DataPlane>,
     tasks: Vec<JoinHandle<()>>,
+    /// The admin server's own thread (its own runtime: probes never wait on the shared one).
+    admin: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How to start, beyond the config file.
@@ -75,7 +77,8 @@ pub async fn start(config: ValidConfig) -> Result<Running, StartError> {
 /// The TCP listeners, bound before anything starts serving.
 struct Listeners {
     query: TcpListener,
-    admin: TcpListener,
+    /// Served from the admin thread's own runtime, so not registered with this one.
+    admin: std::net::TcpListener,
     /// TCP data ports: their position in `dataPorts` and listener.
     tcp_data: Vec<(usize, TcpListener)>,
 }
@@ -90,7 +93,7 @@ impl Listeners {
         }
         Ok(Self {
             query: bind_stream("query", config.query_addr, config.reuse_port)?,
-            admin: bind_stream("admin", config.admin_addr, false)?,
+            admin: bind_std_stream("admin", config.admin_addr, false)?,
             tcp_data,
         })
     }
@@ -116,6 +119,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     );
     let (query_at, admin_at, mappings) =
         (config.query_addr, config.admin_addr, config.mappings.len());
+    let admin_token = config.admin_token_file.clone();
     let settings = Arc::new(Settings::new(Generation::build(config, &watchers, None)));
     let shared = Arc::new(DataShared::new(
         Arc::clone(&tokens),
@@ -125,7 +129,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     ));
     let (data, fds) = start_data_plane(&data_ports, workers, buffer_bytes, reuse_port, &shared)?;
     let query_addr = local(&listeners.query, "query", query_at)?;
-    let admin_addr = local(&listeners.admin, "admin", admin_at)?;
+    let admin_addr = local_std(&listeners.admin, "admin", admin_at)?;
     let live = Arc::new(Live::new(
         Arc::clone(&settings),
         options.overrides,
@@ -143,7 +147,12 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     for (_, l) in &listeners.tcp_data {
         tcp_addrs.push(local(l, "TCP data", query_at)?);
     }
-    let mut tasks = serve(listeners, &live, &readiness, &shared, &shutdown_rx);
+    let (mut tasks, admin) = serve(
+        listeners,
+        (&live, &readiness, admin_token),
+        &shared,
+        &shutdown_rx,
+    )?;
     tasks.extend(background(
         &live,
         &tokens,
@@ -176,6 +185,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         shutdown,
         data: Some(data),
         tasks,
+        admin: Some(admin),
     })
 }
 
@@ -237,33 +247,32 @@ fn in_port_order(
         .collect()
 }
 
-/// The serving tasks: query server, admin server, one accept loop per TCP data port.
+/// The serving tasks on the shared runtime (query server, one accept loop per TCP data
+/// port) and the admin server's own thread.
 fn serve(
     listeners: Listeners,
-    live: &Arc<Live>,
-    readiness: &Arc<Readiness>,
+    (live, readiness, admin_token): (&Arc<Live>, &Arc<Readiness>, Option<std::path::PathBuf>),
     shared: &Arc<DataShared>,
     shutdown: &watch::Receiver<bool>,
-) -> Vec<JoinHandle<()>> {
+) -> Result<(Vec<JoinHandle<()>>, std::thread::JoinHandle<()>), BindError> {
+    let admin = admin::start(
+        listeners.admin,
+        (Arc::clone(live), Arc::clone(readiness)),
+        admin_token,
+        shutdown.clone(),
+    )
+    .map_err(|source| BindError::new("admin", live.current().config.admin_addr, source))?;
     let query = Arc::new(QueryContext::new(
         Arc::clone(&live.settings),
         Arc::clone(&shared.tokens),
         Arc::clone(&shared.ledger),
         Arc::clone(&live.metrics),
     ));
-    let mut tasks = vec![
-        tokio::spawn(query_server::serve(
-            listeners.query,
-            query,
-            shutdown.clone(),
-        )),
-        tokio::spawn(admin::serve(
-            listeners.admin,
-            Arc::clone(live),
-            Arc::clone(readiness),
-            shutdown.clone(),
-        )),
-    ];
+    let mut tasks = vec![tokio::spawn(query_server::serve(
+        listeners.query,
+        query,
+        shutdown.clone(),
+    ))];
     for (index, listener) in listeners.tcp_data {
         let port = Arc::new(crate::shell::tcp::TcpPort::new(index, Arc::clone(shared)));
         tasks.push(tokio::spawn(crate::shell::tcp::serve(
@@ -272,7 +281,7 @@ fn serve(
             shutdown.clone(),
         )));
     }
-    tasks
+    Ok((tasks, admin))
 }
 
 /// The background tasks: default-route refresh, housekeeping, key and config watches.
@@ -392,6 +401,9 @@ impl Running {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+        if let Some(admin) = self.admin.take() {
+            let _ = tokio::task::spawn_blocking(move || admin.join()).await;
+        }
     }
 }
 
@@ -460,5 +472,88 @@ impl Signals {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config() -> ValidConfig {
+        let backend: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        ValidConfig::from_yaml(&testkit::yaml::director(
+            "",
+            &[testkit::yaml::static_mapping("echo", backend)],
+        ))
+        .unwrap()
+    }
+
+    /// `(status, body)` of a GET from a thread of its own (never on the runtime under test).
+    async fn get(admin: SocketAddr, path: &'static str) -> (u16, String) {
+        tokio::task::spawn_blocking(move || testkit::http_get(admin, path).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_data_thread_fails_the_probes() {
+        let running = start(config()).await.unwrap();
+        let admin = running.admin_addr;
+        assert_eq!(get(admin, "/healthz").await.0, 200);
+        // One worker panics the next time it is woken.
+        running
+            .live
+            .data
+            .crash_a_worker
+            .store(true, Ordering::SeqCst);
+        running.live.data.wake_all();
+        let failed = tokio::task::spawn_blocking(move || {
+            testkit::eventually(Duration::from_secs(5), || {
+                testkit::http_get(admin, "/healthz").is_ok_and(|(status, _)| status == 503)
+            })
+        })
+        .await
+        .unwrap();
+        assert!(failed, "/healthz still answers 200 with a dead data thread");
+        assert_eq!(running.live.data.dead_workers(), 1);
+        let (status, body) = get(admin, "/healthz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "unhealthy: 1 data-plane thread(s) died\n")
+        );
+        let (status, body) = get(admin, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("data-plane thread died"), "{body}");
+        // An orderly stop is not a death.
+        running.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_orderly_stop_counts_no_dead_worker() {
+        let running = start(config()).await.unwrap();
+        let data = Arc::clone(&running.live.data);
+        running.stop().await;
+        assert_eq!(data.dead_workers(), 0);
+    }
+
+    /// The admin server has its own thread: a shared runtime that cannot run anything (here
+    /// a single-thread runtime blocked in a join) does not delay `/healthz`.
+    #[tokio::test(flavor = "current_thread")]
+    async fn probes_answer_while_the_shared_runtime_is_blocked() {
+        let running = start(config()).await.unwrap();
+        let admin = running.admin_addr;
+        // Blocks this runtime's only thread until the probes have answered.
+        let answers = std::thread::spawn(move || {
+            [
+                testkit::http_get(admin, "/healthz").map(|a| a.0).ok(),
+                testkit::http_get(admin, "/metrics").map(|a| a.0).ok(),
+            ]
+        })
+        .join()
+        .unwrap();
+        assert_eq!(answers, [Some(200), Some(200)]);
+        running.stop().await;
     }
 }

@@ -182,10 +182,11 @@ pub fn config_agrees(raw: &Config, valid: &ValidConfig) -> Result<(), String> {
         Some(entries) => entries.iter().map(|e| e.port).collect(),
         None => vec![raw.data_port],
     };
-    let mut ports = vec![
-        (valid.query_addr, raw.query_port),
-        (valid.admin_addr, raw.admin_port),
-    ];
+    let admin_ip = raw.admin_bind_address.unwrap_or(raw.bind_address);
+    if valid.admin_addr.ip() != admin_ip || valid.admin_addr.port() != raw.admin_port {
+        return fail("admin address");
+    }
+    let mut ports = vec![(valid.query_addr, raw.query_port)];
     ports.extend(
         valid
             .data_ports

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::jsonpath::CompiledPath;
 use crate::protocol::query::QueryRequest;
 
+mod expansion;
 pub mod reload;
 mod valid;
 
@@ -68,6 +69,14 @@ pub struct Config {
     /// Admin HTTP port; 0 asks the OS for a free port.
     #[serde(default = "defaults::admin_port")]
     pub admin_port: u16,
+    /// Address the admin server binds; default: `bindAddress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_bind_address: Option<IpAddr>,
+    /// A file whose content (trimmed) is the Bearer token that opens `/sessions`, `/config`
+    /// and other operator views to callers off the host (loopback callers need none). Polled:
+    /// a new token applies within 2 s. Without it only loopback callers see those views.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     #[serde(
         default = "defaults::token_ttl",
         rename = "tokenTTLSeconds",
@@ -470,6 +479,24 @@ mod defaults {
 /// Most entries of `dataPorts` (a token carries a port for each).
 pub const MAX_DATA_PORTS: usize = 4;
 
+/// Longest duration any `...Seconds` key accepts: 30 days (2 592 000 s). Deadlines are
+/// clock readings plus these, so the bound keeps every one far from overflowing.
+pub const MAX_SECONDS: u64 = 30 * 24 * 60 * 60;
+/// Most sessions, sessions per client IP, outstanding tokens and `overlap`: 10 000 000.
+pub const MAX_COUNT: u64 = 10_000_000;
+/// Most query connections, and the per-IP query rate and burst: 1 000 000.
+pub const MAX_CONNECTIONS: u64 = 1_000_000;
+/// Longest query line: 1 MiB.
+pub const MAX_QUERY_BYTES: u64 = 1024 * 1024;
+/// Most data-plane worker threads per data port: 1 024 (each holds a 2 MiB receive ring).
+pub const MAX_DATA_WORKERS: u64 = 1_024;
+/// Longest busy-poll window: 1 s (1 000 000 µs).
+pub const MAX_BUSY_POLL_MICROS: u64 = 1_000_000;
+/// Largest socket buffer requested: 1 GiB (the kernel clamps it lower anyway).
+pub const MAX_SOCKET_BUFFER_BYTES: u64 = 1024 * 1024 * 1024;
+/// Most Agones allocations in flight per mapping: 10 000.
+pub const MAX_ALLOCATIONS_IN_FLIGHT: u64 = 10_000;
+
 /// Longest reset magic (`controlPacketMagicBytes`) accepted (SPEC §5: 1..=32 bytes).
 pub const MAX_MAGIC_LEN: usize = 32;
 
@@ -479,6 +506,13 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         // An empty file is an empty mapping, not a parse error.
         let text = if text.trim().is_empty() { "{}" } else { text };
+        // Alias expansion is bounded before serde builds anything (see `expansion`).
+        expansion::check(text).map_err(|budget| {
+            ConfigError::Parse(format!(
+                "YAML aliases (`*name` of an `&name` anchor) expand this {} byte document past {budget} nodes; write the values out instead of nesting aliases",
+                text.len()
+            ))
+        })?;
         serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 
@@ -550,7 +584,11 @@ impl Config {
             query_addr: addr(self.query_port),
             data_addr: data_ports.first().map_or(addr(self.data_port), |d| d.addr),
             data_ports,
-            admin_addr: addr(self.admin_port),
+            admin_addr: SocketAddr::new(
+                self.admin_bind_address.unwrap_or(self.bind_address),
+                self.admin_port,
+            ),
+            admin_token_file: self.admin_token_file()?,
             mappings,
             token_format: self.token_format,
             limits: self.limits.clone(),
@@ -565,6 +603,17 @@ impl Config {
                 .unwrap_or_default(),
             raw: self,
         })
+    }
+
+    /// `adminTokenFile`: a path, if given.
+    fn admin_token_file(&self) -> Result<Option<std::path::PathBuf>, ConfigError> {
+        match &self.admin_token_file {
+            Some(path) if path.as_os_str().is_empty() => Err(invalid(
+                "adminTokenFile",
+                "must be a file path, e.g. /etc/udp-director/admin/token (or leave it out)",
+            )),
+            other => Ok(other.clone()),
+        }
     }
 
     /// `controlPacketMagicBytes`, decoded: hex of 1..=32 bytes.
@@ -638,15 +687,111 @@ impl Config {
             self.max_sessions_per_client_ip as u64,
         )?;
         positive("unansweredTimeoutSeconds", self.unanswered_timeout_seconds)?;
-        // Sealed tokens carry the TTL in milliseconds and the resume window in seconds, 32 bits each.
-        if self.token_ttl_seconds > u64::from(u32::MAX) / 1_000 {
-            return Err(invalid(
-                "tokenTTLSeconds",
-                "must be at most 4294967 (49 days)",
-            ));
+        self.check_maxima()
+    }
+
+    /// Every duration and count below its documented maximum ([`MAX_SECONDS`] and friends):
+    /// the data plane adds these to clock readings and sizes tables by them, so a value past
+    /// the maximum would overflow a deadline (a panicking data thread) or ask for memory
+    /// the process cannot have. The maxima are far above any useful setting. Sealed tokens
+    /// carry the TTL in milliseconds and the resume window in seconds, 32 bits each; 30 days
+    /// fits both.
+    fn check_maxima(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let seconds = [
+            ("tokenTTLSeconds", self.token_ttl_seconds),
+            ("sessionTimeoutSeconds", self.session_timeout_seconds),
+            ("drainSeconds", self.drain_seconds),
+            ("tokenResumeSeconds", self.token_resume_seconds),
+            ("unansweredTimeoutSeconds", self.unanswered_timeout_seconds),
+            (
+                "limits.queryIdleTimeoutSeconds",
+                l.query_idle_timeout_seconds,
+            ),
+            (
+                "limits.queryConnectionLifetimeSeconds",
+                l.query_connection_lifetime_seconds,
+            ),
+        ];
+        for (key, value) in seconds {
+            at_most(key, value, MAX_SECONDS, " (30 days)")?;
         }
-        if self.token_resume_seconds > u64::from(u32::MAX) {
-            return Err(invalid("tokenResumeSeconds", "must fit in 32 bits"));
+        let counts = [
+            ("maxSessions", self.max_sessions as u64, MAX_COUNT),
+            (
+                "maxSessionsPerClientIp",
+                self.max_sessions_per_client_ip as u64,
+                MAX_COUNT,
+            ),
+            ("limits.maxTokens", l.max_tokens, MAX_COUNT),
+            (
+                "limits.maxQueryConnections",
+                l.max_query_connections as u64,
+                MAX_CONNECTIONS,
+            ),
+            (
+                "limits.queryRatePerSecond",
+                u64::from(l.query_rate_per_second),
+                MAX_CONNECTIONS,
+            ),
+            (
+                "limits.queryBurst",
+                u64::from(l.query_burst),
+                MAX_CONNECTIONS,
+            ),
+            (
+                "limits.maxQueryConnectionsPerIp",
+                l.max_query_connections_per_ip as u64,
+                MAX_CONNECTIONS,
+            ),
+            (
+                "limits.maxPendingTcpLines",
+                l.max_pending_tcp_lines as u64,
+                MAX_CONNECTIONS,
+            ),
+            (
+                "limits.queryMaxBytes",
+                l.query_max_bytes as u64,
+                MAX_QUERY_BYTES,
+            ),
+            ("dataWorkers", self.data_workers as u64, MAX_DATA_WORKERS),
+            (
+                "busyPollMicros",
+                self.busy_poll_micros,
+                MAX_BUSY_POLL_MICROS,
+            ),
+            (
+                "socketBufferBytes",
+                self.socket_buffer_bytes as u64,
+                MAX_SOCKET_BUFFER_BYTES,
+            ),
+        ];
+        for (key, value, max) in counts {
+            at_most(key, value, max, "")?;
+        }
+        for (name, m) in &self.resource_query_mapping {
+            let lb = m.load_balancing.iter().map(|lb| {
+                (
+                    format!("resourceQueryMapping.{name}.loadBalancing.overlap"),
+                    lb,
+                )
+            });
+            for (key, lb) in
+                std::iter::once(("loadBalancing.overlap".to_string(), &self.load_balancing))
+                    .chain(lb)
+            {
+                if let LoadBalancing::LabelArithmetic { overlap, .. } = lb {
+                    at_most(&key, *overlap, MAX_COUNT, "")?;
+                }
+            }
+            if let Some(n) = m.allocate.as_ref().and_then(|a| a.max_in_flight) {
+                at_most(
+                    &format!("resourceQueryMapping.{name}.allocate.maxInFlight"),
+                    n as u64,
+                    MAX_ALLOCATIONS_IN_FLIGHT,
+                    "",
+                )?;
+            }
         }
         Ok(())
     }
@@ -897,6 +1042,17 @@ pub fn allowed_namespaces(mapping: &Mapping) -> BTreeSet<String> {
 /// The namespace queries default to for a mapping.
 pub fn mapping_namespace(mapping: &Mapping) -> &str {
     mapping.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+}
+
+fn at_most(key: &str, value: u64, max: u64, unit: &str) -> Result<(), ConfigError> {
+    if value > max {
+        Err(invalid(
+            key,
+            format!("must be at most {max}{unit}, found {value}"),
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {

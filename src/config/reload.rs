@@ -68,12 +68,14 @@ impl Overrides {
 
 /// Keys a running process cannot change: sockets are bound and sized, threads started and
 /// the token store sized at start. A reload that changes them is applied without them.
-pub const RESTART_ONLY: [&str; 13] = [
+pub const RESTART_ONLY: [&str; 15] = [
     "bindAddress",
     "queryPort",
     "dataPort",
     "dataPorts",
     "adminPort",
+    "adminBindAddress",
+    "adminTokenFile",
     "dataWorkers",
     "socketBufferBytes",
     "limits.maxTokens",
@@ -113,6 +115,8 @@ pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
     keep!("dataPort", data_port);
     keep!("dataPorts", data_ports);
     keep!("adminPort", admin_port);
+    keep!("adminBindAddress", admin_bind_address);
+    keep!("adminTokenFile", admin_token_file);
     keep!("dataWorkers", data_workers);
     keep!("socketBufferBytes", socket_buffer_bytes);
     keep!("limits.maxTokens", limits.max_tokens);
@@ -197,6 +201,8 @@ mod tests {
             protocol: None,
         }]);
         p.admin_port = 3;
+        p.admin_bind_address = Some("0.0.0.0".parse().unwrap());
+        p.admin_token_file = Some("/token".into());
         p.data_workers = 4;
         p.socket_buffer_bytes = 5;
         p.limits.max_tokens = 6;

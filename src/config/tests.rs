@@ -360,3 +360,167 @@ fn query_connection_limits_and_allow_regex_have_spec_defaults_and_named_errors()
         assert!(e.contains(&format!("limits.{key}")), "{e}");
     }
 }
+
+#[test]
+fn every_duration_and_count_has_a_maximum_named_in_the_error() {
+    // (top-level YAML, key named in the error, the maximum): the maximum is accepted, one more
+    // is refused with the key and the maximum.
+    let cases: &[(&str, &str, u64)] = &[
+        (
+            "sessionTimeoutSeconds",
+            "sessionTimeoutSeconds",
+            MAX_SECONDS,
+        ),
+        ("tokenTTLSeconds", "tokenTTLSeconds", MAX_SECONDS),
+        ("drainSeconds", "drainSeconds", MAX_SECONDS),
+        ("tokenResumeSeconds", "tokenResumeSeconds", MAX_SECONDS),
+        (
+            "unansweredTimeoutSeconds",
+            "unansweredTimeoutSeconds",
+            MAX_SECONDS,
+        ),
+        ("maxSessions", "maxSessions", MAX_COUNT),
+        (
+            "maxSessionsPerClientIp",
+            "maxSessionsPerClientIp",
+            MAX_COUNT,
+        ),
+        ("dataWorkers", "dataWorkers", MAX_DATA_WORKERS),
+        ("busyPollMicros", "busyPollMicros", MAX_BUSY_POLL_MICROS),
+        (
+            "socketBufferBytes",
+            "socketBufferBytes",
+            MAX_SOCKET_BUFFER_BYTES,
+        ),
+        (
+            "limits: {queryIdleTimeoutSeconds",
+            "limits.queryIdleTimeoutSeconds",
+            MAX_SECONDS,
+        ),
+        ("limits: {maxTokens", "limits.maxTokens", MAX_COUNT),
+        (
+            "limits: {maxQueryConnections",
+            "limits.maxQueryConnections",
+            MAX_CONNECTIONS,
+        ),
+        (
+            "limits: {queryRatePerSecond",
+            "limits.queryRatePerSecond",
+            MAX_CONNECTIONS,
+        ),
+        ("limits: {queryBurst", "limits.queryBurst", MAX_CONNECTIONS),
+        (
+            "limits: {queryConnectionLifetimeSeconds",
+            "limits.queryConnectionLifetimeSeconds",
+            MAX_SECONDS,
+        ),
+        (
+            "limits: {maxQueryConnectionsPerIp",
+            "limits.maxQueryConnectionsPerIp",
+            MAX_CONNECTIONS,
+        ),
+        (
+            "limits: {maxPendingTcpLines",
+            "limits.maxPendingTcpLines",
+            MAX_CONNECTIONS,
+        ),
+        (
+            "limits: {queryMaxBytes",
+            "limits.queryMaxBytes",
+            MAX_QUERY_BYTES,
+        ),
+        (
+            "loadBalancing: {type: labelArithmetic, currentLabel: c, maxLabel: m, overlap",
+            "loadBalancing.overlap",
+            MAX_COUNT,
+        ),
+    ];
+    for (yaml_key, key, max) in cases {
+        let close = if yaml_key.contains('{') { "}" } else { "" };
+        let doc = |v: u64| format!("{yaml_key}: {v}{close}\n{MINIMAL}");
+        assert!(
+            ValidConfig::from_yaml(&doc(*max)).is_ok(),
+            "{key} = {max} is allowed"
+        );
+        let e = err(&doc(max + 1));
+        assert!(
+            e.contains(&format!("`{key}`")) && e.contains(&format!("at most {max}")),
+            "{key}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_session_timeout_that_would_overflow_a_deadline_is_refused() {
+    // u64::MAX seconds panicked the data threads (`Instant + Duration` overflow).
+    let e = err(&format!("sessionTimeoutSeconds: {}\n{MINIMAL}", u64::MAX));
+    assert!(
+        e.contains("sessionTimeoutSeconds") && e.contains("at most 2592000 (30 days)"),
+        "{e}"
+    );
+    let e = err(&format!("tokenTTLSeconds: {}\n{MINIMAL}", u64::MAX));
+    assert!(e.contains("tokenTTLSeconds"), "{e}");
+}
+
+#[test]
+fn a_billion_laughs_config_is_one_error_naming_aliases() {
+    // The laughs sit in a static endpoint's `status` (any JSON), where serde_yaml would
+    // expand them: 10^9 strings.
+    let mut laughs = String::from("x0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]");
+    for i in 1..9 {
+        let p = i - 1;
+        laughs.push_str(&format!(
+            ", x{i}: &x{i} [*x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}]"
+        ));
+    }
+    let doc = format!(
+        "resourceQueryMapping:\n  echo:\n    static:\n      - {{name: a, address: 127.0.0.1, port: 9001, status: {{{laughs}}}}}\n"
+    );
+    let started = tokio::time::Instant::now();
+    let e = err(&doc);
+    assert!(e.contains("YAML aliases") && e.contains("nodes"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Modest aliases still work.
+    let shared = "resourceQueryMapping:\n  echo:\n    static:\n      - {name: a, address: 127.0.0.1, port: 9001, labels: &l {zone: a}}\n      - {name: b, address: 127.0.0.1, port: 9002, labels: *l}\n";
+    let c = ValidConfig::from_yaml(shared).unwrap();
+    let ValidSource::Static(eps) = &c.mappings["echo"].source else {
+        panic!("static")
+    };
+    assert_eq!(eps[1].labels["zone"], "a");
+}
+
+#[test]
+fn admin_bind_address_defaults_to_bind_address_and_token_file_is_decoded() {
+    let c = ValidConfig::from_yaml(&format!("bindAddress: 127.0.0.1\n{MINIMAL}")).unwrap();
+    assert_eq!(c.admin_addr, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.admin_token_file, None);
+    let c = ValidConfig::from_yaml(&format!(
+        "bindAddress: 127.0.0.1\nadminBindAddress: \"::\"\nadminTokenFile: /etc/udp-director/admin/token\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.admin_addr, "[::]:8080".parse().unwrap());
+    assert_eq!(c.query_addr.ip().to_string(), "127.0.0.1");
+    assert_eq!(
+        c.admin_token_file.as_deref(),
+        Some(std::path::Path::new("/etc/udp-director/admin/token"))
+    );
+    let e = err(&format!("adminTokenFile: \"\"\n{MINIMAL}"));
+    assert!(e.contains("`adminTokenFile`"), "{e}");
+    let e = err(&format!("adminBindAddress: nowhere\n{MINIMAL}"));
+    assert!(e.contains("adminBindAddress"), "{e}");
+}
+
+#[test]
+fn allocations_in_flight_have_a_maximum() {
+    let doc = |n: u64| format!("{ALLOCATING}    allocate: {{maxInFlight: {n}}}\n");
+    assert!(ValidConfig::from_yaml(&doc(MAX_ALLOCATIONS_IN_FLIGHT)).is_ok());
+    let e = err(&doc(MAX_ALLOCATIONS_IN_FLIGHT + 1));
+    assert!(
+        e.contains("`resourceQueryMapping.gs.allocate.maxInFlight`") && e.contains("at most 10000"),
+        "{e}"
+    );
+}

@@ -37,7 +37,10 @@ pub struct ValidConfig {
     pub data_addr: SocketAddr,
     /// Every data port, in order; one token opens a session on each.
     pub data_ports: Vec<ValidDataPort>,
+    /// `adminBindAddress` (default: `bindAddress`) and `adminPort`.
     pub admin_addr: SocketAddr,
+    /// `adminTokenFile`: the Bearer token for operator views off the host, re-read while running.
+    pub admin_token_file: Option<std::path::PathBuf>,
     pub mappings: BTreeMap<String, ValidMapping>,
     pub token_format: crate::model::TokenFormat,
     /// `limits`: the query server's and the token store's.

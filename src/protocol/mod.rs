@@ -2,6 +2,7 @@
 //! (compiled once), the datagram codec and PROXY v2 headers. Owns parsing and encoding only; must not know
 //! how a query is resolved or what a session is.
 
+pub mod admin_access;
 pub mod datagram;
 pub mod jsonpath;
 pub mod proxy;

@@ -1,19 +1,29 @@
-//! Admin HTTP server: `/metrics` (Prometheus text), `/healthz` (the process answers),
-//! `/readyz` (listeners bound, every resource source synced once, not draining), `/config`
-//! (the config in force as JSON, control-packet magic redacted) and `/sessions` (the count
-//! and a bounded sample). Read-only; it binds `bindAddress` like the other listeners and must
-//! not be exposed publicly (it shows client addresses and the routing config).
+//! Admin HTTP server: `/metrics` (Prometheus text), `/healthz` (the process answers and every
+//! data-plane thread is alive), `/readyz` (listeners bound, every resource source synced
+//! once, not draining), `/config` (the config in force as JSON, control-packet magic
+//! redacted) and `/sessions` (the count and a bounded sample). Read-only.
 //!
-//! Owns the admin endpoints. Must not change any state.
+//! It binds `adminBindAddress` (default: `bindAddress`) and runs on a thread of its own with
+//! a single-thread runtime, so work on the shared runtime (queries, watches) can never delay
+//! a probe. `/config` and `/sessions` show topology and players' addresses: they answer only
+//! callers `protocol::admin_access::allowed` admits (loopback, or `Authorization: Bearer`
+//! with the token of `adminTokenFile`, polled by path); everyone else gets 403. Probes and
+//! `/metrics` stay open.
+//!
+//! Owns the admin endpoints and the admin token in force. Must not change any other state.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use arc_swap::ArcSwapOption;
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -22,9 +32,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::reload::redacted_json;
+use crate::protocol::admin_access;
 use crate::session::Ledger;
 use crate::settings::Settings;
-use crate::shell::reload::Live;
+use crate::shell::reload::{Live, Polled, StableFile};
 
 /// Readiness inputs. Liveness does not depend on any of them.
 pub(crate) struct Readiness {
@@ -55,32 +66,167 @@ impl Readiness {
 struct AdminState {
     live: Arc<Live>,
     readiness: Arc<Readiness>,
+    /// The Bearer token in force (`None`: loopback callers only).
+    token: Arc<ArcSwapOption<String>>,
+}
+
+/// How often `adminTokenFile` is read (a change applies within two polls: < 2 s).
+pub(crate) const TOKEN_FILE_POLL: Duration = Duration::from_millis(500);
+/// A longer token file is refused (a token is a line, not a document).
+const TOKEN_MAX_BYTES: usize = 4096;
+/// The body of a refused operator view: why, nothing more.
+const FORBIDDEN: &str =
+    "forbidden: this view answers loopback callers or Authorization: Bearer <admin token>\n";
+
+/// Starts the admin server on a thread of its own with a single-thread runtime. Returns once
+/// the thread runs; it ends at `shutdown` (or when the sender is dropped).
+pub(crate) fn start(
+    listener: std::net::TcpListener,
+    (live, readiness): (Arc<Live>, Arc<Readiness>),
+    token_file: Option<PathBuf>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener unusable");
+                        return;
+                    }
+                };
+                let token = Arc::new(ArcSwapOption::empty());
+                if let Some(path) = token_file {
+                    let in_force = tokio::fs::read(&path).await;
+                    let source = path.display().to_string();
+                    match &in_force {
+                        Ok(bytes) => apply_token(&token, &source, bytes),
+                        Err(e) => tracing::warn!(file = %source, error = %e, "cannot read adminTokenFile: operator views answer loopback callers only"),
+                    }
+                    tokio::spawn(watch_token(
+                        Arc::clone(&token),
+                        StableFile::new(path, in_force.ok()),
+                        source,
+                        shutdown.clone(),
+                    ));
+                }
+                serve(listener, AdminState { live, readiness, token }, shutdown).await;
+            });
+        })
+}
+
+/// The token a file's content holds: trimmed; empty or oversized is none.
+fn token_of(bytes: &[u8]) -> Result<Option<String>, &'static str> {
+    if bytes.len() > TOKEN_MAX_BYTES {
+        return Err("longer than 4096 bytes");
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8")?.trim();
+    Ok((!text.is_empty()).then(|| text.to_string()))
+}
+
+/// Puts a new token file content in force (an unusable one means no token: loopback only).
+fn apply_token(token: &ArcSwapOption<String>, source: &str, bytes: &[u8]) {
+    match token_of(bytes) {
+        Ok(Some(t)) => {
+            token.store(Some(Arc::new(t)));
+            tracing::info!(file = %source, "admin token loaded");
+        }
+        Ok(None) => {
+            token.store(None);
+            tracing::warn!(file = %source, "adminTokenFile is empty: operator views answer loopback callers only");
+        }
+        Err(why) => {
+            token.store(None);
+            tracing::warn!(file = %source, problem = why, "adminTokenFile unusable: operator views answer loopback callers only");
+        }
+    }
+}
+
+/// Reads the token file every [`TOKEN_FILE_POLL`]; a changed content applies once two reads
+/// agree. An unreadable file (mid-swap, deleted) keeps the token in force.
+async fn watch_token(
+    token: Arc<ArcSwapOption<String>>,
+    mut file: StableFile,
+    source: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    while let Some(found) = file.next(TOKEN_FILE_POLL, &mut shutdown).await {
+        match found {
+            Polled::Unchanged => {}
+            Polled::Unreadable(e) => {
+                tracing::warn!(file = %source, error = %e, "cannot read adminTokenFile; the token in force stays");
+            }
+            Polled::Changed(bytes) => apply_token(&token, &source, &bytes),
+        }
+    }
+}
+
+/// Lets a request to an operator view through when `admin_access::allowed` says so.
+async fn operator_only(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let token = s.token.load();
+    if admin_access::allowed(
+        peer.ip(),
+        authorization,
+        token.as_deref().map(String::as_str),
+    ) {
+        next.run(request).await
+    } else {
+        tracing::debug!(%peer, path = %request.uri().path(), "operator view refused");
+        (StatusCode::FORBIDDEN, FORBIDDEN).into_response()
+    }
 }
 
 /// Sessions `/sessions` lists unless `?limit=` asks for fewer (at most [`SESSIONS_MAX`]).
 pub(crate) const SESSIONS_DEFAULT: usize = 100;
 pub(crate) const SESSIONS_MAX: usize = 1_000;
 
-pub(crate) async fn serve(
-    listener: TcpListener,
-    live: Arc<Live>,
-    readiness: Arc<Readiness>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    let operator = Router::new()
         .route("/config", get(config_handler))
         .route("/sessions", get(sessions_handler))
-        .with_state(AdminState { live, readiness });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
+        .route_layer(middleware::from_fn_with_state(state.clone(), operator_only));
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(operator)
+        .with_state(state);
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    })
+    .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "admin server failed");
+    }
+}
+
+/// 200 while every data-plane thread runs; 503 once one has died (a panic, or an exit
+/// before shutdown), so the kubelet restarts a process whose data plane is gone.
+async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
+    match s.live.data.dead_workers() {
+        0 => (StatusCode::OK, "ok\n".to_string()),
+        n => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {n} data-plane thread(s) died\n"),
+        ),
     }
 }
 
@@ -169,7 +315,11 @@ async fn sessions_handler(
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    match s.readiness.check() {
+    let alive = match s.live.data.dead_workers() {
+        0 => Ok(()),
+        _ => Err("a data-plane thread died"),
+    };
+    match alive.and_then(|()| s.readiness.check()) {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

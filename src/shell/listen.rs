@@ -18,13 +18,29 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+impl BindError {
+    pub(crate) fn new(what: &'static str, addr: SocketAddr, source: std::io::Error) -> Self {
+        Self { what, addr, source }
+    }
+}
+
 /// A TCP listener; with `reuse_port` in the port's SO_REUSEPORT group.
 pub(crate) fn bind_stream(
     what: &'static str,
     addr: SocketAddr,
     reuse_port: bool,
 ) -> Result<TcpListener, BindError> {
-    let bind = || -> std::io::Result<TcpListener> {
+    let listener = bind_std_stream(what, addr, reuse_port)?;
+    TcpListener::from_std(listener).map_err(|source| BindError { what, addr, source })
+}
+
+/// A non-blocking TCP listener not yet tied to a runtime (for a server on its own thread).
+pub(crate) fn bind_std_stream(
+    what: &'static str,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<std::net::TcpListener, BindError> {
+    let bind = || -> std::io::Result<std::net::TcpListener> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -40,7 +56,7 @@ pub(crate) fn bind_stream(
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
-        TcpListener::from_std(socket.into())
+        Ok(socket.into())
     };
     bind().map_err(|source| BindError { what, addr, source })
 }
@@ -48,6 +64,17 @@ pub(crate) fn bind_stream(
 /// The address a listener got (port 0: the OS's choice).
 pub(crate) fn local(
     listener: &TcpListener,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, BindError> {
+    listener
+        .local_addr()
+        .map_err(|source| BindError { what, addr, source })
+}
+
+/// [`local`] for a listener not yet tied to a runtime.
+pub(crate) fn local_std(
+    listener: &std::net::TcpListener,
     what: &'static str,
     addr: SocketAddr,
 ) -> Result<SocketAddr, BindError> {

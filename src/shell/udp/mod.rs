@@ -15,7 +15,7 @@ mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -82,6 +82,27 @@ pub struct DataShared {
     /// Set once the workers run: how to wake each of them.
     pub wakers: OnceLock<Vec<Arc<mio::Waker>>>,
     pub samples: SampleBoard,
+    /// Workers that ended other than by `stop` (a panic): `/healthz` fails while non-zero.
+    dead_workers: AtomicUsize,
+    /// Tests only: the next worker woken panics (to prove `/healthz` sees it).
+    #[cfg(test)]
+    pub(crate) crash_a_worker: AtomicBool,
+}
+
+/// Held by each worker thread for its whole life: dropped by a panic or by a return before
+/// `stop`, it counts the worker dead.
+struct Liveness(Arc<DataShared>, usize);
+
+impl Drop for Liveness {
+    fn drop(&mut self) {
+        if std::thread::panicking() || !self.0.stop.load(Ordering::Acquire) {
+            self.0.dead_workers.fetch_add(1, Ordering::AcqRel);
+            tracing::error!(
+                worker = self.1,
+                "a data-plane worker died: /healthz and /readyz now answer 503"
+            );
+        }
+    }
 }
 
 /// Most sessions one worker reports to `/sessions`.
@@ -103,7 +124,15 @@ impl DataShared {
             upstreams: Bounded::new(usize::MAX),
             wakers: OnceLock::new(),
             samples: SampleBoard::default(),
+            dead_workers: AtomicUsize::new(0),
+            #[cfg(test)]
+            crash_a_worker: AtomicBool::new(false),
         }
+    }
+
+    /// Worker threads that died (0 while the data plane is whole).
+    pub fn dead_workers(&self) -> usize {
+        self.dead_workers.load(Ordering::Acquire)
     }
 
     /// Wakes every worker (to load the current settings, answer a sample, drain or stop).
@@ -172,9 +201,13 @@ impl DataPlane {
         for (i, (port, socket)) in sockets.into_iter().enumerate() {
             let worker = worker::Worker::new(i, port, socket, buffer_bytes, Arc::clone(&shared))?;
             let waker = worker.waker();
+            let watched = Arc::clone(&shared);
             let handle = std::thread::Builder::new()
                 .name(format!("data-{i}"))
-                .spawn(move || worker.run())?;
+                .spawn(move || {
+                    let _alive = Liveness(watched, i);
+                    worker.run();
+                })?;
             handles.push((handle, waker));
         }
         let _ = shared

@@ -184,6 +184,10 @@ impl Worker {
             for token in ready.iter().copied() {
                 let more = match token {
                     WAKE => {
+                        #[cfg(test)]
+                        if self.shared.crash_a_worker.swap(false, Ordering::AcqRel) {
+                            panic!("test: worker {} crashes on purpose", self.index);
+                        }
                         self.settings = self.shared.settings.load();
                         self.table.set_rules(self.settings.rules.clone());
                         self.answer_sample(now);
