@@ -1304,6 +1304,9 @@ fn chart_rolls_the_pods_when_a_restart_only_key_changes_and_only_then() {
             "dataWorkers" => vec![("config.dataWorkers", json!(2))],
             "socketBufferBytes" => vec![("config.socketBufferBytes", json!(1048576))],
             "limits.maxTokens" => vec![("config.limits", json!({"maxTokens": 5}))],
+            "limits.ipv6PrefixLength" => {
+                vec![("config.limits", json!({"ipv6PrefixLength": 48}))]
+            }
             "tokenFormat" => vec![("tokens.format", json!("uuid")), ("replicas", json!(1))],
             "tokenKeysFile" => vec![("config.tokenKeysFile", json!("/etc/keys/token-keys"))],
             "tokenKeysSecret" => vec![("tokens.keys.existingSecret", json!("studio-keys"))],

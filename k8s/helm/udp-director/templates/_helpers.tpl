@@ -86,8 +86,10 @@ checksum is a pod annotation: changing one rolls the pods; any other edit applie
 {{- range $key := list "bindAddress" "queryPort" "dataPort" "dataPorts" "adminPort" "dataWorkers" "socketBufferBytes" "tokenFormat" "tokenKeysFile" "tokenKeysSecret" "reusePort" "fastPath" "adminBindAddress" "adminTokenFile" }}
 {{- if hasKey $config $key }}{{ $_ := set $picked $key (get $config $key) }}{{ end }}
 {{- end }}
-{{- if and (kindIs "map" $config.limits) (hasKey $config.limits "maxTokens") }}
-{{- $_ := set $picked "limits.maxTokens" $config.limits.maxTokens }}
+{{- if kindIs "map" $config.limits }}
+{{- range $key := list "maxTokens" "ipv6PrefixLength" }}
+{{- if hasKey $config.limits $key }}{{ $_ := set $picked (printf "limits.%s" $key) (get $config.limits $key) }}{{ end }}
+{{- end }}
 {{- end }}
 {{- toJson $picked | sha256sum }}
 {{- end }}
