@@ -27,6 +27,7 @@ fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u3
         max_per_client_ip: usize::MAX,
         unanswered_timeout: Duration::from_secs(5),
         default_route: None,
+        known: Arc::new(udp_director::model::KnownTargets::everywhere()),
     };
     let mut t = SessionTable::new(rules, Arc::new(Ledger::new()));
     let now = Instant::now();

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{Limits, ValidConfig};
-use crate::model::ClientNet;
+use crate::model::{ClientNet, KnownTargets};
 use crate::resolve::Resolver;
 use crate::resolve::kube::Watchers;
 use crate::session::Rules;
@@ -37,6 +37,9 @@ pub struct Generation {
     pub query: QueryPolicy,
     /// What TCP data-port token lines are admitted under.
     pub tcp: TcpLimits,
+    /// The targets tokens may name; one value shared by every generation (what this replica
+    /// allocated is remembered across reloads), refreshed when a cache changes.
+    pub known: Arc<KnownTargets>,
 }
 
 /// The query server's limits and the per-client-network rate limiter built from them (an
@@ -59,6 +62,17 @@ impl Generation {
             .as_ref()
             .and_then(|q| resolver.default_route(q))
             .map(Arc::new);
+        let known = match previous {
+            Some(p) => {
+                p.known.set_networks(config.target_networks.clone());
+                Arc::clone(&p.known)
+            }
+            None => Arc::new(KnownTargets::new(
+                config.target_networks.clone(),
+                config.token_policy.resume.max(config.token_policy.ttl),
+            )),
+        };
+        known.replace(resolver.known_addresses(), resolver.cache_generation());
         let rules = Rules {
             magic: config.magic.clone(),
             format: config.token_format,
@@ -67,6 +81,7 @@ impl Generation {
             max_per_client_ip: config.max_sessions_per_client_ip,
             unanswered_timeout: config.unanswered_timeout,
             default_route,
+            known: Arc::clone(&known),
         };
         let query = QueryPolicy::new(config.limits.clone(), previous.map(|p| &p.query));
         let tcp = TcpLimits {
@@ -81,6 +96,7 @@ impl Generation {
             rules,
             query,
             tcp,
+            known,
         }
     }
 }

@@ -142,6 +142,11 @@ pub struct Config {
     pub access_log: bool,
     #[serde(default)]
     pub resource_query_mapping: BTreeMap<String, Mapping>,
+    /// Networks (CIDRs) a token may name a target in besides the addresses its mapping
+    /// knows (static endpoints, watch caches, allocations by this replica), e.g. the game
+    /// servers' pod CIDR for allocating mappings resumed on other replicas.
+    #[serde(default)]
+    pub target_networks: Vec<String>,
 }
 
 /// Where sealed-token keys come from.
@@ -601,6 +606,7 @@ impl Config {
             default_endpoint: self.default_endpoint.clone(),
             grouping: crate::model::Grouping::new(self.limits.ipv6_prefix_length)
                 .unwrap_or_default(),
+            target_networks: self.target_networks()?,
             raw: self,
         })
     }
@@ -614,6 +620,22 @@ impl Config {
             )),
             other => Ok(other.clone()),
         }
+    }
+
+    /// `targetNetworks`, decoded.
+    fn target_networks(&self) -> Result<Vec<crate::model::Network>, ConfigError> {
+        self.target_networks
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                crate::model::Network::parse(text).ok_or_else(|| {
+                    invalid(
+                        format!("targetNetworks[{i}]"),
+                        format!("{text:?} is not a network; expected e.g. \"10.4.0.0/16\" or \"fd00::/8\""),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// `controlPacketMagicBytes`, decoded: hex of 1..=32 bytes.

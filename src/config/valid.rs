@@ -58,6 +58,8 @@ pub struct ValidConfig {
     pub default_endpoint: Option<crate::protocol::query::QueryRequest>,
     /// `limits.ipv6PrefixLength`: how every per-IP limit groups IPv6 clients.
     pub grouping: crate::model::Grouping,
+    /// `targetNetworks`: where tokens may name targets besides what their mapping knows.
+    pub target_networks: Vec<crate::model::Network>,
 }
 
 /// A data port and which port of the target its sessions go to.

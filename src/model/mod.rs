@@ -17,5 +17,5 @@ pub use reasons::{
     AllocationResult, CloseReason, DropReason, ErrorCode, Protocol, QueryClose, Refusal, Rejection,
     TcpClose, TcpRefusal,
 };
-pub use target::{Interner, Target, canonical};
+pub use target::{Interner, KnownTargets, Network, Target, canonical};
 pub use token::{ClientBinding, Grant, Policy, TokenFormat, TokenId, TokenKey, Use};

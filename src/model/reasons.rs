@@ -21,6 +21,9 @@ closed_labels! {
         UnknownKey => "unknown_key",
         /// Issued to another client IP (`tokenClientBinding: ip`).
         WrongClient => "wrong_client",
+        /// Names a target its mapping does not know (not a static endpoint, not in a watch
+        /// cache, not allocated here) and outside `targetNetworks`: a leaked or misused key.
+        UnknownTarget => "unknown_target",
     }
 }
 
@@ -74,6 +77,8 @@ closed_labels! {
         UnknownKey => "unknown_key",
         /// [`Rejection::WrongClient`].
         WrongClient => "wrong_client",
+        /// [`Rejection::UnknownTarget`].
+        UnknownTarget => "unknown_target",
         /// Starts with the control magic but no token follows (label kept from the wire
         /// contract, where it is called the control datagram).
         MalformedReset => "malformed_control",
@@ -114,6 +119,8 @@ closed_labels! {
         UnknownKey => "unknown_key",
         /// [`Rejection::WrongClient`].
         WrongClient => "wrong_client",
+        /// [`Rejection::UnknownTarget`].
+        UnknownTarget => "unknown_target",
         /// No complete token line within 5 s (slowloris included).
         LateToken => "late_token",
         /// A line too long for a token, or an empty one, or the client closed first.
@@ -232,6 +239,7 @@ impl From<Rejection> for DropReason {
             Rejection::Expired => DropReason::ExpiredToken,
             Rejection::UnknownKey => DropReason::UnknownKey,
             Rejection::WrongClient => DropReason::WrongClient,
+            Rejection::UnknownTarget => DropReason::UnknownTarget,
         }
     }
 }
@@ -253,6 +261,7 @@ impl From<Rejection> for TcpRefusal {
             Rejection::Expired => TcpRefusal::ExpiredToken,
             Rejection::UnknownKey => TcpRefusal::UnknownKey,
             Rejection::WrongClient => TcpRefusal::WrongClient,
+            Rejection::UnknownTarget => TcpRefusal::UnknownTarget,
         }
     }
 }
@@ -275,6 +284,7 @@ impl DropReason {
             DropReason::ExpiredToken => Some(Rejection::Expired),
             DropReason::UnknownKey => Some(Rejection::UnknownKey),
             DropReason::WrongClient => Some(Rejection::WrongClient),
+            DropReason::UnknownTarget => Some(Rejection::UnknownTarget),
             _ => None,
         }
     }

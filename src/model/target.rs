@@ -139,3 +139,202 @@ impl Interner {
         Some(self.share(Arc::new(target.on_data_port(index)?)))
     }
 }
+
+/// An IP network (`targetNetworks` entries): an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    /// Parses `10.0.0.0/8` or `fd00::/8` (a bare address is its own /32 or /128).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.trim().parse().ok()?, p.trim().parse().ok()?),
+            None => {
+                let a: std::net::IpAddr = text.trim().parse().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if matches!(addr, std::net::IpAddr::V4(_)) {
+            32
+        } else {
+            128
+        };
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The addresses a sealed or uuid token may name (SPEC hardening: a token — or a leaked key —
+/// must not open a relay to any address of the pod network): what each mapping currently
+/// knows (static endpoints, watch caches; replaced whole when a cache changes), what this
+/// replica allocated recently, and `targetNetworks`. One lookup per open, none per datagram.
+pub struct KnownTargets {
+    /// `targetNetworks` (replaced on reload).
+    networks: arc_swap::ArcSwap<Vec<Network>>,
+    /// Mapping → every address its targets have, on every data port.
+    known:
+        arc_swap::ArcSwap<std::collections::HashMap<String, std::collections::HashSet<SocketAddr>>>,
+    /// Targets this replica handed out tokens for (allocations included: allocating
+    /// mappings keep no cache), for as long as a token naming them can be used.
+    allocated: moka::sync::Cache<(String, SocketAddr), ()>,
+    /// The cache generation `known` was built at.
+    built_at: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for KnownTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnownTargets")
+            .field("networks", &self.networks.load())
+            .field("mappings", &self.known.load().len())
+            .field("allocated", &self.allocated.entry_count())
+            .finish()
+    }
+}
+
+impl KnownTargets {
+    /// Allocated targets are remembered for `remember` (the longest a token can be used).
+    pub fn new(networks: Vec<Network>, remember: std::time::Duration) -> Self {
+        Self {
+            networks: arc_swap::ArcSwap::from_pointee(networks),
+            known: arc_swap::ArcSwap::from_pointee(Default::default()),
+            allocated: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(remember)
+                .build(),
+            built_at: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Every address (tests and benchmarks that are not about this check).
+    pub fn everywhere() -> Self {
+        let all = ["0.0.0.0/0", "::/0"]
+            .iter()
+            .filter_map(|n| Network::parse(n));
+        Self::new(all.collect(), std::time::Duration::from_secs(1))
+    }
+
+    /// `targetNetworks` from a reloaded config.
+    pub fn set_networks(&self, networks: Vec<Network>) {
+        self.networks.store(std::sync::Arc::new(networks));
+    }
+
+    /// Whether a token may open a session to `target`.
+    pub fn knows(&self, target: &Target) -> bool {
+        self.networks
+            .load()
+            .iter()
+            .any(|n| n.contains(target.addr.ip()))
+            || self
+                .known
+                .load()
+                .get(&target.mapping)
+                .is_some_and(|addrs| addrs.contains(&target.addr))
+            || self
+                .allocated
+                .contains_key(&(target.mapping.clone(), target.addr))
+    }
+
+    /// Replaces what the mappings know, built at cache generation `generation`.
+    pub fn replace(
+        &self,
+        known: std::collections::HashMap<String, std::collections::HashSet<SocketAddr>>,
+        generation: u64,
+    ) {
+        self.known.store(std::sync::Arc::new(known));
+        self.built_at
+            .store(generation, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The cache generation the known addresses were built at (`u64::MAX`: never).
+    pub fn built_at(&self) -> u64 {
+        self.built_at.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Remembers a target this replica handed a token out for (resolved or allocated): its
+    /// address on every data port. A token opens at once even before the next refresh of
+    /// the caches' addresses.
+    pub fn learn(&self, target: &Target) {
+        self.allocated
+            .insert((target.mapping.clone(), target.addr), ());
+        for port in target.extra_ports.iter() {
+            let addr = SocketAddr::new(target.addr.ip(), *port);
+            self.allocated.insert((target.mapping.clone(), addr), ());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_parse_and_contain() {
+        let n = Network::parse("10.4.0.0/16").unwrap();
+        assert!(n.contains("10.4.9.9".parse().unwrap()));
+        assert!(!n.contains("10.5.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.4.0.1".parse().unwrap()), "v4-mapped");
+        let v6 = Network::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.4.0.1".parse().unwrap()));
+        assert_eq!(Network::parse("10.0.0.1").unwrap().prefix, 32);
+        assert!(Network::parse("10.0.0.0/33").is_none() && Network::parse("x/8").is_none());
+        assert!(
+            Network::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_target_is_known_by_its_mapping_a_network_or_an_allocation() {
+        let at = |s: &str| Target::new("gs", "ns", "a", s.parse().unwrap());
+        let k = KnownTargets::new(
+            vec![Network::parse("192.168.0.0/24").unwrap()],
+            std::time::Duration::from_secs(60),
+        );
+        assert!(!k.knows(&at("10.0.0.1:7000")));
+        assert!(k.knows(&at("192.168.0.9:7000")), "targetNetworks");
+        let mut known = std::collections::HashMap::new();
+        known.insert(
+            "gs".to_string(),
+            std::collections::HashSet::from(["10.0.0.1:7000".parse().unwrap()]),
+        );
+        k.replace(known, 3);
+        assert!(k.knows(&at("10.0.0.1:7000")));
+        assert!(!k.knows(&at("10.0.0.1:7001")), "another port");
+        assert!(
+            !k.knows(&Target::new(
+                "other",
+                "ns",
+                "a",
+                "10.0.0.1:7000".parse().unwrap()
+            )),
+            "another mapping's address"
+        );
+        let allocated = at("10.0.0.2:7000").with_extra_ports(&[7100]);
+        k.learn(&allocated);
+        assert!(k.knows(&allocated));
+        assert!(k.knows(&at("10.0.0.2:7100")), "its other data ports too");
+        assert_eq!(k.built_at(), 3);
+    }
+}

@@ -442,10 +442,10 @@ impl Allocation {
                 }),
             ),
             Err((result, e)) => {
-                if result == AllocationResult::Unusable {
-                    if let Some(suppressed) = WARNINGS.allow(tokio::time::Instant::now()) {
-                        tracing::warn!(mapping = %self.mapping, error = %e.message, suppressed, "allocated GameServer is unusable");
-                    }
+                if result == AllocationResult::Unusable
+                    && let Some(suppressed) = WARNINGS.allow(tokio::time::Instant::now())
+                {
+                    tracing::warn!(mapping = %self.mapping, error = %e.message, suppressed, "allocated GameServer is unusable");
                 }
                 (result, Err(e))
             }

@@ -13,7 +13,7 @@ pub mod lean;
 pub mod route;
 pub mod select;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -283,6 +283,59 @@ impl Resolver {
         };
         route.recompute(self);
         Some(route)
+    }
+
+    /// Every address each mapping's targets have now, on every data port: static endpoints
+    /// and the objects of its watch caches (allocating mappings keep none: what this replica
+    /// allocates is learned as it happens). What tokens may name (`model::KnownTargets`).
+    pub fn known_addresses(&self) -> HashMap<String, HashSet<SocketAddr>> {
+        let with_ports = |set: &mut HashSet<SocketAddr>, addr: SocketAddr, extra: &[u16]| {
+            set.insert(addr);
+            set.extend(extra.iter().map(|p| SocketAddr::new(addr.ip(), *p)));
+        };
+        let mut out = HashMap::new();
+        for (name, m) in &self.mappings {
+            let mut set = HashSet::new();
+            match &m.source {
+                Source::Static(candidates) => {
+                    for c in candidates {
+                        if let Some(addr) = c.addr {
+                            with_ports(&mut set, addr, &c.extra_ports);
+                        }
+                    }
+                }
+                Source::Allocate { .. } => {}
+                Source::Kube { caches, address } => {
+                    for (namespace, cache) in caches {
+                        let services = match address {
+                            AddressRule::Service { services, .. } => services
+                                .get(namespace)
+                                .map(kube::Watched::objects)
+                                .unwrap_or_default(),
+                            AddressRule::Direct => Vec::new(),
+                        };
+                        for o in cache.objects() {
+                            let found = match address {
+                                AddressRule::Direct => o.addr.map(|a| (a, o.extra_ports.to_vec())),
+                                AddressRule::Service {
+                                    label,
+                                    port_name,
+                                    ports,
+                                    ..
+                                } => kube::service_ports(
+                                    &o.labels, label, port_name, ports, &services,
+                                ),
+                            };
+                            if let Some((addr, extra)) = found {
+                                with_ports(&mut set, addr, &extra);
+                            }
+                        }
+                    }
+                }
+            }
+            out.insert(name.clone(), set);
+        }
+        out
     }
 
     /// Sum of the change counters of every cache behind this resolver: moves whenever any of

@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Decision, DropReason, Origin, Output, SessionId, SessionTable, SocketId};
-use crate::model::{Grant, Refusal, TokenFormat, Use};
+use crate::model::{Grant, KnownTargets, Refusal, Rejection, TokenFormat, Use};
 use crate::protocol::datagram::{Datagram, classify};
 use crate::resolve::DefaultRoute;
 use crate::token::Redeem;
@@ -62,6 +62,8 @@ pub struct Rules {
     pub unanswered_timeout: Duration,
     /// Where tokenless newcomers go (`defaultEndpoint`), precomputed off the data path.
     pub default_route: Option<Arc<DefaultRoute>>,
+    /// The targets a token may name (its mapping's addresses, `targetNetworks`).
+    pub known: Arc<KnownTargets>,
 }
 
 impl SessionTable {
@@ -109,6 +111,25 @@ impl SessionTable {
         });
     }
 
+    /// Redeems a token and checks its target is one its mapping knows (one lookup per
+    /// redeem, none per datagram): a token naming any other address is refused as
+    /// `unknown_target`, whatever key sealed it.
+    fn redeem(
+        &self,
+        tokens: &dyn Redeem,
+        token: &[u8],
+        client: SocketAddr,
+        how: Use,
+        now: Instant,
+    ) -> Result<Grant, Rejection> {
+        let grant = tokens.redeem(token, client.ip(), how, now)?;
+        if self.rules.known.knows(&grant.target) {
+            Ok(grant)
+        } else {
+            Err(Rejection::UnknownTarget)
+        }
+    }
+
     #[inline]
     fn judge_client(
         &mut self,
@@ -139,11 +160,11 @@ impl SessionTable {
     ) -> Decision {
         match kind {
             Datagram::Data => self.forward(id, len, now),
-            Datagram::Token(token) => match tokens.redeem(token, client.ip(), Use::Open, now) {
+            Datagram::Token(token) => match self.redeem(tokens, token, client, Use::Open, now) {
                 Ok(grant) => self.reset_to(id, grant, now),
                 Err(_) => self.forward(id, len, now),
             },
-            Datagram::Reset(token) => match tokens.redeem(token, client.ip(), Use::Resume, now) {
+            Datagram::Reset(token) => match self.redeem(tokens, token, client, Use::Resume, now) {
                 Ok(grant) => self.reset_to(id, grant, now),
                 Err(r) => Decision::Drop(r.into()),
             },
@@ -164,12 +185,12 @@ impl SessionTable {
         }
         match kind {
             // A reset is never forwarded, not even to a default endpoint (SPEC §3).
-            Datagram::Reset(token) => match tokens.redeem(token, client.ip(), Use::Resume, now) {
+            Datagram::Reset(token) => match self.redeem(tokens, token, client, Use::Resume, now) {
                 Ok(grant) => self.open_redeemed(client, grant, now),
                 Err(r) => Decision::Drop(r.into()),
             },
             Datagram::MalformedReset => Decision::Drop(DropReason::MalformedReset),
-            Datagram::Token(token) => match tokens.redeem(token, client.ip(), Use::Open, now) {
+            Datagram::Token(token) => match self.redeem(tokens, token, client, Use::Open, now) {
                 Ok(grant) => self.open_redeemed(client, grant, now),
                 Err(r) if self.rules.default_route.is_none() => Decision::Drop(r.into()),
                 // Token-shaped game traffic from a tokenless client.

@@ -128,8 +128,9 @@ pub enum Output {
     },
     /// Close the upstream socket of slot `socket`: it carries no session any more.
     CloseSocket(SocketId),
-    /// A session ended: count and log it.
-    Closed(Closed),
+    /// A session ended: count and log it. Boxed: rare, and the queue's entries stay the size
+    /// of a datagram's verdict.
+    Closed(Box<Closed>),
     /// Wake worker `n`: it holds a session displaced by a decision here.
     Wake(u16),
 }
@@ -550,14 +551,14 @@ impl SessionTable {
                 },
             );
         }
-        self.out.push(Output::Closed(Closed {
+        self.out.push(Output::Closed(Box::new(Closed {
             client: s.client,
             target: s.target,
             reason,
             stats: s.stats,
             duration: now.saturating_duration_since(s.created),
             default_endpoint: s.origin == Origin::DefaultEndpoint,
-        }));
+        })));
         self.debug_check();
         true
     }
@@ -879,6 +880,14 @@ impl SessionTable {
         out.extend(self.out.drain(..));
     }
 
+    /// Hands the shell the queue itself, in exchange for `spare` (empty; its capacity is
+    /// reused for the next outputs): no output is copied on the way out.
+    #[inline]
+    pub fn swap_outputs(&mut self, spare: &mut Vec<Output>) {
+        debug_assert!(spare.is_empty(), "the spare queue is empty");
+        std::mem::swap(&mut self.out, spare);
+    }
+
     /// Closes the sessions other workers displaced from this one (their tokens now open a
     /// session there).
     pub fn close_displaced(&mut self, now: Instant) {
@@ -1039,7 +1048,7 @@ impl SessionTable {
     pub fn take_effects(&mut self, closed: &mut Vec<Closed>, wake: &mut Vec<u16>) {
         for output in self.out.drain(..) {
             match output {
-                Output::Closed(c) => closed.push(c),
+                Output::Closed(c) => closed.push(*c),
                 Output::Wake(w) => wake.push(w),
                 _ => {}
             }

@@ -246,6 +246,8 @@ impl Sim {
             max_per_client_ip: PER_IP,
             unanswered_timeout: UNANSWERED,
             default_route,
+            // Every token here names one of the eight targets; tests.rs covers the refusal.
+            known: Arc::new(crate::model::KnownTargets::everywhere()),
         };
         Ok(Self {
             table: SessionTable::new(rules, Arc::clone(&ledger)),

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::ledger::{Ledger, Seat};
-use crate::model::{ClientNet, Grouping, Target, TcpRefusal, TokenKey, Use};
+use crate::model::{ClientNet, Grouping, KnownTargets, Target, TcpRefusal, TokenKey, Use};
 use crate::protocol::proxy::{MAX_HEADER, Transport, write_header_for};
 use crate::token::{PortTokens, Redeem, Tokens};
 use crate::util::bounded::Bounded;
@@ -47,6 +47,8 @@ pub struct TcpLimits {
 
 /// One TCP data port: how its tokens redeem, and which connection holds each token.
 pub struct TcpPort {
+    /// The targets a token may name.
+    known: Arc<KnownTargets>,
     /// How pending lines are counted per client network (`limits.ipv6PrefixLength`).
     grouping: Grouping,
     tokens: PortTokens,
@@ -108,9 +110,16 @@ impl TcpPort {
     /// Data port `index` of `dataPorts` (a token's port for it).
     /// Data port `index` of `dataPorts`; its pending lines are counted per client network
     /// as `grouping` says (the ledger's, so every per-IP limit agrees).
-    pub fn new(tokens: Arc<Tokens>, index: usize, grouping: Grouping) -> Self {
+    /// `known`: the targets tokens may name (shared with the UDP tables).
+    pub fn new(
+        tokens: Arc<Tokens>,
+        index: usize,
+        grouping: Grouping,
+        known: Arc<KnownTargets>,
+    ) -> Self {
         Self {
             grouping,
+            known,
             tokens: PortTokens::new(tokens, index),
             holders: DashMap::with_hasher(Default::default()),
             next: AtomicU64::new(0),
@@ -173,6 +182,9 @@ impl TcpPort {
         now: Instant,
     ) -> Result<TcpOpen<'a>, TcpRefusal> {
         let grant = self.tokens.redeem(token, peer.ip(), Use::Open, now)?;
+        if !self.known.knows(&grant.target) {
+            return Err(TcpRefusal::UnknownTarget);
+        }
         let seat = ledger.admit(peer.ip(), limits.max_sessions, limits.max_per_client_ip)?;
         let header = grant.target.proxy.then(|| {
             let mut out = Vec::with_capacity(MAX_HEADER);
@@ -258,7 +270,12 @@ mod tests {
             })
             .collect();
         (
-            TcpPort::new(Arc::new(store), 1, Grouping::DEFAULT),
+            TcpPort::new(
+                Arc::new(store),
+                1,
+                Grouping::DEFAULT,
+                Arc::new(KnownTargets::everywhere()),
+            ),
             wires,
             now,
         )

@@ -17,6 +17,7 @@ fn rules(timeout: Duration, cap: usize) -> Rules {
         // Most tests here are about idle timeouts; unanswered ones have their own.
         unanswered_timeout: Duration::from_secs(100_000),
         default_route: None,
+        known: Arc::new(crate::model::KnownTargets::everywhere()),
     }
 }
 
@@ -711,4 +712,56 @@ fn per_session_structures_start_above_the_thread_cache() {
         assert!(*b > TCACHE_MAX, "structure {i} starts at {b} bytes");
     }
     assert!(t.capacity_hint() < 64 * 1024, "the floor stays small");
+}
+
+#[test]
+fn the_output_queue_holds_verdicts_not_reports() {
+    // Every datagram's verdict passes through the queue: its entries stay the size of a
+    // verdict (a closed session's report is boxed).
+    let size = std::mem::size_of::<Output>();
+    assert!(size <= 80, "Output is {size} bytes");
+}
+
+#[test]
+fn a_token_naming_a_target_its_mapping_does_not_know_opens_nothing() {
+    let (mut t, l) = table(10);
+    let known = Arc::new(crate::model::KnownTargets::new(
+        Vec::new(),
+        Duration::from_secs(60),
+    ));
+    let mut addrs = std::collections::HashMap::new();
+    addrs.insert(
+        "echo".to_string(),
+        std::collections::HashSet::from([target(9001).addr]),
+    );
+    known.replace(addrs, 0);
+    let mut r = rules(TIMEOUT, 10);
+    r.known = Arc::clone(&known);
+    t.set_rules(r);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    let stranger = token_for(&tokens, 9999, now);
+    assert_eq!(
+        send(&mut t, &tokens, 1, &stranger, now),
+        Decision::Drop(DropReason::UnknownTarget)
+    );
+    assert_eq!(
+        send(&mut t, &tokens, 1, &[MAGIC, &stranger[..]].concat(), now),
+        Decision::Drop(DropReason::UnknownTarget)
+    );
+    assert_eq!(l.active(), 0, "nothing opened");
+    // A known one opens; a reset towards the unknown one keeps the session where it is.
+    let ok = token_for(&tokens, 9001, now);
+    assert!(matches!(
+        send(&mut t, &tokens, 1, &ok, now),
+        Decision::Open { .. }
+    ));
+    assert_eq!(
+        send(&mut t, &tokens, 1, &[MAGIC, &stranger[..]].concat(), now),
+        Decision::Drop(DropReason::UnknownTarget)
+    );
+    assert_eq!(
+        t.describe(t.lookup(&client(1)).unwrap()).unwrap().1.addr,
+        target(9001).addr
+    );
 }

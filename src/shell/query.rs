@@ -206,6 +206,8 @@ impl QueryContext {
                 })??
             }
         };
+        // The data plane opens sessions only to targets it knows: this one, at once.
+        generation.known.learn(&resolved.target);
         let target = Arc::clone(&resolved.target);
         let config = &generation.config;
         let issued = self

@@ -188,6 +188,13 @@ pub async fn refresh_default_route(live: Arc<Live>, mut shutdown: watch::Receive
         if let Some(route) = &generation.rules.default_route {
             route.refresh(&generation.resolver);
         }
+        // The addresses tokens may name follow the caches too.
+        let caches = generation.resolver.cache_generation();
+        if generation.known.built_at() != caches {
+            generation
+                .known
+                .replace(generation.resolver.known_addresses(), caches);
+        }
     }
 }
 

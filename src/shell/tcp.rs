@@ -50,6 +50,7 @@ impl TcpPort {
                 Arc::clone(&shared.tokens),
                 index,
                 shared.ledger.grouping(),
+                Arc::clone(&shared.settings.load().known),
             ),
             shared,
         }

@@ -74,8 +74,8 @@ pub(crate) struct Worker {
     udp: quinn_udp::UdpSocketState,
     counts: Counts,
     flusher: Flusher,
-    /// The table's outputs being carried out.
-    outputs: std::collections::VecDeque<Output>,
+    /// The spare output queue, swapped with the table's when its outputs are carried out.
+    outputs: Vec<Output>,
     /// Access-log lines of default-endpoint sessions: at most 10 per 10 s per worker.
     default_access: crate::util::logbudget::LogBudget,
     /// Where each datagram of the batch being judged lies in `rx` (its handle is the index).
@@ -132,7 +132,7 @@ impl Worker {
                 (&std::net::UdpSocket::bind("127.0.0.1:0")?).into(),
             )?,
             counts: Counts::default(),
-            outputs: std::collections::VecDeque::with_capacity(floor::<Output>()),
+            outputs: Vec::with_capacity(floor::<Output>()),
             spans: Vec::with_capacity(BATCH),
             default_access: crate::util::logbudget::LogBudget::new(10, Duration::from_secs(10)),
             again: Vec::new(),
@@ -311,52 +311,62 @@ impl Worker {
 
     /// Carries out everything the table has queued, in order; `rx` holds the datagrams of the
     /// batch just judged (empty when none was). A socket that cannot be opened goes back to
-    /// the table as an input, and what the table answers is carried out next, before the rest
-    /// (a retried open comes before the datagrams that need its socket).
+    /// the table as an input, and what the table answers is carried out at once, before the
+    /// rest (a retried open comes before the datagrams that need its socket).
     fn carry_out(&mut self, rx: &[u8], now: Instant) {
-        let mut queue = std::mem::take(&mut self.outputs);
-        self.table.take_outputs(&mut queue);
-        while let Some(output) = queue.pop_front() {
-            match output {
-                Output::Datagram { datagram, decision } => {
-                    let bytes = self
-                        .spans
-                        .get(datagram as usize)
-                        .and_then(|&(a, b)| rx.get(a..b))
-                        .unwrap_or_default();
-                    self.carry_out_decision(decision, bytes);
-                }
-                Output::OpenSocket { socket, session } => {
-                    let opened =
-                        self.upstreams
-                            .open(socket, self.poll.registry(), &self.shared.upstreams);
-                    if let Err(e) = opened {
-                        tracing::debug!(worker = self.index, error = %e, "cannot open upstream socket");
-                        self.counts.dropped(DropReason::UpstreamSocket);
-                        self.table.on_socket_failed(socket, session, now);
-                        // Rare (descriptors exhausted): a small vector is fine here.
-                        let mut answered = Vec::new();
-                        self.table.take_outputs(&mut answered);
-                        for first in answered.into_iter().rev() {
-                            queue.push_front(first);
-                        }
-                    }
-                }
-                Output::CloseSocket(socket) => self.close_socket(socket),
-                Output::Closed(closed) => self.finish_closed(&closed, now),
-                Output::Wake(worker) => {
-                    if let Some(waker) = self
-                        .shared
-                        .wakers
-                        .get()
-                        .and_then(|w| w.get(usize::from(worker)))
-                    {
-                        let _ = waker.wake();
+        let mut out = std::mem::take(&mut self.outputs);
+        loop {
+            self.table.swap_outputs(&mut out);
+            if out.is_empty() {
+                break;
+            }
+            for output in out.drain(..) {
+                self.carry_out_one(output, rx, now);
+            }
+        }
+        self.outputs = out;
+    }
+
+    #[inline]
+    fn carry_out_one(&mut self, output: Output, rx: &[u8], now: Instant) {
+        match output {
+            Output::Datagram { datagram, decision } => {
+                let bytes = self
+                    .spans
+                    .get(datagram as usize)
+                    .and_then(|&(a, b)| rx.get(a..b))
+                    .unwrap_or_default();
+                self.carry_out_decision(decision, bytes);
+            }
+            Output::OpenSocket { socket, session } => {
+                let opened =
+                    self.upstreams
+                        .open(socket, self.poll.registry(), &self.shared.upstreams);
+                if let Err(e) = opened {
+                    tracing::debug!(worker = self.index, error = %e, "cannot open upstream socket");
+                    self.counts.dropped(DropReason::UpstreamSocket);
+                    self.table.on_socket_failed(socket, session, now);
+                    // Rare (descriptors exhausted): a small vector of its own is fine here.
+                    let mut answer = Vec::new();
+                    self.table.swap_outputs(&mut answer);
+                    for first in answer {
+                        self.carry_out_one(first, rx, now);
                     }
                 }
             }
+            Output::CloseSocket(socket) => self.close_socket(socket),
+            Output::Closed(closed) => self.finish_closed(&closed, now),
+            Output::Wake(worker) => {
+                if let Some(waker) = self
+                    .shared
+                    .wakers
+                    .get()
+                    .and_then(|w| w.get(usize::from(worker)))
+                {
+                    let _ = waker.wake();
+                }
+            }
         }
-        self.outputs = queue;
     }
 
     /// Does what the table decided for one datagram.
