@@ -314,31 +314,36 @@ impl Worker {
     /// the table as an input, and what the table answers is carried out at once, before the
     /// rest (a retried open comes before the datagrams that need its socket).
     fn carry_out(&mut self, rx: &[u8], now: Instant) {
+        if !self.table.has_outputs() {
+            return;
+        }
         let mut out = std::mem::take(&mut self.outputs);
         loop {
             self.table.swap_outputs(&mut out);
             if out.is_empty() {
                 break;
             }
-            for output in out.drain(..) {
+            // By reference: an entry is read where it lies, then all are dropped at once.
+            for output in &out {
                 self.carry_out_one(output, rx, now);
             }
+            out.clear();
         }
         self.outputs = out;
     }
 
     #[inline]
-    fn carry_out_one(&mut self, output: Output, rx: &[u8], now: Instant) {
+    fn carry_out_one(&mut self, output: &Output, rx: &[u8], now: Instant) {
         match output {
             Output::Datagram { datagram, decision } => {
                 let bytes = self
                     .spans
-                    .get(datagram as usize)
+                    .get(*datagram as usize)
                     .and_then(|&(a, b)| rx.get(a..b))
                     .unwrap_or_default();
                 self.carry_out_decision(decision, bytes);
             }
-            Output::OpenSocket { socket, session } => {
+            &Output::OpenSocket { socket, session } => {
                 let opened =
                     self.upstreams
                         .open(socket, self.poll.registry(), &self.shared.upstreams);
@@ -349,14 +354,14 @@ impl Worker {
                     // Rare (descriptors exhausted): a small vector of its own is fine here.
                     let mut answer = Vec::new();
                     self.table.swap_outputs(&mut answer);
-                    for first in answer {
+                    for first in &answer {
                         self.carry_out_one(first, rx, now);
                     }
                 }
             }
-            Output::CloseSocket(socket) => self.close_socket(socket),
-            Output::Closed(closed) => self.finish_closed(&closed, now),
-            Output::Wake(worker) => {
+            &Output::CloseSocket(socket) => self.close_socket(socket),
+            Output::Closed(closed) => self.finish_closed(closed, now),
+            &Output::Wake(worker) => {
                 if let Some(waker) = self
                     .shared
                     .wakers
@@ -371,11 +376,11 @@ impl Worker {
 
     /// Does what the table decided for one datagram.
     #[inline]
-    fn carry_out_decision(&mut self, decision: Decision, datagram: &[u8]) {
-        self.counts.decided(&decision);
+    fn carry_out_decision(&mut self, decision: &Decision, datagram: &[u8]) {
+        self.counts.decided(decision);
         match decision {
-            Decision::Forward(to) => self.send_to_target(&to, datagram),
-            Decision::Deliver { client } => match self.data.send_to(datagram, client) {
+            Decision::Forward(to) => self.send_to_target(to, datagram),
+            &Decision::Deliver { client } => match self.data.send_to(datagram, client) {
                 Ok(_) => {
                     self.counts.datagrams_to_client += 1;
                     self.counts.bytes_to_client += datagram.len() as u64;
@@ -388,7 +393,7 @@ impl Worker {
             Decision::Open {
                 first: Some(first), ..
             } if self.upstreams.get(first.socket).is_some() => {
-                self.send_to_target(&first, datagram);
+                self.send_to_target(first, datagram);
             }
             Decision::Open { .. }
             | Decision::Reset { .. }
