@@ -21,7 +21,7 @@ use crate::resolve::kube::Watchers;
 use crate::session::Ledger;
 use crate::settings::{Generation, Settings};
 use crate::shell::admin::{self, Readiness};
-use crate::shell::listen::{BindError, bind_std_stream, bind_stream, local, local_std};
+use crate::shell::listen::{BindError, bind_std_stream, bind_stream, local};
 use crate::shell::query::{self as query_server, QueryContext};
 use crate::shell::reload::{self, ConfigSource, Live};
 use crate::shell::udp::{DataPlane, DataShared, FdBudget};
@@ -128,8 +128,8 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         Arc::clone(&metrics),
     ));
     let (data, fds) = start_data_plane(&data_ports, workers, buffer_bytes, reuse_port, &shared)?;
-    let query_addr = local(&listeners.query, "query", query_at)?;
-    let admin_addr = local_std(&listeners.admin, "admin", admin_at)?;
+    let query_addr = local(listeners.query.local_addr(), "query", query_at)?;
+    let admin_addr = local(listeners.admin.local_addr(), "admin", admin_at)?;
     let live = Arc::new(Live::new(
         Arc::clone(&settings),
         options.overrides,
@@ -145,7 +145,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     });
     let mut tcp_addrs = Vec::with_capacity(listeners.tcp_data.len());
     for (_, l) in &listeners.tcp_data {
-        tcp_addrs.push(local(l, "TCP data", query_at)?);
+        tcp_addrs.push(local(l.local_addr(), "TCP data", query_at)?);
     }
     let (mut tasks, admin) = serve(
         listeners,

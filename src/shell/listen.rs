@@ -61,26 +61,13 @@ pub(crate) fn bind_std_stream(
     bind().map_err(|source| BindError { what, addr, source })
 }
 
-/// The address a listener got (port 0: the OS's choice).
+/// The address a listener got (port 0: the OS's choice), from its `local_addr()`.
 pub(crate) fn local(
-    listener: &TcpListener,
+    got: std::io::Result<SocketAddr>,
     what: &'static str,
     addr: SocketAddr,
 ) -> Result<SocketAddr, BindError> {
-    listener
-        .local_addr()
-        .map_err(|source| BindError { what, addr, source })
-}
-
-/// [`local`] for a listener not yet tied to a runtime.
-pub(crate) fn local_std(
-    listener: &std::net::TcpListener,
-    what: &'static str,
-    addr: SocketAddr,
-) -> Result<SocketAddr, BindError> {
-    listener
-        .local_addr()
-        .map_err(|source| BindError { what, addr, source })
+    got.map_err(|source| BindError { what, addr, source })
 }
 
 /// One `accept`; on an error (EMFILE and friends) logs it and backs off 50 ms instead of
