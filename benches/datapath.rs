@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the per-datagram decisions (no sockets): the table's whole decision
 //! for a client datagram of a live session (classify, lookup, touch) and for a reply from a
-//! target, and datagram classification alone.
+//! target, datagram classification alone, and proof of address: a token that needs proof
+//! (the CHALLENGE decision), a whole handover (challenge, then the RESPONSE that moves the
+//! session), and a PING.
 //!
 //!     cargo bench --bench datapath
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::time::Instant;
-use udp_director::model::{Target, TokenFormat};
+use udp_director::model::{ClientBinding, Policy, Target, TokenFormat};
 use udp_director::protocol::datagram::classify;
 use udp_director::session::{Ledger, Rules, SessionTable};
 use udp_director::token::TokenStore;
@@ -28,6 +30,13 @@ fn table(sessions: u32, targets: u16) -> (SessionTable, Vec<SocketAddr>, Vec<(u3
         unanswered_timeout: Duration::from_secs(5),
         default_route: None,
         known: Arc::new(udp_director::model::KnownTargets::everywhere()),
+        proofs: Arc::new(udp_director::session::Proofs::new(
+            b"a test secret, thirty-two bytes.",
+            Instant::now(),
+            2_000,
+            5_000,
+        )),
+        amplification: 3,
     };
     let mut t = SessionTable::new(rules, Arc::new(Ledger::new()));
     let now = Instant::now();
@@ -100,5 +109,88 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// Proof-of-address decisions. The clock moves a second per iteration so the budgets (10 a
+/// second per client network) never refuse: what is measured is the decision that sends.
+fn proofs(c: &mut Criterion) {
+    let (mut t, _, _) = table(1_000, 10);
+    let tokens = TokenStore::new(1_000);
+    let start = Instant::now();
+    let policy = Policy {
+        ttl: Duration::from_secs(30 * 24 * 3600),
+        resume: Duration::from_secs(30 * 24 * 3600),
+        single_use: false,
+        binding: ClientBinding::Ip,
+    };
+    let target = Arc::new(Target::new(
+        "b",
+        "ns",
+        "t0",
+        SocketAddr::from(([10, 0, 0, 1], 7000)),
+    ));
+    let home = SocketAddr::from(([127, 9, 0, 1], 40_000));
+    let wire = tokens.issue(target, home.ip(), start, policy).to_wire();
+    let token = wire.as_bytes();
+    let mut out = Vec::with_capacity(64);
+    t.on_client_datagram(0, home, token, start, &tokens);
+    t.take_outputs(&mut out);
+    out.clear();
+    let nonce_of = |out: &[udp_director::session::Output]| {
+        out.iter().find_map(|o| match o {
+            udp_director::session::Output::Datagram {
+                decision: udp_director::session::Decision::Challenge { nonce, .. },
+                ..
+            } => Some(*nonce),
+            _ => None,
+        })
+    };
+    // The token from another port of its IP: the session lives at `home`, so it is challenged.
+    let mut second = 0u64;
+    c.bench_function("proof/challenge", |b| {
+        b.iter(|| {
+            second += 1;
+            let now = start + Duration::from_secs(second);
+            let port = 1_024 + (second % 30_000) as u16;
+            let from = SocketAddr::from(([127, 9, 0, 1], port));
+            t.on_client_datagram(0, black_box(from), black_box(token), now, &tokens);
+            t.take_outputs(&mut out);
+            black_box(&out);
+            out.clear();
+        })
+    });
+    // A whole handover between two addresses: the token from the other one (challenged),
+    // then its RESPONSE (the session moves there).
+    let magic = MAGIC;
+    let mut at = [home, SocketAddr::from(([127, 9, 0, 1], 50_000))];
+    c.bench_function("proof/handover", |b| {
+        b.iter(|| {
+            second += 1;
+            let now = start + Duration::from_secs(second);
+            let to = at[1];
+            t.on_client_datagram(0, to, token, now, &tokens);
+            t.take_outputs(&mut out);
+            let nonce = nonce_of(&out).unwrap_or_default();
+            out.clear();
+            let response = [magic, &[2], &nonce, token].concat();
+            t.on_client_datagram(0, to, black_box(&response), now, &tokens);
+            t.take_outputs(&mut out);
+            black_box(&out);
+            out.clear();
+            at.swap(0, 1);
+        })
+    });
+    let ping = [MAGIC, &[3], b"abcdefgh", &[0u8; 16]].concat();
+    c.bench_function("proof/ping", |b| {
+        b.iter(|| {
+            second += 1;
+            let now = start + Duration::from_secs(second);
+            let from = SocketAddr::from(([127, 10, 0, 1], 1_024 + (second % 30_000) as u16));
+            t.on_client_datagram(0, black_box(from), black_box(&ping), now, &tokens);
+            t.take_outputs(&mut out);
+            black_box(&out);
+            out.clear();
+        })
+    });
+}
+
+criterion_group!(benches, bench, proofs);
 criterion_main!(benches);

@@ -1,5 +1,7 @@
-//! A game client's loop on the client library (`udp-director-client`): query, open, play,
-//! keep the session alive with the resume rule, and move to another server.
+//! A game client's loop on the client library (`udp-director-client`): measure the regions
+//! (PING), query, open on the nearest, play, keep the session alive with the resume rule,
+//! move to another server, and carry on from a new address (a phone moving from Wi-Fi to
+//! cellular: proof of address, no new query).
 //!
 //!     cargo run --release -- --config config.example.yaml          # terminal 1 (director)
 //!     cargo run --release --example echo_servers                   # terminal 2 (game servers)
@@ -8,7 +10,7 @@
 //! Arguments (all optional): QUERY_ADDR DATA_ADDR RESOURCE_TYPE [SECOND_DATA_ADDR], default
 //! 127.0.0.1:9000 127.0.0.1:7777 echo (a second data port only with `dataPorts`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -32,8 +34,17 @@ fn main() -> anyhow::Result<()> {
         first.token, first.target.namespace, first.target.name, first.resume_seconds
     );
 
-    // 2. OPEN and play: the token is the first datagram; everything after it is proxied.
-    let mut session = Session::open(data, &first)?;
+    // 2. OPEN on the nearest region and play. With several director addresses (one per
+    //    region, or replicas with their own addresses) `open_any` PINGs each, opens on the
+    //    lowest RTT and fails over to the next after 3 s of silence. The token is the first
+    //    datagram; everything after it is proxied.
+    let regions = [data];
+    let mut session = Session::open_any(&regions, &first, Default::default())?;
+    session.ping()?;
+    let _ = session.recv_timeout(&mut [0u8; 64], Duration::from_millis(100))?;
+    for (addr, rtt) in session.directors() {
+        println!("PING    -> {addr}: rtt {rtt:?}");
+    }
     let mut buf = [0u8; 65_536];
     let mut heard = 0;
     let started = Instant::now();
@@ -79,6 +90,33 @@ fn main() -> anyhow::Result<()> {
             second.target.name,
             String::from_utf8_lossy(&buf[..n])
         );
+    }
+
+    // 4. HANDOVER: the phone leaves Wi-Fi for cellular: a new local address (here another
+    //    loopback address when the director is local, else a new port). `rebind` sends
+    //    [magic][token] from it; the director challenges the new address, the session answers
+    //    while it reads, and play goes on — same server, no new query.
+    let new_ip = if data.ip().is_loopback() {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    let moved = Instant::now();
+    session.rebind(UdpSocket::bind((new_ip, 0))?)?;
+    let mut replied = None;
+    while replied.is_none() && moved.elapsed() < Duration::from_secs(3) {
+        session.send(b"hello from the new address")?;
+        replied = session.recv_timeout(&mut buf, Duration::from_millis(50))?;
+        session.tick()?;
+    }
+    match replied {
+        Some(n) => println!(
+            "HANDOVER-> from {} after {:?}: reply {:?}",
+            session.socket().local_addr()?,
+            moved.elapsed(),
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        None => println!("HANDOVER-> no reply within 3 s (is the director older than proof of address?)"),
     }
     Ok(())
 }

@@ -12,9 +12,10 @@ use crate::protocol::datagram::{Datagram, classify, parse_token};
 use crate::protocol::query::parse_request;
 
 /// The classifier agrees with an independent reading of SPEC §3: a datagram starting with
-/// the magic is a reset (well-formed when a token follows) and never data; otherwise it is a
-/// bare token exactly when the oracle says so; the token found is the one the oracle reads,
-/// and its wire form parses back to itself.
+/// the magic is a client frame (RESPONSE: tag 2, 16 bytes of nonce, a token; PING: tag 3 and
+/// at least 24 more bytes, shorter is a short ping) or a reset (well-formed when a token
+/// follows), never data; otherwise it is a bare token exactly when the oracle says so; the
+/// token found is the one the oracle reads, and its wire form parses back to itself.
 pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
     if magic.is_empty() {
         return Ok(()); // the config guarantees a magic of 1..=32 bytes
@@ -25,6 +26,9 @@ pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
     } else {
         datagram
     };
+    if prefixed && matches!(rest.first(), Some(2 | 3)) {
+        return frame(datagram, magic, rest);
+    }
     let expected = oracle_token(rest);
     let id = |t: &[u8]| TokenId::from_wire(t);
     let uuid = classify(datagram, magic, TokenFormat::Uuid);
@@ -38,6 +42,7 @@ pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
                 && expected.and_then(|e| parse_token(e.to_wire().as_bytes())) == expected
         }
         Datagram::Data => !prefixed && expected.is_none(),
+        Datagram::Response { .. } | Datagram::Ping { .. } | Datagram::ShortPing => false,
     };
     if !ok {
         return Err(format!(
@@ -51,6 +56,7 @@ pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
         Datagram::MalformedReset => prefixed && sealed_expected.is_none(),
         Datagram::Token(t) => !prefixed && sealed_expected == Some(t),
         Datagram::Data => !prefixed && sealed_expected.is_none(),
+        Datagram::Response { .. } | Datagram::Ping { .. } | Datagram::ShortPing => false,
     };
     if !ok {
         return Err(format!(
@@ -58,6 +64,42 @@ pub fn datagram(datagram: &[u8], magic: &[u8]) -> Result<(), String> {
         ));
     }
     token_bits(datagram)
+}
+
+/// A RESPONSE or PING (`rest` is what follows the magic), read without the codec.
+fn frame(datagram: &[u8], magic: &[u8], rest: &[u8]) -> Result<(), String> {
+    for format in [TokenFormat::Uuid, TokenFormat::Sealed] {
+        let got = classify(datagram, magic, format);
+        let ok = match (rest[0], got) {
+            (2, Datagram::Response { nonce, token }) => {
+                rest.len() > 17
+                    && nonce[..] == rest[1..17]
+                    && match format {
+                        TokenFormat::Uuid => {
+                            oracle_token(&rest[17..]) == TokenId::from_wire(token)
+                                && TokenId::from_wire(token).is_some()
+                        }
+                        TokenFormat::Sealed => oracle_sealed(&rest[17..]) == Some(token),
+                    }
+            }
+            (2, Datagram::MalformedReset) => {
+                rest.len() < 17
+                    || match format {
+                        TokenFormat::Uuid => oracle_token(&rest[17..]).is_none(),
+                        TokenFormat::Sealed => oracle_sealed(&rest[17..]).is_none(),
+                    }
+            }
+            (3, Datagram::Ping { id }) => rest.len() >= 25 && id[..] == rest[1..9],
+            (3, Datagram::ShortPing) => rest.len() < 25,
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "classify({datagram:?}, magic {magic:?}, {format:?}) = {got:?}: not the frame SPEC §3 reads"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A sealed token in `bytes` by SPEC §7, read without the codec: at most 8 bytes of ASCII
@@ -250,7 +292,7 @@ pub fn config_agrees(raw: &Config, valid: &ValidConfig) -> Result<(), String> {
         }
     }
     if let Some(d) = &raw.default_endpoint
-        && !valid.mappings.contains_key(&d.resource_type)
+        && !valid.mappings.contains_key(&d.query.resource_type)
     {
         return fail("default endpoint");
     }

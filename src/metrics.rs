@@ -17,8 +17,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::model::{
-    AllocationResult, CloseReason, DropReason, ErrorCode, Protocol, QueryClose, Refusal, Rejection,
-    TcpClose, TcpRefusal,
+    AllocationResult, CloseReason, DropReason, ErrorCode, PingOutcome, ProofOutcome, Protocol,
+    QueryClose, Refusal, Rejection, TcpClose, TcpRefusal,
 };
 
 /// One label, static key and value.
@@ -83,6 +83,8 @@ families! {
     datagrams: Family<Label, Counter> = "datagrams", "Datagrams proxied, by direction";
     bytes: Family<Label, Counter> = "bytes", "Payload bytes proxied, by direction";
     drops: Family<Label, Counter> = "datagrams_dropped", "Datagrams dropped, by reason";
+    path_challenges: Family<Label, Counter> = "path_challenges", "Proofs of address, by outcome (sent: CHALLENGE sent; proved: a RESPONSE completed an open, move or resume; bad_response, late_response; over_budget: 10/s per client network or pathChallengesPerSecond spent; too_large: the challenge would outgrow the datagram)";
+    pings: Family<Label, Counter> = "pings", "PINGs, by outcome (answered with a PONG; over_budget: 10/s per client network or pingsPerSecond spent; short)";
     tokens_issued: Counter = "tokens_issued", "Tokens issued";
     tokens_redeemed: Counter = "tokens_redeemed", "Tokens redeemed by a datagram";
     tokens_rejected: Family<Label, Counter> = "tokens_rejected", "Token datagrams rejected, by reason";
@@ -224,6 +226,16 @@ fn zero_labels(f: &Metrics) {
         &f.tokens_rejected,
         "reason",
         &mut Rejection::ALL.iter().map(|r| r.as_str()),
+    );
+    touch(
+        &f.path_challenges,
+        "outcome",
+        &mut ProofOutcome::ALL.iter().map(|r| r.as_str()),
+    );
+    touch(
+        &f.pings,
+        "outcome",
+        &mut PingOutcome::ALL.iter().map(|r| r.as_str()),
     );
     for family in [&f.datagrams, &f.bytes] {
         touch(family, "direction", &mut [TO_TARGET, TO_CLIENT].into_iter());

@@ -23,8 +23,8 @@ use crate::config::{Limits, ValidConfig};
 use crate::model::{ClientNet, KnownTargets};
 use crate::resolve::Resolver;
 use crate::resolve::kube::Watchers;
-use crate::session::Rules;
 use crate::session::tcp::TcpLimits;
+use crate::session::{Proofs, Rules};
 
 /// Everything a reload may change, as one value.
 pub struct Generation {
@@ -73,6 +73,19 @@ impl Generation {
             )),
         };
         known.replace(resolver.known_addresses(), resolver.cache_generation());
+        let (challenges, pings) = (config.path_challenges_per_second, config.pings_per_second);
+        let proofs = match previous {
+            Some(p) => {
+                p.rules.proofs.set_rates(challenges, pings);
+                Arc::clone(&p.rules.proofs)
+            }
+            None => Arc::new(Proofs::new(
+                &proof_secret(),
+                tokio::time::Instant::now(),
+                challenges,
+                pings,
+            )),
+        };
         let rules = Rules {
             magic: config.magic.clone(),
             format: config.token_format,
@@ -82,6 +95,8 @@ impl Generation {
             unanswered_timeout: config.unanswered_timeout,
             default_route,
             known: Arc::clone(&known),
+            proofs,
+            amplification: config.amplification,
         };
         let query = QueryPolicy::new(config.limits.clone(), previous.map(|p| &p.query));
         let tcp = TcpLimits {
@@ -99,6 +114,15 @@ impl Generation {
             known,
         }
     }
+}
+
+/// The process's secret for proof-of-address nonces: 32 bytes from the system's random
+/// source (through uuid's, as token ids are), never stored.
+fn proof_secret() -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    secret[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    secret[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    secret
 }
 
 impl QueryPolicy {

@@ -99,17 +99,29 @@ fn token(answer: &str) -> String {
         .to_string()
 }
 
-/// A client at `from` redeems `token` and sends one datagram; true when the game server's
-/// echo comes back (a session was opened for it).
+/// A client at `from` redeems `token` (answering the director's challenge: unbound tokens
+/// always need proof of address) and sends one datagram; true when the game server's echo
+/// comes back (a session was opened for it).
 fn plays(from: &str, data: SocketAddr, token: &str) -> bool {
+    const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
     let socket = UdpSocket::bind((ip(from), 0)).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
     let to = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), data.port());
     socket.send_to(token.as_bytes(), to).unwrap();
-    socket.send_to(b"ping", to).unwrap();
     let mut buf = [0u8; 64];
+    let Ok(n) = socket.recv(&mut buf) else {
+        return false;
+    };
+    assert!(
+        n == MAGIC.len() + 17 && buf.starts_with(MAGIC) && buf[MAGIC.len()] == 1,
+        "a challenge: {:?}",
+        &buf[..n]
+    );
+    let response = [MAGIC, &[2], &buf[MAGIC.len() + 1..n], token.as_bytes()].concat();
+    socket.send_to(&response, to).unwrap();
+    socket.send_to(b"ping", to).unwrap();
     socket.recv(&mut buf).is_ok()
 }
 

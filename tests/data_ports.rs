@@ -109,9 +109,11 @@ async fn each_data_port_keeps_one_session_per_token_and_resets_on_its_own() {
     gc.send(b"g");
     assert_eq!(g0.recv().unwrap().0, b"g");
     // The same token from another address on the game port is a NAT rebinding of the game
-    // session (one session per token per data port), not a second one; voice is untouched.
+    // session (one session per token per data port), not a second one, once the new address
+    // proves it receives there; voice is untouched.
     let rebound = Client::new(game_port);
     rebound.send(first.as_bytes());
+    rebound.prove(&first);
     rebound.send(b"g2");
     assert_eq!(g0.recv().unwrap().0, b"g2");
     assert!(eventually(Duration::from_secs(2), || metric(

@@ -6,8 +6,8 @@
 //! - a token issued by one process opens a session on another; a `kill -9` of a process
 //!   under traffic leaves every client hearing its server again (resumed on the survivors);
 //! - key rotation both steps through a kubelet-style symlink swap; an invalid key file is
-//!   rejected whole; a flipped byte, another key, an expired token and a token bound to
-//!   another IP are each refused and counted;
+//!   rejected whole; a flipped byte, another key and an expired token are each refused and
+//!   counted; a token bound to another IP opens only after its address answers a challenge;
 //! - a sealed config without keys, or with a bad key file, does not start.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -306,13 +306,25 @@ fn opens_from(socket: &UdpSocket, data: SocketAddr, first: &[u8], within: Durati
         .unwrap();
     let deadline = Instant::now() + within;
     let mut buf = [0u8; 64];
+    let token = first.strip_prefix(MAGIC).unwrap_or(first);
     while Instant::now() < deadline {
         socket.send_to(first, data).unwrap();
         socket.send_to(b"ping", data).unwrap();
-        if let Ok((n, _)) = socket.recv_from(&mut buf)
-            && &buf[..n] == b"ping"
-        {
-            return true;
+        while let Ok((n, _)) = socket.recv_from(&mut buf) {
+            let got = &buf[..n];
+            if got == b"ping" {
+                return true;
+            }
+            // Proof of address: a token holding a session elsewhere is challenged first.
+            if n == MAGIC.len() + 17 && got.starts_with(MAGIC) && got[MAGIC.len()] == 1 {
+                socket
+                    .send_to(
+                        &[MAGIC, &[2], &got[MAGIC.len() + 1..], token].concat(),
+                        data,
+                    )
+                    .unwrap();
+                socket.send_to(b"ping", data).unwrap();
+            }
         }
     }
     false
@@ -410,14 +422,30 @@ fn keys_rotate_in_two_steps_and_every_bad_token_is_refused_and_counted() {
         Duration::from_secs(3)
     ));
     assert!(!opens(data, foreign.as_bytes(), Duration::from_millis(600)));
-    // A token bound to 127.0.0.1 sent from 127.0.0.2.
+    // A token bound to 127.0.0.1 sent from 127.0.0.2: a handover. It is challenged, opens
+    // nothing while unanswered (a forger), and opens once the address answers.
     let bound = ask();
     let elsewhere = UdpSocket::bind("127.0.0.2:0").unwrap();
-    assert!(!opens_from(
+    elsewhere
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    elsewhere.send_to(bound.as_bytes(), data).unwrap();
+    let mut buf = [0u8; 64];
+    let n = elsewhere.recv(&mut buf).expect("a challenge");
+    assert!(
+        n == MAGIC.len() + 17 && buf[MAGIC.len()] == 1,
+        "a challenge"
+    );
+    elsewhere.send_to(b"ping", data).unwrap();
+    assert!(
+        elsewhere.recv(&mut buf).is_err(),
+        "no session before the proof"
+    );
+    assert!(opens_from(
         &elsewhere,
         data,
         bound.as_bytes(),
-        Duration::from_millis(600)
+        Duration::from_secs(3)
     ));
     // A bare token past its 1 s TTL (its resume window is still open: [magic][token] works).
     let expiring = ask();
@@ -445,15 +473,17 @@ fn keys_rotate_in_two_steps_and_every_bad_token_is_refused_and_counted() {
     assert!(eventually(Duration::from_secs(3), || {
         rejected("invalid_token") >= 1.0
             && rejected("unknown_key") >= 2.0
-            && rejected("wrong_client") >= 1.0
             && rejected("expired_token") >= 1.0
+            && sum(
+                &all,
+                "udp_director_path_challenges_total{outcome=\"proved\"}",
+            ) >= 1.0
     }));
     println!(
-        "refused: unknown {} (flipped byte), unknown_key {} (removed key, another key), wrong_client {}, expired {}",
-        rejected("unknown"),
+        "refused: invalid_token {} (flipped byte), unknown_key {} (removed key, another key), expired {}",
+        rejected("invalid_token"),
         rejected("unknown_key"),
-        rejected("wrong_client"),
-        rejected("expired")
+        rejected("expired_token")
     );
     assert_eq!(
         stranger.metric("udp_director_tokens_rejected_total{reason=\"invalid_token\"}"),

@@ -14,7 +14,7 @@ use common::{director, root, run, GameServer};
 fn the_node_client_passes_its_tests_and_plays_through_the_director() {
     let (a, b) = (GameServer::start("a:"), GameServer::start("b:"));
     let d = director(&a, &b, "node");
-    // A director address that never answers: the failover test's first choice.
+    // A director address that never answers PINGs: listed first, ranked last.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     silent
         .set_read_timeout(Some(std::time::Duration::from_millis(100)))
@@ -44,14 +44,22 @@ fn the_node_client_passes_its_tests_and_plays_through_the_director() {
     assert_eq!(dedup(a.seen()), ["js:hello-a"]);
     assert_eq!(
         dedup(b.seen()),
-        ["js:hello-b", "js:after-resume", "js:failover"],
-        "the failover test's datagrams reached b only through the director"
+        ["js:hello-b", "js:after-resume", "js:nearest"],
+        "the nearest-director test's datagrams reached b only through the director"
     );
-    // The silent address was the first choice: the token went there before the failover.
+    // The silent address (listed first) was only PINGed: the director answered, so the
+    // token went to the director and never to it.
     let mut buf = [0u8; 256];
-    let mut got_token = false;
+    let (mut pings, mut tokens) = (0, 0);
     while let Ok((n, _)) = silent.recv_from(&mut buf) {
-        got_token |= buf[..n].iter().all(|c| c.is_ascii_graphic()) && n == 36;
+        let frame = &buf[..n];
+        if frame.starts_with(b"\xff\xff\xff\xffRESET") && frame.get(9) == Some(&3) {
+            pings += 1;
+        }
+        if n == 36 && frame.iter().all(|c| c.is_ascii_graphic()) {
+            tokens += 1;
+        }
     }
-    assert!(got_token, "the silent address was tried first");
+    assert!(pings >= 1, "the silent address was PINGed");
+    assert_eq!(tokens, 0, "no token went to the silent address");
 }

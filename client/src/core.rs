@@ -13,6 +13,7 @@
 //! | created with several | PING each; when all answered or `probe_for` passed, send the token to the nearest (lowest RTT; unanswered ones rank last, in the given order) |
 //! | nothing heard from the game server (through the director) for `resume.silence`, and again every `silence` while quiet | `[magic][token]` to the director in use (re-opens the session on a replica that lost it); with several addresses, also a PING to it |
 //! | `resume.keepalive` since the last `[magic][token]` | `[magic][token]` (keeps NAT and load-balancer flows alive) |
+//! | the shell moved to a new local address ([`Core::rebound`]: Wi-Fi to cellular) | `[magic][token]` to the director in use at once (the director challenges the new address, the RESPONSE completes the handover; no new query) |
 //! | several addresses and `failover_after` (3 s) with nothing heard and no PONG from the director in use | move to the next address in RTT order (wrapping) and send `[magic][token]` there |
 //! | CHALLENGE from a director address (after the token left) | RESPONSE with its nonce and the token, to that address (at most 4 waiting) |
 //! | PONG matching the last PING to that address | an RTT sample: (now − sent) − (director's send − receive time) |
@@ -300,6 +301,21 @@ impl Core {
         }
         self.check_invariants();
         Ok(())
+    }
+
+    /// The shell now sends from another local address (a phone moved from Wi-Fi to cellular,
+    /// or the socket was re-created): `[magic][token]` goes to the director in use at once,
+    /// which challenges the new address and moves (or re-opens) the session when the
+    /// RESPONSE comes back, without a new query while the token's window lasts.
+    pub fn rebound(&mut self, now: Instant) {
+        if self.probe_until.is_none() {
+            // Challenges sent to the old address can no longer be answered from here.
+            self.queue.retain(|p| !matches!(p, Pending::Response(..)));
+            self.last_resume = now;
+            self.stats.resumes += 1;
+            self.queue_once(Pending::Resume(self.remote()));
+        }
+        self.check_invariants();
     }
 
     /// Queues a PING to every director address (a new one replaces one still in flight);

@@ -389,6 +389,16 @@ impl Session {
         Ok(session)
     }
 
+    /// Continues the session from `socket` (bound by the caller to the new address: a phone
+    /// that moved from Wi-Fi to cellular): `[magic][token]` leaves from it at once, the
+    /// director challenges the new address, and this session answers while it reads
+    /// ([`Session::recv_timeout`]); no new query while the token can re-open the session.
+    pub fn rebind(&mut self, socket: UdpSocket) -> io::Result<()> {
+        self.socket = socket;
+        self.core.rebound(Instant::now());
+        self.flush()
+    }
+
     /// Sends one game datagram to the director in use.
     pub fn send(&self, payload: &[u8]) -> io::Result<()> {
         self.socket.send_to(payload, self.core.remote()).map(|_| ())

@@ -49,6 +49,36 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `defaultEndpoint`: a query (the SPEC §2 request, resolved for every tokenless newcomer)
+/// and how many times the bytes its client sent such a session may be sent back.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DefaultEndpoint {
+    #[serde(flatten)]
+    pub query: QueryRequest,
+    pub amplification: u32,
+}
+
+impl<'de> Deserialize<'de> for DefaultEndpoint {
+    /// The query's keys and `amplification` side by side; every other key is refused by the
+    /// query's own parser, by name.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_yaml::Mapping::deserialize(d)?;
+        let amplification = match map.remove("amplification") {
+            None => defaults::amplification(),
+            Some(v) => {
+                u32::deserialize(v).map_err(|e| D::Error::custom(format!("amplification: {e}")))?
+            }
+        };
+        let query =
+            QueryRequest::deserialize(serde_yaml::Value::Mapping(map)).map_err(D::Error::custom)?;
+        Ok(Self {
+            query,
+            amplification,
+        })
+    }
+}
+
 /// The whole configuration file. Keys are camelCase; unknown keys are rejected so that a typo
 /// (`sesionTimeoutSeconds`) is an error rather than a silently ignored setting.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -124,7 +154,13 @@ pub struct Config {
     #[serde(default)]
     pub load_balancing: LoadBalancing,
     #[serde(default)]
-    pub default_endpoint: Option<QueryRequest>,
+    pub default_endpoint: Option<DefaultEndpoint>,
+    /// Challenges (proof of address, SPEC §3) this replica sends per second at most.
+    #[serde(default = "defaults::path_challenges_per_second")]
+    pub path_challenges_per_second: u32,
+    /// PINGs this replica answers per second at most (0: none).
+    #[serde(default = "defaults::pings_per_second")]
+    pub pings_per_second: u32,
     /// Data-plane worker threads, each with its own SO_REUSEPORT socket; 0 = one per core.
     #[serde(default)]
     pub data_workers: usize,
@@ -437,6 +473,15 @@ mod defaults {
     pub(super) fn unanswered_timeout() -> u64 {
         5
     }
+    pub(super) fn path_challenges_per_second() -> u32 {
+        2_000
+    }
+    pub(super) fn pings_per_second() -> u32 {
+        5_000
+    }
+    pub(super) fn amplification() -> u32 {
+        3
+    }
     pub(super) fn magic() -> String {
         "FFFFFFFF5245534554".to_string()
     }
@@ -504,6 +549,8 @@ pub const MAX_ALLOCATIONS_IN_FLIGHT: u64 = 10_000;
 
 /// Longest reset magic (`controlPacketMagicBytes`) accepted (SPEC §5: 1..=32 bytes).
 pub const MAX_MAGIC_LEN: usize = 32;
+/// Largest `defaultEndpoint.amplification`.
+pub const MAX_AMPLIFICATION: u32 = 100;
 
 impl Config {
     /// Parses a YAML document (serde only: types, defaults, unknown keys). Validate it with
@@ -603,7 +650,13 @@ impl Config {
             data_workers: self.data_workers,
             socket_buffer_bytes: self.socket_buffer_bytes,
             access_log: self.access_log,
-            default_endpoint: self.default_endpoint.clone(),
+            default_endpoint: self.default_endpoint.as_ref().map(|d| d.query.clone()),
+            amplification: self
+                .default_endpoint
+                .as_ref()
+                .map_or_else(defaults::amplification, |d| d.amplification),
+            path_challenges_per_second: self.path_challenges_per_second,
+            pings_per_second: self.pings_per_second,
             grouping: crate::model::Grouping::new(self.limits.ipv6_prefix_length)
                 .unwrap_or_default(),
             target_networks: self.target_networks()?,
@@ -709,6 +762,22 @@ impl Config {
             self.max_sessions_per_client_ip as u64,
         )?;
         positive("unansweredTimeoutSeconds", self.unanswered_timeout_seconds)?;
+        positive(
+            "pathChallengesPerSecond",
+            u64::from(self.path_challenges_per_second),
+        )?;
+        at_most(
+            "pathChallengesPerSecond",
+            u64::from(self.path_challenges_per_second),
+            MAX_CONNECTIONS,
+            "",
+        )?;
+        at_most(
+            "pingsPerSecond",
+            u64::from(self.pings_per_second),
+            MAX_CONNECTIONS,
+            "",
+        )?;
         self.check_maxima()
     }
 
@@ -820,7 +889,20 @@ impl Config {
 
     /// `defaultEndpoint` names a mapping that picks from a cache, in an allowed namespace.
     fn check_default_endpoint(&self) -> Result<(), ConfigError> {
-        if let Some(default) = &self.default_endpoint {
+        if let Some(DefaultEndpoint {
+            query: default,
+            amplification,
+        }) = &self.default_endpoint
+        {
+            let amplification = *amplification;
+            if !(1..=MAX_AMPLIFICATION).contains(&amplification) {
+                return Err(invalid(
+                    "defaultEndpoint.amplification",
+                    format!(
+                        "must be 1..={MAX_AMPLIFICATION} (times the bytes a default-endpoint client sent), found {amplification}"
+                    ),
+                ));
+            }
             let Some(mapping) = self.resource_query_mapping.get(&default.resource_type) else {
                 return Err(invalid(
                     "defaultEndpoint.resourceType",

@@ -56,6 +56,12 @@ pub struct ValidConfig {
     pub access_log: bool,
     /// Where tokenless newcomers go.
     pub default_endpoint: Option<crate::protocol::query::QueryRequest>,
+    /// `defaultEndpoint.amplification` (3 when unset).
+    pub amplification: u32,
+    /// `pathChallengesPerSecond`: challenges this replica sends per second at most.
+    pub path_challenges_per_second: u32,
+    /// `pingsPerSecond`: PINGs this replica answers per second at most.
+    pub pings_per_second: u32,
     /// `limits.ipv6PrefixLength`: how every per-IP limit groups IPv6 clients.
     pub grouping: crate::model::Grouping,
     /// `targetNetworks`: where tokens may name targets besides what their mapping knows.

@@ -63,8 +63,8 @@ closed_labels! {
 
 closed_labels! {
     /// Why a datagram was not delivered. A label value of
-    /// `udp_director_datagrams_dropped_total`. The session table decides the first eleven;
-    /// the shell reports the I/O failures after them.
+    /// `udp_director_datagrams_dropped_total`. The session table decides those down to
+    /// `amplification_limit`; the shell reports the I/O failures after them.
     pub enum DropReason {
         Empty => "empty",
         /// Not a token, not from a session, and no default endpoint.
@@ -92,6 +92,23 @@ closed_labels! {
         NoDefaultTarget => "no_default_target",
         /// Arrived on an upstream socket from something that is not a bound target.
         UnknownSource => "unknown_source",
+        /// A token needed proof of address, but the sender's network or the replica had
+        /// sent its challenges for this second (SPEC §3).
+        ChallengeOverBudget => "challenge_over_budget",
+        /// A token needed proof of address, but the challenge would be larger than the
+        /// datagram (a bare token after a long magic): send `[magic][token]` instead.
+        ChallengeTooLarge => "challenge_too_large",
+        /// A RESPONSE whose nonce this replica did not make for that token and address.
+        BadResponse => "bad_response",
+        /// A RESPONSE more than 2 s after its challenge.
+        LateResponse => "late_response",
+        /// A PING past the sender's network's or the replica's budget for this second.
+        PingOverBudget => "ping_over_budget",
+        /// A PING shorter than its PONG would be.
+        ShortPing => "short_ping",
+        /// A reply to a default-endpoint client past `defaultEndpoint.amplification` times
+        /// what it sent.
+        Amplification => "amplification_limit",
         /// An upstream socket could not be opened (e.g. EMFILE).
         UpstreamSocket => "upstream_socket",
         /// Sending towards a target failed.
@@ -224,6 +241,37 @@ closed_labels! {
 }
 
 closed_labels! {
+    /// What became of a proof of address (SPEC §3): a label value of
+    /// `udp_director_path_challenges_total{outcome}`.
+    pub enum ProofOutcome {
+        /// A CHALLENGE was sent.
+        Sent => "sent",
+        /// A RESPONSE completed an open, move or resume.
+        Proved => "proved",
+        /// [`DropReason::BadResponse`].
+        BadResponse => "bad_response",
+        /// [`DropReason::LateResponse`].
+        LateResponse => "late_response",
+        /// [`DropReason::ChallengeOverBudget`].
+        OverBudget => "over_budget",
+        /// [`DropReason::ChallengeTooLarge`].
+        TooLarge => "too_large",
+    }
+}
+
+closed_labels! {
+    /// What became of a PING: a label value of `udp_director_pings_total{outcome}`.
+    pub enum PingOutcome {
+        /// A PONG was sent.
+        Answered => "answered",
+        /// [`DropReason::PingOverBudget`].
+        OverBudget => "over_budget",
+        /// [`DropReason::ShortPing`].
+        Short => "short",
+    }
+}
+
+closed_labels! {
     /// A data port's transport (`dataPorts[].protocol`, the `protocol` label).
     pub enum Protocol {
         Udp => "udp",
@@ -285,6 +333,26 @@ impl DropReason {
             DropReason::UnknownKey => Some(Rejection::UnknownKey),
             DropReason::WrongClient => Some(Rejection::WrongClient),
             DropReason::UnknownTarget => Some(Rejection::UnknownTarget),
+            _ => None,
+        }
+    }
+
+    /// The proof outcome this drop is, for `path_challenges_total`.
+    pub const fn proof(self) -> Option<ProofOutcome> {
+        match self {
+            DropReason::BadResponse => Some(ProofOutcome::BadResponse),
+            DropReason::LateResponse => Some(ProofOutcome::LateResponse),
+            DropReason::ChallengeOverBudget => Some(ProofOutcome::OverBudget),
+            DropReason::ChallengeTooLarge => Some(ProofOutcome::TooLarge),
+            _ => None,
+        }
+    }
+
+    /// The ping outcome this drop is, for `pings_total`.
+    pub const fn ping(self) -> Option<PingOutcome> {
+        match self {
+            DropReason::PingOverBudget => Some(PingOutcome::OverBudget),
+            DropReason::ShortPing => Some(PingOutcome::Short),
             _ => None,
         }
     }

@@ -79,9 +79,38 @@ pub enum Use {
     Resume,
 }
 
-/// A redeemed token: its key and its target.
+/// How far a token may be used up when it is opened (SPEC §3: a token that needs proof of
+/// address is checked when it arrives and used up only when the proof completes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// Check only: a single-use token stays usable; a client IP other than the bound one is
+    /// not refused but said in [`Grant::fit`].
+    Peek,
+    /// Redeem from this client IP: refused (`wrong_client`) when the token is bound to
+    /// another IP; a single-use token is used up.
+    IfBound,
+    /// Redeem for an address that has proved it receives at it, whatever IP the token is
+    /// bound to; a single-use token is used up.
+    Proven,
+}
+
+/// Whether the IP a token arrived from is the one it is bound to (`tokenClientBinding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// The token is bound to this IP (for IPv6 its /64).
+    Bound,
+    /// The token is bound to another IP: a handover needs proof of address.
+    OtherIp,
+    /// `tokenClientBinding: none`: any address, after proof of address.
+    Unbound,
+}
+
+/// A redeemed token: its key and its target, and how the client's IP fits its binding.
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub key: TokenKey,
     pub target: Arc<Target>,
+    pub fit: Fit,
+    /// Redeemable once (`singleUseTokens`): a [`Spend::Peek`] left it usable.
+    pub single_use: bool,
 }

@@ -14,6 +14,16 @@
 //!
 //! Whitespace around the token is ignored (`echo $TOKEN | nc -u` appends a newline).
 //!
+//! Control frames (SPEC §3 "Proof of address") follow the same magic and are told apart from
+//! a token by their first byte (a token is printable ASCII):
+//!
+//! ```text
+//! [magic] 0x01 [nonce: 16]                            CHALLENGE  director -> client
+//! [magic] 0x02 [nonce: 16] [token]                    RESPONSE   client -> director
+//! [magic] 0x03 [id: 8] [zeros: 16]                    PING       anyone -> director (at least this long)
+//! [magic] 0x04 [id: 8] [receive ns: 8] [send ns: 8]   PONG       director -> the pinger
+//! ```
+//!
 //! Owns the datagram layout. Must not redeem tokens or know about sessions.
 
 use super::token_wire::{MAX_WIRE, MIN_WIRE, UUID_LEN, is_wire_byte};
@@ -54,6 +64,24 @@ pub fn token_of(format: TokenFormat, bytes: &[u8]) -> Option<&[u8]> {
     ok.then_some(trimmed)
 }
 
+/// CHALLENGE frame tag (director -> client).
+pub const TAG_CHALLENGE: u8 = 0x01;
+/// RESPONSE frame tag (client -> director).
+pub const TAG_RESPONSE: u8 = 0x02;
+/// PING frame tag (anyone -> director).
+pub const TAG_PING: u8 = 0x03;
+/// PONG frame tag (director -> the pinger).
+pub const TAG_PONG: u8 = 0x04;
+/// Bytes of a CHALLENGE/RESPONSE nonce.
+pub const NONCE_LEN: usize = 16;
+/// The pinger's bytes, echoed in the PONG.
+pub const PING_ID_LEN: usize = 8;
+/// After the magic: a CHALLENGE's tag and nonce.
+pub const CHALLENGE_BODY_LEN: usize = 1 + NONCE_LEN;
+/// After the magic: a PONG's tag, id, receive and send times; a PING is at least this long,
+/// so a PONG is never larger than its PING.
+pub const PONG_BODY_LEN: usize = 1 + PING_ID_LEN + 8 + 8;
+
 /// What a datagram is, before anyone looks the token up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Datagram<'a> {
@@ -61,7 +89,17 @@ pub enum Datagram<'a> {
     Token(&'a [u8]),
     /// `[magic][token]`: move, re-open or keep the session with the token's target.
     Reset(&'a [u8]),
-    /// Starts with the magic but what follows is not a token. Never forwarded.
+    /// `[magic] 0x02 [nonce] [token]`: the answer to a CHALLENGE.
+    Response {
+        nonce: &'a [u8; NONCE_LEN],
+        token: &'a [u8],
+    },
+    /// `[magic] 0x03 [id] [..]` of at least a PONG's length.
+    Ping { id: [u8; PING_ID_LEN] },
+    /// A PING shorter than its PONG would be: dropped.
+    ShortPing,
+    /// Starts with the magic but what follows is neither a token nor a frame a client sends.
+    /// Never forwarded.
     MalformedReset,
     /// Anything else: game traffic.
     Data,
@@ -71,15 +109,67 @@ pub enum Datagram<'a> {
 #[inline]
 pub fn classify<'a>(datagram: &'a [u8], magic: &[u8], format: TokenFormat) -> Datagram<'a> {
     if !magic.is_empty() && datagram.starts_with(magic) {
-        return match token_of(format, &datagram[magic.len()..]) {
-            Some(token) => Datagram::Reset(token),
-            None => Datagram::MalformedReset,
+        let body = &datagram[magic.len()..];
+        return match body.first() {
+            Some(&TAG_RESPONSE) => response(format, &body[1..]),
+            Some(&TAG_PING) => ping(&body[1..]),
+            _ => match token_of(format, body) {
+                Some(token) => Datagram::Reset(token),
+                None => Datagram::MalformedReset,
+            },
         };
     }
     match token_of(format, datagram) {
         Some(token) => Datagram::Token(token),
         None => Datagram::Data,
     }
+}
+
+/// The body of a RESPONSE after its tag: a nonce, then a token.
+fn response(format: TokenFormat, rest: &[u8]) -> Datagram<'_> {
+    let Some((nonce, token)) = rest.split_first_chunk::<NONCE_LEN>() else {
+        return Datagram::MalformedReset;
+    };
+    match token_of(format, token) {
+        Some(token) => Datagram::Response { nonce, token },
+        None => Datagram::MalformedReset,
+    }
+}
+
+/// The body of a PING after its tag: the pinger's id and padding to a PONG's length.
+fn ping(rest: &[u8]) -> Datagram<'_> {
+    if rest.len() + 1 < PONG_BODY_LEN {
+        return Datagram::ShortPing;
+    }
+    match rest.first_chunk::<PING_ID_LEN>() {
+        Some(id) => Datagram::Ping { id: *id },
+        None => Datagram::ShortPing,
+    }
+}
+
+/// Writes `[magic] 0x01 [nonce]` into `out` (cleared first).
+pub fn write_challenge(out: &mut Vec<u8>, magic: &[u8], nonce: &[u8; NONCE_LEN]) {
+    out.clear();
+    out.extend_from_slice(magic);
+    out.push(TAG_CHALLENGE);
+    out.extend_from_slice(nonce);
+}
+
+/// Writes `[magic] 0x04 [id] [received] [sent]` into `out` (cleared first); times in
+/// nanoseconds of the director's clock, big-endian.
+pub fn write_pong(
+    out: &mut Vec<u8>,
+    magic: &[u8],
+    id: &[u8; PING_ID_LEN],
+    received_ns: u64,
+    sent_ns: u64,
+) {
+    out.clear();
+    out.extend_from_slice(magic);
+    out.push(TAG_PONG);
+    out.extend_from_slice(id);
+    out.extend_from_slice(&received_ns.to_be_bytes());
+    out.extend_from_slice(&sent_ns.to_be_bytes());
 }
 
 /// Parses a hyphenated UUID token with optional surrounding ASCII whitespace.
@@ -173,6 +263,101 @@ mod tests {
         let mut inner = TOKEN.to_vec();
         inner[8] = b' ';
         assert_eq!(classify(&inner, MAGIC, U), Datagram::Data);
+    }
+
+    #[test]
+    fn frames_are_told_apart_from_tokens_by_their_first_byte() {
+        let nonce = [7u8; NONCE_LEN];
+        let response = [MAGIC, &[TAG_RESPONSE], &nonce, TOKEN.as_slice()].concat();
+        assert_eq!(
+            classify(&response, MAGIC, U),
+            Datagram::Response {
+                nonce: &nonce,
+                token: id()
+            }
+        );
+        let short_nonce = [MAGIC, &[TAG_RESPONSE], &nonce[..15]].concat();
+        assert_eq!(classify(&short_nonce, MAGIC, U), Datagram::MalformedReset);
+        let no_token = [MAGIC, &[TAG_RESPONSE], &nonce, b"nope"].concat();
+        assert_eq!(classify(&no_token, MAGIC, U), Datagram::MalformedReset);
+
+        let ping = [MAGIC, &[TAG_PING], b"12345678", &[0u8; 16]].concat();
+        assert_eq!(ping.len(), 34, "34 bytes in all with the default magic");
+        assert_eq!(
+            classify(&ping, MAGIC, U),
+            Datagram::Ping { id: *b"12345678" }
+        );
+        assert_eq!(classify(&ping[..33], MAGIC, U), Datagram::ShortPing);
+        let long = [ping.as_slice(), &[0u8; 100]].concat();
+        assert_eq!(
+            classify(&long, MAGIC, U),
+            Datagram::Ping { id: *b"12345678" }
+        );
+        // What the director sends is never what a client may send it.
+        let challenge = [MAGIC, &[TAG_CHALLENGE], &nonce].concat();
+        assert_eq!(classify(&challenge, MAGIC, U), Datagram::MalformedReset);
+        let mut pong = Vec::new();
+        write_pong(&mut pong, MAGIC, b"12345678", 1, 2);
+        assert_eq!(pong.len(), ping.len(), "a PONG is no larger than its PING");
+        assert_eq!(classify(&pong, MAGIC, U), Datagram::MalformedReset);
+        let mut out = Vec::new();
+        write_challenge(&mut out, MAGIC, &nonce);
+        assert_eq!(out, challenge);
+        assert_eq!(out.len(), MAGIC.len() + CHALLENGE_BODY_LEN);
+    }
+
+    /// The conformance vectors every client is tested against read the same here.
+    #[test]
+    fn conformance_vectors_classify_as_their_kind() {
+        let text = include_str!("../../conformance/vectors.json");
+        let vectors: serde_json::Value = serde_json::from_str(text).unwrap();
+        let bytes = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+        let mut seen = 0;
+        for v in vectors["datagrams"].as_array().unwrap() {
+            let wire = bytes(&v["hex"]);
+            let magic = v.get("magic").map_or_else(|| MAGIC.to_vec(), bytes);
+            let token = v.get("token").map(|t| t.as_str().unwrap().as_bytes());
+            let format = match token {
+                Some(t) if t.len() != TOKEN_LEN => TokenFormat::Sealed,
+                _ => U,
+            };
+            let got = classify(&wire, &magic, format);
+            match v["kind"].as_str().unwrap() {
+                "token" => assert_eq!(got, Datagram::Token(token.unwrap())),
+                "resume" => assert_eq!(got, Datagram::Reset(token.unwrap())),
+                "response" => {
+                    let nonce: [u8; NONCE_LEN] = bytes(&v["nonce"]).try_into().unwrap();
+                    assert_eq!(
+                        got,
+                        Datagram::Response {
+                            nonce: &nonce,
+                            token: token.unwrap()
+                        }
+                    );
+                }
+                "ping" => {
+                    let id: [u8; PING_ID_LEN] = bytes(&v["id"]).try_into().unwrap();
+                    assert_eq!(got, Datagram::Ping { id }, "{v}");
+                }
+                "challenge" => {
+                    let nonce: [u8; NONCE_LEN] = bytes(&v["nonce"]).try_into().unwrap();
+                    let mut out = Vec::new();
+                    write_challenge(&mut out, &magic, &nonce);
+                    assert_eq!(out, wire, "{v}");
+                }
+                "pong" => {
+                    assert_eq!(got, Datagram::MalformedReset, "{v}");
+                    let id: [u8; PING_ID_LEN] = bytes(&v["id"]).try_into().unwrap();
+                    let time = |k: &str| v[k].as_str().unwrap().parse::<u64>().unwrap();
+                    let mut out = Vec::new();
+                    write_pong(&mut out, &magic, &id, time("receiveNs"), time("sendNs"));
+                    assert_eq!(out, wire, "{v}");
+                }
+                other => panic!("unknown kind {other}"),
+            }
+            seen += 1;
+        }
+        assert!(seen >= 10, "the vectors were read");
     }
 
     #[test]

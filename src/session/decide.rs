@@ -6,19 +6,30 @@
 //! | client | datagram | decision |
 //! | --- | --- | --- |
 //! | any | empty | `Drop(Empty)` |
+//! | any | PING of at least a PONG's length | `Pong` within the budgets (10/s per client network, `pingsPerSecond`), else `Drop(PingOverBudget)`; `Drop(Draining)` while draining |
+//! | any | shorter PING | `Drop(ShortPing)` |
 //! | has a session | data | `Forward` |
-//! | has a session | token or `[magic][token]` that redeems | `Reset` to its target, or `Keep` when it is the session's own (a keepalive: nothing forwarded) |
+//! | has a session | token or `[magic][token]` held by this session | `Keep` (a keepalive: nothing forwarded) |
+//! | has a session | token or `[magic][token]` that redeems and needs no proof | `Reset` to its target |
 //! | has a session | bare token-shaped data that does not redeem | `Forward` (game traffic that looks like a token) |
-//! | has a session | `[magic][token]` that does not redeem | `Drop(InvalidToken / UnknownKey / ExpiredToken / WrongClient)` |
-//! | any | `[magic]` + anything but a token | `Drop(MalformedReset)`, never forwarded |
+//! | has a session | `[magic][token]` that does not redeem | `Drop(InvalidToken / UnknownKey / ExpiredToken / ...)` |
+//! | any | `[magic]` + anything but a token or a client frame | `Drop(MalformedReset)`, never forwarded |
+//! | any | a token that redeems but needs proof of address | `Challenge` within the budgets (10/s per client network, `pathChallengesPerSecond`), else `Drop(ChallengeOverBudget)`; nothing changes |
+//! | any | RESPONSE with a nonce made for its token and this address within 2 s | `Proved`, then what the token does without proof: `Reset`, `Moved` or `Open` |
+//! | any | RESPONSE with any other nonce | `Drop(BadResponse / LateResponse)` |
 //! | newcomer | anything while draining | `Drop(Draining)` |
-//! | newcomer | token or `[magic][token]` that redeems, token held by a session of this worker | `Moved`: that session now belongs to this address (a NAT rebinding) |
-//! | newcomer | token or `[magic][token]` that redeems, past `maxSessionsPerClientIp` | `Drop(ClientIpCap)` |
-//! | newcomer | token or `[magic][token]` that redeems | `Open` (admitted by the cap; when full, a default-endpoint or unanswered session yields), nothing forwarded; a session holding the token on another worker is displaced |
+//! | newcomer | token or `[magic][token]` that redeems and needs no proof | `Open` (admitted by the per-IP cap and the cap; when either is full, a default-endpoint or unanswered session of that network, or of the table, yields), nothing forwarded |
 //! | newcomer | `[magic][token]` that does not redeem | `Drop(...)`: a reset is never forwarded |
 //! | newcomer | data or a bare token that does not redeem, default endpoint set | per-IP cap and cap *first*, then `Open` towards the default route's pick, datagram forwarded |
 //! | newcomer | a bare token that does not redeem, no default endpoint | `Drop(InvalidToken / ...)` |
 //! | newcomer | data, no default endpoint | `Drop(NoSession)` |
+//!
+//! A token needs proof of address (SPEC §3 "Proof of address") when it already holds a live
+//! session at another address (a NAT rebinding, or a forger), when the sender's IP is not the
+//! one it is bound to (a handover within its resume window), or when tokens are not bound
+//! (`tokenClientBinding: none`). The challenge's nonce is a pure function of a secret, the
+//! token, the address and `now` ([`super::proof`]), so a RESPONSE is checked without any
+//! stored challenge. A bare token from its bound IP with no live session opens at once.
 //!
 //! A bare token redeems within its TTL, `[magic][token]` within its resume window (sealed
 //! tokens, `tokenResumeSeconds`). Each verdict is queued as an [`Output::Datagram`] after
@@ -27,7 +38,8 @@
 //! the one queue the shell drains.
 //!
 //! A datagram from a target is `Deliver`ed to the client bound to that (socket, target) pair,
-//! or dropped (`UnknownSource`).
+//! or dropped (`UnknownSource`; `Amplification` past `defaultEndpoint.amplification` times
+//! what a default-endpoint client sent).
 //!
 //! Owns every decision about a datagram. Must not do I/O, resolve queries, read the clock or log.
 
@@ -37,9 +49,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::proof::{ProofError, Proofs};
 use super::{Decision, DropReason, Origin, Output, SessionId, SessionTable, SocketId};
-use crate::model::{Grant, KnownTargets, Refusal, Rejection, TokenFormat, Use};
-use crate::protocol::datagram::{Datagram, classify};
+use crate::model::{Fit, Grant, KnownTargets, Refusal, Rejection, Spend, TokenFormat, Use};
+use crate::protocol::datagram::{CHALLENGE_BODY_LEN, Datagram, NONCE_LEN, PING_ID_LEN, classify};
 use crate::resolve::DefaultRoute;
 use crate::token::Redeem;
 
@@ -64,6 +77,11 @@ pub struct Rules {
     pub default_route: Option<Arc<DefaultRoute>>,
     /// The targets a token may name (its mapping's addresses, `targetNetworks`).
     pub known: Arc<KnownTargets>,
+    /// The process's proof secret and the challenge and ping budgets (kept across reloads).
+    pub proofs: Arc<Proofs>,
+    /// `defaultEndpoint.amplification`: a default-endpoint session is sent at most this many
+    /// times the bytes its client sent.
+    pub amplification: u32,
 }
 
 impl SessionTable {
@@ -101,8 +119,8 @@ impl SessionTable {
             Decision::Drop(DropReason::Empty)
         } else {
             match self.forward_from_target(socket, &from, len, now) {
-                Some(client) => Decision::Deliver { client },
-                None => Decision::Drop(DropReason::UnknownSource),
+                Ok(client) => Decision::Deliver { client },
+                Err(reason) => Decision::Drop(reason),
             }
         };
         self.out.push(Output::Datagram {
@@ -111,9 +129,9 @@ impl SessionTable {
         });
     }
 
-    /// Redeems a token and checks its target is one its mapping knows (one lookup per
-    /// redeem, none per datagram): a token naming any other address is refused as
-    /// `unknown_target`, whatever key sealed it.
+    /// Opens a token as far as `spend` says and checks its target is one its mapping knows
+    /// (one lookup per redeem, none per datagram): a token naming any other address is
+    /// refused as `unknown_target`, whatever key sealed it.
     fn redeem(
         &self,
         tokens: &dyn Redeem,
@@ -121,8 +139,9 @@ impl SessionTable {
         client: SocketAddr,
         how: Use,
         now: Instant,
+        spend: Spend,
     ) -> Result<Grant, Rejection> {
-        let grant = tokens.redeem(token, client.ip(), how, now)?;
+        let grant = tokens.open_token(token, client.ip(), how, now, spend)?;
         if self.rules.known.knows(&grant.target) {
             Ok(grant)
         } else {
@@ -142,61 +161,173 @@ impl SessionTable {
             return Decision::Drop(DropReason::Empty);
         }
         let kind = classify(datagram, &self.rules.magic, self.rules.format);
-        match self.lookup(&client) {
-            Some(id) => self.judge_live(id, client, kind, datagram.len(), now, tokens),
-            None => self.judge_newcomer(client, kind, datagram.len(), now, tokens),
-        }
-    }
-
-    #[inline]
-    fn judge_live(
-        &mut self,
-        id: SessionId,
-        client: SocketAddr,
-        kind: Datagram<'_>,
-        len: usize,
-        now: Instant,
-        tokens: &dyn Redeem,
-    ) -> Decision {
+        let live = self.lookup(&client);
         match kind {
-            Datagram::Data => self.forward(id, len, now),
-            Datagram::Token(token) => match self.redeem(tokens, token, client, Use::Open, now) {
-                Ok(grant) => self.reset_to(id, grant, now),
-                Err(_) => self.forward(id, len, now),
+            Datagram::Data => match live {
+                Some(id) => self.forward(id, datagram.len(), now),
+                None if self.ledger.draining() => Decision::Drop(DropReason::Draining),
+                None => self.open_default(client, datagram.len(), now),
             },
-            Datagram::Reset(token) => match self.redeem(tokens, token, client, Use::Resume, now) {
-                Ok(grant) => self.reset_to(id, grant, now),
-                Err(r) => Decision::Drop(r.into()),
-            },
+            Datagram::Token(token) => {
+                self.judge_token(live, client, token, Use::Open, datagram.len(), now, tokens)
+            }
+            Datagram::Reset(token) => self.judge_token(
+                live,
+                client,
+                token,
+                Use::Resume,
+                datagram.len(),
+                now,
+                tokens,
+            ),
+            Datagram::Response { nonce, token } => {
+                self.judge_response(live, client, nonce, token, now, tokens)
+            }
+            Datagram::Ping { id } => self.pong(client, id, now),
+            Datagram::ShortPing => Decision::Drop(DropReason::ShortPing),
             Datagram::MalformedReset => Decision::Drop(DropReason::MalformedReset),
         }
     }
 
-    fn judge_newcomer(
+    /// A bare token (`Use::Open`) or `[magic][token]` (`Use::Resume`) from `client`, whose
+    /// session on this worker is `live`.
+    #[allow(clippy::too_many_arguments)]
+    fn judge_token(
         &mut self,
+        live: Option<SessionId>,
         client: SocketAddr,
-        kind: Datagram<'_>,
+        token: &[u8],
+        how: Use,
         len: usize,
         now: Instant,
         tokens: &dyn Redeem,
     ) -> Decision {
+        if live.is_none() && self.ledger.draining() {
+            return Decision::Drop(DropReason::Draining);
+        }
+        let grant = match self.redeem(tokens, token, client, how, now, Spend::Peek) {
+            Ok(grant) => grant,
+            Err(r) => {
+                return match (live, how) {
+                    // Token-shaped game traffic on a live session.
+                    (Some(id), Use::Open) => self.forward(id, len, now),
+                    // A reset is never forwarded, not even to a default endpoint (SPEC §3).
+                    (_, Use::Resume) => Decision::Drop(r.into()),
+                    (None, Use::Open) if self.rules.default_route.is_none() => {
+                        Decision::Drop(r.into())
+                    }
+                    // Token-shaped game traffic from a tokenless client.
+                    (None, Use::Open) => self.open_default(client, len, now),
+                };
+            }
+        };
+        if let Some(id) = live
+            && self.session(id).is_some_and(|s| s.token == Some(grant.key))
+        {
+            // Its own token: a retransmission or keepalive.
+            return self.reset_to(id, grant, now);
+        }
+        if self.needs_proof(&grant) {
+            return self.challenge(client, &grant, len, now);
+        }
+        let grant = if grant.single_use {
+            match self.redeem(tokens, token, client, how, now, Spend::IfBound) {
+                Ok(grant) => grant,
+                Err(r) => return Decision::Drop(r.into()),
+            }
+        } else {
+            grant
+        };
+        match live {
+            Some(id) => self.reset_to(id, grant, now),
+            None => self.open_redeemed(client, grant, now),
+        }
+    }
+
+    /// A token needs proof of address when it holds a live session elsewhere in this process
+    /// (the caller has ruled out the sender's own), when the sender's IP is not its bound
+    /// one, or when tokens are not bound.
+    fn needs_proof(&self, grant: &Grant) -> bool {
+        grant.fit != Fit::Bound || self.ledger.owner(grant.key).is_some()
+    }
+
+    /// Challenges `client` to prove it receives at its address, within the budgets (see
+    /// [`Proofs::try_challenge`]: the token's bound IP draws on its network's only) and never
+    /// with more bytes than the `len` it sent.
+    fn challenge(
+        &mut self,
+        client: SocketAddr,
+        grant: &Grant,
+        len: usize,
+        now: Instant,
+    ) -> Decision {
+        if self.rules.magic.len() + CHALLENGE_BODY_LEN > len {
+            return Decision::Drop(DropReason::ChallengeTooLarge);
+        }
+        let proofs = &self.rules.proofs;
+        let net = self.ledger.net_of(client.ip());
+        if !proofs.try_challenge(net, grant.key, grant.fit == Fit::Bound, now) {
+            return Decision::Drop(DropReason::ChallengeOverBudget);
+        }
+        Decision::Challenge {
+            client,
+            nonce: proofs.nonce(grant.key, client, now),
+        }
+    }
+
+    /// A RESPONSE from `client`: when its nonce proves the address for its token, the token
+    /// does what it does without proof (reset this client's session, move its session here,
+    /// or open one).
+    fn judge_response(
+        &mut self,
+        live: Option<SessionId>,
+        client: SocketAddr,
+        nonce: &[u8; NONCE_LEN],
+        token: &[u8],
+        now: Instant,
+        tokens: &dyn Redeem,
+    ) -> Decision {
+        if live.is_none() && self.ledger.draining() {
+            return Decision::Drop(DropReason::Draining);
+        }
+        let grant = match self.redeem(tokens, token, client, Use::Resume, now, Spend::Peek) {
+            Ok(grant) => grant,
+            Err(r) => return Decision::Drop(r.into()),
+        };
+        match self.rules.proofs.check(nonce, grant.key, client, now) {
+            Ok(()) => {}
+            Err(ProofError::Bad) => return Decision::Drop(DropReason::BadResponse),
+            Err(ProofError::Late) => return Decision::Drop(DropReason::LateResponse),
+        }
+        let grant = if grant.single_use {
+            match self.redeem(tokens, token, client, Use::Resume, now, Spend::Proven) {
+                Ok(grant) => grant,
+                Err(r) => return Decision::Drop(r.into()),
+            }
+        } else {
+            grant
+        };
+        self.out.push(Output::Proved);
+        match live {
+            Some(id) => self.reset_to(id, grant, now),
+            None => self.open_redeemed(client, grant, now),
+        }
+    }
+
+    /// A PING: answered to anyone within the budgets (not while draining: a client measuring
+    /// regions should not pick a replica that is leaving).
+    fn pong(&mut self, client: SocketAddr, id: [u8; PING_ID_LEN], now: Instant) -> Decision {
         if self.ledger.draining() {
             return Decision::Drop(DropReason::Draining);
         }
-        match kind {
-            // A reset is never forwarded, not even to a default endpoint (SPEC §3).
-            Datagram::Reset(token) => match self.redeem(tokens, token, client, Use::Resume, now) {
-                Ok(grant) => self.open_redeemed(client, grant, now),
-                Err(r) => Decision::Drop(r.into()),
-            },
-            Datagram::MalformedReset => Decision::Drop(DropReason::MalformedReset),
-            Datagram::Token(token) => match self.redeem(tokens, token, client, Use::Open, now) {
-                Ok(grant) => self.open_redeemed(client, grant, now),
-                Err(r) if self.rules.default_route.is_none() => Decision::Drop(r.into()),
-                // Token-shaped game traffic from a tokenless client.
-                Err(_) => self.open_default(client, len, now),
-            },
-            Datagram::Data => self.open_default(client, len, now),
+        let proofs = &self.rules.proofs;
+        if !proofs.try_ping(self.ledger.net_of(client.ip()), now) {
+            return Decision::Drop(DropReason::PingOverBudget);
+        }
+        Decision::Pong {
+            client,
+            id,
+            received_ns: proofs.nanos(now),
         }
     }
 
@@ -211,6 +342,11 @@ impl SessionTable {
         let ledger = Arc::clone(&self.ledger);
         let seat = match ledger.admit(client.ip(), cap, per_ip) {
             Err(Refusal::SessionCap) if self.yield_one(now) => {
+                ledger.admit(client.ip(), cap, per_ip)
+            }
+            Err(Refusal::ClientIpCap)
+                if self.close_oldest_yielder_of(ledger.net_of(client.ip()), now) =>
+            {
                 ledger.admit(client.ip(), cap, per_ip)
             }
             other => other,

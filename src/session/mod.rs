@@ -33,6 +33,7 @@
 
 mod decide;
 pub mod ledger;
+pub mod proof;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod tcp;
@@ -49,6 +50,7 @@ pub use crate::model::{CloseReason, DropReason, Refusal};
 use crate::model::{Target, TokenKey};
 pub use decide::Rules;
 pub use ledger::{Displaced, Ledger, Owner, Seat};
+pub use proof::Proofs;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -112,6 +114,18 @@ pub enum Decision {
         id: SessionId,
         from: SocketAddr,
     },
+    /// The token needs proof of address (SPEC §3): send `[magic] 0x01 [nonce]` back to the
+    /// sender from the data socket; nothing else changes.
+    Challenge {
+        client: SocketAddr,
+        nonce: [u8; crate::protocol::datagram::NONCE_LEN],
+    },
+    /// A PING: send `[magic] 0x04 [id] [received_ns] [send time]` back to the sender.
+    Pong {
+        client: SocketAddr,
+        id: [u8; crate::protocol::datagram::PING_ID_LEN],
+        received_ns: u64,
+    },
     Drop(DropReason),
 }
 
@@ -133,6 +147,8 @@ pub enum Output {
     Closed(Box<Closed>),
     /// Wake worker `n`: it holds a session displaced by a decision here.
     Wake(u16),
+    /// A RESPONSE proved its address: the verdict that follows is what it completed.
+    Proved,
 }
 
 /// A session that ended, with what the shell reports.
@@ -397,8 +413,8 @@ impl SessionTable {
     }
 
     /// Records a datagram that arrived on upstream socket `socket` from `from` and returns
-    /// the client to deliver it to, or `None` when `from` is not a target bound to that
-    /// socket (the datagram must be dropped).
+    /// the client to deliver it to, or why it is dropped: `from` is not a target bound to
+    /// that socket, or the session's client proved nothing and was sent its share already.
     #[inline]
     fn forward_from_target(
         &mut self,
@@ -406,14 +422,26 @@ impl SessionTable {
         from: &SocketAddr,
         len: usize,
         now: Instant,
-    ) -> Option<SocketAddr> {
-        let id = *self.bound.get(&(socket, *from))?;
-        let s = self.session_mut(id)?;
-        s.last_seen = now;
+    ) -> Result<SocketAddr, DropReason> {
+        let amplification = u64::from(self.rules.amplification);
+        let id = *self
+            .bound
+            .get(&(socket, *from))
+            .ok_or(DropReason::UnknownSource)?;
+        let s = self.session_mut(id).ok_or(DropReason::UnknownSource)?;
         s.answered = true;
+        // A default-endpoint client proved nothing: it gets at most `amplification` times
+        // the bytes it sent (SPEC §3, QUIC's limit).
+        if s.origin == Origin::DefaultEndpoint
+            && s.stats.bytes_to_client + len as u64
+                > s.stats.bytes_to_target.saturating_mul(amplification)
+        {
+            return Err(DropReason::Amplification);
+        }
+        s.last_seen = now;
         s.stats.datagrams_to_client += 1;
         s.stats.bytes_to_client += len as u64;
-        Some(s.client)
+        Ok(s.client)
     }
 
     /// Opens a token session (holding no token) for a client without one, admitted by the
@@ -775,6 +803,34 @@ impl SessionTable {
         }
         self.debug_check();
         Some(Decision::Moved { id: prev.id, from })
+    }
+
+    /// Closes the oldest session of client network `net` that may yield its place (the
+    /// per-IP cap yields like the table does, SPEC §3). True when one did. Scans the
+    /// yielders in order, leaving the others where they are.
+    fn close_oldest_yielder_of(&mut self, net: crate::model::ClientNet, now: Instant) -> bool {
+        let ledger = Arc::clone(&self.ledger);
+        let found = self
+            .yielders
+            .iter()
+            .enumerate()
+            .find_map(|(at, (id, generation))| {
+                let s = self
+                    .slots
+                    .get(*id as usize)
+                    .filter(|slot| slot.generation == *generation)
+                    .and_then(|slot| slot.session.as_ref())?;
+                (s.yields() && ledger.net_of(s.client.ip()) == net).then_some((at, *id, s.origin))
+            });
+        let Some((at, id, origin)) = found else {
+            return false;
+        };
+        self.yielders.remove(at);
+        let reason = match origin {
+            Origin::DefaultEndpoint => CloseReason::YieldedDefault,
+            Origin::Token => CloseReason::YieldedUnanswered,
+        };
+        self.close(id, reason, now)
     }
 
     /// Closes the oldest session that may yield its place (opened by the default endpoint,

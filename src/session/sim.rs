@@ -12,6 +12,11 @@
 //! forged sources (another IP with someone's token, the same IP from many ports) are part of
 //! every run: the model demands at most one session per token and that a token newcomer finds
 //! a place in a full table whenever a default-endpoint or unanswered session could yield.
+//! Proof of address is modelled too: a token that needs proof is challenged (within the
+//! per-network budget, counted per budget slot and second), and any client may answer any
+//! challenge sent so far, with the right or another token, a garbled nonce, or late; no
+//! session changes address but by a proof, nothing the director sends an unproved address
+//! (challenge, PONG, replies to a default-endpoint session) is larger than what came from it.
 //! A violation is returned as text, never panicked on here, so each driver fails its own way.
 //!
 //! Owns the simulation and its model. Must not be built into the director (test and `sim` feature only).
@@ -57,6 +62,15 @@ pub enum Payload {
     Forged { bits: u128, reset: bool },
     /// The magic followed by bytes that are not a token.
     MalformedReset { tail: u8 },
+    /// A RESPONSE to the `nth` challenge sent so far (by whichever client sends it), with
+    /// that challenge's token or the `token`th issued one, its nonce garbled or not.
+    Response {
+        nth: u8,
+        token: Option<u8>,
+        garbled: bool,
+    },
+    /// A PING, one byte short when `short`.
+    Ping { short: bool },
 }
 
 /// One step of the simulation.
@@ -94,6 +108,12 @@ pub enum Op {
     },
     /// SIGTERM: no new sessions from now on.
     Drain,
+    /// The client the `nth` challenge went to answers it (with a garbled nonce when
+    /// `garbled`).
+    Answer {
+        nth: u8,
+        garbled: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +126,9 @@ struct Modelled {
     token: Option<u128>,
     default: bool,
     answered: bool,
+    /// Bytes its client sent, and bytes delivered to it (amplification of a default session).
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl Modelled {
@@ -135,14 +158,26 @@ struct Issued {
 /// What redeeming a datagram's token should do.
 #[derive(Debug, Clone, Copy)]
 enum Expect {
-    /// Redeems: to this target, as this token key.
-    Redeems(u8, u128),
+    /// Redeems: to this target, as this token key; `bound` when the sender's IP is the one
+    /// it was issued to (otherwise only after proof of address).
+    Redeems(u8, u128, bool),
     Expired,
-    /// Issued to another IP.
-    Wrong,
     /// Never issued.
     Forged,
 }
+
+/// A challenge the table sent.
+#[derive(Debug, Clone, Copy)]
+struct Challenged {
+    client: SocketAddr,
+    /// Index in `issued` of the token it was for.
+    issued: usize,
+    nonce: [u8; 16],
+    at: Instant,
+}
+
+/// Challenges and PONGs sent to one client network per second at most.
+const PER_NET: u32 = super::proof::PER_NET_PER_SECOND;
 
 impl Expect {
     /// Whether a refused token may be dropped for `reason` (an expired grant is forgotten
@@ -153,7 +188,6 @@ impl Expect {
             Expect::Expired => {
                 matches!(reason, DropReason::ExpiredToken | DropReason::InvalidToken)
             }
-            Expect::Wrong => reason == DropReason::WrongClient,
             Expect::Forged => reason == DropReason::InvalidToken,
         }
     }
@@ -170,6 +204,12 @@ pub struct Sim {
     default_endpoint: bool,
     draining: bool,
     now: Instant,
+    /// When the simulation started (the proofs' clock origin).
+    start: Instant,
+    challenges: Vec<Challenged>,
+    /// (budget, slot, second) → challenges or PONGs sent; budget 0: a network's
+    /// challenges, 1: its PONGs, 2: a token's challenges outside its bound IP.
+    budget: HashMap<(u8, usize, u64), u32>,
 }
 
 /// The address of simulated target `n`.
@@ -207,6 +247,7 @@ impl Sim {
     /// endpoint (leastSessions over all eight targets) when `default_endpoint`.
     pub fn new(cap: usize, default_endpoint: bool) -> Result<Self, String> {
         let ledger = Arc::new(Ledger::new());
+        let start = Instant::now();
         let default_route = if default_endpoint {
             let mut yaml = String::from(
                 "defaultEndpoint: {resourceType: sim}\nresourceQueryMapping:\n  sim:\n    static:\n",
@@ -248,6 +289,13 @@ impl Sim {
             default_route,
             // Every token here names one of the eight targets; tests.rs covers the refusal.
             known: Arc::new(crate::model::KnownTargets::everywhere()),
+            proofs: Arc::new(crate::session::Proofs::new(
+                b"a test secret, thirty-two bytes.",
+                start,
+                2_000,
+                5_000,
+            )),
+            amplification: 3,
         };
         Ok(Self {
             table: SessionTable::new(rules, Arc::clone(&ledger)),
@@ -258,7 +306,10 @@ impl Sim {
             cap,
             default_endpoint,
             draining: false,
-            now: Instant::now(),
+            now: start,
+            start,
+            challenges: Vec::new(),
+            budget: HashMap::new(),
         })
     }
 
@@ -310,6 +361,17 @@ impl Sim {
                 self.ledger.begin_drain();
                 self.draining = true;
             }
+            Op::Answer { nth, garbled } => {
+                if !self.challenges.is_empty() {
+                    let c = self.challenges[usize::from(*nth) % self.challenges.len()];
+                    let payload = Payload::Response {
+                        nth: *nth,
+                        token: None,
+                        garbled: *garbled,
+                    };
+                    self.client_sends(c.client, &payload)?;
+                }
+            }
         }
         self.check()
     }
@@ -334,6 +396,9 @@ impl Sim {
 
     fn client_sends(&mut self, client: SocketAddr, payload: &Payload) -> Result<(), String> {
         // What the datagram is, and the model's expectation of a redeem.
+        let mut response: Option<(Option<Challenged>, usize, bool)> = None;
+        let mut ping: Option<bool> = None;
+        let mut token_of: Option<usize> = None;
         let (bytes, redeems, is_reset): (Vec<u8>, Option<Expect>, bool) = match payload {
             Payload::Data { len } => {
                 let n = usize::from(*len % 2_000) + 1;
@@ -347,16 +412,20 @@ impl Sim {
                         b.insert(0, b' ');
                         b.push(b'\n');
                     }
+                    token_of = Some(usize::from(*nth));
                     (b, Some(self.expected_redeem(&issued, client)), false)
                 }
                 None => (vec![b'n'; 3], None, false),
             },
             Payload::Reset { nth } => match self.issued.get(usize::from(*nth)).copied() {
-                Some(issued) => (
-                    [MAGIC, issued.id.to_wire().as_bytes()].concat(),
-                    Some(self.expected_redeem(&issued, client)),
-                    true,
-                ),
+                Some(issued) => {
+                    token_of = Some(usize::from(*nth));
+                    (
+                        [MAGIC, issued.id.to_wire().as_bytes()].concat(),
+                        Some(self.expected_redeem(&issued, client)),
+                        true,
+                    )
+                }
                 None => ([MAGIC, b"x"].concat(), None, true),
             },
             Payload::Forged { bits, reset } => {
@@ -375,8 +444,41 @@ impl Sim {
                 }
             }
             Payload::MalformedReset { tail } => ([MAGIC, &[*tail, b'?'][..]].concat(), None, true),
+            Payload::Response {
+                nth,
+                token,
+                garbled,
+            } => {
+                if self.issued.is_empty() {
+                    return Ok(());
+                }
+                let challenge = (!self.challenges.is_empty())
+                    .then(|| self.challenges[usize::from(*nth) % self.challenges.len()]);
+                let which = match (token, challenge) {
+                    (Some(n), _) => usize::from(*n) % self.issued.len(),
+                    (None, Some(c)) => c.issued,
+                    (None, None) => 0,
+                };
+                let mut nonce = challenge.map_or([0; 16], |c| c.nonce);
+                if *garbled {
+                    nonce[15] ^= 1;
+                }
+                let issued = self.issued[which];
+                response = Some((challenge, which, *garbled));
+                (
+                    [MAGIC, &[0x02], &nonce, issued.id.to_wire().as_bytes()].concat(),
+                    Some(self.expected_redeem(&issued, client)),
+                    true,
+                )
+            }
+            Payload::Ping { short } => {
+                ping = Some(*short);
+                let b = [MAGIC, &[0x03], b"pingping", &[0u8; 16]].concat();
+                let n = b.len() - usize::from(*short);
+                (b[..n].to_vec(), None, true)
+            }
         };
-        let malformed = is_reset && redeems.is_none();
+        let malformed = is_reset && redeems.is_none() && ping.is_none();
         let had = self.model.get(&client).copied();
         let decision = self
             .table
@@ -400,6 +502,47 @@ impl Sim {
         {
             return fail("a reset datagram was forwarded");
         }
+        if matches!(decision, Decision::Moved { .. }) && response.is_none() {
+            return fail("a session changed address without a proof");
+        }
+        // Nothing sent to an address that has proved nothing is larger than what it sent.
+        let answer_len = match decision {
+            Decision::Challenge { .. } => {
+                MAGIC.len() + crate::protocol::datagram::CHALLENGE_BODY_LEN
+            }
+            Decision::Pong { .. } => MAGIC.len() + crate::protocol::datagram::PONG_BODY_LEN,
+            _ => 0,
+        };
+        if answer_len > bytes.len() {
+            return fail("answered with more bytes than the datagram had");
+        }
+        if let Some(short) = ping {
+            let expected_ok = !short && !self.draining && self.take_budget(client, true, None);
+            return match decision {
+                Decision::Drop(DropReason::ShortPing) if short => Ok(()),
+                Decision::Drop(DropReason::Draining) if !short && self.draining => Ok(()),
+                Decision::Pong { client: to, id, .. }
+                    if expected_ok && to == client && &id == b"pingping" =>
+                {
+                    Ok(())
+                }
+                Decision::Drop(DropReason::PingOverBudget) if !short && !self.draining => {
+                    if expected_ok {
+                        fail("a ping within the budget was refused")
+                    } else {
+                        Ok(())
+                    }
+                }
+                _ => fail("a ping is answered within its budget or dropped"),
+            }
+            .and_then(|()| {
+                if closed.is_empty() {
+                    Ok(())
+                } else {
+                    Err("a ping closed a session".into())
+                }
+            });
+        }
         // The side closes the model expects (checked against `closed` at the end).
         let mut expect_closed: Vec<(SocketAddr, Option<CloseReason>)> = Vec::new();
         if bytes.is_empty() {
@@ -409,8 +552,12 @@ impl Sim {
             };
         }
         if malformed {
+            let short_ping = matches!(payload, Payload::MalformedReset { tail: 3 });
             return match decision {
-                Decision::Drop(DropReason::MalformedReset) if closed.is_empty() => Ok(()),
+                Decision::Drop(DropReason::MalformedReset) if closed.is_empty() && !short_ping => {
+                    Ok(())
+                }
+                Decision::Drop(DropReason::ShortPing) if closed.is_empty() && short_ping => Ok(()),
                 Decision::Drop(DropReason::Draining)
                     if had.is_none() && self.draining && closed.is_empty() =>
                 {
@@ -419,34 +566,104 @@ impl Sim {
                 _ => fail("malformed resets are dropped"),
             };
         }
+        if had.is_none() && self.draining {
+            return match decision {
+                Decision::Drop(DropReason::Draining) if closed.is_empty() => Ok(()),
+                _ => fail("a newcomer while draining is refused as draining"),
+            };
+        }
+        if let Some((challenge, which, garbled)) = response {
+            let key = self.issued[which].id.0;
+            let target = self.issued[which].target;
+            return match (redeems, decision.clone()) {
+                (Some(e @ (Expect::Expired | Expect::Forged)), Decision::Drop(reason))
+                    if e.drops_as(reason) =>
+                {
+                    Ok(())
+                }
+                (Some(Expect::Redeems(..)), d) => {
+                    let proves = challenge.filter(|c| {
+                        !garbled && c.client == client && self.issued[c.issued].id.0 == key
+                    });
+                    match (proves, d) {
+                        (None, Decision::Drop(DropReason::BadResponse)) => Ok(()),
+                        (Some(c), Decision::Drop(DropReason::LateResponse))
+                            if self.millis(self.now) - self.millis(c.at) > 2_000 =>
+                        {
+                            Ok(())
+                        }
+                        (Some(c), d) if self.millis(self.now) - self.millis(c.at) <= 2_000 => {
+                            let opened = self.redeemed(
+                                client,
+                                had,
+                                (target, key),
+                                &d,
+                                &closed,
+                                &mut expect_closed,
+                            );
+                            match opened {
+                                Ok(Some(m)) => {
+                                    self.model.insert(client, m);
+                                    self.closed_as_expected(&closed, &expect_closed)
+                                        .or_else(|why| fail(&why))
+                                }
+                                Ok(None) => self
+                                    .closed_as_expected(&closed, &expect_closed)
+                                    .or_else(|why| fail(&why)),
+                                Err(why) => fail(&why),
+                            }
+                        }
+                        _ => fail("a response proves its token's address within 2 s, nothing else"),
+                    }
+                }
+                _ => fail("wrong decision for a response"),
+            };
+        }
+        // A token that redeems but needs proof: challenged, and nothing changes.
+        if let Some(Expect::Redeems(_, key, bound)) = redeems {
+            let own = had.is_some_and(|s| s.token == Some(key));
+            let held_elsewhere = self.holder(key).is_some_and(|h| h != client);
+            if !own && (!bound || held_elsewhere) {
+                let within = self.take_budget(client, false, Some((key, bound)));
+                return match decision {
+                    Decision::Challenge { client: to, nonce } if within && to == client => {
+                        self.challenges.push(Challenged {
+                            client,
+                            issued: token_of.ok_or("a challenge for no token")?,
+                            nonce,
+                            at: self.now,
+                        });
+                        Ok(())
+                    }
+                    Decision::Drop(DropReason::ChallengeOverBudget) if !within => Ok(()),
+                    _ => fail("a token that needs proof is challenged within the budget"),
+                }
+                .and_then(|()| {
+                    if closed.is_empty() {
+                        Ok(())
+                    } else {
+                        Err("a challenge closed a session".into())
+                    }
+                });
+            }
+        }
         match had {
             Some(mut s) => {
                 match (redeems, decision.clone()) {
-                    (Some(Expect::Redeems(t, key)), d) => {
-                        match d {
-                            Decision::Keep if t == s.target => {}
-                            Decision::Reset { id } if t != s.target => {
-                                let (_, now_to, _) =
-                                    self.table.describe(id).ok_or("reset lost the session")?;
-                                if now_to.addr != target_addr(t) {
-                                    return fail("reset to the wrong target");
-                                }
-                                s.target = t;
-                            }
-                            _ => return fail("a redeemed token keeps or resets a live session"),
+                    (Some(Expect::Redeems(t, key, _)), d) => {
+                        match self.redeemed(client, had, (t, key), &d, &closed, &mut expect_closed)
+                        {
+                            Ok(Some(m)) => s = m,
+                            Ok(None) => return fail("a live session lost"),
+                            Err(why) => return fail(&why),
                         }
-                        if let Some(other) = self.holder(key).filter(|c| *c != client) {
-                            self.model.remove(&other);
-                            expect_closed.push((other, Some(CloseReason::Moved)));
-                        }
-                        s.token = Some(key);
-                        s.last = self.now;
                     }
                     (Some(e), Decision::Drop(reason)) if is_reset && e.drops_as(reason) => {}
                     (_, Decision::Forward(ToTarget { to, .. }))
                         if !is_reset && to == target_addr(s.target) =>
                     {
                         s.last = self.now;
+                        s.bytes_in += bytes.len() as u64;
                     }
                     _ => return fail("wrong decision for a live session"),
                 }
@@ -456,79 +673,25 @@ impl Sim {
                 let full = self.model.len() >= self.cap;
                 let ip_full = self.sessions_of(client.ip()) >= PER_IP;
                 let default = self.default_endpoint && !is_reset;
-                let yieldable = self.model.values().any(Modelled::yields);
-                if self.draining {
-                    return match decision {
-                        Decision::Drop(DropReason::Draining) if closed.is_empty() => Ok(()),
-                        _ => fail("a newcomer while draining is refused as draining"),
-                    };
-                }
                 let opened: Option<Modelled> = match (redeems, decision.clone()) {
-                    (Some(Expect::Redeems(_, key)), Decision::Moved { id, from }) => {
-                        if self.holder(key) != Some(from) {
-                            return fail("moved a session that does not hold the token");
+                    (Some(Expect::Redeems(t, key, _)), d) => {
+                        match self.redeemed(client, had, (t, key), &d, &closed, &mut expect_closed)
+                        {
+                            Ok(m) => m,
+                            Err(why) => return fail(&why),
                         }
-                        let (c, _, _) = self.table.describe(id).ok_or("moved session missing")?;
-                        if c != client {
-                            return fail("the moved session is not the newcomer's");
-                        }
-                        let m = self.model.remove(&from).ok_or("no model session to move")?;
-                        Some(m)
-                    }
-                    (Some(Expect::Redeems(..)), Decision::Drop(DropReason::ClientIpCap))
-                        if ip_full =>
-                    {
-                        None
-                    }
-                    (Some(Expect::Redeems(..)), Decision::Drop(DropReason::SessionCap))
-                        if full && !yieldable && !ip_full =>
-                    {
-                        None
-                    }
-                    (
-                        Some(Expect::Redeems(t, key)),
-                        Decision::Open {
-                            id,
-                            first: None,
-                            redeemed: true,
-                        },
-                    ) if !ip_full => {
-                        if self.holder(key).is_some() {
-                            return fail("a second session for one token");
-                        }
-                        if full {
-                            // Exactly one yielding session gave its place.
-                            let [victim] = closed.as_slice() else {
-                                return fail("a full table opened without one session yielding");
-                            };
-                            let m = self
-                                .model
-                                .remove(&victim.client)
-                                .ok_or("yielded a session the model does not have")?;
-                            let want = if m.default {
-                                CloseReason::YieldedDefault
-                            } else {
-                                CloseReason::YieldedUnanswered
-                            };
-                            if !m.yields() || victim.reason != want {
-                                return fail("the wrong session yielded");
-                            }
-                            expect_closed.push((victim.client, None));
-                        }
-                        self.check_opened(id, client, t)?;
-                        Some(self.fresh(t, Some(key), false))
                     }
                     (Some(e), Decision::Drop(reason)) if !default && e.drops_as(reason) => None,
                     (
-                        None | Some(Expect::Expired | Expect::Wrong | Expect::Forged),
+                        None | Some(Expect::Expired | Expect::Forged),
                         Decision::Drop(DropReason::ClientIpCap),
                     ) if default && ip_full => None,
                     (
-                        None | Some(Expect::Expired | Expect::Wrong | Expect::Forged),
+                        None | Some(Expect::Expired | Expect::Forged),
                         Decision::Drop(DropReason::SessionCap),
                     ) if default && full && !ip_full => None,
                     (
-                        None | Some(Expect::Expired | Expect::Wrong | Expect::Forged),
+                        None | Some(Expect::Expired | Expect::Forged),
                         Decision::Open {
                             id,
                             first: Some(ToTarget { to, .. }),
@@ -537,7 +700,9 @@ impl Sim {
                     ) if default && !full && !ip_full => {
                         let t = target_of(to).ok_or("default endpoint sent outside its targets")?;
                         self.check_opened(id, client, t)?;
-                        Some(self.fresh(t, None, true))
+                        let mut m = self.fresh(t, None, true);
+                        m.bytes_in = bytes.len() as u64;
+                        Some(m)
                     }
                     (None, Decision::Drop(DropReason::NoSession)) if !default => None,
                     _ => return fail("wrong decision for a newcomer"),
@@ -547,29 +712,164 @@ impl Sim {
                 }
             }
         }
+        self.closed_as_expected(&closed, &expect_closed)
+            .or_else(|why| fail(&why))
+    }
+
+    /// What a token for target `t` (key `key`) does once it needs no proof, or its proof
+    /// completed: keeps or resets the client's session (the token's other holder closes as
+    /// moved), moves the holder's session here, or opens one under the per-IP cap and the
+    /// cap (for which a yielding session of the IP, or of the table, gives its place).
+    /// Returns the client's modelled session afterwards.
+    fn redeemed(
+        &mut self,
+        client: SocketAddr,
+        had: Option<Modelled>,
+        (t, key): (u8, u128),
+        decision: &Decision,
+        closed: &[Closed],
+        expect_closed: &mut Vec<(SocketAddr, Option<CloseReason>)>,
+    ) -> Result<Option<Modelled>, String> {
+        if let Some(mut s) = had {
+            match decision {
+                Decision::Keep if t == s.target => {}
+                Decision::Reset { id } if t != s.target => {
+                    let (_, now_to, _) =
+                        self.table.describe(*id).ok_or("reset lost the session")?;
+                    if now_to.addr != target_addr(t) {
+                        return Err("reset to the wrong target".into());
+                    }
+                    s.target = t;
+                }
+                _ => return Err("a redeemed token keeps or resets a live session".into()),
+            }
+            if let Some(other) = self.holder(key).filter(|c| *c != client) {
+                self.model.remove(&other);
+                expect_closed.push((other, Some(CloseReason::Moved)));
+            }
+            s.token = Some(key);
+            s.last = self.now;
+            return Ok(Some(s));
+        }
+        if let Some(holder) = self.holder(key) {
+            let Decision::Moved { id, from } = decision else {
+                return Err("the token's session moves to its proven address".into());
+            };
+            if holder != *from {
+                return Err("moved a session that does not hold the token".into());
+            }
+            let (c, _, _) = self.table.describe(*id).ok_or("moved session missing")?;
+            if c != client {
+                return Err("the moved session is not the newcomer's".into());
+            }
+            return self
+                .model
+                .remove(from)
+                .map(Some)
+                .ok_or_else(|| "no model session to move".into());
+        }
+        let full = self.model.len() >= self.cap;
+        let ip_full = self.sessions_of(client.ip()) >= PER_IP;
+        let ip_yields = self
+            .model
+            .iter()
+            .any(|(c, m)| c.ip() == client.ip() && m.yields());
+        let yieldable = self.model.values().any(Modelled::yields);
+        match decision {
+            Decision::Drop(DropReason::ClientIpCap) if ip_full && !ip_yields => Ok(None),
+            Decision::Drop(DropReason::SessionCap) if full && !ip_full && !yieldable => Ok(None),
+            Decision::Open {
+                id,
+                first: None,
+                redeemed: true,
+            } if !ip_full || ip_yields => {
+                if ip_full || full {
+                    // Exactly one yielding session (of the IP when the IP is full) gave way.
+                    let [victim] = closed else {
+                        return Err("a full table or IP opened without one session yielding".into());
+                    };
+                    if ip_full && victim.client.ip() != client.ip() {
+                        return Err("another IP's session yielded to the per-IP cap".into());
+                    }
+                    let m = self
+                        .model
+                        .remove(&victim.client)
+                        .ok_or("yielded a session the model does not have")?;
+                    let want = if m.default {
+                        CloseReason::YieldedDefault
+                    } else {
+                        CloseReason::YieldedUnanswered
+                    };
+                    if !m.yields() || victim.reason != want {
+                        return Err("the wrong session yielded".into());
+                    }
+                    expect_closed.push((victim.client, None));
+                }
+                self.check_opened(*id, client, t)?;
+                Ok(Some(self.fresh(t, Some(key), false)))
+            }
+            _ => Err("wrong decision for a token newcomer".into()),
+        }
+    }
+
+    /// Checks the sessions closed on the side against the model's expectation.
+    fn closed_as_expected(
+        &self,
+        closed: &[Closed],
+        expect_closed: &[(SocketAddr, Option<CloseReason>)],
+    ) -> Result<(), String> {
         let got: Vec<(SocketAddr, CloseReason)> =
             closed.iter().map(|c| (c.client, c.reason)).collect();
         let matches = got.len() == expect_closed.len()
             && got
                 .iter()
-                .zip(&expect_closed)
+                .zip(expect_closed)
                 .all(|((c, r), (ec, er))| c == ec && er.is_none_or(|er| er == *r));
-        if !matches {
-            return fail(&format!(
+        if matches {
+            Ok(())
+        } else {
+            Err(format!(
                 "closed on the side {got:?}, expected {expect_closed:?}"
-            ));
+            ))
         }
-        Ok(())
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    /// Takes one challenge (or PONG, `ping`) from the budget of `client`'s network for this
+    /// second, as the model counts it, and for a challenge outside the token's bound IP
+    /// (`token: Some((key, false))`) from the token's too; false when one is spent.
+    fn take_budget(&mut self, client: SocketAddr, ping: bool, token: Option<(u128, bool)>) -> bool {
+        let proofs = Arc::clone(&self.table.rules().proofs);
+        let net = self.ledger.net_of(client.ip());
+        let second = self.millis(self.now) / 1_000;
+        let mut take = |key: (u8, usize, u64), limit: u32| {
+            let used = self.budget.entry(key).or_insert(0);
+            if *used < limit {
+                *used += 1;
+                true
+            } else {
+                false
+            }
+        };
+        take((u8::from(ping), proofs.slot_of(net), second), PER_NET)
+            && match token {
+                Some((key, false)) => take(
+                    (2, proofs.token_slot_of(key), second),
+                    super::proof::PER_TOKEN_PER_SECOND,
+                ),
+                _ => true,
+            }
     }
 
     /// The model's view of redeeming `issued` from `client` now.
     fn expected_redeem(&self, issued: &Issued, client: SocketAddr) -> Expect {
         if self.now >= issued.expires {
             Expect::Expired
-        } else if issued.ip != client.ip() {
-            Expect::Wrong
         } else {
-            Expect::Redeems(issued.target, issued.id.0)
+            Expect::Redeems(issued.target, issued.id.0, issued.ip == client.ip())
         }
     }
 
@@ -594,6 +894,8 @@ impl Sim {
             token,
             default,
             answered: false,
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 
@@ -625,15 +927,30 @@ impl Sim {
             })
             .collect();
         let decision = self.table.decide_target(socket, from, len, self.now);
+        // A default-endpoint client proved nothing: at most 3 × what it sent comes back.
+        let over = |m: &Modelled| m.default && m.bytes_out + len as u64 > 3 * m.bytes_in;
         match (bound.as_slice(), decision.clone()) {
             ([], Decision::Drop(DropReason::UnknownSource)) => Ok(()),
             ([c], Decision::Deliver { client }) if *c == client => {
                 if let Some(m) = self.model.get_mut(c) {
+                    if over(m) {
+                        return Err(format!("{c} was sent past 3 × what it sent"));
+                    }
                     m.last = self.now;
                     m.answered = true;
+                    m.bytes_out += len as u64;
                 }
                 Ok(())
             }
+            ([c], Decision::Drop(DropReason::Amplification)) => match self.model.get_mut(c) {
+                Some(m) if over(m) => {
+                    m.answered = true;
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "{c}'s reply dropped within its amplification budget"
+                )),
+            },
             _ => Err(format!(
                 "from target {from} on {socket:?}: bound to {bound:?}, got {decision:?}"
             )),

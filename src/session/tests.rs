@@ -18,6 +18,13 @@ fn rules(timeout: Duration, cap: usize) -> Rules {
         unanswered_timeout: Duration::from_secs(100_000),
         default_route: None,
         known: Arc::new(crate::model::KnownTargets::everywhere()),
+        proofs: Arc::new(crate::session::Proofs::new(
+            b"a test secret, thirty-two bytes.",
+            Instant::now(),
+            2_000,
+            5_000,
+        )),
+        amplification: 3,
     }
 }
 
@@ -433,8 +440,28 @@ fn default_endpoint_is_admitted_before_it_is_picked() {
     sim.finish().unwrap();
 }
 
+/// The nonce of a `Challenge` decision.
+fn nonce_of(d: Decision) -> [u8; 16] {
+    match d {
+        Decision::Challenge { nonce, .. } => nonce,
+        other => panic!("expected a challenge, got {other:?}"),
+    }
+}
+
+/// `[magic] 0x02 [nonce] [token]`.
+fn response(nonce: &[u8; 16], token: &[u8]) -> Vec<u8> {
+    [MAGIC, &[0x02], nonce, token].concat()
+}
+
+/// The `Proved` output the last decision queued, if any (other outputs are kept).
+fn proved(t: &mut SessionTable) -> bool {
+    let mut out = Vec::new();
+    t.take_outputs(&mut out);
+    out.iter().any(|o| matches!(o, Output::Proved))
+}
+
 #[test]
-fn one_session_per_token_a_second_address_moves_it() {
+fn one_session_per_token_a_second_address_moves_it_once_it_proves_it_receives_there() {
     let (mut t, l) = table(10);
     let tokens = TokenStore::new(100);
     let now = Instant::now();
@@ -443,44 +470,233 @@ fn one_session_per_token_a_second_address_moves_it() {
         panic!("opens")
     };
     let socket = socket_of(&t, id);
-    // The same token from another port of the same IP (a NAT rebinding, or a forger).
+    // The same token from another port of the same IP (a NAT rebinding, or a forger):
+    // challenged, and nothing moves.
+    let challenge = send(&mut t, &tokens, 2, &token, now);
+    assert!(
+        matches!(challenge, Decision::Challenge { client: c, .. } if c == client(2)),
+        "{challenge:?}"
+    );
+    let nonce = nonce_of(challenge);
     assert_eq!(
-        send(&mut t, &tokens, 2, &token, now),
+        t.lookup(&client(1)),
+        Some(id),
+        "the session stays meanwhile"
+    );
+    assert_eq!(
+        t.decide_target(socket, target(9001).addr, 3, now),
+        Decision::Deliver { client: client(1) }
+    );
+    // Another address cannot use that nonce, nor can the right address with another token.
+    assert_eq!(
+        send(&mut t, &tokens, 3, &response(&nonce, &token), now),
+        Decision::Drop(DropReason::BadResponse)
+    );
+    let other = token_for(&tokens, 9001, now);
+    assert_eq!(
+        send(&mut t, &tokens, 2, &response(&nonce, &other), now),
+        Decision::Drop(DropReason::BadResponse)
+    );
+    // Too late is too late.
+    let late = now + Duration::from_millis(2_001);
+    assert_eq!(
+        send(&mut t, &tokens, 2, &response(&nonce, &token), late),
+        Decision::Drop(DropReason::LateResponse)
+    );
+    assert_eq!(t.lookup(&client(1)), Some(id));
+    // The challenged address answers in time: the session is its now.
+    let later = now + Duration::from_millis(1_500);
+    assert_eq!(
+        send(&mut t, &tokens, 2, &response(&nonce, &token), later),
         Decision::Moved {
             id,
             from: client(1)
         }
     );
+    assert!(proved(&mut t));
     assert_eq!(t.len(), 1);
     assert_eq!(t.lookup(&client(2)), Some(id));
     assert_eq!(t.lookup(&client(1)), None);
     // Same upstream socket and target: the game server sees the same peer.
     assert_eq!(
-        t.decide_target(socket, target(9001).addr, 3, now),
+        t.decide_target(socket, target(9001).addr, 3, later),
         Decision::Deliver { client: client(2) }
     );
-    // A spray from many ports still holds one session.
+    // A spray from many ports still holds one session, where it was; the ports' IP is sent
+    // at most 10 challenges a second.
+    let mut challenges = 0;
     for port in 3..200 {
-        send(&mut t, &tokens, port, &[MAGIC, &token[..]].concat(), now);
+        match send(&mut t, &tokens, port, &[MAGIC, &token[..]].concat(), later) {
+            Decision::Challenge { .. } => challenges += 1,
+            Decision::Drop(DropReason::ChallengeOverBudget) => {}
+            other => panic!("{other:?}"),
+        }
     }
+    assert_eq!(challenges, 10);
+    assert_eq!(t.lookup(&client(2)), Some(id));
     assert_eq!((t.len(), l.active(), l.claimed()), (1, 1, 1));
     t.check_invariants();
 }
 
 #[test]
-fn a_token_bound_to_another_ip_is_refused_and_counted_as_such() {
+fn a_token_from_another_ip_is_challenged_and_opens_only_once_answered() {
     let (mut t, _l) = table(10);
     let tokens = TokenStore::new(100);
     let now = Instant::now();
     let token = token_for(&tokens, 9001, now);
-    let forger = SocketAddr::from(([10, 9, 9, 9], 4000));
+    let phone = SocketAddr::from(([10, 9, 9, 9], 4000));
+    let forger = SocketAddr::from(([10, 9, 9, 8], 4000));
+    let mut nonce = [0; 16];
     for d in [token.clone(), [MAGIC, &token[..]].concat()] {
-        assert_eq!(
-            t.decide_client(forger, &d, now, &tokens),
-            Decision::Drop(DropReason::WrongClient)
-        );
+        nonce = nonce_of(t.decide_client(phone, &d, now, &tokens));
     }
+    assert!(t.is_empty(), "nothing opens before the proof");
+    // A forger replaying the phone's response from its own address moves nothing.
+    assert_eq!(
+        t.decide_client(forger, &response(&nonce, &token), now, &tokens),
+        Decision::Drop(DropReason::BadResponse)
+    );
     assert!(t.is_empty());
+    assert!(matches!(
+        t.decide_client(phone, &response(&nonce, &token), now, &tokens),
+        Decision::Open { .. }
+    ));
+    assert!(proved(&mut t));
+    assert_eq!(t.len(), 1);
+    // Redeeming from the bound IP (a `redeem` without proof, as the TCP port does) is still
+    // refused from another IP.
+    assert_eq!(
+        tokens
+            .redeem_wire(&token, phone.ip(), now)
+            .map(|g| g.key)
+            .unwrap_err(),
+        crate::model::Rejection::WrongClient
+    );
+}
+
+#[test]
+fn unbound_tokens_always_need_proof_and_single_use_tokens_are_spent_by_the_proof() {
+    let (mut t, _l) = table(10);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    let policy = Policy {
+        binding: ClientBinding::None,
+        single_use: true,
+        ..POLICY
+    };
+    let token = tokens
+        .issue(target(9001), client(0).ip(), now, policy)
+        .to_wire()
+        .into_bytes();
+    // Even from the querying IP.
+    let nonce = nonce_of(send(&mut t, &tokens, 1, &token, now));
+    // The challenge did not use the single-use token up; the proof does.
+    assert!(matches!(
+        send(&mut t, &tokens, 1, &response(&nonce, &token), now),
+        Decision::Open { .. }
+    ));
+    assert_eq!(
+        send(&mut t, &tokens, 2, &response(&nonce, &token), now),
+        Decision::Drop(DropReason::InvalidToken)
+    );
+}
+
+#[test]
+fn a_challenge_is_never_larger_than_what_caused_it() {
+    let (mut t, _l) = table(10);
+    let mut r = rules(TIMEOUT, 10);
+    r.magic = vec![0xfe; 32];
+    let magic = r.magic.clone();
+    t.set_rules(r);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    let token = token_for(&tokens, 9001, now);
+    let phone = SocketAddr::from(([10, 9, 9, 9], 4000));
+    // 36 bytes of bare token cannot carry a 49-byte challenge.
+    assert_eq!(
+        t.decide_client(phone, &token, now, &tokens),
+        Decision::Drop(DropReason::ChallengeTooLarge)
+    );
+    assert!(matches!(
+        t.decide_client(phone, &[&magic[..], &token].concat(), now, &tokens),
+        Decision::Challenge { .. }
+    ));
+}
+
+#[test]
+fn pings_are_answered_to_anyone_within_their_budget_and_never_larger() {
+    let (mut t, l) = table(10);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    let ping = [MAGIC, &[0x03], b"abcdefgh", &[0u8; 16]].concat();
+    let stranger = SocketAddr::from(([10, 9, 9, 9], 4000));
+    let Decision::Pong {
+        client: to,
+        id,
+        received_ns,
+    } = t.decide_client(stranger, &ping, now + Duration::from_micros(5), &tokens)
+    else {
+        panic!("a ping is answered")
+    };
+    assert_eq!((to, &id), (stranger, b"abcdefgh"));
+    assert!(received_ns >= 5_000);
+    let mut answered = 1;
+    for port in 0..50 {
+        let from = SocketAddr::from(([10, 9, 9, 9], port));
+        if let Decision::Pong { .. } = t.decide_client(from, &ping, now, &tokens) {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 10, "10 a second to one network");
+    assert_eq!(
+        t.decide_client(stranger, &ping[..ping.len() - 1], now, &tokens),
+        Decision::Drop(DropReason::ShortPing)
+    );
+    assert!(t.is_empty(), "a ping opens nothing");
+    l.begin_drain();
+    let other = SocketAddr::from(([10, 9, 9, 7], 4000));
+    assert_eq!(
+        t.decide_client(other, &ping, now, &tokens),
+        Decision::Drop(DropReason::Draining)
+    );
+}
+
+#[test]
+fn a_default_endpoint_session_is_sent_at_most_three_times_what_its_client_sent() {
+    let (mut t, _l) = table(10);
+    let now = Instant::now();
+    t.ledger()
+        .admit(client(1).ip(), 10, usize::MAX)
+        .unwrap()
+        .keep();
+    let id = t.insert_admitted(client(1), target(9002), Origin::DefaultEndpoint, now);
+    let (socket, from) = (socket_of(&t, id), target(9002).addr);
+    // Nothing back before the client sent anything.
+    assert_eq!(
+        t.decide_target(socket, from, 1, now),
+        Decision::Drop(DropReason::Amplification)
+    );
+    t.forward_from_client(id, 10, now).unwrap();
+    assert_eq!(
+        t.decide_target(socket, from, 30, now),
+        Decision::Deliver { client: client(1) }
+    );
+    assert_eq!(
+        t.decide_target(socket, from, 1, now),
+        Decision::Drop(DropReason::Amplification)
+    );
+    // The client sends more: replies flow again.
+    t.forward_from_client(id, 1, now).unwrap();
+    assert_eq!(
+        t.decide_target(socket, from, 3, now),
+        Decision::Deliver { client: client(1) }
+    );
+    // A token session is not limited.
+    let other = t.open(client(2), target(9003), now).unwrap();
+    assert_eq!(
+        t.decide_target(socket_of(&t, other), target(9003).addr, 1_000, now),
+        Decision::Deliver { client: client(2) }
+    );
 }
 
 #[test]
@@ -493,10 +709,10 @@ fn per_ip_cap_refuses_that_ips_newcomers_only() {
     let now = Instant::now();
     for c in [1, 2] {
         let token = token_for(&tokens, 9001, now);
-        assert!(matches!(
-            send(&mut t, &tokens, c, &token, now),
-            Decision::Open { .. }
-        ));
+        let Decision::Open { id, .. } = send(&mut t, &tokens, c, &token, now) else {
+            panic!("opens")
+        };
+        answer(&mut t, id, now);
     }
     let token = token_for(&tokens, 9001, now);
     assert_eq!(
@@ -520,6 +736,39 @@ fn per_ip_cap_refuses_that_ips_newcomers_only() {
 }
 
 #[test]
+fn the_per_ip_cap_yields_that_ips_oldest_default_or_unanswered_session_to_a_token() {
+    let (mut t, l) = table(100);
+    let mut r = rules(TIMEOUT, 100);
+    r.max_per_client_ip = 2;
+    t.set_rules(r);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    // Another IP's yielding session is older, and is not touched.
+    let stranger = SocketAddr::from(([10, 0, 0, 2], 1));
+    l.admit(stranger.ip(), 100, 2).unwrap().keep();
+    t.insert_admitted(stranger, target(9002), Origin::DefaultEndpoint, now);
+    // The victim's IP is full of forged default-endpoint sessions.
+    for c in [1, 2] {
+        l.admit(client(c).ip(), 100, 2).unwrap().keep();
+        t.insert_admitted(client(c), target(9002), Origin::DefaultEndpoint, now);
+    }
+    let token = token_for(&tokens, 9001, now);
+    assert!(matches!(
+        send(&mut t, &tokens, 3, &token, now),
+        Decision::Open { .. }
+    ));
+    let closed = t.take_closed();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(
+        (closed[0].client, closed[0].reason),
+        (client(1), CloseReason::YieldedDefault)
+    );
+    assert_eq!(l.sessions_of_ip(client(1).ip()), 2);
+    assert!(t.lookup(&stranger).is_some());
+    t.check_invariants();
+}
+
+#[test]
 fn a_full_table_makes_room_for_a_token_from_default_or_unanswered_sessions_only() {
     let (mut t, l) = table(3);
     let tokens = TokenStore::new(100);
@@ -534,6 +783,10 @@ fn a_full_table_makes_room_for_a_token_from_default_or_unanswered_sessions_only(
         .unwrap()
         .keep();
     let default = t.insert_admitted(client(3), target(9002), Origin::DefaultEndpoint, now);
+    assert!(matches!(
+        send(&mut t, &tokens, 3, b"hi", now),
+        Decision::Forward(_)
+    ));
     answer(&mut t, default, now);
     let mut closed = Vec::new();
     let mut wake = Vec::new();
@@ -616,9 +869,11 @@ fn a_token_redeemed_on_another_worker_displaces_its_session_here() {
         w0.decide_client(client(1), &token, now, &tokens),
         Decision::Open { .. }
     ));
-    // The kernel hashed the new port to worker 1.
+    // The kernel hashed the new port to worker 1: it proves its address there (the
+    // secret is the process's, shared by its workers), and opens.
+    let nonce = nonce_of(w1.decide_client(client(2), &token, now, &tokens));
     assert!(matches!(
-        w1.decide_client(client(2), &token, now, &tokens),
+        w1.decide_client(client(2), &response(&nonce, &token), now, &tokens),
         Decision::Open { .. }
     ));
     let (mut closed, mut wake) = (Vec::new(), Vec::new());
@@ -649,6 +904,9 @@ fn payload() -> impl Strategy<Value = Payload> {
         3 => (0u8..12).prop_map(|nth| Payload::Reset { nth }),
         1 => (any::<u128>(), any::<bool>()).prop_map(|(bits, reset)| Payload::Forged { bits, reset }),
         1 => any::<u8>().prop_map(|tail| Payload::MalformedReset { tail }),
+        3 => (any::<u8>(), proptest::option::of(0u8..12), proptest::bool::weighted(0.2))
+            .prop_map(|(nth, token, garbled)| Payload::Response { nth, token, garbled }),
+        1 => proptest::bool::weighted(0.2).prop_map(|short| Payload::Ping { short }),
     ]
 }
 
@@ -663,6 +921,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u32..200_000).prop_map(|millis| Op::Advance { millis }),
         2 => Just(Op::Expire),
         1 => any::<u8>().prop_map(|seconds| Op::SetTimeout { seconds }),
+        3 => (any::<u8>(), proptest::bool::weighted(0.2))
+            .prop_map(|(nth, garbled)| Op::Answer { nth, garbled }),
     ]
 }
 

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::model::{Grant, Policy, Rejection, Target, TokenFormat, Use};
+use crate::model::{Grant, Policy, Rejection, Spend, Target, TokenFormat, Use};
 pub use keys::{KeyError, KeyRing, KeySet};
 pub use ports::PortTokens;
 pub use sealed::SealedTokens;
@@ -34,13 +34,28 @@ pub use store::TokenStore;
 /// calls it only for datagrams that carry a token, with the sending client's IP (client
 /// binding).
 pub trait Redeem {
+    /// Opens `token` presented from `client` at `now`, using it up as far as `spend` says
+    /// (a check, a redeem from its bound IP, or a redeem for a proven address).
+    fn open_token(
+        &self,
+        token: &[u8],
+        client: IpAddr,
+        how: Use,
+        now: Instant,
+        spend: Spend,
+    ) -> Result<Grant, Rejection>;
+
+    /// Redeems `token` from `client`: refused (`wrong_client`) unless `client` is the IP it
+    /// is bound to; a single-use token is used up.
     fn redeem(
         &self,
         token: &[u8],
         client: IpAddr,
         how: Use,
         now: Instant,
-    ) -> Result<Grant, Rejection>;
+    ) -> Result<Grant, Rejection> {
+        self.open_token(token, client, how, now, Spend::IfBound)
+    }
 }
 
 /// What the query answer says about an issued token.
@@ -128,16 +143,17 @@ impl Tokens {
 }
 
 impl Redeem for Tokens {
-    fn redeem(
+    fn open_token(
         &self,
         token: &[u8],
         client: IpAddr,
         how: Use,
         now: Instant,
+        spend: Spend,
     ) -> Result<Grant, Rejection> {
         match self {
-            Tokens::Uuid(store) => store.redeem_wire(token, client, now),
-            Tokens::Sealed(sealed) => sealed.open(token, client, how, now),
+            Tokens::Uuid(store) => store.open_wire(token, client, now, spend),
+            Tokens::Sealed(sealed) => sealed.open_spending(token, client, how, now, spend),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::{Redeem, Tokens};
-use crate::model::{Grant, Interner, Rejection, TokenKey, Use};
+use crate::model::{Grant, Interner, Rejection, Spend, TokenKey, Use};
 
 /// The tokens as data port `index` (of `dataPorts`) redeems them.
 pub struct PortTokens {
@@ -37,14 +37,15 @@ impl PortTokens {
 }
 
 impl Redeem for PortTokens {
-    fn redeem(
+    fn open_token(
         &self,
         token: &[u8],
         client: IpAddr,
         how: Use,
         now: Instant,
+        spend: Spend,
     ) -> Result<Grant, Rejection> {
-        let grant = self.tokens.redeem(token, client, how, now)?;
+        let grant = self.tokens.open_token(token, client, how, now, spend)?;
         if self.index == 0 {
             return Ok(grant);
         }
@@ -55,6 +56,7 @@ impl Redeem for PortTokens {
         Ok(Grant {
             key: self.key(grant.key),
             target,
+            ..grant
         })
     }
 }

@@ -41,7 +41,8 @@ use tokio::time::Instant;
 use super::keys::{KeyRing, KeySet};
 use super::{IssueError, WallClock};
 use crate::model::{
-    ClientBinding, ClientNet, Grant, Interner, Policy, Rejection, Target, Use, canonical,
+    ClientBinding, ClientNet, Fit, Grant, Interner, Policy, Rejection, Spend, Target, Use,
+    canonical,
 };
 pub use crate::protocol::token_wire::{MAX_WIRE, MIN_WIRE, is_wire_byte};
 
@@ -206,6 +207,18 @@ impl SealedTokens {
         how: Use,
         now: Instant,
     ) -> Result<Grant, Rejection> {
+        self.open_spending(wire, client, how, now, Spend::IfBound)
+    }
+
+    /// [`SealedTokens::open`], using a single-use token up as far as `spend` says.
+    pub fn open_spending(
+        &self,
+        wire: &[u8],
+        client: IpAddr,
+        how: Use,
+        now: Instant,
+        spend: Spend,
+    ) -> Result<Grant, Rejection> {
         let (key, c) = open(&self.keys.load(), wire)?;
         let now_ms = self.clock.unix_ms(now);
         let window_ms = match how {
@@ -215,19 +228,31 @@ impl SealedTokens {
         if now_ms >= c.issued_ms.saturating_add(window_ms) {
             return Err(Rejection::Expired);
         }
-        if c.client.is_some_and(|net| net != ClientNet::of(client)) {
+        let fit = match c.client {
+            None => Fit::Unbound,
+            Some(net) if net == ClientNet::of(client) => Fit::Bound,
+            Some(_) => Fit::OtherIp,
+        };
+        if spend == Spend::IfBound && fit == Fit::OtherIp {
             return Err(Rejection::WrongClient);
         }
         // Remembered until no use of it could redeem any more (the longer of TTL and resume).
         let last_ms = c
             .issued_ms
             .saturating_add(u64::from(c.ttl_ms).max(u64::from(c.resume_s) * 1_000));
-        if c.single_use && !self.first_use(key, last_ms, now) {
+        let used = c.single_use
+            && match spend {
+                Spend::Peek => self.replay.contains_key(&key),
+                Spend::IfBound | Spend::Proven => !self.first_use(key, last_ms, now),
+            };
+        if used {
             return Err(Rejection::Invalid);
         }
         Ok(Grant {
             key,
             target: self.target(&c),
+            fit,
+            single_use: c.single_use,
         })
     }
 

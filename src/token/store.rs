@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::Redeem;
 use crate::model::{
-    ClientBinding, ClientNet, Grant, Interner, Policy, Rejection, Target, TokenId, Use,
+    ClientBinding, ClientNet, Fit, Grant, Interner, Policy, Rejection, Spend, Target, TokenId, Use,
 };
 use crate::util::sync::lock;
 
@@ -45,12 +45,16 @@ fn pack(net: ClientNet) -> (u64, u8) {
 }
 
 impl Entry {
-    fn admits(&self, client: IpAddr) -> bool {
+    fn fit(&self, client: IpAddr) -> Fit {
         if self.flags & (BOUND_V4 | BOUND_V6) == 0 {
-            return true;
+            return Fit::Unbound;
         }
         let (bits, kind) = pack(ClientNet::of(client));
-        kind == self.flags & (BOUND_V4 | BOUND_V6) && bits == self.client
+        if kind == self.flags & (BOUND_V4 | BOUND_V6) && bits == self.client {
+            Fit::Bound
+        } else {
+            Fit::OtherIp
+        }
     }
 }
 
@@ -144,22 +148,43 @@ impl TokenStore {
     /// Redeems a token for a client at `client`. A single-use token is removed by its first
     /// successful redeem; of two racing redeems only the one whose removal took it wins.
     pub fn redeem(&self, id: TokenId, client: IpAddr, now: Instant) -> Result<Grant, Rejection> {
-        let (target, single_use) = {
+        self.open(id, client, now, Spend::IfBound)
+    }
+
+    /// Opens a token presented from `client`, using it up as far as `spend` says.
+    pub fn open(
+        &self,
+        id: TokenId,
+        client: IpAddr,
+        now: Instant,
+        spend: Spend,
+    ) -> Result<Grant, Rejection> {
+        let (target, single_use, fit) = {
             let entry = self.grants.get(&id.0).ok_or(Rejection::Invalid)?;
             if self.ms(now) >= entry.expires_ms {
                 drop(entry);
                 self.grants.remove(&id.0);
                 return Err(Rejection::Expired);
             }
-            if !entry.admits(client) {
+            let fit = entry.fit(client);
+            if spend == Spend::IfBound && fit == Fit::OtherIp {
                 return Err(Rejection::WrongClient);
             }
-            (Arc::clone(&entry.target), entry.flags & SINGLE_USE != 0)
+            (
+                Arc::clone(&entry.target),
+                entry.flags & SINGLE_USE != 0,
+                fit,
+            )
         };
-        if single_use && self.grants.remove(&id.0).is_none() {
+        if single_use && spend != Spend::Peek && self.grants.remove(&id.0).is_none() {
             return Err(Rejection::Invalid);
         }
-        Ok(Grant { key: id.0, target })
+        Ok(Grant {
+            key: id.0,
+            target,
+            fit,
+            single_use,
+        })
     }
 
     /// Redeems a token in its wire form.
@@ -169,8 +194,19 @@ impl TokenStore {
         client: IpAddr,
         now: Instant,
     ) -> Result<Grant, Rejection> {
+        self.open_wire(wire, client, now, Spend::IfBound)
+    }
+
+    /// Opens a token in its wire form, using it up as far as `spend` says.
+    pub fn open_wire(
+        &self,
+        wire: &[u8],
+        client: IpAddr,
+        now: Instant,
+        spend: Spend,
+    ) -> Result<Grant, Rejection> {
         let id = TokenId::from_wire(wire).ok_or(Rejection::Invalid)?;
-        self.redeem(id, client, now)
+        self.open(id, client, now, spend)
     }
 
     /// Tokens currently held.
@@ -184,14 +220,15 @@ impl TokenStore {
 }
 
 impl Redeem for TokenStore {
-    fn redeem(
+    fn open_token(
         &self,
         token: &[u8],
         client: IpAddr,
         _how: Use,
         now: Instant,
+        spend: Spend,
     ) -> Result<Grant, Rejection> {
-        self.redeem_wire(token, client, now)
+        self.open_wire(token, client, now, spend)
     }
 }
 

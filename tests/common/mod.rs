@@ -78,6 +78,40 @@ impl Client {
         }
     }
 
+    /// Answers the CHALLENGE the director sent for `token` (proof of address, SPEC §3):
+    /// `[magic] 0x02 [nonce] [token]` back to the data port.
+    pub fn prove(&self, token: &str) {
+        const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
+        let frame = self.recv().expect("a challenge");
+        assert!(
+            frame.len() == MAGIC.len() + 17 && frame.starts_with(MAGIC) && frame[MAGIC.len()] == 1,
+            "a challenge: {frame:?}"
+        );
+        self.send(&[MAGIC, &[2], &frame[MAGIC.len() + 1..], token.as_bytes()].concat());
+    }
+
+    /// Sends a token datagram (bare or `[magic][token]`) and, when the director challenges
+    /// this address for it within 300 ms (the token holds a session elsewhere, or this is
+    /// another IP than its bound one), answers the challenge.
+    pub fn redeem(&self, datagram: &[u8]) {
+        const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
+        self.send(datagram);
+        let token = datagram.strip_prefix(MAGIC).unwrap_or(datagram);
+        self.socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        if let Ok(n) = self.socket.recv(&mut buf) {
+            let frame = &buf[..n];
+            if n == MAGIC.len() + 17 && frame.starts_with(MAGIC) && frame[MAGIC.len()] == 1 {
+                self.send(&[MAGIC, &[2], &frame[MAGIC.len() + 1..], token].concat());
+            }
+        }
+        self.socket
+            .set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+    }
+
     /// Asserts nothing arrives within `wait`.
     pub fn expect_silence(&self, wait: Duration) {
         expect_silence(&self.socket, wait);

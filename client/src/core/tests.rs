@@ -386,3 +386,35 @@ fn a_custom_magic_is_used_in_every_frame() {
     let sent = drain(&mut c, t0 + ms(1_000));
     assert_eq!(sent[0].2, [b"\xab\xcd".as_slice(), TOKEN].concat());
 }
+
+#[test]
+fn a_new_local_address_sends_the_resume_at_once_and_forgets_old_challenges() {
+    let t0 = Instant::now();
+    let d = addr(7777);
+    let mut c = core(&[d], t0);
+    drain(&mut c, t0);
+    // A challenge for the old address is waiting when the phone changes networks.
+    let mut frame = [0u8; MAX_CONTROL_LEN];
+    let n = write_challenge(&mut frame, DEFAULT_MAGIC, &[7; 16]);
+    assert_eq!(c.handle_datagram(t0, d, &frame[..n]), Incoming::Challenge);
+    let moved = t0 + ms(100);
+    c.rebound(moved);
+    assert_eq!(
+        drain(&mut c, moved),
+        vec![(d, TransmitKind::Resume, resume_bytes())],
+        "only the resume leaves from the new address"
+    );
+    assert_eq!(c.stats().resumes, 1);
+    // The new address's challenge is answered as any other.
+    let n = write_challenge(&mut frame, DEFAULT_MAGIC, &[8; 16]);
+    assert_eq!(
+        c.handle_datagram(moved, d, &frame[..n]),
+        Incoming::Challenge
+    );
+    assert_eq!(
+        kinds(&drain(&mut c, moved)),
+        vec![(d, TransmitKind::Response)]
+    );
+    // The resume rule counts from the rebind.
+    assert_eq!(c.poll_timeout(), Some(moved + c.cfg.resume.silence));
+}

@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use crate::metrics::{self, Metrics};
-use crate::model::{CloseReason, DropReason, Refusal, Rejection};
+use crate::model::{CloseReason, DropReason, PingOutcome, ProofOutcome, Refusal, Rejection};
 use crate::session::Decision;
 
 /// How often a worker adds its counts to the shared metrics.
@@ -35,6 +35,9 @@ pub(super) struct Counts {
     redeemed: u64,
     closed: [u64; CloseReason::COUNT],
     drops: [u64; DropReason::COUNT],
+    challenges: u64,
+    proved: u64,
+    pongs: u64,
 }
 
 impl Counts {
@@ -46,6 +49,11 @@ impl Counts {
     /// Counts `n` drops of one reason (e.g. the ICMP reports read off an error queue).
     pub(super) fn dropped_n(&mut self, reason: DropReason, n: usize) {
         self.drops[reason.index()] += n as u64;
+    }
+
+    /// A RESPONSE completed a proof of address.
+    pub(super) fn proved(&mut self) {
+        self.proved += 1;
     }
 
     pub(super) fn closed(&mut self, reason: CloseReason) {
@@ -71,6 +79,8 @@ impl Counts {
                 self.redeemed += 1;
             }
             Decision::Drop(reason) => self.dropped(*reason),
+            Decision::Challenge { .. } => self.challenges += 1,
+            Decision::Pong { .. } => self.pongs += 1,
             Decision::Forward { .. } | Decision::Deliver { .. } => {}
         }
     }
@@ -87,6 +97,8 @@ pub(super) struct Flusher {
     drops: Vec<Counter>,
     rejected: Vec<Counter>,
     refused: Vec<Counter>,
+    proofs: Vec<Counter>,
+    pings: Vec<Counter>,
     /// Upstream sockets this worker last added to the shared gauge.
     sockets_reported: i64,
     pub(super) last_flush: Instant,
@@ -117,6 +129,14 @@ impl Flusher {
             refused: Refusal::ALL
                 .iter()
                 .map(|r| Metrics::counter(&m.sessions_refused, "reason", r.as_str()))
+                .collect(),
+            proofs: ProofOutcome::ALL
+                .iter()
+                .map(|r| Metrics::counter(&m.path_challenges, "outcome", r.as_str()))
+                .collect(),
+            pings: PingOutcome::ALL
+                .iter()
+                .map(|r| Metrics::counter(&m.pings, "outcome", r.as_str()))
                 .collect(),
             sockets_reported: 0,
             last_flush: now,
@@ -150,7 +170,16 @@ impl Flusher {
             if let Some(rejection) = reason.rejection() {
                 self.rejected[rejection.index()].inc_by(dropped(*reason));
             }
+            if let Some(outcome) = reason.proof() {
+                self.proofs[outcome.index()].inc_by(dropped(*reason));
+            }
+            if let Some(outcome) = reason.ping() {
+                self.pings[outcome.index()].inc_by(dropped(*reason));
+            }
         }
+        self.proofs[ProofOutcome::Sent.index()].inc_by(c.challenges);
+        self.proofs[ProofOutcome::Proved.index()].inc_by(c.proved);
+        self.pings[PingOutcome::Answered.index()].inc_by(c.pongs);
         m.upstream_sockets
             .inc_by(open_sockets - self.sockets_reported);
         self.sockets_reported = open_sockets;
@@ -188,10 +217,26 @@ mod tests {
             Decision::Drop(DropReason::SessionCap),
             Decision::Drop(DropReason::Draining),
             Decision::Drop(DropReason::UpstreamError),
+            Decision::Drop(DropReason::LateResponse),
+            Decision::Drop(DropReason::ShortPing),
+            Decision::Challenge {
+                client: ([127, 0, 0, 1], 1).into(),
+                nonce: [0; 16],
+            },
+            Decision::Challenge {
+                client: ([127, 0, 0, 1], 1).into(),
+                nonce: [1; 16],
+            },
+            Decision::Pong {
+                client: ([127, 0, 0, 1], 1).into(),
+                id: [0; 8],
+                received_ns: 0,
+            },
             Decision::Keep,
         ] {
             c.decided(&d);
         }
+        c.proved();
         f.flush(c, 0, &m, now);
         let text = m.encode();
         for line in [
@@ -202,6 +247,12 @@ mod tests {
             "udp_director_datagrams_dropped_total{reason=\"upstream_error\"} 1",
             "udp_director_datagrams_dropped_total{reason=\"malformed_control\"} 0",
             "udp_director_tokens_redeemed_total 1",
+            "udp_director_path_challenges_total{outcome=\"sent\"} 2",
+            "udp_director_path_challenges_total{outcome=\"proved\"} 1",
+            "udp_director_path_challenges_total{outcome=\"late_response\"} 1",
+            "udp_director_path_challenges_total{outcome=\"over_budget\"} 0",
+            "udp_director_pings_total{outcome=\"answered\"} 1",
+            "udp_director_pings_total{outcome=\"short\"} 1",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }

@@ -12,6 +12,7 @@
 //! decide what a datagram means, resolve queries or redeem tokens itself.
 
 use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 use super::counters::{Counts, FLUSH_EVERY, Flusher};
 use super::upstream::{Upstreams, send_error, slot_of, token_of};
 use super::{DataShared, SAMPLE_MAX, WorkerSample};
+use crate::protocol::datagram;
 use crate::session::{
     CloseReason, Closed, Decision, DropReason, Output, SessionTable, SocketId, ToTarget, floor,
 };
@@ -361,6 +363,7 @@ impl Worker {
             }
             &Output::CloseSocket(socket) => self.close_socket(socket),
             Output::Closed(closed) => self.finish_closed(closed, now),
+            Output::Proved => self.counts.proved(),
             &Output::Wake(worker) => {
                 if let Some(waker) = self
                     .shared
@@ -395,11 +398,38 @@ impl Worker {
             } if self.upstreams.get(first.socket).is_some() => {
                 self.send_to_target(first, datagram);
             }
+            &Decision::Challenge { client, ref nonce } => {
+                let mut out = std::mem::take(&mut self.proxied);
+                datagram::write_challenge(&mut out, &self.table.rules().magic, nonce);
+                self.send_to_client(&out, client);
+                self.proxied = out;
+            }
+            &Decision::Pong {
+                client,
+                ref id,
+                received_ns,
+            } => {
+                let mut out = std::mem::take(&mut self.proxied);
+                let rules = self.table.rules();
+                let sent_ns = rules.proofs.nanos(Instant::now());
+                datagram::write_pong(&mut out, &rules.magic, id, received_ns, sent_ns);
+                self.send_to_client(&out, client);
+                self.proxied = out;
+            }
             Decision::Open { .. }
             | Decision::Reset { .. }
             | Decision::Keep
             | Decision::Moved { .. }
             | Decision::Drop(_) => {}
+        }
+    }
+
+    /// Sends a frame of the director's own (CHALLENGE, PONG) to a client; not counted as
+    /// proxied traffic.
+    fn send_to_client(&mut self, frame: &[u8], client: SocketAddr) {
+        if let Err(e) = self.data.send_to(frame, client) {
+            self.counts
+                .dropped(send_error(&e, DropReason::SendToClient));
         }
     }
 
