@@ -110,7 +110,8 @@ fn bench(c: &mut Criterion) {
 }
 
 /// Proof-of-address decisions. The clock moves a second per iteration so the budgets (10 a
-/// second per client network) never refuse: what is measured is the decision that sends.
+/// second per client network) never refuse: what is measured is the decision that sends
+/// (checked once before each measurement). It wraps after 10^6 s, inside the token's TTL.
 fn proofs(c: &mut Criterion) {
     let (mut t, _, _) = table(1_000, 10);
     let tokens = TokenStore::new(1_000);
@@ -143,12 +144,30 @@ fn proofs(c: &mut Criterion) {
             _ => None,
         })
     };
+    let verdict = |out: &[udp_director::session::Output]| {
+        out.iter()
+            .rev()
+            .find_map(|o| match o {
+                udp_director::session::Output::Datagram { decision, .. } => Some(decision.clone()),
+                _ => None,
+            })
+            .expect("a verdict")
+    };
+    let at = |second: u64| start + Duration::from_secs(1 + second % 1_000_000);
     // The token from another port of its IP: the session lives at `home`, so it is challenged.
     let mut second = 0u64;
+    let other = SocketAddr::from(([127, 9, 0, 1], 1_023));
+    t.on_client_datagram(0, other, token, at(0), &tokens);
+    t.take_outputs(&mut out);
+    assert!(matches!(
+        verdict(&out),
+        udp_director::session::Decision::Challenge { .. }
+    ));
+    out.clear();
     c.bench_function("proof/challenge", |b| {
         b.iter(|| {
             second += 1;
-            let now = start + Duration::from_secs(second);
+            let now = at(second);
             let port = 1_024 + (second % 30_000) as u16;
             let from = SocketAddr::from(([127, 9, 0, 1], port));
             t.on_client_datagram(0, black_box(from), black_box(token), now, &tokens);
@@ -160,29 +179,47 @@ fn proofs(c: &mut Criterion) {
     // A whole handover between two addresses: the token from the other one (challenged),
     // then its RESPONSE (the session moves there).
     let magic = MAGIC;
-    let mut at = [home, SocketAddr::from(([127, 9, 0, 1], 50_000))];
+    let mut addrs = [home, SocketAddr::from(([127, 9, 0, 1], 50_000))];
+    let mut handover = |second: u64, at_: &mut [SocketAddr; 2], out: &mut Vec<_>| {
+        let now = at(second);
+        let to = at_[1];
+        t.on_client_datagram(0, to, token, now, &tokens);
+        t.take_outputs(out);
+        let nonce = nonce_of(out).unwrap_or_default();
+        out.clear();
+        let response = [magic, &[2], &nonce, token].concat();
+        t.on_client_datagram(0, to, black_box(&response), now, &tokens);
+        t.take_outputs(out);
+        at_.swap(0, 1);
+    };
+    second += 1;
+    handover(second, &mut addrs, &mut out);
+    assert!(matches!(
+        verdict(&out),
+        udp_director::session::Decision::Moved { .. }
+    ));
+    out.clear();
     c.bench_function("proof/handover", |b| {
         b.iter(|| {
             second += 1;
-            let now = start + Duration::from_secs(second);
-            let to = at[1];
-            t.on_client_datagram(0, to, token, now, &tokens);
-            t.take_outputs(&mut out);
-            let nonce = nonce_of(&out).unwrap_or_default();
-            out.clear();
-            let response = [magic, &[2], &nonce, token].concat();
-            t.on_client_datagram(0, to, black_box(&response), now, &tokens);
-            t.take_outputs(&mut out);
+            handover(second, &mut addrs, &mut out);
             black_box(&out);
             out.clear();
-            at.swap(0, 1);
         })
     });
+    drop(handover);
     let ping = [MAGIC, &[3], b"abcdefgh", &[0u8; 16]].concat();
+    t.on_client_datagram(0, other, &ping, at(second), &tokens);
+    t.take_outputs(&mut out);
+    assert!(matches!(
+        verdict(&out),
+        udp_director::session::Decision::Pong { .. }
+    ));
+    out.clear();
     c.bench_function("proof/ping", |b| {
         b.iter(|| {
             second += 1;
-            let now = start + Duration::from_secs(second);
+            let now = at(second);
             let from = SocketAddr::from(([127, 10, 0, 1], 1_024 + (second % 30_000) as u16));
             t.on_client_datagram(0, black_box(from), black_box(&ping), now, &tokens);
             t.take_outputs(&mut out);
