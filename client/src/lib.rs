@@ -234,6 +234,16 @@ pub struct Queries {
 impl Queries {
     pub fn connect(query_addr: SocketAddr) -> io::Result<Self> {
         let stream = TcpStream::connect_timeout(&query_addr, Duration::from_secs(5))?;
+        Self::over(stream)
+    }
+
+    /// Queries over a connection made by the caller (e.g. bound to one of several local
+    /// addresses: tokens are bound to the IP a query comes from).
+    pub fn from_stream(stream: TcpStream) -> io::Result<Self> {
+        Self::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> io::Result<Self> {
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.set_nodelay(true)?;
         Ok(Self {

@@ -182,13 +182,13 @@ pub fn spawn_director_with(
         args.busy_poll_micros,
         max_sessions.max(1_000_000)
     );
-    // Load clients come from 127.0.0.1 (and, for scale and soak, from 127.0.0.2.. while the
-    // queries leave from 127.0.0.1): lift the per-IP cap and the client binding; the memory
-    // runs hold sessions to targets that never reply: no unanswered timeout. A director
-    // built before those keys existed refuses them, so it is tried without them too
-    // (`--also-director`).
+    // Load clients come from 127.0.0.1 (and, for scale, from 127.0.0.2.., each host asking
+    // for its tokens itself, so every token opens at once from its bound IP without a proof
+    // of address): lift the per-IP cap; the memory runs hold sessions to targets that never
+    // reply: no unanswered timeout. A director built before those keys existed refuses
+    // them, so it is tried without them too (`--also-director`).
     let with_cap = format!(
-        "{extra}maxSessionsPerClientIp: {max_sessions}\ntokenClientBinding: none\nunansweredTimeoutSeconds: 86400\n{}\n",
+        "{extra}maxSessionsPerClientIp: {max_sessions}\nunansweredTimeoutSeconds: 86400\n{}\n",
         args.director_yaml.replace("\\n", "\n")
     );
     ChildDirector::spawn_yaml(
@@ -601,8 +601,21 @@ fn dropped_total(director: &ChildDirector) -> f64 {
 /// `n` tokens spread round-robin over the `targets` targets (token `j` for target
 /// `j % targets`), queried on one pipelined connection.
 fn tokens_spread(director: &ChildDirector, targets: usize, n: usize) -> io::Result<Vec<String>> {
+    tokens_spread_from(director, Ipv4Addr::LOCALHOST, targets, n)
+}
+
+/// [`tokens_spread`], asked from `from` (the tokens redeem from that IP without a proof).
+fn tokens_spread_from(
+    director: &ChildDirector,
+    from: Ipv4Addr,
+    targets: usize,
+    n: usize,
+) -> io::Result<Vec<String>> {
     let targets = targets.max(1);
-    let mut conn = Queries::connect(director.query)?;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((from, 0)).into())?;
+    socket.connect_timeout(&director.query.into(), Duration::from_secs(5))?;
+    let mut conn = Queries::from_stream(socket.into())?;
     let mut per_target = Vec::with_capacity(targets);
     for i in 0..targets {
         let q = Query::new("echo").label("target", &format!("t{i:05}"));
@@ -676,14 +689,26 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     let addrs: Vec<SocketAddr> = echo.iter().map(|e| e.addr).collect();
     let director = spawn_director(exe, &addrs, args, n + 1000)?;
     let rss_before = director.rss_kib();
-    let tokens = tokens_spread(&director, addrs.len(), n + addrs.len())?;
+    // Each source host asks for its own tokens (a token opens at once from its bound IP);
+    // the probes' tokens come from 127.0.0.1.
+    const PER_HOST: usize = 40_001;
+    let probes = tokens_spread(&director, addrs.len(), addrs.len())?;
+    let mut host_tokens: Vec<String> = Vec::new();
     let started = Instant::now();
     let (mut sent, mut host, mut port) = (0usize, 2u8, 20_000u16);
+    let (mut used, mut asked_for) = (0usize, 0u8);
     let deadline = Instant::now() + Duration::from_secs(120);
     while sent < n && Instant::now() < deadline {
-        let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)), port);
+        let ip = Ipv4Addr::new(127, 0, 0, host);
+        if asked_for != host || used == host_tokens.len() {
+            let want = PER_HOST.min(n - sent);
+            host_tokens = tokens_spread_from(&director, ip, addrs.len(), want)?;
+            (asked_for, used) = (host, 0);
+        }
+        let src = SocketAddr::new(IpAddr::V4(ip), port);
         if let Ok(s) = UdpSocket::bind(src) {
-            let _ = s.send_to(tokens[sent].as_bytes(), director.data);
+            let _ = s.send_to(host_tokens[used].as_bytes(), director.data);
+            used += 1;
             sent += 1;
             if sent % 2000 == 0 {
                 // Pace so the director's receive buffer never overflows.
@@ -706,7 +731,7 @@ fn scale(args: &LoadgenArgs, exe: &Path, n: usize) -> io::Result<()> {
     let fds = director.open_fds();
     // A sample of fresh clients still gets round trips through every target.
     let mut ok = 0usize;
-    for (i, token) in tokens[n..].iter().enumerate() {
+    for (i, token) in probes.iter().enumerate() {
         let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
         s.send_to(token.as_bytes(), director.data)?;
