@@ -21,6 +21,13 @@ use crate::model::{
     TcpClose, TcpRefusal,
 };
 
+/// The git revision the binary was built from (`build.rs`: `UDP_DIRECTOR_REVISION` from the
+/// environment, else `git rev-parse`), or `unknown` (a source tarball, a clone without git).
+pub(crate) const REVISION: &str = match option_env!("UDP_DIRECTOR_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
 /// One label, static key and value.
 pub(crate) type Label = [(&'static str, &'static str); 1];
 /// Two labels, static keys and values.
