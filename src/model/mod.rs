@@ -18,4 +18,4 @@ pub use reasons::{
     TcpClose, TcpRefusal,
 };
 pub use target::{Interner, KnownTargets, Network, Target, canonical};
-pub use token::{ClientBinding, Grant, Policy, TokenFormat, TokenId, TokenKey, Use};
+pub use token::{ClientBinding, Grant, Policy, TokenFormat, TokenId, TokenKey, Use, session_id};

@@ -277,6 +277,25 @@ fn refresh_gauges(s: &AdminState) -> Vec<MappingStatus> {
     }
     m.caches_synced
         .set(i64::from(status.iter().all(|st| st.synced)));
+    // Live sessions per mapping: the ledger's per-target counts (what leastSessions reads)
+    // joined with the addresses each mapping knows.
+    let by_address = live.settings.load().known.mappings_by_address();
+    let mut per_mapping: std::collections::BTreeMap<&str, i64> =
+        status.iter().map(|st| (st.name.as_str(), 0)).collect();
+    for (addr, n) in live.data.ledger.per_target() {
+        for mapping in by_address.get(&addr).into_iter().flatten() {
+            if let Some(count) = per_mapping.get_mut(mapping.as_str()) {
+                *count += i64::try_from(n).unwrap_or(i64::MAX);
+            }
+        }
+    }
+    m.mapping_sessions.clear();
+    for (mapping, n) in per_mapping {
+        m.mapping_sessions
+            .get_or_create(&[("mapping", mapping.to_string())])
+            .set(n);
+    }
+    super::process::refresh(m);
     m.draining.set(i64::from(s.readiness.ledger.draining()));
     status
 }
