@@ -46,13 +46,16 @@ pub struct MappingRow {
     pub objects: u64,
     /// Every cache behind it has listed once.
     pub synced: bool,
+    /// Live UDP sessions to its targets on this replica (`mapping_sessions`).
+    pub sessions: u64,
 }
 
 /// A target with live sessions.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TargetRow {
     pub addr: Option<SocketAddr>,
-    /// `mapping/namespace/name` when a sampled session names it, else empty.
+    /// `mapping/namespace/name` when a sampled session names it, else the mappings that know
+    /// the address.
     pub name: String,
     pub sessions: u64,
 }
@@ -212,17 +215,19 @@ pub fn render(p: &Page) -> String {
 
     out.push_str(
         "<h2>Mappings</h2><table id=\"mappings\"><tr><th>mapping</th><th>source</th>\
-         <th>load balancing</th><th>objects cached</th><th>cache</th></tr>",
+         <th>load balancing</th><th>objects cached</th><th>cache</th><th>live sessions</th></tr>",
     );
     for m in &p.mappings {
         w!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td>\
+             <td class=\"n\">{}</td></tr>",
             escape(&m.name),
             escape(&m.source),
             escape(&m.load_balancing),
             m.objects,
-            state(m.synced, "synced", "not synced")
+            state(m.synced, "synced", "not synced"),
+            m.sessions
         );
     }
     out.push_str("</table>\n");
@@ -305,6 +310,7 @@ mod tests {
                 load_balancing: "leastSessions".into(),
                 objects: 2,
                 synced: true,
+                sessions: 2,
             }],
             targets: vec![TargetRow {
                 addr: Some("127.0.0.1:9001".parse().unwrap()),
@@ -353,7 +359,7 @@ mod tests {
             "<span id=\"protocol-tcp\">tcp: 1</span>",
             "generation 2 · reloads applied 2, rejected 1",
             "format sealed · keys in force 2 · key reloads applied 1, rejected 0 · tokens held 4",
-            "<td>echo</td><td>static</td><td>leastSessions</td><td class=\"n\">2</td><td><span class=\"ok\">synced</span>",
+            "<td>echo</td><td>static</td><td>leastSessions</td><td class=\"n\">2</td><td><span class=\"ok\">synced</span></td><td class=\"n\">2</td>",
             "<td>echo/default/echo-a</td><td>127.0.0.1:9001</td><td class=\"n\">2</td>",
             "<td>127.0.0.1:40000</td><td>echo</td><td>default/echo-a</td><td>127.0.0.1:9001</td><td>player-7</td><td class=\"n\">1.3</td>",
             "1 of 3 live UDP sessions",

@@ -411,9 +411,16 @@ async fn page_handler(State(s): State<AdminState>) -> impl IntoResponse {
                     .to_string(),
                 objects: st.objects as u64,
                 synced: st.synced,
+                sessions: u64::try_from(
+                    m.mapping_sessions
+                        .get_or_create(&[("mapping", st.name.clone())])
+                        .get(),
+                )
+                .unwrap_or(0),
             }
         })
         .collect();
+    let by_address = generation.known.mappings_by_address();
     let mut per_target = s.live.data.ledger.per_target();
     per_target.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let targets_omitted = per_target.len().saturating_sub(PAGE_TARGETS);
@@ -430,6 +437,11 @@ async fn page_handler(State(s): State<AdminState>) -> impl IntoResponse {
                         "{}/{}/{}",
                         v.target.mapping, v.target.namespace, v.target.name
                     )
+                })
+                .or_else(|| {
+                    by_address
+                        .get(&addr)
+                        .map(|ms| ms.iter().map(String::as_str).collect::<Vec<_>>().join(", "))
                 })
                 .unwrap_or_default(),
             sessions: n as u64,
