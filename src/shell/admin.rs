@@ -27,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 
 use crate::config::reload::redacted_json;
 use crate::config::{LoadBalancing, TokenFormat, ValidSource};
+use crate::metrics::Metrics;
 use crate::protocol::admin_access;
 use crate::protocol::operator_page::{
     self, KeyState, MappingRow, Page, ReloadState, SessionRow, TargetRow,
@@ -384,12 +386,8 @@ async fn page_handler(State(s): State<AdminState>) -> impl IntoResponse {
     let generation = s.live.settings.load();
     let config = &generation.config;
     let m = &s.live.metrics;
-    let count =
-        |family: &prometheus_client::metrics::family::Family<
-            crate::metrics::Label,
-            prometheus_client::metrics::counter::Counter,
-        >,
-         result: &'static str| { family.get_or_create(&[("result", result)]).get() };
+    let count = |family, result| Metrics::counter(family, "result", result).get();
+    let gauge = |g: &Gauge| u64::try_from(g.get()).unwrap_or(0);
     let mappings = status
         .iter()
         .map(|st| {
@@ -411,12 +409,10 @@ async fn page_handler(State(s): State<AdminState>) -> impl IntoResponse {
                     .to_string(),
                 objects: st.objects as u64,
                 synced: st.synced,
-                sessions: u64::try_from(
-                    m.mapping_sessions
-                        .get_or_create(&[("mapping", st.name.clone())])
-                        .get(),
-                )
-                .unwrap_or(0),
+                sessions: gauge(
+                    &m.mapping_sessions
+                        .get_or_create(&[("mapping", st.name.clone())]),
+                ),
             }
         })
         .collect();
@@ -461,7 +457,6 @@ async fn page_handler(State(s): State<AdminState>) -> impl IntoResponse {
             bytes_to_client: v.stats.bytes_to_client,
         })
         .collect();
-    let gauge = |g: &prometheus_client::metrics::gauge::Gauge| u64::try_from(g.get()).unwrap_or(0);
     let page = Page {
         version: env!("CARGO_PKG_VERSION").to_string(),
         revision: crate::metrics::REVISION.to_string(),
