@@ -10,12 +10,14 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Cargo features of the daemon to build in (e.g. `fast-path` once the daemon has it).
 ARG CARGO_FEATURES=""
+# The git revision for udp_director_build_info{revision} (build.rs; .git is not in the context).
+ARG REVISION=""
 
 # Dependencies first, so a source edit does not rebuild them. Cargo needs every workspace
 # member's manifest and a file for every target they name (the daemon, its benches, the
-# client library and its bench, the C ABI, the testkit and its two tools) before it resolves
-# anything.
-COPY Cargo.toml Cargo.lock ./
+# client library and its bench, the C ABI, the testkit and its two tools, and the build
+# script) before it resolves anything.
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY client/Cargo.toml client/
 COPY capi/Cargo.toml capi/
 COPY testkit/Cargo.toml testkit/
@@ -31,7 +33,7 @@ RUN cargo build --release --locked --bin udp-director --features "$CARGO_FEATURE
 COPY . .
 # COPY keeps the context's timestamps: make sure cargo sees the real sources as newer.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin udp-director --features "$CARGO_FEATURES"
+    && UDP_DIRECTOR_REVISION="$REVISION" cargo build --release --locked --bin udp-director --features "$CARGO_FEATURES"
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 ARG VERSION=dev

@@ -6,12 +6,12 @@ CARGO ?= cargo
 test: test-deps  ## unit, property and loopback end-to-end tests (daemon, client library, testkit)
 	$(CARGO) test --locked --workspace --all-targets
 
-test-deps:       ## real Helm for the chart tests (PyPI); cbindgen, cc, c++, Mono, Node, Godot 3 for the client tests (Debian)
+test-deps:       ## real Helm for the chart tests (PyPI); cbindgen, cc, c++, Mono, Node, Godot 3 for the client tests, chromium for the operator page test (Debian)
 	@python3 -c 'import helm_python' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check helm-python-sdk \
 	  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages helm-python-sdk
-	@for tool in cbindgen cc c++ mcs mono node godot3-server; do command -v $$tool >/dev/null || missing=1; done; \
+	@for tool in cbindgen cc c++ mcs mono node godot3-server chromium; do command -v $$tool >/dev/null || missing=1; done; \
 	  [ -z "$$missing" ] || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	    cbindgen gcc g++ libc6-dev mono-mcs mono-runtime nodejs godot3-server; }
+	    cbindgen gcc g++ libc6-dev mono-mcs mono-runtime nodejs godot3-server chromium; }
 
 deny:            ## cargo-deny: licenses, bans, sources of every crate in Cargo.lock (installs it if missing)
 	.ci/deny

@@ -116,7 +116,9 @@ fn main() -> anyhow::Result<()> {
             moved.elapsed(),
             String::from_utf8_lossy(&buf[..n])
         ),
-        None => println!("HANDOVER-> no reply within 3 s (is the director older than proof of address?)"),
+        None => println!(
+            "HANDOVER-> no reply within 3 s (is the director older than proof of address?)"
+        ),
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! Who may read the operator views (SPEC §6), end to end with the real binary: `/sessions`
-//! and `/config` answer loopback callers, and others only with `Authorization: Bearer` and
-//! the token of `adminTokenFile` (re-read within 2 s of a change); everyone else gets 403.
+//! Who may read the operator views (SPEC §6), end to end with the real binary: `/` (the
+//! operator page), `/sessions` and `/config` answer loopback callers, and others only with
+//! `Authorization: Bearer` and the token of `adminTokenFile` (re-read within 2 s of a
+//! change); everyone else gets 403.
 //! Probes and `/metrics` stay open. The admin port binds `adminBindAddress`.
 //!
 //! A non-loopback caller needs a non-loopback address: each test runs in a network namespace
@@ -87,7 +88,7 @@ fn director(dir: TempDir, extra: &str) -> ChildDirector {
     ChildDirector::spawn_yaml(BIN.as_ref(), dir, &yaml, &[]).unwrap()
 }
 
-const OPERATOR_VIEWS: [&str; 3] = ["/sessions", "/config", "/sessions?limit=1"];
+const OPERATOR_VIEWS: [&str; 4] = ["/", "/sessions", "/config", "/sessions?limit=1"];
 const OPEN: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 #[test]

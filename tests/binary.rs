@@ -238,3 +238,41 @@ fn an_override_rescues_a_file_that_alone_is_invalid() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("adminPort: 9100"));
     }
 }
+
+#[test]
+fn process_metrics_are_what_proc_says_and_build_info_names_the_revision() {
+    let b = Backend::new();
+    let dir = TempDir::new("process-metrics").unwrap();
+    let d = ChildDirector::spawn_yaml(Path::new(BIN), dir, &static_yaml(&b, ""), &[]).unwrap();
+    // A few sessions, so the descriptors are more than the listeners' (each holds an upstream
+    // socket slot on its worker).
+    let clients: Vec<Client> = (0..4).map(|_| Client::new(d.data)).collect();
+    for c in &clients {
+        establish(c, &token_for(d.query, r#"{"resourceType":"echo"}"#), &b);
+    }
+    let scrape = d.scrape();
+    let fds = scrape.value("process_open_fds");
+    let seen = d.open_fds() as f64;
+    // The scrape's own connection comes and goes: within a few of /proc's count.
+    assert!(
+        (fds - seen).abs() <= 3.0 && fds >= 8.0,
+        "process_open_fds {fds}, /proc/{}/fd has {seen}",
+        d.pid()
+    );
+    assert!(scrape.value("process_max_fds") >= fds);
+    let rss = scrape.value("process_resident_memory_bytes");
+    let proc_rss = (d.rss_kib() * 1024) as f64;
+    assert!(
+        rss > 1_000_000.0 && (rss - proc_rss).abs() < proc_rss * 0.25,
+        "process_resident_memory_bytes {rss}, VmRSS {proc_rss}"
+    );
+    let cpu = scrape.value("process_cpu_seconds_total");
+    assert!(cpu > 0.0 && cpu < 600.0, "process_cpu_seconds_total {cpu}");
+    // The binary was built by the same cargo run as this test: the same revision (or none).
+    let revision = option_env!("UDP_DIRECTOR_REVISION").unwrap_or("unknown");
+    let build = format!(
+        "udp_director_build_info{{version=\"{}\",revision=\"{revision}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(scrape.value(&build), 1.0, "{build} in\n{}", scrape.text());
+}

@@ -445,11 +445,11 @@ async fn forged_game_data_with_a_default_endpoint_cannot_keep_token_newcomers_ou
     // receive was the forged sources'.
     let to_target = metric(
         admin,
-        "udp_director_bytes_total{direction=\"client_to_target\"}",
+        "udp_director_datagram_bytes_total{direction=\"client_to_target\"}",
     );
     let to_client = metric(
         admin,
-        "udp_director_bytes_total{direction=\"target_to_client\"}",
+        "udp_director_datagram_bytes_total{direction=\"target_to_client\"}",
     );
     let from_forged = to_target - r.legit.sent as f64;
     let to_forged = to_client - r.legit.received as f64;

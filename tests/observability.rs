@@ -1,4 +1,5 @@
-//! The chart's alert rules and Grafana dashboard name only series a director exposes.
+//! The chart's alert rules and Grafana dashboard name only series a director exposes
+//! (its `udp_director_*` families and the `process_*` ones).
 //! `k8s/helm/udp-director/files/series.json` is the one list of the series (and matcher label
 //! values) that `files/alerts.yaml` and `files/dashboard.json` use: it must equal what those
 //! files name, and every entry must be on the `/metrics` of a director started in-process
@@ -24,13 +25,33 @@ fn read(name: &str) -> String {
     std::fs::read_to_string(files().join(name)).unwrap()
 }
 
-/// `udp_director_*` names in `text`, and the label values of their `{...}` matchers
-/// (`label="v"`, `label=~"a|b"`; the dashboard's `namespace` variable aside).
+/// The prefixes of the series the rules and the dashboard may name: the director's own and
+/// the process families every Prometheus client exposes.
+const PREFIXES: [&str; 2] = ["udp_director_", "process_"];
+
+/// Where the next series name of [`PREFIXES`] starts in `text` (a prefix at the start of a
+/// word, so `foo_process_x` is not one).
+fn next_name(text: &str) -> Option<usize> {
+    PREFIXES
+        .iter()
+        .filter_map(|prefix| {
+            text.match_indices(prefix).map(|(at, _)| at).find(|&at| {
+                !text[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+        })
+        .min()
+}
+
+/// `udp_director_*` and `process_*` names in `text`, and the label values of their `{...}`
+/// matchers (`label="v"`, `label=~"a|b"`; the dashboard's `namespace` variable aside).
 fn used(text: &str) -> (BTreeSet<String>, Labels) {
     let mut names = BTreeSet::new();
     let mut labels = Labels::new();
     let mut rest = text;
-    while let Some(at) = rest.find("udp_director_") {
+    while let Some(at) = next_name(rest) {
         rest = &rest[at..];
         let end = rest
             .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
@@ -104,6 +125,11 @@ fn the_parser_sees_names_and_matchers() {
         BTreeSet::from(["x".into(), "y".into()])
     );
     assert_eq!(labels["udp_director_a_total"].len(), 1);
+    let (names, _) = used("process_open_fds / process_max_fds * on (pod) my_process_x");
+    assert_eq!(
+        names,
+        BTreeSet::from(["process_open_fds".into(), "process_max_fds".into()])
+    );
 }
 
 /// Every sample of the exposition: series name and its label pairs.

@@ -474,11 +474,33 @@ fn access_log_has_one_line_per_closed_session_and_can_be_switched_off() {
         "warn,udp_director::app=info,udp_director::access=info",
     )
     .unwrap();
-    let client = session(d.query, d.data, r#"{"resourceType":"echo"}"#);
+    let client = session(
+        d.query,
+        d.data,
+        r#"{"resourceType":"echo","playerId":"player-9"}"#,
+    );
+    let asked = wait_log(&d, &["query answered"], Duration::from_secs(5))
+        .expect("an access-log line for the query");
+    let q: Value = serde_json::from_str(&asked).unwrap();
+    assert_eq!(q["target"], "udp_director::access", "{q}");
+    assert_eq!(q["client"], "127.0.0.1", "{q}");
+    assert_eq!(q["result"], "ok", "{q}");
+    assert_eq!(q["mapping"], "echo", "{q}");
+    assert_eq!(q["player_id"], "player-9", "{q}");
+    assert_eq!(q["target_name"], "echo-0", "{q}");
+    assert_eq!(q["target_addr"], a.addr.to_string(), "{q}");
+    assert_eq!(q["suppressed"], 0, "{q}");
+    let session_id = q["session_id"]
+        .as_str()
+        .expect("the query names its session");
+    assert_eq!(session_id.len(), 16, "{q}");
     let line = wait_log(&d, &["session closed"], Duration::from_secs(5))
         .expect("an access-log line when the session idles out");
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["target"], "udp_director::access", "{v}");
+    assert_eq!(v["protocol"], "udp", "{v}");
+    assert_eq!(v["session_id"], session_id, "query → session: {v}");
+    assert_eq!(v["player_id"], "player-9", "{v}");
     assert_eq!(v["client"], client.local_addr().unwrap().to_string());
     assert_eq!(v["mapping"], "echo");
     assert_eq!(v["target_name"], "echo-0");
@@ -489,6 +511,25 @@ fn access_log_has_one_line_per_closed_session_and_can_be_switched_off() {
     assert_eq!(v["datagrams_to_client"], 1);
     assert_eq!(v["bytes_to_client"], 4);
     assert!(v["duration_ms"].as_u64().unwrap() >= 1000, "{v}");
+    // A failed query is logged too, with its result and no session.
+    let answer = query(d.query, r#"{"resourceType":"nonesuch"}"#);
+    assert_eq!(answer["error"]["code"], "unknown_resource_type");
+    let failed = wait_log(&d, &["query answered"], Duration::from_secs(5))
+        .expect("an access-log line for the failed query");
+    let f: Value = serde_json::from_str(&failed).unwrap();
+    assert_eq!(f["result"], "unknown_resource_type", "{f}");
+    assert!(
+        f.get("mapping").is_none() && f.get("session_id").is_none(),
+        "{f}"
+    );
+    assert_eq!(
+        d.metric("udp_director_mapping_queries_total{mapping=\"echo\",result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        d.metric("udp_director_session_duration_seconds_count{protocol=\"udp\"}"),
+        1.0
+    );
 
     // Switched off by a reload: the next close is counted but not logged.
     kubelet_write(

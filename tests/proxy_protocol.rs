@@ -105,7 +105,7 @@ async fn ipv4_datagrams_carry_the_client_address_and_player_id_replies_carry_not
     // The bytes counted are the clients'.
     assert!(eventually(Duration::from_secs(3), || metric(
         d.admin_addr,
-        "udp_director_bytes_total{direction=\"client_to_target\"}"
+        "udp_director_datagram_bytes_total{direction=\"client_to_target\"}"
     ) == (5 + 60_000 + 13 + 1 + 5)
         as f64));
     d.stop().await;

@@ -69,14 +69,14 @@ async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
 fn refused(d: &Running, reason: &str) -> f64 {
     metric(
         d.admin_addr,
-        &format!("udp_director_tcp_refused_total{{protocol=\"tcp\",reason=\"{reason}\"}}"),
+        &format!("udp_director_tcp_refused_total{{reason=\"{reason}\"}}"),
     )
 }
 
 fn closed(d: &Running, reason: &str) -> f64 {
     metric(
         d.admin_addr,
-        &format!("udp_director_tcp_sessions_closed_total{{protocol=\"tcp\",reason=\"{reason}\"}}"),
+        &format!("udp_director_tcp_sessions_closed_total{{reason=\"{reason}\"}}"),
     )
 }
 
@@ -210,7 +210,7 @@ async fn sixteen_mib_each_way_arrive_intact_and_half_closes_pass_both_ways() {
     assert!(
         metric(
             d.admin_addr,
-            "udp_director_tcp_bytes_total{protocol=\"tcp\",direction=\"client_to_target\"}"
+            "udp_director_tcp_bytes_total{direction=\"client_to_target\"}"
         ) >= SIZE as f64
     );
 }
@@ -604,7 +604,7 @@ async fn a_proxy_mapping_hears_the_directors_header_first_and_a_forged_one_after
     assert_eq!(
         metric(
             d.admin_addr,
-            "udp_director_tcp_bytes_total{protocol=\"tcp\",direction=\"client_to_target\"}"
+            "udp_director_tcp_bytes_total{direction=\"client_to_target\"}"
         ),
         payload.len() as f64,
         "the client's bytes are counted as its own, ours are not"
@@ -672,7 +672,7 @@ fn a_spent_descriptor_budget_refuses_tcp_newcomers_and_keeps_live_relays() {
         &[mapping],
     );
     let d = testkit::ChildDirector::spawn_yaml(&wrapper, tmp, &yaml, &[]).unwrap();
-    let descriptors = "udp_director_tcp_refused_total{protocol=\"tcp\",reason=\"descriptors\"}";
+    let descriptors = "udp_director_tcp_refused_total{reason=\"descriptors\"}";
     // Each relay takes two places of the budget: open relays until a newcomer is refused.
     let mut live = Vec::new();
     for i in 0..100 {

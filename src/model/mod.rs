@@ -18,4 +18,6 @@ pub use reasons::{
     QueryClose, Refusal, Rejection, TcpClose, TcpRefusal,
 };
 pub use target::{Interner, KnownTargets, Network, Target, canonical};
-pub use token::{ClientBinding, Fit, Grant, Policy, Spend, TokenFormat, TokenId, TokenKey, Use};
+pub use token::{
+    ClientBinding, Fit, Grant, Policy, Spend, TokenFormat, TokenId, TokenKey, Use, session_id,
+};

@@ -270,6 +270,26 @@ impl KnownTargets {
         self.built_at.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// The mappings each known address belongs to: what the caches know and what this
+    /// replica allocated (a target in two mappings is in both). For per-mapping counts at a
+    /// scrape, never on a data path.
+    pub fn mappings_by_address(
+        &self,
+    ) -> std::collections::HashMap<SocketAddr, std::collections::BTreeSet<String>> {
+        let mut out: std::collections::HashMap<SocketAddr, std::collections::BTreeSet<String>> =
+            std::collections::HashMap::new();
+        for (mapping, addrs) in self.known.load().iter() {
+            for addr in addrs {
+                out.entry(*addr).or_default().insert(mapping.clone());
+            }
+        }
+        for (key, ()) in self.allocated.iter() {
+            let (mapping, addr) = key.as_ref();
+            out.entry(*addr).or_default().insert(mapping.clone());
+        }
+        out
+    }
+
     /// Remembers a target this replica handed a token out for (resolved or allocated): its
     /// address on every data port. A token opens at once even before the next refresh of
     /// the caches' addresses.
@@ -286,6 +306,28 @@ impl KnownTargets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mappings_by_address_joins_known_and_allocated() {
+        let k = KnownTargets::new(Vec::new(), std::time::Duration::from_secs(60));
+        let a: SocketAddr = "10.0.0.1:7000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:7000".parse().unwrap();
+        k.replace(
+            [
+                ("arena".to_string(), [a].into_iter().collect()),
+                ("duel".to_string(), [a, b].into_iter().collect()),
+            ]
+            .into_iter()
+            .collect(),
+            1,
+        );
+        k.learn(&Target::new("fleet", "ns", "gs-1", b));
+        let by = k.mappings_by_address();
+        let names = |addr| by[&addr].iter().cloned().collect::<Vec<String>>();
+        assert_eq!(names(a), ["arena", "duel"]);
+        assert_eq!(names(b), ["duel", "fleet"]);
+        assert_eq!(by.len(), 2);
+    }
 
     #[test]
     fn networks_parse_and_contain() {

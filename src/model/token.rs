@@ -16,6 +16,20 @@ use super::target::Target;
 /// One live session per key per data port (SPEC §3).
 pub type TokenKey = u128;
 
+/// The id logs give the session a token opens (`session_id`, 16 hex digits): the query line
+/// that issued the token and the access line of the session it opened carry the same one, on
+/// every replica (a resumed session keeps it), so support can follow a player from query to
+/// server to session. The first 8 bytes of SHA-256 over a fixed label and the key: the token
+/// cannot be recovered from it, and nothing but a log line ever computes it.
+#[must_use]
+pub fn session_id(key: TokenKey) -> String {
+    let mut input = [0u8; 24 + 16];
+    input[..24].copy_from_slice(b"udp-director session id\0");
+    input[24..].copy_from_slice(&key.to_be_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    hex::encode(&digest.as_ref()[..8])
+}
+
 /// A uuid token as the data plane sees it: the UUID's 128 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenId(pub u128);
@@ -113,4 +127,23 @@ pub struct Grant {
     pub fit: Fit,
     /// Redeemable once (`singleUseTokens`): a [`Spend::Peek`] left it usable.
     pub single_use: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_ids_are_stable_short_and_distinct() {
+        let a = super::session_id(0x1234_5678_9abc_def0_1122_3344_5566_7788);
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()), "{a}");
+        assert_eq!(
+            a,
+            super::session_id(0x1234_5678_9abc_def0_1122_3344_5566_7788)
+        );
+        assert_ne!(
+            a,
+            super::session_id(0x1234_5678_9abc_def0_1122_3344_5566_7789)
+        );
+        assert!(!a.contains("12345678"), "not the key's digits");
+    }
 }

@@ -5,6 +5,7 @@
 pub mod admin_access;
 pub mod datagram;
 pub mod jsonpath;
+pub mod operator_page;
 pub mod proxy;
 pub mod query;
 pub mod tcp_line;

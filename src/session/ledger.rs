@@ -226,6 +226,14 @@ impl Ledger {
     pub fn targets(&self) -> usize {
         self.per_target.len()
     }
+
+    /// Live sessions per target address (what `leastSessions` reads), for the operator page.
+    pub fn per_target(&self) -> Vec<(SocketAddr, usize)> {
+        self.per_target
+            .iter()
+            .map(|e| (*e.key(), *e.value()))
+            .collect()
+    }
 }
 
 /// A newcomer's places under the cap and its IP's share, given back when dropped (a refusal

@@ -161,6 +161,8 @@ pub struct Closed {
     pub duration: Duration,
     /// Opened by the default endpoint (its client proved nothing: its log line is budgeted).
     pub default_endpoint: bool,
+    /// The token it held last (none: a default-endpoint session), for the log's `session_id`.
+    pub token: Option<TokenKey>,
 }
 
 /// One live session as `/sessions` shows it.
@@ -586,6 +588,7 @@ impl SessionTable {
             stats: s.stats,
             duration: now.saturating_duration_since(s.created),
             default_endpoint: s.origin == Origin::DefaultEndpoint,
+            token: s.token,
         })));
         self.debug_check();
         true

@@ -106,6 +106,13 @@ pub struct TcpOpen<'a> {
     id: u64,
 }
 
+impl TcpOpen<'_> {
+    /// The token this connection holds (for the log's `session_id`).
+    pub fn token(&self) -> TokenKey {
+        self.key
+    }
+}
+
 impl TcpPort {
     /// Data port `index` of `dataPorts` (a token's port for it).
     /// Data port `index` of `dataPorts`; its pending lines are counted per client network

@@ -1,11 +1,12 @@
 //! Admin HTTP server: `/metrics` (Prometheus text), `/healthz` (the process answers and every
 //! data-plane thread is alive), `/readyz` (listeners bound, every resource source synced
 //! once, not draining), `/config` (the config in force as JSON, control-packet magic
-//! redacted) and `/sessions` (the count and a bounded sample). Read-only.
+//! redacted), `/sessions` (the count and a bounded sample) and `/`, the operator page (one
+//! HTML document over the same sources, rendered by `protocol::operator_page`). Read-only.
 //!
 //! It binds `adminBindAddress` (default: `bindAddress`) and runs on a thread of its own with
 //! a single-thread runtime, so work on the shared runtime (queries, watches) can never delay
-//! a probe. `/config` and `/sessions` show topology and players' addresses: they answer only
+//! a probe. `/`, `/config` and `/sessions` show topology and players' addresses: they answer only
 //! callers `protocol::admin_access::allowed` admits (loopback, or `Authorization: Bearer`
 //! with the token of `adminTokenFile`, polled by path); everyone else gets 403. Probes and
 //! `/metrics` stay open.
@@ -26,13 +27,20 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::reload::redacted_json;
+use crate::config::{LoadBalancing, TokenFormat, ValidSource};
+use crate::metrics::Metrics;
 use crate::protocol::admin_access;
+use crate::protocol::operator_page::{
+    self, KeyState, MappingRow, Page, ReloadState, SessionRow, TargetRow,
+};
+use crate::resolve::MappingStatus;
 use crate::session::Ledger;
 use crate::settings::Settings;
 use crate::shell::reload::{Live, Polled, StableFile};
@@ -198,6 +206,7 @@ async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Re
     let operator = Router::new()
         .route("/config", get(config_handler))
         .route("/sessions", get(sessions_handler))
+        .route("/", get(page_handler))
         .route_layer(middleware::from_fn_with_state(state.clone(), operator_only));
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
@@ -231,6 +240,19 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
+    refresh_gauges(&s);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.live.metrics.encode(),
+    )
+}
+
+/// Sets the gauges read from shared state rather than counted (sessions, tokens, caches,
+/// drain) to their current values; returns the mappings' cache status it read.
+fn refresh_gauges(s: &AdminState) -> Vec<MappingStatus> {
     let live = &s.live;
     let m = &live.metrics;
     let active = live.data.ledger.active() as i64;
@@ -257,14 +279,27 @@ async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
     }
     m.caches_synced
         .set(i64::from(status.iter().all(|st| st.synced)));
+    // Live sessions per mapping: the ledger's per-target counts (what leastSessions reads)
+    // joined with the addresses each mapping knows.
+    let by_address = live.settings.load().known.mappings_by_address();
+    let mut per_mapping: std::collections::BTreeMap<&str, i64> =
+        status.iter().map(|st| (st.name.as_str(), 0)).collect();
+    for (addr, n) in live.data.ledger.per_target() {
+        for mapping in by_address.get(&addr).into_iter().flatten() {
+            if let Some(count) = per_mapping.get_mut(mapping.as_str()) {
+                *count += i64::try_from(n).unwrap_or(i64::MAX);
+            }
+        }
+    }
+    m.mapping_sessions.clear();
+    for (mapping, n) in per_mapping {
+        m.mapping_sessions
+            .get_or_create(&[("mapping", mapping.to_string())])
+            .set(n);
+    }
+    super::process::refresh(m);
     m.draining.set(i64::from(s.readiness.ledger.draining()));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.encode(),
-    )
+    status
 }
 
 async fn config_handler(State(s): State<AdminState>) -> impl IntoResponse {
@@ -314,16 +349,170 @@ async fn sessions_handler(
     }))
 }
 
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+/// `Ok` when `/readyz` answers 200, otherwise why not.
+fn readiness(s: &AdminState) -> Result<(), &'static str> {
     let alive = match s.live.data.dead_workers() {
         0 => Ok(()),
         _ => Err("a data-plane thread died"),
     };
-    match alive.and_then(|()| s.readiness.check()) {
+    alive.and_then(|()| s.readiness.check())
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    match readiness(&s) {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
         ),
+    }
+}
+
+/// Sessions the operator page lists (a sample, like `/sessions`), and targets it lists.
+const PAGE_SESSIONS: usize = 50;
+const PAGE_TARGETS: usize = 100;
+/// The page reloads itself this often.
+const PAGE_REFRESH_SECONDS: u32 = 5;
+
+/// `/`: the operator page, gathered from what `/metrics`, `/sessions`, `/config` and
+/// `/readyz` read.
+async fn page_handler(State(s): State<AdminState>) -> impl IntoResponse {
+    let status = refresh_gauges(&s);
+    let sample = s
+        .live
+        .data
+        .sample_sessions(PAGE_SESSIONS, Duration::from_secs(1))
+        .await;
+    let generation = s.live.settings.load();
+    let config = &generation.config;
+    let m = &s.live.metrics;
+    let count = |family, result| Metrics::counter(family, "result", result).get();
+    let gauge = |g: &Gauge| u64::try_from(g.get()).unwrap_or(0);
+    let mappings = status
+        .iter()
+        .map(|st| {
+            let mapping = config.mappings.get(&st.name);
+            MappingRow {
+                name: st.name.clone(),
+                source: match mapping {
+                    Some(v) if v.allocate.is_some() => "allocate",
+                    Some(v) => match v.source {
+                        ValidSource::Static(_) => "static",
+                        ValidSource::Kube(_) => "kubernetes",
+                    },
+                    None => "",
+                }
+                .to_string(),
+                load_balancing: mapping
+                    .map(|v| load_balancing_name(&v.load_balancing))
+                    .unwrap_or_default()
+                    .to_string(),
+                objects: st.objects as u64,
+                synced: st.synced,
+                sessions: gauge(
+                    &m.mapping_sessions
+                        .get_or_create(&[("mapping", st.name.clone())]),
+                ),
+            }
+        })
+        .collect();
+    let by_address = generation.known.mappings_by_address();
+    let mut per_target = s.live.data.ledger.per_target();
+    per_target.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let targets_omitted = per_target.len().saturating_sub(PAGE_TARGETS);
+    let targets = per_target
+        .into_iter()
+        .take(PAGE_TARGETS)
+        .map(|(addr, n)| TargetRow {
+            addr: Some(addr),
+            name: sample
+                .iter()
+                .find(|v| v.target.addr == addr)
+                .map(|v| {
+                    format!(
+                        "{}/{}/{}",
+                        v.target.mapping, v.target.namespace, v.target.name
+                    )
+                })
+                .or_else(|| {
+                    by_address
+                        .get(&addr)
+                        .map(|ms| ms.iter().map(String::as_str).collect::<Vec<_>>().join(", "))
+                })
+                .unwrap_or_default(),
+            sessions: n as u64,
+        })
+        .collect();
+    let sessions = sample
+        .iter()
+        .map(|v| SessionRow {
+            client: v.client.to_string(),
+            mapping: v.target.mapping.clone(),
+            target: format!("{}/{}", v.target.namespace, v.target.name),
+            target_addr: v.target.addr.to_string(),
+            player: v.target.player.as_deref().map(str::to_string),
+            age_seconds: v.age.as_secs_f64(),
+            idle_seconds: v.idle.as_secs_f64(),
+            bytes_to_target: v.stats.bytes_to_target,
+            bytes_to_client: v.stats.bytes_to_client,
+        })
+        .collect();
+    let page = Page {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        revision: crate::metrics::REVISION.to_string(),
+        not_ready: readiness(&s).err().map(str::to_string),
+        draining: s.readiness.ledger.draining(),
+        refresh_seconds: PAGE_REFRESH_SECONDS,
+        sessions_active: gauge(&m.sessions_active),
+        max_sessions: config.max_sessions as u64,
+        by_protocol: crate::model::Protocol::ALL
+            .iter()
+            .map(|p| {
+                let n = m
+                    .sessions_by_protocol
+                    .get_or_create(&[("protocol", p.as_str())])
+                    .get();
+                (p.as_str().to_string(), u64::try_from(n).unwrap_or(0))
+            })
+            .collect(),
+        mappings,
+        targets,
+        targets_omitted,
+        sessions,
+        reload: ReloadState {
+            generation: generation.number,
+            applied: count(&m.config_reloads, "applied"),
+            rejected: count(&m.config_reloads, "rejected"),
+            restart_required: m.config_restart_required.get() != 0,
+        },
+        keys: KeyState {
+            format: match config.token_format {
+                TokenFormat::Uuid => "uuid",
+                TokenFormat::Sealed => "sealed",
+            }
+            .to_string(),
+            keys_in_force: gauge(&m.token_keys),
+            reloads_applied: count(&m.token_key_reloads, "applied"),
+            reloads_rejected: count(&m.token_key_reloads, "rejected"),
+            tokens_active: gauge(&m.tokens_active),
+        },
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        operator_page::render(&page),
+    )
+}
+
+/// The config's name of a load-balancing strategy.
+fn load_balancing_name(lb: &LoadBalancing) -> &'static str {
+    match lb {
+        LoadBalancing::LeastSessions => "leastSessions",
+        LoadBalancing::First => "first",
+        LoadBalancing::RoundRobin => "roundRobin",
+        LoadBalancing::Random => "random",
+        LoadBalancing::LabelArithmetic { .. } => "labelArithmetic",
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod admin;
 pub(crate) mod housekeeping;
 pub(crate) mod keys;
 pub(crate) mod listen;
+pub(crate) mod process;
 pub(crate) mod query;
 pub mod reload;
 pub(crate) mod tcp;

@@ -14,6 +14,12 @@
 //!
 //! Resolving a query against a cache is CPU work: it runs on tokio's blocking pool, never on
 //! the async workers that serve the other sockets and the probes.
+//!
+//! Every answer is counted (`queries_total`, and `mapping_queries_total` when the request
+//! named a mapping of the config) and logged as one access-log line (`query answered`:
+//! client, result, mapping, player id, target, the `session_id` its token's session will be
+//! logged with), at most [`QUERY_LOG_PER_SECOND`] lines a second; the next line written says
+//! how many were suppressed.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +32,9 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::model::{AllocationResult, ClientNet, ErrorCode, QueryClose};
+use crate::model::{
+    AllocationResult, ClientNet, ErrorCode, QueryClose, Target, TokenKey, session_id,
+};
 use crate::protocol::query::{QueryError, TargetRef, TokenAnswer, parse_request, render};
 use crate::resolve::Resolved;
 use crate::resolve::allocate::Allocation;
@@ -34,6 +42,7 @@ use crate::session::Ledger;
 use crate::settings::{Generation, Settings};
 use crate::token::{IssueError, Tokens};
 use crate::util::bounded::{Bounded, Place};
+use crate::util::logbudget::LogBudget;
 use crate::util::sync::lock;
 
 /// What the query server needs; shared by every connection.
@@ -50,6 +59,21 @@ pub(crate) struct QueryContext {
     /// Resolutions running on the blocking pool, at most one per core: more would only
     /// queue for the CPU while crowding out the async workers (probes, the other sockets).
     resolving: Arc<tokio::sync::Semaphore>,
+    /// The query lines of the access log, sampled under load.
+    log_budget: Mutex<LogBudget>,
+}
+
+/// Query lines the access log writes per second at most (a client cannot flood the log).
+pub(crate) const QUERY_LOG_PER_SECOND: u32 = 50;
+
+/// What the log line and the per-mapping count of one query need, gathered while answering.
+#[derive(Default)]
+struct QueryTrace {
+    /// The request's `resourceType`, when it is a mapping of the config.
+    mapping: Option<String>,
+    player: Option<String>,
+    target: Option<Arc<Target>>,
+    token: Option<TokenKey>,
 }
 
 /// Open query connections per client network; entries go when their last connection does.
@@ -108,6 +132,7 @@ impl QueryContext {
             tokens,
             ledger,
             metrics,
+            log_budget: Mutex::new(LogBudget::new(QUERY_LOG_PER_SECOND, Duration::from_secs(1))),
         }
     }
 
@@ -152,16 +177,49 @@ impl QueryContext {
     pub(crate) async fn answer(&self, line: &[u8], peer: IpAddr) -> Vec<u8> {
         let started = Instant::now();
         let generation = self.settings.load();
-        let result = self.resolve_line(line, peer, started, &generation).await;
+        let mut trace = QueryTrace::default();
+        let result = self
+            .resolve_line(line, peer, started, &generation, &mut trace)
+            .await;
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.code.as_str(),
         };
         self.count_query(label);
-        self.metrics
-            .query_duration
-            .observe(started.elapsed().as_secs_f64());
+        if let Some(mapping) = &trace.mapping {
+            self.metrics
+                .mapping_queries
+                .get_or_create(&[("mapping", mapping.clone()), ("result", label.to_string())])
+                .inc();
+        }
+        let elapsed = started.elapsed();
+        self.metrics.query_duration.observe(elapsed.as_secs_f64());
+        if generation.config.access_log {
+            self.log_query(peer, label, &trace, elapsed);
+        }
         render(&result)
+    }
+
+    /// The query's access-log line, when the budget allows one now.
+    fn log_query(&self, peer: IpAddr, result: &str, trace: &QueryTrace, elapsed: Duration) {
+        let Some(suppressed) = lock(&self.log_budget).allow(Instant::now()) else {
+            return;
+        };
+        let target = trace.target.as_deref();
+        tracing::info!(
+            target: "udp_director::access",
+            client = %peer,
+            result,
+            mapping = trace.mapping.as_deref(),
+            player_id = trace.player.as_deref(),
+            namespace = target.map(|t| t.namespace.as_str()),
+            target_name = target.map(|t| t.name.as_str()),
+            target_addr = target.map(|t| tracing::field::display(t.addr)),
+            session_id = trace.token.map(session_id),
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            suppressed,
+            "query answered"
+        );
     }
 
     async fn resolve_line(
@@ -170,6 +228,7 @@ impl QueryContext {
         peer: IpAddr,
         now: Instant,
         generation: &Arc<Generation>,
+        trace: &mut QueryTrace,
     ) -> Result<TokenAnswer, QueryError> {
         let policy = &generation.query;
         if policy.rate.check_key(&self.ledger.net_of(peer)).is_err() {
@@ -188,6 +247,14 @@ impl QueryContext {
             ));
         }
         let request = parse_request(line)?;
+        if generation
+            .config
+            .mappings
+            .contains_key(&request.resource_type)
+        {
+            trace.mapping = Some(request.resource_type.clone());
+        }
+        trace.player.clone_from(&request.player_id);
         let resolved = match generation.resolver.allocation(&request)? {
             Some(allocation) => self.allocate(allocation).await?,
             None => {
@@ -223,6 +290,8 @@ impl QueryContext {
                 }
             })?;
         self.metrics.tokens_issued.inc();
+        trace.target = Some(Arc::clone(&target));
+        trace.token = Some(issued.key);
         Ok(TokenAnswer {
             token: issued.wire,
             ttl_seconds: config.token_ttl.as_secs(),

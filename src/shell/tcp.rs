@@ -25,7 +25,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::udp::DataShared;
 use crate::metrics::Metrics;
-use crate::model::{TcpClose, TcpRefusal};
+use crate::model::{Protocol, TcpClose, TcpRefusal, session_id};
 use crate::protocol::tcp_line::{Line, MAX_LINE, token_line};
 use crate::session::tcp::{Pending, TcpOpen};
 
@@ -205,6 +205,7 @@ async fn connection(
     metrics.hot.tcp_sessions_closed[outcome.close.index()].inc();
     metrics.hot.tcp_bytes_to_target.inc_by(outcome.to_target);
     metrics.hot.tcp_bytes_to_client.inc_by(outcome.to_client);
+    metrics.hot.session_duration[Protocol::Tcp.index()].observe(started.elapsed().as_secs_f64());
     if access {
         access_log(peer, &open, &outcome, started.elapsed());
     }
@@ -360,6 +361,8 @@ fn access_log(client: SocketAddr, open: &TcpOpen<'_>, o: &Outcome, duration: Dur
     tracing::info!(
         target: "udp_director::access",
         protocol = "tcp",
+        session_id = session_id(open.token()),
+        player_id = target.player.as_deref(),
         client = %client,
         mapping = %target.mapping,
         namespace = %target.namespace,

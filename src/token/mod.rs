@@ -62,6 +62,8 @@ pub trait Redeem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
     pub wire: String,
+    /// What the data plane will know the token by (for `model::session_id` in the logs).
+    pub key: crate::model::TokenKey,
     /// Sealed tokens: the resume window in seconds.
     pub resume_seconds: Option<u64>,
 }
@@ -102,14 +104,22 @@ impl Tokens {
         policy: Policy,
     ) -> Result<Issued, IssueError> {
         match self {
-            Tokens::Uuid(store) => Ok(Issued {
-                wire: store.issue(target, client, now, policy).to_wire(),
-                resume_seconds: None,
-            }),
-            Tokens::Sealed(sealed) => Ok(Issued {
-                wire: sealed.issue(&target, client, now, policy)?,
-                resume_seconds: Some(policy.resume.as_secs()),
-            }),
+            Tokens::Uuid(store) => {
+                let id = store.issue(target, client, now, policy);
+                Ok(Issued {
+                    wire: id.to_wire(),
+                    key: id.0,
+                    resume_seconds: None,
+                })
+            }
+            Tokens::Sealed(sealed) => {
+                let (wire, key) = sealed.issue_keyed(&target, client, now, policy)?;
+                Ok(Issued {
+                    wire,
+                    key,
+                    resume_seconds: Some(policy.resume.as_secs()),
+                })
+            }
         }
     }
 

@@ -168,6 +168,18 @@ impl SealedTokens {
         now: Instant,
         policy: Policy,
     ) -> Result<String, IssueError> {
+        self.issue_keyed(target, client, now, policy)
+            .map(|(wire, _)| wire)
+    }
+
+    /// [`Sealed::issue`], with the key the data plane will know the token by (its nonce).
+    pub fn issue_keyed(
+        &self,
+        target: &Target,
+        client: IpAddr,
+        now: Instant,
+        policy: Policy,
+    ) -> Result<(String, u128), IssueError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.random
             .fill(&mut nonce)
@@ -195,7 +207,7 @@ impl SealedTokens {
                 });
             }
         }
-        Ok(seal(&self.keys.load(), nonce, &contents))
+        Ok((seal(&self.keys.load(), nonce, &contents), key_of(nonce)))
     }
 
     /// Opens a token presented by `client` at `now`: bare tokens within their TTL, resets
@@ -292,6 +304,13 @@ fn cut(s: &str, len: usize) -> &str {
 }
 
 /// Seals `c` with the set's sealing key and `nonce`.
+/// A sealed token's key in the data plane: its nonce, in the high bytes.
+fn key_of(nonce: [u8; NONCE_LEN]) -> u128 {
+    let mut id = [0u8; 16];
+    id[..NONCE_LEN].copy_from_slice(&nonce);
+    u128::from_be_bytes(id)
+}
+
 pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
     let target = canonical(c.target);
     let mut plain = Vec::with_capacity(MAX_PLAIN);
@@ -414,9 +433,7 @@ pub fn open(keys: &KeySet, wire: &[u8]) -> Result<(u128, Contents), Rejection> {
         )
         .map_err(|_| Rejection::Invalid)?;
     let contents = parse(plain).ok_or(Rejection::Invalid)?;
-    let mut id = [0u8; 16];
-    id[..NONCE_LEN].copy_from_slice(&nonce);
-    Ok((u128::from_be_bytes(id), contents))
+    Ok((key_of(nonce), contents))
 }
 
 /// Reads an authenticated plaintext (sealed by us, so malformed means a bug or an old

@@ -297,3 +297,16 @@ fn a_player_id_rides_in_the_token_and_one_that_does_not_fit_is_refused() {
         "{e}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_issued_key_is_the_key_the_data_plane_opens() {
+    let t0 = Instant::now();
+    let tokens = SealedTokens::new(keys("a", 7), WallClock::fixed(t0, 1_800_000_000_000), 100);
+    let target = Target::new("m", "ns", "gs", "10.1.2.3:7654".parse().unwrap());
+    let me: IpAddr = "10.0.0.1".parse().unwrap();
+    let (wire, key) = tokens
+        .issue_keyed(&target, me, t0, policy(ClientBinding::Ip, false))
+        .unwrap();
+    let g = tokens.open(wire.as_bytes(), me, Use::Open, t0).unwrap();
+    assert_eq!(g.key, key, "the query's session_id is the session's");
+}

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::counters::{Counts, FLUSH_EVERY, Flusher};
 use super::upstream::{Upstreams, send_error, slot_of, token_of};
 use super::{DataShared, SAMPLE_MAX, WorkerSample};
+use crate::model::{Protocol, session_id};
 use crate::protocol::datagram;
 use crate::session::{
     CloseReason, Closed, Decision, DropReason, Output, SessionTable, SocketId, ToTarget, floor,
@@ -479,6 +480,8 @@ impl Worker {
 
     fn finish_closed(&mut self, closed: &Closed, now: Instant) {
         self.counts.closed(closed.reason);
+        self.shared.metrics.hot.session_duration[Protocol::Udp.index()]
+            .observe(closed.duration.as_secs_f64());
         if !self.settings.config.access_log {
             return;
         }
@@ -506,6 +509,9 @@ impl Worker {
 fn access_log(c: &Closed, suppressed: u64) {
     tracing::info!(
         target: "udp_director::access",
+        protocol = "udp",
+        session_id = c.token.map(session_id),
+        player_id = c.target.player.as_deref(),
         client = %c.client,
         mapping = %c.target.mapping,
         namespace = %c.target.namespace,

@@ -231,7 +231,7 @@ impl Bench {
             "client_ip_cap",
         ] {
             let v = scrape.value(&format!(
-                "udp_director_tcp_refused_total{{protocol=\"tcp\",reason=\"{reason}\"}}"
+                "udp_director_tcp_refused_total{{reason=\"{reason}\"}}"
             ));
             if v > 0.0 {
                 eprintln!("refused {reason}: {v}");
