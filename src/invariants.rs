@@ -329,7 +329,7 @@ mod tests {
         #[test]
         fn config_loader_holds_for_allocate_soup(
             keys in prop::collection::vec((prop::sample::select(vec![
-                "scheduling", "preferAllocated", "playersList", "maxInFlight", "metadata", "bogus"]),
+                "scheduling", "preferAllocated", "playersList", "maxInFlight", "ratePerSecond", "burst", "metadata", "bogus"]),
                 prop::sample::select(vec!["0", "1", "true", "false", "Packed", "Distributed", "Random",
                     "players", "\"\"", "[]", "{}", "{labels: {a: b}}", "{labels: {'': b}}", "-3"])), 0..5),
             resource in prop::sample::select(vec!["gameservers", "pods"]),

@@ -94,7 +94,7 @@ families! {
         => Histogram::new(exponential_buckets(0.00005, 2.0, 15)); // 50 µs .. ~0.8 s
     query_connections: Gauge = "query_connections_active", "Open query connections";
     query_connections_closed: Family<Label, Counter> = "query_connections_closed", "Query connections closed, by reason (connection_cap, client_ip_cap: refused at accept; idle, lifetime, too_large, slow_reader, client_closed)";
-    allocations: Family<Label, Counter> = "allocations", "Agones allocations, by result (allocated, unallocated, contention, unusable, error, timeout, overloaded)";
+    allocations: Family<Label, Counter> = "allocations", "Agones allocations, by result (allocated, unallocated, contention, unusable, error, timeout, overloaded; reused: a player's allocation handed out again, no API call; rate_limited: over allocate.ratePerSecond/burst, no API call)";
     allocation_duration: Histogram = "allocation_duration_seconds", "Time from asking Agones for a GameServer to its answer (or the 2 s timeout)"
         => Histogram::new(exponential_buckets(0.001, 2.0, 13)); // 1 ms .. ~4 s
     tcp_sessions_created: Family<Label, Counter> = "tcp_sessions_created", "Relayed TCP data sessions opened by a token line";

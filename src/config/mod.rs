@@ -317,6 +317,13 @@ pub struct Allocate {
     /// Allocations this director runs at once for the mapping; past it, `unavailable`.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// Allocations per second this replica may start for the mapping (a token bucket with
+    /// `burst`); past it, `rate_limited` before any API call. Default 20.
+    #[serde(default)]
+    pub rate_per_second: Option<u32>,
+    /// The bucket's size: allocations at once after a quiet spell. Default 40.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// Agones `scheduling` of a `GameServerAllocation`.
@@ -341,6 +348,10 @@ pub struct AllocationMetadata {
 
 /// Default of `allocate.maxInFlight`.
 pub const ALLOCATIONS_IN_FLIGHT: usize = 64;
+/// Default of `allocate.ratePerSecond` (SPEC §4).
+pub const ALLOCATION_RATE: u32 = 20;
+/// Default of `allocate.burst` (SPEC §4).
+pub const ALLOCATION_BURST: u32 = 40;
 
 /// One entry of `dataPorts`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -814,6 +825,20 @@ impl Config {
                     "",
                 )?;
             }
+            for (field, value) in m
+                .allocate
+                .iter()
+                .flat_map(|a| [("ratePerSecond", a.rate_per_second), ("burst", a.burst)])
+            {
+                if let Some(n) = value {
+                    at_most(
+                        &format!("resourceQueryMapping.{name}.allocate.{field}"),
+                        u64::from(n),
+                        MAX_CONNECTIONS,
+                        "",
+                    )?;
+                }
+            }
         }
         Ok(())
     }
@@ -1258,12 +1283,24 @@ fn validate_allocate(
             "must be at least 1 (omit it for the default)",
         ));
     }
+    for (field, value) in [("ratePerSecond", a.rate_per_second), ("burst", a.burst)] {
+        if value == Some(0) {
+            return Err(invalid(
+                key(&format!("allocate.{field}")),
+                format!(
+                    "must be at least 1 (omit it for the default: ratePerSecond {ALLOCATION_RATE}, burst {ALLOCATION_BURST})"
+                ),
+            ));
+        }
+    }
     Ok(ValidAllocate {
         scheduling: a.scheduling,
         prefer_allocated: a.prefer_allocated,
         players_list: a.players_list.clone(),
         metadata: a.metadata.clone(),
         max_in_flight: a.max_in_flight.unwrap_or(ALLOCATIONS_IN_FLIGHT),
+        rate_per_second: a.rate_per_second.unwrap_or(ALLOCATION_RATE),
+        burst: a.burst.unwrap_or(ALLOCATION_BURST),
     })
 }
 

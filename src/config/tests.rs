@@ -249,8 +249,9 @@ fn allocate_decodes_with_agones_defaults() {
     assert!(!a.prefer_allocated);
     assert_eq!(a.players_list, None);
     assert_eq!(a.max_in_flight, ALLOCATIONS_IN_FLIGHT);
+    assert_eq!((a.rate_per_second, a.burst), (20, 40));
     let c = ValidConfig::from_yaml(&format!(
-        "{ALLOCATING}    allocate:\n      scheduling: Distributed\n      preferAllocated: true\n      playersList: players\n      maxInFlight: 3\n      metadata: {{labels: {{by: director}}, annotations: {{a: b}}}}\n"
+        "{ALLOCATING}    allocate:\n      scheduling: Distributed\n      preferAllocated: true\n      playersList: players\n      maxInFlight: 3\n      ratePerSecond: 5\n      burst: 7\n      metadata: {{labels: {{by: director}}, annotations: {{a: b}}}}\n"
     ))
     .unwrap();
     let a = c.mappings["gs"].allocate.clone().unwrap();
@@ -258,6 +259,7 @@ fn allocate_decodes_with_agones_defaults() {
     assert!(a.prefer_allocated);
     assert_eq!(a.players_list.as_deref(), Some("players"));
     assert_eq!(a.max_in_flight, 3);
+    assert_eq!((a.rate_per_second, a.burst), (5, 7));
     assert_eq!(a.metadata.labels["by"], "director");
     assert!(
         ValidConfig::from_yaml(MINIMAL).unwrap().mappings["echo"]
@@ -307,6 +309,15 @@ fn allocate_refuses_what_an_allocation_cannot_answer() {
     assert!(e.contains("playersList"), "{e}");
     let e = with("    allocate: {maxInFlight: 0}\n");
     assert!(e.contains("maxInFlight"), "{e}");
+    let e = with("    allocate: {ratePerSecond: 0}\n");
+    assert!(
+        e.contains("allocate.ratePerSecond") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = with("    allocate: {burst: 0}\n");
+    assert!(e.contains("allocate.burst"), "{e}");
+    let e = with("    allocate: {burst: 1000001}\n");
+    assert!(e.contains("allocate.burst") && e.contains("at most"), "{e}");
     let e = with("    allocate: {scheduling: Random}\n");
     assert!(e.contains("scheduling") || e.contains("Random"), "{e}");
     let e = with("    allocate: {metadata: {labels: {'': x}}}\n");

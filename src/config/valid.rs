@@ -111,6 +111,9 @@ pub struct ValidAllocate {
     pub players_list: Option<String>,
     pub metadata: AllocationMetadata,
     pub max_in_flight: usize,
+    /// `allocate.ratePerSecond` and `allocate.burst`: the mapping's allocation bucket.
+    pub rate_per_second: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -177,6 +177,11 @@ closed_labels! {
         Timeout => "timeout",
         /// `maxInFlight` allocations were already running.
         Overloaded => "overloaded",
+        /// The player's allocation for the same ask within `tokenTTLSeconds`, handed out
+        /// again without asking Agones.
+        Reused => "reused",
+        /// Over `allocate.ratePerSecond`/`burst`: refused before any API call.
+        RateLimited => "rate_limited",
     }
 }
 

@@ -360,6 +360,16 @@ pub fn read_answer(
     })
 }
 
+/// What the allocation budget made of a query ([`super::Resolver::allocation`]).
+pub enum Allocating {
+    /// Ask Agones.
+    Run(Box<Allocation>),
+    /// The player's allocation for the same ask, handed out again (no API call).
+    Reused(Resolved),
+    /// Over `allocate.ratePerSecond`/`burst`: no API call.
+    RateLimited(QueryError),
+}
+
 /// One query's allocation, ready to run: built by [`super::Resolver::allocation`].
 pub struct Allocation {
     pub(super) client: ClientCell,
@@ -373,6 +383,9 @@ pub struct Allocation {
     pub(super) proxy: bool,
     pub(super) player: Option<String>,
     pub(super) expose_address: bool,
+    /// Where a success is remembered for its player (`reuse`: the player's key, if any).
+    pub(super) budget: Arc<super::budget::Budget>,
+    pub(super) reuse: Option<String>,
 }
 
 impl Allocation {
@@ -429,9 +442,8 @@ impl Allocation {
         };
         let status = answer.status.unwrap_or_default();
         match read_answer(&status, &self.ports) {
-            Ok(a) => (
-                AllocationResult::Allocated,
-                Ok(Resolved {
+            Ok(a) => {
+                let resolved = Resolved {
                     target: Arc::new(
                         Target::new(&self.mapping, &self.namespace, &a.name, a.addr)
                             .with_extra_ports(&a.extra_ports)
@@ -439,8 +451,13 @@ impl Allocation {
                             .with_player(self.player.as_deref()),
                     ),
                     expose_address: self.expose_address,
-                }),
-            ),
+                };
+                if let Some(key) = self.reuse {
+                    self.budget
+                        .record(key, resolved.clone(), tokio::time::Instant::now());
+                }
+                (AllocationResult::Allocated, Ok(resolved))
+            }
             Err((result, e)) => {
                 if result == AllocationResult::Unusable
                     && let Some(suppressed) = WARNINGS.allow(tokio::time::Instant::now())

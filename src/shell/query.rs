@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::model::{AllocationResult, ClientNet, ErrorCode, QueryClose};
 use crate::protocol::query::{QueryError, TargetRef, TokenAnswer, parse_request, render};
 use crate::resolve::Resolved;
-use crate::resolve::allocate::Allocation;
+use crate::resolve::allocate::{Allocating, Allocation};
 use crate::session::Ledger;
 use crate::settings::{Generation, Settings};
 use crate::token::{IssueError, Tokens};
@@ -188,8 +188,16 @@ impl QueryContext {
             ));
         }
         let request = parse_request(line)?;
-        let resolved = match generation.resolver.allocation(&request)? {
-            Some(allocation) => self.allocate(allocation).await?,
+        let resolved = match generation.resolver.allocation(&request, now)? {
+            Some(Allocating::Run(allocation)) => self.allocate(*allocation).await?,
+            Some(Allocating::Reused(resolved)) => {
+                self.metrics.hot.allocations[AllocationResult::Reused.index()].inc();
+                resolved
+            }
+            Some(Allocating::RateLimited(e)) => {
+                self.metrics.hot.allocations[AllocationResult::RateLimited.index()].inc();
+                return Err(e);
+            }
             None => {
                 // CPU work over the candidates: on the blocking pool, off the async workers.
                 let permit = Arc::clone(&self.resolving).acquire_owned().await;
