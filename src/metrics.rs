@@ -17,8 +17,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::model::{
-    AllocationResult, CloseReason, DropReason, ErrorCode, Protocol, QueryClose, Refusal, Rejection,
-    TcpClose, TcpRefusal,
+    AllocationResult, AuthFailure, CloseReason, DropReason, ErrorCode, Protocol, QueryClose,
+    Refusal, Rejection, TcpClose, TcpRefusal,
 };
 
 /// One label, static key and value.
@@ -89,6 +89,9 @@ families! {
     tokens_active: Gauge = "tokens_active", "Tokens held (issued, not yet expired or evicted)";
     token_key_reloads: Family<Label, Counter> = "token_key_reloads", "Token key source changes, by result (rejected: the keys in force stay)";
     token_keys: Gauge = "token_keys", "Sealed-token keys in force (the first seals, all open)";
+    query_auth_failures: Family<Label, Counter> = "query_auth_failures", "Queries answered unauthorized, by reason (missing_ticket, malformed, algorithm, unknown_key, signature, expired, not_yet_valid, audience, issuer, subject, player_id, scope, client_ip)";
+    jwks_reloads: Family<Label, Counter> = "jwks_reloads", "Ticket JWKS source changes (queryAuth), by result (rejected: the keys in force stay)";
+    jwks_keys: Gauge = "jwks_keys", "Ticket verification keys (JWKS entries) in force";
     queries: Family<Label, Counter> = "queries", "Queries answered, by result";
     query_duration: Histogram = "query_duration_seconds", "Time from a complete request line to its answer"
         => Histogram::new(exponential_buckets(0.00005, 2.0, 15)); // 50 µs .. ~0.8 s
@@ -228,7 +231,12 @@ fn zero_labels(f: &Metrics) {
     for family in [&f.datagrams, &f.bytes] {
         touch(family, "direction", &mut [TO_TARGET, TO_CLIENT].into_iter());
     }
-    for family in [&f.config_reloads, &f.token_key_reloads] {
+    touch(
+        &f.query_auth_failures,
+        "reason",
+        &mut AuthFailure::ALL.iter().map(|r| r.as_str()),
+    );
+    for family in [&f.config_reloads, &f.token_key_reloads, &f.jwks_reloads] {
         touch(family, "result", &mut ["applied", "rejected"].into_iter());
     }
     for p in Protocol::ALL {

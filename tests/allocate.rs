@@ -63,7 +63,7 @@ async fn director(fake: &Arc<FakeKube>, allocate: &str) -> Env {
          limits: {{queryRatePerSecond: 100000, queryBurst: 100000, maxQueryConnectionsPerIp: 1000}}\n\
          resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    \
          namespace: {NS}\n    labelSelector: {{agones.dev/fleet: f1}}\n    addressPath: status.address\n    \
-         portName: default\n    exposeTargetAddress: true\n    allocate: {allocate}\n  \
+         portName: default\n    exposeTargetAddress: true\n    auth: none\n    allocate: {allocate}\n  \
          cached:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    namespace: {NS}\n    \
          addressPath: status.address\n    portName: default\n"
     );

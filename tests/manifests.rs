@@ -605,7 +605,7 @@ fn chart_grants_allocation_only_when_a_mapping_allocates_and_exposes_every_data_
     assert!(check_rbac_rules("chart", &objects).is_empty());
     let mapping = serde_json::json!({"group": "agones.dev", "version": "v1",
         "resource": "gameservers", "namespace": "game-servers", "addressPath": "status.address",
-        "portName": "default", "allocate": {"playersList": "players", "preferAllocated": true}});
+        "portName": "default", "auth": "none", "allocate": {"playersList": "players", "preferAllocated": true}});
     let objects = render_chart(&[
         ("config.resourceQueryMapping.match", mapping),
         (
@@ -1311,6 +1311,10 @@ fn chart_rolls_the_pods_when_a_restart_only_key_changes_and_only_then() {
             "tokenKeysFile" => vec![("config.tokenKeysFile", json!("/etc/keys/token-keys"))],
             "tokenKeysSecret" => vec![("tokens.keys.existingSecret", json!("studio-keys"))],
             "reusePort" => vec![("config.reusePort", json!(true))],
+            "queryAuth" => vec![(
+                "config.queryAuth",
+                json!({"jwksFile": "/etc/udp-director/jwks/jwks.json", "audience": "udp-director"}),
+            )],
             "fastPath" => vec![("fastPath.enabled", json!(true))],
             "adminBindAddress" => vec![("config.adminBindAddress", json!("0.0.0.0"))],
             "adminTokenFile" => vec![("admin.tokenSecret", json!("admin-token"))],

@@ -22,7 +22,7 @@ mod valid;
 pub use crate::model::{ClientBinding, Protocol, TokenFormat};
 pub use valid::{
     Addressing, KubeSource, PortRule, TargetPort, ValidAllocate, ValidConfig, ValidDataPort,
-    ValidMapping, ValidSource,
+    ValidMapping, ValidQueryAuth, ValidSource,
 };
 
 /// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
@@ -147,6 +147,41 @@ pub struct Config {
     /// servers' pod CIDR for allocating mappings resumed on other replicas.
     #[serde(default)]
     pub target_networks: Vec<String>,
+    /// Player tickets (SPEC §2 "Who may ask"): where the JWKS comes from and what every
+    /// ticket must carry. Needed by every mapping with `auth: ticket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_auth: Option<QueryAuth>,
+}
+
+/// `queryAuth`: how tickets are verified.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryAuth {
+    /// A JWKS file, re-read within 2 s of a change (like `tokenKeysFile`).
+    #[serde(default)]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// `NAMESPACE/NAME` of a Secret whose key `jwks.json` holds the JWKS, watched.
+    #[serde(default)]
+    pub jwks_secret: Option<String>,
+    /// The `aud` every ticket must carry.
+    #[serde(default)]
+    pub audience: String,
+    /// The `iss` every ticket must carry, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "defaults::leeway")]
+    pub leeway_seconds: u64,
+}
+
+/// Who may query a mapping (`auth`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// Anyone (the default for mappings that pick from a cache).
+    None,
+    /// A valid ticket, or a verified backend caller (the default for `allocate:` mappings).
+    Ticket,
 }
 
 /// Where sealed-token keys come from.
@@ -295,6 +330,10 @@ pub struct Mapping {
     /// picking one from the cache.
     #[serde(default)]
     pub allocate: Option<Allocate>,
+    /// Who may query this mapping: `none` or `ticket` (default: `ticket` with `allocate:`,
+    /// else `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
 }
 
 /// `allocate:` on an Agones GameServer mapping (SPEC §4, "Agones allocation").
@@ -487,6 +526,9 @@ mod defaults {
     pub(super) fn access_log() -> bool {
         true
     }
+    pub(super) fn leeway() -> u64 {
+        5
+    }
     pub(super) fn socket_buffer_bytes() -> usize {
         4 * 1024 * 1024
     }
@@ -571,12 +613,30 @@ impl Config {
                 "must define at least one resource type, e.g. `echo: {static: [{name: a, address: 127.0.0.1, port: 9001}]}`",
             ));
         }
+        let query_auth = self.query_auth()?;
         let mut mappings = BTreeMap::new();
+        let mut warnings = Vec::new();
         for (name, mapping) in &self.resource_query_mapping {
-            mappings.insert(
-                name.clone(),
-                validate_mapping(name, mapping, &self.load_balancing)?,
-            );
+            let valid = validate_mapping(name, mapping, &self.load_balancing)?;
+            if valid.auth == Auth::Ticket && query_auth.is_none() {
+                return Err(invalid(
+                    format!("resourceQueryMapping.{name}.auth"),
+                    format!(
+                        "`ticket`{} needs `queryAuth` (e.g. `queryAuth: {{jwksFile: /etc/udp-director/jwks/jwks.json, audience: udp-director}}`); or set `auth: none` to let anyone query it",
+                        if mapping.auth.is_none() {
+                            " (the default for a mapping with `allocate:`)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            if valid.auth == Auth::None && valid.allocate.is_some() {
+                warnings.push(format!(
+                    "resourceQueryMapping.{name} allocates with `auth: none`: anyone who reaches the query port can allocate GameServers (SPEC §2 \"Who may ask\"); set `queryAuth` and drop `auth: none`"
+                ));
+            }
+            mappings.insert(name.clone(), valid);
         }
         self.check_default_endpoint()?;
         let addr = |port| SocketAddr::new(self.bind_address, port);
@@ -618,8 +678,74 @@ impl Config {
             grouping: crate::model::Grouping::new(self.limits.ipv6_prefix_length)
                 .unwrap_or_default(),
             target_networks: self.target_networks()?,
+            query_auth,
+            warnings,
             raw: self,
         })
+    }
+
+    /// `queryAuth`, decoded: exactly one JWKS source and an audience.
+    fn query_auth(&self) -> Result<Option<ValidQueryAuth>, ConfigError> {
+        let Some(a) = &self.query_auth else {
+            return Ok(None);
+        };
+        let source = match (&a.jwks_file, &a.jwks_secret) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "queryAuth.jwksFile",
+                    "set either `jwksFile` or `jwksSecret`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "queryAuth",
+                    "needs the keys tickets are signed with: `jwksFile: /etc/udp-director/jwks/jwks.json` or `jwksSecret: NAMESPACE/NAME` (key `jwks.json`)",
+                ));
+            }
+            (Some(path), None) if path.as_os_str().is_empty() => {
+                return Err(invalid("queryAuth.jwksFile", "must be a file path"));
+            }
+            (Some(path), None) => KeySource::File(path.clone()),
+            (None, Some(text)) => {
+                let Some((namespace, name)) = text
+                    .split_once('/')
+                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                else {
+                    return Err(invalid(
+                        "queryAuth.jwksSecret",
+                        format!("{text:?} is not NAMESPACE/NAME"),
+                    ));
+                };
+                KeySource::Secret {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                }
+            }
+        };
+        if a.audience.trim().is_empty() {
+            return Err(invalid(
+                "queryAuth.audience",
+                "is required: the `aud` every ticket must carry, e.g. `udp-director`",
+            ));
+        }
+        if a.issuer.as_deref().is_some_and(|i| i.trim().is_empty()) {
+            return Err(invalid(
+                "queryAuth.issuer",
+                "must not be empty (leave it out to accept any `iss`)",
+            ));
+        }
+        at_most(
+            "queryAuth.leewaySeconds",
+            a.leeway_seconds,
+            300,
+            " (5 minutes)",
+        )?;
+        Ok(Some(ValidQueryAuth {
+            source,
+            audience: a.audience.clone(),
+            issuer: a.issuer.clone(),
+            leeway: a.leeway_seconds,
+        }))
     }
 
     /// `adminTokenFile`: a path, if given.
@@ -864,6 +990,21 @@ impl Config {
                         "`{ns}` is not allowed by mapping `{}`",
                         default.resource_type
                     ),
+                ));
+            }
+            if mapping.auth == Some(Auth::Ticket) {
+                return Err(invalid(
+                    "defaultEndpoint.resourceType",
+                    format!(
+                        "`{}` has `auth: ticket`; a default endpoint would serve it to datagrams without one — point it at a mapping with `auth: none`",
+                        default.resource_type
+                    ),
+                ));
+            }
+            if default.ticket.is_some() || default.client_ip.is_some() {
+                return Err(invalid(
+                    "defaultEndpoint",
+                    "`ticket` and `clientIp` belong to a client's query, not to the default endpoint",
                 ));
             }
             if mapping.allocate.is_some() {
@@ -1187,6 +1328,11 @@ fn validate_mapping(
             .load_balancing
             .clone()
             .unwrap_or_else(|| global_lb.clone()),
+        auth: mapping.auth.unwrap_or(if mapping.allocate.is_some() {
+            Auth::Ticket
+        } else {
+            Auth::None
+        }),
         source,
     })
 }

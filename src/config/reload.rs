@@ -68,7 +68,7 @@ impl Overrides {
 
 /// Keys a running process cannot change: sockets are bound and sized, threads started and
 /// the token store sized at start. A reload that changes them is applied without them.
-pub const RESTART_ONLY: [&str; 15] = [
+pub const RESTART_ONLY: [&str; 16] = [
     "bindAddress",
     "queryPort",
     "dataPort",
@@ -84,6 +84,7 @@ pub const RESTART_ONLY: [&str; 15] = [
     "tokenKeysFile",
     "tokenKeysSecret",
     "reusePort",
+    "queryAuth",
 ];
 
 /// The outcome of comparing a validated new document with the running config.
@@ -125,6 +126,7 @@ pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
     keep!("tokenKeysFile", token_keys_file);
     keep!("tokenKeysSecret", token_keys_secret);
     keep!("reusePort", reuse_port);
+    keep!("queryAuth", query_auth);
     let changed = effective != *running;
     Reconciled {
         effective,
@@ -211,6 +213,13 @@ mod tests {
         p.token_keys_file = Some("/keys".into());
         p.token_keys_secret = Some("ns/keys".into());
         p.reuse_port = true;
+        p.query_auth = Some(crate::config::QueryAuth {
+            jwks_file: Some("/jwks.json".into()),
+            jwks_secret: None,
+            audience: "a".into(),
+            issuer: None,
+            leeway_seconds: 5,
+        });
         let r = reconcile(&running, p);
         assert_eq!(r.needs_restart, RESTART_ONLY.to_vec());
         assert_eq!(r.effective, running);

@@ -239,7 +239,99 @@ fn data_ports_decode_and_the_command_line_moves_the_first() {
     assert_eq!(c.data_ports[0].target, TargetPort::Mapping);
 }
 
-const ALLOCATING: &str = "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    namespace: game-servers\n    addressPath: status.address\n    portName: default\n";
+const ALLOCATING: &str = "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    namespace: game-servers\n    addressPath: status.address\n    portName: default\n    auth: none\n";
+
+const QUERY_AUTH: &str = "queryAuth: {jwksFile: /etc/jwks.json, audience: udp-director}\n";
+
+#[test]
+fn allocating_mappings_need_tickets_by_default() {
+    let bare = ALLOCATING.replace("    auth: none\n", "");
+    let e = err(&format!("{bare}    allocate: {{}}\n"));
+    assert!(
+        e.contains("resourceQueryMapping.gs.auth")
+            && e.contains("queryAuth")
+            && e.contains("auth: none"),
+        "{e}"
+    );
+    let c = ValidConfig::from_yaml(&format!("{QUERY_AUTH}{bare}    allocate: {{}}\n")).unwrap();
+    assert_eq!(c.mappings["gs"].auth, crate::config::Auth::Ticket);
+    assert!(c.warnings.is_empty());
+    let a = c.query_auth.unwrap();
+    assert_eq!(a.audience, "udp-director");
+    assert_eq!((a.issuer, a.leeway), (None, 5));
+    assert_eq!(a.source, KeySource::File("/etc/jwks.json".into()));
+    // `auth: none` on an allocating mapping: accepted, with a warning for every start.
+    let c = ValidConfig::from_yaml(&format!("{ALLOCATING}    allocate: {{}}\n")).unwrap();
+    assert_eq!(c.mappings["gs"].auth, crate::config::Auth::None);
+    assert_eq!(c.warnings.len(), 1);
+    assert!(
+        c.warnings[0].contains("resourceQueryMapping.gs") && c.warnings[0].contains("auth: none")
+    );
+    // A cache mapping asks nothing unless told to.
+    let c = ValidConfig::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.mappings["echo"].auth, crate::config::Auth::None);
+    let e = err(&MINIMAL.replace("  echo:\n", "  echo:\n    auth: ticket\n"));
+    assert!(e.contains("resourceQueryMapping.echo.auth"), "{e}");
+    assert!(
+        ValidConfig::from_yaml(&format!(
+            "{QUERY_AUTH}{}",
+            MINIMAL.replace("  echo:\n", "  echo:\n    auth: ticket\n")
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
+fn query_auth_is_checked_whole() {
+    let doc = |auth: &str| format!("queryAuth: {auth}\n{MINIMAL}");
+    let e = err(&doc("{audience: a}"));
+    assert!(e.contains("`queryAuth`") && e.contains("jwksFile"), "{e}");
+    let e = err(&doc("{jwksFile: /a, jwksSecret: ns/b, audience: a}"));
+    assert!(
+        e.contains("queryAuth.jwksFile") && e.contains("not both"),
+        "{e}"
+    );
+    let e = err(&doc("{jwksFile: /a}"));
+    assert!(e.contains("queryAuth.audience"), "{e}");
+    let e = err(&doc("{jwksSecret: nope, audience: a}"));
+    assert!(
+        e.contains("queryAuth.jwksSecret") && e.contains("NAMESPACE/NAME"),
+        "{e}"
+    );
+    let e = err(&doc("{jwksFile: /a, audience: a, issuer: ''}"));
+    assert!(e.contains("queryAuth.issuer"), "{e}");
+    let e = err(&doc("{jwksFile: /a, audience: a, leewaySeconds: 301}"));
+    assert!(e.contains("queryAuth.leewaySeconds"), "{e}");
+    let e = err(&doc("{jwksFile: /a, audience: a, colour: red}"));
+    assert!(e.contains("colour"), "{e}");
+    let c = ValidConfig::from_yaml(&doc(
+        "{jwksSecret: udp/jwks, audience: a, issuer: https://auth.example.com, leewaySeconds: 0}",
+    ))
+    .unwrap();
+    let a = c.query_auth.unwrap();
+    assert_eq!(
+        a.source,
+        KeySource::Secret {
+            namespace: "udp".into(),
+            name: "jwks".into()
+        }
+    );
+    assert_eq!(a.issuer.as_deref(), Some("https://auth.example.com"));
+    assert_eq!(a.leeway, 0);
+    // The default endpoint serves tokenless datagrams: never a mapping that needs tickets.
+    let e = err(&format!(
+        "{QUERY_AUTH}defaultEndpoint: {{resourceType: echo}}\n{}",
+        MINIMAL.replace("  echo:\n", "  echo:\n    auth: ticket\n")
+    ));
+    assert!(
+        e.contains("defaultEndpoint") && e.contains("auth: ticket"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "defaultEndpoint: {{resourceType: echo, clientIp: 10.0.0.1}}\n{MINIMAL}"
+    ));
+    assert!(e.contains("clientIp"), "{e}");
+}
 
 #[test]
 fn allocate_decodes_with_agones_defaults() {

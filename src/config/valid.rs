@@ -60,6 +60,22 @@ pub struct ValidConfig {
     pub grouping: crate::model::Grouping,
     /// `targetNetworks`: where tokens may name targets besides what their mapping knows.
     pub target_networks: Vec<crate::model::Network>,
+    /// `queryAuth`: how tickets are verified (set whenever a mapping has `auth: ticket`).
+    pub query_auth: Option<ValidQueryAuth>,
+    /// What is accepted but unwise (an allocating mapping with `auth: none`): logged as a
+    /// warning at every start.
+    pub warnings: Vec<String>,
+}
+
+/// A validated `queryAuth`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidQueryAuth {
+    /// The JWKS file or Secret (key `jwks.json`).
+    pub source: super::KeySource,
+    pub audience: String,
+    pub issuer: Option<String>,
+    /// `leewaySeconds`.
+    pub leeway: u64,
 }
 
 /// A data port and which port of the target its sessions go to.
@@ -101,6 +117,8 @@ pub struct ValidMapping {
     pub source: ValidSource,
     /// `allocate:`: queries allocate an Agones GameServer instead of picking from a cache.
     pub allocate: Option<ValidAllocate>,
+    /// Who may query it (`auth`, defaulted).
+    pub auth: super::Auth,
 }
 
 /// A validated `allocate:` block.

@@ -24,14 +24,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
+use crate::config::Auth;
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::model::{AllocationResult, ClientNet, ErrorCode, QueryClose};
-use crate::protocol::query::{QueryError, TargetRef, TokenAnswer, parse_request, render};
+use crate::model::{AllocationResult, AuthFailure, ClientNet, ErrorCode, QueryClose};
+use crate::protocol::query::{
+    QueryError, QueryRequest, TargetRef, TokenAnswer, parse_request, render,
+};
 use crate::resolve::Resolved;
 use crate::resolve::allocate::{Allocating, Allocation};
 use crate::session::Ledger;
 use crate::settings::{Generation, Settings};
+use crate::token::ticket::{self, Jwks, Refused};
 use crate::token::{IssueError, Tokens};
 use crate::util::bounded::{Bounded, Place};
 use crate::util::sync::lock;
@@ -50,6 +54,24 @@ pub(crate) struct QueryContext {
     /// Resolutions running on the blocking pool, at most one per core: more would only
     /// queue for the CPU while crowding out the async workers (probes, the other sockets).
     resolving: Arc<tokio::sync::Semaphore>,
+    /// The ticket JWKS in force (`queryAuth`), reloaded by `shell::keys`.
+    jwks: Option<Arc<Jwks>>,
+}
+
+/// Who is asking, as the connection proves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// The connection's peer address.
+    pub ip: IpAddr,
+    /// A backend whose client certificate chains to `queryTls.clientCaFile`: needs no ticket
+    /// and may set `clientIp` and `playerId`.
+    pub backend: bool,
+}
+
+impl Caller {
+    pub(crate) fn plain(ip: IpAddr) -> Self {
+        Self { ip, backend: false }
+    }
 }
 
 /// Open query connections per client network; entries go when their last connection does.
@@ -97,6 +119,7 @@ impl QueryContext {
         tokens: Arc<Tokens>,
         ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
+        jwks: Option<Arc<Jwks>>,
     ) -> Self {
         Self {
             open: Arc::new(Bounded::new(usize::MAX)),
@@ -108,6 +131,7 @@ impl QueryContext {
             tokens,
             ledger,
             metrics,
+            jwks,
         }
     }
 
@@ -148,11 +172,11 @@ impl QueryContext {
             .inc();
     }
 
-    /// Answers one request line from `peer`.
-    pub(crate) async fn answer(&self, line: &[u8], peer: IpAddr) -> Vec<u8> {
+    /// Answers one request line from `caller`.
+    pub(crate) async fn answer(&self, line: &[u8], caller: Caller) -> Vec<u8> {
         let started = Instant::now();
         let generation = self.settings.load();
-        let result = self.resolve_line(line, peer, started, &generation).await;
+        let result = self.resolve_line(line, caller, started, &generation).await;
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.code.as_str(),
@@ -167,10 +191,11 @@ impl QueryContext {
     async fn resolve_line(
         &self,
         line: &[u8],
-        peer: IpAddr,
+        caller: Caller,
         now: Instant,
         generation: &Arc<Generation>,
     ) -> Result<TokenAnswer, QueryError> {
+        let peer = caller.ip;
         let policy = &generation.query;
         if policy.rate.check_key(&self.ledger.net_of(peer)).is_err() {
             return Err(QueryError::new(
@@ -187,7 +212,17 @@ impl QueryContext {
                 "director is shutting down; query another replica",
             ));
         }
-        let request = parse_request(line)?;
+        let mut request = parse_request(line)?;
+        self.authorize(&mut request, caller, generation)
+            .map_err(|refused| {
+                self.metrics
+                    .query_auth_failures
+                    .get_or_create(&[("reason", refused.reason.as_str())])
+                    .inc();
+                QueryError::new(ErrorCode::Unauthorized, refused.message)
+            })?;
+        // A verified backend asks for a player: the token binds to the player's IP.
+        let bind_to = request.client_ip.unwrap_or(peer);
         let resolved = match generation.resolver.allocation(&request, now)? {
             Some(Allocating::Run(allocation)) => self.allocate(*allocation).await?,
             Some(Allocating::Reused(resolved)) => {
@@ -220,7 +255,7 @@ impl QueryContext {
         let config = &generation.config;
         let issued = self
             .tokens
-            .issue(resolved.target, peer, now, config.token_policy)
+            .issue(resolved.target, bind_to, now, config.token_policy)
             .map_err(|e| match e {
                 IssueError::PlayerIdTooLong { .. } => {
                     QueryError::new(ErrorCode::BadRequest, e.to_string())
@@ -241,6 +276,60 @@ impl QueryContext {
                 resolved.expose_address.then_some(target.addr),
             ),
         })
+    }
+
+    /// Who may ask (SPEC §2 "Who may ask"), before any resolution or API call: `clientIp`
+    /// only from a verified backend; a ticket whenever the mapping needs one (a backend needs
+    /// none), and verified whenever one is given. A verified ticket makes the query its own
+    /// (`playerId = sub`, its scope's labels ANDed in).
+    fn authorize(
+        &self,
+        request: &mut QueryRequest,
+        caller: Caller,
+        generation: &Generation,
+    ) -> Result<(), Refused> {
+        let refuse = |reason: AuthFailure, message: &str| Refused {
+            reason,
+            message: message.to_string(),
+        };
+        if request.client_ip.is_some() && !caller.backend {
+            return Err(refuse(
+                AuthFailure::ClientIp,
+                "`clientIp` may be set only by a backend with a client certificate (queryTls)",
+            ));
+        }
+        if caller.backend {
+            return Ok(());
+        }
+        let needs_ticket = generation
+            .config
+            .mappings
+            .get(&request.resource_type)
+            .is_some_and(|m| m.auth == Auth::Ticket);
+        let Some(jwt) = request.ticket.take() else {
+            return if needs_ticket {
+                Err(refuse(
+                    AuthFailure::MissingTicket,
+                    "this resourceType needs a ticket: send `\"ticket\": \"<JWT from your game's backend>\"`",
+                ))
+            } else {
+                Ok(())
+            };
+        };
+        let (Some(rules), Some(keys)) = (
+            generation.query.tickets.as_ref(),
+            self.jwks.as_ref().and_then(|j| j.load()),
+        ) else {
+            return Err(refuse(
+                AuthFailure::UnknownKey,
+                "this director verifies no tickets (no queryAuth); leave `ticket` out",
+            ));
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let ticket = ticket::verify(&keys, &jwt, rules, now)?;
+        ticket::permit(&ticket, request)
     }
 
     /// Runs one Agones allocation and counts how it ended.
@@ -360,7 +449,7 @@ async fn handle(
                 ctx.empty_line(peer.ip());
                 continue;
             }
-            let answer = ctx.answer(line, peer.ip()).await;
+            let answer = ctx.answer(line, Caller::plain(peer.ip())).await;
             if !write_answer(&mut stream, &answer, Instant::now() + idle).await {
                 return QueryClose::SlowReader;
             }
@@ -383,7 +472,7 @@ async fn handle(
                 // Half-close: a last request without a newline is still answered.
                 let line = trim_cr(&buf);
                 if !line.trim_ascii().is_empty() {
-                    let answer = ctx.answer(line, peer.ip()).await;
+                    let answer = ctx.answer(line, Caller::plain(peer.ip())).await;
                     let _ = write_answer(&mut stream, &answer, Instant::now() + idle).await;
                 }
                 let _ = stream.shutdown().await;
