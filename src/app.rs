@@ -24,6 +24,7 @@ use crate::shell::admin::{self, Readiness};
 use crate::shell::listen::{BindError, bind_std_stream, bind_stream, local};
 use crate::shell::query::{self as query_server, QueryContext};
 use crate::shell::reload::{self, ConfigSource, Live};
+use crate::shell::tls;
 use crate::shell::udp::{DataPlane, DataShared, FdBudget};
 use crate::token::ticket::{Jwks, TicketKeys};
 use crate::token::{KeySet, SealedTokens, TokenStore, Tokens, WallClock};
@@ -38,6 +39,9 @@ pub enum StartError {
         source_name: String,
         problem: String,
     },
+    /// The query port's TLS files (`queryTls`) could not be loaded at start.
+    #[error("cannot load the query port's TLS files (queryTls): {0}")]
+    Tls(String),
     /// The ticket JWKS (`queryAuth`) could not be loaded at start.
     #[error("cannot load the ticket keys (queryAuth JWKS) from {source_name}: {problem}")]
     Jwks {
@@ -117,6 +121,25 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         tracing::warn!("{warning}");
     }
     let jwks_source = config.query_auth.as_ref().map(|a| a.source.clone());
+    let tls = match &config.query_tls {
+        Some(files) => {
+            let pems = tls::read(files)
+                .await
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let server = tls::server_config(&pems).map_err(|e| StartError::Tls(e.to_string()))?;
+            let verifies = files.client_ca_file.is_some();
+            tracing::info!(
+                client_certificates = verifies,
+                "query port speaks TLS (queryTls)"
+            );
+            Some((
+                Arc::new(tls::QueryTls::new(server, verifies)),
+                files.clone(),
+                pems,
+            ))
+        }
+        None => None,
+    };
     let watchers = Arc::new(Watchers::new(
         options.kube.clone(),
         metrics.kube_watch_errors.clone(),
@@ -165,9 +188,22 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     let (mut tasks, admin) = serve(
         listeners,
         (&live, &readiness, admin_token),
-        (&shared, jwks.clone()),
+        (
+            &shared,
+            jwks.clone(),
+            tls.as_ref().map(|t| Arc::clone(&t.0)),
+        ),
         &shutdown_rx,
     )?;
+    if let Some((tls, files, pems)) = tls {
+        tasks.push(tokio::spawn(tls::watch_files(
+            tls,
+            files,
+            pems,
+            Arc::clone(&live.metrics),
+            shutdown_rx.clone(),
+        )));
+    }
     if let (Some(jwks), Some(source)) = (jwks, jwks_source) {
         tasks.push(match source {
             KeySource::File(path) => tokio::spawn(crate::shell::keys::watch_jwks_file(
@@ -286,7 +322,11 @@ fn in_port_order(
 fn serve(
     listeners: Listeners,
     (live, readiness, admin_token): (&Arc<Live>, &Arc<Readiness>, Option<std::path::PathBuf>),
-    (shared, jwks): (&Arc<DataShared>, Option<Arc<Jwks>>),
+    (shared, jwks, tls): (
+        &Arc<DataShared>,
+        Option<Arc<Jwks>>,
+        Option<Arc<tls::QueryTls>>,
+    ),
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(Vec<JoinHandle<()>>, std::thread::JoinHandle<()>), BindError> {
     let admin = admin::start(
@@ -301,7 +341,7 @@ fn serve(
         Arc::clone(&shared.tokens),
         Arc::clone(&shared.ledger),
         Arc::clone(&live.metrics),
-        jwks,
+        (jwks, tls),
     ));
     let mut tasks = vec![tokio::spawn(query_server::serve(
         listeners.query,

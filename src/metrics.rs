@@ -92,11 +92,12 @@ families! {
     query_auth_failures: Family<Label, Counter> = "query_auth_failures", "Queries answered unauthorized, by reason (missing_ticket, malformed, algorithm, unknown_key, signature, expired, not_yet_valid, audience, issuer, subject, player_id, scope, client_ip)";
     jwks_reloads: Family<Label, Counter> = "jwks_reloads", "Ticket JWKS source changes (queryAuth), by result (rejected: the keys in force stay)";
     jwks_keys: Gauge = "jwks_keys", "Ticket verification keys (JWKS entries) in force";
+    query_tls_reloads: Family<Label, Counter> = "query_tls_reloads", "queryTls certificate file changes, by result (rejected: the TLS config in force stays)";
     queries: Family<Label, Counter> = "queries", "Queries answered, by result";
     query_duration: Histogram = "query_duration_seconds", "Time from a complete request line to its answer"
         => Histogram::new(exponential_buckets(0.00005, 2.0, 15)); // 50 µs .. ~0.8 s
     query_connections: Gauge = "query_connections_active", "Open query connections";
-    query_connections_closed: Family<Label, Counter> = "query_connections_closed", "Query connections closed, by reason (connection_cap, client_ip_cap: refused at accept; idle, lifetime, too_large, slow_reader, client_closed)";
+    query_connections_closed: Family<Label, Counter> = "query_connections_closed", "Query connections closed, by reason (connection_cap, client_ip_cap: refused at accept; idle, lifetime, too_large, slow_reader, client_closed, tls_handshake)";
     allocations: Family<Label, Counter> = "allocations", "Agones allocations, by result (allocated, unallocated, contention, unusable, error, timeout, overloaded; reused: a player's allocation handed out again, no API call; rate_limited: over allocate.ratePerSecond/burst, no API call)";
     allocation_duration: Histogram = "allocation_duration_seconds", "Time from asking Agones for a GameServer to its answer (or the 2 s timeout)"
         => Histogram::new(exponential_buckets(0.001, 2.0, 13)); // 1 ms .. ~4 s
@@ -236,7 +237,12 @@ fn zero_labels(f: &Metrics) {
         "reason",
         &mut AuthFailure::ALL.iter().map(|r| r.as_str()),
     );
-    for family in [&f.config_reloads, &f.token_key_reloads, &f.jwks_reloads] {
+    for family in [
+        &f.config_reloads,
+        &f.token_key_reloads,
+        &f.jwks_reloads,
+        &f.query_tls_reloads,
+    ] {
         touch(family, "result", &mut ["applied", "rejected"].into_iter());
     }
     for p in Protocol::ALL {

@@ -1311,6 +1311,10 @@ fn chart_rolls_the_pods_when_a_restart_only_key_changes_and_only_then() {
             "tokenKeysFile" => vec![("config.tokenKeysFile", json!("/etc/keys/token-keys"))],
             "tokenKeysSecret" => vec![("tokens.keys.existingSecret", json!("studio-keys"))],
             "reusePort" => vec![("config.reusePort", json!(true))],
+            "queryTls" => vec![(
+                "config.queryTls",
+                json!({"certFile": "/etc/udp-director/tls/tls.crt", "keyFile": "/etc/udp-director/tls/tls.key"}),
+            )],
             "queryAuth" => vec![(
                 "config.queryAuth",
                 json!({"jwksFile": "/etc/udp-director/jwks/jwks.json", "audience": "udp-director"}),

@@ -22,7 +22,7 @@ mod valid;
 pub use crate::model::{ClientBinding, Protocol, TokenFormat};
 pub use valid::{
     Addressing, KubeSource, PortRule, TargetPort, ValidAllocate, ValidConfig, ValidDataPort,
-    ValidMapping, ValidQueryAuth, ValidSource,
+    ValidMapping, ValidQueryAuth, ValidQueryTls, ValidSource,
 };
 
 /// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
@@ -151,6 +151,24 @@ pub struct Config {
     /// ticket must carry. Needed by every mapping with `auth: ticket`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_auth: Option<QueryAuth>,
+    /// TLS on the query port, and backend callers by client certificate (SPEC §2 "Who may
+    /// ask"). Without it the query port is plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_tls: Option<QueryTls>,
+}
+
+/// `queryTls`: the query port's certificate, and the CA backend callers' certificates chain to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+    /// PEM CA certificates: a caller whose client certificate chains to one is a verified
+    /// backend (no ticket needed; may set `clientIp` and `playerId`).
+    #[serde(default)]
+    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 /// `queryAuth`: how tickets are verified.
@@ -679,6 +697,7 @@ impl Config {
                 .unwrap_or_default(),
             target_networks: self.target_networks()?,
             query_auth,
+            query_tls: self.query_tls()?,
             warnings,
             raw: self,
         })
@@ -745,6 +764,30 @@ impl Config {
             audience: a.audience.clone(),
             issuer: a.issuer.clone(),
             leeway: a.leeway_seconds,
+        }))
+    }
+
+    /// `queryTls`: the files, each a path.
+    fn query_tls(&self) -> Result<Option<ValidQueryTls>, ConfigError> {
+        let Some(t) = &self.query_tls else {
+            return Ok(None);
+        };
+        for (key, path) in [
+            ("queryTls.certFile", Some(&t.cert_file)),
+            ("queryTls.keyFile", Some(&t.key_file)),
+            ("queryTls.clientCaFile", t.client_ca_file.as_ref()),
+        ] {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(
+                    key,
+                    "must be a PEM file path, e.g. /etc/udp-director/tls/tls.crt",
+                ));
+            }
+        }
+        Ok(Some(ValidQueryTls {
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            client_ca_file: t.client_ca_file.clone(),
         }))
     }
 

@@ -68,7 +68,7 @@ impl Overrides {
 
 /// Keys a running process cannot change: sockets are bound and sized, threads started and
 /// the token store sized at start. A reload that changes them is applied without them.
-pub const RESTART_ONLY: [&str; 16] = [
+pub const RESTART_ONLY: [&str; 17] = [
     "bindAddress",
     "queryPort",
     "dataPort",
@@ -85,6 +85,7 @@ pub const RESTART_ONLY: [&str; 16] = [
     "tokenKeysSecret",
     "reusePort",
     "queryAuth",
+    "queryTls",
 ];
 
 /// The outcome of comparing a validated new document with the running config.
@@ -127,6 +128,7 @@ pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
     keep!("tokenKeysSecret", token_keys_secret);
     keep!("reusePort", reuse_port);
     keep!("queryAuth", query_auth);
+    keep!("queryTls", query_tls);
     let changed = effective != *running;
     Reconciled {
         effective,
@@ -219,6 +221,11 @@ mod tests {
             audience: "a".into(),
             issuer: None,
             leeway_seconds: 5,
+        });
+        p.query_tls = Some(crate::config::QueryTls {
+            cert_file: "/tls.crt".into(),
+            key_file: "/tls.key".into(),
+            client_ca_file: None,
         });
         let r = reconcile(&running, p);
         assert_eq!(r.needs_restart, RESTART_ONLY.to_vec());

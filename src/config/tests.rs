@@ -627,3 +627,25 @@ fn allocations_in_flight_have_a_maximum() {
         "{e}"
     );
 }
+
+#[test]
+fn query_tls_needs_its_files() {
+    let doc = |tls: &str| format!("queryTls: {tls}\n{MINIMAL}");
+    let c = ValidConfig::from_yaml(&doc("{certFile: /tls.crt, keyFile: /tls.key}")).unwrap();
+    let t = c.query_tls.unwrap();
+    assert_eq!(t.cert_file, std::path::PathBuf::from("/tls.crt"));
+    assert_eq!(t.client_ca_file, None);
+    let c = ValidConfig::from_yaml(&doc(
+        "{certFile: /tls.crt, keyFile: /tls.key, clientCaFile: /ca.crt}",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.query_tls.unwrap().client_ca_file,
+        Some(std::path::PathBuf::from("/ca.crt"))
+    );
+    assert!(err(&doc("{certFile: /tls.crt}")).contains("keyFile"));
+    let e = err(&doc("{certFile: '', keyFile: /k}"));
+    assert!(e.contains("queryTls.certFile"), "{e}");
+    assert!(err(&doc("{certFile: /c, keyFile: /k, caFile: /x}")).contains("caFile"));
+    assert!(ValidConfig::from_yaml(MINIMAL).unwrap().query_tls.is_none());
+}

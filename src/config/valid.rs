@@ -62,9 +62,19 @@ pub struct ValidConfig {
     pub target_networks: Vec<crate::model::Network>,
     /// `queryAuth`: how tickets are verified (set whenever a mapping has `auth: ticket`).
     pub query_auth: Option<ValidQueryAuth>,
+    /// `queryTls`: TLS on the query port and the backend callers' CA.
+    pub query_tls: Option<ValidQueryTls>,
     /// What is accepted but unwise (an allocating mapping with `auth: none`): logged as a
     /// warning at every start.
     pub warnings: Vec<String>,
+}
+
+/// A validated `queryTls`: the PEM files, read at start and re-read on change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidQueryTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 /// A validated `queryAuth`.

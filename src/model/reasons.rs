@@ -262,6 +262,9 @@ closed_labels! {
         SlowReader => "slow_reader",
         /// The client closed (or reset) the connection.
         ClientClosed => "client_closed",
+        /// `queryTls`: no TLS handshake within the idle timeout, or it failed (not TLS, a
+        /// client certificate that does not chain to `clientCaFile`).
+        TlsHandshake => "tls_handshake",
     }
 }
 

@@ -11,4 +11,5 @@ pub(crate) mod listen;
 pub(crate) mod query;
 pub mod reload;
 pub(crate) mod tcp;
+pub(crate) mod tls;
 pub(crate) mod udp;

@@ -16,10 +16,10 @@
 //! the async workers that serve the other sockets and the probes.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
@@ -35,6 +35,7 @@ use crate::resolve::Resolved;
 use crate::resolve::allocate::{Allocating, Allocation};
 use crate::session::Ledger;
 use crate::settings::{Generation, Settings};
+use crate::shell::tls::QueryTls;
 use crate::token::ticket::{self, Jwks, Refused};
 use crate::token::{IssueError, Tokens};
 use crate::util::bounded::{Bounded, Place};
@@ -56,6 +57,8 @@ pub(crate) struct QueryContext {
     resolving: Arc<tokio::sync::Semaphore>,
     /// The ticket JWKS in force (`queryAuth`), reloaded by `shell::keys`.
     jwks: Option<Arc<Jwks>>,
+    /// `queryTls`: every connection starts with a TLS handshake.
+    tls: Option<Arc<QueryTls>>,
 }
 
 /// Who is asking, as the connection proves it.
@@ -119,7 +122,7 @@ impl QueryContext {
         tokens: Arc<Tokens>,
         ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
-        jwks: Option<Arc<Jwks>>,
+        (jwks, tls): (Option<Arc<Jwks>>, Option<Arc<QueryTls>>),
     ) -> Self {
         Self {
             open: Arc::new(Bounded::new(usize::MAX)),
@@ -132,6 +135,7 @@ impl QueryContext {
             ledger,
             metrics,
             jwks,
+            tls,
         }
     }
 
@@ -396,7 +400,31 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let _places = (place, net_place);
             ctx.metrics.query_connections.inc();
-            let closed = handle(stream, peer, &ctx, &limits).await;
+            let _ = stream.set_nodelay(true);
+            let closed = match &ctx.tls {
+                None => handle(stream, Caller::plain(peer.ip()), &ctx, &limits).await,
+                Some(tls) => {
+                    let idle = Duration::from_secs(limits.query_idle_timeout_seconds);
+                    match timeout_at(Instant::now() + idle, tls.acceptor().accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            // Offered and verified against clientCaFile (an unverifiable one
+                            // failed the handshake).
+                            let backend = tls.verifies_clients
+                                && stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .is_some_and(|c| !c.is_empty());
+                            let caller = Caller {
+                                ip: peer.ip(),
+                                backend,
+                            };
+                            handle(stream, caller, &ctx, &limits).await
+                        }
+                        _ => QueryClose::TlsHandshake,
+                    }
+                }
+            };
             ctx.count_close(closed);
             ctx.metrics.query_connections.dec();
         });
@@ -409,19 +437,23 @@ fn refuse_connection(stream: &TcpStream, ctx: &QueryContext, why: QueryClose, me
     let answer = render(&Err(QueryError::new(ErrorCode::Unavailable, message)));
     ctx.count_query(ErrorCode::Unavailable.as_str());
     ctx.count_close(why);
+    if ctx.tls.is_some() {
+        // A TLS client could not read a plain line: the close is the answer.
+        return;
+    }
     // A fresh socket's send buffer is empty, so this does not block; if it fails the client
     // sees a close, which is all we can offer without spending a task on it.
     let _ = stream.try_write(&answer);
 }
 
-/// Serves one connection until a limit, a timeout or the client ends it; why it ended.
-async fn handle(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+/// Serves one connection (plain TCP or TLS) until a limit, a timeout or the client ends it;
+/// why it ended.
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    caller: Caller,
     ctx: &QueryContext,
     limits: &Limits,
 ) -> QueryClose {
-    let _ = stream.set_nodelay(true);
     let idle = Duration::from_secs(limits.query_idle_timeout_seconds);
     let max = limits.query_max_bytes;
     let accepted = Instant::now();
@@ -446,10 +478,10 @@ async fn handle(
                 return QueryClose::TooLarge;
             }
             if line.trim_ascii().is_empty() {
-                ctx.empty_line(peer.ip());
+                ctx.empty_line(caller.ip);
                 continue;
             }
-            let answer = ctx.answer(line, Caller::plain(peer.ip())).await;
+            let answer = ctx.answer(line, caller).await;
             if !write_answer(&mut stream, &answer, Instant::now() + idle).await {
                 return QueryClose::SlowReader;
             }
@@ -472,7 +504,7 @@ async fn handle(
                 // Half-close: a last request without a newline is still answered.
                 let line = trim_cr(&buf);
                 if !line.trim_ascii().is_empty() {
-                    let answer = ctx.answer(line, Caller::plain(peer.ip())).await;
+                    let answer = ctx.answer(line, caller).await;
                     let _ = write_answer(&mut stream, &answer, Instant::now() + idle).await;
                 }
                 let _ = stream.shutdown().await;
@@ -496,7 +528,11 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 }
 
 /// Writes one answer; false when the client is gone or does not read in time.
-async fn write_answer(stream: &mut TcpStream, answer: &[u8], deadline: Instant) -> bool {
+async fn write_answer<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    answer: &[u8],
+    deadline: Instant,
+) -> bool {
     matches!(
         timeout_at(deadline, stream.write_all(answer)).await,
         Ok(Ok(()))

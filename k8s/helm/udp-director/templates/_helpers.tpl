@@ -78,12 +78,12 @@ daemon may not know (fastPath, adminTokenFile) are written only when their value
 {{- end }}
 
 {{/* Config keys a running director cannot take over from a ConfigMap edit (the daemon's
-config::reload::RESTART_ONLY, plus fastPath and the admin listener's keys; queryAuth whole). Their values'
+config::reload::RESTART_ONLY, plus fastPath and the admin listener's keys; queryAuth and queryTls whole). Their values'
 checksum is a pod annotation: changing one rolls the pods; any other edit applies live. */}}
 {{- define "udp-director.restartChecksum" -}}
 {{- $config := include "udp-director.config" . | fromYaml }}
 {{- $picked := dict }}
-{{- range $key := list "bindAddress" "queryPort" "dataPort" "dataPorts" "adminPort" "dataWorkers" "socketBufferBytes" "tokenFormat" "tokenKeysFile" "tokenKeysSecret" "reusePort" "fastPath" "adminBindAddress" "adminTokenFile" "queryAuth" }}
+{{- range $key := list "bindAddress" "queryPort" "dataPort" "dataPorts" "adminPort" "dataWorkers" "socketBufferBytes" "tokenFormat" "tokenKeysFile" "tokenKeysSecret" "reusePort" "fastPath" "adminBindAddress" "adminTokenFile" "queryAuth" "queryTls" }}
 {{- if hasKey $config $key }}{{ $_ := set $picked $key (get $config $key) }}{{ end }}
 {{- end }}
 {{- if kindIs "map" $config.limits }}
