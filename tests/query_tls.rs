@@ -320,3 +320,46 @@ async fn the_certificate_files_are_reread_on_change() {
     assert_eq!(code(&answer.unwrap()), "unauthorized", "still answering");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_asks_as_a_backend_over_mtls() {
+    let setup = Setup::new();
+    let backend = Backend::new();
+    let d = start(udp_director::config::ValidConfig::from_yaml(&setup.yaml(backend.addr)).unwrap())
+        .await;
+    let addr = d.query_addr;
+    let (cert, key) = leaf(&setup.ca, "matchmaker", true);
+    let ca_pem = setup.ca.pem();
+    let (grant, refused) = tokio::task::spawn_blocking(move || {
+        use udp_director_client::{Query, tls};
+        let caller = tls::Backend::from_pem(
+            ca_pem.as_bytes(),
+            cert.as_bytes(),
+            key.as_bytes(),
+            "director.test",
+        )
+        .unwrap();
+        let grant = caller.ask(
+            addr,
+            &Query::new("game")
+                .player_id("p-7")
+                .client_ip("127.0.0.2".parse().unwrap()),
+        );
+        // Garbage in place of the key is refused when the settings are built, not later.
+        let refused =
+            tls::Backend::from_pem(ca_pem.as_bytes(), b"", b"not a key", "director.test").is_err();
+        (grant, refused)
+    })
+    .await
+    .unwrap();
+    let grant = grant.expect("a grant for the backend's player");
+    assert_eq!(grant.target.name, "game-0");
+    assert!(refused);
+    let from_player = udp_from("127.0.0.2");
+    from_player
+        .send_to(grant.token.as_bytes(), d.data_addr)
+        .unwrap();
+    from_player.send_to(b"hi", d.data_addr).unwrap();
+    assert_eq!(backend.recv().expect("forwarded").0, b"hi");
+    d.stop().await;
+}
