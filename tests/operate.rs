@@ -474,7 +474,11 @@ fn access_log_has_one_line_per_closed_session_and_can_be_switched_off() {
         "warn,udp_director::app=info,udp_director::access=info",
     )
     .unwrap();
-    let client = session(d.query, d.data, r#"{"resourceType":"echo"}"#);
+    let client = session(
+        d.query,
+        d.data,
+        r#"{"resourceType":"echo","playerId":"p-7"}"#,
+    );
     let line = wait_log(&d, &["session closed"], Duration::from_secs(5))
         .expect("an access-log line when the session idles out");
     let v: Value = serde_json::from_str(&line).unwrap();
@@ -483,6 +487,8 @@ fn access_log_has_one_line_per_closed_session_and_can_be_switched_off() {
     assert_eq!(v["mapping"], "echo");
     assert_eq!(v["target_name"], "echo-0");
     assert_eq!(v["target_addr"], a.addr.to_string());
+    // The player (a ticket's `sub` when the query carried one).
+    assert_eq!(v["player"], "p-7");
     assert_eq!(v["reason"], "idle");
     assert_eq!(v["datagrams_to_target"], 1);
     assert_eq!(v["bytes_to_target"], 4);

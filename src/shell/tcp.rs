@@ -365,6 +365,7 @@ fn access_log(client: SocketAddr, open: &TcpOpen<'_>, o: &Outcome, duration: Dur
         namespace = %target.namespace,
         target_name = %target.name,
         target_addr = %target.addr,
+        player = target.player.as_deref().unwrap_or_default(),
         reason = o.close.as_str(),
         duration_ms = duration.as_millis() as u64,
         bytes_to_target = o.to_target,

@@ -481,6 +481,7 @@ fn access_log(c: &Closed, suppressed: u64) {
         namespace = %c.target.namespace,
         target_name = %c.target.name,
         target_addr = %c.target.addr,
+        player = c.target.player.as_deref().unwrap_or_default(),
         reason = c.reason.as_str(),
         duration_ms = c.duration.as_millis() as u64,
         datagrams_to_target = c.stats.datagrams_to_target,
