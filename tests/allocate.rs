@@ -440,3 +440,28 @@ async fn burst_plus_one_is_rate_limited_without_a_post() {
     );
     assert_eq!(fake.allocations(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_players_concurrent_queries_share_one_allocation() {
+    let fake = fleet(4, 4).await;
+    let env = director(&fake, "{playersList: players}").await;
+    // Slow enough that all the queries arrive while the first allocation runs.
+    fake.set_allocation_delay(Duration::from_millis(400));
+    let answers = concurrently(
+        env.director.query_addr,
+        vec![allocation_query(Some("p-busy")); 12],
+    )
+    .await;
+    let names: BTreeSet<String> = answers
+        .iter()
+        .map(|(a, _)| {
+            assert_eq!(code(a), "ok", "{a}");
+            a["target"]["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(fake.allocations(), 1, "one POST for one player's queries");
+    let admin = env.director.admin_addr;
+    assert_eq!(allocations(admin, "allocated"), 1.0);
+    assert_eq!(allocations(admin, "reused"), 11.0);
+}

@@ -366,6 +366,9 @@ pub enum Allocating {
     Run(Box<Allocation>),
     /// The player's allocation for the same ask, handed out again (no API call).
     Reused(Resolved),
+    /// The player's allocation for the same ask is running: wait for it to change, then ask
+    /// the resolver again.
+    Join(tokio::sync::watch::Receiver<bool>),
     /// Over `allocate.ratePerSecond`/`burst`: no API call.
     RateLimited(QueryError),
 }
@@ -383,9 +386,8 @@ pub struct Allocation {
     pub(super) proxy: bool,
     pub(super) player: Option<String>,
     pub(super) expose_address: bool,
-    /// Where a success is remembered for its player (`reuse`: the player's key, if any).
-    pub(super) budget: Arc<super::budget::Budget>,
-    pub(super) reuse: Option<String>,
+    /// A player's allocation: where its success is remembered, and what its joiners wait on.
+    pub(super) pending: Option<super::budget::Pending>,
 }
 
 impl Allocation {
@@ -452,9 +454,8 @@ impl Allocation {
                     ),
                     expose_address: self.expose_address,
                 };
-                if let Some(key) = self.reuse {
-                    self.budget
-                        .record(key, resolved.clone(), tokio::time::Instant::now());
+                if let Some(pending) = &self.pending {
+                    pending.record(resolved.clone(), tokio::time::Instant::now());
                 }
                 (AllocationResult::Allocated, Ok(resolved))
             }

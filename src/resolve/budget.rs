@@ -5,11 +5,15 @@
 //! |-------------------------------------------------------|--------------------------------|
 //! | a player who was allocated a server for the same ask  | [`Decision::Reuse`]: that      |
 //! | (mapping, namespace, labels) within `tokenTTLSeconds` | server again, no API call      |
+//! | that player's allocation for it is still running      | [`Decision::Join`]: wait for   |
+//! |                                                       | it, then decide again          |
 //! | otherwise, with a token left in the mapping's bucket  | [`Decision::Allocate`]         |
 //! | otherwise                                             | [`Decision::RateLimited`]      |
 //!
 //! The bucket holds `allocate.burst` tokens and refills at `allocate.ratePerSecond`; a reuse
-//! draws nothing from it. Queries without a player id are never reused (nothing says two of
+//! or a join draws nothing from it. An allocation for a player holds a [`Pending`] until it
+//! ends (recorded or not): queries of the same player that arrive meanwhile join it instead of
+//! allocating a second server. Queries without a player id are never reused (nothing says two of
 //! them are the same player) but still draw from the bucket.
 //!
 //! Pure: time comes in as `now`; the query shell reads the clock. Memory is bounded: at most
@@ -18,9 +22,10 @@
 //! Owns the budget decision. Must not call the API or issue tokens.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Resolved;
@@ -31,14 +36,40 @@ use crate::util::sync::lock;
 pub const REUSE_MAX: usize = 65_536;
 
 /// What one allocating query may do.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Decision {
     /// This player's allocation for the same ask, still within its TTL.
     Reuse(Resolved),
-    /// Ask Agones (a token was taken from the bucket).
-    Allocate,
+    /// This player's allocation for the same ask is running: wait until it changes (it ends),
+    /// then decide again.
+    Join(watch::Receiver<bool>),
+    /// Ask Agones (a token was taken from the bucket); for a player, holding its [`Pending`].
+    Allocate(Option<Pending>),
     /// The bucket is empty: `rate_limited`, no API call.
     RateLimited,
+}
+
+/// A player's allocation in progress: others of the same ask join it. Dropped when the
+/// allocation ends, after a success was recorded; the joiners then decide again.
+#[derive(Debug)]
+pub struct Pending {
+    budget: Arc<Budget>,
+    key: String,
+    done: watch::Sender<bool>,
+}
+
+impl Pending {
+    /// Remembers the allocation for this player (before the joiners are woken).
+    pub fn record(&self, resolved: Resolved, now: Instant) {
+        self.budget.record(self.key.clone(), resolved, now);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        lock(&self.budget.pending).remove(&self.key);
+        let _ = self.done.send(true);
+    }
 }
 
 /// A token bucket: `burst` tokens, refilled at `rate` per second.
@@ -131,6 +162,9 @@ pub struct Budget {
     ttl: Duration,
     bucket: Mutex<Bucket>,
     reuse: Mutex<Reuse>,
+    /// Players' allocations in progress (at most one per key, bounded by the queries
+    /// waiting on the API).
+    pending: Mutex<HashMap<String, watch::Receiver<bool>>>,
 }
 
 impl Budget {
@@ -140,21 +174,36 @@ impl Budget {
             ttl,
             bucket: Mutex::new(Bucket::new(rate_per_second, burst)),
             reuse: Mutex::new(Reuse::default()),
+            pending: Mutex::new(HashMap::new()),
         }
     }
 
     /// What the query with this reuse key (`None`: no player id) may do at `now`.
-    pub fn decide(&self, key: Option<&str>, now: Instant) -> Decision {
-        if let Some(key) = key
-            && let Some(resolved) = lock(&self.reuse).get(key, now)
-        {
+    pub fn decide(self: &Arc<Self>, key: Option<&str>, now: Instant) -> Decision {
+        let Some(key) = key else {
+            return if lock(&self.bucket).take(now) {
+                Decision::Allocate(None)
+            } else {
+                Decision::RateLimited
+            };
+        };
+        if let Some(resolved) = lock(&self.reuse).get(key, now) {
             return Decision::Reuse(resolved);
         }
-        if lock(&self.bucket).take(now) {
-            Decision::Allocate
-        } else {
-            Decision::RateLimited
+        let mut pending = lock(&self.pending);
+        if let Some(running) = pending.get(key) {
+            return Decision::Join(running.clone());
         }
+        if !lock(&self.bucket).take(now) {
+            return Decision::RateLimited;
+        }
+        let (done, running) = watch::channel(false);
+        pending.insert(key.to_string(), running);
+        Decision::Allocate(Some(Pending {
+            budget: Arc::clone(self),
+            key: key.to_string(),
+            done,
+        }))
     }
 
     /// Remembers a successful allocation for its player's key.
@@ -211,8 +260,16 @@ mod tests {
     fn name(d: &Decision) -> String {
         match d {
             Decision::Reuse(r) => r.target.name.to_string(),
-            Decision::Allocate => "allocate".to_string(),
+            Decision::Join(_) => "join".to_string(),
+            Decision::Allocate(_) => "allocate".to_string(),
             Decision::RateLimited => "rate_limited".to_string(),
+        }
+    }
+
+    fn pending(d: Decision) -> Pending {
+        match d {
+            Decision::Allocate(Some(p)) => p,
+            other => panic!("expected an allocation for a player, got {other:?}"),
         }
     }
 
@@ -234,10 +291,11 @@ mod tests {
     #[test]
     fn the_same_player_gets_the_same_server_within_the_ttl_without_spending() {
         let t0 = Instant::now();
-        let budget = Budget::new(1, 1, Duration::from_secs(30));
+        let budget = Arc::new(Budget::new(1, 1, Duration::from_secs(30)));
         let key = reuse_key(Some("p1"), "ns", &BTreeMap::new()).unwrap();
-        assert_eq!(name(&budget.decide(Some(&key), t0)), "allocate");
-        budget.record(key.clone(), resolved("gs-1"), t0);
+        let first = pending(budget.decide(Some(&key), t0));
+        first.record(resolved("gs-1"), t0);
+        drop(first);
         for i in 0..100 {
             let now = t0 + Duration::from_millis(i * 10);
             assert_eq!(name(&budget.decide(Some(&key), now)), "gs-1");
@@ -253,10 +311,40 @@ mod tests {
     #[test]
     fn queries_without_a_player_always_spend() {
         let t0 = Instant::now();
-        let budget = Budget::new(1, 2, Duration::from_secs(30));
+        let budget = Arc::new(Budget::new(1, 2, Duration::from_secs(30)));
         assert_eq!(name(&budget.decide(None, t0)), "allocate");
         assert_eq!(name(&budget.decide(None, t0)), "allocate");
         assert_eq!(name(&budget.decide(None, t0)), "rate_limited");
+    }
+
+    #[test]
+    fn a_players_second_query_joins_the_allocation_in_progress() {
+        let t0 = Instant::now();
+        let budget = Arc::new(Budget::new(1, 5, Duration::from_secs(30)));
+        let key = reuse_key(Some("p1"), "ns", &BTreeMap::new()).unwrap();
+        // A failed allocation: the joiner is woken and allocates itself.
+        let first = pending(budget.decide(Some(&key), t0));
+        let Decision::Join(woken) = budget.decide(Some(&key), t0) else {
+            panic!("a second query joins");
+        };
+        assert!(!woken.has_changed().unwrap());
+        drop(first);
+        assert!(woken.has_changed().unwrap_or(true));
+        let second = pending(budget.decide(Some(&key), t0));
+        // A successful one: joiners find it recorded.
+        let Decision::Join(woken) = budget.decide(Some(&key), t0) else {
+            panic!("a third query joins");
+        };
+        second.record(resolved("gs-7"), t0);
+        drop(second);
+        assert!(woken.has_changed().unwrap_or(true));
+        assert_eq!(name(&budget.decide(Some(&key), t0)), "gs-7");
+        // Joins and reuses took nothing from the bucket: two allocations, three tokens left.
+        for _ in 0..3 {
+            assert_eq!(name(&budget.decide(None, t0)), "allocate");
+        }
+        assert_eq!(name(&budget.decide(None, t0)), "rate_limited");
+        assert!(lock(&budget.pending).is_empty());
     }
 
     #[test]

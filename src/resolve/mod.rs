@@ -425,9 +425,10 @@ impl Resolver {
         };
         // The request is checked (and its body built) before anything is spent.
         let body = allocate::request(spec, &mapping.fixed_labels, req)?;
-        let reuse = budget::reuse_key(req.player_id.as_deref(), namespace, &req.label_selector);
-        Ok(Some(match budget.decide(reuse.as_deref(), now) {
+        let reuse_key = budget::reuse_key(req.player_id.as_deref(), namespace, &req.label_selector);
+        Ok(Some(match budget.decide(reuse_key.as_deref(), now) {
             budget::Decision::Reuse(resolved) => allocate::Allocating::Reused(resolved),
+            budget::Decision::Join(running) => allocate::Allocating::Join(running),
             budget::Decision::RateLimited => allocate::Allocating::RateLimited(QueryError::new(
                 ErrorCode::RateLimited,
                 format!(
@@ -435,7 +436,7 @@ impl Resolver {
                     mapping.name, spec.rate_per_second, spec.burst
                 ),
             )),
-            budget::Decision::Allocate => {
+            budget::Decision::Allocate(pending) => {
                 allocate::Allocating::Run(Box::new(allocate::Allocation {
                     client: client.clone(),
                     namespace: namespace.to_string(),
@@ -447,8 +448,7 @@ impl Resolver {
                     proxy: mapping.proxy,
                     player: req.player_id.clone(),
                     expose_address: mapping.expose_address,
-                    budget: Arc::clone(budget),
-                    reuse,
+                    pending,
                 }))
             }
         }))

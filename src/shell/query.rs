@@ -32,7 +32,7 @@ use crate::protocol::query::{
     QueryError, QueryRequest, TargetRef, TokenAnswer, parse_request, render,
 };
 use crate::resolve::Resolved;
-use crate::resolve::allocate::{Allocating, Allocation};
+use crate::resolve::allocate::{ALLOCATION_TIMEOUT, Allocating, Allocation};
 use crate::session::Ledger;
 use crate::settings::{Generation, Settings};
 use crate::shell::tls::QueryTls;
@@ -227,7 +227,29 @@ impl QueryContext {
             })?;
         // A verified backend asks for a player: the token binds to the player's IP.
         let bind_to = request.client_ip.unwrap_or(peer);
-        let resolved = match generation.resolver.allocation(&request, now)? {
+        let mut joins = 0;
+        let decided = loop {
+            match generation.resolver.allocation(&request, Instant::now())? {
+                // The player's allocation is running: wait for it (at most its timeout,
+                // twice), then decide again (reuse it, or allocate if it failed).
+                Some(Allocating::Join(mut running)) if joins < 2 => {
+                    joins += 1;
+                    let _ = tokio::time::timeout(
+                        ALLOCATION_TIMEOUT + Duration::from_millis(500),
+                        running.changed(),
+                    )
+                    .await;
+                }
+                Some(Allocating::Join(_)) => {
+                    return Err(QueryError::new(
+                        ErrorCode::Unavailable,
+                        "an allocation for this player is still running; retry shortly",
+                    ));
+                }
+                other => break other,
+            }
+        };
+        let resolved = match decided {
             Some(Allocating::Run(allocation)) => self.allocate(*allocation).await?,
             Some(Allocating::Reused(resolved)) => {
                 self.metrics.hot.allocations[AllocationResult::Reused.index()].inc();
@@ -236,6 +258,13 @@ impl QueryContext {
             Some(Allocating::RateLimited(e)) => {
                 self.metrics.hot.allocations[AllocationResult::RateLimited.index()].inc();
                 return Err(e);
+            }
+            // Waited for above.
+            Some(Allocating::Join(_)) => {
+                return Err(QueryError::new(
+                    ErrorCode::Unavailable,
+                    "an allocation for this player is still running; retry shortly",
+                ));
             }
             None => {
                 // CPU work over the candidates: on the blocking pool, off the async workers.
