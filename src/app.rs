@@ -24,7 +24,9 @@ use crate::shell::admin::{self, Readiness};
 use crate::shell::listen::{BindError, bind_std_stream, bind_stream, local};
 use crate::shell::query::{self as query_server, QueryContext};
 use crate::shell::reload::{self, ConfigSource, Live};
+use crate::shell::tls;
 use crate::shell::udp::{DataPlane, DataShared, FdBudget};
+use crate::token::ticket::{Jwks, TicketKeys};
 use crate::token::{KeySet, SealedTokens, TokenStore, Tokens, WallClock};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,15 @@ pub enum StartError {
     /// The sealed-token keys could not be loaded at start.
     #[error("cannot load the token keys from {source_name}: {problem}")]
     Keys {
+        source_name: String,
+        problem: String,
+    },
+    /// The query port's TLS files (`queryTls`) could not be loaded at start.
+    #[error("cannot load the query port's TLS files (queryTls): {0}")]
+    Tls(String),
+    /// The ticket JWKS (`queryAuth`) could not be loaded at start.
+    #[error("cannot load the ticket keys (queryAuth JWKS) from {source_name}: {problem}")]
+    Jwks {
         source_name: String,
         problem: String,
     },
@@ -105,6 +116,30 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     let metrics = Arc::new(Metrics::new());
     let ledger = Arc::new(Ledger::grouped(config.grouping));
     let tokens = Arc::new(make_tokens(&config, &options.kube).await?);
+    let jwks = make_jwks(&config, &options.kube).await?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let jwks_source = config.query_auth.as_ref().map(|a| a.source.clone());
+    let tls = match &config.query_tls {
+        Some(files) => {
+            let pems = tls::read(files)
+                .await
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let server = tls::server_config(&pems).map_err(|e| StartError::Tls(e.to_string()))?;
+            let verifies = files.client_ca_file.is_some();
+            tracing::info!(
+                client_certificates = verifies,
+                "query port speaks TLS (queryTls)"
+            );
+            Some((
+                Arc::new(tls::QueryTls::new(server, verifies)),
+                files.clone(),
+                pems,
+            ))
+        }
+        None => None,
+    };
     let watchers = Arc::new(Watchers::new(
         options.kube.clone(),
         metrics.kube_watch_errors.clone(),
@@ -147,12 +182,47 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     for (_, l) in &listeners.tcp_data {
         tcp_addrs.push(local(l.local_addr(), "TCP data", query_at)?);
     }
+    if let Some(keys) = jwks.as_ref().and_then(|j| j.load()) {
+        metrics.jwks_keys.set(keys.len() as i64);
+    }
     let (mut tasks, admin) = serve(
         listeners,
         (&live, &readiness, admin_token),
-        &shared,
+        (
+            &shared,
+            jwks.clone(),
+            tls.as_ref().map(|t| Arc::clone(&t.0)),
+        ),
         &shutdown_rx,
     )?;
+    if let Some((tls, files, pems)) = tls {
+        tasks.push(tokio::spawn(tls::watch_files(
+            tls,
+            files,
+            pems,
+            Arc::clone(&live.metrics),
+            shutdown_rx.clone(),
+        )));
+    }
+    if let (Some(jwks), Some(source)) = (jwks, jwks_source) {
+        tasks.push(match source {
+            KeySource::File(path) => tokio::spawn(crate::shell::keys::watch_jwks_file(
+                jwks,
+                Arc::clone(&live.metrics),
+                path,
+                shutdown_rx.clone(),
+            )),
+            KeySource::Secret { namespace, name } => {
+                tokio::spawn(crate::shell::keys::watch_jwks_secret(
+                    jwks,
+                    Arc::clone(&live),
+                    namespace,
+                    name,
+                    shutdown_rx.clone(),
+                ))
+            }
+        });
+    }
     tasks.extend(background(
         &live,
         &tokens,
@@ -252,7 +322,11 @@ fn in_port_order(
 fn serve(
     listeners: Listeners,
     (live, readiness, admin_token): (&Arc<Live>, &Arc<Readiness>, Option<std::path::PathBuf>),
-    shared: &Arc<DataShared>,
+    (shared, jwks, tls): (
+        &Arc<DataShared>,
+        Option<Arc<Jwks>>,
+        Option<Arc<tls::QueryTls>>,
+    ),
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(Vec<JoinHandle<()>>, std::thread::JoinHandle<()>), BindError> {
     let admin = admin::start(
@@ -267,6 +341,7 @@ fn serve(
         Arc::clone(&shared.tokens),
         Arc::clone(&shared.ledger),
         Arc::clone(&live.metrics),
+        (jwks, tls),
     ));
     let mut tasks = vec![tokio::spawn(query_server::serve(
         listeners.query,
@@ -334,6 +409,26 @@ fn background(
         None => {}
     }
     tasks
+}
+
+/// The ticket JWKS (`queryAuth`), read (file) or fetched (Secret) now, so a director with
+/// unusable ticket keys does not start.
+async fn make_jwks(
+    config: &ValidConfig,
+    kube: &crate::k8s::Connect,
+) -> Result<Option<Arc<Jwks>>, StartError> {
+    let Some(auth) = &config.query_auth else {
+        return Ok(None);
+    };
+    let (source_name, text) = crate::shell::keys::read_jwks(&auth.source, kube).await;
+    let keys = text
+        .and_then(|t| TicketKeys::parse(&t).map_err(|e| e.to_string()))
+        .map_err(|problem| StartError::Jwks {
+            source_name: source_name.clone(),
+            problem,
+        })?;
+    tracing::info!(source = %source_name, kids = ?keys.kids(), audience = %auth.audience, "ticket keys (JWKS) loaded");
+    Ok(Some(Arc::new(Jwks::new(keys))))
 }
 
 /// The token store of the configured format; sealed keys are read (file) or fetched (Secret)

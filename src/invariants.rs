@@ -281,6 +281,11 @@ pub fn config_agrees(raw: &Config, valid: &ValidConfig) -> Result<(), String> {
                         == a.max_in_flight
                             .unwrap_or(crate::config::ALLOCATIONS_IN_FLIGHT)
                     && d.max_in_flight > 0
+                    && d.rate_per_second
+                        == a.rate_per_second.unwrap_or(crate::config::ALLOCATION_RATE)
+                    && d.burst == a.burst.unwrap_or(crate::config::ALLOCATION_BURST)
+                    && d.rate_per_second > 0
+                    && d.burst > 0
                     && (!d.prefer_allocated || d.players_list.is_some())
                     && matches!(&v.source, ValidSource::Kube(k)
                         if k.group == "agones.dev" && k.resource == "gameservers")
@@ -289,6 +294,16 @@ pub fn config_agrees(raw: &Config, valid: &ValidConfig) -> Result<(), String> {
         };
         if !allocate_agrees {
             return fail(&format!("mapping {name}'s allocate"));
+        }
+        // `auth` as written, else `ticket` exactly for allocating mappings; a mapping that
+        // needs tickets never without `queryAuth`.
+        let auth = m.auth.unwrap_or(if m.allocate.is_some() {
+            crate::config::Auth::Ticket
+        } else {
+            crate::config::Auth::None
+        });
+        if v.auth != auth || (auth == crate::config::Auth::Ticket && valid.query_auth.is_none()) {
+            return fail(&format!("mapping {name}'s auth"));
         }
     }
     if let Some(d) = &raw.default_endpoint
@@ -371,12 +386,12 @@ mod tests {
         #[test]
         fn config_loader_holds_for_allocate_soup(
             keys in prop::collection::vec((prop::sample::select(vec![
-                "scheduling", "preferAllocated", "playersList", "maxInFlight", "metadata", "bogus"]),
+                "scheduling", "preferAllocated", "playersList", "maxInFlight", "ratePerSecond", "burst", "metadata", "bogus"]),
                 prop::sample::select(vec!["0", "1", "true", "false", "Packed", "Distributed", "Random",
                     "players", "\"\"", "[]", "{}", "{labels: {a: b}}", "{labels: {'': b}}", "-3"])), 0..5),
             resource in prop::sample::select(vec!["gameservers", "pods"]),
             port in prop::sample::select(vec!["portName: default", "port: 7654", "portPath: status.ports[0].port"])) {
-            let mut text = format!("resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: {resource}\n    addressPath: status.address\n    {port}\n    allocate:\n");
+            let mut text = format!("resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: {resource}\n    addressPath: status.address\n    {port}\n    auth: none\n    allocate:\n");
             text.push_str("      maxInFlight: 2\n");
             for (k, v) in keys { text.push_str(&format!("      {k}: {v}\n")); }
             prop_assert_eq!(config_text(&text), Ok(()));
@@ -423,7 +438,7 @@ mod tests {
         assert!(config_agrees(valid.raw(), &tampered).is_err());
         // An allocate block decoded wrong, or lost, is caught too.
         let allocating = ValidConfig::from_yaml(
-            "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    addressPath: status.address\n    portName: default\n    allocate: {playersList: players}\n",
+            "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    addressPath: status.address\n    portName: default\n    auth: none\n    allocate: {playersList: players}\n",
         )
         .unwrap();
         assert_eq!(config_agrees(allocating.raw(), &allocating), Ok(()));

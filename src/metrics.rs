@@ -22,8 +22,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::model::{
-    AllocationResult, CloseReason, DropReason, ErrorCode, PingOutcome, ProofOutcome, Protocol,
-    QueryClose, Refusal, Rejection, TcpClose, TcpRefusal,
+    AllocationResult, AuthFailure, CloseReason, DropReason, ErrorCode, PingOutcome, ProofOutcome,
+    Protocol, QueryClose, Refusal, Rejection, TcpClose, TcpRefusal,
 };
 
 /// The git revision the binary was built from (`build.rs`: `UDP_DIRECTOR_REVISION` from the
@@ -113,14 +113,18 @@ families! {
     tokens_active: Gauge = "tokens_active", "Tokens held (issued, not yet expired or evicted)";
     token_key_reloads: Family<Label, Counter> = "token_key_reloads", "Token key source changes, by result (rejected: the keys in force stay)";
     token_keys: Gauge = "token_keys", "Sealed-token keys in force (the first seals, all open)";
+    query_auth_failures: Family<Label, Counter> = "query_auth_failures", "Queries answered unauthorized, by reason (missing_ticket, malformed, algorithm, unknown_key, signature, expired, not_yet_valid, audience, issuer, subject, player_id, scope, client_ip)";
+    jwks_reloads: Family<Label, Counter> = "jwks_reloads", "Ticket JWKS source changes (queryAuth), by result (rejected: the keys in force stay)";
+    jwks_keys: Gauge = "jwks_keys", "Ticket verification keys (JWKS entries) in force";
+    query_tls_reloads: Family<Label, Counter> = "query_tls_reloads", "queryTls certificate file changes, by result (rejected: the TLS config in force stays)";
     queries: Family<Label, Counter> = "queries", "Queries answered, by result";
     /// `mapping_queries_total{mapping,result}`: queries that named a mapping of the config.
     mapping_queries: Family<MappingResult, Counter> = "mapping_queries", "Queries answered per mapping (a resourceType in the config), by result";
     query_duration: Histogram = "query_duration_seconds", "Time from a complete request line to its answer"
         => Histogram::new(exponential_buckets(0.00005, 2.0, 15)); // 50 µs .. ~0.8 s
     query_connections: Gauge = "query_connections_active", "Open query connections";
-    query_connections_closed: Family<Label, Counter> = "query_connections_closed", "Query connections closed, by reason (connection_cap, client_ip_cap: refused at accept; idle, lifetime, too_large, slow_reader, client_closed)";
-    allocations: Family<Label, Counter> = "allocations", "Agones allocations, by result (allocated, unallocated, contention, unusable, error, timeout, overloaded)";
+    query_connections_closed: Family<Label, Counter> = "query_connections_closed", "Query connections closed, by reason (connection_cap, client_ip_cap: refused at accept; idle, lifetime, too_large, slow_reader, client_closed, tls_handshake)";
+    allocations: Family<Label, Counter> = "allocations", "Agones allocations, by result (allocated, unallocated, contention, unusable, error, timeout, overloaded; reused: a player's allocation handed out again, no API call; rate_limited: over allocate.ratePerSecond/burst, no API call)";
     allocation_duration: Histogram = "allocation_duration_seconds", "Time from asking Agones for a GameServer to its answer (or the 2 s timeout)"
         => Histogram::new(exponential_buckets(0.001, 2.0, 13)); // 1 ms .. ~4 s
     tcp_sessions_created: Counter = "tcp_sessions_created", "Relayed TCP data sessions opened by a token line";
@@ -294,7 +298,17 @@ fn zero_labels(f: &Metrics) {
     for family in [&f.datagrams, &f.bytes] {
         touch(family, "direction", &mut [TO_TARGET, TO_CLIENT].into_iter());
     }
-    for family in [&f.config_reloads, &f.token_key_reloads] {
+    touch(
+        &f.query_auth_failures,
+        "reason",
+        &mut AuthFailure::ALL.iter().map(|r| r.as_str()),
+    );
+    for family in [
+        &f.config_reloads,
+        &f.token_key_reloads,
+        &f.jwks_reloads,
+        &f.query_tls_reloads,
+    ] {
         touch(family, "result", &mut ["applied", "rejected"].into_iter());
     }
     for p in Protocol::ALL {

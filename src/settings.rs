@@ -25,6 +25,7 @@ use crate::resolve::Resolver;
 use crate::resolve::kube::Watchers;
 use crate::session::tcp::TcpLimits;
 use crate::session::{Proofs, Rules};
+use crate::token::ticket::TicketRules;
 
 /// Everything a reload may change, as one value.
 pub struct Generation {
@@ -48,6 +49,8 @@ pub struct QueryPolicy {
     pub limits: Limits,
     /// Keyed by client network (`limits.ipv6PrefixLength`), like every per-IP limit.
     pub rate: Arc<DefaultKeyedRateLimiter<ClientNet>>,
+    /// What every ticket must carry (`queryAuth`), when tickets are verified.
+    pub tickets: Option<TicketRules>,
 }
 
 impl Generation {
@@ -98,7 +101,12 @@ impl Generation {
             proofs,
             amplification: config.amplification,
         };
-        let query = QueryPolicy::new(config.limits.clone(), previous.map(|p| &p.query));
+        let mut query = QueryPolicy::new(config.limits.clone(), previous.map(|p| &p.query));
+        query.tickets = config.query_auth.as_ref().map(|a| TicketRules {
+            audience: a.audience.clone(),
+            issuer: a.issuer.clone(),
+            leeway: a.leeway,
+        });
         let tcp = TcpLimits {
             max_sessions: config.max_sessions,
             max_per_client_ip: config.max_sessions_per_client_ip,
@@ -145,7 +153,11 @@ impl QueryPolicy {
                 ))
             }
         };
-        Self { limits, rate }
+        Self {
+            limits,
+            rate,
+            tickets: None,
+        }
     }
 }
 

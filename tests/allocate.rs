@@ -63,7 +63,7 @@ async fn director(fake: &Arc<FakeKube>, allocate: &str) -> Env {
          limits: {{queryRatePerSecond: 100000, queryBurst: 100000, maxQueryConnectionsPerIp: 1000}}\n\
          resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    \
          namespace: {NS}\n    labelSelector: {{agones.dev/fleet: f1}}\n    addressPath: status.address\n    \
-         portName: default\n    exposeTargetAddress: true\n    allocate: {allocate}\n  \
+         portName: default\n    exposeTargetAddress: true\n    auth: none\n    allocate: {allocate}\n  \
          cached:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    namespace: {NS}\n    \
          addressPath: status.address\n    portName: default\n"
     );
@@ -130,7 +130,7 @@ async fn concurrent_queries_never_get_one_slot_twice() {
     // Room for all 80 in flight at once (the default limit, 64, would turn some away).
     let env = director(
         &fake,
-        "{preferAllocated: true, playersList: players, maxInFlight: 100}",
+        "{preferAllocated: true, playersList: players, maxInFlight: 100, ratePerSecond: 1000, burst: 1000}",
     )
     .await;
     let players: Vec<String> = (0..80).map(|i| format!("player-{i}")).collect();
@@ -333,7 +333,7 @@ async fn an_api_outage_answers_unavailable_fast_and_slowness_within_the_timeout(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn allocation_latency_at_64_concurrent_queries() {
     let fake = fleet(320, 0).await;
-    let env = director(&fake, "{maxInFlight: 64}").await;
+    let env = director(&fake, "{maxInFlight: 64, ratePerSecond: 1000, burst: 1000}").await;
     let mut latencies = Vec::new();
     let mut names = BTreeSet::new();
     for _ in 0..5 {
@@ -355,4 +355,113 @@ async fn allocation_latency_at_64_concurrent_queries() {
         latencies[latencies.len() - 1]
     );
     assert_eq!(names.len(), 320);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_player_asking_a_hundred_times_is_allocated_once() {
+    let fake = fleet(4, 4).await;
+    let env = director(&fake, "{preferAllocated: true, playersList: players}").await;
+    let addr = env.director.query_addr;
+    let admin = env.director.admin_addr;
+    let mut names = BTreeSet::new();
+    for _ in 0..100 {
+        let answer = query(addr, &allocation_query(Some("p1")));
+        assert_eq!(code(&answer), "ok", "{answer}");
+        assert!(answer["token"].as_str().is_some_and(|t| !t.is_empty()));
+        names.insert(answer["target"]["name"].as_str().unwrap().to_string());
+    }
+    // One GameServerAllocation POST, one server, the player listed once.
+    assert_eq!(fake.allocations(), 1);
+    assert_eq!(names.len(), 1, "{names:?}");
+    let name = names.into_iter().next().unwrap();
+    assert_eq!(players_of(&fake, &name), ["p1"]);
+    assert_eq!(allocations(admin, "allocated"), 1.0);
+    assert_eq!(allocations(admin, "reused"), 99.0);
+    // Another player, or the same player asking for other labels, is another allocation.
+    let answer = query(addr, &allocation_query(Some("p2")));
+    assert_eq!(code(&answer), "ok", "{answer}");
+    let answer = query(
+        addr,
+        &json!({"resourceType": "gs", "playerId": "p1", "labelSelector": {"agones.dev/fleet": "f1"}})
+            .to_string(),
+    );
+    assert_eq!(code(&answer), "ok", "{answer}");
+    assert_eq!(fake.allocations(), 3);
+    // Queries without a player id are never handed an earlier allocation.
+    for _ in 0..2 {
+        assert_eq!(code(&query(addr, &allocation_query(None))), "ok");
+    }
+    assert_eq!(fake.allocations(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn burst_plus_one_is_rate_limited_without_a_post() {
+    let fake = fleet(8, 0).await;
+    let env = director(&fake, "{ratePerSecond: 1, burst: 3}").await;
+    let addr = env.director.query_addr;
+    let admin = env.director.admin_addr;
+    let started = Instant::now();
+    for i in 0..3 {
+        let answer = query(addr, &allocation_query(Some(&format!("p{i}"))));
+        assert_eq!(code(&answer), "ok", "{answer}");
+    }
+    let answer = query(addr, &allocation_query(Some("p3")));
+    // The bucket refills one a second: the four queries ran well within that.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(code(&answer), "rate_limited", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("burst 3"),
+        "{answer}"
+    );
+    assert_eq!(fake.allocations(), 3, "no POST for the refused query");
+    assert_eq!(allocations(admin, "rate_limited"), 1.0);
+    assert_eq!(
+        metric(admin, "udp_director_queries_total{result=\"rate_limited\"}"),
+        1.0
+    );
+    // A player already allocated is still served from the budget's memory, bucket or not.
+    let answer = query(addr, &allocation_query(Some("p0")));
+    assert_eq!(code(&answer), "ok", "{answer}");
+    assert_eq!(fake.allocations(), 3);
+    // A second later the bucket holds a token again.
+    assert!(
+        common::fake_kube::wait(Duration::from_secs(5), || code(&query(
+            addr,
+            &allocation_query(Some("p4"))
+        )) == "ok")
+        .await
+    );
+    assert_eq!(fake.allocations(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_players_concurrent_queries_share_one_allocation() {
+    let fake = fleet(4, 4).await;
+    let env = director(&fake, "{playersList: players}").await;
+    // Slow enough that all the queries arrive while the first allocation runs.
+    fake.set_allocation_delay(Duration::from_millis(400));
+    let answers = concurrently(
+        env.director.query_addr,
+        vec![allocation_query(Some("p-busy")); 12],
+    )
+    .await;
+    let names: BTreeSet<String> = answers
+        .iter()
+        .map(|(a, _)| {
+            assert_eq!(code(a), "ok", "{a}");
+            a["target"]["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(fake.allocations(), 1, "one POST for one player's queries");
+    let admin = env.director.admin_addr;
+    assert_eq!(allocations(admin, "allocated"), 1.0);
+    assert_eq!(allocations(admin, "reused"), 11.0);
 }

@@ -605,7 +605,7 @@ fn chart_grants_allocation_only_when_a_mapping_allocates_and_exposes_every_data_
     assert!(check_rbac_rules("chart", &objects).is_empty());
     let mapping = serde_json::json!({"group": "agones.dev", "version": "v1",
         "resource": "gameservers", "namespace": "game-servers", "addressPath": "status.address",
-        "portName": "default", "allocate": {"playersList": "players", "preferAllocated": true}});
+        "portName": "default", "auth": "none", "allocate": {"playersList": "players", "preferAllocated": true}});
     let objects = render_chart(&[
         ("config.resourceQueryMapping.match", mapping),
         (
@@ -1311,6 +1311,14 @@ fn chart_rolls_the_pods_when_a_restart_only_key_changes_and_only_then() {
             "tokenKeysFile" => vec![("config.tokenKeysFile", json!("/etc/keys/token-keys"))],
             "tokenKeysSecret" => vec![("tokens.keys.existingSecret", json!("studio-keys"))],
             "reusePort" => vec![("config.reusePort", json!(true))],
+            "queryTls" => vec![(
+                "config.queryTls",
+                json!({"certFile": "/etc/udp-director/tls/tls.crt", "keyFile": "/etc/udp-director/tls/tls.key"}),
+            )],
+            "queryAuth" => vec![(
+                "config.queryAuth",
+                json!({"jwksFile": "/etc/udp-director/jwks/jwks.json", "audience": "udp-director"}),
+            )],
             "fastPath" => vec![("fastPath.enabled", json!(true))],
             "adminBindAddress" => vec![("config.adminBindAddress", json!("0.0.0.0"))],
             "adminTokenFile" => vec![("admin.tokenSecret", json!("admin-token"))],
@@ -1716,4 +1724,91 @@ fn chart_writes_the_admin_token_file_only_when_a_secret_is_named() {
         "{messages:?}"
     );
     assert_eq!(lint["lint"]["errors"], json!([]));
+}
+
+#[test]
+fn chart_mounts_the_ticket_keys_and_query_tls_from_secrets() {
+    use serde_json::json;
+    let config_of = |objects: &[Value]| {
+        find(objects, "ConfigMap")[0]["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Default: neither key, no volume.
+    let text = config_of(&render_chart(&[]));
+    assert!(
+        !text.contains("queryAuth") && !text.contains("queryTls"),
+        "{text}"
+    );
+    // An allocating mapping without `auth` needs tickets: the chart's queryAuth gives them.
+    let mapping = json!({"group": "agones.dev", "version": "v1", "resource": "gameservers",
+        "namespace": "game-servers", "addressPath": "status.address", "portName": "default",
+        "allocate": {"playersList": "players"}});
+    let objects = render_chart(&[
+        ("config.resourceQueryMapping.match", mapping),
+        ("queryAuth.jwksSecret", json!("studio-jwks")),
+        ("queryAuth.issuer", json!("https://auth.example.com")),
+        ("queryTls.secret", json!("director-tls")),
+        ("admin.tokenSecret", json!("admin-token")),
+    ]);
+    for o in &objects {
+        typed(o).unwrap_or_else(|e| panic!("chart {}: {e}", o["kind"]));
+    }
+    let config = ValidConfig::from_yaml(&config_of(&objects)).unwrap();
+    let auth = config.query_auth.unwrap();
+    assert_eq!(
+        auth.source,
+        udp_director::config::KeySource::File("/etc/udp-director/jwks/jwks.json".into())
+    );
+    assert_eq!(auth.audience, "udp-director");
+    assert_eq!(auth.issuer.as_deref(), Some("https://auth.example.com"));
+    assert_eq!(
+        config.mappings["match"].auth,
+        udp_director::config::Auth::Ticket
+    );
+    let tls = config.query_tls.unwrap();
+    assert_eq!(
+        tls.cert_file,
+        PathBuf::from("/etc/udp-director/tls/tls.crt")
+    );
+    assert_eq!(
+        tls.client_ca_file,
+        Some(PathBuf::from("/etc/udp-director/tls/ca.crt"))
+    );
+    let pod = pod_spec(&objects)["spec"].clone();
+    assert_eq!(
+        pod["volumes"],
+        json!([
+            {"name": "admin-token", "secret": {"secretName": "admin-token",
+                "items": [{"key": "token", "path": "token"}]}},
+            {"name": "jwks", "secret": {"secretName": "studio-jwks",
+                "items": [{"key": "jwks.json", "path": "jwks.json"}]}},
+            {"name": "query-tls", "secret": {"secretName": "director-tls"}}
+        ])
+    );
+    let mounts: Vec<&str> = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "/etc/udp-director/admin",
+            "/etc/udp-director/jwks",
+            "/etc/udp-director/tls"
+        ]
+    );
+    // Without clientCa the director speaks TLS but knows no backend callers.
+    let objects = render_chart(&[
+        ("queryTls.secret", json!("director-tls")),
+        ("queryTls.clientCa", json!(false)),
+    ]);
+    let config = ValidConfig::from_yaml(&config_of(&objects)).unwrap();
+    assert_eq!(config.query_tls.unwrap().client_ca_file, None);
+    // The schema refuses what the chart would not understand.
+    assert!(try_render_chart(&[("queryAuth.leewaySeconds", json!(301))]).is_err());
+    assert!(try_render_chart(&[("queryTls.caFile", json!("x"))]).is_err());
 }

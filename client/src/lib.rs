@@ -41,6 +41,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod core;
 pub mod frames;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use crate::core::{Core, Incoming};
 pub use crate::frames::DEFAULT_MAGIC;
@@ -63,6 +65,8 @@ pub struct Query {
     player_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ticket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +131,15 @@ impl Query {
     /// `auth: ticket`; a missing or bad one is answered `unauthorized`.
     pub fn ticket(mut self, jwt: &str) -> Self {
         self.ticket = Some(jwt.to_string());
+        self
+    }
+
+    /// The player's IP, for a backend asking on a player's behalf (a matchmaker): the token
+    /// binds to it instead of the caller's. Only a caller with a client certificate the
+    /// director trusts (`queryTls.clientCaFile`, see [`tls`] with the `tls` feature) may set
+    /// it; from anyone else the query is `unauthorized`.
+    pub fn client_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.client_ip = Some(ip);
         self
     }
 

@@ -22,7 +22,7 @@ mod valid;
 pub use crate::model::{ClientBinding, Protocol, TokenFormat};
 pub use valid::{
     Addressing, KubeSource, PortRule, TargetPort, ValidAllocate, ValidConfig, ValidDataPort,
-    ValidMapping, ValidSource,
+    ValidMapping, ValidQueryAuth, ValidQueryTls, ValidSource,
 };
 
 /// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
@@ -183,6 +183,59 @@ pub struct Config {
     /// servers' pod CIDR for allocating mappings resumed on other replicas.
     #[serde(default)]
     pub target_networks: Vec<String>,
+    /// Player tickets (SPEC §2 "Who may ask"): where the JWKS comes from and what every
+    /// ticket must carry. Needed by every mapping with `auth: ticket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_auth: Option<QueryAuth>,
+    /// TLS on the query port, and backend callers by client certificate (SPEC §2 "Who may
+    /// ask"). Without it the query port is plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_tls: Option<QueryTls>,
+}
+
+/// `queryTls`: the query port's certificate, and the CA backend callers' certificates chain to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+    /// PEM CA certificates: a caller whose client certificate chains to one is a verified
+    /// backend (no ticket needed; may set `clientIp` and `playerId`).
+    #[serde(default)]
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
+/// `queryAuth`: how tickets are verified.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryAuth {
+    /// A JWKS file, re-read within 2 s of a change (like `tokenKeysFile`).
+    #[serde(default)]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// `NAMESPACE/NAME` of a Secret whose key `jwks.json` holds the JWKS, watched.
+    #[serde(default)]
+    pub jwks_secret: Option<String>,
+    /// The `aud` every ticket must carry.
+    #[serde(default)]
+    pub audience: String,
+    /// The `iss` every ticket must carry, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "defaults::leeway")]
+    pub leeway_seconds: u64,
+}
+
+/// Who may query a mapping (`auth`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// Anyone (the default for mappings that pick from a cache).
+    None,
+    /// A valid ticket, or a verified backend caller (the default for `allocate:` mappings).
+    Ticket,
 }
 
 /// Where sealed-token keys come from.
@@ -331,6 +384,10 @@ pub struct Mapping {
     /// picking one from the cache.
     #[serde(default)]
     pub allocate: Option<Allocate>,
+    /// Who may query this mapping: `none` or `ticket` (default: `ticket` with `allocate:`,
+    /// else `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
 }
 
 /// `allocate:` on an Agones GameServer mapping (SPEC §4, "Agones allocation").
@@ -353,6 +410,13 @@ pub struct Allocate {
     /// Allocations this director runs at once for the mapping; past it, `unavailable`.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// Allocations per second this replica may start for the mapping (a token bucket with
+    /// `burst`); past it, `rate_limited` before any API call. Default 20.
+    #[serde(default)]
+    pub rate_per_second: Option<u32>,
+    /// The bucket's size: allocations at once after a quiet spell. Default 40.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// Agones `scheduling` of a `GameServerAllocation`.
@@ -377,6 +441,10 @@ pub struct AllocationMetadata {
 
 /// Default of `allocate.maxInFlight`.
 pub const ALLOCATIONS_IN_FLIGHT: usize = 64;
+/// Default of `allocate.ratePerSecond` (SPEC §4).
+pub const ALLOCATION_RATE: u32 = 20;
+/// Default of `allocate.burst` (SPEC §4).
+pub const ALLOCATION_BURST: u32 = 40;
 
 /// One entry of `dataPorts`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -521,6 +589,9 @@ mod defaults {
     pub(super) fn access_log() -> bool {
         true
     }
+    pub(super) fn leeway() -> u64 {
+        5
+    }
     pub(super) fn socket_buffer_bytes() -> usize {
         4 * 1024 * 1024
     }
@@ -607,12 +678,30 @@ impl Config {
                 "must define at least one resource type, e.g. `echo: {static: [{name: a, address: 127.0.0.1, port: 9001}]}`",
             ));
         }
+        let query_auth = self.query_auth()?;
         let mut mappings = BTreeMap::new();
+        let mut warnings = Vec::new();
         for (name, mapping) in &self.resource_query_mapping {
-            mappings.insert(
-                name.clone(),
-                validate_mapping(name, mapping, &self.load_balancing)?,
-            );
+            let valid = validate_mapping(name, mapping, &self.load_balancing)?;
+            if valid.auth == Auth::Ticket && query_auth.is_none() {
+                return Err(invalid(
+                    format!("resourceQueryMapping.{name}.auth"),
+                    format!(
+                        "`ticket`{} needs `queryAuth` (e.g. `queryAuth: {{jwksFile: /etc/udp-director/jwks/jwks.json, audience: udp-director}}`); or set `auth: none` to let anyone query it",
+                        if mapping.auth.is_none() {
+                            " (the default for a mapping with `allocate:`)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            if valid.auth == Auth::None && valid.allocate.is_some() {
+                warnings.push(format!(
+                    "resourceQueryMapping.{name} allocates with `auth: none`: anyone who reaches the query port can allocate GameServers (SPEC §2 \"Who may ask\"); set `queryAuth` and drop `auth: none`"
+                ));
+            }
+            mappings.insert(name.clone(), valid);
         }
         self.check_default_endpoint()?;
         let addr = |port| SocketAddr::new(self.bind_address, port);
@@ -660,8 +749,99 @@ impl Config {
             grouping: crate::model::Grouping::new(self.limits.ipv6_prefix_length)
                 .unwrap_or_default(),
             target_networks: self.target_networks()?,
+            query_auth,
+            query_tls: self.query_tls()?,
+            warnings,
             raw: self,
         })
+    }
+
+    /// `queryAuth`, decoded: exactly one JWKS source and an audience.
+    fn query_auth(&self) -> Result<Option<ValidQueryAuth>, ConfigError> {
+        let Some(a) = &self.query_auth else {
+            return Ok(None);
+        };
+        let source = match (&a.jwks_file, &a.jwks_secret) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "queryAuth.jwksFile",
+                    "set either `jwksFile` or `jwksSecret`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "queryAuth",
+                    "needs the keys tickets are signed with: `jwksFile: /etc/udp-director/jwks/jwks.json` or `jwksSecret: NAMESPACE/NAME` (key `jwks.json`)",
+                ));
+            }
+            (Some(path), None) if path.as_os_str().is_empty() => {
+                return Err(invalid("queryAuth.jwksFile", "must be a file path"));
+            }
+            (Some(path), None) => KeySource::File(path.clone()),
+            (None, Some(text)) => {
+                let Some((namespace, name)) = text
+                    .split_once('/')
+                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                else {
+                    return Err(invalid(
+                        "queryAuth.jwksSecret",
+                        format!("{text:?} is not NAMESPACE/NAME"),
+                    ));
+                };
+                KeySource::Secret {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                }
+            }
+        };
+        if a.audience.trim().is_empty() {
+            return Err(invalid(
+                "queryAuth.audience",
+                "is required: the `aud` every ticket must carry, e.g. `udp-director`",
+            ));
+        }
+        if a.issuer.as_deref().is_some_and(|i| i.trim().is_empty()) {
+            return Err(invalid(
+                "queryAuth.issuer",
+                "must not be empty (leave it out to accept any `iss`)",
+            ));
+        }
+        at_most(
+            "queryAuth.leewaySeconds",
+            a.leeway_seconds,
+            300,
+            " (5 minutes)",
+        )?;
+        Ok(Some(ValidQueryAuth {
+            source,
+            audience: a.audience.clone(),
+            issuer: a.issuer.clone(),
+            leeway: a.leeway_seconds,
+        }))
+    }
+
+    /// `queryTls`: the files, each a path.
+    fn query_tls(&self) -> Result<Option<ValidQueryTls>, ConfigError> {
+        let Some(t) = &self.query_tls else {
+            return Ok(None);
+        };
+        for (key, path) in [
+            ("queryTls.certFile", Some(&t.cert_file)),
+            ("queryTls.keyFile", Some(&t.key_file)),
+            ("queryTls.clientCaFile", t.client_ca_file.as_ref()),
+        ] {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(
+                    key,
+                    "must be a PEM file path, e.g. /etc/udp-director/tls/tls.crt",
+                ));
+            }
+        }
+        Ok(Some(ValidQueryTls {
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            client_ca_file: t.client_ca_file.clone(),
+        }))
     }
 
     /// `adminTokenFile`: a path, if given.
@@ -883,6 +1063,20 @@ impl Config {
                     "",
                 )?;
             }
+            for (field, value) in m
+                .allocate
+                .iter()
+                .flat_map(|a| [("ratePerSecond", a.rate_per_second), ("burst", a.burst)])
+            {
+                if let Some(n) = value {
+                    at_most(
+                        &format!("resourceQueryMapping.{name}.allocate.{field}"),
+                        u64::from(n),
+                        MAX_CONNECTIONS,
+                        "",
+                    )?;
+                }
+            }
         }
         Ok(())
     }
@@ -921,6 +1115,21 @@ impl Config {
                         "`{ns}` is not allowed by mapping `{}`",
                         default.resource_type
                     ),
+                ));
+            }
+            if mapping.auth == Some(Auth::Ticket) {
+                return Err(invalid(
+                    "defaultEndpoint.resourceType",
+                    format!(
+                        "`{}` has `auth: ticket`; a default endpoint would serve it to datagrams without one — point it at a mapping with `auth: none`",
+                        default.resource_type
+                    ),
+                ));
+            }
+            if default.ticket.is_some() || default.client_ip.is_some() {
+                return Err(invalid(
+                    "defaultEndpoint",
+                    "`ticket` and `clientIp` belong to a client's query, not to the default endpoint",
                 ));
             }
             if mapping.allocate.is_some() {
@@ -1244,6 +1453,11 @@ fn validate_mapping(
             .load_balancing
             .clone()
             .unwrap_or_else(|| global_lb.clone()),
+        auth: mapping.auth.unwrap_or(if mapping.allocate.is_some() {
+            Auth::Ticket
+        } else {
+            Auth::None
+        }),
         source,
     })
 }
@@ -1340,12 +1554,24 @@ fn validate_allocate(
             "must be at least 1 (omit it for the default)",
         ));
     }
+    for (field, value) in [("ratePerSecond", a.rate_per_second), ("burst", a.burst)] {
+        if value == Some(0) {
+            return Err(invalid(
+                key(&format!("allocate.{field}")),
+                format!(
+                    "must be at least 1 (omit it for the default: ratePerSecond {ALLOCATION_RATE}, burst {ALLOCATION_BURST})"
+                ),
+            ));
+        }
+    }
     Ok(ValidAllocate {
         scheduling: a.scheduling,
         prefer_allocated: a.prefer_allocated,
         players_list: a.players_list.clone(),
         metadata: a.metadata.clone(),
         max_in_flight: a.max_in_flight.unwrap_or(ALLOCATIONS_IN_FLIGHT),
+        rate_per_second: a.rate_per_second.unwrap_or(ALLOCATION_RATE),
+        burst: a.burst.unwrap_or(ALLOCATION_BURST),
     })
 }
 

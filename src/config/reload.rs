@@ -68,7 +68,7 @@ impl Overrides {
 
 /// Keys a running process cannot change: sockets are bound and sized, threads started and
 /// the token store sized at start. A reload that changes them is applied without them.
-pub const RESTART_ONLY: [&str; 15] = [
+pub const RESTART_ONLY: [&str; 17] = [
     "bindAddress",
     "queryPort",
     "dataPort",
@@ -84,6 +84,8 @@ pub const RESTART_ONLY: [&str; 15] = [
     "tokenKeysFile",
     "tokenKeysSecret",
     "reusePort",
+    "queryAuth",
+    "queryTls",
 ];
 
 /// The outcome of comparing a validated new document with the running config.
@@ -125,6 +127,8 @@ pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
     keep!("tokenKeysFile", token_keys_file);
     keep!("tokenKeysSecret", token_keys_secret);
     keep!("reusePort", reuse_port);
+    keep!("queryAuth", query_auth);
+    keep!("queryTls", query_tls);
     let changed = effective != *running;
     Reconciled {
         effective,
@@ -211,6 +215,18 @@ mod tests {
         p.token_keys_file = Some("/keys".into());
         p.token_keys_secret = Some("ns/keys".into());
         p.reuse_port = true;
+        p.query_auth = Some(crate::config::QueryAuth {
+            jwks_file: Some("/jwks.json".into()),
+            jwks_secret: None,
+            audience: "a".into(),
+            issuer: None,
+            leeway_seconds: 5,
+        });
+        p.query_tls = Some(crate::config::QueryTls {
+            cert_file: "/tls.crt".into(),
+            key_file: "/tls.key".into(),
+            client_ca_file: None,
+        });
         let r = reconcile(&running, p);
         assert_eq!(r.needs_restart, RESTART_ONLY.to_vec());
         assert_eq!(r.effective, running);

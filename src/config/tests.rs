@@ -239,7 +239,99 @@ fn data_ports_decode_and_the_command_line_moves_the_first() {
     assert_eq!(c.data_ports[0].target, TargetPort::Mapping);
 }
 
-const ALLOCATING: &str = "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    namespace: game-servers\n    addressPath: status.address\n    portName: default\n";
+const ALLOCATING: &str = "resourceQueryMapping:\n  gs:\n    group: agones.dev\n    version: v1\n    resource: gameservers\n    namespace: game-servers\n    addressPath: status.address\n    portName: default\n    auth: none\n";
+
+const QUERY_AUTH: &str = "queryAuth: {jwksFile: /etc/jwks.json, audience: udp-director}\n";
+
+#[test]
+fn allocating_mappings_need_tickets_by_default() {
+    let bare = ALLOCATING.replace("    auth: none\n", "");
+    let e = err(&format!("{bare}    allocate: {{}}\n"));
+    assert!(
+        e.contains("resourceQueryMapping.gs.auth")
+            && e.contains("queryAuth")
+            && e.contains("auth: none"),
+        "{e}"
+    );
+    let c = ValidConfig::from_yaml(&format!("{QUERY_AUTH}{bare}    allocate: {{}}\n")).unwrap();
+    assert_eq!(c.mappings["gs"].auth, crate::config::Auth::Ticket);
+    assert!(c.warnings.is_empty());
+    let a = c.query_auth.unwrap();
+    assert_eq!(a.audience, "udp-director");
+    assert_eq!((a.issuer, a.leeway), (None, 5));
+    assert_eq!(a.source, KeySource::File("/etc/jwks.json".into()));
+    // `auth: none` on an allocating mapping: accepted, with a warning for every start.
+    let c = ValidConfig::from_yaml(&format!("{ALLOCATING}    allocate: {{}}\n")).unwrap();
+    assert_eq!(c.mappings["gs"].auth, crate::config::Auth::None);
+    assert_eq!(c.warnings.len(), 1);
+    assert!(
+        c.warnings[0].contains("resourceQueryMapping.gs") && c.warnings[0].contains("auth: none")
+    );
+    // A cache mapping asks nothing unless told to.
+    let c = ValidConfig::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.mappings["echo"].auth, crate::config::Auth::None);
+    let e = err(&MINIMAL.replace("  echo:\n", "  echo:\n    auth: ticket\n"));
+    assert!(e.contains("resourceQueryMapping.echo.auth"), "{e}");
+    assert!(
+        ValidConfig::from_yaml(&format!(
+            "{QUERY_AUTH}{}",
+            MINIMAL.replace("  echo:\n", "  echo:\n    auth: ticket\n")
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
+fn query_auth_is_checked_whole() {
+    let doc = |auth: &str| format!("queryAuth: {auth}\n{MINIMAL}");
+    let e = err(&doc("{audience: a}"));
+    assert!(e.contains("`queryAuth`") && e.contains("jwksFile"), "{e}");
+    let e = err(&doc("{jwksFile: /a, jwksSecret: ns/b, audience: a}"));
+    assert!(
+        e.contains("queryAuth.jwksFile") && e.contains("not both"),
+        "{e}"
+    );
+    let e = err(&doc("{jwksFile: /a}"));
+    assert!(e.contains("queryAuth.audience"), "{e}");
+    let e = err(&doc("{jwksSecret: nope, audience: a}"));
+    assert!(
+        e.contains("queryAuth.jwksSecret") && e.contains("NAMESPACE/NAME"),
+        "{e}"
+    );
+    let e = err(&doc("{jwksFile: /a, audience: a, issuer: ''}"));
+    assert!(e.contains("queryAuth.issuer"), "{e}");
+    let e = err(&doc("{jwksFile: /a, audience: a, leewaySeconds: 301}"));
+    assert!(e.contains("queryAuth.leewaySeconds"), "{e}");
+    let e = err(&doc("{jwksFile: /a, audience: a, colour: red}"));
+    assert!(e.contains("colour"), "{e}");
+    let c = ValidConfig::from_yaml(&doc(
+        "{jwksSecret: udp/jwks, audience: a, issuer: https://auth.example.com, leewaySeconds: 0}",
+    ))
+    .unwrap();
+    let a = c.query_auth.unwrap();
+    assert_eq!(
+        a.source,
+        KeySource::Secret {
+            namespace: "udp".into(),
+            name: "jwks".into()
+        }
+    );
+    assert_eq!(a.issuer.as_deref(), Some("https://auth.example.com"));
+    assert_eq!(a.leeway, 0);
+    // The default endpoint serves tokenless datagrams: never a mapping that needs tickets.
+    let e = err(&format!(
+        "{QUERY_AUTH}defaultEndpoint: {{resourceType: echo}}\n{}",
+        MINIMAL.replace("  echo:\n", "  echo:\n    auth: ticket\n")
+    ));
+    assert!(
+        e.contains("defaultEndpoint") && e.contains("auth: ticket"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "defaultEndpoint: {{resourceType: echo, clientIp: 10.0.0.1}}\n{MINIMAL}"
+    ));
+    assert!(e.contains("clientIp"), "{e}");
+}
 
 #[test]
 fn allocate_decodes_with_agones_defaults() {
@@ -249,8 +341,9 @@ fn allocate_decodes_with_agones_defaults() {
     assert!(!a.prefer_allocated);
     assert_eq!(a.players_list, None);
     assert_eq!(a.max_in_flight, ALLOCATIONS_IN_FLIGHT);
+    assert_eq!((a.rate_per_second, a.burst), (20, 40));
     let c = ValidConfig::from_yaml(&format!(
-        "{ALLOCATING}    allocate:\n      scheduling: Distributed\n      preferAllocated: true\n      playersList: players\n      maxInFlight: 3\n      metadata: {{labels: {{by: director}}, annotations: {{a: b}}}}\n"
+        "{ALLOCATING}    allocate:\n      scheduling: Distributed\n      preferAllocated: true\n      playersList: players\n      maxInFlight: 3\n      ratePerSecond: 5\n      burst: 7\n      metadata: {{labels: {{by: director}}, annotations: {{a: b}}}}\n"
     ))
     .unwrap();
     let a = c.mappings["gs"].allocate.clone().unwrap();
@@ -258,6 +351,7 @@ fn allocate_decodes_with_agones_defaults() {
     assert!(a.prefer_allocated);
     assert_eq!(a.players_list.as_deref(), Some("players"));
     assert_eq!(a.max_in_flight, 3);
+    assert_eq!((a.rate_per_second, a.burst), (5, 7));
     assert_eq!(a.metadata.labels["by"], "director");
     assert!(
         ValidConfig::from_yaml(MINIMAL).unwrap().mappings["echo"]
@@ -307,6 +401,15 @@ fn allocate_refuses_what_an_allocation_cannot_answer() {
     assert!(e.contains("playersList"), "{e}");
     let e = with("    allocate: {maxInFlight: 0}\n");
     assert!(e.contains("maxInFlight"), "{e}");
+    let e = with("    allocate: {ratePerSecond: 0}\n");
+    assert!(
+        e.contains("allocate.ratePerSecond") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = with("    allocate: {burst: 0}\n");
+    assert!(e.contains("allocate.burst"), "{e}");
+    let e = with("    allocate: {burst: 1000001}\n");
+    assert!(e.contains("allocate.burst") && e.contains("at most"), "{e}");
     let e = with("    allocate: {scheduling: Random}\n");
     assert!(e.contains("scheduling") || e.contains("Random"), "{e}");
     let e = with("    allocate: {metadata: {labels: {'': x}}}\n");
@@ -523,4 +626,26 @@ fn allocations_in_flight_have_a_maximum() {
         e.contains("`resourceQueryMapping.gs.allocate.maxInFlight`") && e.contains("at most 10000"),
         "{e}"
     );
+}
+
+#[test]
+fn query_tls_needs_its_files() {
+    let doc = |tls: &str| format!("queryTls: {tls}\n{MINIMAL}");
+    let c = ValidConfig::from_yaml(&doc("{certFile: /tls.crt, keyFile: /tls.key}")).unwrap();
+    let t = c.query_tls.unwrap();
+    assert_eq!(t.cert_file, std::path::PathBuf::from("/tls.crt"));
+    assert_eq!(t.client_ca_file, None);
+    let c = ValidConfig::from_yaml(&doc(
+        "{certFile: /tls.crt, keyFile: /tls.key, clientCaFile: /ca.crt}",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.query_tls.unwrap().client_ca_file,
+        Some(std::path::PathBuf::from("/ca.crt"))
+    );
+    assert!(err(&doc("{certFile: /tls.crt}")).contains("keyFile"));
+    let e = err(&doc("{certFile: '', keyFile: /k}"));
+    assert!(e.contains("queryTls.certFile"), "{e}");
+    assert!(err(&doc("{certFile: /c, keyFile: /k, caFile: /x}")).contains("caFile"));
+    assert!(ValidConfig::from_yaml(MINIMAL).unwrap().query_tls.is_none());
 }

@@ -66,6 +66,32 @@ pub struct ValidConfig {
     pub grouping: crate::model::Grouping,
     /// `targetNetworks`: where tokens may name targets besides what their mapping knows.
     pub target_networks: Vec<crate::model::Network>,
+    /// `queryAuth`: how tickets are verified (set whenever a mapping has `auth: ticket`).
+    pub query_auth: Option<ValidQueryAuth>,
+    /// `queryTls`: TLS on the query port and the backend callers' CA.
+    pub query_tls: Option<ValidQueryTls>,
+    /// What is accepted but unwise (an allocating mapping with `auth: none`): logged as a
+    /// warning at every start.
+    pub warnings: Vec<String>,
+}
+
+/// A validated `queryTls`: the PEM files, read at start and re-read on change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidQueryTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
+/// A validated `queryAuth`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidQueryAuth {
+    /// The JWKS file or Secret (key `jwks.json`).
+    pub source: super::KeySource,
+    pub audience: String,
+    pub issuer: Option<String>,
+    /// `leewaySeconds`.
+    pub leeway: u64,
 }
 
 /// A data port and which port of the target its sessions go to.
@@ -107,6 +133,8 @@ pub struct ValidMapping {
     pub source: ValidSource,
     /// `allocate:`: queries allocate an Agones GameServer instead of picking from a cache.
     pub allocate: Option<ValidAllocate>,
+    /// Who may query it (`auth`, defaulted).
+    pub auth: super::Auth,
 }
 
 /// A validated `allocate:` block.
@@ -117,6 +145,9 @@ pub struct ValidAllocate {
     pub players_list: Option<String>,
     pub metadata: AllocationMetadata,
     pub max_in_flight: usize,
+    /// `allocate.ratePerSecond` and `allocate.burst`: the mapping's allocation bucket.
+    pub rate_per_second: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -194,6 +194,45 @@ closed_labels! {
         Timeout => "timeout",
         /// `maxInFlight` allocations were already running.
         Overloaded => "overloaded",
+        /// The player's allocation for the same ask within `tokenTTLSeconds`, handed out
+        /// again without asking Agones.
+        Reused => "reused",
+        /// Over `allocate.ratePerSecond`/`burst`: refused before any API call.
+        RateLimited => "rate_limited",
+    }
+}
+
+closed_labels! {
+    /// Why a query was answered `unauthorized` (`query_auth_failures_total{reason}`).
+    pub enum AuthFailure {
+        /// The mapping needs a ticket (`auth: ticket`) and the query carries none.
+        MissingTicket => "missing_ticket",
+        /// Not a compact JWS, not JSON, a claim of the wrong type, or no `exp`.
+        Malformed => "malformed",
+        /// `alg: none`, an algorithm not supported, or not the algorithm of the key
+        /// (algorithm confusion).
+        Algorithm => "algorithm",
+        /// A `kid` not in the JWKS (or no `kid` and no single key of the algorithm), or no
+        /// `queryAuth` at all.
+        UnknownKey => "unknown_key",
+        /// The signature does not verify.
+        Signature => "signature",
+        /// `exp` (plus `leewaySeconds`) has passed.
+        Expired => "expired",
+        /// `nbf` or `iat` lies ahead (beyond `leewaySeconds`).
+        NotYetValid => "not_yet_valid",
+        /// No `aud`, or not `queryAuth.audience`.
+        Audience => "audience",
+        /// No `iss`, or not `queryAuth.issuer`.
+        Issuer => "issuer",
+        /// `sub` missing or not usable as a player id.
+        Subject => "subject",
+        /// The query's `playerId` differs from the ticket's `sub`.
+        PlayerId => "player_id",
+        /// The ticket's `udpDirector` claim does not permit the query.
+        Scope => "scope",
+        /// `clientIp` from a caller that is not a verified backend.
+        ClientIp => "client_ip",
     }
 }
 
@@ -208,6 +247,9 @@ closed_labels! {
         NoMatch => "no_match",
         Unavailable => "unavailable",
         RateLimited => "rate_limited",
+        /// A missing, bad or out-of-scope ticket, or a caller claiming what only a verified
+        /// backend may (SPEC §2 "Who may ask").
+        Unauthorized => "unauthorized",
         Internal => "internal",
     }
 }
@@ -237,6 +279,9 @@ closed_labels! {
         SlowReader => "slow_reader",
         /// The client closed (or reset) the connection.
         ClientClosed => "client_closed",
+        /// `queryTls`: no TLS handshake within the idle timeout, or it failed (not TLS, a
+        /// client certificate that does not chain to `clientCaFile`).
+        TlsHandshake => "tls_handshake",
     }
 }
 

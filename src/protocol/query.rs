@@ -6,7 +6,7 @@
 //! Owns the query wire format and error codes. Must not resolve queries or issue tokens.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -30,6 +30,14 @@ pub struct QueryRequest {
     /// `[A-Za-z0-9._:@-]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub player_id: Option<String>,
+    /// The player's ticket (SPEC §2 "Who may ask"): a JWT from the studio's backend. Verified
+    /// before anything else; its `sub` becomes the `playerId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// The player's IP, set by a verified backend caller (mTLS) asking on a player's behalf:
+    /// the token binds to it instead of the caller's. From anyone else: `unauthorized`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<IpAddr>,
 }
 
 /// Longest `playerId` (a UUID's length fits).

@@ -360,6 +360,19 @@ pub fn read_answer(
     })
 }
 
+/// What the allocation budget made of a query ([`super::Resolver::allocation`]).
+pub enum Allocating {
+    /// Ask Agones.
+    Run(Box<Allocation>),
+    /// The player's allocation for the same ask, handed out again (no API call).
+    Reused(Resolved),
+    /// The player's allocation for the same ask is running: wait for it to change, then ask
+    /// the resolver again.
+    Join(tokio::sync::watch::Receiver<bool>),
+    /// Over `allocate.ratePerSecond`/`burst`: no API call.
+    RateLimited(QueryError),
+}
+
 /// One query's allocation, ready to run: built by [`super::Resolver::allocation`].
 pub struct Allocation {
     pub(super) client: ClientCell,
@@ -373,6 +386,8 @@ pub struct Allocation {
     pub(super) proxy: bool,
     pub(super) player: Option<String>,
     pub(super) expose_address: bool,
+    /// A player's allocation: where its success is remembered, and what its joiners wait on.
+    pub(super) pending: Option<super::budget::Pending>,
 }
 
 impl Allocation {
@@ -429,9 +444,8 @@ impl Allocation {
         };
         let status = answer.status.unwrap_or_default();
         match read_answer(&status, &self.ports) {
-            Ok(a) => (
-                AllocationResult::Allocated,
-                Ok(Resolved {
+            Ok(a) => {
+                let resolved = Resolved {
                     target: Arc::new(
                         Target::new(&self.mapping, &self.namespace, &a.name, a.addr)
                             .with_extra_ports(&a.extra_ports)
@@ -439,8 +453,12 @@ impl Allocation {
                             .with_player(self.player.as_deref()),
                     ),
                     expose_address: self.expose_address,
-                }),
-            ),
+                };
+                if let Some(pending) = &self.pending {
+                    pending.record(resolved.clone(), tokio::time::Instant::now());
+                }
+                (AllocationResult::Allocated, Ok(resolved))
+            }
             Err((result, e)) => {
                 if result == AllocationResult::Unusable
                     && let Some(suppressed) = WARNINGS.allow(tokio::time::Instant::now())

@@ -9,6 +9,8 @@ fn spec() -> ValidAllocate {
         players_list: None,
         metadata: AllocationMetadata::default(),
         max_in_flight: 8,
+        rate_per_second: 20,
+        burst: 40,
     }
 }
 

@@ -8,6 +8,7 @@
 //! sessions.
 
 pub mod allocate;
+pub mod budget;
 pub mod kube;
 pub mod lean;
 pub mod route;
@@ -92,6 +93,8 @@ enum Source {
         ports: Vec<config::PortRule>,
         in_flight: Arc<tokio::sync::Semaphore>,
         client: crate::k8s::ClientCell,
+        /// `allocate.ratePerSecond`/`burst` and the allocations handed out again.
+        budget: Arc<budget::Budget>,
     },
     Kube {
         /// One cache per allowed namespace.
@@ -174,7 +177,12 @@ impl Resolver {
         let mappings = config
             .mappings
             .iter()
-            .map(|(name, m)| (name.clone(), compile(m, &config.data_ports, watchers)))
+            .map(|(name, m)| {
+                (
+                    name.clone(),
+                    compile(m, &config.data_ports, config.token_ttl, watchers),
+                )
+            })
             .collect();
         Self {
             mappings,
@@ -396,33 +404,53 @@ impl Resolver {
         Ok((mapping, namespace))
     }
 
-    /// For a query on an allocating mapping, the allocation to run (the query server awaits
-    /// it); `None` for every other mapping (use [`Resolver::resolve`]).
+    /// For a query on an allocating mapping at `now`, what the budget allows: the allocation
+    /// to run (the query server awaits it), the player's allocation again, or `rate_limited`;
+    /// `None` for every other mapping (use [`Resolver::resolve`]).
     pub fn allocation(
         &self,
         req: &QueryRequest,
-    ) -> Result<Option<allocate::Allocation>, QueryError> {
+        now: tokio::time::Instant,
+    ) -> Result<Option<allocate::Allocating>, QueryError> {
         let (mapping, namespace) = self.mapping_for(req)?;
         let Source::Allocate {
             spec,
             ports,
             in_flight,
             client,
+            budget,
         } = &mapping.source
         else {
             return Ok(None);
         };
-        Ok(Some(allocate::Allocation {
-            client: client.clone(),
-            namespace: namespace.to_string(),
-            body: allocate::request(spec, &mapping.fixed_labels, req)?,
-            ports: ports.clone(),
-            in_flight: Arc::clone(in_flight),
-            limit: spec.max_in_flight,
-            mapping: mapping.name.clone(),
-            proxy: mapping.proxy,
-            player: req.player_id.clone(),
-            expose_address: mapping.expose_address,
+        // The request is checked (and its body built) before anything is spent.
+        let body = allocate::request(spec, &mapping.fixed_labels, req)?;
+        let reuse_key = budget::reuse_key(req.player_id.as_deref(), namespace, &req.label_selector);
+        Ok(Some(match budget.decide(reuse_key.as_deref(), now) {
+            budget::Decision::Reuse(resolved) => allocate::Allocating::Reused(resolved),
+            budget::Decision::Join(running) => allocate::Allocating::Join(running),
+            budget::Decision::RateLimited => allocate::Allocating::RateLimited(QueryError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "resourceType `{}` allocates at most {} GameServers per second on this replica (burst {}); retry later",
+                    mapping.name, spec.rate_per_second, spec.burst
+                ),
+            )),
+            budget::Decision::Allocate(pending) => {
+                allocate::Allocating::Run(Box::new(allocate::Allocation {
+                    client: client.clone(),
+                    namespace: namespace.to_string(),
+                    body,
+                    ports: ports.clone(),
+                    in_flight: Arc::clone(in_flight),
+                    limit: spec.max_in_flight,
+                    mapping: mapping.name.clone(),
+                    proxy: mapping.proxy,
+                    player: req.player_id.clone(),
+                    expose_address: mapping.expose_address,
+                    pending,
+                }))
+            }
         }))
     }
 
@@ -718,6 +746,7 @@ fn watched_source(
 fn compile(
     m: &ValidMapping,
     data_ports: &[config::ValidDataPort],
+    token_ttl: std::time::Duration,
     watchers: &kube::Watchers,
 ) -> CompiledMapping {
     let targets: Vec<config::TargetPort> = data_ports.iter().map(|d| d.target.clone()).collect();
@@ -733,6 +762,11 @@ fn compile(
                 ports: targets.iter().map(|t| port_rule(t, &own)).collect(),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(spec.max_in_flight)),
                 client: watchers.client_cell(),
+                budget: Arc::new(budget::Budget::new(
+                    spec.rate_per_second,
+                    spec.burst,
+                    token_ttl,
+                )),
             }
         }
         (ValidSource::Kube(k), None) => watched_source(m, k, &targets, watchers),

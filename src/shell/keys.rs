@@ -4,6 +4,9 @@
 //! through the API. A changed text is parsed whole; an invalid one is rejected, logged and
 //! counted, and the keys in force stay.
 //!
+//! The ticket JWKS (`queryAuth.jwksFile` / `jwksSecret`, key `jwks.json`) is watched the
+//! same way, rejected whole when invalid.
+//!
 //! Owns watching key sources. Must not parse keys (`token::keys` does) or touch sessions.
 
 use std::path::PathBuf;
@@ -19,6 +22,7 @@ use crate::k8s::{self, Connect, KubeError};
 use crate::metrics::Metrics;
 use crate::shell::reload::{Live, Polled, StableFile};
 use crate::token::Tokens;
+use crate::token::ticket::Jwks;
 
 /// The Secret key that holds the key text.
 pub(crate) const SECRET_KEY: &str = "token-keys";
@@ -133,6 +137,122 @@ pub(crate) async fn watch_secret(
                     .get_or_create(&[("result", "rejected")])
                     .inc();
                 tracing::warn!(%source, "the Secret has no {SECRET_KEY} key; the keys in force stay");
+            }
+        },
+    )
+    .await;
+}
+
+/// The Secret key that holds a JWKS (`queryAuth.jwksSecret`).
+pub(crate) const JWKS_SECRET_KEY: &str = "jwks.json";
+
+/// Applies a new JWKS text, or keeps the keys in force; logs and counts either way.
+fn apply_jwks(jwks: &Jwks, metrics: &Metrics, source: &str, text: &str) {
+    match jwks.replace(text) {
+        Ok(keys) => {
+            metrics
+                .jwks_reloads
+                .get_or_create(&[("result", "applied")])
+                .inc();
+            metrics.jwks_keys.set(keys.len() as i64);
+            tracing::info!(%source, kids = ?keys.kids(), "ticket keys (JWKS) reloaded");
+        }
+        Err(e) => {
+            metrics
+                .jwks_reloads
+                .get_or_create(&[("result", "rejected")])
+                .inc();
+            tracing::warn!(%source, error = %e, "ticket keys (JWKS) rejected; the keys in force stay");
+        }
+    }
+}
+
+/// A JWKS Secret's text (its `jwks.json` data, or `stringData`).
+fn jwks_secret_text(secret: &Secret) -> Option<String> {
+    if let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(JWKS_SECRET_KEY)) {
+        return Some(String::from_utf8_lossy(&bytes.0).into_owned());
+    }
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(JWKS_SECRET_KEY))
+        .cloned()
+}
+
+/// Reads the JWKS at start: the file, or the Secret (retrying for up to 30 s).
+pub(crate) async fn read_jwks(
+    source: &crate::config::KeySource,
+    connect: &Connect,
+) -> (String, Result<String, String>) {
+    match source {
+        crate::config::KeySource::File(path) => (
+            format!("file {}", path.display()),
+            tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| e.to_string()),
+        ),
+        crate::config::KeySource::Secret { namespace, name } => (
+            format!("Secret {namespace}/{name} (key {JWKS_SECRET_KEY})"),
+            k8s::fetch_text(connect, namespace, name, JWKS_SECRET_KEY, jwks_secret_text)
+                .await
+                .map_err(|e| e.to_string()),
+        ),
+    }
+}
+
+/// Polls the JWKS file like the token key file (a change applies within 2 s).
+pub(crate) async fn watch_jwks_file(
+    jwks: Arc<Jwks>,
+    metrics: Arc<Metrics>,
+    path: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let source = format!("file {}", path.display());
+    let in_force = tokio::fs::read(&path).await.ok();
+    let mut file = StableFile::new(path, in_force);
+    while let Some(found) = file.next(KEY_FILE_POLL, &mut shutdown).await {
+        match found {
+            Polled::Unchanged => {}
+            Polled::Unreadable(e) => {
+                tracing::warn!(%source, error = %e, "cannot read the JWKS file; the keys in force stay");
+            }
+            Polled::Changed(bytes) => {
+                apply_jwks(&jwks, &metrics, &source, &String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+}
+
+/// Watches the JWKS Secret and applies its `jwks.json` whenever it changes; a deleted Secret
+/// or a missing key keeps the keys in force.
+pub(crate) async fn watch_jwks_secret(
+    jwks: Arc<Jwks>,
+    live: Arc<Live>,
+    namespace: String,
+    name: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let source = format!("Secret {namespace}/{name} (key {JWKS_SECRET_KEY})");
+    let metrics = Arc::clone(&live.metrics);
+    let client = tokio::select! {
+        c = live.watchers.client() => c,
+        _ = shutdown.changed() => return,
+    };
+    watch_named_text(
+        Api::<Secret>::namespaced(client, &namespace),
+        &name,
+        &source,
+        &metrics.kube_watch_errors,
+        shutdown,
+        jwks_secret_text,
+        |text| match text {
+            Some(t) => apply_jwks(&jwks, &metrics, &source, t),
+            None => {
+                metrics
+                    .jwks_reloads
+                    .get_or_create(&[("result", "rejected")])
+                    .inc();
+                tracing::warn!(%source, "the Secret has no {JWKS_SECRET_KEY} key; the keys in force stay");
             }
         },
     )

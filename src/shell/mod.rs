@@ -12,4 +12,5 @@ pub(crate) mod process;
 pub(crate) mod query;
 pub mod reload;
 pub(crate) mod tcp;
+pub(crate) mod tls;
 pub(crate) mod udp;

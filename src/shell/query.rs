@@ -22,24 +22,29 @@
 //! how many were suppressed.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
+use crate::config::Auth;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::model::{
-    AllocationResult, ClientNet, ErrorCode, QueryClose, Target, TokenKey, session_id,
+    AllocationResult, AuthFailure, ClientNet, ErrorCode, QueryClose, Target, TokenKey, session_id,
 };
-use crate::protocol::query::{QueryError, TargetRef, TokenAnswer, parse_request, render};
+use crate::protocol::query::{
+    QueryError, QueryRequest, TargetRef, TokenAnswer, parse_request, render,
+};
 use crate::resolve::Resolved;
-use crate::resolve::allocate::Allocation;
+use crate::resolve::allocate::{ALLOCATION_TIMEOUT, Allocating, Allocation};
 use crate::session::Ledger;
 use crate::settings::{Generation, Settings};
+use crate::shell::tls::QueryTls;
+use crate::token::ticket::{self, Jwks, Refused};
 use crate::token::{IssueError, Tokens};
 use crate::util::bounded::{Bounded, Place};
 use crate::util::logbudget::LogBudget;
@@ -61,6 +66,10 @@ pub(crate) struct QueryContext {
     resolving: Arc<tokio::sync::Semaphore>,
     /// The query lines of the access log, sampled under load.
     log_budget: Mutex<LogBudget>,
+    /// The ticket JWKS in force (`queryAuth`), reloaded by `shell::keys`.
+    jwks: Option<Arc<Jwks>>,
+    /// `queryTls`: every connection starts with a TLS handshake.
+    tls: Option<Arc<QueryTls>>,
 }
 
 /// Query lines the access log writes per second at most (a client cannot flood the log).
@@ -74,6 +83,22 @@ struct QueryTrace {
     player: Option<String>,
     target: Option<Arc<Target>>,
     token: Option<TokenKey>,
+}
+
+/// Who is asking, as the connection proves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// The connection's peer address.
+    pub ip: IpAddr,
+    /// A backend whose client certificate chains to `queryTls.clientCaFile`: needs no ticket
+    /// and may set `clientIp` and `playerId`.
+    pub backend: bool,
+}
+
+impl Caller {
+    pub(crate) fn plain(ip: IpAddr) -> Self {
+        Self { ip, backend: false }
+    }
 }
 
 /// Open query connections per client network; entries go when their last connection does.
@@ -121,6 +146,7 @@ impl QueryContext {
         tokens: Arc<Tokens>,
         ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
+        (jwks, tls): (Option<Arc<Jwks>>, Option<Arc<QueryTls>>),
     ) -> Self {
         Self {
             open: Arc::new(Bounded::new(usize::MAX)),
@@ -133,6 +159,8 @@ impl QueryContext {
             ledger,
             metrics,
             log_budget: Mutex::new(LogBudget::new(QUERY_LOG_PER_SECOND, Duration::from_secs(1))),
+            jwks,
+            tls,
         }
     }
 
@@ -173,13 +201,13 @@ impl QueryContext {
             .inc();
     }
 
-    /// Answers one request line from `peer`.
-    pub(crate) async fn answer(&self, line: &[u8], peer: IpAddr) -> Vec<u8> {
+    /// Answers one request line from `caller`.
+    pub(crate) async fn answer(&self, line: &[u8], caller: Caller) -> Vec<u8> {
         let started = Instant::now();
         let generation = self.settings.load();
         let mut trace = QueryTrace::default();
         let result = self
-            .resolve_line(line, peer, started, &generation, &mut trace)
+            .resolve_line(line, caller, started, &generation, &mut trace)
             .await;
         let label = match &result {
             Ok(_) => "ok",
@@ -195,7 +223,7 @@ impl QueryContext {
         let elapsed = started.elapsed();
         self.metrics.query_duration.observe(elapsed.as_secs_f64());
         if generation.config.access_log {
-            self.log_query(peer, label, &trace, elapsed);
+            self.log_query(caller.ip, label, &trace, elapsed);
         }
         render(&result)
     }
@@ -225,11 +253,12 @@ impl QueryContext {
     async fn resolve_line(
         &self,
         line: &[u8],
-        peer: IpAddr,
+        caller: Caller,
         now: Instant,
         generation: &Arc<Generation>,
         trace: &mut QueryTrace,
     ) -> Result<TokenAnswer, QueryError> {
+        let peer = caller.ip;
         let policy = &generation.query;
         if policy.rate.check_key(&self.ledger.net_of(peer)).is_err() {
             return Err(QueryError::new(
@@ -246,7 +275,15 @@ impl QueryContext {
                 "director is shutting down; query another replica",
             ));
         }
-        let request = parse_request(line)?;
+        let mut request = parse_request(line)?;
+        self.authorize(&mut request, caller, generation)
+            .map_err(|refused| {
+                self.metrics
+                    .query_auth_failures
+                    .get_or_create(&[("reason", refused.reason.as_str())])
+                    .inc();
+                QueryError::new(ErrorCode::Unauthorized, refused.message)
+            })?;
         if generation
             .config
             .mappings
@@ -254,9 +291,49 @@ impl QueryContext {
         {
             trace.mapping = Some(request.resource_type.clone());
         }
+        // After authorizing: with a ticket, the player is its `sub`.
         trace.player.clone_from(&request.player_id);
-        let resolved = match generation.resolver.allocation(&request)? {
-            Some(allocation) => self.allocate(allocation).await?,
+        // A verified backend asks for a player: the token binds to the player's IP.
+        let bind_to = request.client_ip.unwrap_or(peer);
+        let mut joins = 0;
+        let decided = loop {
+            match generation.resolver.allocation(&request, Instant::now())? {
+                // The player's allocation is running: wait for it (at most its timeout,
+                // twice), then decide again (reuse it, or allocate if it failed).
+                Some(Allocating::Join(mut running)) if joins < 2 => {
+                    joins += 1;
+                    let _ = tokio::time::timeout(
+                        ALLOCATION_TIMEOUT + Duration::from_millis(500),
+                        running.changed(),
+                    )
+                    .await;
+                }
+                Some(Allocating::Join(_)) => {
+                    return Err(QueryError::new(
+                        ErrorCode::Unavailable,
+                        "an allocation for this player is still running; retry shortly",
+                    ));
+                }
+                other => break other,
+            }
+        };
+        let resolved = match decided {
+            Some(Allocating::Run(allocation)) => self.allocate(*allocation).await?,
+            Some(Allocating::Reused(resolved)) => {
+                self.metrics.hot.allocations[AllocationResult::Reused.index()].inc();
+                resolved
+            }
+            Some(Allocating::RateLimited(e)) => {
+                self.metrics.hot.allocations[AllocationResult::RateLimited.index()].inc();
+                return Err(e);
+            }
+            // Waited for above.
+            Some(Allocating::Join(_)) => {
+                return Err(QueryError::new(
+                    ErrorCode::Unavailable,
+                    "an allocation for this player is still running; retry shortly",
+                ));
+            }
             None => {
                 // CPU work over the candidates: on the blocking pool, off the async workers.
                 let permit = Arc::clone(&self.resolving).acquire_owned().await;
@@ -279,7 +356,7 @@ impl QueryContext {
         let config = &generation.config;
         let issued = self
             .tokens
-            .issue(resolved.target, peer, now, config.token_policy)
+            .issue(resolved.target, bind_to, now, config.token_policy)
             .map_err(|e| match e {
                 IssueError::PlayerIdTooLong { .. } => {
                     QueryError::new(ErrorCode::BadRequest, e.to_string())
@@ -302,6 +379,60 @@ impl QueryContext {
                 resolved.expose_address.then_some(target.addr),
             ),
         })
+    }
+
+    /// Who may ask (SPEC §2 "Who may ask"), before any resolution or API call: `clientIp`
+    /// only from a verified backend; a ticket whenever the mapping needs one (a backend needs
+    /// none), and verified whenever one is given. A verified ticket makes the query its own
+    /// (`playerId = sub`, its scope's labels ANDed in).
+    fn authorize(
+        &self,
+        request: &mut QueryRequest,
+        caller: Caller,
+        generation: &Generation,
+    ) -> Result<(), Refused> {
+        let refuse = |reason: AuthFailure, message: &str| Refused {
+            reason,
+            message: message.to_string(),
+        };
+        if request.client_ip.is_some() && !caller.backend {
+            return Err(refuse(
+                AuthFailure::ClientIp,
+                "`clientIp` may be set only by a backend with a client certificate (queryTls)",
+            ));
+        }
+        if caller.backend {
+            return Ok(());
+        }
+        let needs_ticket = generation
+            .config
+            .mappings
+            .get(&request.resource_type)
+            .is_some_and(|m| m.auth == Auth::Ticket);
+        let Some(jwt) = request.ticket.take() else {
+            return if needs_ticket {
+                Err(refuse(
+                    AuthFailure::MissingTicket,
+                    "this resourceType needs a ticket: send `\"ticket\": \"<JWT from your game's backend>\"`",
+                ))
+            } else {
+                Ok(())
+            };
+        };
+        let (Some(rules), Some(keys)) = (
+            generation.query.tickets.as_ref(),
+            self.jwks.as_ref().and_then(|j| j.load()),
+        ) else {
+            return Err(refuse(
+                AuthFailure::UnknownKey,
+                "this director verifies no tickets (no queryAuth); leave `ticket` out",
+            ));
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let ticket = ticket::verify(&keys, &jwt, rules, now)?;
+        ticket::permit(&ticket, request)
     }
 
     /// Runs one Agones allocation and counts how it ended.
@@ -368,7 +499,31 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let _places = (place, net_place);
             ctx.metrics.query_connections.inc();
-            let closed = handle(stream, peer, &ctx, &limits).await;
+            let _ = stream.set_nodelay(true);
+            let closed = match &ctx.tls {
+                None => handle(stream, Caller::plain(peer.ip()), &ctx, &limits).await,
+                Some(tls) => {
+                    let idle = Duration::from_secs(limits.query_idle_timeout_seconds);
+                    match timeout_at(Instant::now() + idle, tls.acceptor().accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            // Offered and verified against clientCaFile (an unverifiable one
+                            // failed the handshake).
+                            let backend = tls.verifies_clients
+                                && stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .is_some_and(|c| !c.is_empty());
+                            let caller = Caller {
+                                ip: peer.ip(),
+                                backend,
+                            };
+                            handle(stream, caller, &ctx, &limits).await
+                        }
+                        _ => QueryClose::TlsHandshake,
+                    }
+                }
+            };
             ctx.count_close(closed);
             ctx.metrics.query_connections.dec();
         });
@@ -381,19 +536,23 @@ fn refuse_connection(stream: &TcpStream, ctx: &QueryContext, why: QueryClose, me
     let answer = render(&Err(QueryError::new(ErrorCode::Unavailable, message)));
     ctx.count_query(ErrorCode::Unavailable.as_str());
     ctx.count_close(why);
+    if ctx.tls.is_some() {
+        // A TLS client could not read a plain line: the close is the answer.
+        return;
+    }
     // A fresh socket's send buffer is empty, so this does not block; if it fails the client
     // sees a close, which is all we can offer without spending a task on it.
     let _ = stream.try_write(&answer);
 }
 
-/// Serves one connection until a limit, a timeout or the client ends it; why it ended.
-async fn handle(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+/// Serves one connection (plain TCP or TLS) until a limit, a timeout or the client ends it;
+/// why it ended.
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    caller: Caller,
     ctx: &QueryContext,
     limits: &Limits,
 ) -> QueryClose {
-    let _ = stream.set_nodelay(true);
     let idle = Duration::from_secs(limits.query_idle_timeout_seconds);
     let max = limits.query_max_bytes;
     let accepted = Instant::now();
@@ -418,10 +577,10 @@ async fn handle(
                 return QueryClose::TooLarge;
             }
             if line.trim_ascii().is_empty() {
-                ctx.empty_line(peer.ip());
+                ctx.empty_line(caller.ip);
                 continue;
             }
-            let answer = ctx.answer(line, peer.ip()).await;
+            let answer = ctx.answer(line, caller).await;
             if !write_answer(&mut stream, &answer, Instant::now() + idle).await {
                 return QueryClose::SlowReader;
             }
@@ -444,7 +603,7 @@ async fn handle(
                 // Half-close: a last request without a newline is still answered.
                 let line = trim_cr(&buf);
                 if !line.trim_ascii().is_empty() {
-                    let answer = ctx.answer(line, peer.ip()).await;
+                    let answer = ctx.answer(line, caller).await;
                     let _ = write_answer(&mut stream, &answer, Instant::now() + idle).await;
                 }
                 let _ = stream.shutdown().await;
@@ -468,7 +627,11 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 }
 
 /// Writes one answer; false when the client is gone or does not read in time.
-async fn write_answer(stream: &mut TcpStream, answer: &[u8], deadline: Instant) -> bool {
+async fn write_answer<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    answer: &[u8],
+    deadline: Instant,
+) -> bool {
     matches!(
         timeout_at(deadline, stream.write_all(answer)).await,
         Ok(Ok(()))

@@ -14,10 +14,13 @@
 //! Owns issuing and redeeming tokens. Must not decide what a redeem means for a session
 //! (the session table does) or resolve targets.
 
+pub mod jose;
 pub mod keys;
+pub mod mint;
 mod ports;
 pub mod sealed;
 pub mod store;
+pub mod ticket;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -55,7 +55,8 @@ allocation needs `create` on gameserverallocations). */}}
 {{- end }}
 
 {{/* The director's config document (SPEC §5) as YAML: `config` from the values, with what
-the chart manages set (tokenFormat, the key Secret, fastPath, adminTokenFile). Keys the
+the chart manages set (tokenFormat, the key Secret, fastPath, adminTokenFile, queryAuth and
+queryTls from their Secrets). Keys the
 daemon may not know (fastPath, adminTokenFile) are written only when their value is set. */}}
 {{- define "udp-director.config" -}}
 {{- $config := deepCopy .Values.config }}
@@ -74,16 +75,26 @@ daemon may not know (fastPath, adminTokenFile) are written only when their value
 {{- if .Values.admin.tokenSecret }}
 {{- $_ := set $config "adminTokenFile" "/etc/udp-director/admin/token" }}
 {{- end }}
+{{- with .Values.queryAuth }}{{ if .jwksSecret }}
+{{- $auth := dict "jwksFile" "/etc/udp-director/jwks/jwks.json" "audience" .audience "leewaySeconds" .leewaySeconds }}
+{{- if .issuer }}{{ $_ := set $auth "issuer" .issuer }}{{ end }}
+{{- $_ := set $config "queryAuth" $auth }}
+{{- end }}{{ end }}
+{{- with .Values.queryTls }}{{ if .secret }}
+{{- $tls := dict "certFile" "/etc/udp-director/tls/tls.crt" "keyFile" "/etc/udp-director/tls/tls.key" }}
+{{- if .clientCa }}{{ $_ := set $tls "clientCaFile" "/etc/udp-director/tls/ca.crt" }}{{ end }}
+{{- $_ := set $config "queryTls" $tls }}
+{{- end }}{{ end }}
 {{- toYaml $config }}
 {{- end }}
 
 {{/* Config keys a running director cannot take over from a ConfigMap edit (the daemon's
-config::reload::RESTART_ONLY, plus fastPath and the admin listener's keys). Their values'
+config::reload::RESTART_ONLY, plus fastPath and the admin listener's keys; queryAuth and queryTls whole). Their values'
 checksum is a pod annotation: changing one rolls the pods; any other edit applies live. */}}
 {{- define "udp-director.restartChecksum" -}}
 {{- $config := include "udp-director.config" . | fromYaml }}
 {{- $picked := dict }}
-{{- range $key := list "bindAddress" "queryPort" "dataPort" "dataPorts" "adminPort" "dataWorkers" "socketBufferBytes" "tokenFormat" "tokenKeysFile" "tokenKeysSecret" "reusePort" "fastPath" "adminBindAddress" "adminTokenFile" }}
+{{- range $key := list "bindAddress" "queryPort" "dataPort" "dataPorts" "adminPort" "dataWorkers" "socketBufferBytes" "tokenFormat" "tokenKeysFile" "tokenKeysSecret" "reusePort" "fastPath" "adminBindAddress" "adminTokenFile" "queryAuth" "queryTls" }}
 {{- if hasKey $config $key }}{{ $_ := set $picked $key (get $config $key) }}{{ end }}
 {{- end }}
 {{- if kindIs "map" $config.limits }}
