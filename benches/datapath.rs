@@ -207,7 +207,6 @@ fn proofs(c: &mut Criterion) {
             out.clear();
         })
     });
-    drop(handover);
     let ping = [MAGIC, &[3], b"abcdefgh", &[0u8; 16]].concat();
     t.on_client_datagram(0, other, &ping, at(second), &tokens);
     t.take_outputs(&mut out);
