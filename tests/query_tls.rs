@@ -177,7 +177,8 @@ async fn a_verified_backend_binds_the_token_to_the_players_ip_and_nobody_else_ma
     let answer = answer.expect("an answer");
     assert_eq!(code(&answer), "ok", "{answer}");
     let token = answer["token"].as_str().unwrap().to_string();
-    // The token redeems from the player's IP only.
+    // The token opens at once from the player's IP only; from anywhere else it is only
+    // challenged (proof of address), and a sender that does not answer opens nothing.
     let data = d.data_addr;
     let from_caller = udp_from("127.0.0.1");
     from_caller.send_to(token.as_bytes(), data).unwrap();
@@ -186,7 +187,7 @@ async fn a_verified_backend_binds_the_token_to_the_players_ip_and_nobody_else_ma
     assert!(
         wait(Duration::from_secs(3), || metric(
             admin,
-            "udp_director_tokens_rejected_total{reason=\"wrong_client\"}"
+            "udp_director_path_challenges_total{outcome=\"sent\"}"
         ) >= 1.0)
         .await
     );
