@@ -103,7 +103,6 @@ fn token(answer: &str) -> String {
 /// always need proof of address) and sends one datagram; true when the game server's echo
 /// comes back (a session was opened for it).
 fn plays(from: &str, data: SocketAddr, token: &str) -> bool {
-    const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
     let socket = UdpSocket::bind((ip(from), 0)).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(700)))
@@ -114,13 +113,11 @@ fn plays(from: &str, data: SocketAddr, token: &str) -> bool {
     let Ok(n) = socket.recv(&mut buf) else {
         return false;
     };
-    assert!(
-        n == MAGIC.len() + 17 && buf.starts_with(MAGIC) && buf[MAGIC.len()] == 1,
-        "a challenge: {:?}",
-        &buf[..n]
-    );
-    let response = [MAGIC, &[2], &buf[MAGIC.len() + 1..n], token.as_bytes()].concat();
-    socket.send_to(&response, to).unwrap();
+    let nonce = testkit::client::challenge_nonce(&buf[..n])
+        .unwrap_or_else(|| panic!("a challenge: {:?}", &buf[..n]));
+    socket
+        .send_to(&testkit::client::response(&nonce, token.as_bytes()), to)
+        .unwrap();
     socket.send_to(b"ping", to).unwrap();
     socket.recv(&mut buf).is_ok()
 }

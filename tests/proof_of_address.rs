@@ -130,11 +130,10 @@ fn challenge(socket: &UdpSocket) -> Option<[u8; 16]> {
     let mut buf = [0u8; 256];
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        if let Ok(n) = socket.recv(&mut buf) {
-            let frame = &buf[..n];
-            if n == MAGIC.len() + 17 && frame.starts_with(MAGIC) && frame[MAGIC.len()] == 1 {
-                return frame[MAGIC.len() + 1..].try_into().ok();
-            }
+        if let Ok(n) = socket.recv(&mut buf)
+            && let Some(nonce) = testkit::client::challenge_nonce(&buf[..n])
+        {
+            return Some(nonce);
         }
     }
     None
@@ -158,7 +157,7 @@ fn a_player_moving_to_another_address_plays_on_after_proving_it_and_a_forger_mov
     let moved = Instant::now();
     cell.send_to(&resume, data).unwrap();
     let nonce = challenge(&cell).expect("the new address is challenged");
-    let response = [MAGIC, &[2], &nonce, token].concat();
+    let response = testkit::client::response(&nonce, token);
     // A forger with the token, replaying what the player sent from its own address: the
     // resume gets it a challenge of its own, which it does not answer; the replayed
     // RESPONSE is for another address.

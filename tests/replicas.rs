@@ -316,13 +316,9 @@ fn opens_from(socket: &UdpSocket, data: SocketAddr, first: &[u8], within: Durati
                 return true;
             }
             // Proof of address: a token holding a session elsewhere is challenged first.
-            if n == MAGIC.len() + 17 && got.starts_with(MAGIC) && got[MAGIC.len()] == 1 {
-                socket
-                    .send_to(
-                        &[MAGIC, &[2], &got[MAGIC.len() + 1..], token].concat(),
-                        data,
-                    )
-                    .unwrap();
+            if let Some(nonce) = testkit::client::challenge_nonce(got) {
+                let answer = testkit::client::response(&nonce, token);
+                socket.send_to(&answer, data).unwrap();
                 socket.send_to(b"ping", data).unwrap();
             }
         }
@@ -433,7 +429,7 @@ fn keys_rotate_in_two_steps_and_every_bad_token_is_refused_and_counted() {
     let mut buf = [0u8; 64];
     let n = elsewhere.recv(&mut buf).expect("a challenge");
     assert!(
-        n == MAGIC.len() + 17 && buf[MAGIC.len()] == 1,
+        testkit::client::challenge_nonce(&buf[..n]).is_some(),
         "a challenge"
     );
     elsewhere.send_to(b"ping", data).unwrap();

@@ -48,3 +48,18 @@ pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// The nonce of a CHALLENGE (`[magic] 01 [nonce]`, SPEC §3 "Proof of address") behind the
+/// default magic, as the client library reads it; `None` for anything else.
+pub fn challenge_nonce(datagram: &[u8]) -> Option<[u8; 16]> {
+    use udp_director_client::frames::{Frame, parse};
+    match parse(datagram, udp_director_client::DEFAULT_MAGIC) {
+        Ok(Some(Frame::Challenge { nonce })) => Some(nonce),
+        _ => None,
+    }
+}
+
+/// The RESPONSE answering a challenge's `nonce` for `token` (`[magic] 02 [nonce] [token]`).
+pub fn response(nonce: &[u8; 16], token: &[u8]) -> Vec<u8> {
+    [udp_director_client::DEFAULT_MAGIC, &[2], nonce, token].concat()
+}

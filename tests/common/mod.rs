@@ -81,31 +81,26 @@ impl Client {
     /// Answers the CHALLENGE the director sent for `token` (proof of address, SPEC §3):
     /// `[magic] 0x02 [nonce] [token]` back to the data port.
     pub fn prove(&self, token: &str) {
-        const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
         let frame = self.recv().expect("a challenge");
-        assert!(
-            frame.len() == MAGIC.len() + 17 && frame.starts_with(MAGIC) && frame[MAGIC.len()] == 1,
-            "a challenge: {frame:?}"
-        );
-        self.send(&[MAGIC, &[2], &frame[MAGIC.len() + 1..], token.as_bytes()].concat());
+        let nonce = testkit::client::challenge_nonce(&frame)
+            .unwrap_or_else(|| panic!("a challenge: {frame:?}"));
+        self.send(&testkit::client::response(&nonce, token.as_bytes()));
     }
 
     /// Sends a token datagram (bare or `[magic][token]`) and, when the director challenges
     /// this address for it within 300 ms (the token holds a session elsewhere, or this is
     /// another IP than its bound one), answers the challenge.
     pub fn redeem(&self, datagram: &[u8]) {
-        const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
         self.send(datagram);
         let token = datagram.strip_prefix(MAGIC).unwrap_or(datagram);
         self.socket
             .set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         let mut buf = [0u8; 256];
-        if let Ok(n) = self.socket.recv(&mut buf) {
-            let frame = &buf[..n];
-            if n == MAGIC.len() + 17 && frame.starts_with(MAGIC) && frame[MAGIC.len()] == 1 {
-                self.send(&[MAGIC, &[2], &frame[MAGIC.len() + 1..], token].concat());
-            }
+        if let Ok(n) = self.socket.recv(&mut buf)
+            && let Some(nonce) = testkit::client::challenge_nonce(&buf[..n])
+        {
+            self.send(&testkit::client::response(&nonce, token));
         }
         self.socket
             .set_read_timeout(Some(Duration::from_millis(1500)))
