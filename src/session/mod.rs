@@ -182,6 +182,17 @@ pub enum Origin {
     DefaultEndpoint,
 }
 
+impl Origin {
+    /// Why a yielding session of this origin closes (a token session yields only while
+    /// unanswered).
+    fn yielded(self) -> CloseReason {
+        match self {
+            Origin::DefaultEndpoint => CloseReason::YieldedDefault,
+            Origin::Token => CloseReason::YieldedUnanswered,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Session {
     client: SocketAddr,
@@ -829,11 +840,7 @@ impl SessionTable {
             return false;
         };
         self.yielders.remove(at);
-        let reason = match origin {
-            Origin::DefaultEndpoint => CloseReason::YieldedDefault,
-            Origin::Token => CloseReason::YieldedUnanswered,
-        };
-        self.close(id, reason, now)
+        self.close(id, origin.yielded(), now)
     }
 
     /// Closes the oldest session that may yield its place (opened by the default endpoint,
@@ -866,11 +873,7 @@ impl SessionTable {
         let Some((id, origin)) = found else {
             return false;
         };
-        let reason = match origin {
-            Origin::DefaultEndpoint => CloseReason::YieldedDefault,
-            Origin::Token => CloseReason::YieldedUnanswered,
-        };
-        self.close(id, reason, now)
+        self.close(id, origin.yielded(), now)
     }
 
     /// A token newcomer finds the table full: the oldest yielding session gives its place.
