@@ -22,7 +22,7 @@ mod valid;
 pub use crate::model::{ClientBinding, Protocol, TokenFormat};
 pub use valid::{
     Addressing, KubeSource, PortRule, TargetPort, ValidAllocate, ValidConfig, ValidDataPort,
-    ValidMapping, ValidQueryAuth, ValidQueryTls, ValidSource,
+    ValidFastPath, ValidMapping, ValidQueryAuth, ValidQueryTls, ValidSource,
 };
 
 /// Everything that can be wrong with a configuration, phrased for the operator who wrote it.
@@ -191,6 +191,30 @@ pub struct Config {
     /// ask"). Without it the query port is plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_tls: Option<QueryTls>,
+    /// The kernel fast path (SPEC §8): established sessions forwarded by a TC program.
+    #[serde(default)]
+    pub fast_path: FastPath,
+}
+
+/// `fastPath` (SPEC §8).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FastPath {
+    /// Load and attach the TC program at start (a failure is logged; user space carries all).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The interfaces client and target datagrams arrive on (the pod's interface).
+    #[serde(default = "defaults::fast_path_interfaces")]
+    pub interfaces: Vec<String>,
+}
+
+impl Default for FastPath {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interfaces: defaults::fast_path_interfaces(),
+        }
+    }
 }
 
 /// `queryTls`: the query port's certificate, and the CA backend callers' certificates chain to.
@@ -586,6 +610,9 @@ mod defaults {
     pub(super) fn busy_poll_micros() -> u64 {
         25
     }
+    pub(super) fn fast_path_interfaces() -> Vec<String> {
+        vec!["eth0".to_string()]
+    }
     pub(super) fn access_log() -> bool {
         true
     }
@@ -704,6 +731,7 @@ impl Config {
             mappings.insert(name.clone(), valid);
         }
         self.check_default_endpoint()?;
+        let fast_path = self.fast_path()?;
         let addr = |port| SocketAddr::new(self.bind_address, port);
         let data_ports = self.data_ports()?;
         self.check_static_ports(&data_ports)?;
@@ -751,9 +779,49 @@ impl Config {
             target_networks: self.target_networks()?,
             query_auth,
             query_tls: self.query_tls()?,
+            fast_path,
             warnings,
             raw: self,
         })
+    }
+
+    /// `fastPath`, checked: refused in a build without the `fast-path` feature and together
+    /// with `reusePort` (another process's sessions would be invisible to this one's map).
+    fn fast_path(&self) -> Result<Option<ValidFastPath>, ConfigError> {
+        let f = &self.fast_path;
+        if !f.enabled {
+            return Ok(None);
+        }
+        if !cfg!(feature = "fast-path") {
+            return Err(invalid(
+                "fastPath.enabled",
+                "this build has no kernel fast path: build with `--features fast-path` (the image is), or set `enabled: false`",
+            ));
+        }
+        if self.reuse_port {
+            return Err(invalid(
+                "fastPath.enabled",
+                "cannot be combined with `reusePort: true`: the program's map would hold one process's sessions while the kernel spreads datagrams over all of them",
+            ));
+        }
+        if f.interfaces.is_empty() {
+            return Err(invalid(
+                "fastPath.interfaces",
+                "name at least one interface, e.g. `[eth0]`",
+            ));
+        }
+        for name in &f.interfaces {
+            // IFNAMSIZ is 16 with the terminating NUL.
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                return Err(invalid(
+                    "fastPath.interfaces",
+                    format!("`{name}` is not an interface name (1..=15 bytes, no `/` or spaces)"),
+                ));
+            }
+        }
+        Ok(Some(ValidFastPath {
+            interfaces: f.interfaces.clone(),
+        }))
     }
 
     /// `queryAuth`, decoded: exactly one JWKS source and an audience.

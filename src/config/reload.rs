@@ -68,7 +68,7 @@ impl Overrides {
 
 /// Keys a running process cannot change: sockets are bound and sized, threads started and
 /// the token store sized at start. A reload that changes them is applied without them.
-pub const RESTART_ONLY: [&str; 17] = [
+pub const RESTART_ONLY: [&str; 18] = [
     "bindAddress",
     "queryPort",
     "dataPort",
@@ -86,6 +86,7 @@ pub const RESTART_ONLY: [&str; 17] = [
     "reusePort",
     "queryAuth",
     "queryTls",
+    "fastPath",
 ];
 
 /// The outcome of comparing a validated new document with the running config.
@@ -129,6 +130,7 @@ pub fn reconcile(running: &Config, proposed: Config) -> Reconciled {
     keep!("reusePort", reuse_port);
     keep!("queryAuth", query_auth);
     keep!("queryTls", query_tls);
+    keep!("fastPath", fast_path);
     let changed = effective != *running;
     Reconciled {
         effective,

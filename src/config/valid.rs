@@ -70,9 +70,17 @@ pub struct ValidConfig {
     pub query_auth: Option<ValidQueryAuth>,
     /// `queryTls`: TLS on the query port and the backend callers' CA.
     pub query_tls: Option<ValidQueryTls>,
+    /// `fastPath` when enabled (and possible in this build, without `reusePort`).
+    pub fast_path: Option<ValidFastPath>,
     /// What is accepted but unwise (an allocating mapping with `auth: none`): logged as a
     /// warning at every start.
     pub warnings: Vec<String>,
+}
+
+/// An enabled `fastPath`: the interfaces to attach the TC program to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidFastPath {
+    pub interfaces: Vec<String>,
 }
 
 /// A validated `queryTls`: the PEM files, read at start and re-read on change.

@@ -5,6 +5,7 @@
 //! Owns I/O. Must not make a decision a pure module could make and test without sockets.
 
 pub(crate) mod admin;
+pub mod fast_path;
 pub(crate) mod housekeeping;
 pub(crate) mod keys;
 pub(crate) mod listen;
