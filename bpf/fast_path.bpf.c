@@ -72,6 +72,11 @@ struct leg {
 #define TOKEN_SCAN_MAX 256
 #define CHUNK 32
 
+/* n, already known to be in [1, 32], in a form the verifier can see is (a helper's length
+ * must be non-zero and fit the buffer; clang's own bounds checks can land on a copy of the
+ * register the verifier does not track). */
+#define LEN_1_32(n) ((((n) - 1) & 31) + 1)
+
 /* What a client datagram is compared with. 40 bytes: [0..4) magic_len (1..=32),
  * [4..6) token_min, [6..8) token_max, [8..40) magic. */
 struct matchers {
@@ -141,7 +146,7 @@ static __always_inline int starts_with_magic(struct __sk_buff *skb, __u32 len,
 
 	if (n == 0 || n > MAGIC_MAX || len < n)
 		return 0;
-	if (bpf_skb_load_bytes(skb, PAYLOAD_OFF, buf, n) < 0)
+	if (bpf_skb_load_bytes(skb, PAYLOAD_OFF, buf, LEN_1_32(n)) < 0)
 		return 0;
 	for (__u32 i = 0; i < MAGIC_MAX; i++) {
 		if (i >= n)
@@ -168,7 +173,7 @@ static __always_inline int token_shaped(struct __sk_buff *skb, __u32 len, const 
 		__u32 n = len - off;
 		if (n > CHUNK)
 			n = CHUNK;
-		if (bpf_skb_load_bytes(skb, PAYLOAD_OFF + off, buf, n) < 0)
+		if (bpf_skb_load_bytes(skb, PAYLOAD_OFF + off, buf, LEN_1_32(n)) < 0)
 			return 1;
 		for (__u32 i = 0; i < CHUNK; i++) {
 			if (i >= n)
@@ -192,11 +197,12 @@ static __always_inline int for_user_space(struct __sk_buff *skb, __u32 len)
 	return starts_with_magic(skb, len, m) || token_shaped(skb, len, m);
 }
 
-SEC("tc")
+SEC("classifier")
 int udp_director_fp(struct __sk_buff *skb)
 {
 	if (skb->pkt_type != PACKET_HOST || skb->gso_size != 0)
 		return TC_ACT_OK;
+	__u32 in_ifindex = skb->ingress_ifindex;
 
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -246,7 +252,13 @@ int udp_director_fp(struct __sk_buff *skb)
 	__be16 new_sport = leg->from_port;
 	__be16 new_dport = leg->to_port;
 
-	/* Where the rewritten datagram leaves, before anything is changed. */
+	/* Where the rewritten datagram leaves, before anything is changed. A pod does not
+	 * forward (net.ipv4.ip_forward 0 in its namespace, and it cannot change that), and
+	 * bpf_fib_lookup then answers FWD_DISABLED without looking: the datagram leaves by the
+	 * interface it arrived on, where bpf_redirect_neigh (no next hop given) routes it with
+	 * the kernel's output route lookup bound to that interface. That is a pod's one
+	 * interface; a pod with several must list in `interfaces` only those its targets and
+	 * clients are reached by. */
 	struct bpf_fib_lookup fib = {
 		.family = AF_INET,
 		.l4_protocol = IPPROTO_UDP,
@@ -255,12 +267,16 @@ int udp_director_fp(struct __sk_buff *skb)
 		.tot_len = ip_len,
 		.ipv4_src = new_saddr,
 		.ipv4_dst = new_daddr,
-		.ifindex = skb->ingress_ifindex,
+		.ifindex = in_ifindex,
 	};
-	long fib_ret = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (fib_ret != BPF_FIB_LKUP_RET_SUCCESS && fib_ret != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return TC_ACT_OK;
-	__u32 out_ifindex = fib.ifindex;
+	long fib_ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	__u32 out_ifindex;
+	if (fib_ret == BPF_FIB_LKUP_RET_SUCCESS || fib_ret == BPF_FIB_LKUP_RET_NO_NEIGH)
+		out_ifindex = fib.ifindex;
+	else if (fib_ret == BPF_FIB_LKUP_RET_FWD_DISABLED)
+		out_ifindex = in_ifindex;
+	else
+		return TC_ACT_OK; /* no route (blackhole, unreachable, prohibited, ...): up */
 
 	/* Rewrite. The old daddr is the new saddr, so the address pair (old_saddr, new_saddr)
 	 * becomes (new_saddr, new_daddr): both sums change as if old_saddr became new_daddr.

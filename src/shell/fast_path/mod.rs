@@ -99,8 +99,14 @@ impl FastPathError {
     }
 
     /// Every `reason()` value, for the metric's label set.
-    pub const REASONS: [&'static str; 6] =
-        ["not_built", "permission", "kernel", "interface", "map", "full"];
+    pub const REASONS: [&'static str; 6] = [
+        "not_built",
+        "permission",
+        "kernel",
+        "interface",
+        "map",
+        "full",
+    ];
 }
 
 /// The loaded and attached program with its maps. Dropping it detaches the program.
