@@ -97,7 +97,11 @@ struct count {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 2); /* set by user space before load: 2 x maxSessions */
+	/* Set by user space before load: 2 x maxSessions. Preallocated (nr_cpus x 40 bytes a
+	 * leg and the table's own overhead, all at load): a load that cannot have it fails at
+	 * start, and an insert fails only when the map is full (with BPF_F_NO_PREALLOC, filling
+	 * 50 000 legs on a 2-CPU machine failed with ENOMEM part way instead). */
+	__uint(max_entries, 2);
 	__type(key, struct leg_key);
 	__type(value, struct leg);
 } legs SEC(".maps");

@@ -117,8 +117,8 @@ impl Kernel {
                 FastPathError::Kernel(format!("no program {PROGRAM_NAME} in the object"))
             })?
             .try_into()
-            .map_err(|e: ProgramError| program_error(e, None))?;
-        program.load().map_err(|e| program_error(e, None))?;
+            .map_err(program_error)?;
+        program.load().map_err(program_error)?;
 
         let mut links = Vec::new();
         let mut attached = Vec::new();
@@ -163,7 +163,7 @@ impl Kernel {
                     .map_err(|e| FastPathError::Map(format!("per-CPU values: {e}")))?;
                 maps.legs
                     .insert(key, values, BPF_EXIST)
-                    .map_err(|e| insert_error(e))
+                    .map_err(insert_error)
             }
             Err(e) => Err(insert_error(e)),
         }
@@ -461,7 +461,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 fn load_error(e: EbpfError) -> FastPathError {
     match e {
-        EbpfError::ProgramError(p) => program_error(p, None),
+        EbpfError::ProgramError(p) => program_error(p),
         EbpfError::MapError(m) => {
             if is_permission(errno(&m)) {
                 FastPathError::Permission(format!("creating the maps: {}", chain(&m)))
@@ -483,7 +483,7 @@ fn load_error(e: EbpfError) -> FastPathError {
 
 /// A refused load: no capability (EPERM, or EACCES before the verifier ran) is `Permission`;
 /// anything the verifier said is `Kernel`, with the end of its log.
-fn program_error(e: ProgramError, interface: Option<&str>) -> FastPathError {
+fn program_error(e: ProgramError) -> FastPathError {
     if let ProgramError::LoadError {
         io_error,
         verifier_log,
@@ -491,10 +491,10 @@ fn program_error(e: ProgramError, interface: Option<&str>) -> FastPathError {
     {
         return refused_load(io_error, &verifier_log.to_string());
     }
-    match interface {
-        Some(interface) => attach_error(interface, &e),
-        None if is_permission(program_errno(&e)) => FastPathError::Permission(chain(&e)),
-        None => FastPathError::Kernel(chain(&e)),
+    if is_permission(program_errno(&e)) {
+        FastPathError::Permission(chain(&e))
+    } else {
+        FastPathError::Kernel(chain(&e))
     }
 }
 
@@ -549,6 +549,12 @@ mod tests {
 
     fn addr(a: [u8; 4], port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::from(a), port)
+    }
+
+    #[test]
+    fn the_handle_can_be_shared_by_the_workers() {
+        fn shared<T: Send + Sync>() {}
+        shared::<super::super::FastPath>();
     }
 
     #[test]
