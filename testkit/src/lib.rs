@@ -15,8 +15,10 @@
 //! | [`wait`] | deadline-bounded polling and pacing (the only sleeps) |
 //! | [`rng`] | a seeded xorshift64* generator, so failures replay |
 //! | [`load`] | the load tool behind `loadgen` |
+//! | [`netns`] | client, router, pod and target network namespaces joined by veths |
 //!
-//! All traffic goes to loopback; every loop is bounded in count and time.
+//! All traffic goes to loopback or to network namespaces the harness made itself; every
+//! loop is bounded in count and time.
 
 pub mod child;
 pub mod client;
@@ -24,6 +26,7 @@ pub mod echo;
 pub mod exe;
 pub mod forge;
 pub mod load;
+pub mod netns;
 pub mod rng;
 pub mod scrape;
 pub mod wait;
