@@ -1,7 +1,7 @@
 # udp-director developer targets. `make test` is the README's test command and what CI runs.
 CARGO ?= cargo
 
-.PHONY: test test-deps deny demo run lint fmt bench release loadgen soak guess floods fuzz fuzz-check docker clean
+.PHONY: test test-deps deny demo run lint fmt bench bench-fastpath release loadgen soak guess floods fuzz fuzz-check docker clean
 
 test: test-deps  ## unit, property and loopback end-to-end tests (daemon, client library, testkit); the kernel fast path's (root: CAP_BPF, CAP_NET_ADMIN)
 	$(CARGO) test --locked --workspace --all-targets
@@ -37,6 +37,9 @@ fmt:
 bench:           ## criterion micro-benchmarks: per-datagram decisions, sealing and opening tokens
 	$(CARGO) bench --bench datapath
 	$(CARGO) bench --bench tokens
+
+bench-fastpath:  ## as root: direct, forwarder, director without and with the kernel fast path, in network namespaces (Docs/Benchmarks.md)
+	bash bench/fastpath/run.sh
 
 release:         ## the director and the load tool, optimised (target/release/{udp-director,loadgen})
 	$(CARGO) build --release --locked --bin udp-director -p udp-director

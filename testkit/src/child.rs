@@ -70,7 +70,28 @@ impl ChildDirector {
         args: &[&std::ffi::OsStr],
         envs: &[(&str, &str)],
     ) -> io::Result<Self> {
-        let child = Command::new(exe)
+        Self::spawn_command(Command::new(exe), dir, args, envs)
+    }
+
+    /// Starts the director on the config `yaml` (written into `dir`) as `cmd`, a command
+    /// whose last word so far is the director binary: e.g. one that runs it in a network
+    /// namespace (`netns::Topology::command_in`). Waits for its start-up line.
+    pub fn spawn_command_yaml(cmd: Command, dir: TempDir, yaml: &str) -> io::Result<Self> {
+        let config = dir.path.join("config.yaml");
+        std::fs::write(&config, yaml)?;
+        let args = [std::ffi::OsStr::new("--config"), config.as_os_str()];
+        Self::spawn_command(cmd, dir, &args, &[])
+    }
+
+    /// [`ChildDirector::spawn_env`] for a prepared command (see
+    /// [`ChildDirector::spawn_command_yaml`]).
+    pub fn spawn_command(
+        mut cmd: Command,
+        dir: TempDir,
+        args: &[&std::ffi::OsStr],
+        envs: &[(&str, &str)],
+    ) -> io::Result<Self> {
+        let child = cmd
             .args(["--log-format", "json"])
             .args(args)
             .env("RUST_LOG", "warn,udp_director::app=info")

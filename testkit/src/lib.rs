@@ -9,21 +9,28 @@
 //! | [`child`] | the director binary as a child process (start-up line, logs, RSS, fds), temp dirs |
 //! | [`scrape`] | the one `/metrics` parser: series values and sums |
 //! | [`client`] | a blocking query client and a plain HTTP GET |
+//! | [`cpu`] | machine-wide busy CPU time (`/proc/stat`) |
 //! | [`echo`] | a UDP echo server standing in for a game server |
 //! | [`exe`] | the director binary for tests in other crates (client, C ABI, C#, Node) |
 //! | [`yaml`] | config builders for loopback directors |
 //! | [`wait`] | deadline-bounded polling and pacing (the only sleeps) |
 //! | [`rng`] | a seeded xorshift64* generator, so failures replay |
 //! | [`load`] | the load tool behind `loadgen` |
+//! | [`netns`] | client, router, pod and target network namespaces joined by veths |
+//! | [`nsbench`] | the namespace benchmark behind `nsbench` (direct, forwarder, director, fast path) |
 //!
-//! All traffic goes to loopback; every loop is bounded in count and time.
+//! All traffic goes to loopback or to network namespaces the harness made itself; every
+//! loop is bounded in count and time.
 
 pub mod child;
 pub mod client;
+pub mod cpu;
 pub mod echo;
 pub mod exe;
 pub mod forge;
 pub mod load;
+pub mod netns;
+pub mod nsbench;
 pub mod rng;
 pub mod scrape;
 pub mod wait;

@@ -20,7 +20,8 @@
 //!   director's descriptors and RSS before (after one warm-up session) and after.
 //!
 //! Every loop is bounded by a count and a deadline and stops by itself. Traffic goes only to
-//! 127.0.0.0/8.
+//! 127.0.0.0/8 (and [`drive`], called by the namespace benchmark `nsbench`, to namespaces
+//! the harness made).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -122,6 +123,9 @@ pub struct PhaseResult {
     pub lost: u64,
     pub elapsed: Duration,
     pub rtts_ns: Vec<u64>,
+    /// Busy CPU time of the whole machine during the timed part ([`crate::cpu`]); `None`
+    /// where `/proc/stat` cannot be read.
+    pub machine_busy: Option<Duration>,
 }
 
 impl PhaseResult {
@@ -227,7 +231,9 @@ pub fn director_binary(args: &LoadgenArgs) -> io::Result<PathBuf> {
 const HEADER: usize = 16;
 
 /// Drives `clients` sockets at `dest` for `seconds`. Each socket first sends `hello` (a
-/// token) if given. Closed loop when `rate == 0`, otherwise a fixed total rate.
+/// token) if given. Closed loop when `rate == 0`, otherwise a fixed total rate. The sockets
+/// are bound to 127.0.0.1 for a loopback `dest`, else to any address of the calling thread's
+/// network namespace (a client namespace of [`crate::netns`]).
 pub fn drive(
     name: &str,
     dest: SocketAddr,
@@ -242,8 +248,13 @@ pub fn drive(
     let mut poll = Poll::new()?;
     let mut senders = Vec::with_capacity(clients);
     let mut receivers = Vec::with_capacity(clients);
+    let bind = if dest.ip().is_loopback() {
+        Ipv4Addr::LOCALHOST
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
     for i in 0..clients {
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let socket = UdpSocket::bind((bind, 0))?;
         socket.set_nonblocking(true)?;
         let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(1 << 20);
         let mut receiver = mio::net::UdpSocket::from_std(socket.try_clone()?);
@@ -262,12 +273,16 @@ pub fn drive(
         settle(&senders, dest)?;
     }
     let total = Duration::from_secs_f64(seconds);
+    let busy_before = crate::cpu::machine_busy();
     let start = Instant::now();
     let mut result = if rate == 0 {
         closed_loop(&mut poll, &senders, &receivers, dest, size, start, total)?
     } else {
         fixed_rate(poll, &senders, receivers, dest, size, start, total, rate)?
     };
+    result.machine_busy = crate::cpu::machine_busy()
+        .zip(busy_before)
+        .map(|(after, before)| after.saturating_sub(before));
     result.name = name.to_string();
     Ok(result)
 }
@@ -372,6 +387,7 @@ fn closed_loop(
         lost,
         elapsed: start.elapsed().min(total),
         rtts_ns: rtts,
+        machine_busy: None,
     })
 }
 
@@ -434,6 +450,7 @@ fn fixed_rate(
         lost: sends.saturating_sub(rtts.len() as u64),
         elapsed: total,
         rtts_ns: rtts,
+        machine_busy: None,
     })
 }
 

@@ -2,13 +2,23 @@
 //! OS-assigned port (the bound addresses are read back from the start-up line or the
 //! in-process handle), and static mappings over local backends.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// A whole config: 127.0.0.1, ports 0, two data workers unless `extra` sets `dataWorkers`,
 /// then `extra` (top-level keys), then `resourceQueryMapping` with `mappings`.
 pub fn director(extra: &str, mappings: &[String]) -> String {
-    let mut yaml =
-        String::from("bindAddress: 127.0.0.1\nqueryPort: 0\ndataPort: 0\nadminPort: 0\n");
+    director_on(IpAddr::V4(Ipv4Addr::LOCALHOST), extra, mappings)
+}
+
+/// [`director`] with every listener on `bind` instead of 127.0.0.1 (a director in a network
+/// namespace listens on its interface's address).
+pub fn director_on(bind: IpAddr, extra: &str, mappings: &[String]) -> String {
+    // An IPv6 address is quoted (a plain YAML scalar cannot start with `:`).
+    let bind = match bind {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"{v6}\""),
+    };
+    let mut yaml = format!("bindAddress: {bind}\nqueryPort: 0\ndataPort: 0\nadminPort: 0\n");
     if !extra.contains("dataWorkers") {
         yaml.push_str("dataWorkers: 2\n");
     }
@@ -58,6 +68,8 @@ mod tests {
             &[echo_mapping(&[b]), static_mapping("x", b)],
         );
         assert!(y.starts_with("bindAddress: 127.0.0.1\nqueryPort: 0\n"));
+        let v6 = director_on(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), "", &[]);
+        assert!(v6.starts_with("bindAddress: \"::1\"\n"), "{v6}");
         assert!(y.contains("dataWorkers: 2\nmaxSessions: 2\nresourceQueryMapping:\n  echo:\n"));
         assert!(y.contains("{name: b0, address: \"127.0.0.1\", port: 9001, labels: {zone: z0}"));
         assert!(y.contains("  x:\n    static:\n      - {name: x-0,"));
