@@ -5,7 +5,7 @@ CARGO ?= cargo
 
 test: test-deps  ## unit, property and loopback end-to-end tests (daemon, client library, testkit); the kernel fast path's (root: CAP_BPF, CAP_NET_ADMIN)
 	$(CARGO) test --locked --workspace --all-targets
-	$(CARGO) test --locked --features fast-path --lib --test fast_path_kernel
+	$(CARGO) test --locked --features fast-path --lib --test fast_path_kernel --test fast_path
 
 test-deps:       ## real Helm for the chart tests (PyPI); cbindgen, cc, c++, Mono, Node, Godot 3 for the client tests, chromium for the operator page test; clang and the BPF headers for the fast path, iproute2 and ethtool for its tests (Debian)
 	@python3 -c 'import helm_python' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check helm-python-sdk \

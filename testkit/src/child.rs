@@ -27,6 +27,8 @@ pub struct ChildDirector {
     pub admin: SocketAddr,
     /// JSON log lines printed after the start-up line.
     pub logs: mpsc::Receiver<String>,
+    /// The lines it printed before it said it was listening (read while starting it).
+    pub startup: Vec<String>,
     _dir: TempDir,
 }
 
@@ -109,6 +111,7 @@ impl ChildDirector {
             data_ports: Vec::new(),
             admin: unbound,
             logs: rx,
+            startup: Vec::new(),
             _dir: dir,
         };
         let stdout = this
@@ -130,9 +133,12 @@ impl ChildDirector {
                 io::Error::other("director did not print its start-up line in time")
             })?;
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                this.startup.push(line);
                 continue;
             };
-            if v["message"] == "udp-director listening" {
+            if v["message"] != "udp-director listening" {
+                this.startup.push(line);
+            } else {
                 let addr = |k: &str| -> io::Result<SocketAddr> {
                     v[k].as_str()
                         .and_then(|s| s.parse().ok())

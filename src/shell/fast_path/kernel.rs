@@ -73,9 +73,9 @@ pub(crate) struct Kernel {
     /// never adds or deletes one, so counting them here is exact (and O(1), unlike a walk).
     legs: AtomicUsize,
     nr_cpus: usize,
-    /// The loaded program and its links (detached on drop).
+    /// The loaded program and its links (detached by `detach`, or on drop).
     ebpf: Mutex<Ebpf>,
-    links: Vec<SchedClassifierLinkId>,
+    links: Mutex<Vec<SchedClassifierLinkId>>,
     attached: Vec<(String, Mode)>,
 }
 
@@ -142,7 +142,7 @@ impl Kernel {
             legs: AtomicUsize::new(0),
             nr_cpus,
             ebpf: Mutex::new(ebpf),
-            links,
+            links: Mutex::new(links),
             attached,
         })
     }
@@ -235,21 +235,35 @@ impl Kernel {
     }
 }
 
-impl Drop for Kernel {
-    fn drop(&mut self) {
+impl Kernel {
+    /// Detaches the program from every interface (once: later calls find nothing to do).
+    pub(crate) fn detach(&self) {
+        let links: Vec<_> = lock(&self.links).drain(..).collect();
+        if links.is_empty() {
+            return;
+        }
+        // The data plane closed every session first: 0 unless a leg was left behind (which
+        // the kernel would have gone on carrying until now).
+        tracing::info!(legs_left = self.legs(), "kernel fast path detached");
         let mut ebpf = lock(&self.ebpf);
         let Some(program) = ebpf.program_mut(PROGRAM_NAME) else {
             return;
         };
         let program: Result<&mut SchedClassifier, _> = program.try_into();
         if let Ok(program) = program {
-            for link in self.links.drain(..) {
+            for link in links {
                 if let Err(e) = program.detach(link) {
                     tracing::warn!(error = %e, "fast path: detaching the program failed");
                 }
             }
         }
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
         // Whatever is left (the program, its maps) goes with `ebpf`.
+        self.detach();
     }
 }
 
@@ -663,7 +677,7 @@ mod tests {
                 token_max: 36,
             })
             .unwrap_err();
-            assert_eq!(e.reason(), "map");
+            assert_eq!(e.reason().as_str(), "map");
         }
         let e = matchers_bytes(&Matchers {
             magic: vec![1],
@@ -689,12 +703,12 @@ mod tests {
     #[test]
     fn no_capability_is_permission_and_a_verifier_refusal_is_kernel() {
         let no_cap = refused_load(&io::Error::from_raw_os_error(nix::libc::EPERM), "");
-        assert_eq!(no_cap.reason(), "permission");
+        assert_eq!(no_cap.reason().as_str(), "permission");
         let refused = refused_load(
             &io::Error::from_raw_os_error(nix::libc::EACCES),
             "0: (b7) r0 = 0\nR2 !read_ok",
         );
-        assert_eq!(refused.reason(), "kernel");
+        assert_eq!(refused.reason().as_str(), "kernel");
         assert!(refused.to_string().contains("R2 !read_ok"));
         let full = insert_error(MapError::SyscallError(aya::sys::SyscallError {
             call: "bpf_map_update_elem",

@@ -197,6 +197,15 @@ impl FastPath {
         match self.kernel {}
     }
 
+    /// Detaches the program from every interface (the data plane has closed every session);
+    /// dropping the handle does the same.
+    pub fn detach(&self) {
+        #[cfg(feature = "fast-path")]
+        return self.kernel.detach();
+        #[cfg(not(feature = "fast-path"))]
+        match self.kernel {}
+    }
+
     /// How it is attached, for the start log line: e.g. `tcx on eth0`.
     pub fn describe(&self) -> String {
         #[cfg(feature = "fast-path")]

@@ -246,6 +246,10 @@ impl DataPlane {
                 tracing::error!("a data-plane worker panicked");
             }
         }
+        // Every session closed with its worker, its legs out of the map: the program goes.
+        if let Some(fast_path) = &self.shared.fast_path {
+            fast_path.detach();
+        }
     }
 
     fn wake_all(&self) {
