@@ -1,7 +1,8 @@
 //! The kernel fast path's program and loader (SPEC §8), in network namespaces these tests
 //! create: a client, the director's "pod" (the program on its `eth0`), a target, joined
 //! through a router. Legs go in by hand through `FastPath`, as the session table's outputs
-//! would put them. Needs root (CAP_BPF, CAP_NET_ADMIN), iproute2 and ethtool.
+//! would put them. Needs root (CAP_BPF, CAP_NET_ADMIN), iproute2, ethtool and setpriv
+//! (util-linux, for the run without capabilities).
 #![cfg(feature = "fast-path")]
 
 use std::io::ErrorKind;
@@ -579,4 +580,40 @@ fn an_interface_that_does_not_exist_is_an_interface_error() {
         Err(e) => panic!("expected an interface error, got {e}"),
         Ok(_) => panic!("started on an interface that does not exist"),
     }
+}
+
+/// The child's marker: set, this test is the process without capabilities.
+const UNPRIVILEGED: &str = "UDFP_TEST_UNPRIVILEGED_CHILD";
+
+#[test]
+fn without_the_capabilities_start_is_refused_as_permission() {
+    if std::env::var_os(UNPRIVILEGED).is_some() {
+        match FastPath::start(&["lo".to_string()], 16, &matchers()) {
+            Err(FastPathError::Permission(reason)) => println!("PERMISSION: {reason}"),
+            Err(e) => panic!("expected a permission error, got {} ({e})", e.reason()),
+            Ok(fp) => panic!("started without capabilities: {}", fp.describe()),
+        }
+        return;
+    }
+    // This test binary again, as root with an empty bounding set: no capability at all.
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+        .arg(exe)
+        .args([
+            "without_the_capabilities_start_is_refused_as_permission",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(UNPRIVILEGED, "1")
+        .output()
+        .expect("setpriv (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("PERMISSION: "),
+        "child: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
