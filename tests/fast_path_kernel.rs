@@ -249,7 +249,7 @@ impl Session {
 }
 
 fn receive(socket: &UdpSocket, what: &str) -> (Vec<u8>, SocketAddrV4) {
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     match socket.recv_from(&mut buf) {
         Ok((n, std::net::SocketAddr::V4(from))) => (buf[..n].to_vec(), from),
         Ok((_, from)) => panic!("{what}: datagram from an IPv6 address {from}"),
@@ -419,6 +419,32 @@ fn control_frames_and_tokens_go_up_unchanged_and_the_whole_magic_is_compared() {
     assert_eq!(receive(&s.target, "target").0, old);
     s.client_sends(b"NEWMAGIC\x03ping");
     assert_eq!(receive(&s.data, "pod data socket").0, b"NEWMAGIC\x03ping");
+
+    // Sealed tokens are longer: the program reads them 32 bytes at a time, to the last.
+    fp.set_matchers(&Matchers {
+        magic: MAGIC.to_vec(),
+        token_min: 60,
+        token_max: 144,
+    })
+    .expect("set matchers");
+    let sealed: Vec<u8> = (0..130u8)
+        .map(|i| {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[usize::from(i) % 64]
+        })
+        .collect();
+    s.client_sends(&sealed);
+    assert_eq!(receive(&s.data, "pod data socket").0, sealed);
+    let mut last_byte_off = sealed.clone();
+    last_byte_off[129] = b'=';
+    s.client_sends(&last_byte_off);
+    assert_eq!(receive(&s.target, "target").0, last_byte_off);
+
+    // A datagram larger than the MTU leaves the client in fragments: they go up and the
+    // pod's stack reassembles them.
+    let big = game(7, 3000);
+    s.client_sends(&big);
+    assert_eq!(receive(&s.data, "pod data socket").0, big);
+    assert_silent(&s.target, "target");
     net.stop(fp);
 }
 
