@@ -123,7 +123,11 @@ impl Kernel {
 
         let mut links = Vec::new();
         let mut attached = Vec::new();
-        for interface in interfaces {
+        for (i, interface) in interfaces.iter().enumerate() {
+            // Named twice: attached once.
+            if interfaces[..i].contains(interface) {
+                continue;
+            }
             remove_stale(interface);
             let (link, mode) = attach(program, interface)?;
             links.push(link);
