@@ -454,6 +454,44 @@ fn control_frames_and_tokens_go_up_unchanged_and_the_whole_magic_is_compared() {
 }
 
 #[test]
+fn a_datagram_without_a_udp_checksum_stays_without_one() {
+    let net = Net::new();
+    let s = Session::new(&net);
+    let fp = net.start(16);
+    for (key, rewrite) in legs() {
+        fp.insert(key, rewrite).expect("insert");
+    }
+    // A UDP header by hand with checksum 0 ("none" in IPv4), from the client's port, on a raw
+    // socket in the client's namespace (the kernel adds the IP header, nothing else).
+    let raw = net.inside("c", || {
+        socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::UDP),
+        )
+        .expect("raw socket")
+    });
+    let payload = game(3, 100);
+    let mut datagram = Vec::new();
+    datagram.extend_from_slice(&CLIENT_PORT.to_be_bytes());
+    datagram.extend_from_slice(&DATA_PORT.to_be_bytes());
+    datagram.extend_from_slice(&u16::try_from(8 + payload.len()).expect("len").to_be_bytes());
+    datagram.extend_from_slice(&[0, 0]);
+    datagram.extend_from_slice(&payload);
+    raw.send_to(&datagram, &SocketAddrV4::new(POD, 0).into())
+        .expect("raw send");
+    // Carried, still valid at the target: a checksum computed from the 0 would be wrong
+    // and the target's stack would drop the datagram.
+    let (got, from) = receive(&s.target, "target");
+    assert_eq!(got, payload);
+    assert_eq!(from, SocketAddrV4::new(POD, UPSTREAM_PORT));
+    assert_eq!(net.udp_checksum_errors("t"), 0);
+    assert_silent(&s.data, "pod data socket");
+    assert_eq!(fp.counts(legs()[0].0).expect("leg").count.datagrams, 1);
+    net.stop(fp);
+}
+
+#[test]
 fn checksums_hold_with_tx_checksum_offload_off_at_both_ends() {
     // With forwarding on, so the route lookup's own answer is used here (the other tests
     // take the "forwarding disabled" way out).
