@@ -16,12 +16,18 @@
  * Must not:
  *   - decide anything: which sessions are carried, when a leg goes in or out, moves, proofs,
  *     caps and reaping are user space's (src/session, through src/shell/fast_path);
- *   - drop, answer or create a datagram: everything it does not carry goes up unchanged
- *     (TC_ACT_OK), so a miss is always safe. That includes non-IPv4, IP options, fragments,
- *     aggregated (GSO) packets, empty datagrams, packets not addressed to this host, a leg's
- *     client datagram that starts with the configured magic (every control frame and resume)
- *     or has the shape of a token (a keepalive or reset by token), and any datagram the
- *     kernel has no route for;
+ *   - answer or create a datagram, or drop one: everything it does not carry goes up
+ *     unchanged (TC_ACT_OK), so a miss is always safe. That includes non-IPv4, IP options,
+ *     fragments, aggregated (GSO) packets, empty datagrams, packets not addressed to this
+ *     host, a leg's client datagram that starts with the configured magic (every control
+ *     frame and resume) or has the shape of a token (a keepalive or reset by token), and any
+ *     datagram the kernel has no route for. The drops: a datagram a checksum or store helper
+ *     failed on half-way through its rewrite, which the length checks rule out (a
+ *     half-rewritten datagram is never sent), and, in a pod that does not forward, one
+ *     bpf_redirect_neigh then finds no route for at all (user space could not send it
+ *     either);
+ *   - change anything else in the datagram: TTL, TOS, IP id and payload stay as received;
+ *   - run on an interface without Ethernet headers (the offsets assume them: a pod's veth);
  *   - loop without a bound, or use XDP (on a pod's veth XDP cannot transmit without a program
  *     on the node's side, cannot see partial checksums and refuses jumbo MTUs).
  *
@@ -204,7 +210,8 @@ static __always_inline int for_user_space(struct __sk_buff *skb, __u32 len)
 SEC("classifier")
 int udp_director_fp(struct __sk_buff *skb)
 {
-	if (skb->pkt_type != PACKET_HOST || skb->gso_size != 0)
+	if (skb->protocol != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST ||
+	    skb->gso_size != 0)
 		return TC_ACT_OK;
 	__u32 in_ifindex = skb->ingress_ifindex;
 

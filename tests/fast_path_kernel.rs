@@ -1,7 +1,8 @@
 //! The kernel fast path's program and loader (SPEC §8), in network namespaces these tests
 //! create: a client, the director's "pod" (the program on its `eth0`), a target, joined
 //! through a router. Legs go in by hand through `FastPath`, as the session table's outputs
-//! would put them. Needs root (CAP_BPF, CAP_NET_ADMIN), iproute2 and ethtool.
+//! would put them. Needs root (CAP_BPF, CAP_NET_ADMIN), iproute2, ethtool and setpriv
+//! (util-linux, for the run without capabilities).
 #![cfg(feature = "fast-path")]
 
 use std::io::ErrorKind;
@@ -138,8 +139,13 @@ impl Net {
     }
 
     fn start(&self, max_sessions: usize) -> FastPath {
+        self.start_on(&["eth0"], max_sessions)
+    }
+
+    fn start_on(&self, interfaces: &[&str], max_sessions: usize) -> FastPath {
+        let interfaces: Vec<String> = interfaces.iter().map(|i| i.to_string()).collect();
         self.inside("p", move || {
-            FastPath::start(&["eth0".to_string()], max_sessions, &matchers()).unwrap_or_else(|e| {
+            FastPath::start(&interfaces, max_sessions, &matchers()).unwrap_or_else(|e| {
                 panic!("start: {e} (these tests need root with CAP_BPF and CAP_NET_ADMIN)")
             })
         })
@@ -248,7 +254,7 @@ impl Session {
 }
 
 fn receive(socket: &UdpSocket, what: &str) -> (Vec<u8>, SocketAddrV4) {
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     match socket.recv_from(&mut buf) {
         Ok((n, std::net::SocketAddr::V4(from))) => (buf[..n].to_vec(), from),
         Ok((_, from)) => panic!("{what}: datagram from an IPv6 address {from}"),
@@ -418,6 +424,70 @@ fn control_frames_and_tokens_go_up_unchanged_and_the_whole_magic_is_compared() {
     assert_eq!(receive(&s.target, "target").0, old);
     s.client_sends(b"NEWMAGIC\x03ping");
     assert_eq!(receive(&s.data, "pod data socket").0, b"NEWMAGIC\x03ping");
+
+    // Sealed tokens are longer: the program reads them 32 bytes at a time, to the last.
+    fp.set_matchers(&Matchers {
+        magic: MAGIC.to_vec(),
+        token_min: 60,
+        token_max: 144,
+    })
+    .expect("set matchers");
+    let sealed: Vec<u8> = (0..130u8)
+        .map(|i| {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[usize::from(i) % 64]
+        })
+        .collect();
+    s.client_sends(&sealed);
+    assert_eq!(receive(&s.data, "pod data socket").0, sealed);
+    let mut last_byte_off = sealed.clone();
+    last_byte_off[129] = b'=';
+    s.client_sends(&last_byte_off);
+    assert_eq!(receive(&s.target, "target").0, last_byte_off);
+
+    // A datagram larger than the MTU leaves the client in fragments: they go up and the
+    // pod's stack reassembles them.
+    let big = game(7, 3000);
+    s.client_sends(&big);
+    assert_eq!(receive(&s.data, "pod data socket").0, big);
+    assert_silent(&s.target, "target");
+    net.stop(fp);
+}
+
+#[test]
+fn a_datagram_without_a_udp_checksum_stays_without_one() {
+    let net = Net::new();
+    let s = Session::new(&net);
+    let fp = net.start(16);
+    for (key, rewrite) in legs() {
+        fp.insert(key, rewrite).expect("insert");
+    }
+    // A UDP header by hand with checksum 0 ("none" in IPv4), from the client's port, on a raw
+    // socket in the client's namespace (the kernel adds the IP header, nothing else).
+    let raw = net.inside("c", || {
+        socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::UDP),
+        )
+        .expect("raw socket")
+    });
+    let payload = game(3, 100);
+    let mut datagram = Vec::new();
+    datagram.extend_from_slice(&CLIENT_PORT.to_be_bytes());
+    datagram.extend_from_slice(&DATA_PORT.to_be_bytes());
+    datagram.extend_from_slice(&u16::try_from(8 + payload.len()).expect("len").to_be_bytes());
+    datagram.extend_from_slice(&[0, 0]);
+    datagram.extend_from_slice(&payload);
+    raw.send_to(&datagram, &SocketAddrV4::new(POD, 0).into())
+        .expect("raw send");
+    // Carried, still valid at the target: a checksum computed from the 0 would be wrong
+    // and the target's stack would drop the datagram.
+    let (got, from) = receive(&s.target, "target");
+    assert_eq!(got, payload);
+    assert_eq!(from, SocketAddrV4::new(POD, UPSTREAM_PORT));
+    assert_eq!(net.udp_checksum_errors("t"), 0);
+    assert_silent(&s.data, "pod data socket");
+    assert_eq!(fp.counts(legs()[0].0).expect("leg").count.datagrams, 1);
     net.stop(fp);
 }
 
@@ -463,9 +533,11 @@ fn checksums_hold_with_tx_checksum_offload_off_at_both_ends() {
 /// clsact filters.
 fn attached(net: &Net) -> Vec<String> {
     let mut names = net.inside("p", || {
-        let (_, programs) =
+        // A kernel without tcx (before 6.6) refuses the query: nothing is attached that way.
+        let programs =
             aya::programs::SchedClassifier::query_tcx("eth0", aya::programs::TcAttachType::Ingress)
-                .expect("query tcx");
+                .map(|(_, programs)| programs)
+                .unwrap_or_default();
         programs
             .iter()
             .map(|p| p.name_as_str().unwrap_or("?").to_string())
@@ -485,7 +557,13 @@ fn attached(net: &Net) -> Vec<String> {
 fn dropping_the_handle_detaches_the_program() {
     let net = Net::new();
     let s = Session::new(&net);
-    let fp = net.start(16);
+    // Named twice, attached once.
+    let fp = net.start_on(&["eth0", "eth0"], 16);
+    assert!(
+        ["tcx on eth0", "clsact on eth0"].contains(&fp.describe().as_str()),
+        "{}",
+        fp.describe()
+    );
     for (key, rewrite) in legs() {
         fp.insert(key, rewrite).expect("insert");
     }
@@ -579,4 +657,40 @@ fn an_interface_that_does_not_exist_is_an_interface_error() {
         Err(e) => panic!("expected an interface error, got {e}"),
         Ok(_) => panic!("started on an interface that does not exist"),
     }
+}
+
+/// The child's marker: set, this test is the process without capabilities.
+const UNPRIVILEGED: &str = "UDFP_TEST_UNPRIVILEGED_CHILD";
+
+#[test]
+fn without_the_capabilities_start_is_refused_as_permission() {
+    if std::env::var_os(UNPRIVILEGED).is_some() {
+        match FastPath::start(&["lo".to_string()], 16, &matchers()) {
+            Err(FastPathError::Permission(reason)) => println!("PERMISSION: {reason}"),
+            Err(e) => panic!("expected a permission error, got {} ({e})", e.reason()),
+            Ok(fp) => panic!("started without capabilities: {}", fp.describe()),
+        }
+        return;
+    }
+    // This test binary again, as root with an empty bounding set: no capability at all.
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+        .arg(exe)
+        .args([
+            "without_the_capabilities_start_is_refused_as_permission",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(UNPRIVILEGED, "1")
+        .output()
+        .expect("setpriv (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("PERMISSION: "),
+        "child: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -229,6 +229,10 @@ mod tests {
             key_file: "/tls.key".into(),
             client_ca_file: None,
         });
+        p.fast_path = crate::config::FastPath {
+            enabled: true,
+            interfaces: vec!["net1".into()],
+        };
         let r = reconcile(&running, p);
         assert_eq!(r.needs_restart, RESTART_ONLY.to_vec());
         assert_eq!(r.effective, running);

@@ -100,6 +100,7 @@ impl Kernel {
                 }
             })?;
         }
+        raise_memlock();
         let nr_cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| FastPathError::Kernel(format!("{what}: {e}")))?;
         // Two legs per session.
@@ -122,7 +123,11 @@ impl Kernel {
 
         let mut links = Vec::new();
         let mut attached = Vec::new();
-        for interface in interfaces {
+        for (i, interface) in interfaces.iter().enumerate() {
+            // Named twice: attached once.
+            if interfaces[..i].contains(interface) {
+                continue;
+            }
             remove_stale(interface);
             let (link, mode) = attach(program, interface)?;
             links.push(link);
@@ -174,14 +179,18 @@ impl Kernel {
         let mut maps = lock(&self.maps);
         // Datagrams carried between this read and the delete are not counted: the window is
         // one syscall, under the lock every other map call takes.
-        let counts = read_leg(&maps.legs, &key)?;
+        let counts = read_leg(&maps.legs, &key);
         match maps.legs.remove(&key) {
             Ok(()) => {
                 self.legs.fetch_sub(1, Ordering::Relaxed);
+                Some(counts.unwrap_or_default())
             }
-            Err(e) => tracing::warn!(error = %e, "fast path: deleting a leg failed"),
+            Err(e) if errno(&e) == Some(nix::libc::ENOENT) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "fast path: deleting a leg failed");
+                counts
+            }
         }
-        Some(counts)
     }
 
     pub(crate) fn counts(&self, key: LegKey) -> Option<LegCounts> {
@@ -269,6 +278,21 @@ impl Drop for Kernel {
 
 const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
+
+/// Before Linux 5.11 BPF maps are charged to RLIMIT_MEMLOCK (often 64 KiB or 8 MiB in a
+/// container), which the legs map outgrows; later kernels charge the cgroup and ignore it.
+/// Raised as far as allowed: unlimited with CAP_SYS_RESOURCE, else the soft limit to the hard.
+fn raise_memlock() {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok() {
+        return;
+    }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard);
+    }
+}
 
 /// Attaches to `interface`'s ingress: tcx where the kernel has it, clsact otherwise.
 fn attach(
@@ -478,7 +502,11 @@ fn load_error(e: EbpfError) -> FastPathError {
         EbpfError::ProgramError(p) => program_error(p),
         EbpfError::MapError(m) => {
             if is_permission(errno(&m)) {
-                FastPathError::Permission(format!("creating the maps: {}", chain(&m)))
+                FastPathError::Permission(format!(
+                    "creating the maps (needs CAP_BPF; before Linux 5.11 also a RLIMIT_MEMLOCK \
+                     the maps fit in): {}",
+                    chain(&m)
+                ))
             } else {
                 FastPathError::Kernel(format!("creating the maps: {}", chain(&m)))
             }
