@@ -667,7 +667,10 @@ fn without_the_capabilities_start_is_refused_as_permission() {
     if std::env::var_os(UNPRIVILEGED).is_some() {
         match FastPath::start(&["lo".to_string()], 16, &matchers()) {
             Err(FastPathError::Permission(reason)) => println!("PERMISSION: {reason}"),
-            Err(e) => panic!("expected a permission error, got {} ({e})", e.reason()),
+            Err(e) => panic!(
+                "expected a permission error, got {} ({e})",
+                e.reason().as_str()
+            ),
             Ok(fp) => panic!("started without capabilities: {}", fp.describe()),
         }
         return;
