@@ -187,7 +187,11 @@ fn director_logging(topo: &Topology, extra: &str, backend: SocketAddr) -> ChildD
 fn established_sessions_are_carried_by_the_kernel_with_offload_on_and_off() {
     let topo = topology();
     let echo = echo_in_target(&topo);
-    let d = director(&topo, FAST_PATH, &[("echo", echo.addr)]);
+    let d = director(
+        &topo,
+        &format!("adminBindAddress: 127.0.0.1\n{FAST_PATH}"),
+        &[("echo", echo.addr)],
+    );
     assert_eq!(metric(&topo, &d, "udp_director_fast_path_enabled"), 1.0);
     assert_eq!(attached(&topo), ["udp_director_fp"]);
 
@@ -222,6 +226,28 @@ fn established_sessions_are_carried_by_the_kernel_with_offload_on_and_off() {
             );
         }
     }
+    // `/sessions` counts what the kernel carried with what the daemon did (its admin port is
+    // on the pod's loopback here: operator views are open to loopback callers).
+    let admin = d.admin;
+    let (status, body) = topo
+        .run_in(Ns::Pod, || testkit::http_get(admin, "/sessions"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut seen: Vec<(u64, u64)> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["datagramsToTarget"].as_u64().unwrap(),
+                s["datagramsToClient"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [(201, 201), (201, 201)], "{body}");
     // 2 × (1 token + 201 game datagrams) reached the echo: the tokens were not forwarded.
     assert_eq!(echo.received(), 2 * 201);
     let m = scrape(&topo, &d);

@@ -29,8 +29,8 @@ use super::{DataShared, SAMPLE_MAX, WorkerSample};
 use crate::model::{Protocol, session_id};
 use crate::protocol::datagram;
 use crate::session::{
-    CloseReason, Closed, Decision, DropReason, FlowStats, Output, SessionTable, SocketId, ToTarget,
-    floor,
+    CloseReason, Closed, Decision, DropReason, FlowStats, LastSeen, Output, SessionTable, SocketId,
+    ToTarget, floor,
 };
 use crate::settings::Generation;
 use crate::shell::fast_path::Matchers;
@@ -252,8 +252,13 @@ impl Worker {
         self.sampled = request;
         let mut sessions = self.table.sample(SAMPLE_MAX, now);
         if let Some(fast_path) = &self.shared.fast_path {
+            let seen = self.kernel.seen(fast_path);
             for view in &mut sessions {
                 add(&mut view.stats, self.kernel.carried(fast_path, view.id));
+                // Idle since the last datagram either path carried.
+                if let Some(at) = view.legs.and_then(|legs| seen.last_seen(&legs, now)) {
+                    view.idle = view.idle.min(now.saturating_duration_since(at));
+                }
             }
         }
         self.shared.samples.post(WorkerSample {
