@@ -177,9 +177,16 @@ impl Ledger {
         self.displaced_len.fetch_add(1, Ordering::Release);
     }
 
+    /// True when some worker has displacements to take: one atomic load, for the workers'
+    /// every loop turn.
+    #[inline]
+    pub fn has_displaced(&self) -> bool {
+        self.displaced_len.load(Ordering::Acquire) != 0
+    }
+
     /// Moves the displacements addressed to `worker` into `out`. Cheap when there are none.
     pub fn take_displaced(&self, worker: u16, out: &mut Vec<Displaced>) {
-        if self.displaced_len.load(Ordering::Acquire) == 0 {
+        if !self.has_displaced() {
             return;
         }
         let mut all = lock(&self.displaced);

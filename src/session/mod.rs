@@ -727,13 +727,23 @@ impl SessionTable {
 
     /// Closes every session idle for its whole timeout at `now` (or never answered within
     /// `unansweredTimeoutSeconds`), for a table without a fast path.
+    #[inline]
     pub fn expire(&mut self, now: Instant) {
         self.expire_seen(now, &UserSpaceOnly);
     }
 
     /// [`SessionTable::expire`], where a session the kernel carries is idle only when
     /// `kernel` has not seen its datagrams either (SPEC §8: the idle timeout counts them).
+    /// The shell asks every loop turn: one comparison when nothing is due.
+    #[inline]
     pub fn expire_seen(&mut self, now: Instant, kernel: &dyn LastSeen) {
+        let due = self.timers.peek().is_some_and(|Reverse(t)| t.at <= now);
+        if due || self.by_client.is_empty() {
+            self.expire_due(now, kernel);
+        }
+    }
+
+    fn expire_due(&mut self, now: Instant, kernel: &dyn LastSeen) {
         while let Some(Reverse(t)) = self.timers.peek().copied() {
             if t.at > now {
                 break;
@@ -1099,8 +1109,16 @@ impl SessionTable {
     }
 
     /// Closes the sessions other workers displaced from this one (their tokens now open a
-    /// session there).
+    /// session there). The shell asks every loop turn: nothing but one atomic load when no
+    /// worker displaced anything.
+    #[inline]
     pub fn close_displaced(&mut self, now: Instant) {
+        if self.ledger.has_displaced() {
+            self.close_displaced_now(now);
+        }
+    }
+
+    fn close_displaced_now(&mut self, now: Instant) {
         let mut displaced = Vec::new();
         self.ledger.take_displaced(self.worker, &mut displaced);
         for d in displaced {

@@ -118,7 +118,8 @@ pub(super) struct Flusher {
     kernel_sessions_reported: i64,
     /// The fast path's totals when last added to the metrics (worker 0 adds them).
     kernel_totals_reported: Totals,
-    pub(super) last_flush: Instant,
+    /// When the next flush is due (a comparison per loop turn, no subtraction).
+    pub(super) next_flush: Instant,
     last_drop_log: Instant,
     drops_since_log: u64,
 }
@@ -158,7 +159,7 @@ impl Flusher {
             sockets_reported: 0,
             kernel_sessions_reported: 0,
             kernel_totals_reported: Totals::default(),
-            last_flush: now,
+            next_flush: now + FLUSH_EVERY,
             last_drop_log: now,
             drops_since_log: 0,
         }
@@ -238,7 +239,7 @@ impl Flusher {
         m.upstream_sockets
             .inc_by(open_sockets - self.sockets_reported);
         self.sockets_reported = open_sockets;
-        self.last_flush = now;
+        self.next_flush = now + FLUSH_EVERY;
         self.drops_since_log += c.drops.iter().sum::<u64>();
         let since = now.saturating_duration_since(self.last_drop_log);
         if since >= DROP_LOG_EVERY {
