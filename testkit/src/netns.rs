@@ -104,6 +104,11 @@ impl Topology {
         };
         // Dropped on any error below: whatever was made is deleted again.
         for ns in Ns::ALL {
+            // A namespace of this name can only be left over from a crashed process that
+            // had this pid before: no live process owns it.
+            if Path::new("/var/run/netns").join(topo.name(ns)).exists() {
+                let _ = ip(&["netns", "del", &topo.name(ns)]);
+            }
             ip(&["netns", "add", &topo.name(ns)]).map_err(|e| {
                 io::Error::new(
                     e.kind(),
