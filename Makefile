@@ -3,15 +3,20 @@ CARGO ?= cargo
 
 .PHONY: test test-deps deny demo run lint fmt bench bench-fastpath release loadgen soak guess floods fuzz fuzz-check docker clean
 
-test: test-deps  ## unit, property and loopback end-to-end tests (daemon, client library, testkit)
+test: test-deps  ## unit, property and loopback end-to-end tests (daemon, client library, testkit); the kernel fast path's (root: CAP_BPF, CAP_NET_ADMIN)
 	$(CARGO) test --locked --workspace --all-targets
+	$(CARGO) test --locked --features fast-path --lib --test fast_path_kernel
 
-test-deps:       ## real Helm for the chart tests (PyPI); cbindgen, cc, c++, Mono, Node, Godot 3 for the client tests, chromium for the operator page test (Debian)
+test-deps:       ## real Helm for the chart tests (PyPI); cbindgen, cc, c++, Mono, Node, Godot 3 for the client tests, chromium for the operator page test; clang and the BPF headers for the fast path, iproute2 and ethtool for its tests (Debian)
 	@python3 -c 'import helm_python' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check helm-python-sdk \
 	  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages helm-python-sdk
 	@for tool in cbindgen cc c++ mcs mono node godot3-server chromium; do command -v $$tool >/dev/null || missing=1; done; \
 	  [ -z "$$missing" ] || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	    cbindgen gcc g++ libc6-dev mono-mcs mono-runtime nodejs godot3-server chromium; }
+	@for tool in clang llvm-objdump ip tc ethtool; do command -v $$tool >/dev/null || missing=1; done; \
+	  [ -f /usr/include/bpf/bpf_helpers.h ] && [ -f /usr/include/linux/bpf.h ] || missing=1; \
+	  [ -z "$$missing" ] || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    clang llvm libbpf-dev linux-libc-dev iproute2 ethtool; }
 
 deny:            ## cargo-deny: licenses, bans, sources of every crate in Cargo.lock (installs it if missing)
 	.ci/deny

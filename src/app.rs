@@ -21,6 +21,7 @@ use crate::resolve::kube::Watchers;
 use crate::session::Ledger;
 use crate::settings::{Generation, Settings};
 use crate::shell::admin::{self, Readiness};
+use crate::shell::fast_path::{FastPath, Matchers};
 use crate::shell::listen::{BindError, bind_std_stream, bind_stream, local};
 use crate::shell::query::{self as query_server, QueryContext};
 use crate::shell::reload::{self, ConfigSource, Live};
@@ -110,6 +111,31 @@ impl Listeners {
     }
 }
 
+/// Loads and attaches the kernel fast path when `fastPath.enabled` (SPEC §8). A failure is
+/// one warning with the reason and a count of `fast_path_failures_total{reason}`: the
+/// director then carries every datagram in user space, ready as before.
+fn start_fast_path(config: &ValidConfig, metrics: &Metrics) -> Option<FastPath> {
+    let wanted = config.fast_path.as_ref()?;
+    let matchers = Matchers::new(&config.magic, config.token_format);
+    match FastPath::start(&wanted.interfaces, config.max_sessions, &matchers) {
+        Ok(fast_path) => {
+            tracing::info!(attached = %fast_path.describe(), "kernel fast path on");
+            metrics.fast_path_enabled.set(1);
+            Some(fast_path)
+        }
+        Err(e) => {
+            let reason = e.reason();
+            tracing::warn!(
+                reason = reason.as_str(),
+                error = %e,
+                "kernel fast path off: every datagram goes through user space"
+            );
+            Metrics::counter(&metrics.fast_path_failures, "reason", reason.as_str()).inc();
+            None
+        }
+    }
+}
+
 /// Binds every listener and starts serving. Returns once all are bound; Kubernetes caches
 /// sync in the background (`/readyz` says when).
 pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Running, StartError> {
@@ -155,12 +181,14 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
     let (query_at, admin_at, mappings) =
         (config.query_addr, config.admin_addr, config.mappings.len());
     let admin_token = config.admin_token_file.clone();
+    let fast_path = start_fast_path(&config, &metrics);
     let settings = Arc::new(Settings::new(Generation::build(config, &watchers, None)));
     let shared = Arc::new(DataShared::new(
         Arc::clone(&tokens),
         Arc::clone(&ledger),
         Arc::clone(&settings),
         Arc::clone(&metrics),
+        fast_path,
     ));
     let (data, fds) = start_data_plane(&data_ports, workers, buffer_bytes, reuse_port, &shared)?;
     let query_addr = local(listeners.query.local_addr(), "query", query_at)?;

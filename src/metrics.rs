@@ -22,8 +22,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::model::{
-    AllocationResult, AuthFailure, CloseReason, DropReason, ErrorCode, PingOutcome, ProofOutcome,
-    Protocol, QueryClose, Refusal, Rejection, TcpClose, TcpRefusal,
+    AllocationResult, AuthFailure, CloseReason, DropReason, ErrorCode, FastPathFailure,
+    PingOutcome, ProofOutcome, Protocol, QueryClose, Refusal, Rejection, TcpClose, TcpRefusal,
 };
 
 /// The git revision the binary was built from (`build.rs`: `UDP_DIRECTOR_REVISION` from the
@@ -137,6 +137,10 @@ families! {
     mapping_synced: Family<MappingLabel, Gauge> = "mapping_synced", "1 when every cache behind the mapping has completed its first list";
     /// `mapping_sessions{mapping}`: set at each scrape.
     mapping_sessions: Family<MappingLabel, Gauge> = "mapping_sessions", "Live UDP sessions to the targets of each mapping (a target in two mappings counts in both)";
+    fast_path_enabled: Gauge = "fast_path_enabled", "1 when the kernel fast path is loaded and attached (SPEC §8); 0 when off or it failed at start (fast_path_failures_total says why)";
+    fast_path_sessions: Gauge = "fast_path_sessions", "Sessions whose datagrams the kernel fast path carries now";
+    fast_path_datagrams: Family<Label, Counter> = "fast_path_datagrams", "Datagrams the kernel fast path carried, by direction (also counted in datagrams_total)";
+    fast_path_failures: Family<Label, Counter> = "fast_path_failures", "Kernel fast path failures, by reason (at start: not_built, permission, kernel, interface, map; full: a session's legs did not fit in the map and it stayed in user space)";
     upstream_sockets: Gauge = "upstream_sockets", "Open upstream sockets (shared by sessions bound for different targets)";
     caches_synced: Gauge = "caches_synced", "1 when every resource source has synced at least once";
     draining: Gauge = "draining", "1 while shutting down";
@@ -269,6 +273,16 @@ fn zero_labels(f: &Metrics) {
         &f.sessions_closed,
         "reason",
         &mut CloseReason::ALL.iter().map(|r| r.as_str()),
+    );
+    touch(
+        &f.fast_path_failures,
+        "reason",
+        &mut FastPathFailure::ALL.iter().map(|r| r.as_str()),
+    );
+    touch(
+        &f.fast_path_datagrams,
+        "direction",
+        &mut [TO_TARGET, TO_CLIENT].into_iter(),
     );
     touch(
         &f.sessions_refused,

@@ -46,6 +46,17 @@ fn invalid_config_stops_with_one_clear_message() {
             "resourceQueryMapping: {e: {static: [{name: a, address: 127.0.0.1, port: 1}, {name: a, address: 127.0.0.1, port: 2}]}}\n",
             "duplicate endpoint name",
         ),
+        (
+            "fastpath-reuseport",
+            "reusePort: true\nfastPath: {enabled: true}\nresourceQueryMapping: {e: {static: [{name: a, address: 127.0.0.1, port: 1}]}}\n",
+            "reusePort",
+        ),
+        #[cfg(not(feature = "fast-path"))]
+        (
+            "fastpath-not-built",
+            "fastPath: {enabled: true}\nresourceQueryMapping: {e: {static: [{name: a, address: 127.0.0.1, port: 1}]}}\n",
+            "--features fast-path",
+        ),
     ];
     for (name, yaml, needle) in cases {
         let dir = TempDir::new(name).unwrap();

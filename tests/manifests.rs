@@ -1541,12 +1541,25 @@ fn chart_fast_path_adds_exactly_bpf_and_net_admin_and_renders_the_config() {
             .unwrap();
         serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap()
     };
-    // Default: restricted, and no fastPath key in the config (which the director validates).
+    // Default: restricted exactly as before, no added capability, and no fastPath key in
+    // the config (which the director validates).
     let objects = render_chart(&[]);
     let sc = container(&objects)["securityContext"].clone();
-    assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
-    assert_eq!(sc["runAsNonRoot"], true);
-    assert!(sc["runAsUser"].is_null());
+    assert_eq!(
+        sc,
+        json!({
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "privileged": false,
+            "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        })
+    );
+    assert!(sc["capabilities"].get("add").is_none());
+    let pod_sc = pod_spec(&objects)["spec"]["securityContext"].clone();
+    assert_eq!(pod_sc["runAsNonRoot"], true);
+    assert_eq!(pod_sc["runAsUser"], 65532);
     assert!(config_doc(&objects).get("fastPath").is_none());
     // Enabled: exactly CAP_BPF and CAP_NET_ADMIN on top of nothing, nothing else loosened.
     let objects = render_chart(&[("fastPath.enabled", json!(true))]);
@@ -1564,12 +1577,60 @@ fn chart_fast_path_adds_exactly_bpf_and_net_admin_and_renders_the_config() {
     assert_eq!(fast["readOnlyRootFilesystem"], true);
     assert_eq!(fast["seccompProfile"], sc["seccompProfile"]);
     // Root inside the container: added capabilities reach a non-root process only as
-    // ambient capabilities, which Kubernetes does not set.
+    // ambient capabilities, which Kubernetes does not set. The container's runAsNonRoot
+    // must say false, or the kubelet refuses UID 0 under the pod's runAsNonRoot: true.
     assert_eq!(fast["runAsUser"], 0);
+    assert_eq!(fast["runAsNonRoot"], false);
+    // Nothing else of the container's context differs from the default's.
+    let mut loosened = fast.as_object().unwrap().clone();
+    for key in ["capabilities", "runAsUser", "runAsNonRoot"] {
+        loosened.remove(key);
+    }
+    let mut restricted = sc.as_object().unwrap().clone();
+    for key in ["capabilities", "runAsNonRoot"] {
+        restricted.remove(key);
+    }
+    assert_eq!(loosened, restricted);
+    // The pod's own context is the default's (the container's overrides it).
+    assert_eq!(pod_spec(&objects)["spec"]["securityContext"], pod_sc);
     assert_eq!(
         serde_json::to_value(config_doc(&objects)["fastPath"].clone()).unwrap(),
         json!({"enabled": true, "interfaces": ["eth0"]})
     );
+    // The rendered config is what the director takes: valid in a build with the feature,
+    // refused (naming the key) in one without it.
+    let cm = find(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "udp-director-config")
+        .unwrap();
+    let checked = ValidConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap());
+    if cfg!(feature = "fast-path") {
+        let valid = checked.unwrap();
+        assert_eq!(valid.fast_path.unwrap().interfaces, ["eth0"]);
+    } else {
+        let e = checked.unwrap_err().to_string();
+        assert!(e.contains("fastPath.enabled"), "{e}");
+    }
+    // NOTES.txt says what the namespace needs.
+    let notes = helm("render", &[("fastPath.enabled", json!(true))])["manifests"]
+        ["udp-director/templates/NOTES.txt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        notes.contains("pod-security.kubernetes.io/enforce=privileged"),
+        "{notes}"
+    );
+    // Real `helm lint --strict` both ways: no errors, no warnings.
+    for set in [vec![], vec![("fastPath.enabled", json!(true))]] {
+        let lint = helm("lint", &set);
+        let messages = lint["lint"]["messages"].as_array().unwrap();
+        assert!(
+            messages.iter().all(|m| m["severity"].as_i64() < Some(2)),
+            "{set:?}: {messages:?}"
+        );
+        assert_eq!(lint["lint"]["errors"], json!([]), "{set:?}");
+    }
     let objects = render_chart(&[
         ("fastPath.enabled", json!(true)),
         ("fastPath.interfaces", json!(["ens5"])),

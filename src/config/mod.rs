@@ -792,16 +792,16 @@ impl Config {
         if !f.enabled {
             return Ok(None);
         }
-        if !cfg!(feature = "fast-path") {
-            return Err(invalid(
-                "fastPath.enabled",
-                "this build has no kernel fast path: build with `--features fast-path` (the image is), or set `enabled: false`",
-            ));
-        }
         if self.reuse_port {
             return Err(invalid(
                 "fastPath.enabled",
                 "cannot be combined with `reusePort: true`: the program's map would hold one process's sessions while the kernel spreads datagrams over all of them",
+            ));
+        }
+        if !cfg!(feature = "fast-path") {
+            return Err(invalid(
+                "fastPath.enabled",
+                "this build has no kernel fast path: build with `--features fast-path` (the image is), or set `enabled: false`",
             ));
         }
         if f.interfaces.is_empty() {

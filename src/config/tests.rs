@@ -649,3 +649,56 @@ fn query_tls_needs_its_files() {
     assert!(err(&doc("{certFile: /c, keyFile: /k, caFile: /x}")).contains("caFile"));
     assert!(ValidConfig::from_yaml(MINIMAL).unwrap().query_tls.is_none());
 }
+
+#[test]
+fn the_fast_path_is_off_by_default_and_restart_only() {
+    let c = ValidConfig::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.fast_path, None);
+    assert!(reload::RESTART_ONLY.contains(&"fastPath"));
+}
+
+#[test]
+fn the_fast_path_is_refused_with_reuse_port_and_with_bad_interfaces() {
+    let e = err(&format!(
+        "reusePort: true\nfastPath: {{enabled: true}}\n{MINIMAL}"
+    ));
+    assert!(
+        e.contains("fastPath.enabled") && e.contains("reusePort"),
+        "{e}"
+    );
+    // Off, anything goes (nothing is loaded).
+    ValidConfig::from_yaml(&format!(
+        "reusePort: true\nfastPath: {{enabled: false}}\n{MINIMAL}"
+    ))
+    .unwrap();
+    let e = err(&format!("fastPath: {{enabled: true, nope: 1}}\n{MINIMAL}"));
+    assert!(e.contains("nope"), "{e}");
+}
+
+#[cfg(not(feature = "fast-path"))]
+#[test]
+fn the_fast_path_is_refused_in_a_build_without_it() {
+    let e = err(&format!("fastPath: {{enabled: true}}\n{MINIMAL}"));
+    assert!(
+        e.contains("fastPath.enabled") && e.contains("--features fast-path"),
+        "{e}"
+    );
+}
+
+#[cfg(feature = "fast-path")]
+#[test]
+fn the_fast_path_names_its_interfaces() {
+    let c = ValidConfig::from_yaml(&format!("fastPath: {{enabled: true}}\n{MINIMAL}")).unwrap();
+    assert_eq!(c.fast_path.unwrap().interfaces, ["eth0"]);
+    let c = ValidConfig::from_yaml(&format!(
+        "fastPath: {{enabled: true, interfaces: [veth0, eth1]}}\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.fast_path.unwrap().interfaces, ["veth0", "eth1"]);
+    for bad in ["[]", "[\"\"]", "[a/b]", "[abcdefghijklmnopq]"] {
+        let e = err(&format!(
+            "fastPath: {{enabled: true, interfaces: {bad}}}\n{MINIMAL}"
+        ));
+        assert!(e.contains("fastPath.interfaces"), "{bad}: {e}");
+    }
+}

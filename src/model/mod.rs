@@ -14,8 +14,8 @@ pub mod token;
 
 pub use net::{ClientNet, Grouping};
 pub use reasons::{
-    AllocationResult, AuthFailure, CloseReason, DropReason, ErrorCode, PingOutcome, ProofOutcome,
-    Protocol, QueryClose, Refusal, Rejection, TcpClose, TcpRefusal,
+    AllocationResult, AuthFailure, CloseReason, DropReason, ErrorCode, FastPathFailure,
+    PingOutcome, ProofOutcome, Protocol, QueryClose, Refusal, Rejection, TcpClose, TcpRefusal,
 };
 pub use target::{Interner, KnownTargets, Network, Target, canonical};
 pub use token::{

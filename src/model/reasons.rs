@@ -317,6 +317,25 @@ closed_labels! {
 }
 
 closed_labels! {
+    /// Why the kernel fast path is off or a session stayed out of it: a label value of
+    /// `udp_director_fast_path_failures_total{reason}` (SPEC §8).
+    pub enum FastPathFailure {
+        /// `fastPath.enabled` in a build without the `fast-path` feature.
+        NotBuilt => "not_built",
+        /// No CAP_BPF or CAP_NET_ADMIN.
+        Permission => "permission",
+        /// The kernel refused the program (too old, or the verifier).
+        Kernel => "kernel",
+        /// An interface of `fastPath.interfaces` is missing or refused the attach.
+        Interface => "interface",
+        /// A map operation failed.
+        Map => "map",
+        /// A session's legs did not fit in the map (it stays in user space).
+        Full => "full",
+    }
+}
+
+closed_labels! {
     /// A data port's transport (`dataPorts[].protocol`, the `protocol` label).
     pub enum Protocol {
         Udp => "udp",

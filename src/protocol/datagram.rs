@@ -36,14 +36,21 @@ pub const TOKEN_LEN: usize = UUID_LEN;
 /// is game traffic without further inspection.
 pub const MAX_PADDING: usize = 8;
 
+/// The shortest and longest token of `format` without its padding: a datagram of
+/// `min..=max + 2 × MAX_PADDING` bytes may be a token (the kernel fast path sends every such
+/// datagram made of token and whitespace characters up to be judged here).
+pub const fn token_lengths(format: TokenFormat) -> (usize, usize) {
+    match format {
+        TokenFormat::Uuid => (TOKEN_LEN, TOKEN_LEN),
+        TokenFormat::Sealed => (MIN_WIRE, MAX_WIRE),
+    }
+}
+
 /// The token inside `bytes` (surrounding whitespace trimmed), if `bytes` has the shape of
 /// `format`'s tokens.
 #[inline]
 pub fn token_of(format: TokenFormat, bytes: &[u8]) -> Option<&[u8]> {
-    let (min, max) = match format {
-        TokenFormat::Uuid => (TOKEN_LEN, TOKEN_LEN),
-        TokenFormat::Sealed => (MIN_WIRE, MAX_WIRE),
-    };
+    let (min, max) = token_lengths(format);
     // Cheap length gate first: almost all game traffic fails here.
     if bytes.len() < min || bytes.len() > max + 2 * MAX_PADDING {
         return None;

@@ -40,7 +40,7 @@ pub mod tcp;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,6 +129,32 @@ pub enum Decision {
     Drop(DropReason),
 }
 
+/// A session's two legs as the kernel fast path keys them (SPEC §8): datagrams from
+/// `client` to the data port go to `target` from upstream socket `socket`, and datagrams
+/// from `target` to that socket go to `client` from the data port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Legs {
+    pub id: SessionId,
+    pub client: SocketAddrV4,
+    pub target: SocketAddrV4,
+    pub socket: SocketId,
+}
+
+/// When the kernel fast path last carried a datagram of a session's legs (the shell reads
+/// its map); `None` when it carried none or has no fast path.
+pub trait LastSeen {
+    fn last_seen(&self, legs: &Legs, now: Instant) -> Option<Instant>;
+}
+
+/// No fast path: user space has seen every datagram.
+pub struct UserSpaceOnly;
+
+impl LastSeen for UserSpaceOnly {
+    fn last_seen(&self, _: &Legs, _: Instant) -> Option<Instant> {
+        None
+    }
+}
+
 /// What the shell does, in the order the table queued it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -149,11 +175,19 @@ pub enum Output {
     Wake(u16),
     /// A RESPONSE proved its address: the verdict that follows is what it completed.
     Proved,
+    /// Put the session's legs in the kernel fast path: it is established (its target
+    /// answered), IPv4 both ways, opened by a token, without a PROXY v2 header.
+    FastPathAdd(Legs),
+    /// Take these legs out of the kernel fast path, with what it carried on them: the session
+    /// closes, moves to another target or another client address. Queued before anything
+    /// that follows from the change (nothing more goes to the old target through the kernel).
+    FastPathRemove(Legs),
 }
 
 /// A session that ended, with what the shell reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Closed {
+    pub id: SessionId,
     pub client: SocketAddr,
     pub target: Arc<Target>,
     pub reason: CloseReason,
@@ -168,6 +202,9 @@ pub struct Closed {
 /// One live session as `/sessions` shows it.
 #[derive(Debug, Clone)]
 pub struct SessionView {
+    /// Its legs while the kernel fast path carries it (its counts are then added by the shell).
+    pub legs: Option<Legs>,
+    pub id: SessionId,
     pub client: SocketAddr,
     pub target: Arc<Target>,
     pub age: Duration,
@@ -212,6 +249,19 @@ struct Session {
     /// The PROXY v2 header in front of every datagram to its target (`proxyProtocol: v2`),
     /// rendered when the session opens, moves or resets.
     header: Option<Arc<[u8]>>,
+    /// Its place in the kernel fast path.
+    kernel: Kernel,
+}
+
+/// A session's place in the kernel fast path (SPEC §8 "In the map").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// Never carried there as it is (no fast path, IPv6, PROXY v2 header, default endpoint).
+    Never,
+    /// Goes in when its target next answers.
+    Waiting,
+    /// Its legs are in the map.
+    In,
 }
 
 impl Session {
@@ -318,6 +368,8 @@ pub struct SessionTable {
     local: SocketAddr,
     /// The last session whose socket could not be opened (a second failure closes it).
     failed: Option<(SessionId, u32)>,
+    /// The shell runs the kernel fast path: established sessions go in ([`Output::FastPathAdd`]).
+    fast_path: bool,
 }
 
 /// Bytes each per-session structure starts with and returns to when the table empties.
@@ -375,6 +427,31 @@ impl SessionTable {
             out: Vec::with_capacity(floor::<Output>()),
             local,
             failed: None,
+            fast_path: false,
+        }
+    }
+
+    /// The shell runs the kernel fast path (set once, before the first datagram).
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.fast_path = on;
+    }
+
+    /// Where a session of `origin` from `client` to `target` with `header` starts in the
+    /// fast path: only IPv4 token sessions without a PROXY v2 header ever go in (a
+    /// default-endpoint session is under the amplification limit, which only user space
+    /// counts).
+    fn kernel_start(
+        &self,
+        origin: Origin,
+        client: SocketAddr,
+        target: SocketAddr,
+        header: bool,
+    ) -> Kernel {
+        let v4 = v4(client).is_some() && v4(target).is_some();
+        if self.fast_path && origin == Origin::Token && !header && v4 {
+            Kernel::Waiting
+        } else {
+            Kernel::Never
         }
     }
 
@@ -454,7 +531,14 @@ impl SessionTable {
         s.last_seen = now;
         s.stats.datagrams_to_client += 1;
         s.stats.bytes_to_client += len as u64;
-        Ok(s.client)
+        let client = s.client;
+        if s.kernel == Kernel::Waiting {
+            s.kernel = Kernel::In;
+            if let Some(legs) = legs_of(id, s) {
+                self.out.push(Output::FastPathAdd(legs));
+            }
+        }
+        Ok(client)
     }
 
     /// Opens a token session (holding no token) for a client without one, admitted by the
@@ -498,6 +582,7 @@ impl SessionTable {
         self.ledger.target_added(target.addr);
         let (timeout, unanswered) = (self.rules.session_timeout, self.rules.unanswered_timeout);
         let header = self.header(client, &target);
+        let kernel = self.kernel_start(origin, client, target.addr, header.is_some());
         let slot = &mut self.slots[id as usize];
         let session = Session {
             client,
@@ -512,6 +597,7 @@ impl SessionTable {
             answered: false,
             stats: FlowStats::default(),
             header,
+            kernel,
         };
         let (at, _) = session.deadline();
         slot.session = Some(session);
@@ -552,18 +638,38 @@ impl SessionTable {
             return false;
         }
         let (old_socket, old_target, client) = (s.socket, s.target.addr, s.client);
+        self.leave_kernel(id);
         let socket = self.bind(target.addr, id);
         self.ledger.target_added(target.addr);
         self.unbind(old_socket, old_target);
         self.ledger.target_removed(old_target);
         let header = self.header(client, &target);
+        let origin = self.session(id).map_or(Origin::Token, |s| s.origin);
+        let kernel = self.kernel_start(origin, client, target.addr, header.is_some());
         if let Some(s) = self.session_mut(id) {
             s.socket = socket;
             s.target = target;
             s.header = header;
+            // In again when the new target answers.
+            s.kernel = kernel;
         }
         self.debug_check();
         true
+    }
+
+    /// Takes a session's legs out of the fast path if they are in (queued before whatever
+    /// follows from the change); it waits for its target's next answer to go back in.
+    fn leave_kernel(&mut self, id: SessionId) {
+        let Some(s) = self.session_mut(id) else {
+            return;
+        };
+        if s.kernel != Kernel::In {
+            return;
+        }
+        s.kernel = Kernel::Waiting;
+        if let Some(legs) = legs_of(id, s) {
+            self.out.push(Output::FastPathRemove(legs));
+        }
     }
 
     /// Closes one session, queueing its [`Output::Closed`] (and the socket it leaves empty).
@@ -577,6 +683,11 @@ impl SessionTable {
         };
         let generation = slot.generation;
         slot.generation = slot.generation.wrapping_add(1);
+        if s.kernel == Kernel::In
+            && let Some(legs) = legs_of(id, &s)
+        {
+            self.out.push(Output::FastPathRemove(legs));
+        }
         self.free.push(id);
         self.by_client.remove(&s.client);
         self.unbind(s.socket, s.target.addr);
@@ -593,6 +704,7 @@ impl SessionTable {
             );
         }
         self.out.push(Output::Closed(Box::new(Closed {
+            id,
             client: s.client,
             target: s.target,
             reason,
@@ -614,8 +726,14 @@ impl SessionTable {
     }
 
     /// Closes every session idle for its whole timeout at `now` (or never answered within
-    /// `unansweredTimeoutSeconds`).
+    /// `unansweredTimeoutSeconds`), for a table without a fast path.
     pub fn expire(&mut self, now: Instant) {
+        self.expire_seen(now, &UserSpaceOnly);
+    }
+
+    /// [`SessionTable::expire`], where a session the kernel carries is idle only when
+    /// `kernel` has not seen its datagrams either (SPEC §8: the idle timeout counts them).
+    pub fn expire_seen(&mut self, now: Instant, kernel: &dyn LastSeen) {
         while let Some(Reverse(t)) = self.timers.peek().copied() {
             if t.at > now {
                 break;
@@ -630,7 +748,17 @@ impl SessionTable {
             let Some(s) = &slot.session else {
                 continue;
             };
-            let (deadline, reason) = s.deadline();
+            let (mut deadline, mut reason) = s.deadline();
+            if deadline <= now
+                && s.kernel == Kernel::In
+                && let Some(legs) = legs_of(t.id, s)
+                && let Some(seen) = kernel.last_seen(&legs, now)
+                && let Some(s) = self.session_mut(t.id)
+                && seen > s.last_seen
+            {
+                s.last_seen = seen;
+                (deadline, reason) = s.deadline();
+            }
             if deadline > now {
                 self.timers.push(Reverse(Timer { at: deadline, ..t }));
             } else {
@@ -648,7 +776,9 @@ impl SessionTable {
         if self.by_client.is_empty() && self.slots.capacity() > floor::<Slot>() {
             let (rules, ledger, rng) = (self.rules.clone(), Arc::clone(&self.ledger), self.rng);
             let out = std::mem::take(&mut self.out);
+            let fast_path = self.fast_path;
             *self = Self::for_worker(rules, ledger, self.worker, self.local);
+            self.fast_path = fast_path;
             self.rng = rng;
             self.out = out;
         }
@@ -677,9 +807,16 @@ impl SessionTable {
     pub fn sample(&self, limit: usize, now: Instant) -> Vec<SessionView> {
         self.slots
             .iter()
-            .filter_map(|slot| slot.session.as_ref())
+            .enumerate()
+            .filter_map(|(id, slot)| Some((id as SessionId, slot.session.as_ref()?)))
             .take(limit)
-            .map(|s| SessionView {
+            .map(|(id, s)| SessionView {
+                legs: if s.kernel == Kernel::In {
+                    legs_of(id, s)
+                } else {
+                    None
+                },
+                id,
                 client: s.client,
                 target: Arc::clone(&s.target),
                 age: now.saturating_duration_since(s.created),
@@ -802,18 +939,29 @@ impl SessionTable {
         if prev.worker != self.worker || self.owner(prev.id) != prev {
             return None;
         }
-        let s = self.session_mut(prev.id)?;
-        if s.token != Some(key) {
+        if self.session(prev.id)?.token != Some(key) {
             return None;
         }
+        let was_in = self.session(prev.id)?.kernel == Kernel::In;
+        self.leave_kernel(prev.id);
+        let s = self.session_mut(prev.id)?;
         let from = std::mem::replace(&mut s.client, client);
         let target = Arc::clone(&s.target);
         self.by_client.remove(&from);
         self.by_client.insert(client, prev.id);
         self.ledger.move_ip(from.ip(), client.ip());
         let header = self.header(client, &target);
+        let kernel = self.kernel_start(Origin::Token, client, target.addr, header.is_some());
         if let Some(s) = self.session_mut(prev.id) {
             s.header = header;
+            s.kernel = kernel;
+            // Its target has answered already: the new client's legs go in at once.
+            if was_in && kernel == Kernel::Waiting {
+                s.kernel = Kernel::In;
+                if let Some(legs) = legs_of(prev.id, s) {
+                    self.out.push(Output::FastPathAdd(legs));
+                }
+            }
         }
         self.debug_check();
         Some(Decision::Moved { id: prev.id, from })
@@ -1068,6 +1216,27 @@ impl SessionTable {
             assert_eq!(armed.get(id).copied(), Some(1), "one timer per session");
         }
     }
+}
+
+/// The IPv4 address of `addr`, also when it is IPv4-mapped on a dual-stack socket.
+fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
+    match addr {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(a) => a
+            .ip()
+            .to_ipv4_mapped()
+            .map(|ip| SocketAddrV4::new(ip, a.port())),
+    }
+}
+
+/// A session's legs, when both its ends are IPv4.
+fn legs_of(id: SessionId, s: &Session) -> Option<Legs> {
+    Some(Legs {
+        id,
+        client: v4(s.client)?,
+        target: v4(s.target.addr)?,
+        socket: s.socket,
+    })
 }
 
 /// Direct answers for the tests and the simulation, which judge one datagram at a time.

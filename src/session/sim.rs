@@ -29,7 +29,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    CloseReason, Closed, Decision, DropReason, Ledger, Rules, SessionTable, SocketId, ToTarget,
+    CloseReason, Closed, Decision, DropReason, Ledger, Output, Rules, SessionTable, SocketId,
+    ToTarget,
 };
 use crate::model::Target;
 use crate::model::{ClientBinding, Policy, TokenFormat, TokenId};
@@ -207,6 +208,8 @@ pub struct Sim {
     /// When the simulation started (the proofs' clock origin).
     start: Instant,
     challenges: Vec<Challenged>,
+    /// The kernel fast path's map as the table's outputs filled it: session → its legs.
+    kernel: HashMap<super::SessionId, super::Legs>,
     /// (budget, slot, second) → challenges or PONGs sent; budget 0: a network's
     /// challenges, 1: its PONGs, 2: a token's challenges outside its bound IP.
     budget: HashMap<(u8, usize, u64), u32>,
@@ -297,8 +300,10 @@ impl Sim {
             )),
             amplification: 3,
         };
+        let mut table = SessionTable::new(rules, Arc::clone(&ledger));
+        table.set_fast_path(true);
         Ok(Self {
-            table: SessionTable::new(rules, Arc::clone(&ledger)),
+            table,
             ledger,
             tokens: TokenStore::new(10_000),
             issued: Vec::new(),
@@ -310,6 +315,7 @@ impl Sim {
             start,
             challenges: Vec::new(),
             budget: HashMap::new(),
+            kernel: HashMap::new(),
         })
     }
 
@@ -483,9 +489,7 @@ impl Sim {
         let decision = self
             .table
             .decide_client(client, &bytes, self.now, &self.tokens);
-        let mut closed: Vec<Closed> = Vec::new();
-        let mut wake = Vec::new();
-        self.table.take_effects(&mut closed, &mut wake);
+        let (closed, wake) = self.drain()?;
         let fail = |why: &str| {
             Err(format!(
                 "{payload:?} from {client} (session {had:?}): {why}, got {decision:?}"
@@ -927,6 +931,10 @@ impl Sim {
             })
             .collect();
         let decision = self.table.decide_target(socket, from, len, self.now);
+        let (closed, _) = self.drain()?;
+        if !closed.is_empty() {
+            return Err(format!("a datagram from a target closed {closed:?}"));
+        }
         // A default-endpoint client proved nothing: at most 3 × what it sent comes back.
         let over = |m: &Modelled| m.default && m.bytes_out + len as u64 > 3 * m.bytes_in;
         match (bound.as_slice(), decision.clone()) {
@@ -963,7 +971,7 @@ impl Sim {
         let (_, _, socket) = self.table.describe(id).ok_or("no description")?;
         self.table.on_socket_failed(socket, id, self.now);
         self.table.on_socket_failed(socket, id, self.now);
-        let closed = self.table.take_closed();
+        let (closed, _) = self.drain()?;
         if !closed
             .iter()
             .any(|c| c.client == addr && c.reason == CloseReason::UpstreamError)
@@ -991,7 +999,7 @@ impl Sim {
 
     fn expire(&mut self) -> Result<(), String> {
         self.table.expire(self.now);
-        let out = self.table.take_closed();
+        let (out, _) = self.drain()?;
         for closed in &out {
             let m = self
                 .model
@@ -1019,8 +1027,65 @@ impl Sim {
         Ok(())
     }
 
+    /// Takes the table's queued outputs: the sessions that ended and the workers to wake,
+    /// after checking the fast-path entries among them against the map they fill (SPEC §8:
+    /// an entry goes in once, comes out as it went in, and before its session's close).
+    fn drain(&mut self) -> Result<(Vec<Closed>, Vec<u16>), String> {
+        let mut out = Vec::new();
+        self.table.take_outputs(&mut out);
+        let (mut closed, mut wake) = (Vec::new(), Vec::new());
+        for o in out {
+            match o {
+                Output::Closed(c) => {
+                    if self.kernel.contains_key(&c.id) {
+                        return Err(format!("{} closed with its legs in the kernel", c.client));
+                    }
+                    closed.push(*c);
+                }
+                Output::Wake(w) => wake.push(w),
+                Output::FastPathAdd(legs) => {
+                    if let Some(old) = self.kernel.insert(legs.id, legs) {
+                        return Err(format!("{legs:?} added over {old:?}"));
+                    }
+                }
+                Output::FastPathRemove(legs) => match self.kernel.remove(&legs.id) {
+                    Some(old) if old == legs => {}
+                    other => return Err(format!("{legs:?} removed, the map had {other:?}")),
+                },
+                _ => {}
+            }
+        }
+        Ok((closed, wake))
+    }
+
+    /// Every entry of the kernel's map is a live, answered token session between the same
+    /// client and target, over IPv4 (SPEC §8 "In the map").
+    fn check_kernel(&self) -> Result<(), String> {
+        for (id, legs) in &self.kernel {
+            let (client, to, socket) = self
+                .table
+                .describe(*id)
+                .ok_or_else(|| format!("{legs:?} of a session that is gone"))?;
+            let m = self
+                .model
+                .get(&client)
+                .ok_or_else(|| format!("{legs:?} of an unmodelled session"))?;
+            let same = SocketAddr::V4(legs.client) == client
+                && SocketAddr::V4(legs.target) == to.addr
+                && legs.socket == socket;
+            if !same || m.default || !m.answered {
+                return Err(format!(
+                    "{legs:?} in the kernel for {client} → {} ({m:?})",
+                    to.addr
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), String> {
         self.table.check_invariants();
+        self.check_kernel()?;
         let n = self.table.len();
         if n != self.model.len() || self.ledger.active() != n {
             return Err(format!(

@@ -1025,3 +1025,5 @@ fn a_token_naming_a_target_its_mapping_does_not_know_opens_nothing() {
         target(9001).addr
     );
 }
+
+mod fast_path;

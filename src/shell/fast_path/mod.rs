@@ -13,6 +13,8 @@
 
 use std::net::SocketAddrV4;
 
+use crate::model::FastPathFailure;
+
 #[cfg(feature = "fast-path")]
 mod kernel;
 
@@ -68,8 +70,22 @@ pub struct Matchers {
     pub token_max: u16,
 }
 
-/// Why the fast path is not on. `reason()` is the label of
-/// `udp_director_fast_path_failures_total{reason}`.
+impl Matchers {
+    /// The magic and the token lengths of `format`, padding included.
+    pub fn new(magic: &[u8], format: crate::model::TokenFormat) -> Self {
+        use crate::protocol::datagram::{MAX_PADDING, token_lengths};
+        let (min, max) = token_lengths(format);
+        let len = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+        Self {
+            magic: magic.to_vec(),
+            token_min: len(min),
+            token_max: len(max + 2 * MAX_PADDING),
+        }
+    }
+}
+
+/// Why the fast path is not on, or a session's legs did not go in. `reason()` is the label
+/// of `udp_director_fast_path_failures_total{reason}`.
 #[derive(Debug, thiserror::Error)]
 pub enum FastPathError {
     #[error("this build has no kernel fast path (built without the `fast-path` feature)")]
@@ -87,20 +103,16 @@ pub enum FastPathError {
 }
 
 impl FastPathError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> FastPathFailure {
         match self {
-            FastPathError::NotBuilt => "not_built",
-            FastPathError::Permission(_) => "permission",
-            FastPathError::Kernel(_) => "kernel",
-            FastPathError::Interface { .. } => "interface",
-            FastPathError::Map(_) => "map",
-            FastPathError::Full => "full",
+            FastPathError::NotBuilt => FastPathFailure::NotBuilt,
+            FastPathError::Permission(_) => FastPathFailure::Permission,
+            FastPathError::Kernel(_) => FastPathFailure::Kernel,
+            FastPathError::Interface { .. } => FastPathFailure::Interface,
+            FastPathError::Map(_) => FastPathFailure::Map,
+            FastPathError::Full => FastPathFailure::Full,
         }
     }
-
-    /// Every `reason()` value, for the metric's label set.
-    pub const REASONS: [&'static str; 6] =
-        ["not_built", "permission", "kernel", "interface", "map", "full"];
 }
 
 /// The loaded and attached program with its maps. Dropping it detaches the program.

@@ -14,8 +14,11 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use crate::metrics::{self, Metrics};
-use crate::model::{CloseReason, DropReason, PingOutcome, ProofOutcome, Refusal, Rejection};
+use crate::model::{
+    CloseReason, DropReason, FastPathFailure, PingOutcome, ProofOutcome, Refusal, Rejection,
+};
 use crate::session::Decision;
+use crate::shell::fast_path::Totals;
 
 /// How often a worker adds its counts to the shared metrics.
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -86,6 +89,16 @@ impl Counts {
     }
 }
 
+/// What a worker reports of the kernel fast path at a flush.
+pub(super) struct KernelReport {
+    /// This worker's sessions in the map now.
+    pub(super) sessions: i64,
+    /// Sessions whose legs did not fit since the last flush.
+    pub(super) full: u64,
+    /// The program's totals (one worker reads them, so each datagram is added once).
+    pub(super) totals: Option<Totals>,
+}
+
 /// Pre-resolved metric handles (in `ALL` order) and the drop-summary state.
 pub(super) struct Flusher {
     worker: usize,
@@ -101,6 +114,10 @@ pub(super) struct Flusher {
     pings: Vec<Counter>,
     /// Upstream sockets this worker last added to the shared gauge.
     sockets_reported: i64,
+    /// Fast-path sessions this worker last added to the shared gauge.
+    kernel_sessions_reported: i64,
+    /// The fast path's totals when last added to the metrics (worker 0 adds them).
+    kernel_totals_reported: Totals,
     pub(super) last_flush: Instant,
     last_drop_log: Instant,
     drops_since_log: u64,
@@ -139,10 +156,48 @@ impl Flusher {
                 .map(|r| Metrics::counter(&m.pings, "outcome", r.as_str()))
                 .collect(),
             sockets_reported: 0,
+            kernel_sessions_reported: 0,
+            kernel_totals_reported: Totals::default(),
             last_flush: now,
             last_drop_log: now,
             drops_since_log: 0,
         }
+    }
+
+    /// Adds what the kernel fast path did to the shared metrics: its datagrams and bytes
+    /// count in `datagrams_total` and `datagram_bytes_total` as user space's do (SPEC §8).
+    pub(super) fn flush_kernel(&mut self, r: KernelReport, m: &Metrics) {
+        m.fast_path_sessions
+            .inc_by(r.sessions - self.kernel_sessions_reported);
+        self.kernel_sessions_reported = r.sessions;
+        if r.full > 0 {
+            Metrics::counter(
+                &m.fast_path_failures,
+                "reason",
+                FastPathFailure::Full.as_str(),
+            )
+            .inc_by(r.full);
+        }
+        let Some(now) = r.totals else {
+            return;
+        };
+        let before = std::mem::replace(&mut self.kernel_totals_reported, now);
+        let to_target = now
+            .to_target
+            .datagrams
+            .saturating_sub(before.to_target.datagrams);
+        let to_client = now
+            .to_client
+            .datagrams
+            .saturating_sub(before.to_client.datagrams);
+        self.datagrams_to_target.inc_by(to_target);
+        self.datagrams_to_client.inc_by(to_client);
+        self.bytes_to_target
+            .inc_by(now.to_target.bytes.saturating_sub(before.to_target.bytes));
+        self.bytes_to_client
+            .inc_by(now.to_client.bytes.saturating_sub(before.to_client.bytes));
+        Metrics::counter(&m.fast_path_datagrams, "direction", metrics::TO_TARGET).inc_by(to_target);
+        Metrics::counter(&m.fast_path_datagrams, "direction", metrics::TO_CLIENT).inc_by(to_client);
     }
 
     /// Adds `c` to the shared metrics (`open_sockets`: this worker's upstream sockets now)

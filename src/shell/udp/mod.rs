@@ -10,6 +10,7 @@
 //! datagram means: that is `session`'s.
 
 mod counters;
+mod kernel_legs;
 mod upstream;
 mod worker;
 
@@ -82,6 +83,9 @@ pub struct DataShared {
     /// Set once the workers run: how to wake each of them.
     pub wakers: OnceLock<Vec<Arc<mio::Waker>>>,
     pub samples: SampleBoard,
+    /// The kernel fast path, when `fastPath.enabled` and it loaded (SPEC §8). Dropped with
+    /// the data plane: the program is detached.
+    pub fast_path: Option<crate::shell::fast_path::FastPath>,
     /// Workers that ended other than by `stop` (a panic): `/healthz` fails while non-zero.
     dead_workers: AtomicUsize,
     /// Tests only: the next worker woken panics (to prove `/healthz` sees it).
@@ -114,8 +118,10 @@ impl DataShared {
         ledger: Arc<Ledger>,
         settings: Arc<Settings>,
         metrics: Arc<Metrics>,
+        fast_path: Option<crate::shell::fast_path::FastPath>,
     ) -> Self {
         Self {
+            fast_path,
             tokens,
             ledger,
             settings,

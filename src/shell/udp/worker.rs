@@ -22,15 +22,18 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::Socket;
 use tokio::time::Instant;
 
-use super::counters::{Counts, FLUSH_EVERY, Flusher};
+use super::counters::{Counts, FLUSH_EVERY, Flusher, KernelReport};
+use super::kernel_legs::KernelLegs;
 use super::upstream::{Upstreams, send_error, slot_of, token_of};
 use super::{DataShared, SAMPLE_MAX, WorkerSample};
 use crate::model::{Protocol, session_id};
 use crate::protocol::datagram;
 use crate::session::{
-    CloseReason, Closed, Decision, DropReason, Output, SessionTable, SocketId, ToTarget, floor,
+    CloseReason, Closed, Decision, DropReason, FlowStats, Output, SessionTable, SocketId, ToTarget,
+    floor,
 };
 use crate::settings::Generation;
+use crate::shell::fast_path::Matchers;
 use crate::token::PortTokens;
 
 const DATA: Token = Token(0);
@@ -93,6 +96,8 @@ pub(crate) struct Worker {
     proxied: Vec<u8>,
     /// The tokens as this worker's data port redeems them.
     tokens: PortTokens,
+    /// This worker's sessions in the kernel fast path (none without one).
+    kernel: KernelLegs,
 }
 
 impl Worker {
@@ -114,18 +119,21 @@ impl Worker {
         let settings = shared.settings.load();
         let now = Instant::now();
         let tokens = PortTokens::new(Arc::clone(&shared.tokens), port);
+        let mut table = SessionTable::for_worker(
+            settings.rules.clone(),
+            Arc::clone(&shared.ledger),
+            u16::try_from(index).unwrap_or(u16::MAX),
+            local,
+        );
+        table.set_fast_path(shared.fast_path.is_some());
         Ok(Self {
             index,
             poll,
             waker,
             data,
             upstreams: Upstreams::new(buffer_bytes),
-            table: SessionTable::for_worker(
-                settings.rules.clone(),
-                Arc::clone(&shared.ledger),
-                u16::try_from(index).unwrap_or(u16::MAX),
-                local,
-            ),
+            table,
+            kernel: KernelLegs::new(local.port()),
             flusher: Flusher::new(index, &shared.metrics, now),
             shared,
             settings,
@@ -191,8 +199,7 @@ impl Worker {
                         if self.shared.crash_a_worker.swap(false, Ordering::AcqRel) {
                             panic!("test: worker {} crashes on purpose", self.index);
                         }
-                        self.settings = self.shared.settings.load();
-                        self.table.set_rules(self.settings.rules.clone());
+                        self.reload();
                         self.answer_sample(now);
                         false
                     }
@@ -207,12 +214,31 @@ impl Worker {
                 }
             }
             self.table.close_displaced(now);
-            self.table.expire(now);
+            match &self.shared.fast_path {
+                Some(fast_path) => self.table.expire_seen(now, &self.kernel.seen(fast_path)),
+                None => self.table.expire(now),
+            }
             self.carry_out(&[], now);
             // A mass expiry must not pin its peak in this scratch buffer.
             self.outputs.shrink_to(floor::<Output>());
             if now.saturating_duration_since(self.flusher.last_flush) >= FLUSH_EVERY {
                 self.flush(now);
+            }
+        }
+    }
+
+    /// Picks up the live settings; worker 0 also gives the fast path a changed magic.
+    fn reload(&mut self) {
+        let before = std::mem::replace(&mut self.settings, self.shared.settings.load());
+        self.table.set_rules(self.settings.rules.clone());
+        let rules = &self.settings.rules;
+        if let Some(fast_path) = &self.shared.fast_path
+            && self.index == 0
+            && before.rules.magic != rules.magic
+        {
+            let matchers = Matchers::new(&rules.magic, rules.format);
+            if let Err(e) = fast_path.set_matchers(&matchers) {
+                tracing::error!(error = %e, "the fast path keeps the old magic");
             }
         }
     }
@@ -224,10 +250,16 @@ impl Worker {
             return;
         }
         self.sampled = request;
+        let mut sessions = self.table.sample(SAMPLE_MAX, now);
+        if let Some(fast_path) = &self.shared.fast_path {
+            for view in &mut sessions {
+                add(&mut view.stats, self.kernel.carried(fast_path, view.id));
+            }
+        }
         self.shared.samples.post(WorkerSample {
             request,
             worker: self.index,
-            sessions: self.table.sample(SAMPLE_MAX, now),
+            sessions,
         });
     }
 
@@ -365,6 +397,21 @@ impl Worker {
             &Output::CloseSocket(socket) => self.close_socket(socket),
             Output::Closed(closed) => self.finish_closed(closed, now),
             Output::Proved => self.counts.proved(),
+            Output::FastPathAdd(legs) => {
+                let port = self
+                    .upstreams
+                    .get(legs.socket)
+                    .and_then(|s| s.local_addr().ok())
+                    .map(|a| a.port());
+                if let (Some(fast_path), Some(port)) = (&self.shared.fast_path, port) {
+                    self.kernel.add(fast_path, legs, port);
+                }
+            }
+            Output::FastPathRemove(legs) => {
+                if let Some(fast_path) = &self.shared.fast_path {
+                    self.kernel.remove(fast_path, legs.id);
+                }
+            }
             &Output::Wake(worker) => {
                 if let Some(waker) = self
                     .shared
@@ -479,6 +526,8 @@ impl Worker {
     }
 
     fn finish_closed(&mut self, closed: &Closed, now: Instant) {
+        let mut stats = closed.stats;
+        add(&mut stats, self.kernel.finish(closed.id));
         self.counts.closed(closed.reason);
         self.shared.metrics.hot.session_duration[Protocol::Udp.index()]
             .observe(closed.duration.as_secs_f64());
@@ -487,9 +536,9 @@ impl Worker {
         }
         // Anyone can open default-endpoint sessions by the thousand: their lines are budgeted.
         if !closed.default_endpoint {
-            access_log(closed, 0);
+            access_log(closed, &stats, 0);
         } else if let Some(suppressed) = self.default_access.allow(now) {
-            access_log(closed, suppressed);
+            access_log(closed, &stats, suppressed);
         }
     }
 
@@ -501,12 +550,28 @@ impl Worker {
             &self.shared.metrics,
             now,
         );
+        if let Some(fast_path) = &self.shared.fast_path {
+            let report = KernelReport {
+                sessions: self.kernel.sessions,
+                full: std::mem::take(&mut self.kernel.full),
+                totals: (self.index == 0).then(|| fast_path.totals()),
+            };
+            self.flusher.flush_kernel(report, &self.shared.metrics);
+        }
     }
+}
+
+/// Adds what the kernel carried to a session's own counts.
+fn add(stats: &mut FlowStats, kernel: FlowStats) {
+    stats.datagrams_to_target += kernel.datagrams_to_target;
+    stats.bytes_to_target += kernel.bytes_to_target;
+    stats.datagrams_to_client += kernel.datagrams_to_client;
+    stats.bytes_to_client += kernel.bytes_to_client;
 }
 
 /// The access log: one structured line per closed session, target `udp_director::access`
 /// (`RUST_LOG=udp_director::access=off` or `accessLog: false` silences it).
-fn access_log(c: &Closed, suppressed: u64) {
+fn access_log(c: &Closed, stats: &FlowStats, suppressed: u64) {
     tracing::info!(
         target: "udp_director::access",
         protocol = "udp",
@@ -519,10 +584,10 @@ fn access_log(c: &Closed, suppressed: u64) {
         target_addr = %c.target.addr,
         reason = c.reason.as_str(),
         duration_ms = c.duration.as_millis() as u64,
-        datagrams_to_target = c.stats.datagrams_to_target,
-        bytes_to_target = c.stats.bytes_to_target,
-        datagrams_to_client = c.stats.datagrams_to_client,
-        bytes_to_client = c.stats.bytes_to_client,
+        datagrams_to_target = stats.datagrams_to_target,
+        bytes_to_target = stats.bytes_to_target,
+        datagrams_to_client = stats.datagrams_to_client,
+        bytes_to_client = stats.bytes_to_client,
         default_endpoint = c.default_endpoint,
         suppressed,
         "session closed"

@@ -1,0 +1,582 @@
+//! The kernel fast path's program and loader (SPEC §8), in network namespaces these tests
+//! create: a client, the director's "pod" (the program on its `eth0`), a target, joined
+//! through a router. Legs go in by hand through `FastPath`, as the session table's outputs
+//! would put them. Needs root (CAP_BPF, CAP_NET_ADMIN), iproute2 and ethtool.
+#![cfg(feature = "fast-path")]
+
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use udp_director::shell::fast_path::{
+    Count, FastPath, FastPathError, LegKey, Matchers, Rewrite, monotonic_ns,
+};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
+const POD: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
+const TARGET: Ipv4Addr = Ipv4Addr::new(10, 77, 3, 2);
+const DATA_PORT: u16 = 7777;
+const UPSTREAM_PORT: u16 = 40_000;
+const TARGET_PORT: u16 = 9001;
+const CLIENT_PORT: u16 = 50_123;
+const MAGIC: &[u8] = b"\xff\xff\xff\xffRESET";
+/// A token-shaped payload: 36 base64url bytes and a newline.
+const TOKEN: &[u8] = b"AbCdEfGhIjKlMnOpQrStUvWxYz0123456789\n";
+/// How long a datagram that should arrive may take.
+const ARRIVES: Duration = Duration::from_secs(2);
+/// How long a socket that should stay silent is watched.
+const SILENT: Duration = Duration::from_millis(200);
+
+fn matchers() -> Matchers {
+    Matchers {
+        magic: MAGIC.to_vec(),
+        token_min: 36,
+        token_max: 52,
+    }
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {args:?} ({e}): these tests need iproute2 and ethtool")
+        });
+    assert!(
+        out.status.success(),
+        "{args:?} failed (these tests need root with CAP_BPF and CAP_NET_ADMIN): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Four namespaces: client — router — pod, router — target. Deleted on drop (their veths
+/// go with them).
+struct Net {
+    prefix: String,
+}
+
+impl Net {
+    /// The pod does not forward, as a real pod does not: the program's route lookup answers
+    /// "forwarding disabled" and datagrams leave by the interface they came in on.
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "udfp{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let net = Net { prefix };
+        for ns in ["c", "r", "p", "t"] {
+            run(&["ip", "netns", "add", &net.ns(ns)]);
+        }
+        let (c, r, p, t) = (net.ns("c"), net.ns("r"), net.ns("p"), net.ns("t"));
+        for (a, a_ns, b, b_ns) in [
+            ("c0", &c, "rc", &r),
+            ("eth0", &p, "rp", &r),
+            ("t0", &t, "rt", &r),
+        ] {
+            run(&[
+                "ip", "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns",
+                b_ns,
+            ]);
+        }
+        for (ns, dev, addr, gw) in [
+            (&c, "c0", "10.77.1.2/24", Some("10.77.1.1")),
+            (&r, "rc", "10.77.1.1/24", None),
+            (&r, "rp", "10.77.2.1/24", None),
+            (&r, "rt", "10.77.3.1/24", None),
+            (&p, "eth0", "10.77.2.2/24", Some("10.77.2.1")),
+            (&t, "t0", "10.77.3.2/24", Some("10.77.3.1")),
+        ] {
+            run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            if let Some(gw) = gw {
+                run(&["ip", "-n", ns, "route", "add", "default", "via", gw]);
+            }
+        }
+        net.exec("r", &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        net
+    }
+
+    /// The pod forwards: the program's route lookup answers with the egress interface.
+    fn new_forwarding() -> Self {
+        let net = Self::new();
+        net.exec("p", &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        net
+    }
+
+    fn ns(&self, short: &str) -> String {
+        format!("{}{short}", self.prefix)
+    }
+
+    /// Runs `body` on a thread inside namespace `short` (sockets it creates stay there).
+    fn inside<T: Send + 'static>(
+        &self,
+        short: &str,
+        body: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let path = format!("/run/netns/{}", self.ns(short));
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e} (needs root)"));
+            body()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+
+    fn bind(&self, short: &str, addr: SocketAddrV4) -> UdpSocket {
+        let socket = self.inside(short, move || UdpSocket::bind(addr).expect("bind"));
+        socket.set_read_timeout(Some(ARRIVES)).expect("timeout");
+        socket
+    }
+
+    fn start(&self, max_sessions: usize) -> FastPath {
+        self.inside("p", move || {
+            FastPath::start(&["eth0".to_string()], max_sessions, &matchers()).unwrap_or_else(|e| {
+                panic!("start: {e} (these tests need root with CAP_BPF and CAP_NET_ADMIN)")
+            })
+        })
+    }
+
+    /// Drops the handle inside the pod's namespace (a clsact detach goes by ifindex there).
+    fn stop(&self, fast_path: FastPath) {
+        self.inside("p", move || drop(fast_path));
+    }
+
+    fn exec(&self, short: &str, args: &[&str]) -> String {
+        let ns = self.ns(short);
+        let mut all = vec!["ip", "netns", "exec", ns.as_str()];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// `Udp: ... InCsumErrors` in namespace `short`.
+    fn udp_checksum_errors(&self, short: &str) -> u64 {
+        let snmp = self.exec(short, &["cat", "/proc/net/snmp"]);
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (
+            udp.next().expect("Udp header"),
+            udp.next().expect("Udp values"),
+        );
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "InCsumErrors")
+            .expect("InCsumErrors");
+        values
+            .split_whitespace()
+            .nth(at)
+            .expect("value")
+            .parse()
+            .expect("number")
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in ["c", "r", "p", "t"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(ns)])
+                .status();
+        }
+    }
+}
+
+/// The client's and the target's legs of one session, as the session table would put them.
+fn legs() -> [(LegKey, Rewrite); 2] {
+    [
+        (
+            LegKey {
+                peer: SocketAddrV4::new(CLIENT, CLIENT_PORT),
+                local_port: DATA_PORT,
+            },
+            Rewrite {
+                to: SocketAddrV4::new(TARGET, TARGET_PORT),
+                from_port: UPSTREAM_PORT,
+                from_client: true,
+            },
+        ),
+        (
+            LegKey {
+                peer: SocketAddrV4::new(TARGET, TARGET_PORT),
+                local_port: UPSTREAM_PORT,
+            },
+            Rewrite {
+                to: SocketAddrV4::new(CLIENT, CLIENT_PORT),
+                from_port: DATA_PORT,
+                from_client: false,
+            },
+        ),
+    ]
+}
+
+/// One session's sockets: the client, the target, and the director's two in the pod.
+struct Session {
+    client: UdpSocket,
+    target: UdpSocket,
+    data: UdpSocket,
+    upstream: UdpSocket,
+}
+
+impl Session {
+    fn new(net: &Net) -> Self {
+        Session {
+            client: net.bind("c", SocketAddrV4::new(CLIENT, CLIENT_PORT)),
+            target: net.bind("t", SocketAddrV4::new(TARGET, TARGET_PORT)),
+            data: net.bind("p", SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DATA_PORT)),
+            upstream: net.bind("p", SocketAddrV4::new(POD, UPSTREAM_PORT)),
+        }
+    }
+
+    fn client_sends(&self, payload: &[u8]) {
+        self.client
+            .send_to(payload, SocketAddrV4::new(POD, DATA_PORT))
+            .expect("client send");
+    }
+
+    fn target_sends(&self, payload: &[u8]) {
+        self.target
+            .send_to(payload, SocketAddrV4::new(POD, UPSTREAM_PORT))
+            .expect("target send");
+    }
+}
+
+fn receive(socket: &UdpSocket, what: &str) -> (Vec<u8>, SocketAddrV4) {
+    let mut buf = [0u8; 2048];
+    match socket.recv_from(&mut buf) {
+        Ok((n, std::net::SocketAddr::V4(from))) => (buf[..n].to_vec(), from),
+        Ok((_, from)) => panic!("{what}: datagram from an IPv6 address {from}"),
+        Err(e) => panic!("{what}: nothing arrived within {ARRIVES:?} ({e})"),
+    }
+}
+
+fn assert_silent(socket: &UdpSocket, what: &str) {
+    socket.set_read_timeout(Some(SILENT)).expect("timeout");
+    let mut buf = [0u8; 2048];
+    match socket.recv_from(&mut buf) {
+        Ok((n, from)) => panic!("{what}: got {n} bytes from {from}, expected nothing"),
+        Err(e) => assert!(
+            matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "{what}: {e}"
+        ),
+    }
+    socket.set_read_timeout(Some(ARRIVES)).expect("timeout");
+}
+
+/// Game traffic: binary, not token-shaped, not the magic.
+fn game(i: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|j| i.wrapping_add(j as u8) | 0x80).collect()
+}
+
+#[test]
+fn a_session_is_carried_both_ways_with_the_directors_addresses_and_counted() {
+    let net = Net::new();
+    let s = Session::new(&net);
+    let fp = net.start(16);
+    assert!(fp.describe().contains("eth0"), "{}", fp.describe());
+    let [(client_key, to_target), (target_key, to_client)] = legs();
+    fp.insert(client_key, to_target).expect("insert client leg");
+    fp.insert(target_key, to_client).expect("insert target leg");
+    assert_eq!(fp.legs(), 2);
+    // Replacing a leg keeps one leg.
+    fp.insert(target_key, to_client)
+        .expect("replace target leg");
+    assert_eq!(fp.legs(), 2);
+
+    let before = monotonic_ns();
+    let sizes = [1usize, 64, 1200];
+    for (i, &len) in sizes.iter().enumerate() {
+        let payload = game(i as u8, len);
+        s.client_sends(&payload);
+        let (got, from) = receive(&s.target, "target");
+        assert_eq!(got, payload);
+        assert_eq!(
+            from,
+            SocketAddrV4::new(POD, UPSTREAM_PORT),
+            "source towards the target"
+        );
+
+        let reply = game(100 + i as u8, len + 3);
+        s.target_sends(&reply);
+        let (got, from) = receive(&s.client, "client");
+        assert_eq!(got, reply);
+        assert_eq!(
+            from,
+            SocketAddrV4::new(POD, DATA_PORT),
+            "source towards the client"
+        );
+    }
+    let after = monotonic_ns();
+    // The kernel carried them: the director's sockets saw nothing.
+    assert_silent(&s.data, "pod data socket");
+    assert_silent(&s.upstream, "pod upstream socket");
+
+    let sent: u64 = sizes.iter().map(|&n| n as u64).sum();
+    let client_leg = fp.counts(client_key).expect("client leg");
+    assert_eq!(
+        client_leg.count,
+        Count {
+            datagrams: 3,
+            bytes: sent
+        }
+    );
+    assert!(
+        (before..=after).contains(&client_leg.last_seen_ns),
+        "last seen {} not in [{before}, {after}]",
+        client_leg.last_seen_ns
+    );
+    let target_leg = fp.counts(target_key).expect("target leg");
+    assert_eq!(
+        target_leg.count,
+        Count {
+            datagrams: 3,
+            bytes: sent + 9
+        }
+    );
+    assert!(target_leg.last_seen_ns >= client_leg.last_seen_ns && target_leg.last_seen_ns <= after);
+    let totals = fp.totals();
+    assert_eq!(totals.to_target, client_leg.count);
+    assert_eq!(totals.to_client, target_leg.count);
+
+    // Out of the map: what it carried comes back, and the next datagram goes up.
+    assert_eq!(fp.remove(client_key), Some(client_leg));
+    assert_eq!(fp.remove(client_key), None);
+    assert_eq!(fp.counts(client_key), None);
+    assert_eq!(fp.legs(), 1);
+    s.client_sends(b"\x81after");
+    let (got, from) = receive(&s.data, "pod data socket after remove");
+    assert_eq!(got, b"\x81after");
+    assert_eq!(
+        from,
+        SocketAddrV4::new(CLIENT, CLIENT_PORT),
+        "unchanged on the way up"
+    );
+    assert_silent(&s.target, "target after remove");
+    assert_eq!(fp.totals(), totals, "a miss is not counted");
+    net.stop(fp);
+}
+
+#[test]
+fn control_frames_and_tokens_go_up_unchanged_and_the_whole_magic_is_compared() {
+    let net = Net::new();
+    let s = Session::new(&net);
+    let fp = net.start(16);
+    for (key, rewrite) in legs() {
+        fp.insert(key, rewrite).expect("insert");
+    }
+    let mut reset = MAGIC.to_vec();
+    reset.extend_from_slice(TOKEN.trim_ascii());
+    let mut response = MAGIC.to_vec();
+    response.push(0x02);
+    response.extend_from_slice(&[0u8; 16]);
+    let only_magic = MAGIC.to_vec();
+    let padded = b"  \t AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_ \r\n".to_vec();
+    for up in [reset, response, only_magic, TOKEN.to_vec(), padded] {
+        s.client_sends(&up);
+        let (got, from) = receive(&s.data, "pod data socket");
+        assert_eq!(got, up, "unchanged");
+        assert_eq!(from, SocketAddrV4::new(CLIENT, CLIENT_PORT));
+    }
+    assert_silent(&s.target, "target");
+    assert_eq!(fp.counts(legs()[0].0).expect("leg").count, Count::default());
+
+    // Carried: part of the magic only, a token's length with a byte no token has, a token
+    // one byte too long, and everything the target sends (even the magic).
+    let mut partial = MAGIC[..MAGIC.len() - 1].to_vec();
+    partial.extend_from_slice(b"XYZ");
+    let mut not_token = TOKEN.to_vec();
+    not_token[10] = b'.';
+    let long_token = [b'A'; 53].to_vec();
+    for carried in [partial, not_token, long_token] {
+        s.client_sends(&carried);
+        let (got, _) = receive(&s.target, "target");
+        assert_eq!(got, carried);
+    }
+    let mut from_target = MAGIC.to_vec();
+    from_target.extend_from_slice(TOKEN);
+    s.target_sends(&from_target);
+    assert_eq!(receive(&s.client, "client").0, from_target);
+    assert_silent(&s.data, "pod data socket");
+    assert_silent(&s.upstream, "pod upstream socket");
+
+    // A reload's new magic: the old one is now game traffic, the new one goes up.
+    fp.set_matchers(&Matchers {
+        magic: b"NEWMAGIC".to_vec(),
+        token_min: 36,
+        token_max: 52,
+    })
+    .expect("set matchers");
+    let mut old = MAGIC.to_vec();
+    old.push(0x03);
+    s.client_sends(&old);
+    assert_eq!(receive(&s.target, "target").0, old);
+    s.client_sends(b"NEWMAGIC\x03ping");
+    assert_eq!(receive(&s.data, "pod data socket").0, b"NEWMAGIC\x03ping");
+    net.stop(fp);
+}
+
+#[test]
+fn checksums_hold_with_tx_checksum_offload_off_at_both_ends() {
+    // With forwarding on, so the route lookup's own answer is used here (the other tests
+    // take the "forwarding disabled" way out).
+    let net = Net::new_forwarding();
+    for (ns, dev) in [
+        ("c", "c0"),
+        ("r", "rc"),
+        ("r", "rp"),
+        ("r", "rt"),
+        ("p", "eth0"),
+        ("t", "t0"),
+    ] {
+        net.exec(ns, &["ethtool", "-K", dev, "tx", "off"]);
+    }
+    let s = Session::new(&net);
+    let fp = net.start(16);
+    for (key, rewrite) in legs() {
+        fp.insert(key, rewrite).expect("insert");
+    }
+    let before = (net.udp_checksum_errors("t"), net.udp_checksum_errors("c"));
+    for i in 0..20u8 {
+        let payload = game(i, 17 + 61 * usize::from(i));
+        s.client_sends(&payload);
+        assert_eq!(receive(&s.target, "target").0, payload);
+        s.target_sends(&payload);
+        assert_eq!(receive(&s.client, "client").0, payload);
+    }
+    assert_eq!(fp.counts(legs()[0].0).expect("leg").count.datagrams, 20);
+    assert_eq!(fp.counts(legs()[1].0).expect("leg").count.datagrams, 20);
+    assert_eq!(
+        (net.udp_checksum_errors("t"), net.udp_checksum_errors("c")),
+        before,
+        "UDP checksum errors at the receivers"
+    );
+    net.stop(fp);
+}
+
+/// The programs on the pod's `eth0` ingress: tcx links (which bpftool 7.1 does not list) and
+/// clsact filters.
+fn attached(net: &Net) -> Vec<String> {
+    let mut names = net.inside("p", || {
+        let (_, programs) =
+            aya::programs::SchedClassifier::query_tcx("eth0", aya::programs::TcAttachType::Ingress)
+                .expect("query tcx");
+        programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_string())
+            .collect::<Vec<_>>()
+    });
+    let filters = net.exec("p", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    names.extend(
+        filters
+            .split_whitespace()
+            .filter(|w| w.contains("udp_director_fp"))
+            .map(|w| w.to_string()),
+    );
+    names
+}
+
+#[test]
+fn dropping_the_handle_detaches_the_program() {
+    let net = Net::new();
+    let s = Session::new(&net);
+    let fp = net.start(16);
+    for (key, rewrite) in legs() {
+        fp.insert(key, rewrite).expect("insert");
+    }
+    assert_eq!(attached(&net), vec!["udp_director_fp".to_string()]);
+    s.client_sends(b"\x90carried");
+    assert_eq!(receive(&s.target, "target").0, b"\x90carried");
+
+    net.stop(fp);
+    assert_eq!(attached(&net), Vec::<String>::new(), "still attached");
+    let filters = net.exec("p", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(
+        !filters.contains("udp_director_fp"),
+        "clsact filter left: {filters}"
+    );
+    s.client_sends(b"\x90up");
+    assert_eq!(receive(&s.data, "pod data socket").0, b"\x90up");
+    assert_silent(&s.target, "target");
+}
+
+#[test]
+fn a_program_left_by_a_crashed_run_is_removed_at_start() {
+    use aya::programs::tc::{self, NlOptions, TcAttachOptions};
+    use aya::programs::{SchedClassifier, TcAttachType};
+
+    let net = Net::new();
+    // What a crashed run on a kernel without tcx leaves: our program as a clsact filter,
+    // which outlives its process.
+    net.inside("p", || {
+        let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fast_path.bpf.o"));
+        let mut ebpf = aya::Ebpf::load(object).expect("load");
+        let program: &mut SchedClassifier = ebpf
+            .program_mut("udp_director_fp")
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        program.load().expect("load program");
+        tc::qdisc_add_clsact("eth0").expect("clsact");
+        let link = program
+            .attach_with_options(
+                "eth0",
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions::default()),
+            )
+            .expect("attach");
+        // Keep the filter: the link is forgotten, as a crash would.
+        let link = program.take_link(link).expect("take link");
+        std::mem::forget(link);
+    });
+    let filters = net.exec("p", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(
+        filters.contains("udp_director_fp"),
+        "stale filter set up: {filters}"
+    );
+
+    let fp = net.start(16);
+    let filters = net.exec("p", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(
+        !filters.contains("udp_director_fp"),
+        "stale filter left: {filters}"
+    );
+    assert!(fp.describe().contains("eth0"));
+    net.stop(fp);
+}
+
+#[test]
+fn the_map_holds_two_legs_per_session_and_then_is_full() {
+    let net = Net::new();
+    let fp = net.start(1);
+    let leg = |port: u16| LegKey {
+        peer: SocketAddrV4::new(CLIENT, port),
+        local_port: DATA_PORT,
+    };
+    let [(_, rewrite), _] = legs();
+    fp.insert(leg(1), rewrite).expect("first leg");
+    fp.insert(leg(2), rewrite).expect("second leg");
+    assert!(matches!(
+        fp.insert(leg(3), rewrite),
+        Err(FastPathError::Full)
+    ));
+    assert_eq!(fp.legs(), 2);
+    assert!(fp.remove(leg(1)).is_some());
+    fp.insert(leg(3), rewrite).expect("room again");
+    assert_eq!(fp.legs(), 2);
+    net.stop(fp);
+}
+
+#[test]
+fn an_interface_that_does_not_exist_is_an_interface_error() {
+    match FastPath::start(&["udfp-nope0".to_string()], 16, &matchers()) {
+        Err(FastPathError::Interface { interface, .. }) => assert_eq!(interface, "udfp-nope0"),
+        Err(e) => panic!("expected an interface error, got {e}"),
+        Ok(_) => panic!("started on an interface that does not exist"),
+    }
+}
