@@ -39,6 +39,7 @@ RUN mkdir -p src benches client/src client/benches capi/src testkit/src/bin bpf 
     && echo 'fn main() {}' > client/benches/core.rs \
     && echo 'fn main() {}' > testkit/src/bin/loadgen.rs \
     && echo 'fn main() {}' > testkit/src/bin/tcpbench.rs \
+    && echo 'fn main() {}' > testkit/src/bin/nsbench.rs \
     && echo 'char _license[] __attribute__((section("license"), used)) = "GPL";' > bpf/fast_path.bpf.c
 RUN cargo build --release --locked --bin udp-director --features "$CARGO_FEATURES"
 

@@ -104,6 +104,11 @@ impl Topology {
         };
         // Dropped on any error below: whatever was made is deleted again.
         for ns in Ns::ALL {
+            // A namespace of this name can only be left over from a crashed process that
+            // had this pid before: no live process owns it.
+            if Path::new("/var/run/netns").join(topo.name(ns)).exists() {
+                let _ = ip(&["netns", "del", &topo.name(ns)]);
+            }
             ip(&["netns", "add", &topo.name(ns)]).map_err(|e| {
                 io::Error::new(
                     e.kind(),
@@ -235,11 +240,18 @@ impl Topology {
         cmd
     }
 
-    /// `cmd` run in `ns`: its program and arguments (environment and pipes are not carried
-    /// over; use [`Topology::command_in`] for those) under `ip netns exec`, started.
+    /// `cmd` started in `ns` under `ip netns exec`: its program, arguments, environment
+    /// changes and working directory are carried over; its stdio is inherited (Command does
+    /// not expose what was set: build with [`Topology::command_in`] to pipe it).
     pub fn spawn_in(&self, ns: Ns, cmd: &Command) -> io::Result<std::process::Child> {
         let mut wrapped = self.command_in(ns, cmd.get_program());
         wrapped.args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(v) => wrapped.env(key, v),
+                None => wrapped.env_remove(key),
+            };
+        }
         if let Some(dir) = cmd.get_current_dir() {
             wrapped.current_dir(dir);
         }
@@ -415,6 +427,15 @@ UdpLite: 0 0 0 0 0 0 0 0 0
             assert_eq!((&buf[..n], from), (&b"hello"[..], echo.addr));
         }
         assert!(b.forwarded(Ns::Router).unwrap() >= 4);
+        // A process spawned in a namespace sees that namespace's devices (and its env).
+        let has_to_pod = |ns| {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", "test -e /sys/class/net/$DEV"])
+                .env("DEV", "to-pod");
+            b.spawn_in(ns, &cmd).unwrap().wait().unwrap().success()
+        };
+        assert!(has_to_pod(Ns::Router));
+        assert!(!has_to_pod(Ns::Target));
         assert_eq!(b.udp_in_csum_errors(Ns::Client).unwrap(), 0);
         // a's pod has no route to b's target.
         let from_a = a.socket_in(Ns::Pod, 0).unwrap();

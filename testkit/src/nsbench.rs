@@ -35,7 +35,7 @@ use crate::child::ChildDirector;
 use crate::echo::EchoServer;
 use crate::load::{PhaseResult, drive};
 use crate::netns::{Ns, Topology};
-use crate::wait::pause;
+use crate::wait::{eventually, pause};
 use crate::yaml;
 
 /// `nsbench` arguments.
@@ -332,8 +332,16 @@ impl Bench<'_> {
                     .collect();
                 let measured = drive_at(director.data, Some(&tokens), Some(director.pid()))?;
                 if path == Route::FastPath {
-                    let m = topo.scrape(Ns::Pod, director.admin)?;
-                    kernel_datagrams = Some(m.sum("udp_director_fast_path_datagrams_total"));
+                    // The kernel's counts reach /metrics in batches: wait (bounded) until
+                    // they cover the cell's round trips, then report what they say.
+                    let carried = || {
+                        topo.scrape(Ns::Pod, director.admin)
+                            .map(|m| m.sum("udp_director_fast_path_datagrams_total"))
+                            .unwrap_or(0.0)
+                    };
+                    let expected = 2.0 * measured.0.replies as f64;
+                    eventually(Duration::from_secs(3), || carried() >= expected);
+                    kernel_datagrams = Some(carried());
                 }
                 measured
             }
