@@ -33,10 +33,7 @@ fn topology() -> Topology {
 
 /// An echo server in the target namespace.
 fn echo_in_target(topo: &Topology) -> EchoServer {
-    let bind = SocketAddr::from((topo.addr(Ns::Target), 0));
-    topo.run_in(Ns::Target, || EchoServer::start(bind, b""))
-        .unwrap()
-        .unwrap()
+    topo.echo_in(Ns::Target).unwrap()
 }
 
 /// The director in the pod on `extra` and one static mapping per `(name, backend)`.

@@ -224,6 +224,12 @@ impl Topology {
         self.run_in(ns, || Scrape::fetch(admin))?
     }
 
+    /// An echo server on `ns`'s address (a game server in the target namespace).
+    pub fn echo_in(&self, ns: Ns) -> io::Result<crate::EchoServer> {
+        let bind = SocketAddr::from((self.addr(ns), 0));
+        self.run_in(ns, || crate::EchoServer::start(bind, b""))?
+    }
+
     /// A UDP socket bound to `port` (0: any) on `ns`'s address; it stays in `ns`.
     pub fn socket_in(&self, ns: Ns, port: u16) -> io::Result<UdpSocket> {
         let addr = SocketAddr::from((self.addr(ns), port));

@@ -50,6 +50,23 @@ impl LastSeen for Carried {
     }
 }
 
+/// Client 1 opens a session to 9001 with a token, its target answers: it is in the kernel.
+/// Its id, token and legs.
+fn in_the_kernel(
+    t: &mut SessionTable,
+    tokens: &TokenStore,
+    now: Instant,
+) -> (SessionId, Vec<u8>, Legs) {
+    let token = token_for(tokens, 9001, now);
+    let Decision::Open { id, .. } = send(t, tokens, 1, &token, now) else {
+        panic!("opens")
+    };
+    answer(t, id, now);
+    let legs = legs(t, id);
+    assert_eq!(kernel_outputs(t), [Output::FastPathAdd(legs)]);
+    (id, token, legs)
+}
+
 #[test]
 fn an_ipv4_token_session_goes_in_when_its_target_answers_and_only_once() {
     let mut t = carrying(10);
@@ -139,16 +156,8 @@ fn a_default_endpoint_session_stays_in_user_space_under_its_amplification_limit(
 
 #[test]
 fn a_reset_takes_the_old_legs_out_first_and_the_new_target_puts_them_back() {
-    let mut t = carrying(10);
-    let tokens = TokenStore::new(100);
-    let now = Instant::now();
-    let token = token_for(&tokens, 9001, now);
-    let Decision::Open { id, .. } = send(&mut t, &tokens, 1, &token, now) else {
-        panic!("opens")
-    };
-    answer(&mut t, id, now);
-    let old = legs(&t, id);
-    assert_eq!(kernel_outputs(&mut t), [Output::FastPathAdd(old)]);
+    let (mut t, tokens, now) = (carrying(10), TokenStore::new(100), Instant::now());
+    let (id, _, old) = in_the_kernel(&mut t, &tokens, now);
     // Moved to 9002 by `[magic][token]` from its own address.
     assert_eq!(
         send(&mut t, &tokens, 1, &reset_for(&tokens, 9002, now), now),
@@ -178,16 +187,8 @@ fn a_reset_takes_the_old_legs_out_first_and_the_new_target_puts_them_back() {
 
 #[test]
 fn a_proved_move_to_another_address_swaps_the_legs_at_once() {
-    let mut t = carrying(10);
-    let tokens = TokenStore::new(100);
-    let now = Instant::now();
-    let token = token_for(&tokens, 9001, now);
-    let Decision::Open { id, .. } = send(&mut t, &tokens, 1, &token, now) else {
-        panic!("opens")
-    };
-    answer(&mut t, id, now);
-    let old = legs(&t, id);
-    kernel_outputs(&mut t);
+    let (mut t, tokens, now) = (carrying(10), TokenStore::new(100), Instant::now());
+    let (id, token, old) = in_the_kernel(&mut t, &tokens, now);
     // Another address asks: challenged, nothing comes out of the kernel meanwhile.
     let nonce = nonce_of(send(&mut t, &tokens, 2, &token, now));
     assert!(
