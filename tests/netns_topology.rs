@@ -8,7 +8,7 @@
 //! receiver verifies every checksum. Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN); without it
 //! the test fails and says so.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
 
