@@ -442,6 +442,49 @@ fn control_frames_tokens_and_resumes_reach_user_space_with_a_custom_magic() {
 }
 
 #[test]
+fn a_datagram_with_ip_options_goes_up_and_is_forwarded_by_the_daemon() {
+    let topo = topology();
+    let echo = echo_in_target(&topo);
+    let d = director(&topo, FAST_PATH, &[("echo", echo.addr)]);
+    let client = client_socket(&topo);
+    open(&topo, &d, &client, "echo");
+    await_metric(&topo, &d, "udp_director_fast_path_sessions", 1.0);
+    play(&client, &d, "kern", 10);
+    let to_target = "udp_director_datagrams_total{direction=\"client_to_target\"}";
+    eventually(Duration::from_secs(5), || {
+        kernel_carried(&topo, &d).0 == 10.0
+    });
+    let (kernel_before, all_before) = (kernel_carried(&topo, &d), metric(&topo, &d, to_target));
+    // The same client address, with three NOPs in its IP header: the program does not parse
+    // options, so the datagram goes up and the daemon forwards it like any other.
+    let (SocketAddr::V4(from), SocketAddr::V4(to)) = (client.local_addr().unwrap(), d.data) else {
+        panic!("IPv4 topology")
+    };
+    topo.run_in(Ns::Client, || {
+        testkit::forge::Forger::namespaced()?.send_with_options(
+            from,
+            to,
+            &[1, 1, 1, 0],
+            b"with IP options",
+        )
+    })
+    .unwrap()
+    .unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _) = client.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"with IP options", "echoed back");
+    eventually(Duration::from_secs(5), || {
+        metric(&topo, &d, to_target) == all_before + 1.0
+    });
+    assert_eq!(metric(&topo, &d, to_target), all_before + 1.0);
+    assert_eq!(
+        kernel_carried(&topo, &d).0,
+        kernel_before.0,
+        "not carried by the kernel"
+    );
+}
+
+#[test]
 fn only_a_proved_address_takes_the_session_from_the_kernel() {
     let topo = topology();
     let echo = echo_in_target(&topo);

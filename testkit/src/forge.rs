@@ -15,6 +15,9 @@ use crate::wait::Pacer;
 pub struct Forger {
     socket: Socket,
     packet: Vec<u8>,
+    /// Made inside a network namespace of the test's own (`testkit::netns`): its packets can
+    /// reach nothing but that topology, so any address in it may be named.
+    namespaced: bool,
 }
 
 impl Forger {
@@ -26,21 +29,49 @@ impl Forger {
         Ok(Self {
             socket,
             packet: Vec::with_capacity(1500),
+            namespaced: false,
         })
+    }
+
+    /// A forger for a test's own network namespaces: create it inside one (e.g. in
+    /// [`crate::netns::Topology::run_in`]), where only that topology's addresses are routed.
+    pub fn namespaced() -> io::Result<Self> {
+        let mut forger = Self::new()?;
+        forger.namespaced = true;
+        Ok(forger)
     }
 
     /// Sends one UDP datagram from `from` to `to` (both on 127.0.0.0/8).
     pub fn send(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> io::Result<()> {
-        if !from.ip().is_loopback() || !to.ip().is_loopback() {
+        self.send_with_options(from, to, &[], payload)
+    }
+
+    /// Sends one UDP datagram whose IP header carries `options` (a multiple of 4 bytes, at
+    /// most 40: e.g. `[1, 1, 1, 0]`, three NOPs and the end of the list).
+    pub fn send_with_options(
+        &mut self,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        options: &[u8],
+        payload: &[u8],
+    ) -> io::Result<()> {
+        if !self.namespaced && (!from.ip().is_loopback() || !to.ip().is_loopback()) {
             return Err(io::Error::other("forged datagrams stay on 127.0.0.0/8"));
         }
+        if !options.len().is_multiple_of(4) || options.len() > 40 {
+            return Err(io::Error::other(
+                "IP options come in words of 4 bytes, 40 at most",
+            ));
+        }
         let udp_len = 8 + payload.len();
-        let total = 20 + udp_len;
+        let header = 20 + options.len();
+        let total = header + udp_len;
         let p = &mut self.packet;
         p.clear();
-        // IPv4 header: version 4, IHL 5; the kernel fills the checksum and total length.
+        // IPv4 header: version 4, IHL in words; the kernel fills the checksum (and, for IHL 5,
+        // the total length).
         p.extend_from_slice(&[
-            0x45,
+            0x40 | (header / 4) as u8,
             0,
             (total >> 8) as u8,
             total as u8,
@@ -55,6 +86,7 @@ impl Forger {
         ]);
         p.extend_from_slice(&from.ip().octets());
         p.extend_from_slice(&to.ip().octets());
+        p.extend_from_slice(options);
         // UDP header, checksum 0 (none, allowed over IPv4).
         p.extend_from_slice(&from.port().to_be_bytes());
         p.extend_from_slice(&to.port().to_be_bytes());
