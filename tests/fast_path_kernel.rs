@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use udp_director::shell::fast_path::{
-    Count, FastPath, FastPathError, LegKey, Matchers, Rewrite, monotonic_ns,
+    Count, FastPath, FastPathError, Hook, LegKey, Matchers, Rewrite, monotonic_ns,
 };
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
@@ -143,11 +143,15 @@ impl Net {
     }
 
     fn start_on(&self, interfaces: &[&str], max_sessions: usize) -> FastPath {
+        self.start_hooked(interfaces, max_sessions, Hook::Auto)
+    }
+
+    fn start_hooked(&self, interfaces: &[&str], max_sessions: usize, hook: Hook) -> FastPath {
         let interfaces: Vec<String> = interfaces.iter().map(|i| i.to_string()).collect();
         self.inside("p", move || {
-            FastPath::start(&interfaces, max_sessions, &matchers()).unwrap_or_else(|e| {
-                panic!("start: {e} (these tests need root with CAP_BPF and CAP_NET_ADMIN)")
-            })
+            FastPath::start_hooked(&interfaces, max_sessions, &matchers(), hook).unwrap_or_else(
+                |e| panic!("start: {e} (these tests need root with CAP_BPF and CAP_NET_ADMIN)"),
+            )
         })
     }
 
@@ -551,6 +555,32 @@ fn attached(net: &Net) -> Vec<String> {
             .map(|w| w.to_string()),
     );
     names
+}
+
+#[test]
+fn the_clsact_hook_of_older_kernels_carries_and_detaches_like_tcx() {
+    let net = Net::new();
+    let s = Session::new(&net);
+    let fp = net.start_hooked(&["eth0"], 16, Hook::Clsact);
+    assert_eq!(fp.describe(), "clsact on eth0");
+    for (key, rewrite) in legs() {
+        fp.insert(key, rewrite).expect("insert");
+    }
+    let filters = net.exec("p", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(
+        filters.contains("udp_director_fp"),
+        "no clsact filter: {filters}"
+    );
+    s.client_sends(b"\x90carried");
+    assert_eq!(receive(&s.target, "target").0, b"\x90carried");
+    s.target_sends(b"\x90back");
+    assert_eq!(receive(&s.client, "client").0, b"\x90back");
+
+    net.stop(fp);
+    assert_eq!(attached(&net), Vec::<String>::new(), "still attached");
+    s.client_sends(b"\x90up");
+    assert_eq!(receive(&s.data, "pod data socket").0, b"\x90up");
+    assert_silent(&s.target, "target");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use aya::programs::tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions}
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader, include_bytes_aligned};
 
-use super::{Count, FastPathError, LegCounts, LegKey, Matchers, Rewrite, Totals};
+use super::{Count, FastPathError, Hook, LegCounts, LegKey, Matchers, Rewrite, Totals};
 use crate::util::sync::lock;
 
 /// The program, as `build.rs` compiled it.
@@ -84,6 +84,7 @@ impl Kernel {
         interfaces: &[String],
         max_sessions: usize,
         matchers: &Matchers,
+        hook: Hook,
     ) -> Result<Self, FastPathError> {
         let matchers = matchers_bytes(matchers)?;
         if interfaces.is_empty() {
@@ -129,7 +130,7 @@ impl Kernel {
                 continue;
             }
             remove_stale(interface);
-            let (link, mode) = attach(program, interface)?;
+            let (link, mode) = attach(program, interface, hook)?;
             links.push(link);
             attached.push((interface.clone(), mode));
         }
@@ -298,23 +299,26 @@ fn raise_memlock() {
 fn attach(
     program: &mut SchedClassifier,
     interface: &str,
+    hook: Hook,
 ) -> Result<(SchedClassifierLinkId, Mode), FastPathError> {
-    let tcx = program.attach_with_options(
-        interface,
-        TcAttachType::Ingress,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    );
-    let tcx_error = match tcx {
-        Ok(link) => return Ok((link, Mode::Tcx)),
-        Err(e) => e,
-    };
-    if is_permission(program_errno(&tcx_error)) {
-        return Err(FastPathError::Permission(format!(
-            "attaching to {interface}: {}",
-            chain(&tcx_error)
-        )));
+    if hook == Hook::Auto {
+        let tcx = program.attach_with_options(
+            interface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        );
+        let tcx_error = match tcx {
+            Ok(link) => return Ok((link, Mode::Tcx)),
+            Err(e) => e,
+        };
+        if is_permission(program_errno(&tcx_error)) {
+            return Err(FastPathError::Permission(format!(
+                "attaching to {interface}: {}",
+                chain(&tcx_error)
+            )));
+        }
+        tracing::debug!(interface, error = %chain(&tcx_error), "fast path: no tcx, trying clsact");
     }
-    tracing::debug!(interface, error = %chain(&tcx_error), "fast path: no tcx, trying clsact");
     match tc::qdisc_add_clsact(interface) {
         Ok(()) => {}
         Err(tc::TcError::AlreadyAttached) => {}

@@ -115,6 +115,17 @@ impl FastPathError {
     }
 }
 
+/// How the program is hooked to an interface's TC ingress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tcx where the kernel has it (Linux ≥ 6.6), a clsact qdisc and filter otherwise: what
+    /// [`FastPath::start`] does.
+    Auto,
+    /// clsact even where tcx exists: the hook of kernels before 6.6, which newer ones keep
+    /// (so it is tested here too).
+    Clsact,
+}
+
 /// The loaded and attached program with its maps. Dropping it detaches the program.
 /// Without the `fast-path` feature the type cannot be built ([`FastPath::start`] refuses).
 pub struct FastPath {
@@ -138,13 +149,24 @@ impl FastPath {
         max_sessions: usize,
         matchers: &Matchers,
     ) -> Result<Self, FastPathError> {
+        Self::start_hooked(interfaces, max_sessions, matchers, Hook::Auto)
+    }
+
+    /// [`FastPath::start`] with the hook chosen.
+    pub fn start_hooked(
+        interfaces: &[String],
+        max_sessions: usize,
+        matchers: &Matchers,
+        hook: Hook,
+    ) -> Result<Self, FastPathError> {
         #[cfg(feature = "fast-path")]
         {
-            kernel::Kernel::start(interfaces, max_sessions, matchers).map(|kernel| Self { kernel })
+            kernel::Kernel::start(interfaces, max_sessions, matchers, hook)
+                .map(|kernel| Self { kernel })
         }
         #[cfg(not(feature = "fast-path"))]
         {
-            let _ = (interfaces, max_sessions, matchers);
+            let _ = (interfaces, max_sessions, matchers, hook);
             Err(FastPathError::NotBuilt)
         }
     }
