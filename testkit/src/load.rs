@@ -567,10 +567,14 @@ pub fn run(args: &LoadgenArgs) -> io::Result<()> {
     }
     let direct = &results[0];
     for r in &results[1..] {
+        if r.per_second() == 0.0 || direct.per_second() == 0.0 {
+            println!("{} vs direct: no ratio (a path answered nothing)", r.name);
+            continue;
+        }
         println!(
             "{} vs direct: throughput x{:.2}, added p50 {:+.1} µs, added p99 {:+.1} µs",
             r.name,
-            r.per_second() / direct.per_second().max(1e-9),
+            r.per_second() / direct.per_second(),
             r.percentile_us(50.0) - direct.percentile_us(50.0),
             r.percentile_us(99.0) - direct.percentile_us(99.0)
         );
@@ -578,11 +582,14 @@ pub fn run(args: &LoadgenArgs) -> io::Result<()> {
     let find = |name: &str| results.iter().find(|r| r.name == name);
     if let Some(director) = find("director") {
         for other in ["also", "raw-proxy"] {
-            if let Some(o) = find(other) {
-                println!(
+            match find(other) {
+                Some(o) if o.per_second() > 0.0 => println!(
                     "director vs {other}: throughput x{:.2}",
-                    director.per_second() / o.per_second().max(1e-9)
-                );
+                    director.per_second() / o.per_second()
+                ),
+                // e.g. an nginx that already stopped: say so rather than print a huge ratio.
+                Some(_) => println!("director vs {other}: no ratio ({other} answered nothing)"),
+                None => {}
             }
         }
     }
