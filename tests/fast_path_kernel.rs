@@ -1,24 +1,20 @@
 //! The kernel fast path's program and loader (SPEC §8), in network namespaces these tests
-//! create: a client, the director's "pod" (the program on its `eth0`), a target, joined
-//! through a router. Legs go in by hand through `FastPath`, as the session table's outputs
-//! would put them. Needs root (CAP_BPF, CAP_NET_ADMIN), iproute2, ethtool and setpriv
-//! (util-linux, for the run without capabilities).
+//! create (`testkit::netns::Topology`): a client, the director's "pod" (the program on its
+//! `eth0`), a target, joined through a router. Legs go in by hand through `FastPath`, as
+//! the session table's outputs would put them. Needs root (CAP_BPF, CAP_NET_ADMIN),
+//! iproute2, ethtool and setpriv (util-linux, for the run without capabilities).
 #![cfg(feature = "fast-path")]
 
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsFd;
+use std::net::{SocketAddrV4, UdpSocket};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use testkit::netns::{Ns, Topology};
 use udp_director::shell::fast_path::{
     Count, FastPath, FastPathError, Hook, LegKey, Matchers, Rewrite, monotonic_ns,
 };
 
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
-const POD: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
-const TARGET: Ipv4Addr = Ipv4Addr::new(10, 77, 3, 2);
 const DATA_PORT: u16 = 7777;
 const UPSTREAM_PORT: u16 = 40_000;
 const TARGET_PORT: u16 = 9001;
@@ -39,186 +35,91 @@ fn matchers() -> Matchers {
     }
 }
 
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {args:?} ({e}): these tests need iproute2 and ethtool")
-        });
-    assert!(
-        out.status.success(),
-        "{args:?} failed (these tests need root with CAP_BPF and CAP_NET_ADMIN): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A topology whose pod does not forward, as a real pod does not: the program's route
+/// lookup answers "forwarding disabled" and datagrams leave by the interface they came in on.
+fn topology() -> Topology {
+    Topology::new().expect("topology (these tests need root with CAP_BPF and CAP_NET_ADMIN)")
+}
+
+/// A topology whose pod forwards: the program's route lookup answers with the egress
+/// interface.
+fn topology_forwarding() -> Topology {
+    let topo = topology();
+    topo.set_forwarding(Ns::Pod).expect("forwarding in the pod");
+    topo
+}
+
+/// `ns`'s address and `port`.
+fn at(topo: &Topology, ns: Ns, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(topo.addr(ns), port)
+}
+
+/// The filters on the pod's `eth0` ingress (`tc filter show`): where a clsact program is.
+fn pod_filters(topo: &Topology) -> String {
+    let out = topo
+        .exec_in(Ns::Pod, &["tc", "filter", "show", "dev", "eth0", "ingress"])
+        .unwrap_or_else(|e| panic!("{e} (these tests need iproute2)"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Four namespaces: client — router — pod, router — target. Deleted on drop (their veths
-/// go with them).
-struct Net {
-    prefix: String,
+/// `Udp: ... InCsumErrors` in `ns`.
+fn udp_checksum_errors(topo: &Topology, ns: Ns) -> u64 {
+    topo.udp_in_csum_errors(ns).expect("InCsumErrors")
 }
 
-impl Net {
-    /// The pod does not forward, as a real pod does not: the program's route lookup answers
-    /// "forwarding disabled" and datagrams leave by the interface they came in on.
-    fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let prefix = format!(
-            "udfp{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let net = Net { prefix };
-        for ns in ["c", "r", "p", "t"] {
-            run(&["ip", "netns", "add", &net.ns(ns)]);
-        }
-        let (c, r, p, t) = (net.ns("c"), net.ns("r"), net.ns("p"), net.ns("t"));
-        for (a, a_ns, b, b_ns) in [
-            ("c0", &c, "rc", &r),
-            ("eth0", &p, "rp", &r),
-            ("t0", &t, "rt", &r),
-        ] {
-            run(&[
-                "ip", "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns",
-                b_ns,
-            ]);
-        }
-        for (ns, dev, addr, gw) in [
-            (&c, "c0", "10.77.1.2/24", Some("10.77.1.1")),
-            (&r, "rc", "10.77.1.1/24", None),
-            (&r, "rp", "10.77.2.1/24", None),
-            (&r, "rt", "10.77.3.1/24", None),
-            (&p, "eth0", "10.77.2.2/24", Some("10.77.2.1")),
-            (&t, "t0", "10.77.3.2/24", Some("10.77.3.1")),
-        ] {
-            run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            if let Some(gw) = gw {
-                run(&["ip", "-n", ns, "route", "add", "default", "via", gw]);
-            }
-        }
-        net.exec("r", &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-        net
-    }
-
-    /// The pod forwards: the program's route lookup answers with the egress interface.
-    fn new_forwarding() -> Self {
-        let net = Self::new();
-        net.exec("p", &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-        net
-    }
-
-    fn ns(&self, short: &str) -> String {
-        format!("{}{short}", self.prefix)
-    }
-
-    /// Runs `body` on a thread inside namespace `short` (sockets it creates stay there).
-    fn inside<T: Send + 'static>(
-        &self,
-        short: &str,
-        body: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
-        let path = format!("/run/netns/{}", self.ns(short));
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("setns {path}: {e} (needs root)"));
-            body()
-        })
-        .join()
-        .expect("namespace thread")
-    }
-
-    fn bind(&self, short: &str, addr: SocketAddrV4) -> UdpSocket {
-        let socket = self.inside(short, move || UdpSocket::bind(addr).expect("bind"));
-        socket.set_read_timeout(Some(ARRIVES)).expect("timeout");
-        socket
-    }
-
-    fn start(&self, max_sessions: usize) -> FastPath {
-        self.start_on(&["eth0"], max_sessions)
-    }
-
-    fn start_on(&self, interfaces: &[&str], max_sessions: usize) -> FastPath {
-        self.start_hooked(interfaces, max_sessions, Hook::Auto)
-    }
-
-    fn start_hooked(&self, interfaces: &[&str], max_sessions: usize, hook: Hook) -> FastPath {
-        let interfaces: Vec<String> = interfaces.iter().map(|i| i.to_string()).collect();
-        self.inside("p", move || {
-            FastPath::start_hooked(&interfaces, max_sessions, &matchers(), hook).unwrap_or_else(
-                |e| panic!("start: {e} (these tests need root with CAP_BPF and CAP_NET_ADMIN)"),
-            )
-        })
-    }
-
-    /// Drops the handle inside the pod's namespace (a clsact detach goes by ifindex there).
-    fn stop(&self, fast_path: FastPath) {
-        self.inside("p", move || drop(fast_path));
-    }
-
-    fn exec(&self, short: &str, args: &[&str]) -> String {
-        let ns = self.ns(short);
-        let mut all = vec!["ip", "netns", "exec", ns.as_str()];
-        all.extend_from_slice(args);
-        run(&all)
-    }
-
-    /// `Udp: ... InCsumErrors` in namespace `short`.
-    fn udp_checksum_errors(&self, short: &str) -> u64 {
-        let snmp = self.exec(short, &["cat", "/proc/net/snmp"]);
-        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-        let (names, values) = (
-            udp.next().expect("Udp header"),
-            udp.next().expect("Udp values"),
-        );
-        let at = names
-            .split_whitespace()
-            .position(|n| n == "InCsumErrors")
-            .expect("InCsumErrors");
-        values
-            .split_whitespace()
-            .nth(at)
-            .expect("value")
-            .parse()
-            .expect("number")
-    }
+fn with_timeout(socket: std::io::Result<UdpSocket>) -> UdpSocket {
+    let socket = socket.expect("bind");
+    socket.set_read_timeout(Some(ARRIVES)).expect("timeout");
+    socket
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in ["c", "r", "p", "t"] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(ns)])
-                .status();
-        }
-    }
+fn start(topo: &Topology, max_sessions: usize) -> FastPath {
+    start_on(topo, &["eth0"], max_sessions)
+}
+
+fn start_on(topo: &Topology, interfaces: &[&str], max_sessions: usize) -> FastPath {
+    start_hooked(topo, interfaces, max_sessions, Hook::Auto)
+}
+
+fn start_hooked(topo: &Topology, interfaces: &[&str], max_sessions: usize, hook: Hook) -> FastPath {
+    let interfaces: Vec<String> = interfaces.iter().map(|i| i.to_string()).collect();
+    let started = topo
+        .run_in(Ns::Pod, move || {
+            FastPath::start_hooked(&interfaces, max_sessions, &matchers(), hook)
+        })
+        .expect("into the pod");
+    started.unwrap_or_else(|e| {
+        panic!("start: {e} (these tests need root with CAP_BPF and CAP_NET_ADMIN)")
+    })
+}
+
+/// Drops the handle inside the pod's namespace (a clsact detach goes by ifindex there).
+fn stop(topo: &Topology, fast_path: FastPath) {
+    topo.run_in(Ns::Pod, move || drop(fast_path))
+        .expect("into the pod");
 }
 
 /// The client's and the target's legs of one session, as the session table would put them.
-fn legs() -> [(LegKey, Rewrite); 2] {
+fn legs(topo: &Topology) -> [(LegKey, Rewrite); 2] {
     [
         (
             LegKey {
-                peer: SocketAddrV4::new(CLIENT, CLIENT_PORT),
+                peer: at(topo, Ns::Client, CLIENT_PORT),
                 local_port: DATA_PORT,
             },
             Rewrite {
-                to: SocketAddrV4::new(TARGET, TARGET_PORT),
+                to: at(topo, Ns::Target, TARGET_PORT),
                 from_port: UPSTREAM_PORT,
                 from_client: true,
             },
         ),
         (
             LegKey {
-                peer: SocketAddrV4::new(TARGET, TARGET_PORT),
+                peer: at(topo, Ns::Target, TARGET_PORT),
                 local_port: UPSTREAM_PORT,
             },
             Rewrite {
-                to: SocketAddrV4::new(CLIENT, CLIENT_PORT),
+                to: at(topo, Ns::Client, CLIENT_PORT),
                 from_port: DATA_PORT,
                 from_client: false,
             },
@@ -232,27 +133,32 @@ struct Session {
     target: UdpSocket,
     data: UdpSocket,
     upstream: UdpSocket,
+    /// The director's data and upstream addresses.
+    data_addr: SocketAddrV4,
+    upstream_addr: SocketAddrV4,
 }
 
 impl Session {
-    fn new(net: &Net) -> Self {
+    fn new(topo: &Topology) -> Self {
         Session {
-            client: net.bind("c", SocketAddrV4::new(CLIENT, CLIENT_PORT)),
-            target: net.bind("t", SocketAddrV4::new(TARGET, TARGET_PORT)),
-            data: net.bind("p", SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DATA_PORT)),
-            upstream: net.bind("p", SocketAddrV4::new(POD, UPSTREAM_PORT)),
+            client: with_timeout(topo.socket_in(Ns::Client, CLIENT_PORT)),
+            target: with_timeout(topo.socket_in(Ns::Target, TARGET_PORT)),
+            data: with_timeout(topo.socket_any_in(Ns::Pod, DATA_PORT)),
+            upstream: with_timeout(topo.socket_in(Ns::Pod, UPSTREAM_PORT)),
+            data_addr: at(topo, Ns::Pod, DATA_PORT),
+            upstream_addr: at(topo, Ns::Pod, UPSTREAM_PORT),
         }
     }
 
     fn client_sends(&self, payload: &[u8]) {
         self.client
-            .send_to(payload, SocketAddrV4::new(POD, DATA_PORT))
+            .send_to(payload, self.data_addr)
             .expect("client send");
     }
 
     fn target_sends(&self, payload: &[u8]) {
         self.target
-            .send_to(payload, SocketAddrV4::new(POD, UPSTREAM_PORT))
+            .send_to(payload, self.upstream_addr)
             .expect("target send");
     }
 }
@@ -286,11 +192,11 @@ fn game(i: u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn a_session_is_carried_both_ways_with_the_directors_addresses_and_counted() {
-    let net = Net::new();
-    let s = Session::new(&net);
-    let fp = net.start(16);
+    let topo = topology();
+    let s = Session::new(&topo);
+    let fp = start(&topo, 16);
     assert!(fp.describe().contains("eth0"), "{}", fp.describe());
-    let [(client_key, to_target), (target_key, to_client)] = legs();
+    let [(client_key, to_target), (target_key, to_client)] = legs(&topo);
     fp.insert(client_key, to_target).expect("insert client leg");
     fp.insert(target_key, to_client).expect("insert target leg");
     assert_eq!(fp.legs(), 2);
@@ -306,21 +212,13 @@ fn a_session_is_carried_both_ways_with_the_directors_addresses_and_counted() {
         s.client_sends(&payload);
         let (got, from) = receive(&s.target, "target");
         assert_eq!(got, payload);
-        assert_eq!(
-            from,
-            SocketAddrV4::new(POD, UPSTREAM_PORT),
-            "source towards the target"
-        );
+        assert_eq!(from, s.upstream_addr, "source towards the target");
 
         let reply = game(100 + i as u8, len + 3);
         s.target_sends(&reply);
         let (got, from) = receive(&s.client, "client");
         assert_eq!(got, reply);
-        assert_eq!(
-            from,
-            SocketAddrV4::new(POD, DATA_PORT),
-            "source towards the client"
-        );
+        assert_eq!(from, s.data_addr, "source towards the client");
     }
     let after = monotonic_ns();
     // The kernel carried them: the director's sockets saw nothing.
@@ -364,20 +262,20 @@ fn a_session_is_carried_both_ways_with_the_directors_addresses_and_counted() {
     assert_eq!(got, b"\x81after");
     assert_eq!(
         from,
-        SocketAddrV4::new(CLIENT, CLIENT_PORT),
+        at(&topo, Ns::Client, CLIENT_PORT),
         "unchanged on the way up"
     );
     assert_silent(&s.target, "target after remove");
     assert_eq!(fp.totals(), totals, "a miss is not counted");
-    net.stop(fp);
+    stop(&topo, fp);
 }
 
 #[test]
 fn control_frames_and_tokens_go_up_unchanged_and_the_whole_magic_is_compared() {
-    let net = Net::new();
-    let s = Session::new(&net);
-    let fp = net.start(16);
-    for (key, rewrite) in legs() {
+    let topo = topology();
+    let s = Session::new(&topo);
+    let fp = start(&topo, 16);
+    for (key, rewrite) in legs(&topo) {
         fp.insert(key, rewrite).expect("insert");
     }
     let mut reset = MAGIC.to_vec();
@@ -391,10 +289,13 @@ fn control_frames_and_tokens_go_up_unchanged_and_the_whole_magic_is_compared() {
         s.client_sends(&up);
         let (got, from) = receive(&s.data, "pod data socket");
         assert_eq!(got, up, "unchanged");
-        assert_eq!(from, SocketAddrV4::new(CLIENT, CLIENT_PORT));
+        assert_eq!(from, at(&topo, Ns::Client, CLIENT_PORT));
     }
     assert_silent(&s.target, "target");
-    assert_eq!(fp.counts(legs()[0].0).expect("leg").count, Count::default());
+    assert_eq!(
+        fp.counts(legs(&topo)[0].0).expect("leg").count,
+        Count::default()
+    );
 
     // Carried: part of the magic only, a token's length with a byte no token has, a token
     // one byte too long, and everything the target sends (even the magic).
@@ -454,27 +355,29 @@ fn control_frames_and_tokens_go_up_unchanged_and_the_whole_magic_is_compared() {
     s.client_sends(&big);
     assert_eq!(receive(&s.data, "pod data socket").0, big);
     assert_silent(&s.target, "target");
-    net.stop(fp);
+    stop(&topo, fp);
 }
 
 #[test]
 fn a_datagram_without_a_udp_checksum_stays_without_one() {
-    let net = Net::new();
-    let s = Session::new(&net);
-    let fp = net.start(16);
-    for (key, rewrite) in legs() {
+    let topo = topology();
+    let s = Session::new(&topo);
+    let fp = start(&topo, 16);
+    for (key, rewrite) in legs(&topo) {
         fp.insert(key, rewrite).expect("insert");
     }
     // A UDP header by hand with checksum 0 ("none" in IPv4), from the client's port, on a raw
     // socket in the client's namespace (the kernel adds the IP header, nothing else).
-    let raw = net.inside("c", || {
-        socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::RAW,
-            Some(socket2::Protocol::UDP),
-        )
-        .expect("raw socket")
-    });
+    let raw = topo
+        .run_in(Ns::Client, || {
+            socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::UDP),
+            )
+            .expect("raw socket")
+        })
+        .expect("into the client");
     let payload = game(3, 100);
     let mut datagram = Vec::new();
     datagram.extend_from_slice(&CLIENT_PORT.to_be_bytes());
@@ -482,40 +385,35 @@ fn a_datagram_without_a_udp_checksum_stays_without_one() {
     datagram.extend_from_slice(&u16::try_from(8 + payload.len()).expect("len").to_be_bytes());
     datagram.extend_from_slice(&[0, 0]);
     datagram.extend_from_slice(&payload);
-    raw.send_to(&datagram, &SocketAddrV4::new(POD, 0).into())
+    raw.send_to(&datagram, &at(&topo, Ns::Pod, 0).into())
         .expect("raw send");
     // Carried, still valid at the target: a checksum computed from the 0 would be wrong
     // and the target's stack would drop the datagram.
     let (got, from) = receive(&s.target, "target");
     assert_eq!(got, payload);
-    assert_eq!(from, SocketAddrV4::new(POD, UPSTREAM_PORT));
-    assert_eq!(net.udp_checksum_errors("t"), 0);
+    assert_eq!(from, s.upstream_addr);
+    assert_eq!(udp_checksum_errors(&topo, Ns::Target), 0);
     assert_silent(&s.data, "pod data socket");
-    assert_eq!(fp.counts(legs()[0].0).expect("leg").count.datagrams, 1);
-    net.stop(fp);
+    assert_eq!(fp.counts(legs(&topo)[0].0).expect("leg").count.datagrams, 1);
+    stop(&topo, fp);
 }
 
 #[test]
 fn checksums_hold_with_tx_checksum_offload_off_at_both_ends() {
     // With forwarding on, so the route lookup's own answer is used here (the other tests
     // take the "forwarding disabled" way out).
-    let net = Net::new_forwarding();
-    for (ns, dev) in [
-        ("c", "c0"),
-        ("r", "rc"),
-        ("r", "rp"),
-        ("r", "rt"),
-        ("p", "eth0"),
-        ("t", "t0"),
-    ] {
-        net.exec(ns, &["ethtool", "-K", dev, "tx", "off"]);
-    }
-    let s = Session::new(&net);
-    let fp = net.start(16);
-    for (key, rewrite) in legs() {
+    let topo = topology_forwarding();
+    topo.set_tx_offload(false)
+        .unwrap_or_else(|e| panic!("{e} (this test needs ethtool)"));
+    let s = Session::new(&topo);
+    let fp = start(&topo, 16);
+    for (key, rewrite) in legs(&topo) {
         fp.insert(key, rewrite).expect("insert");
     }
-    let before = (net.udp_checksum_errors("t"), net.udp_checksum_errors("c"));
+    let before = (
+        udp_checksum_errors(&topo, Ns::Target),
+        udp_checksum_errors(&topo, Ns::Client),
+    );
     for i in 0..20u8 {
         let payload = game(i, 17 + 61 * usize::from(i));
         s.client_sends(&payload);
@@ -523,31 +421,44 @@ fn checksums_hold_with_tx_checksum_offload_off_at_both_ends() {
         s.target_sends(&payload);
         assert_eq!(receive(&s.client, "client").0, payload);
     }
-    assert_eq!(fp.counts(legs()[0].0).expect("leg").count.datagrams, 20);
-    assert_eq!(fp.counts(legs()[1].0).expect("leg").count.datagrams, 20);
     assert_eq!(
-        (net.udp_checksum_errors("t"), net.udp_checksum_errors("c")),
+        fp.counts(legs(&topo)[0].0).expect("leg").count.datagrams,
+        20
+    );
+    assert_eq!(
+        fp.counts(legs(&topo)[1].0).expect("leg").count.datagrams,
+        20
+    );
+    assert_eq!(
+        (
+            udp_checksum_errors(&topo, Ns::Target),
+            udp_checksum_errors(&topo, Ns::Client)
+        ),
         before,
         "UDP checksum errors at the receivers"
     );
-    net.stop(fp);
+    stop(&topo, fp);
 }
 
 /// The programs on the pod's `eth0` ingress: tcx links (which bpftool 7.1 does not list) and
 /// clsact filters.
-fn attached(net: &Net) -> Vec<String> {
-    let mut names = net.inside("p", || {
-        // A kernel without tcx (before 6.6) refuses the query: nothing is attached that way.
-        let programs =
-            aya::programs::SchedClassifier::query_tcx("eth0", aya::programs::TcAttachType::Ingress)
-                .map(|(_, programs)| programs)
-                .unwrap_or_default();
-        programs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_string())
-            .collect::<Vec<_>>()
-    });
-    let filters = net.exec("p", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+fn attached(topo: &Topology) -> Vec<String> {
+    let mut names = topo
+        .run_in(Ns::Pod, || {
+            // A kernel without tcx (before 6.6) refuses the query: nothing is attached that way.
+            let programs = aya::programs::SchedClassifier::query_tcx(
+                "eth0",
+                aya::programs::TcAttachType::Ingress,
+            )
+            .map(|(_, programs)| programs)
+            .unwrap_or_default();
+            programs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_string())
+                .collect::<Vec<_>>()
+        })
+        .expect("into the pod");
+    let filters = pod_filters(topo);
     names.extend(
         filters
             .split_whitespace()
@@ -559,14 +470,14 @@ fn attached(net: &Net) -> Vec<String> {
 
 #[test]
 fn the_clsact_hook_of_older_kernels_carries_and_detaches_like_tcx() {
-    let net = Net::new();
-    let s = Session::new(&net);
-    let fp = net.start_hooked(&["eth0"], 16, Hook::Clsact);
+    let topo = topology();
+    let s = Session::new(&topo);
+    let fp = start_hooked(&topo, &["eth0"], 16, Hook::Clsact);
     assert_eq!(fp.describe(), "clsact on eth0");
-    for (key, rewrite) in legs() {
+    for (key, rewrite) in legs(&topo) {
         fp.insert(key, rewrite).expect("insert");
     }
-    let filters = net.exec("p", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    let filters = pod_filters(&topo);
     assert!(
         filters.contains("udp_director_fp"),
         "no clsact filter: {filters}"
@@ -576,8 +487,8 @@ fn the_clsact_hook_of_older_kernels_carries_and_detaches_like_tcx() {
     s.target_sends(b"\x90back");
     assert_eq!(receive(&s.client, "client").0, b"\x90back");
 
-    net.stop(fp);
-    assert_eq!(attached(&net), Vec::<String>::new(), "still attached");
+    stop(&topo, fp);
+    assert_eq!(attached(&topo), Vec::<String>::new(), "still attached");
     s.client_sends(b"\x90up");
     assert_eq!(receive(&s.data, "pod data socket").0, b"\x90up");
     assert_silent(&s.target, "target");
@@ -585,25 +496,25 @@ fn the_clsact_hook_of_older_kernels_carries_and_detaches_like_tcx() {
 
 #[test]
 fn dropping_the_handle_detaches_the_program() {
-    let net = Net::new();
-    let s = Session::new(&net);
+    let topo = topology();
+    let s = Session::new(&topo);
     // Named twice, attached once.
-    let fp = net.start_on(&["eth0", "eth0"], 16);
+    let fp = start_on(&topo, &["eth0", "eth0"], 16);
     assert!(
         ["tcx on eth0", "clsact on eth0"].contains(&fp.describe().as_str()),
         "{}",
         fp.describe()
     );
-    for (key, rewrite) in legs() {
+    for (key, rewrite) in legs(&topo) {
         fp.insert(key, rewrite).expect("insert");
     }
-    assert_eq!(attached(&net), vec!["udp_director_fp".to_string()]);
+    assert_eq!(attached(&topo), vec!["udp_director_fp".to_string()]);
     s.client_sends(b"\x90carried");
     assert_eq!(receive(&s.target, "target").0, b"\x90carried");
 
-    net.stop(fp);
-    assert_eq!(attached(&net), Vec::<String>::new(), "still attached");
-    let filters = net.exec("p", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    stop(&topo, fp);
+    assert_eq!(attached(&topo), Vec::<String>::new(), "still attached");
+    let filters = pod_filters(&topo);
     assert!(
         !filters.contains("udp_director_fp"),
         "clsact filter left: {filters}"
@@ -618,10 +529,10 @@ fn a_program_left_by_a_crashed_run_is_removed_at_start() {
     use aya::programs::tc::{self, NlOptions, TcAttachOptions};
     use aya::programs::{SchedClassifier, TcAttachType};
 
-    let net = Net::new();
+    let topo = topology();
     // What a crashed run on a kernel without tcx leaves: our program as a clsact filter,
     // which outlives its process.
-    net.inside("p", || {
+    topo.run_in(Ns::Pod, || {
         let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fast_path.bpf.o"));
         let mut ebpf = aya::Ebpf::load(object).expect("load");
         let program: &mut SchedClassifier = ebpf
@@ -641,32 +552,33 @@ fn a_program_left_by_a_crashed_run_is_removed_at_start() {
         // Keep the filter: the link is forgotten, as a crash would.
         let link = program.take_link(link).expect("take link");
         std::mem::forget(link);
-    });
-    let filters = net.exec("p", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    })
+    .expect("into the pod");
+    let filters = pod_filters(&topo);
     assert!(
         filters.contains("udp_director_fp"),
         "stale filter set up: {filters}"
     );
 
-    let fp = net.start(16);
-    let filters = net.exec("p", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    let fp = start(&topo, 16);
+    let filters = pod_filters(&topo);
     assert!(
         !filters.contains("udp_director_fp"),
         "stale filter left: {filters}"
     );
     assert!(fp.describe().contains("eth0"));
-    net.stop(fp);
+    stop(&topo, fp);
 }
 
 #[test]
 fn the_map_holds_two_legs_per_session_and_then_is_full() {
-    let net = Net::new();
-    let fp = net.start(1);
+    let topo = topology();
+    let fp = start(&topo, 1);
     let leg = |port: u16| LegKey {
-        peer: SocketAddrV4::new(CLIENT, port),
+        peer: at(&topo, Ns::Client, port),
         local_port: DATA_PORT,
     };
-    let [(_, rewrite), _] = legs();
+    let [(_, rewrite), _] = legs(&topo);
     fp.insert(leg(1), rewrite).expect("first leg");
     fp.insert(leg(2), rewrite).expect("second leg");
     assert!(matches!(
@@ -677,7 +589,7 @@ fn the_map_holds_two_legs_per_session_and_then_is_full() {
     assert!(fp.remove(leg(1)).is_some());
     fp.insert(leg(3), rewrite).expect("room again");
     assert_eq!(fp.legs(), 2);
-    net.stop(fp);
+    stop(&topo, fp);
 }
 
 #[test]

@@ -159,7 +159,7 @@ impl Topology {
                 ],
             )?;
         }
-        topo.exec_in(Ns::Router, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        topo.set_forwarding(Ns::Router)?;
         Ok(topo)
     }
 
@@ -234,6 +234,21 @@ impl Topology {
     pub fn socket_in(&self, ns: Ns, port: u16) -> io::Result<UdpSocket> {
         let addr = SocketAddr::from((self.addr(ns), port));
         self.run_in(ns, || UdpSocket::bind(addr))?
+    }
+
+    /// A UDP socket bound to `port` on the unspecified address in `ns`: it receives on
+    /// every address of `ns`, as a daemon's wildcard listener does.
+    pub fn socket_any_in(&self, ns: Ns, port: u16) -> io::Result<UdpSocket> {
+        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        self.run_in(ns, || UdpSocket::bind(addr))?
+    }
+
+    /// Turns IPv4 forwarding on in `ns` (only the router forwards after [`Topology::new`],
+    /// as a real pod does not). On in the pod, a route lookup there (the kernel fast path's)
+    /// answers with an egress interface instead of "forwarding disabled".
+    pub fn set_forwarding(&self, ns: Ns) -> io::Result<()> {
+        self.exec_in(ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+            .map(drop)
     }
 
     /// `program` as a command that runs in `ns` (`ip netns exec`, which execs it: the child's
