@@ -121,8 +121,12 @@ fn newcomers(
     let until = Instant::now() + Duration::from_secs(30);
     while (run.load(Ordering::Relaxed) || (tried as usize) < at_least) && Instant::now() < until {
         tried += 1;
-        let Ok(grant) = Query::new("echo").send(query) else {
-            continue;
+        let grant = match Query::new("echo").send(query) {
+            Ok(grant) => grant,
+            Err(e) => {
+                println!("newcomer {tried}: no token: {e}");
+                continue;
+            }
         };
         // Spread: each from an address of its own (players behind different addresses; an
         // unbound token needs proof from wherever it comes).
@@ -141,7 +145,9 @@ fn newcomers(
             Session::open(data, &grant).unwrap()
         };
         let mut buf = [0u8; 256];
-        let deadline = Instant::now() + Duration::from_secs(3);
+        // A player retries for seconds; 5 s leaves room for a CI machine whose two cores the
+        // flood's sender and the director share with other jobs.
+        let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             session.send(b"hello").unwrap();
             bytes.sent += 5;
@@ -151,6 +157,9 @@ fn newcomers(
                 break;
             }
             let _ = session.tick();
+        }
+        if Instant::now() >= deadline {
+            println!("newcomer {tried}: no echo within 5 s");
         }
         // Late answers to the repeated hellos still count as received.
         while let Ok(Some(n)) = session.recv_timeout(&mut buf, Duration::from_millis(5)) {
