@@ -93,8 +93,8 @@ impl Counts {
 pub(super) struct KernelReport {
     /// This worker's sessions in the map now.
     pub(super) sessions: i64,
-    /// Sessions whose legs did not fit since the last flush.
-    pub(super) full: u64,
+    /// Sessions whose legs could not go in since the last flush, by reason.
+    pub(super) failed: [u64; FastPathFailure::COUNT],
     /// The program's totals (one worker reads them, so each datagram is added once).
     pub(super) totals: Option<Totals>,
 }
@@ -171,13 +171,10 @@ impl Flusher {
         m.fast_path_sessions
             .inc_by(r.sessions - self.kernel_sessions_reported);
         self.kernel_sessions_reported = r.sessions;
-        if r.full > 0 {
-            Metrics::counter(
-                &m.fast_path_failures,
-                "reason",
-                FastPathFailure::Full.as_str(),
-            )
-            .inc_by(r.full);
+        for (reason, n) in FastPathFailure::ALL.iter().zip(r.failed) {
+            if n > 0 {
+                Metrics::counter(&m.fast_path_failures, "reason", reason.as_str()).inc_by(n);
+            }
         }
         let Some(now) = r.totals else {
             return;
@@ -309,6 +306,45 @@ mod tests {
             "udp_director_path_challenges_total{outcome=\"over_budget\"} 0",
             "udp_director_pings_total{outcome=\"answered\"} 1",
             "udp_director_pings_total{outcome=\"short\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_kernels_counts_join_the_totals_once_and_failures_keep_their_reason() {
+        use crate::shell::fast_path::Count;
+        let m = Metrics::new();
+        let mut f = Flusher::new(0, &m, Instant::now());
+        let mut failed = [0; FastPathFailure::COUNT];
+        failed[FastPathFailure::Full.index()] = 2;
+        failed[FastPathFailure::Map.index()] = 1;
+        let totals = |n: u64| Totals {
+            to_target: Count {
+                datagrams: n,
+                bytes: 64 * n,
+            },
+            to_client: Count {
+                datagrams: n,
+                bytes: 64 * n,
+            },
+        };
+        let report = |sessions, failed, n| KernelReport {
+            sessions,
+            failed,
+            totals: Some(totals(n)),
+        };
+        f.flush_kernel(report(3, failed, 10), &m);
+        // The program's totals are cumulative: only what is new is added.
+        f.flush_kernel(report(1, [0; FastPathFailure::COUNT], 25), &m);
+        let text = m.encode();
+        for line in [
+            "udp_director_fast_path_failures_total{reason=\"full\"} 2",
+            "udp_director_fast_path_failures_total{reason=\"map\"} 1",
+            "udp_director_fast_path_sessions 1",
+            "udp_director_fast_path_datagrams_total{direction=\"client_to_target\"} 25",
+            "udp_director_datagrams_total{direction=\"target_to_client\"} 25",
+            "udp_director_datagram_bytes_total{direction=\"client_to_target\"} 1600",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }

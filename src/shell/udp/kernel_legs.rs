@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::model::FastPathFailure;
 use crate::session::{FlowStats, LastSeen, Legs, SessionId};
 use crate::shell::fast_path::{FastPath, LegCounts, LegKey, Rewrite, monotonic_ns};
 
@@ -31,8 +32,9 @@ pub(super) struct KernelLegs {
     entries: HashMap<SessionId, Entry, foldhash::fast::RandomState>,
     /// Sessions whose legs are in the map now.
     pub(super) sessions: i64,
-    /// Legs that did not fit (`fast_path_failures_total{reason="full"}`), since the last flush.
-    pub(super) full: u64,
+    /// Sessions whose legs could not go in, by reason (`fast_path_failures_total{reason}`:
+    /// `full` when the map is), since the last flush.
+    pub(super) failed: [u64; FastPathFailure::COUNT],
 }
 
 impl KernelLegs {
@@ -41,7 +43,7 @@ impl KernelLegs {
             data_port,
             entries: HashMap::default(),
             sessions: 0,
-            full: 0,
+            failed: [0; FastPathFailure::COUNT],
         }
     }
 
@@ -74,7 +76,7 @@ impl KernelLegs {
         let entry = self.entries.entry(legs.id).or_default();
         if let Err(e) = inserted {
             tracing::debug!(error = %e, "session stays in user space");
-            self.full += 1;
+            self.failed[e.reason().index()] += 1;
             // Whatever went in comes out: a leg is carried both ways or not at all.
             take(
                 fast_path,

@@ -577,7 +577,7 @@ impl Worker {
         if let Some(fast_path) = &self.shared.fast_path {
             let report = KernelReport {
                 sessions: self.kernel.sessions,
-                full: std::mem::take(&mut self.kernel.full),
+                failed: std::mem::take(&mut self.kernel.failed),
                 totals: (self.index == 0).then(|| fast_path.totals()),
             };
             self.flusher.flush_kernel(report, &self.shared.metrics);
