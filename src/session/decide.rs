@@ -404,8 +404,13 @@ impl SessionTable {
         }
     }
 
+    /// A redeemed token on a live session: the session holds it from now on and goes to its
+    /// target. A default-endpoint session whose client sends a token (its first datagram, the
+    /// token, was lost and it sent it again, SPEC §3) becomes a token session: no longer under
+    /// the amplification limit, no longer yielding its place.
     fn reset_to(&mut self, id: SessionId, grant: Grant, now: Instant) -> Decision {
         self.claim(id, grant.key, now);
+        self.promote(id);
         if self.reset(id, grant.target, now) {
             Decision::Reset { id }
         } else {

@@ -193,7 +193,8 @@ pub struct Closed {
     pub reason: CloseReason,
     pub stats: FlowStats,
     pub duration: Duration,
-    /// Opened by the default endpoint (its client proved nothing: its log line is budgeted).
+    /// Opened by the default endpoint and never sent a token (its client proved nothing: its
+    /// log line is budgeted).
     pub default_endpoint: bool,
     /// The token it held last (none: a default-endpoint session), for the log's `session_id`.
     pub token: Option<TokenKey>,
@@ -655,6 +656,23 @@ impl SessionTable {
         }
         self.debug_check();
         true
+    }
+
+    /// A default-endpoint session that now holds a token becomes a token session (it may go
+    /// in the fast path when its target next answers).
+    fn promote(&mut self, id: SessionId) {
+        let Some(s) = self.session(id) else {
+            return;
+        };
+        if s.origin == Origin::Token {
+            return;
+        }
+        let header = s.header.is_some();
+        let kernel = self.kernel_start(Origin::Token, s.client, s.target.addr, header);
+        if let Some(s) = self.session_mut(id) {
+            s.origin = Origin::Token;
+            s.kernel = kernel;
+        }
     }
 
     /// Takes a session's legs out of the fast path if they are in (queued before whatever

@@ -751,7 +751,9 @@ impl Sim {
                 self.model.remove(&other);
                 expect_closed.push((other, Some(CloseReason::Moved)));
             }
+            // Holding a token, a default-endpoint session is a token session.
             s.token = Some(key);
+            s.default = false;
             s.last = self.now;
             return Ok(Some(s));
         }

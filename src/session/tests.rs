@@ -700,6 +700,57 @@ fn a_default_endpoint_session_is_sent_at_most_three_times_what_its_client_sent()
 }
 
 #[test]
+fn a_default_endpoint_client_whose_token_arrives_late_becomes_a_token_session() {
+    // Its first datagram (the token) was lost; its game data opened a default-endpoint
+    // session; then the token, sent again bare or behind the magic, arrives. Naming the same
+    // target or another, the session is a token session from then on: replies are no longer
+    // limited to 3 × what it sent (the simulation checks every decision against that).
+    use super::sim::client_addr;
+    for (other_target, payload) in [
+        (false, Payload::Reset { nth: 0 }),
+        (
+            false,
+            Payload::Token {
+                nth: 0,
+                padded: false,
+            },
+        ),
+        (true, Payload::Reset { nth: 0 }),
+    ] {
+        let mut sim = Sim::new(10, true).unwrap();
+        sim.step(&Op::FromClient {
+            client: 1,
+            payload: Payload::Data { len: 3 },
+        })
+        .unwrap();
+        let id = sim.table().lookup(&client_addr(1)).unwrap();
+        let picked = (sim.table().describe(id).unwrap().1.addr.port() - 9_000) as u8;
+        let to = if other_target {
+            (picked + 1) % 6
+        } else {
+            picked
+        };
+        sim.step(&Op::Issue {
+            target: to,
+            client: 1,
+        })
+        .unwrap();
+        sim.step(&Op::FromClient { client: 1, payload }).unwrap();
+        let socket = sim.table().describe(id).unwrap().2;
+        // 1 000 bytes back for the 4 it sent: delivered (the sim fails a wrong decision).
+        for _ in 0..3 {
+            sim.step(&Op::FromTarget {
+                slot: socket.index as u8,
+                target: to,
+                len: 999,
+            })
+            .unwrap();
+        }
+        sim.finish().unwrap();
+    }
+}
+
+#[test]
 fn per_ip_cap_refuses_that_ips_newcomers_only() {
     let (mut t, l) = table(100);
     let mut r = rules(TIMEOUT, 100);
