@@ -159,7 +159,10 @@ fn newcomers(
             let _ = session.tick();
         }
         if Instant::now() >= deadline {
-            println!("newcomer {tried}: no echo within 5 s");
+            println!(
+                "newcomer {tried}: no echo within 5 s ({:?})",
+                session.stats()
+            );
         }
         // Late answers to the repeated hellos still count as received.
         while let Ok(Some(n)) = session.recv_timeout(&mut buf, Duration::from_millis(5)) {

@@ -1158,10 +1158,14 @@ impl SessionTable {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    /// The whole-table check after a mutating call, in debug builds, while the table is
+    /// small: it costs O(sessions) per call, so past a few hundred sessions a debug build's
+    /// end-to-end floods would spend their time here and fall seconds behind (the property
+    /// tests check every step at any size).
     #[inline]
     fn debug_check(&self) {
         #[cfg(debug_assertions)]
-        if self.slots.len() < 2_000 {
+        if self.slots.len() < 256 {
             self.check_invariants();
         }
     }
