@@ -672,33 +672,8 @@ impl Config {
         let magic = self.magic()?;
         self.check_numbers()?;
         let key_source = self.key_source()?;
-        // Query and admin are both TCP; the UDP data port may share a number with either.
-        if self.query_port != 0 && self.query_port == self.admin_port {
-            return Err(invalid(
-                "adminPort",
-                format!("{} is already used by `queryPort`", self.admin_port),
-            ));
-        }
-        for (key, lb) in std::iter::once(("loadBalancing".to_string(), &self.load_balancing)).chain(
-            self.resource_query_mapping.iter().filter_map(|(name, m)| {
-                m.load_balancing
-                    .as_ref()
-                    .map(|lb| (format!("resourceQueryMapping.{name}.loadBalancing"), lb))
-            }),
-        ) {
-            if let LoadBalancing::LabelArithmetic {
-                current_label,
-                max_label,
-                ..
-            } = lb
-                && (current_label.is_empty() || max_label.is_empty())
-            {
-                return Err(invalid(
-                    key,
-                    "labelArithmetic needs `currentLabel` and `maxLabel`",
-                ));
-            }
-        }
+        self.check_admin_port()?;
+        self.check_label_arithmetic()?;
         if self.resource_query_mapping.is_empty() {
             return Err(invalid(
                 "resourceQueryMapping",
@@ -706,30 +681,7 @@ impl Config {
             ));
         }
         let query_auth = self.query_auth()?;
-        let mut mappings = BTreeMap::new();
-        let mut warnings = Vec::new();
-        for (name, mapping) in &self.resource_query_mapping {
-            let valid = validate_mapping(name, mapping, &self.load_balancing)?;
-            if valid.auth == Auth::Ticket && query_auth.is_none() {
-                return Err(invalid(
-                    format!("resourceQueryMapping.{name}.auth"),
-                    format!(
-                        "`ticket`{} needs `queryAuth` (e.g. `queryAuth: {{jwksFile: /etc/udp-director/jwks/jwks.json, audience: udp-director}}`); or set `auth: none` to let anyone query it",
-                        if mapping.auth.is_none() {
-                            " (the default for a mapping with `allocate:`)"
-                        } else {
-                            ""
-                        }
-                    ),
-                ));
-            }
-            if valid.auth == Auth::None && valid.allocate.is_some() {
-                warnings.push(format!(
-                    "resourceQueryMapping.{name} allocates with `auth: none`: anyone who reaches the query port can allocate GameServers (SPEC §2 \"Who may ask\"); set `queryAuth` and drop `auth: none`"
-                ));
-            }
-            mappings.insert(name.clone(), valid);
-        }
+        let (mappings, warnings) = self.mappings(query_auth.is_some())?;
         self.check_default_endpoint()?;
         let fast_path = self.fast_path()?;
         let addr = |port| SocketAddr::new(self.bind_address, port);
@@ -783,6 +735,77 @@ impl Config {
             warnings,
             raw: self,
         })
+    }
+
+    /// `adminPort` differs from `queryPort` (unless the query port is off). Query and admin
+    /// are both TCP; the UDP data port may share a number with either.
+    fn check_admin_port(&self) -> Result<(), ConfigError> {
+        if self.query_port != 0 && self.query_port == self.admin_port {
+            return Err(invalid(
+                "adminPort",
+                format!("{} is already used by `queryPort`", self.admin_port),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every `labelArithmetic` (the global `loadBalancing` first, then each mapping's) names
+    /// both of its labels.
+    fn check_label_arithmetic(&self) -> Result<(), ConfigError> {
+        for (key, lb) in std::iter::once(("loadBalancing".to_string(), &self.load_balancing)).chain(
+            self.resource_query_mapping.iter().filter_map(|(name, m)| {
+                m.load_balancing
+                    .as_ref()
+                    .map(|lb| (format!("resourceQueryMapping.{name}.loadBalancing"), lb))
+            }),
+        ) {
+            if let LoadBalancing::LabelArithmetic {
+                current_label,
+                max_label,
+                ..
+            } = lb
+                && (current_label.is_empty() || max_label.is_empty())
+            {
+                return Err(invalid(
+                    key,
+                    "labelArithmetic needs `currentLabel` and `maxLabel`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every mapping, validated in name order, and the warnings they earn (an allocating
+    /// mapping anyone may query). A `ticket` mapping needs `queryAuth` (`has_query_auth`).
+    fn mappings(
+        &self,
+        has_query_auth: bool,
+    ) -> Result<(BTreeMap<String, ValidMapping>, Vec<String>), ConfigError> {
+        let mut mappings = BTreeMap::new();
+        let mut warnings = Vec::new();
+        for (name, mapping) in &self.resource_query_mapping {
+            let valid = validate_mapping(name, mapping, &self.load_balancing)?;
+            if valid.auth == Auth::Ticket && !has_query_auth {
+                return Err(invalid(
+                    format!("resourceQueryMapping.{name}.auth"),
+                    format!(
+                        "`ticket`{} needs `queryAuth` (e.g. `queryAuth: {{jwksFile: /etc/udp-director/jwks/jwks.json, audience: udp-director}}`); or set `auth: none` to let anyone query it",
+                        if mapping.auth.is_none() {
+                            " (the default for a mapping with `allocate:`)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            if valid.auth == Auth::None && valid.allocate.is_some() {
+                warnings.push(format!(
+                    "resourceQueryMapping.{name} allocates with `auth: none`: anyone who reaches the query port can allocate GameServers (SPEC §2 \"Who may ask\"); set `queryAuth` and drop `auth: none`"
+                ));
+            }
+            mappings.insert(name.clone(), valid);
+        }
+        Ok((mappings, warnings))
     }
 
     /// `fastPath`, checked: refused in a build without the `fast-path` feature and together
@@ -1036,6 +1059,13 @@ impl Config {
     /// carry the TTL in milliseconds and the resume window in seconds, 32 bits each; 30 days
     /// fits both.
     fn check_maxima(&self) -> Result<(), ConfigError> {
+        self.check_second_maxima()?;
+        self.check_count_maxima()?;
+        self.check_mapping_maxima()
+    }
+
+    /// The durations in seconds, each at most [`MAX_SECONDS`] (30 days).
+    fn check_second_maxima(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let seconds = [
             ("tokenTTLSeconds", self.token_ttl_seconds),
@@ -1055,6 +1085,12 @@ impl Config {
         for (key, value) in seconds {
             at_most(key, value, MAX_SECONDS, " (30 days)")?;
         }
+        Ok(())
+    }
+
+    /// The global counts, sizes and rates, each at most its own maximum.
+    fn check_count_maxima(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
         let counts = [
             ("maxSessions", self.max_sessions as u64, MAX_COUNT),
             (
@@ -1108,6 +1144,12 @@ impl Config {
         for (key, value, max) in counts {
             at_most(key, value, max, "")?;
         }
+        Ok(())
+    }
+
+    /// Per mapping: the `labelArithmetic` overlap (the global one, then the mapping's) and the
+    /// allocation limits.
+    fn check_mapping_maxima(&self) -> Result<(), ConfigError> {
         for (name, m) in &self.resource_query_mapping {
             let lb = m.load_balancing.iter().map(|lb| {
                 (
@@ -1444,67 +1486,21 @@ fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     }
 }
 
+/// One mapping: its name, its source, its namespaces, then its `allocate:`; the first problem
+/// wins. A mapping without its own `loadBalancing` takes `global_lb`.
 fn validate_mapping(
     name: &str,
     mapping: &Mapping,
     global_lb: &LoadBalancing,
 ) -> Result<ValidMapping, ConfigError> {
-    let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
     if name.is_empty() {
         return Err(invalid(
             "resourceQueryMapping",
             "a resource type name must not be empty",
         ));
     }
-    let is_kube = mapping.resource.is_some() || mapping.version.is_some();
-    let source = match (&mapping.static_endpoints, is_kube) {
-        (Some(_), true) => {
-            return Err(invalid(
-                key("static"),
-                "a mapping is either `static` or a Kubernetes resource (group/version/resource), not both",
-            ));
-        }
-        (None, false) => {
-            return Err(invalid(
-                format!("resourceQueryMapping.{name}"),
-                "needs either `static: [...]` endpoints or a Kubernetes `version` and `resource`",
-            ));
-        }
-        (None, true) => ValidSource::Kube(validate_kube(name, mapping)?),
-        (Some(endpoints), false) => {
-            if !mapping.cache_fields.is_empty() {
-                return Err(invalid(
-                    key("cacheFields"),
-                    "only applies to Kubernetes mappings (a static endpoint keeps everything)",
-                ));
-            }
-            validate_static(name, mapping, endpoints)?;
-            let mut endpoints = endpoints.clone();
-            // Deterministic order for `first`, round-robin and tie-breaking.
-            endpoints.sort_by(|a, b| {
-                let ns = |e: &StaticEndpoint| {
-                    e.namespace
-                        .clone()
-                        .unwrap_or_else(|| mapping_namespace(mapping).to_string())
-                };
-                (ns(a), &a.name).cmp(&(ns(b), &b.name))
-            });
-            ValidSource::Static(endpoints)
-        }
-    };
-    if let Some(list) = &mapping.namespaces {
-        if let Some(ns) = &mapping.namespace
-            && !list.contains(ns)
-        {
-            return Err(invalid(
-                key("namespaces"),
-                format!("must include the mapping's own namespace `{ns}`"),
-            ));
-        }
-        if list.iter().any(|n| n.is_empty()) {
-            return Err(invalid(key("namespaces"), "must not contain an empty name"));
-        }
-    }
+    let source = mapping_source(name, mapping)?;
+    check_namespaces(name, mapping)?;
     Ok(ValidMapping {
         name: name.to_string(),
         default_namespace: mapping_namespace(mapping).to_string(),
@@ -1530,6 +1526,63 @@ fn validate_mapping(
     })
 }
 
+/// Where a mapping's targets come from: its `static` endpoints (sorted) or a Kubernetes
+/// resource, never both and never neither.
+fn mapping_source(name: &str, mapping: &Mapping) -> Result<ValidSource, ConfigError> {
+    let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
+    let is_kube = mapping.resource.is_some() || mapping.version.is_some();
+    match (&mapping.static_endpoints, is_kube) {
+        (Some(_), true) => Err(invalid(
+            key("static"),
+            "a mapping is either `static` or a Kubernetes resource (group/version/resource), not both",
+        )),
+        (None, false) => Err(invalid(
+            format!("resourceQueryMapping.{name}"),
+            "needs either `static: [...]` endpoints or a Kubernetes `version` and `resource`",
+        )),
+        (None, true) => Ok(ValidSource::Kube(validate_kube(name, mapping)?)),
+        (Some(endpoints), false) => {
+            if !mapping.cache_fields.is_empty() {
+                return Err(invalid(
+                    key("cacheFields"),
+                    "only applies to Kubernetes mappings (a static endpoint keeps everything)",
+                ));
+            }
+            validate_static(name, mapping, endpoints)?;
+            let mut endpoints = endpoints.clone();
+            // Deterministic order for `first`, round-robin and tie-breaking.
+            endpoints.sort_by(|a, b| {
+                let ns = |e: &StaticEndpoint| {
+                    e.namespace
+                        .clone()
+                        .unwrap_or_else(|| mapping_namespace(mapping).to_string())
+                };
+                (ns(a), &a.name).cmp(&(ns(b), &b.name))
+            });
+            Ok(ValidSource::Static(endpoints))
+        }
+    }
+}
+
+/// `namespaces`, when given, includes the mapping's own `namespace` and no empty name.
+fn check_namespaces(name: &str, mapping: &Mapping) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
+    if let Some(list) = &mapping.namespaces {
+        if let Some(ns) = &mapping.namespace
+            && !list.contains(ns)
+        {
+            return Err(invalid(
+                key("namespaces"),
+                format!("must include the mapping's own namespace `{ns}`"),
+            ));
+        }
+        if list.iter().any(|n| n.is_empty()) {
+            return Err(invalid(key("namespaces"), "must not contain an empty name"));
+        }
+    }
+    Ok(())
+}
+
 /// `allocate:` only makes sense on Agones GameServers addressed the way an allocation answers
 /// (`status.address` and a port by name or a fixed one), and replaces cache-side choices.
 fn validate_allocate(
@@ -1538,6 +1591,27 @@ fn validate_allocate(
     a: &Allocate,
     source: &ValidSource,
 ) -> Result<ValidAllocate, ConfigError> {
+    check_allocating_mapping(name, m, source)?;
+    check_allocate_settings(name, a)?;
+    Ok(ValidAllocate {
+        scheduling: a.scheduling,
+        prefer_allocated: a.prefer_allocated,
+        players_list: a.players_list.clone(),
+        metadata: a.metadata.clone(),
+        max_in_flight: a.max_in_flight.unwrap_or(ALLOCATIONS_IN_FLIGHT),
+        rate_per_second: a.rate_per_second.unwrap_or(ALLOCATION_RATE),
+        burst: a.burst.unwrap_or(ALLOCATION_BURST),
+    })
+}
+
+/// The mapping around `allocate:`: an Agones GameServer resource, addressed by
+/// `status.address` and a port by name (or a fixed one), with no `loadBalancing` or
+/// `cacheFields` (Agones chooses, and nothing is cached).
+fn check_allocating_mapping(
+    name: &str,
+    m: &Mapping,
+    source: &ValidSource,
+) -> Result<(), ConfigError> {
     let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
     let ValidSource::Kube(k) = source else {
         return Err(invalid(
@@ -1591,6 +1665,13 @@ fn validate_allocate(
             "an allocating mapping keeps no cache (Agones is asked on every query)",
         ));
     }
+    Ok(())
+}
+
+/// The `allocate:` block's own keys: `playersList`, `preferAllocated`, `metadata` and the
+/// limits (`maxInFlight`, `ratePerSecond`, `burst`: omitted or at least 1).
+fn check_allocate_settings(name: &str, a: &Allocate) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("resourceQueryMapping.{name}.{field}");
     if let Some(list) = &a.players_list
         && (list.is_empty() || list.len() > 63)
     {
@@ -1632,15 +1713,7 @@ fn validate_allocate(
             ));
         }
     }
-    Ok(ValidAllocate {
-        scheduling: a.scheduling,
-        prefer_allocated: a.prefer_allocated,
-        players_list: a.players_list.clone(),
-        metadata: a.metadata.clone(),
-        max_in_flight: a.max_in_flight.unwrap_or(ALLOCATIONS_IN_FLIGHT),
-        rate_per_second: a.rate_per_second.unwrap_or(ALLOCATION_RATE),
-        burst: a.burst.unwrap_or(ALLOCATION_BURST),
-    })
+    Ok(())
 }
 
 /// A Kubernetes mapping: which resource, and exactly one way to find a target address.

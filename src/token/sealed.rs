@@ -303,7 +303,6 @@ fn cut(s: &str, len: usize) -> &str {
     &s[..n]
 }
 
-/// Seals `c` with the set's sealing key and `nonce`.
 /// A sealed token's key in the data plane: its nonce, in the high bytes.
 fn key_of(nonce: [u8; NONCE_LEN]) -> u128 {
     let mut id = [0u8; 16];
@@ -311,24 +310,16 @@ fn key_of(nonce: [u8; NONCE_LEN]) -> u128 {
     u128::from_be_bytes(id)
 }
 
+/// Seals `c` with the set's sealing key and `nonce`.
 pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
+    let plain = plaintext(c);
+    enclose(keys, nonce, plain)
+}
+
+/// The plaintext of `c` in the layout of the module header, the names cut to what is left.
+fn plaintext(c: &Contents) -> Vec<u8> {
     let target = canonical(c.target);
     let mut plain = Vec::with_capacity(MAX_PLAIN);
-    let mut flags = 0;
-    if target.is_ipv6() {
-        flags |= TARGET_V6;
-    }
-    match c.client {
-        Some(ClientNet::V4(_)) => flags |= BOUND,
-        Some(ClientNet::V6Prefix(_)) => flags |= BOUND | BOUND_V6,
-        None => {}
-    }
-    if c.single_use {
-        flags |= SINGLE_USE;
-    }
-    if c.proxy {
-        flags |= PROXY_V2;
-    }
     // `issue` has checked it fits; a longer one (a bug) is cut rather than overflow the token.
     let player = c
         .player
@@ -336,13 +327,12 @@ pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
         .map(|p| cut(p, player_room(target, c.client, c.extra_ports.len())));
     // `dataPorts` is at most 4 entries (validated), so this never cuts.
     let extra_ports = &c.extra_ports[..c.extra_ports.len().min(8)];
-    if !extra_ports.is_empty() {
-        flags |= EXTRA_PORTS;
-    }
-    if player.is_some() {
-        flags |= PLAYER;
-    }
-    plain.push(flags);
+    plain.push(flags_of(
+        c,
+        target,
+        player.is_some(),
+        !extra_ports.is_empty(),
+    ));
     plain.extend_from_slice(&c.issued_ms.to_be_bytes()[2..]);
     plain.extend_from_slice(&c.ttl_ms.to_be_bytes());
     plain.extend_from_slice(&c.resume_s.to_be_bytes());
@@ -363,7 +353,39 @@ pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
         plain.push(player.len() as u8);
         plain.extend_from_slice(player.as_bytes());
     }
-    // The names get what is left; the longest is cut first, a byte at a time.
+    push_names(c, &mut plain);
+    plain
+}
+
+/// The flags byte of `c` (canonical `target`; whether a player id and extra ports follow).
+fn flags_of(c: &Contents, target: SocketAddr, player: bool, extra_ports: bool) -> u8 {
+    let mut flags = 0;
+    if target.is_ipv6() {
+        flags |= TARGET_V6;
+    }
+    match c.client {
+        Some(ClientNet::V4(_)) => flags |= BOUND,
+        Some(ClientNet::V6Prefix(_)) => flags |= BOUND | BOUND_V6,
+        None => {}
+    }
+    if c.single_use {
+        flags |= SINGLE_USE;
+    }
+    if c.proxy {
+        flags |= PROXY_V2;
+    }
+    if extra_ports {
+        flags |= EXTRA_PORTS;
+    }
+    if player {
+        flags |= PLAYER;
+    }
+    flags
+}
+
+/// Appends mapping, namespace and name to `plain` in what [`MAX_PLAIN`] leaves; the longest
+/// is cut first, a byte at a time.
+fn push_names(c: &Contents, plain: &mut Vec<u8>) {
     let budget = MAX_PLAIN.saturating_sub(plain.len() + 2);
     let mut lens = [c.mapping.len(), c.namespace.len(), c.name.len()];
     lens[0] = lens[0].min(255);
@@ -380,7 +402,11 @@ pub fn seal(keys: &KeySet, nonce: [u8; NONCE_LEN], c: &Contents) -> String {
     plain.push(namespace.len() as u8);
     plain.extend_from_slice(namespace.as_bytes());
     plain.extend_from_slice(name.as_bytes());
+}
 
+/// Encrypts `plain` in place under the set's sealing key and `nonce` (version and
+/// fingerprint as additional data) and encodes header, nonce, ciphertext and tag.
+fn enclose(keys: &KeySet, nonce: [u8; NONCE_LEN], mut plain: Vec<u8>) -> String {
     let key = keys.sealing();
     let header = [VERSION, key.fingerprint[0], key.fingerprint[1]];
     let mut raw = Vec::with_capacity(MAX_RAW);

@@ -34,7 +34,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -109,85 +111,8 @@ impl TicketKeys {
         }
         let mut keys: Vec<TicketKey> = Vec::with_capacity(set.keys.len());
         for (index, jwk) in set.keys.iter().enumerate() {
-            let kid = jwk.common.key_id.clone();
-            let err = |problem: String| JwksError::Key {
-                index,
-                kid: kid.clone().unwrap_or_else(|| "no kid".to_string()),
-                problem,
-            };
-            if let Some(other) = &kid
-                && keys.iter().any(|k| k.kid.as_ref() == Some(other))
-            {
-                return Err(JwksError::DuplicateKid(other.clone()));
-            }
-            if matches!(
-                jwk.common.public_key_use,
-                Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
-            ) {
-                return Err(err("`use` must be `sig` (or absent)".to_string()));
-            }
-            let (alg, check) = match &jwk.algorithm {
-                AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-                    let x = b64(&p.x).map_err(&err)?;
-                    (
-                        Algorithm::EdDSA,
-                        (x.len() == 32)
-                            .then_some(())
-                            .ok_or("an Ed25519 `x` is 32 bytes".to_string()),
-                    )
-                }
-                AlgorithmParameters::OctetKeyPair(p) => {
-                    return Err(err(format!(
-                        "OKP curve {:?} is not supported; use Ed25519",
-                        p.curve
-                    )));
-                }
-                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-                    let (x, y) = (b64(&p.x).map_err(&err)?, b64(&p.y).map_err(&err)?);
-                    (
-                        Algorithm::ES256,
-                        (x.len() == 32 && y.len() == 32)
-                            .then_some(())
-                            .ok_or("a P-256 `x` and `y` are 32 bytes each".to_string()),
-                    )
-                }
-                AlgorithmParameters::EllipticCurve(p) => {
-                    return Err(err(format!(
-                        "EC curve {:?} is not supported; use P-256 (ES256)",
-                        p.curve
-                    )));
-                }
-                AlgorithmParameters::RSA(p) => {
-                    let n = b64(&p.n).map_err(&err)?;
-                    b64(&p.e).map_err(&err)?;
-                    let bits = n
-                        .iter()
-                        .position(|b| *b != 0)
-                        .map_or(0, |i| (n.len() - i) * 8);
-                    (Algorithm::RS256, (bits >= RSA_MIN_BITS).then_some(()).ok_or(format!("an RSA modulus of at least {RSA_MIN_BITS} bits is needed, found about {bits}")))
-                }
-                AlgorithmParameters::OctetKey(p) => {
-                    let k = b64(&p.value).map_err(&err)?;
-                    (Algorithm::HS256, (k.len() >= HMAC_MIN_BYTES).then_some(()).ok_or(format!("an HS256 secret of at least {HMAC_MIN_BYTES} bytes is needed, found {}", k.len())))
-                }
-            };
-            check.map_err(&err)?;
-            let declared = jwk.common.key_algorithm;
-            let agrees = match declared {
-                None => true,
-                Some(KeyAlgorithm::EdDSA) => alg == Algorithm::EdDSA,
-                Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
-                Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
-                Some(KeyAlgorithm::HS256) => alg == Algorithm::HS256,
-                Some(_) => false,
-            };
-            if !agrees {
-                return Err(err(format!(
-                    "`alg` {declared:?} is not supported for this key; a {alg:?} key may say only {alg:?}"
-                )));
-            }
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| err(e.to_string()))?;
-            keys.push(TicketKey { kid, alg, key });
+            let key = parse_key(index, jwk, &keys)?;
+            keys.push(key);
         }
         Ok(Self { keys })
     }
@@ -220,6 +145,112 @@ impl TicketKeys {
                 }
             }
         }
+    }
+}
+
+/// The JWK at `index`, checked against the keys `before` it (a `kid` used twice) and on its
+/// own: its use, its type and size, and a declared `alg` that agrees with its type.
+fn parse_key(index: usize, jwk: &Jwk, before: &[TicketKey]) -> Result<TicketKey, JwksError> {
+    let kid = jwk.common.key_id.clone();
+    let err = |problem: String| JwksError::Key {
+        index,
+        kid: kid.clone().unwrap_or_else(|| "no kid".to_string()),
+        problem,
+    };
+    if let Some(other) = &kid
+        && before.iter().any(|k| k.kid.as_ref() == Some(other))
+    {
+        return Err(JwksError::DuplicateKid(other.clone()));
+    }
+    if matches!(
+        jwk.common.public_key_use,
+        Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+    ) {
+        return Err(err("`use` must be `sig` (or absent)".to_string()));
+    }
+    let alg = key_algorithm(&jwk.algorithm).map_err(&err)?;
+    let declared = jwk.common.key_algorithm;
+    if !declared_agrees(declared, alg) {
+        return Err(err(format!(
+            "`alg` {declared:?} is not supported for this key; a {alg:?} key may say only {alg:?}"
+        )));
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| err(e.to_string()))?;
+    Ok(TicketKey { kid, alg, key })
+}
+
+/// The one algorithm a key's type and curve allow, once its material is the right size;
+/// otherwise what is wrong with it.
+fn key_algorithm(params: &AlgorithmParameters) -> Result<Algorithm, String> {
+    let (alg, check) = match params {
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            let x = b64(&p.x)?;
+            (
+                Algorithm::EdDSA,
+                (x.len() == 32)
+                    .then_some(())
+                    .ok_or("an Ed25519 `x` is 32 bytes".to_string()),
+            )
+        }
+        AlgorithmParameters::OctetKeyPair(p) => {
+            return Err(format!(
+                "OKP curve {:?} is not supported; use Ed25519",
+                p.curve
+            ));
+        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+            let (x, y) = (b64(&p.x)?, b64(&p.y)?);
+            (
+                Algorithm::ES256,
+                (x.len() == 32 && y.len() == 32)
+                    .then_some(())
+                    .ok_or("a P-256 `x` and `y` are 32 bytes each".to_string()),
+            )
+        }
+        AlgorithmParameters::EllipticCurve(p) => {
+            return Err(format!(
+                "EC curve {:?} is not supported; use P-256 (ES256)",
+                p.curve
+            ));
+        }
+        AlgorithmParameters::RSA(p) => {
+            let n = b64(&p.n)?;
+            b64(&p.e)?;
+            let bits = n
+                .iter()
+                .position(|b| *b != 0)
+                .map_or(0, |i| (n.len() - i) * 8);
+            (
+                Algorithm::RS256,
+                (bits >= RSA_MIN_BITS).then_some(()).ok_or(format!(
+                    "an RSA modulus of at least {RSA_MIN_BITS} bits is needed, found about {bits}"
+                )),
+            )
+        }
+        AlgorithmParameters::OctetKey(p) => {
+            let k = b64(&p.value)?;
+            (
+                Algorithm::HS256,
+                (k.len() >= HMAC_MIN_BYTES).then_some(()).ok_or(format!(
+                    "an HS256 secret of at least {HMAC_MIN_BYTES} bytes is needed, found {}",
+                    k.len()
+                )),
+            )
+        }
+    };
+    check?;
+    Ok(alg)
+}
+
+/// Whether a key's declared `alg` (if any) is the one its type allows.
+fn declared_agrees(declared: Option<KeyAlgorithm>, alg: Algorithm) -> bool {
+    match declared {
+        None => true,
+        Some(KeyAlgorithm::EdDSA) => alg == Algorithm::EdDSA,
+        Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
+        Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
+        Some(KeyAlgorithm::HS256) => alg == Algorithm::HS256,
+        Some(_) => false,
     }
 }
 
@@ -322,12 +353,24 @@ pub fn verify(
     now: u64,
 ) -> Result<Ticket, Refused> {
     super::jose::install();
-    let malformed = |why: &str| {
-        refused(
-            AuthFailure::Malformed,
-            format!("the ticket is not a signed JWT: {why}"),
-        )
-    };
+    let (key, alg) = header_key(keys, jwt)?;
+    let claims = jsonwebtoken::decode::<Claims>(jwt, &key.key, &validation(alg, rules))
+        .map_err(|e| decode_refusal(&e, rules))?
+        .claims;
+    check_claims(&claims, rules.leeway, now)
+}
+
+/// A ticket that is not a signed JWT, and why.
+fn malformed(why: &str) -> Refused {
+    refused(
+        AuthFailure::Malformed,
+        format!("the ticket is not a signed JWT: {why}"),
+    )
+}
+
+/// The key `jwt`'s header names and the algorithm it claims, read before anything is
+/// verified: three parts, a JSON header with an accepted `alg`, a known key of that algorithm.
+fn header_key<'k>(keys: &'k TicketKeys, jwt: &str) -> Result<(&'k TicketKey, Algorithm), Refused> {
     let mut parts = jwt.split('.');
     let (Some(header), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -371,6 +414,12 @@ pub fn verify(
             format!("the ticket says {alg:?} but its key is a {:?} key", key.alg),
         ));
     }
+    Ok((key, alg))
+}
+
+/// What `jsonwebtoken` checks: the signature with `alg` only, `aud` (and `iss` when set)
+/// present and equal. Time is left to [`check_claims`], which takes `now`.
+fn validation(alg: Algorithm, rules: &TicketRules) -> Validation {
     let mut validation = Validation::new(alg);
     validation.validate_exp = false;
     validation.validate_nbf = false;
@@ -382,24 +431,26 @@ pub fn verify(
         required.push("iss");
     }
     validation.set_required_spec_claims(&required);
-    let claims = jsonwebtoken::decode::<Claims>(jwt, &key.key, &validation)
-        .map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => refused(
-                AuthFailure::Signature,
-                "the ticket's signature does not verify",
-            ),
-            ErrorKind::InvalidAlgorithm => refused(
-                AuthFailure::Algorithm,
-                "the ticket's algorithm does not match its key",
-            ),
-            ErrorKind::InvalidAudience => audience(rules),
-            ErrorKind::MissingRequiredClaim(c) if c == "aud" => audience(rules),
-            ErrorKind::InvalidIssuer => issuer(rules),
-            ErrorKind::MissingRequiredClaim(c) if c == "iss" => issuer(rules),
-            _ => malformed("its claims are not a JSON object of the usual types"),
-        })?
-        .claims;
-    check_claims(&claims, rules.leeway, now)
+    validation
+}
+
+/// The refusal for a ticket `jsonwebtoken` would not decode.
+fn decode_refusal(e: &jsonwebtoken::errors::Error, rules: &TicketRules) -> Refused {
+    match e.kind() {
+        ErrorKind::InvalidSignature => refused(
+            AuthFailure::Signature,
+            "the ticket's signature does not verify",
+        ),
+        ErrorKind::InvalidAlgorithm => refused(
+            AuthFailure::Algorithm,
+            "the ticket's algorithm does not match its key",
+        ),
+        ErrorKind::InvalidAudience => audience(rules),
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => audience(rules),
+        ErrorKind::InvalidIssuer => issuer(rules),
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => issuer(rules),
+        _ => malformed("its claims are not a JSON object of the usual types"),
+    }
 }
 
 fn audience(rules: &TicketRules) -> Refused {
