@@ -193,6 +193,30 @@ pub fn request(
     fixed: &BTreeMap<String, String>,
     req: &QueryRequest,
 ) -> Result<GameServerAllocation, QueryError> {
+    refuse_non_label_selection(req)?;
+    let labels = anded_labels(fixed, req)?;
+    let meta = &spec.metadata;
+    Ok(GameServerAllocation {
+        api_version: api_version(),
+        kind: kind(),
+        metadata: ObjectMeta::default(),
+        spec: AllocationSpec {
+            selectors: selectors(spec, &labels),
+            scheduling: Some(spec.scheduling),
+            metadata: (!meta.labels.is_empty() || !meta.annotations.is_empty()).then(|| {
+                MetadataPatch {
+                    labels: meta.labels.clone(),
+                    annotations: meta.annotations.clone(),
+                }
+            }),
+            lists: player_slot(spec, req),
+        },
+        status: None,
+    })
+}
+
+/// `bad_request` for what Agones cannot select by: `annotationSelector`, then `statusQuery`.
+fn refuse_non_label_selection(req: &QueryRequest) -> Result<(), QueryError> {
     if !req.annotation_selector.is_empty() {
         return Err(QueryError::new(
             ErrorCode::BadRequest,
@@ -211,6 +235,15 @@ pub fn request(
             ),
         ));
     }
+    Ok(())
+}
+
+/// The mapping's fixed labels with the query's ANDed in; the first query label that
+/// contradicts a fixed one is `no_match`.
+fn anded_labels(
+    fixed: &BTreeMap<String, String>,
+    req: &QueryRequest,
+) -> Result<BTreeMap<String, String>, QueryError> {
     let mut labels = fixed.clone();
     for (k, v) in &req.label_selector {
         if labels.get(k).is_some_and(|fixed| fixed != v) {
@@ -221,6 +254,12 @@ pub fn request(
         }
         labels.insert(k.clone(), v.clone());
     }
+    Ok(labels)
+}
+
+/// The selectors Agones tries in order: with `preferAllocated`, an `Allocated` server
+/// first, then a `Ready` one; each with room in `playersList` when there is one.
+fn selectors(spec: &ValidAllocate, labels: &BTreeMap<String, String>) -> Vec<GameServerSelector> {
     let room: BTreeMap<String, ListSelector> = spec
         .players_list
         .iter()
@@ -244,7 +283,13 @@ pub fn request(
         selectors.push(selector("Allocated"));
     }
     selectors.push(selector("Ready"));
-    let lists = match (&spec.players_list, &req.player_id) {
+    selectors
+}
+
+/// The list action that takes the player's slot: the `playerId` added to `playersList`
+/// when both are given, else none.
+fn player_slot(spec: &ValidAllocate, req: &QueryRequest) -> BTreeMap<String, ListAction> {
+    match (&spec.players_list, &req.player_id) {
         (Some(list), Some(player)) => BTreeMap::from([(
             list.clone(),
             ListAction {
@@ -252,25 +297,7 @@ pub fn request(
             },
         )]),
         _ => BTreeMap::new(),
-    };
-    let meta = &spec.metadata;
-    Ok(GameServerAllocation {
-        api_version: api_version(),
-        kind: kind(),
-        metadata: ObjectMeta::default(),
-        spec: AllocationSpec {
-            selectors,
-            scheduling: Some(spec.scheduling),
-            metadata: (!meta.labels.is_empty() || !meta.annotations.is_empty()).then(|| {
-                MetadataPatch {
-                    labels: meta.labels.clone(),
-                    annotations: meta.annotations.clone(),
-                }
-            }),
-            lists,
-        },
-        status: None,
-    })
+    }
 }
 
 /// An allocated server as the director addresses it.

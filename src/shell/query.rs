@@ -250,6 +250,9 @@ impl QueryContext {
         );
     }
 
+    /// One request line to its answer, each step in its order: admission (rate limit,
+    /// draining) before the line is even parsed, who may ask before any resolution or API
+    /// call, then the target (an allocation, or a pick from the caches) and its token.
     async fn resolve_line(
         &self,
         line: &[u8],
@@ -258,7 +261,27 @@ impl QueryContext {
         generation: &Arc<Generation>,
         trace: &mut QueryTrace,
     ) -> Result<TokenAnswer, QueryError> {
-        let peer = caller.ip;
+        self.admit_query(caller.ip, generation)?;
+        let request = self.authorized_request(line, caller, generation)?;
+        if generation
+            .config
+            .mappings
+            .contains_key(&request.resource_type)
+        {
+            trace.mapping = Some(request.resource_type.clone());
+        }
+        // After authorizing: with a ticket, the player is its `sub`.
+        trace.player.clone_from(&request.player_id);
+        // A verified backend asks for a player: the token binds to the player's IP.
+        let bind_to = request.client_ip.unwrap_or(caller.ip);
+        let decided = decide_allocation(&request, generation).await?;
+        let resolved = self.resolve_decided(decided, request, generation).await?;
+        self.issue_answer(resolved, bind_to, now, generation, trace)
+    }
+
+    /// Admission, before any work on the line: the client network's rate limit
+    /// (`rate_limited`), then a draining director (`unavailable`).
+    fn admit_query(&self, peer: IpAddr, generation: &Generation) -> Result<(), QueryError> {
         let policy = &generation.query;
         if policy.rate.check_key(&self.ledger.net_of(peer)).is_err() {
             return Err(QueryError::new(
@@ -275,6 +298,17 @@ impl QueryContext {
                 "director is shutting down; query another replica",
             ));
         }
+        Ok(())
+    }
+
+    /// The parsed request once [`Self::authorize`] lets it through; a refusal is counted by
+    /// reason (`query_auth_failures_total`) and answered `unauthorized`.
+    fn authorized_request(
+        &self,
+        line: &[u8],
+        caller: Caller,
+        generation: &Generation,
+    ) -> Result<QueryRequest, QueryError> {
         let mut request = parse_request(line)?;
         self.authorize(&mut request, caller, generation)
             .map_err(|refused| {
@@ -284,72 +318,68 @@ impl QueryContext {
                     .inc();
                 QueryError::new(ErrorCode::Unauthorized, refused.message)
             })?;
-        if generation
-            .config
-            .mappings
-            .contains_key(&request.resource_type)
-        {
-            trace.mapping = Some(request.resource_type.clone());
-        }
-        // After authorizing: with a ticket, the player is its `sub`.
-        trace.player.clone_from(&request.player_id);
-        // A verified backend asks for a player: the token binds to the player's IP.
-        let bind_to = request.client_ip.unwrap_or(peer);
-        let mut joins = 0;
-        let decided = loop {
-            match generation.resolver.allocation(&request, Instant::now())? {
-                // The player's allocation is running: wait for it (at most its timeout,
-                // twice), then decide again (reuse it, or allocate if it failed).
-                Some(Allocating::Join(mut running)) if joins < 2 => {
-                    joins += 1;
-                    let _ = tokio::time::timeout(
-                        ALLOCATION_TIMEOUT + Duration::from_millis(500),
-                        running.changed(),
-                    )
-                    .await;
-                }
-                Some(Allocating::Join(_)) => {
-                    return Err(QueryError::new(
-                        ErrorCode::Unavailable,
-                        "an allocation for this player is still running; retry shortly",
-                    ));
-                }
-                other => break other,
-            }
-        };
-        let resolved = match decided {
-            Some(Allocating::Run(allocation)) => self.allocate(*allocation).await?,
+        Ok(request)
+    }
+
+    /// The target the decision leads to: the allocation run (and counted), the player's
+    /// allocation reused, `rate_limited` by the allocation budget, or (`None`) a pick from
+    /// the caches.
+    async fn resolve_decided(
+        &self,
+        decided: Option<Allocating>,
+        request: QueryRequest,
+        generation: &Arc<Generation>,
+    ) -> Result<Resolved, QueryError> {
+        match decided {
+            Some(Allocating::Run(allocation)) => self.allocate(*allocation).await,
             Some(Allocating::Reused(resolved)) => {
                 self.metrics.hot.allocations[AllocationResult::Reused.index()].inc();
-                resolved
+                Ok(resolved)
             }
             Some(Allocating::RateLimited(e)) => {
                 self.metrics.hot.allocations[AllocationResult::RateLimited.index()].inc();
-                return Err(e);
+                Err(e)
             }
-            // Waited for above.
-            Some(Allocating::Join(_)) => {
-                return Err(QueryError::new(
-                    ErrorCode::Unavailable,
-                    "an allocation for this player is still running; retry shortly",
-                ));
-            }
-            None => {
-                // CPU work over the candidates: on the blocking pool, off the async workers.
-                let permit = Arc::clone(&self.resolving).acquire_owned().await;
-                let generation = Arc::clone(generation);
-                let ledger = Arc::clone(&self.ledger);
-                tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    generation.resolver.resolve(&request, ledger.as_ref())
-                })
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "query resolution did not finish");
-                    QueryError::new(ErrorCode::Internal, "query resolution failed")
-                })??
-            }
-        };
+            // Waited for in `decide_allocation`.
+            Some(Allocating::Join(_)) => Err(QueryError::new(
+                ErrorCode::Unavailable,
+                "an allocation for this player is still running; retry shortly",
+            )),
+            None => self.resolve_on_pool(request, generation).await,
+        }
+    }
+
+    /// Picks the target from the caches: CPU work over the candidates, so on the blocking
+    /// pool (at most one per core), off the async workers.
+    async fn resolve_on_pool(
+        &self,
+        request: QueryRequest,
+        generation: &Arc<Generation>,
+    ) -> Result<Resolved, QueryError> {
+        let permit = Arc::clone(&self.resolving).acquire_owned().await;
+        let generation = Arc::clone(generation);
+        let ledger = Arc::clone(&self.ledger);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            generation.resolver.resolve(&request, ledger.as_ref())
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "query resolution did not finish");
+            QueryError::new(ErrorCode::Internal, "query resolution failed")
+        })?
+    }
+
+    /// Issues the token for `resolved`, bound to `bind_to`, and the answer that carries it;
+    /// the target is made known to the data plane first, and the trace gets target and token.
+    fn issue_answer(
+        &self,
+        resolved: Resolved,
+        bind_to: IpAddr,
+        now: Instant,
+        generation: &Generation,
+        trace: &mut QueryTrace,
+    ) -> Result<TokenAnswer, QueryError> {
         // The data plane opens sessions only to targets it knows: this one, at once.
         generation.known.learn(&resolved.target);
         let target = Arc::clone(&resolved.target);
@@ -453,6 +483,37 @@ impl QueryContext {
         let generation = self.settings.load();
         generation.query.rate.retain_recent();
         generation.query.rate.shrink_to_fit();
+    }
+}
+
+/// What the allocation budget makes of `request` (`None`: not an allocating mapping). A
+/// player's allocation for the same ask that is still running after two waits makes the
+/// query `unavailable`.
+async fn decide_allocation(
+    request: &QueryRequest,
+    generation: &Generation,
+) -> Result<Option<Allocating>, QueryError> {
+    let mut joins = 0;
+    loop {
+        match generation.resolver.allocation(request, Instant::now())? {
+            // The player's allocation is running: wait for it (at most its timeout, twice),
+            // then decide again (reuse it, or allocate if it failed).
+            Some(Allocating::Join(mut running)) if joins < 2 => {
+                joins += 1;
+                let _ = tokio::time::timeout(
+                    ALLOCATION_TIMEOUT + Duration::from_millis(500),
+                    running.changed(),
+                )
+                .await;
+            }
+            Some(Allocating::Join(_)) => {
+                return Err(QueryError::new(
+                    ErrorCode::Unavailable,
+                    "an allocation for this player is still running; retry shortly",
+                ));
+            }
+            other => return Ok(other),
+        }
     }
 }
 
