@@ -7,6 +7,7 @@
 //! Owns wiring and the shutdown order. Must not decide anything about queries or datagrams.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::reload::Overrides;
-use crate::config::{KeySource, Protocol, TokenFormat, ValidConfig};
+use crate::config::{KeySource, Protocol, TokenFormat, ValidConfig, ValidDataPort, ValidQueryTls};
 use crate::metrics::Metrics;
 use crate::resolve::kube::Watchers;
 use crate::session::Ledger;
@@ -109,6 +110,16 @@ impl Listeners {
             tcp_data,
         })
     }
+
+    /// The TCP data ports' local addresses, in `dataPorts` order (`configured`: the address
+    /// an error names).
+    fn tcp_data_addrs(&self, configured: SocketAddr) -> Result<Vec<SocketAddr>, BindError> {
+        let mut addrs = Vec::with_capacity(self.tcp_data.len());
+        for (_, l) in &self.tcp_data {
+            addrs.push(local(l.local_addr(), "TCP data", configured)?);
+        }
+        Ok(addrs)
+    }
 }
 
 /// Loads and attaches the kernel fast path when `fastPath.enabled` (SPEC §8). A failure is
@@ -147,52 +158,18 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         tracing::warn!("{warning}");
     }
     let jwks_source = config.query_auth.as_ref().map(|a| a.source.clone());
-    let tls = match &config.query_tls {
-        Some(files) => {
-            let pems = tls::read(files)
-                .await
-                .map_err(|e| StartError::Tls(e.to_string()))?;
-            let server = tls::server_config(&pems).map_err(|e| StartError::Tls(e.to_string()))?;
-            let verifies = files.client_ca_file.is_some();
-            tracing::info!(
-                client_certificates = verifies,
-                "query port speaks TLS (queryTls)"
-            );
-            Some((
-                Arc::new(tls::QueryTls::new(server, verifies)),
-                files.clone(),
-                pems,
-            ))
-        }
-        None => None,
-    };
+    let tls = load_query_tls(&config).await?;
     let watchers = Arc::new(Watchers::new(
         options.kube.clone(),
         metrics.kube_watch_errors.clone(),
         metrics.targets_skipped.clone(),
     ));
     let listeners = Listeners::bind(&config)?;
-    let (data_ports, key_source) = (config.data_ports.clone(), config.key_source.clone());
-    let (workers, buffer_bytes, reuse_port) = (
-        worker_count(config.data_workers),
-        config.socket_buffer_bytes,
-        config.reuse_port,
-    );
-    let (query_at, admin_at, mappings) =
-        (config.query_addr, config.admin_addr, config.mappings.len());
-    let admin_token = config.admin_token_file.clone();
-    let fast_path = start_fast_path(&config, &metrics);
-    let settings = Arc::new(Settings::new(Generation::build(config, &watchers, None)));
-    let shared = Arc::new(DataShared::new(
-        Arc::clone(&tokens),
-        Arc::clone(&ledger),
-        Arc::clone(&settings),
-        Arc::clone(&metrics),
-        fast_path,
-    ));
-    let (data, fds) = start_data_plane(&data_ports, workers, buffer_bytes, reuse_port, &shared)?;
-    let query_addr = local(listeners.query.local_addr(), "query", query_at)?;
-    let admin_addr = local(listeners.admin.local_addr(), "admin", admin_at)?;
+    let kept = Kept::of(&config);
+    let (settings, shared, data, fds) =
+        start_data(config, &watchers, &kept, (&tokens, &ledger, &metrics))?;
+    let query_addr = local(listeners.query.local_addr(), "query", kept.query_at)?;
+    let admin_addr = local(listeners.admin.local_addr(), "admin", kept.admin_at)?;
     let live = Arc::new(Live::new(
         Arc::clone(&settings),
         options.overrides,
@@ -206,73 +183,22 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         ledger: Arc::clone(&ledger),
         settings,
     });
-    let mut tcp_addrs = Vec::with_capacity(listeners.tcp_data.len());
-    for (_, l) in &listeners.tcp_data {
-        tcp_addrs.push(local(l.local_addr(), "TCP data", query_at)?);
-    }
+    let tcp_addrs = listeners.tcp_data_addrs(kept.query_at)?;
     if let Some(keys) = jwks.as_ref().and_then(|j| j.load()) {
         metrics.jwks_keys.set(keys.len() as i64);
     }
-    let (mut tasks, admin) = serve(
+    let (tasks, admin) = start_tasks(
         listeners,
-        (&live, &readiness, admin_token),
-        (
-            &shared,
-            jwks.clone(),
-            tls.as_ref().map(|t| Arc::clone(&t.0)),
-        ),
-        &shutdown_rx,
-    )?;
-    if let Some((tls, files, pems)) = tls {
-        tasks.push(tokio::spawn(tls::watch_files(
-            tls,
-            files,
-            pems,
-            Arc::clone(&live.metrics),
-            shutdown_rx.clone(),
-        )));
-    }
-    if let (Some(jwks), Some(source)) = (jwks, jwks_source) {
-        tasks.push(match source {
-            KeySource::File(path) => tokio::spawn(crate::shell::keys::watch_jwks_file(
-                jwks,
-                Arc::clone(&live.metrics),
-                path,
-                shutdown_rx.clone(),
-            )),
-            KeySource::Secret { namespace, name } => {
-                tokio::spawn(crate::shell::keys::watch_jwks_secret(
-                    jwks,
-                    Arc::clone(&live),
-                    namespace,
-                    name,
-                    shutdown_rx.clone(),
-                ))
-            }
-        });
-    }
-    tasks.extend(background(
-        &live,
-        &tokens,
-        key_source,
+        (&live, &readiness, &shared, &tokens),
+        &kept,
+        (tls, jwks, jwks_source),
         options.reload,
         shutdown_rx,
-    ));
+    )?;
     readiness.listening.store(true, Ordering::SeqCst);
-    let data_addrs = in_port_order(&data_ports, data.local_addrs(), &tcp_addrs);
-    let data_addr = data_addrs.first().copied().unwrap_or(query_at);
-    tracing::info!(
-        query = %query_addr,
-        data = %data_addr,
-        data_ports = %data_addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-        admin = %admin_addr,
-        workers,
-        mappings,
-        fd_limit = fds.limit,
-        upstream_socket_budget = fds.upstream(),
-        "udp-director listening"
-    );
-    Ok(Running {
+    let data_addrs = in_port_order(&kept.data_ports, data.local_addrs(), &tcp_addrs);
+    let data_addr = data_addrs.first().copied().unwrap_or(kept.query_at);
+    let running = Running {
         query_addr,
         data_addr,
         data_addrs,
@@ -284,20 +210,194 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         data: Some(data),
         tasks,
         admin: Some(admin),
-    })
+    };
+    log_listening(&running, &kept, &fds);
+    Ok(running)
+}
+
+/// Starts the data plane on the first generation, in this order: the kernel fast path (when
+/// configured), the settings built from `config`, the state the data plane shares, then the
+/// UDP workers ([`start_data_plane`]).
+fn start_data(
+    config: ValidConfig,
+    watchers: &Arc<Watchers>,
+    kept: &Kept,
+    (tokens, ledger, metrics): (&Arc<Tokens>, &Arc<Ledger>, &Arc<Metrics>),
+) -> Result<(Arc<Settings>, Arc<DataShared>, DataPlane, FdBudget), BindError> {
+    let fast_path = start_fast_path(&config, metrics);
+    let settings = Arc::new(Settings::new(Generation::build(config, watchers, None)));
+    let shared = Arc::new(DataShared::new(
+        Arc::clone(tokens),
+        Arc::clone(ledger),
+        Arc::clone(&settings),
+        Arc::clone(metrics),
+        fast_path,
+    ));
+    let (data, fds) = start_data_plane(kept, &shared)?;
+    Ok((settings, shared, data, fds))
+}
+
+/// Starts every task and thread, in this order: the admin thread, the query server and the
+/// TCP data ports ([`serve`]), the query port's key watches ([`watch_query_keys`]), then the
+/// background tasks ([`background`]).
+fn start_tasks(
+    listeners: Listeners,
+    (live, readiness, shared, tokens): (
+        &Arc<Live>,
+        &Arc<Readiness>,
+        &Arc<DataShared>,
+        &Arc<Tokens>,
+    ),
+    kept: &Kept,
+    (tls, jwks, jwks_source): (
+        Option<QueryTlsInForce>,
+        Option<Arc<Jwks>>,
+        Option<KeySource>,
+    ),
+    reload_from: Option<ConfigSource>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Vec<JoinHandle<()>>, std::thread::JoinHandle<()>), BindError> {
+    let (mut tasks, admin) = serve(
+        listeners,
+        (live, readiness, kept.admin_token.clone()),
+        (shared, jwks.clone(), tls.as_ref().map(|t| Arc::clone(&t.0))),
+        &shutdown,
+    )?;
+    tasks.extend(watch_query_keys(tls, (jwks, jwks_source), live, &shutdown));
+    tasks.extend(background(
+        live,
+        tokens,
+        kept.key_source.clone(),
+        reload_from,
+        shutdown,
+    ));
+    Ok((tasks, admin))
+}
+
+/// What start-up still reads from the config after [`Generation::build`] has taken it.
+struct Kept {
+    data_ports: Vec<ValidDataPort>,
+    key_source: Option<KeySource>,
+    /// `dataWorkers` resolved (0: one per core).
+    workers: usize,
+    buffer_bytes: usize,
+    reuse_port: bool,
+    /// The configured query and admin addresses: errors name them, and the query one stands
+    /// in for `data_addr` when no data port is bound.
+    query_at: SocketAddr,
+    admin_at: SocketAddr,
+    /// How many mappings the config has (logged once listening).
+    mappings: usize,
+    admin_token: Option<PathBuf>,
+}
+
+impl Kept {
+    /// Copies what start-up reads late, resolving `dataWorkers: 0` to one per core.
+    fn of(config: &ValidConfig) -> Self {
+        Self {
+            data_ports: config.data_ports.clone(),
+            key_source: config.key_source.clone(),
+            workers: worker_count(config.data_workers),
+            buffer_bytes: config.socket_buffer_bytes,
+            reuse_port: config.reuse_port,
+            query_at: config.query_addr,
+            admin_at: config.admin_addr,
+            mappings: config.mappings.len(),
+            admin_token: config.admin_token_file.clone(),
+        }
+    }
+}
+
+/// The query port's TLS in force: the acceptor, the `queryTls` files and their content (what
+/// the file watch compares against).
+type QueryTlsInForce = (Arc<tls::QueryTls>, ValidQueryTls, tls::Pems);
+
+/// Reads the query port's TLS files (`queryTls`) now, so a director with unusable ones does
+/// not start.
+async fn load_query_tls(config: &ValidConfig) -> Result<Option<QueryTlsInForce>, StartError> {
+    let Some(files) = &config.query_tls else {
+        return Ok(None);
+    };
+    let pems = tls::read(files)
+        .await
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let server = tls::server_config(&pems).map_err(|e| StartError::Tls(e.to_string()))?;
+    let verifies = files.client_ca_file.is_some();
+    tracing::info!(
+        client_certificates = verifies,
+        "query port speaks TLS (queryTls)"
+    );
+    Ok(Some((
+        Arc::new(tls::QueryTls::new(server, verifies)),
+        files.clone(),
+        pems,
+    )))
+}
+
+/// The watches of the query port's own keys, started in this order: its TLS files
+/// (`queryTls`), then the ticket JWKS (`queryAuth`) from its file or Secret.
+fn watch_query_keys(
+    tls: Option<QueryTlsInForce>,
+    (jwks, jwks_source): (Option<Arc<Jwks>>, Option<KeySource>),
+    live: &Arc<Live>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some((tls, files, pems)) = tls {
+        tasks.push(tokio::spawn(tls::watch_files(
+            tls,
+            files,
+            pems,
+            Arc::clone(&live.metrics),
+            shutdown.clone(),
+        )));
+    }
+    if let (Some(jwks), Some(source)) = (jwks, jwks_source) {
+        tasks.push(match source {
+            KeySource::File(path) => tokio::spawn(crate::shell::keys::watch_jwks_file(
+                jwks,
+                Arc::clone(&live.metrics),
+                path,
+                shutdown.clone(),
+            )),
+            KeySource::Secret { namespace, name } => {
+                tokio::spawn(crate::shell::keys::watch_jwks_secret(
+                    jwks,
+                    Arc::clone(live),
+                    namespace,
+                    name,
+                    shutdown.clone(),
+                ))
+            }
+        });
+    }
+    tasks
+}
+
+/// The one info line saying the director is listening, and where.
+fn log_listening(running: &Running, kept: &Kept, fds: &FdBudget) {
+    tracing::info!(
+        query = %running.query_addr,
+        data = %running.data_addr,
+        data_ports = %running.data_addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        admin = %running.admin_addr,
+        workers = kept.workers,
+        mappings = kept.mappings,
+        fd_limit = fds.limit,
+        upstream_socket_budget = fds.upstream(),
+        "udp-director listening"
+    );
 }
 
 /// Starts the UDP data plane: UDP data ports go to its workers (TCP ones to listeners on the
 /// runtime), each keeping its position in `dataPorts` (the token's port for it); then the
 /// upstream socket budget is what the descriptors left.
 fn start_data_plane(
-    data_ports: &[crate::config::ValidDataPort],
-    workers: usize,
-    buffer_bytes: usize,
-    reuse_port: bool,
+    kept: &Kept,
     shared: &Arc<DataShared>,
 ) -> Result<(DataPlane, FdBudget), BindError> {
-    let udp_ats: Vec<(usize, SocketAddr)> = data_ports
+    let udp_ats: Vec<(usize, SocketAddr)> = kept
+        .data_ports
         .iter()
         .enumerate()
         .filter(|(_, d)| d.protocol == Protocol::Udp)
@@ -306,9 +406,9 @@ fn start_data_plane(
     let first = udp_ats.first().map(|(_, a)| *a);
     let data = DataPlane::start(
         &udp_ats,
-        workers,
-        buffer_bytes,
-        reuse_port,
+        kept.workers,
+        kept.buffer_bytes,
+        kept.reuse_port,
         Arc::clone(shared),
     )
     .map_err(|source| BindError {

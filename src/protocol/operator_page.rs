@@ -132,10 +132,20 @@ fn state(ok: bool, yes: &str, no: &str) -> String {
     }
 }
 
-/// The whole page.
+/// The whole page: head, then the state, mappings, targets and sessions sections in order.
 #[must_use]
 pub fn render(p: &Page) -> String {
     let mut out = String::with_capacity(4096 + 256 * (p.sessions.len() + p.targets.len()));
+    render_head(&mut out, p);
+    render_state(&mut out, p);
+    render_mappings(&mut out, p);
+    render_targets(&mut out, p);
+    render_sessions(&mut out, p);
+    out
+}
+
+/// The document head (refresh, title, style) and the title line with version and links.
+fn render_head(out: &mut String, p: &Page) {
     out.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     if p.refresh_seconds > 0 {
         w!(
@@ -153,7 +163,10 @@ pub fn render(p: &Page) -> String {
         escape(&p.version),
         escape(&p.revision)
     );
+}
 
+/// The State table: readiness, drain, session counts, config reloads and tokens.
+fn render_state(out: &mut String, p: &Page) {
     out.push_str("<h2>State</h2><table id=\"state\">");
     let ready = match &p.not_ready {
         None => state(true, "ready", ""),
@@ -175,19 +188,7 @@ pub fn render(p: &Page) -> String {
         p.sessions_active,
         p.max_sessions
     );
-    out.push_str("<tr><th>by protocol</th><td>");
-    for (i, (protocol, n)) in p.by_protocol.iter().enumerate() {
-        if i > 0 {
-            out.push_str(" · ");
-        }
-        w!(
-            out,
-            "<span id=\"protocol-{0}\">{0}: {1}</span>",
-            escape(protocol),
-            n
-        );
-    }
-    out.push_str("</td></tr>");
+    render_by_protocol(out, p);
     let r = &p.reload;
     w!(
         out,
@@ -212,7 +213,27 @@ pub fn render(p: &Page) -> String {
         k.reloads_rejected,
         k.tokens_active
     );
+}
 
+/// The "by protocol" row of the State table: live sessions per data-port protocol.
+fn render_by_protocol(out: &mut String, p: &Page) {
+    out.push_str("<tr><th>by protocol</th><td>");
+    for (i, (protocol, n)) in p.by_protocol.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" · ");
+        }
+        w!(
+            out,
+            "<span id=\"protocol-{0}\">{0}: {1}</span>",
+            escape(protocol),
+            n
+        );
+    }
+    out.push_str("</td></tr>");
+}
+
+/// The Mappings table: one row per `resourceQueryMapping` and its cache.
+fn render_mappings(out: &mut String, p: &Page) {
     out.push_str(
         "<h2>Mappings</h2><table id=\"mappings\"><tr><th>mapping</th><th>source</th>\
          <th>load balancing</th><th>objects cached</th><th>cache</th><th>live sessions</th></tr>",
@@ -231,7 +252,10 @@ pub fn render(p: &Page) -> String {
         );
     }
     out.push_str("</table>\n");
+}
 
+/// The "Targets with live sessions" table, and how many more were left out.
+fn render_targets(out: &mut String, p: &Page) {
     out.push_str(
         "<h2>Targets with live sessions</h2><p class=\"muted\">What leastSessions and \
          labelArithmetic read on this replica.</p><table id=\"targets\"><tr><th>target</th>\
@@ -258,7 +282,10 @@ pub fn render(p: &Page) -> String {
             p.targets_omitted
         );
     }
+}
 
+/// The Sessions table: a sample of the live UDP sessions, then the end of the document.
+fn render_sessions(out: &mut String, p: &Page) {
     w!(
         out,
         "\n<h2>Sessions</h2><p class=\"muted\">{} of {} live UDP sessions (a sample; \
@@ -289,7 +316,6 @@ pub fn render(p: &Page) -> String {
         );
     }
     out.push_str("</table>\n</body></html>\n");
-    out
 }
 
 #[cfg(test)]

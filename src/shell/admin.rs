@@ -27,6 +27,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -34,15 +36,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::reload::redacted_json;
-use crate::config::{LoadBalancing, TokenFormat, ValidSource};
-use crate::metrics::Metrics;
+use crate::config::{LoadBalancing, TokenFormat, ValidConfig, ValidMapping, ValidSource};
+use crate::metrics::{Label, Metrics};
 use crate::protocol::admin_access;
 use crate::protocol::operator_page::{
     self, KeyState, MappingRow, Page, ReloadState, SessionRow, TargetRow,
 };
 use crate::resolve::MappingStatus;
-use crate::session::Ledger;
-use crate::settings::Settings;
+use crate::session::{Ledger, SessionView};
+use crate::settings::{Generation, Settings};
 use crate::shell::reload::{Live, Polled, StableFile};
 
 /// Readiness inputs. Liveness does not depend on any of them.
@@ -386,36 +388,90 @@ async fn page_handler(State(s): State<AdminState>) -> impl IntoResponse {
     let generation = s.live.settings.load();
     let config = &generation.config;
     let m = &s.live.metrics;
-    let count = |family, result| Metrics::counter(family, "result", result).get();
-    let gauge = |g: &Gauge| u64::try_from(g.get()).unwrap_or(0);
-    let mappings = status
+    let mappings = mapping_rows(&status, config, m);
+    let (targets, targets_omitted) = target_rows(&s, &generation, &sample);
+    let sessions = session_rows(&sample);
+    let page = Page {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        revision: crate::metrics::REVISION.to_string(),
+        not_ready: readiness(&s).err().map(str::to_string),
+        draining: s.readiness.ledger.draining(),
+        refresh_seconds: PAGE_REFRESH_SECONDS,
+        sessions_active: gauge_value(&m.sessions_active),
+        max_sessions: config.max_sessions as u64,
+        by_protocol: sessions_by_protocol(m),
+        mappings,
+        targets,
+        targets_omitted,
+        sessions,
+        reload: reload_state(generation.number, m),
+        keys: key_state(config, m),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        operator_page::render(&page),
+    )
+}
+
+/// A gauge as the page shows it (a negative value, which no gauge here should hold, as 0).
+fn gauge_value(g: &Gauge) -> u64 {
+    u64::try_from(g.get()).unwrap_or(0)
+}
+
+/// A `{result}` counter's value (`applied`, `rejected`).
+fn result_count(family: &Family<Label, Counter>, result: &'static str) -> u64 {
+    Metrics::counter(family, "result", result).get()
+}
+
+/// The Mappings section: each mapping's cache status, where its targets come from, its
+/// strategy and its live sessions (`mapping_sessions`).
+fn mapping_rows(status: &[MappingStatus], config: &ValidConfig, m: &Metrics) -> Vec<MappingRow> {
+    status
         .iter()
         .map(|st| {
             let mapping = config.mappings.get(&st.name);
             MappingRow {
                 name: st.name.clone(),
-                source: match mapping {
-                    Some(v) if v.allocate.is_some() => "allocate",
-                    Some(v) => match v.source {
-                        ValidSource::Static(_) => "static",
-                        ValidSource::Kube(_) => "kubernetes",
-                    },
-                    None => "",
-                }
-                .to_string(),
+                source: source_name(mapping).to_string(),
                 load_balancing: mapping
                     .map(|v| load_balancing_name(&v.load_balancing))
                     .unwrap_or_default()
                     .to_string(),
                 objects: st.objects as u64,
                 synced: st.synced,
-                sessions: gauge(
+                sessions: gauge_value(
                     &m.mapping_sessions
                         .get_or_create(&[("mapping", st.name.clone())]),
                 ),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Where a mapping's targets come from: `allocate`, `static` or `kubernetes` (empty when
+/// the config in force no longer has it).
+fn source_name(mapping: Option<&ValidMapping>) -> &'static str {
+    match mapping {
+        Some(v) if v.allocate.is_some() => "allocate",
+        Some(v) => match v.source {
+            ValidSource::Static(_) => "static",
+            ValidSource::Kube(_) => "kubernetes",
+        },
+        None => "",
+    }
+}
+
+/// The targets section: targets with live sessions on this replica, most first, at most
+/// `PAGE_TARGETS` of them, and how many more were left out. A target is named by a sampled
+/// session to it, else by the mappings that know its address.
+fn target_rows(
+    s: &AdminState,
+    generation: &Generation,
+    sample: &[SessionView],
+) -> (Vec<TargetRow>, usize) {
     let by_address = generation.known.mappings_by_address();
     let mut per_target = s.live.data.ledger.per_target();
     per_target.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -443,7 +499,12 @@ async fn page_handler(State(s): State<AdminState>) -> impl IntoResponse {
             sessions: n as u64,
         })
         .collect();
-    let sessions = sample
+    (targets, targets_omitted)
+}
+
+/// The Sessions section: one row per sampled live session.
+fn session_rows(sample: &[SessionView]) -> Vec<SessionRow> {
+    sample
         .iter()
         .map(|v| SessionRow {
             client: v.client.to_string(),
@@ -456,54 +517,46 @@ async fn page_handler(State(s): State<AdminState>) -> impl IntoResponse {
             bytes_to_target: v.stats.bytes_to_target,
             bytes_to_client: v.stats.bytes_to_client,
         })
-        .collect();
-    let page = Page {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        revision: crate::metrics::REVISION.to_string(),
-        not_ready: readiness(&s).err().map(str::to_string),
-        draining: s.readiness.ledger.draining(),
-        refresh_seconds: PAGE_REFRESH_SECONDS,
-        sessions_active: gauge(&m.sessions_active),
-        max_sessions: config.max_sessions as u64,
-        by_protocol: crate::model::Protocol::ALL
-            .iter()
-            .map(|p| {
-                let n = m
-                    .sessions_by_protocol
-                    .get_or_create(&[("protocol", p.as_str())])
-                    .get();
-                (p.as_str().to_string(), u64::try_from(n).unwrap_or(0))
-            })
-            .collect(),
-        mappings,
-        targets,
-        targets_omitted,
-        sessions,
-        reload: ReloadState {
-            generation: generation.number,
-            applied: count(&m.config_reloads, "applied"),
-            rejected: count(&m.config_reloads, "rejected"),
-            restart_required: m.config_restart_required.get() != 0,
-        },
-        keys: KeyState {
-            format: match config.token_format {
-                TokenFormat::Uuid => "uuid",
-                TokenFormat::Sealed => "sealed",
-            }
-            .to_string(),
-            keys_in_force: gauge(&m.token_keys),
-            reloads_applied: count(&m.token_key_reloads, "applied"),
-            reloads_rejected: count(&m.token_key_reloads, "rejected"),
-            tokens_active: gauge(&m.tokens_active),
-        },
-    };
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        operator_page::render(&page),
-    )
+        .collect()
+}
+
+/// Live sessions per data-port protocol, every protocol listed (`sessions_by_protocol`).
+fn sessions_by_protocol(m: &Metrics) -> Vec<(String, u64)> {
+    crate::model::Protocol::ALL
+        .iter()
+        .map(|p| {
+            let n = m
+                .sessions_by_protocol
+                .get_or_create(&[("protocol", p.as_str())])
+                .get();
+            (p.as_str().to_string(), u64::try_from(n).unwrap_or(0))
+        })
+        .collect()
+}
+
+/// Config reloads since start and the generation in force.
+fn reload_state(generation: u64, m: &Metrics) -> ReloadState {
+    ReloadState {
+        generation,
+        applied: result_count(&m.config_reloads, "applied"),
+        rejected: result_count(&m.config_reloads, "rejected"),
+        restart_required: m.config_restart_required.get() != 0,
+    }
+}
+
+/// The token format, the keys in force, their reloads and the tokens held.
+fn key_state(config: &ValidConfig, m: &Metrics) -> KeyState {
+    KeyState {
+        format: match config.token_format {
+            TokenFormat::Uuid => "uuid",
+            TokenFormat::Sealed => "sealed",
+        }
+        .to_string(),
+        keys_in_force: gauge_value(&m.token_keys),
+        reloads_applied: result_count(&m.token_key_reloads, "applied"),
+        reloads_rejected: result_count(&m.token_key_reloads, "rejected"),
+        tokens_active: gauge_value(&m.tokens_active),
+    }
 }
 
 /// The config's name of a load-balancing strategy.
