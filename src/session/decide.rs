@@ -10,7 +10,7 @@
 //! | any | shorter PING | `Drop(ShortPing)` |
 //! | has a session | data | `Forward` |
 //! | has a session | token or `[magic][token]` held by this session | `Keep` (a keepalive: nothing forwarded) |
-//! | has a session | token or `[magic][token]` that redeems and needs no proof | `Reset` to its target |
+//! | has a session | token or `[magic][token]` that redeems and needs no proof | `Reset` to its target (`Keep` when it already goes to that address); a default-endpoint session holds the token from then on and is a token session |
 //! | has a session | bare token-shaped data that does not redeem | `Forward` (game traffic that looks like a token) |
 //! | has a session | `[magic][token]` that does not redeem | `Drop(InvalidToken / UnknownKey / ExpiredToken / ...)` |
 //! | any | `[magic]` + anything but a token or a client frame | `Drop(MalformedReset)`, never forwarded |
@@ -410,8 +410,9 @@ impl SessionTable {
     /// the amplification limit, no longer yielding its place.
     fn reset_to(&mut self, id: SessionId, grant: Grant, now: Instant) -> Decision {
         self.claim(id, grant.key, now);
+        let moved = self.reset(id, grant.target, now);
         self.promote(id);
-        if self.reset(id, grant.target, now) {
+        if moved {
             Decision::Reset { id }
         } else {
             Decision::Keep

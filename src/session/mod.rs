@@ -193,8 +193,8 @@ pub struct Closed {
     pub reason: CloseReason,
     pub stats: FlowStats,
     pub duration: Duration,
-    /// Opened by the default endpoint and never sent a token (its client proved nothing: its
-    /// log line is budgeted).
+    /// Opened by the default endpoint and never redeemed a token (its client proved nothing:
+    /// its log line is budgeted).
     pub default_endpoint: bool,
     /// The token it held last (none: a default-endpoint session), for the log's `session_id`.
     pub token: Option<TokenKey>,
@@ -628,14 +628,21 @@ impl SessionTable {
     /// Moves a live session to `target`: the new slot is bound before the old one is let
     /// go (a slot that carries on is not cycled), and nothing from the old target is
     /// delivered afterwards. False when the session already goes to that address (a
-    /// retransmitted token: nothing changes but the newer target identity).
+    /// retransmitted token: nothing changes but the newer target identity, and the PROXY v2
+    /// header when that identity renders another one).
     fn reset(&mut self, id: SessionId, target: Arc<Target>, now: Instant) -> bool {
         let Some(s) = self.session_mut(id) else {
             return false;
         };
         s.last_seen = now;
         if s.target.addr == target.addr {
-            s.target = target;
+            let rerender = s.target.proxy != target.proxy
+                || (target.proxy && s.target.player != target.player);
+            let client = s.client;
+            s.target = Arc::clone(&target);
+            if rerender {
+                self.rerender_header(id, client, &target);
+            }
             return false;
         }
         let (old_socket, old_target, client) = (s.socket, s.target.addr, s.client);
@@ -656,6 +663,21 @@ impl SessionTable {
         }
         self.debug_check();
         true
+    }
+
+    /// A session whose target identity at the same address renders another PROXY v2 header
+    /// (another `proxyProtocol`, another `playerId`): the new header from now on. Its legs
+    /// leave the fast path first; they go back in when the target next answers, unless a
+    /// header now keeps them out.
+    fn rerender_header(&mut self, id: SessionId, client: SocketAddr, target: &Target) {
+        self.leave_kernel(id);
+        let header = self.header(client, target);
+        let origin = self.session(id).map_or(Origin::Token, |s| s.origin);
+        let kernel = self.kernel_start(origin, client, target.addr, header.is_some());
+        if let Some(s) = self.session_mut(id) {
+            s.header = header;
+            s.kernel = kernel;
+        }
     }
 
     /// A default-endpoint session that now holds a token becomes a token session (it may go
@@ -1158,10 +1180,11 @@ impl SessionTable {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// The whole-table check after a mutating call, in debug builds, while the table is
-    /// small: it costs O(sessions) per call, so past a few hundred sessions a debug build's
-    /// end-to-end floods would spend their time here and fall seconds behind (the property
-    /// tests check every step at any size).
+    /// The whole-table check after a mutating call, in debug builds, while the table has
+    /// fewer than 256 slots (slots only grow until the table empties): it costs O(sessions)
+    /// per call, so past a few hundred sessions a debug build's end-to-end floods would spend
+    /// their time here and fall seconds behind (the property tests check every step at any
+    /// size).
     #[inline]
     fn debug_check(&self) {
         #[cfg(debug_assertions)]

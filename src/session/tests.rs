@@ -716,6 +716,13 @@ fn a_default_endpoint_client_whose_token_arrives_late_becomes_a_token_session() 
             },
         ),
         (true, Payload::Reset { nth: 0 }),
+        (
+            true,
+            Payload::Token {
+                nth: 0,
+                padded: true,
+            },
+        ),
     ] {
         let mut sim = Sim::new(10, true).unwrap();
         sim.step(&Op::FromClient {
@@ -748,6 +755,74 @@ fn a_default_endpoint_client_whose_token_arrives_late_becomes_a_token_session() 
         }
         sim.finish().unwrap();
     }
+}
+
+#[test]
+fn a_token_for_the_same_address_brings_its_header_and_the_fast_path() {
+    let (mut t, _l) = table(10);
+    t.set_fast_path(true);
+    let tokens = TokenStore::new(100);
+    let now = Instant::now();
+    // A default-endpoint session to 9001: no header, never in the fast path ...
+    t.ledger()
+        .admit(client(1).ip(), 10, usize::MAX)
+        .unwrap()
+        .keep();
+    let id = t.insert_admitted(client(1), target(9001), Origin::DefaultEndpoint, now);
+    t.forward_from_client(id, 4, now).unwrap();
+    let socket = socket_of(&t, id);
+    let kernel = |t: &mut SessionTable| {
+        let mut out = Vec::new();
+        t.take_outputs(&mut out);
+        out.retain(|o| matches!(o, Output::FastPathAdd(_) | Output::FastPathRemove(_)));
+        out
+    };
+    kernel(&mut t);
+    // ... whose client redeems a token for that same address: kept where it is, a token
+    // session, in the fast path at its target's next answer.
+    assert_eq!(
+        send(&mut t, &tokens, 1, &reset_for(&tokens, 9001, now), now),
+        Decision::Keep
+    );
+    assert_eq!(kernel(&mut t), []);
+    assert_eq!(
+        t.decide_target(socket, target(9001).addr, 1_000, now),
+        Decision::Deliver { client: client(1) }
+    );
+    let added = kernel(&mut t);
+    assert!(
+        matches!(added.as_slice(), [Output::FastPathAdd(legs)] if legs.id == id),
+        "{added:?}"
+    );
+    // A token naming the same address through a `proxyProtocol: v2` mapping, for a player:
+    // its header from now on, and out of the fast path (the kernel adds no header).
+    let named = Arc::new(Target {
+        proxy: true,
+        player: Some("p-1".into()),
+        ..(*target(9001)).clone()
+    });
+    let wire = tokens.issue(named, client(0).ip(), now, POLICY).to_wire();
+    let reset = [MAGIC, wire.as_bytes()].concat();
+    assert_eq!(send(&mut t, &tokens, 1, &reset, now), Decision::Keep);
+    let removed = kernel(&mut t);
+    assert!(
+        matches!(removed.as_slice(), [Output::FastPathRemove(legs)] if legs.id == id),
+        "{removed:?}"
+    );
+    let Decision::Forward(to) = send(&mut t, &tokens, 1, b"game data", now) else {
+        panic!("game data goes to the target")
+    };
+    let header = to.header.expect("a PROXY v2 header");
+    assert!(header.windows(3).any(|w| w == b"p-1"), "{header:?}");
+    assert_eq!(
+        t.decide_target(socket, target(9001).addr, 100, now),
+        Decision::Deliver { client: client(1) }
+    );
+    assert_eq!(
+        kernel(&mut t),
+        [],
+        "a session with a header stays in user space"
+    );
 }
 
 #[test]
