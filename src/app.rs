@@ -111,11 +111,13 @@ impl Listeners {
         })
     }
 
-    /// The TCP data ports' local addresses, in `dataPorts` order (`configured`: the address
-    /// an error names).
-    fn tcp_data_addrs(&self, configured: SocketAddr) -> Result<Vec<SocketAddr>, BindError> {
+    /// The TCP data ports' local addresses, in `dataPorts` order; an error names the port's
+    /// configured address.
+    fn tcp_data_addrs(&self, ports: &[ValidDataPort]) -> Result<Vec<SocketAddr>, BindError> {
         let mut addrs = Vec::with_capacity(self.tcp_data.len());
-        for (_, l) in &self.tcp_data {
+        for (i, l) in &self.tcp_data {
+            let configured = ports.get(*i).map(|p| p.addr);
+            let configured = configured.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
             addrs.push(local(l.local_addr(), "TCP data", configured)?);
         }
         Ok(addrs)
@@ -183,7 +185,7 @@ pub async fn start_with(config: ValidConfig, options: StartOptions) -> Result<Ru
         ledger: Arc::clone(&ledger),
         settings,
     });
-    let tcp_addrs = listeners.tcp_data_addrs(kept.query_at)?;
+    let tcp_addrs = listeners.tcp_data_addrs(&kept.data_ports)?;
     if let Some(keys) = jwks.as_ref().and_then(|j| j.load()) {
         metrics.jwks_keys.set(keys.len() as i64);
     }
