@@ -7,7 +7,8 @@
 //! - closed loop: each client keeps one datagram in flight; reports round trips per second
 //!   and RTT percentiles, through the director, straight to the backend, optionally through
 //!   another proxy (`--raw-proxy`, e.g. nginx) and another director build
-//!   (`--also-director`, e.g. the previous commit's), in interleaved rounds;
+//!   (`--also-director`, e.g. the previous commit's), in interleaved rounds whose order of
+//!   proxied paths rotates (each path takes every place in a round once over as many rounds);
 //! - fixed rate (`--rate`): datagrams are sent on a schedule regardless of replies; reports
 //!   RTT percentiles, i.e. the latency the director adds at that load;
 //! - `--idle-sessions N`: opens N sessions, lets them idle and reports the director's
@@ -531,16 +532,24 @@ pub fn run(args: &LoadgenArgs) -> io::Result<()> {
             args.rate,
         )
     };
+    // The proxied paths run in an order that rotates every round: a path measured later in
+    // a round gains a few per cent on this machine, so with as many rounds as paths each
+    // path takes every place once. Results keep the listed order.
+    let proxied = directors.len() + usize::from(args.raw_proxy.is_some());
     let mut rounds: Vec<Vec<PhaseResult>> = Vec::new();
     for r in 0..rounds_needed {
         let mut round = vec![phase("direct", backend.addr, None)?];
         let mine = r * args.clients..(r + 1) * args.clients;
-        for ((name, d), tokens) in directors.iter().zip(&tokens) {
-            round.push(phase(name, d.data, Some(&tokens[mine.clone()]))?);
+        let mut got: Vec<Option<PhaseResult>> = (0..proxied).map(|_| None).collect();
+        for k in 0..proxied {
+            let p = (k + r) % proxied;
+            got[p] = Some(match (directors.get(p), args.raw_proxy) {
+                (Some((name, d)), _) => phase(name, d.data, Some(&tokens[p][mine.clone()]))?,
+                (None, Some(raw)) => phase("raw-proxy", raw, None)?,
+                (None, None) => continue,
+            });
         }
-        if let Some(raw) = args.raw_proxy {
-            round.push(phase("raw-proxy", raw, None)?);
-        }
+        round.extend(got.into_iter().flatten());
         rounds.push(round);
     }
     let results = median_round(&rounds);
