@@ -283,7 +283,7 @@ async fn an_api_outage_answers_unavailable_fast_and_slowness_within_the_timeout(
     assert_eq!(result("timeout"), 1.0);
     fake.set_allocation_failure(None);
     // The API server is gone: unavailable at once, not after the timeout.
-    fake.stop();
+    fake.stop().await;
     let started = Instant::now();
     let answer = query(addr, &allocation_query(None));
     assert_eq!(code(&answer), "unavailable", "{answer}");

@@ -197,7 +197,7 @@ async fn watches_resume_after_cuts_and_relist_after_410() {
 async fn losing_the_api_server_keeps_the_last_known_state() {
     let (fake, env) = ready_with_gs1().await;
     let d = &env.director;
-    fake.stop();
+    fake.stop().await;
     let q = d.query_addr;
     for _ in 0..5 {
         assert_eq!(
@@ -232,7 +232,7 @@ async fn a_flapping_api_answering_garbage_neither_crashes_nor_empties_the_cache(
             assert_eq!(answer["target"]["name"], "gs-1", "round {round}: {answer}");
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
-        fake.stop();
+        fake.stop().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             blocking(move || query(q, READY)).await["target"]["name"],
@@ -271,7 +271,7 @@ async fn a_flapping_api_answering_garbage_neither_crashes_nor_empties_the_cache(
 async fn starting_with_the_api_down_is_unready_until_it_comes_up() {
     let fake = FakeKube::start().await;
     fake.apply("gameservers", gameserver("gs-1", "Ready", 7001));
-    fake.stop();
+    fake.stop().await;
     let env = start(GS_CONFIG, Arc::clone(&fake)).await;
     let d = &env.director;
     let q = d.query_addr;
@@ -453,7 +453,7 @@ async fn memory_of_ten_thousand_cached_gameservers_in_the_director_process() {
             realistic_gameserver(&format!("gs-{i:05}"), "Ready", 7000),
         );
     }
-    fake.stop();
+    fake.stop().await;
     let dir = testkit::TempDir::new("kube-mem").unwrap();
     let kubeconfig = fake.kubeconfig(&dir.path);
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_udp-director"));

@@ -50,8 +50,15 @@ pub struct FakeKube {
     store: Arc<Mutex<Store>>,
     /// Bumped to end every open watch stream.
     epoch: watch::Sender<u64>,
-    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The serving task, and what tells it to stop (gracefully: see [`FakeKube::stop`]).
+    server: Mutex<Option<Serving>>,
 }
+
+/// A serving task and the sender that stops it gracefully.
+type Serving = (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+);
 
 /// `/apis/agones.dev/v1` + `gameservers` style collection key.
 pub fn collection(api_version: &str, plural: &str) -> String {
@@ -82,18 +89,34 @@ impl FakeKube {
 
     fn serve(self: &Arc<Self>, listener: tokio::net::TcpListener) {
         let app = Router::new().fallback(handle).with_state(Arc::clone(self));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
         });
-        *self.server.lock().unwrap() = Some(task);
+        *self.server.lock().unwrap() = Some((task, stop));
     }
 
-    /// Stops answering: the listener closes and open watches end.
-    pub fn stop(&self) {
-        if let Some(task) = self.server.lock().unwrap().take() {
+    /// Stops answering, as a server that is gone: the listener closes, open watches end and
+    /// every connection closes (idle keep-alive ones at once) before this returns, so a
+    /// client's next request cannot reach a connection that was still being served.
+    pub async fn stop(&self) {
+        let server = self.server.lock().unwrap().take();
+        self.cut_watches();
+        let Some((mut task, stop)) = server else {
+            return;
+        };
+        let _ = stop.send(());
+        // A request held back (`set_allocation_delay`) finishes first; past 5 s, cut it.
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
             task.abort();
         }
-        self.cut_watches();
     }
 
     /// Listens again on the same port.
