@@ -166,6 +166,31 @@ async fn default_endpoint_takes_tokenless_clients_and_forwards_their_first_datag
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_token_was_lost_and_sent_again_is_no_longer_limited() {
+    // Its token datagram was lost; its game data opened a default-endpoint session (replies
+    // limited to 3 × what it sent); then it sent its token again (SPEC §3).
+    let b = Backend::new();
+    let d = start(config_for(&[&b], "defaultEndpoint: {resourceType: echo}\n")).await;
+    let c = Client::new(d.data_addr);
+    c.send(b"hi");
+    let (_, from) = b.recv().expect("forwarded to the default endpoint");
+    let big = [b'r'; 600];
+    b.socket.send_to(&big, from).unwrap();
+    assert!(eventually(Duration::from_secs(2), || metric(
+        d.admin_addr,
+        "udp_director_datagrams_dropped_total{reason=\"amplification_limit\"}"
+    ) == 1.0));
+    c.send(token_for(d.query_addr, Q).as_bytes());
+    // Its token session now: 600 bytes back for the 2 it sent next.
+    c.send(b"go");
+    let (got, from) = b.recv().expect("still the same target");
+    assert_eq!(got, b"go");
+    b.socket.send_to(&big, from).unwrap();
+    assert_eq!(c.recv().expect("a token session is not limited"), big);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_cap_refuses_newcomers_and_keeps_existing_sessions() {
     let b = Backend::new();
     let d = start(config_for(&[&b], "maxSessions: 2\n")).await;
