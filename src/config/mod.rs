@@ -165,9 +165,11 @@ pub struct Config {
     #[serde(default)]
     pub data_workers: usize,
     /// After the last datagram, keep polling without sleeping for this many microseconds
-    /// (0 = off). Trades CPU for latency: a reply that comes back within the window finds the
-    /// worker awake, saving a scheduler wake-up per hop. Costs at most this much CPU per
-    /// wake-up; nothing while no traffic flows.
+    /// (0 = off), yielding the CPU between polls. Trades CPU for latency: a reply that comes
+    /// back within the window finds the worker awake, saving a scheduler wake-up per hop. A
+    /// worker spins only while its last wait was shorter than the window
+    /// ([`crate::util::busy_poll`]), so traffic with longer gaps costs at most one window per
+    /// short gap; nothing while no traffic flows.
     #[serde(default = "defaults::busy_poll_micros")]
     pub busy_poll_micros: u64,
     /// SO_RCVBUF/SO_SNDBUF requested for every UDP socket (the kernel may clamp it).
@@ -608,7 +610,7 @@ mod defaults {
         64
     }
     pub(super) fn busy_poll_micros() -> u64 {
-        25
+        100
     }
     pub(super) fn fast_path_interfaces() -> Vec<String> {
         vec!["eth0".to_string()]

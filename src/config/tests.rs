@@ -29,7 +29,7 @@ fn defaults_match_the_spec() {
         LoadBalancing::LeastSessions
     );
     assert_eq!(c.query_addr.ip().to_string(), "0.0.0.0");
-    assert_eq!(c.busy_poll, Duration::from_micros(25));
+    assert_eq!(c.busy_poll, Duration::from_micros(100));
     assert!(c.default_endpoint.is_none());
 }
 

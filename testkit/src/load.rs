@@ -87,9 +87,9 @@ pub struct LoadgenArgs {
     /// Instead of throughput: open this many concurrent sessions over `--targets` targets.
     #[arg(long)]
     pub scale_sessions: Option<usize>,
-    /// The director's `busyPollMicros` (0 = off; 25 is the director's default).
-    #[arg(long, default_value_t = 25)]
-    pub busy_poll_micros: u64,
+    /// The director's `busyPollMicros` (0 = off); the director's default when not given.
+    #[arg(long)]
+    pub busy_poll_micros: Option<u64>,
     /// Rounds of (direct, director[, raw-proxy]) phases, interleaved; medians are reported.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
@@ -181,10 +181,13 @@ pub fn spawn_director_with(
             t.port()
         ));
     }
+    let busy_poll = args
+        .busy_poll_micros
+        .map(|micros| format!("busyPollMicros: {micros}\n"))
+        .unwrap_or_default();
     let extra = format!(
-        "dataWorkers: {}\nbusyPollMicros: {}\nmaxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000, maxQueryConnectionsPerIp: 100000, maxTokens: {}}}\n",
+        "dataWorkers: {}\n{busy_poll}maxSessions: {max_sessions}\nlimits: {{queryRatePerSecond: 100000, queryBurst: 100000, maxQueryConnectionsPerIp: 100000, maxTokens: {}}}\n",
         args.workers,
-        args.busy_poll_micros,
         max_sessions.max(1_000_000)
     );
     // Load clients come from 127.0.0.1 (and, for scale, from 127.0.0.2.., each host asking

@@ -35,6 +35,7 @@ use crate::session::{
 use crate::settings::Generation;
 use crate::shell::fast_path::Matchers;
 use crate::token::PortTokens;
+use crate::util::busy_poll::BusyPoll;
 
 const DATA: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -94,8 +95,8 @@ pub(crate) struct Worker {
     spans: Vec<(usize, usize)>,
     /// Sockets whose receive budget ran out: read again without waiting.
     again: Vec<Token>,
-    /// When a datagram last arrived (for `busyPollMicros`).
-    last_datagram: Instant,
+    /// Whether to poll again instead of sleeping (`busyPollMicros`).
+    busy: BusyPoll,
     /// Datagrams the last `recvmmsg` brought from the data socket (`[0]`) and from an
     /// upstream socket (`[1]`): how many slots the next one offers (see [`FEW`]).
     last_batch: [usize; 2],
@@ -145,6 +146,7 @@ impl Worker {
             kernel: KernelLegs::new(local.port()),
             flusher: Flusher::new(index, &shared.metrics, now),
             shared,
+            busy: BusyPoll::new(settings.config.busy_poll, now),
             settings,
             rx: receive_ring(),
             metas: [quinn_udp::RecvMeta::default(); BATCH],
@@ -156,7 +158,6 @@ impl Worker {
             spans: Vec::with_capacity(BATCH),
             default_access: crate::util::logbudget::LogBudget::new(10, Duration::from_secs(10)),
             again: Vec::new(),
-            last_datagram: now,
             last_batch: [BATCH; 2],
             sampled: 0,
             proxied: Vec::new(),
@@ -181,8 +182,7 @@ impl Worker {
                 return;
             }
             let now = Instant::now();
-            let busy =
-                now.saturating_duration_since(self.last_datagram) < self.settings.config.busy_poll;
+            let busy = self.busy.spin(now);
             let wait = if self.again.is_empty() && !busy {
                 self.table
                     .poll_timeout()
@@ -197,6 +197,10 @@ impl Worker {
                     tracing::error!(worker = self.index, error = %e, "poll failed");
                 }
                 continue;
+            }
+            if busy && events.is_empty() && self.again.is_empty() {
+                // Spinning must not keep anything runnable off this core.
+                std::thread::yield_now();
             }
             ready.clear();
             ready.extend(events.iter().map(|e| e.token()));
@@ -241,6 +245,7 @@ impl Worker {
     fn reload(&mut self) {
         let before = std::mem::replace(&mut self.settings, self.shared.settings.load());
         self.table.set_rules(self.settings.rules.clone());
+        self.busy.set_window(self.settings.config.busy_poll);
         let rules = &self.settings.rules;
         if let Some(fast_path) = &self.shared.fast_path
             && self.index == 0
@@ -360,7 +365,7 @@ impl Worker {
             }
             self.carry_out(&rx, now);
             self.rx = rx;
-            self.last_datagram = now;
+            self.busy.arrived(now);
             if n < offer {
                 return false; // a short batch: the socket was empty
             }
