@@ -54,6 +54,12 @@ impl Counts {
         self.drops[reason.index()] += n as u64;
     }
 
+    /// Drops counted for `reason` since the last flush.
+    #[cfg(test)]
+    pub(super) fn drops_of(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
     /// A RESPONSE completed a proof of address.
     pub(super) fn proved(&mut self) {
         self.proved += 1;

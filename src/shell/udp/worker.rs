@@ -4,11 +4,14 @@
 //! The loop: receive a batch (`recvmmsg`), hand each datagram to the table
 //! ([`SessionTable::on_client_datagram`] / [`SessionTable::on_target_datagram`]), carry out the
 //! [`Decision`] it returns (send, open or close an upstream socket, count), expire idle
-//! sessions, flush counters. Per datagram that is one hash lookup, one `last_seen` write and
-//! one send: no allocation, no lock, no log line. The worker decides nothing itself; its only
-//! report back into the table is an upstream socket that could not be opened.
+//! sessions, send the round's replies to clients together, flush counters. Per datagram that
+//! is one hash lookup, one `last_seen` write and one send (a share of one `sendmmsg`, for a
+//! reply): no allocation, no lock, no log line. Out of datagrams, the worker polls on or
+//! sleeps as [`BusyPoll`] says. The worker decides nothing itself; its only report back into
+//! the table is an upstream socket that could not be opened.
 //!
-//! Owns the event loop (upstream sockets are `upstream.rs`, counters `counters.rs`). Must not
+//! Owns the event loop (upstream sockets are `upstream.rs`, replies `replies.rs`, counters
+//! `counters.rs`). Must not
 //! decide what a datagram means, resolve queries or redeem tokens itself.
 
 use std::io::{self, IoSliceMut};
@@ -24,6 +27,7 @@ use tokio::time::Instant;
 
 use super::counters::{Counts, Flusher, KernelReport};
 use super::kernel_legs::KernelLegs;
+use super::replies::Replies;
 use super::upstream::{Upstreams, send_error, slot_of, token_of};
 use super::{DataShared, SAMPLE_MAX, WorkerSample};
 use crate::model::{Protocol, session_id};
@@ -108,6 +112,8 @@ pub(crate) struct Worker {
     tokens: PortTokens,
     /// This worker's sessions in the kernel fast path (none without one).
     kernel: KernelLegs,
+    /// Replies to clients gathered this round, sent together.
+    replies: Replies,
 }
 
 impl Worker {
@@ -144,6 +150,7 @@ impl Worker {
             upstreams: Upstreams::new(buffer_bytes),
             table,
             kernel: KernelLegs::new(local.port()),
+            replies: Replies::new(),
             flusher: Flusher::new(index, &shared.metrics, now),
             shared,
             busy: BusyPoll::new(settings.config.busy_poll, now),
@@ -178,6 +185,7 @@ impl Worker {
                 let now = Instant::now();
                 self.table.close_all(CloseReason::Drained, now);
                 self.carry_out(&[], now);
+                self.send_replies();
                 self.flush(now);
                 return;
             }
@@ -233,6 +241,8 @@ impl Worker {
                 None => self.table.expire(now),
             }
             self.carry_out(&[], now);
+            // The round is over: its replies leave together.
+            self.send_replies();
             // A mass expiry must not pin its peak in this scratch buffer.
             self.outputs.shrink_to(floor::<Output>());
             if now >= self.flusher.next_flush {
@@ -460,15 +470,10 @@ impl Worker {
         self.counts.decided(decision);
         match decision {
             Decision::Forward(to) => self.send_to_target(to, datagram),
-            &Decision::Deliver { client } => match self.data.send_to(datagram, client) {
-                Ok(_) => {
-                    self.counts.datagrams_to_client += 1;
-                    self.counts.bytes_to_client += datagram.len() as u64;
-                }
-                Err(e) => self
-                    .counts
-                    .dropped(send_error(&e, DropReason::SendToClient)),
-            },
+            &Decision::Deliver { client } => {
+                self.replies
+                    .push(datagram, client, &self.data, &mut self.counts);
+            }
             // A socket that failed to open was counted then (`upstream_socket`).
             Decision::Open {
                 first: Some(first), ..
@@ -504,6 +509,8 @@ impl Worker {
     /// Sends a frame of the director's own (CHALLENGE, PONG) to a client; not counted as
     /// proxied traffic.
     fn send_to_client(&mut self, frame: &[u8], client: SocketAddr) {
+        // Never ahead of a reply gathered before it.
+        self.send_replies();
         if let Err(e) = self.data.send_to(frame, client) {
             self.counts
                 .dropped(send_error(&e, DropReason::SendToClient));
@@ -526,6 +533,13 @@ impl Worker {
             }
         };
         self.count_sent(sent, datagram.len());
+    }
+
+    /// Sends the replies to clients gathered so far.
+    fn send_replies(&mut self) {
+        if !self.replies.is_empty() {
+            self.replies.flush(&self.data, &mut self.counts);
+        }
     }
 
     /// Counts a send towards a target of a client payload of `len` bytes.
