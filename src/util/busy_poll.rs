@@ -20,8 +20,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 pub struct BusyPoll {
     window: Duration,
-    /// When the last batch of datagrams arrived.
-    last: Instant,
+    /// When the window opened by the last batch of datagrams closes.
+    until: Instant,
     /// Whether the wait before that batch was within the window: spinning would have caught it.
     pays: bool,
 }
@@ -31,26 +31,33 @@ impl BusyPoll {
     pub fn new(window: Duration, now: Instant) -> Self {
         Self {
             window,
-            last: now,
+            until: later(now, window),
             pays: true,
         }
     }
 
     /// A reload's new window; the evidence so far stays.
     pub fn set_window(&mut self, window: Duration) {
+        let last = self.until.checked_sub(self.window).unwrap_or(self.until);
+        self.until = later(last, window);
         self.window = window;
     }
 
     /// A batch of datagrams arrived at `now`.
     pub fn arrived(&mut self, now: Instant) {
-        self.pays = now.saturating_duration_since(self.last) < self.window;
-        self.last = now;
+        self.pays = now < self.until;
+        self.until = later(now, self.window);
     }
 
     /// Whether a worker with nothing to read at `now` polls again without sleeping.
     pub fn spin(&self, now: Instant) -> bool {
-        self.pays && now.saturating_duration_since(self.last) < self.window
+        self.pays && now < self.until
     }
+}
+
+/// `at + window` (a window is at most a second: `MAX_BUSY_POLL_MICROS`).
+fn later(at: Instant, window: Duration) -> Instant {
+    at.checked_add(window).unwrap_or(at)
 }
 
 #[cfg(test)]

@@ -18,17 +18,15 @@ use crate::session::DropReason;
 
 /// Replies sent per `sendmmsg` at most.
 pub(super) const BATCH: usize = 32;
-/// Headers built for a small batch: most rounds carry a few replies, and every header offered
-/// is built.
-const FEW: usize = 4;
 /// Bytes gathered before the batch is sent, whatever its count (large datagrams).
 const MAX_BYTES: usize = 256 * 1024;
 
 /// The replies of one round: their bytes back to back, and where each goes.
 pub(super) struct Replies {
     bytes: Vec<u8>,
-    /// The end of each reply in `bytes` (each starts where the one before ends).
-    ends: Vec<usize>,
+    /// Where each reply lies in `bytes`, and its client.
+    replies: Vec<(usize, usize, SocketAddr)>,
+    /// The clients of one `sendmmsg`, as the call takes them (scratch, reused).
     to: Vec<SocketAddrAny>,
     /// The address of the headers built but not sent.
     spare: SocketAddrAny,
@@ -38,7 +36,7 @@ impl Replies {
     pub(super) fn new() -> Self {
         Self {
             bytes: Vec::with_capacity(BATCH * 128),
-            ends: Vec::with_capacity(BATCH),
+            replies: Vec::with_capacity(BATCH),
             to: Vec::with_capacity(BATCH),
             spare: SocketAddrAny::from(SocketAddr::from(([0, 0, 0, 0], 0))),
         }
@@ -52,30 +50,44 @@ impl Replies {
         socket: &UdpSocket,
         counts: &mut Counts,
     ) {
-        if self.ends.len() >= BATCH || self.bytes.len() + datagram.len() > MAX_BYTES {
+        if self.replies.len() >= BATCH || self.bytes.len() + datagram.len() > MAX_BYTES {
             self.flush(socket, counts);
         }
+        let start = self.bytes.len();
         self.bytes.extend_from_slice(datagram);
-        self.ends.push(self.bytes.len());
-        self.to.push(SocketAddrAny::from(client));
+        self.replies.push((start, self.bytes.len(), client));
     }
 
     /// Sends every reply gathered, counting each as sent or dropped.
     pub(super) fn flush(&mut self, socket: &UdpSocket, counts: &mut Counts) {
+        // A round of one (a quiet worker, one client): one `sendto`, nothing more.
+        if let [(a, b, client)] = self.replies[..] {
+            let datagram = self.bytes.get(a..b).unwrap_or_default();
+            match socket.send_to(datagram, client) {
+                Ok(_) => {
+                    counts.datagrams_to_client += 1;
+                    counts.bytes_to_client += datagram.len() as u64;
+                }
+                Err(e) => counts.dropped(send_error(&e, DropReason::SendToClient)),
+            }
+            self.bytes.clear();
+            self.replies.clear();
+            return;
+        }
         let mut at = 0;
-        while at < self.ends.len() {
-            let left = self.ends.len() - at;
-            let sent = if left <= FEW {
-                self.send::<FEW>(socket, at)
-            } else {
-                self.send::<BATCH>(socket, at)
+        while at < self.replies.len() {
+            // Every header offered is built: offer the smallest batch that holds the rest.
+            let sent = match self.replies.len() - at {
+                1 => self.send_one(socket, at),
+                2..=4 => self.send::<4>(socket, at),
+                5..=16 => self.send::<16>(socket, at),
+                _ => self.send::<BATCH>(socket, at),
             };
             match sent {
                 Ok(n) if n > 0 => {
-                    let from = self.start(at);
-                    let to = self.ends.get(at + n - 1).copied().unwrap_or(from);
+                    let sent = self.replies.get(at..at + n).unwrap_or_default();
                     counts.datagrams_to_client += n as u64;
-                    counts.bytes_to_client += (to - from) as u64;
+                    counts.bytes_to_client += sent.iter().map(|r| (r.1 - r.0) as u64).sum::<u64>();
                     at += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -92,41 +104,49 @@ impl Replies {
             }
         }
         self.bytes.clear();
-        self.ends.clear();
-        self.to.clear();
+        self.replies.clear();
         // One burst of large datagrams must not pin its peak here.
         self.bytes.shrink_to(MAX_BYTES);
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.replies.is_empty()
     }
 
-    /// Where reply `i` starts in `bytes`.
-    fn start(&self, i: usize) -> usize {
-        i.checked_sub(1)
-            .and_then(|before| self.ends.get(before).copied())
-            .unwrap_or(0)
+    /// The bytes of a reply.
+    fn bytes_of(&self, reply: Option<&(usize, usize, SocketAddr)>) -> &[u8] {
+        reply
+            .and_then(|&(a, b, _)| self.bytes.get(a..b))
+            .unwrap_or_default()
+    }
+
+    /// A round's only reply: one `sendto`, as a round of one needs no more.
+    fn send_one(&self, socket: &UdpSocket, at: usize) -> io::Result<usize> {
+        match self.replies.get(at) {
+            Some(&(a, b, client)) => {
+                socket.send_to(self.bytes.get(a..b).unwrap_or_default(), client)?;
+                Ok(1)
+            }
+            None => Ok(0),
+        }
     }
 
     /// One `sendmmsg` of up to `N` replies from reply `at`; how many the kernel took.
-    fn send<const N: usize>(&self, socket: &UdpSocket, at: usize) -> io::Result<usize> {
-        let n = (self.ends.len() - at).min(N);
-        let iovs: [[IoSlice<'_>; 1]; N] = std::array::from_fn(|i| {
-            let (a, b) = (
-                self.start(at + i),
-                self.ends.get(at + i).copied().unwrap_or(0),
-            );
-            [IoSlice::new(self.bytes.get(a..b).unwrap_or_default())]
-        });
+    fn send<const N: usize>(&mut self, socket: &UdpSocket, at: usize) -> io::Result<usize> {
+        let batch = self.replies.get(at..).unwrap_or_default();
+        let n = batch.len().min(N);
+        self.to.clear();
+        self.to
+            .extend(batch.iter().take(n).map(|r| SocketAddrAny::from(r.2)));
+        let iovs: [[IoSlice<'_>; 1]; N] =
+            std::array::from_fn(|i| [IoSlice::new(self.bytes_of(batch.get(i)))]);
         let mut controls: [SendAncillaryBuffer<'_, '_, '_>; N] =
             std::array::from_fn(|_| SendAncillaryBuffer::default());
-        // Every header offered is built (rustix borrows each part for the call); those past
-        // `n` are not sent.
+        // rustix borrows each part of a header for the call; those past `n` are not sent.
         let mut k = 0;
         let mut msgs = controls.each_mut().map(|control| {
             let iov: &[IoSlice<'_>] = iovs.get(k).map_or(&[], |v| v.as_slice());
-            let to = self.to.get(at + k).unwrap_or(&self.spare);
+            let to = self.to.get(k).unwrap_or(&self.spare);
             k += 1;
             MMsgHdr::new_with_addr(to, iov, control)
         });
@@ -214,11 +234,11 @@ mod tests {
         for _ in 0..4 {
             replies.push(&big, a.local_addr().unwrap(), &data, &mut counts);
         }
-        assert_eq!((replies.ends.len(), counts.datagrams_to_client), (4, 0));
+        assert_eq!((replies.replies.len(), counts.datagrams_to_client), (4, 0));
         // 4 × 60 000 bytes fit in MAX_BYTES, a fifth does not: the four leave first. (Only
         // the count is checked: a client's default buffer may not hold 240 kB.)
         replies.push(&big, a.local_addr().unwrap(), &data, &mut counts);
-        assert_eq!((replies.ends.len(), replies.bytes.len()), (1, 60_000));
+        assert_eq!((replies.replies.len(), replies.bytes.len()), (1, 60_000));
         assert_eq!(counts.datagrams_to_client, 4);
         replies.flush(&data, &mut counts);
         assert_eq!(counts.bytes_to_client, 5 * 60_000);
