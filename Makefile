@@ -4,6 +4,7 @@ CARGO ?= cargo
 .PHONY: test test-deps deny demo run lint fmt bench bench-fastpath release loadgen soak guess floods fuzz fuzz-check docker clean
 
 test: test-deps  ## unit, property and loopback end-to-end tests (daemon, client library, testkit); the kernel fast path's (root: CAP_BPF, CAP_NET_ADMIN)
+	$(CARGO) fetch --locked  # every platform's crates: the image tests read the whole graph with `cargo metadata --offline`
 	$(CARGO) test --locked --workspace --all-targets
 	$(CARGO) test --locked --features fast-path --lib --test fast_path_kernel --test fast_path
 
