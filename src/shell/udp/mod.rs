@@ -11,6 +11,7 @@
 
 mod counters;
 mod kernel_legs;
+mod receive;
 mod replies;
 mod upstream;
 mod worker;

@@ -14,7 +14,7 @@
 //! `counters.rs`). Must not
 //! decide what a datagram means, resolve queries or redeem tokens itself.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::counters::{Counts, Flusher, KernelReport};
 use super::kernel_legs::KernelLegs;
+use super::receive::{BATCH, Kind, Received, Receiver, SLOT};
 use super::replies::Replies;
 use super::upstream::{Upstreams, send_error, slot_of, token_of};
 use super::{DataShared, SAMPLE_MAX, WorkerSample};
@@ -47,16 +48,12 @@ const WAKE: Token = Token(1);
 const BUDGET: usize = 8;
 /// Longest sleep: bounds how stale flushed metrics get.
 const MAX_WAIT: Duration = Duration::from_millis(250);
-/// Datagrams per `recvmmsg` call.
-const BATCH: usize = quinn_udp::BATCH_SIZE;
 /// Slots offered to a `recvmmsg` on a socket whose last call brought at most half as many
-/// datagrams. quinn-udp prepares a header for every slot offered, so offering all `BATCH` to
-/// a socket that brings one datagram a turn (a quiet client, an upstream socket) spends
-/// ~400 instructions a call on headers nobody fills. A call that fills them all is followed
-/// at once by one offering `BATCH`, as a full batch always is.
+/// datagrams. A header is prepared for every slot offered, so offering all `BATCH` to a
+/// socket that brings one datagram a turn (a quiet client, an upstream socket) spends
+/// instructions on headers nobody fills. A call that fills them all is followed at once by
+/// one offering `BATCH`, as a full batch always is.
 const FEW: usize = 4;
-/// One receive slot: the largest UDP payload (65 507 bytes over IPv4) fits.
-const SLOT: usize = 65_536;
 
 /// The `BATCH × SLOT` receive ring with the first byte of every slot written now, so the
 /// page that holds any datagram up to ~4 KB is resident from the start: the first burst takes
@@ -85,10 +82,8 @@ pub(crate) struct Worker {
     settings: Arc<Generation>,
     /// `BATCH` receive slots of `SLOT` bytes, filled by one `recvmmsg`.
     rx: Box<[u8]>,
-    metas: [quinn_udp::RecvMeta; BATCH],
-    /// Batched receive. Built on a throwaway socket so ours stay plain: no GRO coalescing,
-    /// no control messages to decode.
-    udp: quinn_udp::UdpSocketState,
+    /// Who sent each datagram in `rx`, and its length.
+    got: [Received; BATCH],
     counts: Counts,
     flusher: Flusher,
     /// The spare output queue, swapped with the table's when its outputs are carried out.
@@ -156,10 +151,7 @@ impl Worker {
             busy: BusyPoll::new(settings.config.busy_poll, now),
             settings,
             rx: receive_ring(),
-            metas: [quinn_udp::RecvMeta::default(); BATCH],
-            udp: quinn_udp::UdpSocketState::new(
-                (&std::net::UdpSocket::bind("127.0.0.1:0")?).into(),
-            )?,
+            got: [Received::default(); BATCH],
             counts: Counts::default(),
             outputs: Vec::with_capacity(floor::<Output>()),
             spans: Vec::with_capacity(BATCH),
@@ -180,6 +172,8 @@ impl Worker {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut ready: Vec<Token> = Vec::with_capacity(1024);
+        // Holds raw pointers while a call runs, so it is made here, on the worker's thread.
+        let mut receiver = Receiver::new();
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
                 let now = Instant::now();
@@ -225,9 +219,9 @@ impl Worker {
                         self.answer_sample(now);
                         false
                     }
-                    DATA => self.read_socket(None, now),
+                    DATA => self.read_socket(None, now, &mut receiver),
                     t => match slot_of(t) {
-                        Some(slot) => self.read_socket(Some(slot), now),
+                        Some(slot) => self.read_socket(Some(slot), now, &mut receiver),
                         None => false,
                     },
                 };
@@ -295,24 +289,35 @@ impl Worker {
 
     /// Receives up to `offer` (`FEW` or `BATCH`) datagrams from the data socket (`None`) or an
     /// upstream socket. `Ok(0)` never happens: an empty socket is `WouldBlock`.
-    fn recv_batch(&mut self, from: Option<SocketId>, offer: usize) -> io::Result<usize> {
-        let socket = match from {
-            None => &self.data,
+    fn recv_batch(
+        &mut self,
+        from: Option<SocketId>,
+        offer: usize,
+        receiver: &mut Receiver,
+    ) -> io::Result<usize> {
+        let (kind, socket) = match from {
+            None => (Kind::Data, &self.data),
             Some(id) => match self.upstreams.get(id) {
-                Some(s) => s,
+                Some(s) if id.v6 => (Kind::UpstreamV6, s),
+                Some(s) => (Kind::UpstreamV4, s),
                 None => return Err(io::ErrorKind::WouldBlock.into()),
             },
         };
         if offer <= FEW {
-            recv_into::<FEW>(&self.udp, socket, &mut self.rx, &mut self.metas)
+            receiver.recv::<FEW>(kind, socket, &mut self.rx, &mut self.got)
         } else {
-            recv_into::<BATCH>(&self.udp, socket, &mut self.rx, &mut self.metas)
+            receiver.recv::<BATCH>(kind, socket, &mut self.rx, &mut self.got)
         }
     }
 
     /// Reads datagrams from one socket until it is empty or the budget is spent; true when
     /// the budget ran out first (the caller comes back without waiting).
-    fn read_socket(&mut self, from: Option<SocketId>, now: Instant) -> bool {
+    fn read_socket(
+        &mut self,
+        from: Option<SocketId>,
+        now: Instant,
+        receiver: &mut Receiver,
+    ) -> bool {
         let kind = usize::from(from.is_some());
         for _ in 0..BUDGET {
             let offer = if self.last_batch[kind] * 2 <= FEW {
@@ -320,7 +325,7 @@ impl Worker {
             } else {
                 BATCH
             };
-            let n = match self.recv_batch(from, offer) {
+            let n = match self.recv_batch(from, offer, receiver) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -338,38 +343,24 @@ impl Worker {
             self.last_batch[kind] = if n == offer { BATCH } else { n };
             let rx = std::mem::take(&mut self.rx);
             self.spans.clear();
-            for i in 0..n {
-                let meta = self.metas[i];
-                let start = i * SLOT;
-                let len = meta.len.min(SLOT);
-                // Our sockets never enable GRO, so stride == len; split anyway if it differs.
-                // An empty datagram is one empty span, judged (and dropped) by the table.
-                let stride = meta.stride.clamp(1, SLOT);
-                let mut at = start;
-                loop {
-                    let end = (at + stride).min(start + len);
-                    let handle = self.spans.len() as u32;
-                    self.spans.push((at, end));
-                    let datagram = &rx[at..end];
-                    match from {
-                        None => self.table.on_client_datagram(
-                            handle,
-                            meta.addr,
-                            datagram,
-                            now,
-                            &self.tokens,
-                        ),
-                        Some(socket) => self.table.on_target_datagram(
-                            handle,
-                            socket,
-                            meta.addr,
-                            datagram.len(),
-                            now,
-                        ),
+            // Our sockets never enable GRO: one datagram per slot. An empty datagram is one
+            // empty span, judged (and dropped) by the table.
+            for (i, got) in self.got.iter().take(n).enumerate() {
+                let (start, end) = (i * SLOT, i * SLOT + got.len.min(SLOT));
+                let handle = i as u32;
+                self.spans.push((start, end));
+                // The kernel names the sender of every UDP datagram; one without a sender
+                // could be neither answered nor attributed, so it is left unread.
+                let Some(sender) = got.from else { continue };
+                let datagram = rx.get(start..end).unwrap_or_default();
+                match from {
+                    None => {
+                        self.table
+                            .on_client_datagram(handle, sender, datagram, now, &self.tokens)
                     }
-                    at = end;
-                    if at >= start + len {
-                        break;
+                    Some(socket) => {
+                        self.table
+                            .on_target_datagram(handle, socket, sender, datagram.len(), now)
                     }
                 }
             }
@@ -602,19 +593,6 @@ impl Worker {
             self.flusher.flush_kernel(report, &self.shared.metrics);
         }
     }
-}
-
-/// One `recvmmsg` from `socket` into the first `N` slots of `rx`.
-fn recv_into<const N: usize>(
-    udp: &quinn_udp::UdpSocketState,
-    socket: &UdpSocket,
-    rx: &mut [u8],
-    metas: &mut [quinn_udp::RecvMeta],
-) -> io::Result<usize> {
-    let mut slots = rx.chunks_mut(SLOT);
-    let mut iovs: [IoSliceMut<'_>; N] =
-        std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
-    udp.recv(socket.into(), &mut iovs, metas)
 }
 
 /// Adds what the kernel carried to a session's own counts.
