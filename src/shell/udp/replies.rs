@@ -60,23 +60,10 @@ impl Replies {
 
     /// Sends every reply gathered, counting each as sent or dropped.
     pub(super) fn flush(&mut self, socket: &UdpSocket, counts: &mut Counts) {
-        // A round of one (a quiet worker, one client): one `sendto`, nothing more.
-        if let [(a, b, client)] = self.replies[..] {
-            let datagram = self.bytes.get(a..b).unwrap_or_default();
-            match socket.send_to(datagram, client) {
-                Ok(_) => {
-                    counts.datagrams_to_client += 1;
-                    counts.bytes_to_client += datagram.len() as u64;
-                }
-                Err(e) => counts.dropped(send_error(&e, DropReason::SendToClient)),
-            }
-            self.bytes.clear();
-            self.replies.clear();
-            return;
-        }
         let mut at = 0;
         while at < self.replies.len() {
-            // Every header offered is built: offer the smallest batch that holds the rest.
+            // Every header offered is built: offer the smallest batch that holds the rest. A
+            // round of one (a quiet worker, one client) is one `sendto`.
             let sent = match self.replies.len() - at {
                 1 => self.send_one(socket, at),
                 2..=4 => self.send::<4>(socket, at),
